@@ -1,0 +1,89 @@
+"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → plan → Terraform + report → publish.
+
+Wiring only: every task calls one stage in `pipeline.run` with the run's data interval and
+passes lake paths (never data) through XCom. Heavy imports live inside the tasks.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+import pendulum
+from airflow.sdk import dag, task
+from airflow.timetables.interval import CronDataIntervalTimetable
+
+SOURCE_DATASETS = ["resource_pools", "instance_catalog", "calendar", "peering_requests", "region_telemetry", "app_telemetry"]
+
+
+def _interval(data_interval_start, data_interval_end):
+    from pipeline.intervals import DataInterval
+
+    return DataInterval.between(data_interval_start.isoformat(), data_interval_end.isoformat())
+
+
+@dag(
+    dag_id="peerscale_hourly",
+    schedule=CronDataIntervalTimetable("0 * * * *", timezone="UTC"),
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    max_active_runs=1,
+    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    tags=["peerscale", "hourly"],
+    doc_md=__doc__,
+)
+def peerscale_hourly():
+    @task
+    def ingest(dataset: str, data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_ingest
+
+        return stage_ingest(_interval(data_interval_start, data_interval_end), Settings.from_env(), [dataset])[0]
+
+    @task
+    def features(ingested: list[dict], data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_features
+
+        return stage_features(_interval(data_interval_start, data_interval_end), Settings.from_env())
+
+    @task
+    def forecast(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_forecast
+
+        return stage_forecast(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly")
+
+    @task
+    def plan(forecast_run: dict, data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_plan
+
+        return stage_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), forecast_run["run_id"])
+
+    @task
+    def render_iac(planned: dict) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_render
+
+        return stage_render(planned["plan_id"], Settings.from_env())
+
+    @task
+    def report(planned: dict, data_interval_start=None, data_interval_end=None) -> str:
+        from pipeline.config import Settings
+        from pipeline.run import stage_report
+
+        return stage_report(planned["plan_id"], _interval(data_interval_start, data_interval_end), Settings.from_env())
+
+    @task
+    def publish(planned: dict, rendered: dict, report_path: str) -> str:
+        from pipeline.config import Settings
+        from pipeline.run import stage_publish
+
+        return stage_publish(planned["plan_id"], Settings.from_env(), {"terraform": rendered["terraform_dir"], "report": report_path})
+
+    ingested = ingest.expand(dataset=SOURCE_DATASETS)
+    planned = plan(forecast(features(ingested)))
+    publish(planned, render_iac(planned), report(planned))
+
+
+peerscale_hourly()

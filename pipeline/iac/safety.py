@@ -1,0 +1,214 @@
+"""Guards for every value that reaches an IaC template.
+
+Templates interpolate plan values into HCL string literals. HCL gives meaning to ``"``, ``\\``,
+``${``, ``%{`` and newlines inside a string, so a hostile or corrupt plan value could close the
+string and inject resources. We therefore validate each value against the plan contracts in
+:mod:`pipeline.schemas` *before* anything is rendered, re-check at interpolation time
+(:func:`hcl_string`), and scan the rendered text for credentials before publishing it.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import re
+from datetime import datetime, timezone
+from typing import Any
+
+from pipeline.schemas import (
+    INSTANCE_TYPE_PATTERN,
+    PLAN_ID_PATTERN,
+    PURCHASE_OPTIONS,
+    REGION_PATTERN,
+)
+
+__all__ = [
+    "UnsafePlanValue",
+    "UnsafeRenderedOutput",
+    "assert_no_credentials",
+    "check_count",
+    "check_instance_type",
+    "check_plan_id",
+    "check_purchase_option",
+    "check_region",
+    "check_tag_value",
+    "check_timestamp",
+    "hcl_identifier",
+    "hcl_number",
+    "hcl_string",
+    "hcl_text",
+]
+
+# AWS caps tag values at 256 characters; longer values would fail at apply time, not render time.
+MAX_TAG_VALUE_LENGTH = 256
+
+# Sequences that end or template an HCL quoted string; control characters (newline included)
+# would also let a value escape a comment line.
+_FORBIDDEN_SEQUENCES: tuple[str, ...] = ("${", "%{", '"', "'", "\\")
+_CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+# Credential shapes that must never appear in rendered IaC: AWS key ids and provider arguments
+# that carry secrets. Provider configuration takes credentials from the environment instead.
+_CREDENTIAL_PATTERNS: tuple[re.Pattern[str], ...] = (
+    re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}\b"),
+    re.compile(r"\b(?:access_key|secret_key|token|aws_secret_access_key|aws_session_token)\s*="),
+    re.compile(r"\bshared_credentials_files?\b"),
+)
+
+
+class UnsafePlanValue(ValueError):
+    """A plan or manifest value that must not be rendered into infrastructure code.
+
+    Carries the offending ``field`` and ``value`` so callers can quarantine or report the plan;
+    the message says what a valid value looks like.
+    """
+
+    def __init__(self, field: str, value: Any, hint: str = "") -> None:
+        self.field = field
+        self.value = value
+        self.hint = hint
+        message = f"unsafe plan value for {field!r}: {value!r}"
+        if hint:
+            message += f" — {hint}"
+        super().__init__(message)
+
+
+class UnsafeRenderedOutput(RuntimeError):
+    """Rendered IaC text that looks like it holds credentials: a template bug, not a plan bug."""
+
+
+def _require_str(field: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise UnsafePlanValue(field, value, "expected a non-empty string")
+    return value
+
+
+def check_region(value: Any, field: str = "region") -> str:
+    """Return ``value`` if it is an AWS-style region name such as ``us-east-1``."""
+    value = _require_str(field, value)
+    if not REGION_PATTERN.fullmatch(value):
+        raise UnsafePlanValue(
+            field, value, f"use a region name like 'us-east-1' matching {REGION_PATTERN.pattern}"
+        )
+    return value
+
+
+def check_instance_type(value: Any, field: str = "instance_type") -> str:
+    """Return ``value`` if it is an instance type such as ``m5.large``."""
+    value = _require_str(field, value)
+    if not INSTANCE_TYPE_PATTERN.fullmatch(value):
+        raise UnsafePlanValue(
+            field,
+            value,
+            f"use an instance type like 'm5.large' matching {INSTANCE_TYPE_PATTERN.pattern}",
+        )
+    return value
+
+
+def check_plan_id(value: Any, field: str = "plan_id") -> str:
+    """Return ``value`` if it is a plan id (letters, digits, ``_.-``, at most 128 characters)."""
+    value = _require_str(field, value)
+    if not PLAN_ID_PATTERN.fullmatch(value):
+        raise UnsafePlanValue(
+            field, value, f"plan ids must match {PLAN_ID_PATTERN.pattern}; regenerate the plan id"
+        )
+    return value
+
+
+def check_purchase_option(value: Any, field: str = "purchase_option") -> str:
+    """Return ``value`` if it is one of :data:`pipeline.schemas.PURCHASE_OPTIONS`."""
+    if value not in PURCHASE_OPTIONS:
+        raise UnsafePlanValue(field, value, f"must be one of {', '.join(PURCHASE_OPTIONS)}")
+    return str(value)
+
+
+def check_count(value: Any, field: str = "count") -> int:
+    """Return ``value`` as an ``int`` if it is a non-negative integer (bools and floats refused).
+
+    Floats are refused rather than rounded: a fractional or NaN count means the planner's output
+    drifted from the PLAN schema, and silently rounding capacity would hide that.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise UnsafePlanValue(field, value, "must be an integer instance count (int64 column)")
+    count = int(value)
+    if count < 0:
+        raise UnsafePlanValue(field, value, "instance counts cannot be negative")
+    return count
+
+
+def check_tag_value(value: Any, field: str) -> str:
+    """Return ``value`` if it can sit inside an HCL string and an AWS tag value unchanged."""
+    value = _require_str(field, value)
+    for sequence in _FORBIDDEN_SEQUENCES:
+        if sequence in value:
+            raise UnsafePlanValue(
+                field,
+                value,
+                f"remove {sequence!r}: quotes, backslashes and '${{' / '%{{' "
+                "are not allowed in values rendered into Terraform",
+            )
+    if _CONTROL_CHARS.search(value):
+        raise UnsafePlanValue(field, value, "remove newlines and other control characters")
+    if len(value) > MAX_TAG_VALUE_LENGTH:
+        raise UnsafePlanValue(
+            field, value, f"shorten to at most {MAX_TAG_VALUE_LENGTH} characters (AWS tag limit)"
+        )
+    return value
+
+
+def check_timestamp(value: Any, field: str) -> datetime:
+    """Return ``value`` as a UTC ``datetime``; naive or missing timestamps are refused.
+
+    A naive timestamp is ambiguous, and an ``end_date`` an hour off would release or keep
+    capacity at the wrong time.
+    """
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        raise UnsafePlanValue(field, value, "timestamp is missing")
+    if not isinstance(value, datetime):
+        raise UnsafePlanValue(field, value, "expected a timestamp (timestamp[us, tz=UTC] column)")
+    try:
+        if value != value:  # pandas.NaT compares unequal to itself
+            raise UnsafePlanValue(field, value, "timestamp is missing")
+    except TypeError:  # pragma: no cover - exotic datetime subclasses
+        pass
+    if value.tzinfo is None or value.utcoffset() is None:
+        raise UnsafePlanValue(field, value, "timestamps must be tz-aware UTC")
+    return value.astimezone(timezone.utc)
+
+
+def hcl_string(value: Any) -> str:
+    """Jinja filter: quote ``value`` as an HCL string literal, refusing anything unsafe.
+
+    Values are validated before rendering; this second check means a template that interpolates
+    an unvalidated value still cannot emit injected HCL.
+    """
+    return '"' + check_tag_value(value, "template value") + '"'
+
+
+def hcl_text(value: Any) -> str:
+    """Jinja filter: ``value`` unquoted (for comments), checked like :func:`hcl_string`."""
+    return check_tag_value(value, "template text")
+
+
+def hcl_identifier(value: Any) -> str:
+    """Jinja filter: a bare Terraform name (resource name, provider alias), ``[a-z_][a-z0-9_]*``."""
+    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
+        raise UnsafePlanValue("template identifier", value, "names may use only [a-z0-9_]")
+    return value
+
+
+def hcl_number(value: Any) -> str:
+    """Jinja filter: render a non-negative integer literal, refusing anything else."""
+    return str(check_count(value, "template number"))
+
+
+def assert_no_credentials(text: str, name: str) -> None:
+    """Raise :class:`UnsafeRenderedOutput` if ``text`` contains credential-like content."""
+    for pattern in _CREDENTIAL_PATTERNS:
+        match = pattern.search(text)
+        if match:
+            raise UnsafeRenderedOutput(
+                f"{name} contains credential-like text {match.group(0)!r}; IaC must take AWS "
+                "credentials from the environment, never from templates or plan values"
+            )

@@ -1,0 +1,45 @@
+"""From forecast quantiles to the demand a plan must cover (the newsvendor quantile)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from pipeline.config import CostModel
+from pipeline.forecast.quantiles import interpolate_quantile
+from pipeline.schemas import FORECAST_QUANTILES, RESOURCE_TYPES, parse_series_id
+
+
+def tau_by_resource(cost: CostModel) -> dict[str, float]:
+    """τ = c_under / (c_under + c_over) for every resource type."""
+    return {r: round(cost.tau(r), 6) for r in RESOURCE_TYPES}
+
+
+def region_demand_quantiles(forecast: pd.DataFrame, taus: dict[str, float], windows: list[pd.Timestamp]) -> pd.DataFrame:
+    """τ-quantile of each region's concurrent demand per window, from the region series themselves.
+
+    Region totals come from `region:<r>:<resource>` series (not sums of pair quantiles, which
+    would overstate the quantile of a sum). Returns columns window, region, resource_type,
+    demand, tau, model.
+    """
+    region_rows = forecast[forecast["series_id"].str.startswith("region:")].copy()
+    parts = region_rows["series_id"].map(parse_series_id)
+    region_rows["region"] = parts.map(lambda p: p["region"])
+    region_rows["resource_type"] = parts.map(lambda p: p["measure"])
+    region_rows = region_rows[region_rows["ds"].isin(windows)]
+    if region_rows.empty:
+        raise ValueError("the forecast has no region demand rows for the plan windows: forecast horizon too short?")
+    quantiles = {q: region_rows[f"q{int(round(q * 100))}"].to_numpy(float) for q in FORECAST_QUANTILES}
+    tau = region_rows["resource_type"].map(taus).to_numpy(float)
+    demand = np.empty(len(region_rows))
+    for value in np.unique(tau):
+        mask = tau == value
+        demand[mask] = interpolate_quantile({q: v[mask] for q, v in quantiles.items()}, float(value))
+    return pd.DataFrame({
+        "window": region_rows["ds"].to_numpy(),
+        "region": region_rows["region"].to_numpy(),
+        "resource_type": region_rows["resource_type"].to_numpy(),
+        "demand": np.maximum(demand, 0.0),
+        "tau": tau,
+        "model": region_rows["model"].to_numpy(),
+    })

@@ -1,0 +1,29 @@
+"""Publish: mark a plan as the one the IRC serves from, atomically.
+
+The plan's files are already in place; publishing rewrites its manifest with status
+`published` and then replaces the `LATEST` pointer — last, so a reader that follows the
+pointer always finds a complete plan.
+"""
+
+from __future__ import annotations
+
+from pipeline import lake, storage
+from pipeline.config import Settings
+
+REQUIRED_FILES = ("plan.parquet", "resource_pools.parquet", "manifest.json")
+
+
+def publish(plan_id: str, settings: Settings, artifacts: dict[str, str] | None = None) -> str:
+    """Publish `plan_id`; returns the pointer's path. Refuses a plan with missing files."""
+    out_dir = lake.plan_dir(settings.lake_root, plan_id)
+    missing = [name for name in REQUIRED_FILES if not storage.exists(storage.join(out_dir, name))]
+    if missing:
+        raise FileNotFoundError(f"cannot publish {plan_id}: {out_dir} lacks {missing}; re-run the plan stage")
+    manifest_path = storage.join(out_dir, "manifest.json")
+    manifest = lake.read_json(manifest_path)
+    manifest["status"] = "published"
+    manifest["artifacts"] = dict(sorted((artifacts or {}).items()))
+    lake.write_json_atomic(manifest_path, manifest)
+    pointer = lake.latest_pointer(settings.lake_root)
+    storage.write_text_atomic(pointer, plan_id + "\n")
+    return pointer

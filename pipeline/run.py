@@ -1,0 +1,117 @@
+"""One hourly or daily run, stage by stage, without Airflow.
+
+The DAGs call the same stage functions one task each; `run_hourly` chains them in-process for
+`peerscale run` and for laptop use. Each stage takes the run's interval and returns small,
+JSON-serialisable results (paths, counts), never data.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Callable
+
+from pipeline import storage
+from pipeline.config import Settings
+from pipeline.intervals import DataInterval
+
+Progress = Callable[[str], None]
+
+
+def stage_ingest(interval: DataInterval, settings: Settings, datasets: list[str] | None = None) -> list[dict]:
+    from pipeline.ingest import ingest_all
+
+    return [report.to_dict() for report in ingest_all(interval, settings, datasets)]
+
+
+def stage_features(interval: DataInterval, settings: Settings) -> dict[str, str]:
+    from pipeline.features import build_features
+
+    return build_features(interval, settings)
+
+
+def stage_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly") -> dict:
+    from pipeline.forecast import run_forecast
+
+    return run_forecast(interval, settings, kind=kind)
+
+
+def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str) -> dict:
+    from pipeline.plan import build_plan
+
+    return build_plan(interval, settings, forecast_run_id)
+
+
+def stage_render(plan_id: str, settings: Settings) -> dict[str, str]:
+    """Render Terraform for the plan into build/iac/<plan_id>/terraform."""
+    from pipeline.iac import render_terraform
+    from pipeline.plan import read_plan
+
+    plan, manifest = read_plan(settings, plan_id)
+    out_dir = storage.join(settings.build_root, "iac", plan_id, "terraform")
+    files = render_terraform(plan, manifest, out_dir)
+    return {"terraform_dir": out_dir, "files": str(len(files))}
+
+
+def stage_report(plan_id: str, interval: DataInterval, settings: Settings) -> str:
+    from pipeline.report import write_plan_report
+
+    return write_plan_report(plan_id, interval, settings)
+
+
+def stage_publish(plan_id: str, settings: Settings, artifacts: dict[str, str]) -> str:
+    from pipeline.publish import publish
+
+    return publish(plan_id, settings, artifacts)
+
+
+@dataclass
+class RunSummary:
+    """What an in-process run produced, for the CLI to print."""
+
+    interval: str
+    ingest: list[dict] = field(default_factory=list)
+    features: dict[str, str] = field(default_factory=dict)
+    forecast: dict = field(default_factory=dict)
+    plan: dict = field(default_factory=dict)
+    terraform_dir: str = ""
+    report: str = ""
+    pointer: str = ""
+
+
+def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progress | None = None) -> RunSummary:
+    """Ingest the hour before `interval_end`, then features → forecast → plan → IaC → report → publish."""
+    say = progress or (lambda _msg: None)
+    interval = DataInterval.ending_at(interval_end, hours=1)
+    summary = RunSummary(interval=str(interval))
+    say(f"ingest {interval}")
+    summary.ingest = stage_ingest(interval, settings)
+    say("features")
+    summary.features = stage_features(interval, settings)
+    say("forecast")
+    summary.forecast = stage_forecast(interval, settings)
+    say("plan")
+    summary.plan = stage_plan(interval, settings, summary.forecast["run_id"])
+    plan_id = summary.plan["plan_id"]
+    say("render IaC")
+    summary.terraform_dir = stage_render(plan_id, settings)["terraform_dir"]
+    say("report")
+    summary.report = stage_report(plan_id, interval, settings)
+    say("publish")
+    summary.pointer = stage_publish(plan_id, settings, {"terraform": summary.terraform_dir, "report": summary.report})
+    return summary
+
+
+def backfill_ingest(start: str | datetime, end: str | datetime, settings: Settings, progress: Progress | None = None) -> list[dict]:
+    """Ingest a whole range day by day (the same ingest code, larger intervals): seeds the lake's history."""
+    say = progress or (lambda _msg: None)
+    whole = DataInterval.between(start, end)
+    reports: list[dict] = []
+    cursor = whole.start
+    while cursor < whole.end:
+        nxt = min(cursor.replace(hour=0) + timedelta(days=1), whole.end)
+        chunk = DataInterval(cursor, nxt)
+        say(f"ingest {chunk}")
+        reports.extend(stage_ingest(chunk, settings))
+        cursor = nxt
+    return reports

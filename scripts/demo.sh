@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# The demo behind `make demo`: seed the lake with four weeks of history, run the hourly DAG once
+# through Airflow (`airflow dags test`, throw-away SQLite home, no scheduler or webserver), show
+# the plan, then send a few peering requests through the IRC.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+BIN="$ROOT/.venv/bin"
+
+export PEERSCALE_SOURCE="${PEERSCALE_SOURCE:-$ROOT/data_samples}"
+export PEERSCALE_LAKE="${PEERSCALE_LAKE:-$ROOT/build/demo/lake}"
+export PEERSCALE_BUILD="${PEERSCALE_BUILD:-$ROOT/build/demo}"
+HISTORY_FROM="${HISTORY_FROM:-2026-01-01T00:00}"
+RUN_HOUR="${RUN_HOUR:-2026-01-28T23:00}"        # the hour the DAG run covers; its plan starts at RUN_HOUR + 1 h
+INTERVAL_END="${INTERVAL_END:-2026-01-29T00:00}"
+
+echo "== 1/4 seed the lake with history [$HISTORY_FROM, $RUN_HOUR) from $PEERSCALE_SOURCE"
+rm -rf "$PEERSCALE_LAKE"
+"$BIN/peerscale" ingest --from "$HISTORY_FROM" --to "$RUN_HOUR"
+
+echo "== 2/4 run the hourly DAG through Airflow for the hour [$RUN_HOUR, $INTERVAL_END)"
+AIRFLOW_HOME=$(mktemp -d -t peerscale-airflow-XXXXXX)
+trap 'rm -rf "$AIRFLOW_HOME"' EXIT
+export AIRFLOW_HOME
+export AIRFLOW__CORE__DAGS_FOLDER="$ROOT/dags"
+export AIRFLOW__CORE__LOAD_EXAMPLES=False
+export AIRFLOW__CORE__UNIT_TEST_MODE=False
+export AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING
+"$BIN/airflow" db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/migrate.log"; exit 1; }
+"$BIN/airflow" dags test peerscale_hourly "${RUN_HOUR}:00+00:00" > "$PEERSCALE_BUILD/dag_run.log" 2>&1 || {
+  tail -n 60 "$PEERSCALE_BUILD/dag_run.log"; echo "DAG run failed; full log: $PEERSCALE_BUILD/dag_run.log"; exit 1; }
+grep -E "state=|DagRun Finished" "$PEERSCALE_BUILD/dag_run.log" | tail -n 3 || true
+
+echo "== 3/4 the published plan"
+PLAN_ID=$(cat "$PEERSCALE_LAKE/plans/LATEST")
+"$BIN/peerscale" plan show
+echo "  plan:      $PEERSCALE_LAKE/plans/plan_id=$PLAN_ID/"
+echo "  terraform: $PEERSCALE_BUILD/iac/$PLAN_ID/terraform/"
+echo "  report:    $PEERSCALE_BUILD/reports/$PLAN_ID.html"
+echo "  DAG log:   $PEERSCALE_BUILD/dag_run.log"
+
+echo "== 4/4 peering requests through the IRC (inside the plan window, ${INTERVAL_END})"
+AT="${INTERVAL_END}:30Z"
+irc() { "$BIN/peerscale" irc request --at "$AT" "$@" || true; }
+echo "-- small request, inside the pre-allocation:"
+irc --from us-east-1 --to eu-west-1 --vcpu 4 --memory-gib 16 --bandwidth-gbps 1
+echo "-- a second small one to another region:"
+irc --from eu-central-1 --to us-east-1 --vcpu 8 --memory-gib 32 --bandwidth-gbps 2
+echo "-- a request larger than the pre-allocation, served on demand from the pool:"
+irc --from us-west-2 --to ap-southeast-1 --vcpu 2000 --memory-gib 4000 --bandwidth-gbps 5
+echo "-- a request larger than the whole pool:"
+irc --from us-west-2 --to ap-southeast-1 --vcpu 1000000 --memory-gib 16 --bandwidth-gbps 1
+echo "-- an invalid request (unknown region):"
+irc --from mars-north-1 --to eu-west-1 --vcpu 4 --memory-gib 16
+echo "demo finished: open $PEERSCALE_BUILD/reports/$PLAN_ID.html"

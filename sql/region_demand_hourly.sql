@@ -1,0 +1,55 @@
+-- Peak concurrent resources held per region and hour.
+--
+-- A peering session holds its resources in its destination region from requested_at for
+-- duration_s seconds ([start, end), end-exclusive). The concurrent level only changes at session
+-- starts and ends, so the peak inside an hour is the largest level after any event time inside
+-- it, or the level carried in at the hour's start. Ends and starts at the same instant are
+-- netted before the level is read (RANGE frame over peers).
+--
+-- Inputs (registered by pipeline.features): requests(peering_requests rows), regions(region),
+-- hours(hour). Parameters: $window_start, $window_end (UTC timestamps, end-exclusive).
+WITH sessions AS (
+    SELECT
+        destination_region AS region,
+        requested_at AS t_start,
+        requested_at + to_microseconds(CAST(round(duration_s * 1e6) AS BIGINT)) AS t_end,
+        vcpu, memory_gib, storage_gib, bandwidth_gbps
+    FROM requests
+    WHERE requested_at < $window_end
+),
+events AS (
+    SELECT region, t_start AS t, vcpu AS d_vcpu, memory_gib AS d_mem, storage_gib AS d_sto, bandwidth_gbps AS d_bw, 1 AS arrivals
+    FROM sessions
+    UNION ALL
+    SELECT region, t_end, -vcpu, -memory_gib, -storage_gib, -bandwidth_gbps, 0
+    FROM sessions
+    WHERE t_end < $window_end
+    UNION ALL
+    SELECT r.region, h.hour, 0, 0, 0, 0, 0
+    FROM regions AS r CROSS JOIN hours AS h
+),
+levels AS (
+    SELECT
+        region,
+        t,
+        arrivals,
+        SUM(d_vcpu) OVER w AS vcpu,
+        SUM(d_mem) OVER w AS memory_gib,
+        SUM(d_sto) OVER w AS storage_gib,
+        SUM(d_bw) OVER w AS bandwidth_gbps
+    FROM events
+    WINDOW w AS (PARTITION BY region ORDER BY t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+)
+SELECT
+    date_trunc('hour', t) AS hour,
+    region,
+    greatest(round(max(vcpu), 6), 0) AS vcpu,
+    greatest(round(max(memory_gib), 6), 0) AS memory_gib,
+    greatest(round(max(storage_gib), 6), 0) AS storage_gib,
+    greatest(round(max(bandwidth_gbps), 6), 0) AS bandwidth_gbps,
+    CAST(sum(arrivals) AS BIGINT) AS arrivals
+FROM levels
+WHERE t >= $window_start AND t < $window_end
+  AND region IN (SELECT region FROM regions)
+GROUP BY ALL
+ORDER BY region, hour;

@@ -1,0 +1,537 @@
+"""Terraform rendering from a plan: structure, determinism, injection safety, golden files.
+
+Golden files live in tests/golden/terraform/. After an intended template change, regenerate them
+with ``PEERSCALE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_iac.py -k golden`` and
+review the diff before committing.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import hcl2
+import pandas as pd
+import pyarrow as pa
+import pytest
+
+from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_terraform
+from pipeline.iac import safety
+from pipeline.iac.terraform import TEMPLATES_ENV_VAR, resource_name
+from pipeline.schemas import PLAN
+
+GOLDEN_DIR = Path(__file__).parent / "golden" / "terraform"
+UPDATE_GOLDEN_ENV = "PEERSCALE_UPDATE_GOLDEN"
+
+PLAN_ID = "plan-20250301T00-7f3a9c"
+W0 = pd.Timestamp("2025-03-01T00:00:00Z")
+W1 = W0 + pd.Timedelta(hours=1)
+W2 = W1 + pd.Timedelta(hours=1)
+RESOURCE_TYPES = ("vcpu", "memory_gib", "bandwidth_gbps")
+
+
+def _line_id(region: str, start: pd.Timestamp, instance_type: str, option: str) -> str:
+    return f"{region}/{start:%Y-%m-%dT%H}/{instance_type}/{option}"
+
+
+def _line_rows(
+    start: pd.Timestamp,
+    end: pd.Timestamp,
+    region: str,
+    instance_type: str,
+    option: str,
+    count: int,
+    *,
+    plan_id: str = PLAN_ID,
+    line_id: str | None = None,
+) -> list[dict[str, Any]]:
+    """One plan line: the same (region, window, instance, option, count) once per resource type."""
+    line_id = line_id or _line_id(region, start, instance_type, option)
+    return [
+        {
+            "plan_id": plan_id,
+            "valid_from": start,
+            "valid_to": end,
+            "region": region,
+            "resource_type": resource_type,
+            "quantity": float(count * (i + 1)),
+            "instance_type": instance_type,
+            "purchase_option": option,
+            "count": count,
+            "hourly_cost": 0.05 * count,
+            "demand_quantile": float(count),
+            "line_id": line_id,
+            "reason": "tau-quantile demand",
+        }
+        for i, resource_type in enumerate(RESOURCE_TYPES)
+    ]
+
+
+def sample_rows() -> list[dict[str, Any]]:
+    """Two regions, on-demand and spot lines, two windows; the second window must not render."""
+    rows: list[dict[str, Any]] = []
+    rows += _line_rows(W0, W1, "us-east-1", "m5.large", "on_demand", 3)
+    rows += _line_rows(W0, W1, "us-east-1", "c5.xlarge", "spot", 4)
+    rows += _line_rows(W0, W1, "eu-west-1", "r5.large", "on_demand", 2)
+    rows += _line_rows(W0, W1, "eu-west-1", "m5.large", "spot", 5)
+    # Second window: different counts and a type that appears nowhere in the first window.
+    rows += _line_rows(W1, W2, "us-east-1", "m5.large", "on_demand", 7)
+    rows += _line_rows(W1, W2, "eu-west-1", "c5.2xlarge", "spot", 9)
+    return rows
+
+
+FIRST_WINDOW_ON_DEMAND = {
+    _line_id("us-east-1", W0, "m5.large", "on_demand"): ("us-east-1", "m5.large", 3),
+    _line_id("eu-west-1", W0, "r5.large", "on_demand"): ("eu-west-1", "r5.large", 2),
+}
+FIRST_WINDOW_SPOT = {
+    _line_id("us-east-1", W0, "c5.xlarge", "spot"): ("us-east-1", "c5.xlarge", 4),
+    _line_id("eu-west-1", W0, "m5.large", "spot"): ("eu-west-1", "m5.large", 5),
+}
+
+
+@pytest.fixture
+def plan_df() -> pd.DataFrame:
+    return pd.DataFrame(sample_rows())
+
+
+@pytest.fixture
+def manifest() -> dict[str, Any]:
+    return {
+        "plan_id": PLAN_ID,
+        "valid_from": W0.isoformat(),
+        "valid_to": W2.isoformat(),
+        "tau": 0.8,
+        "status": "OPTIMAL",
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# helpers
+# --------------------------------------------------------------------------------------------
+
+
+def _unquote(value: str) -> str:
+    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
+
+
+def _norm(obj: Any) -> Any:
+    """python-hcl2 output without its version-specific quoting and block markers."""
+    if isinstance(obj, dict):
+        return {_unquote(k): _norm(v) for k, v in obj.items() if not k.startswith("__")}
+    if isinstance(obj, list):
+        return [_norm(v) for v in obj]
+    if isinstance(obj, str):
+        return _unquote(obj)
+    return obj
+
+
+def _parse_dir(out_dir: Path) -> dict[str, dict[str, Any]]:
+    """Parse every rendered .tf file; a syntax error fails the test here."""
+    parsed = {}
+    for path in sorted(out_dir.glob("*.tf")):
+        parsed[path.name] = _norm(hcl2.loads(path.read_text(encoding="utf-8")))
+    return parsed
+
+
+def _resources(parsed: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
+    found: dict[str, dict[str, Any]] = {}
+    for document in parsed.values():
+        for entry in document.get("resource", []):
+            for name, body in entry.get(kind, {}).items():
+                found[name] = body
+    return found
+
+
+def _asg_tags(body: dict[str, Any]) -> dict[str, str]:
+    return {tag["key"]: tag["value"] for tag in body["tag"]}
+
+
+def _render(plan: Any, manifest: dict[str, Any], out_dir: Path, **kwargs: Any) -> list[Path]:
+    return render_terraform(plan, manifest, out_dir, **kwargs)
+
+
+# --------------------------------------------------------------------------------------------
+# structure
+# --------------------------------------------------------------------------------------------
+
+
+def test_renders_expected_files(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    out_dir = tmp_path / "build" / "iac" / PLAN_ID / "terraform"
+    written = _render(plan_df, manifest, out_dir)
+    names = [p.name for p in written]
+    assert names == sorted(names)
+    assert set(names) == {
+        "main.tf",
+        "outputs.tf",
+        "providers.tf",
+        "terraform.tfvars.json",
+        "variables.tf",
+        "versions.tf",
+    }
+    assert sorted(p.name for p in out_dir.iterdir()) == names
+    # No staging or retired directories left next to the output.
+    assert [p.name for p in out_dir.parent.iterdir()] == ["terraform"]
+
+
+def test_every_tf_file_parses_and_declares_providers(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    parsed = _parse_dir(tmp_path / "tf")
+    assert set(parsed) == {"main.tf", "outputs.tf", "providers.tf", "variables.tf", "versions.tf"}
+
+    providers = [block["aws"] for block in parsed["providers.tf"]["provider"]]
+    assert sorted(p["alias"] for p in providers) == ["eu_west_1", "us_east_1"]
+    for provider in providers:
+        assert provider["alias"] == provider["region"].replace("-", "_")
+        tags = provider["default_tags"][0]["tags"]
+        assert tags["plan_id"] == PLAN_ID
+        assert tags["peerscale"] == "true"
+        assert not {"access_key", "secret_key", "token", "profile"} & set(provider)
+
+    aws = parsed["versions.tf"]["terraform"][0]["required_providers"][0]["aws"]
+    assert aws["source"] == "hashicorp/aws"
+
+
+def test_capacity_reservations_for_on_demand_lines(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    reservations = _resources(_parse_dir(tmp_path / "tf"), "aws_ec2_capacity_reservation")
+    by_line = {body["tags"]["line_id"]: (name, body) for name, body in reservations.items()}
+    assert set(by_line) == set(FIRST_WINDOW_ON_DEMAND)
+    for line_id, (region, instance_type, count) in FIRST_WINDOW_ON_DEMAND.items():
+        name, body = by_line[line_id]
+        assert re.fullmatch(r"[a-z0-9_]+", name)
+        assert body["provider"] == "${aws.%s}" % region.replace("-", "_")
+        assert body["instance_type"] == instance_type
+        assert body["instance_platform"] == "Linux/UNIX"
+        assert body["instance_count"] == count
+        assert body["end_date_type"] == "limited"
+        assert body["end_date"] == "2025-03-01T01:00:00Z"  # end of the first window
+        assert "var.availability_zones" in body["availability_zone"]
+        assert f"{region}a" in body["availability_zone"]
+        assert body["tags"]["plan_id"] == PLAN_ID
+        assert body["tags"]["peerscale"] == "true"
+
+
+def test_spot_lines_become_spot_only_autoscaling_groups(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    parsed = _parse_dir(tmp_path / "tf")
+    groups = _resources(parsed, "aws_autoscaling_group")
+    templates = _resources(parsed, "aws_launch_template")
+    schedules = _resources(parsed, "aws_autoscaling_schedule")
+    by_line = {_asg_tags(body)["line_id"]: (name, body) for name, body in groups.items()}
+    assert set(by_line) == set(FIRST_WINDOW_SPOT)
+    for line_id, (region, instance_type, count) in FIRST_WINDOW_SPOT.items():
+        name, body = by_line[line_id]
+        alias = region.replace("-", "_")
+        assert body["provider"] == "${aws.%s}" % alias
+        assert body["desired_capacity"] == count
+        assert body["max_size"] == count
+        assert body["min_size"] == 0
+        assert f'var.subnet_ids, "{region}"' in body["vpc_zone_identifier"]
+        tags = _asg_tags(body)
+        assert tags["plan_id"] == PLAN_ID
+        assert all(tag["propagate_at_launch"] is True for tag in body["tag"])
+
+        policy = body["mixed_instances_policy"][0]
+        distribution = policy["instances_distribution"][0]
+        assert distribution["on_demand_base_capacity"] == 0
+        assert distribution["on_demand_percentage_above_base_capacity"] == 0
+        assert distribution["spot_allocation_strategy"] == "price-capacity-optimized"
+        launch = policy["launch_template"][0]
+        assert launch["override"][0]["instance_type"] == instance_type
+        spec = launch["launch_template_specification"][0]
+        assert spec["launch_template_id"] == "${aws_launch_template.%s.id}" % name
+
+        template = templates[name]
+        assert template["provider"] == "${aws.%s}" % alias
+        assert template["instance_type"] == instance_type
+        assert template["tags"]["plan_id"] == PLAN_ID
+        assert template["metadata_options"][0]["http_tokens"] == "required"
+        kinds = {spec["resource_type"] for spec in template["tag_specifications"]}
+        assert kinds == {"instance", "volume"}
+
+        schedule = schedules[f"{name}_window_end"]
+        assert schedule["desired_capacity"] == 0
+        assert schedule["start_time"] == "2025-03-01T01:00:00Z"
+
+
+def test_only_first_window_is_rendered(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    text = "".join(p.read_text() for p in sorted((tmp_path / "tf").iterdir()))
+    assert "2025-03-01T01" in text  # first window's end
+    assert "T02:00:00Z" not in text  # second window's end
+    assert "c5.2xlarge" not in text
+    assert "/2025-03-01T01/" not in text  # second-window line ids
+    parsed = _parse_dir(tmp_path / "tf")
+    reservations = _resources(parsed, "aws_ec2_capacity_reservation").values()
+    counts = [body["instance_count"] for body in reservations]
+    assert 7 not in counts
+
+
+def test_variables_and_tfvars_cover_every_region(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    import json
+
+    _render(plan_df, manifest, tmp_path / "tf")
+    variables = {
+        name: body
+        for entry in _parse_dir(tmp_path / "tf")["variables.tf"]["variable"]
+        for name, body in entry.items()
+    }
+    assert {"availability_zones", "subnet_ids", "image_ids", "ami_ssm_parameter"} <= set(variables)
+    assert variables["availability_zones"]["default"] == {
+        "eu-west-1": "eu-west-1a",
+        "us-east-1": "us-east-1a",
+    }
+    tfvars = json.loads((tmp_path / "tf" / "terraform.tfvars.json").read_text())
+    assert set(tfvars) <= set(variables)  # terraform warns on undeclared tfvars
+    assert tfvars["availability_zones"] == {"eu-west-1": "eu-west-1a", "us-east-1": "us-east-1a"}
+    assert tfvars["subnet_ids"] == {"eu-west-1": [], "us-east-1": []}
+
+
+def test_zero_count_lines_are_skipped_and_noted(manifest: dict, tmp_path: Path) -> None:
+    rows = _line_rows(W0, W1, "us-east-1", "m5.large", "on_demand", 0)
+    rows += _line_rows(W0, W1, "us-east-1", "c5.large", "on_demand", 1)
+    _render(pd.DataFrame(rows), manifest, tmp_path / "tf")
+    reservations = _resources(_parse_dir(tmp_path / "tf"), "aws_ec2_capacity_reservation")
+    assert [b["instance_type"] for b in reservations.values()] == ["c5.large"]
+    assert "# Skipped (count 0): us-east-1/2025-03-01T00/m5.large/on_demand" in (
+        tmp_path / "tf" / "main.tf"
+    ).read_text()
+
+
+def test_resource_names_are_safe_and_distinct() -> None:
+    line_ids = ("us-east-1/m5.large", "us-east-1/m5-large", "US-EAST-1/M5.LARGE")
+    names = {resource_name(line_id) for line_id in line_ids}
+    assert len(names) == 3
+    for name in names | {resource_name("€€€"), resource_name("9/x")}:
+        assert re.fullmatch(r"[a-z_][a-z0-9_]*", name)
+    assert resource_name("us-east-1/m5.large") == resource_name("us-east-1/m5.large")
+
+
+# --------------------------------------------------------------------------------------------
+# determinism and atomic replacement
+# --------------------------------------------------------------------------------------------
+
+
+def _tree_bytes(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+
+
+def test_rendering_is_deterministic(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    _render(plan_df, manifest, tmp_path / "a")
+    _render(plan_df, manifest, tmp_path / "b")
+    # Row order and input type must not matter either.
+    shuffled = plan_df.sample(frac=1.0, random_state=7).reset_index(drop=True)
+    _render(shuffled, manifest, tmp_path / "c")
+    table = pa.Table.from_pandas(plan_df, schema=PLAN, preserve_index=False)
+    _render(table, manifest, tmp_path / "d")
+    first = _tree_bytes(tmp_path / "a")
+    for other in ("b", "c", "d"):
+        assert _tree_bytes(tmp_path / other) == first
+
+
+def test_rerender_replaces_the_output_directory(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "tf"
+    _render(plan_df, manifest, out_dir)
+    (out_dir / "stale.tf").write_text("# left over from an older render\n")
+    _render(plan_df, manifest, out_dir)
+    assert not (out_dir / "stale.tf").exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["tf"]
+
+
+# --------------------------------------------------------------------------------------------
+# safety
+# --------------------------------------------------------------------------------------------
+
+
+def _with(rows: list[dict[str, Any]], **changes: Any) -> pd.DataFrame:
+    """The sample plan with ``changes`` applied to every row of its first line."""
+    first_line = rows[0]["line_id"]
+    return pd.DataFrame(
+        [{**row, **changes} if row["line_id"] == first_line else row for row in rows]
+    )
+
+
+# case -> (changes to the first line's rows, field the error must name)
+INJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
+    "region": ({"region": 'us-east-1"\n resource'}, "region"),
+    "plan_id": ({"plan_id": 'plan-${file("/etc/passwd")}'}, "plan_id"),
+    "instance_type": ({"instance_type": 'm5.large" }\nresource "x" "y" {'}, "instance_type"),
+    "line_id_newline": ({"line_id": "us-east-1/m5.large\n# injected"}, "line_id"),
+    "line_id_template": ({"line_id": "us-east-1/%{ for x in y }"}, "line_id"),
+    "line_id_backslash": ({"line_id": "us-east-1\\m5"}, "line_id"),
+    "purchase_option": ({"purchase_option": "reserved"}, "purchase_option"),
+    "negative_count": ({"count": -1}, "count"),
+    "float_count": ({"count": 2.5}, "count"),
+    "naive_timestamp": ({"valid_from": pd.Timestamp("2025-03-01T00:00:00")}, "valid_from"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(INJECTIONS))
+def test_unsafe_values_are_refused_before_writing(
+    case: str, manifest: dict, tmp_path: Path
+) -> None:
+    changes, field = INJECTIONS[case]
+    plan = _with(sample_rows(), **changes)
+    if case == "plan_id":  # the manifest carries the same hostile id; it is checked first
+        manifest = {**manifest, "plan_id": changes["plan_id"]}
+        field = "manifest.plan_id"
+    out_root = tmp_path / "build"
+    with pytest.raises(UnsafePlanValue) as excinfo:
+        _render(plan, manifest, out_root / "iac" / "terraform")
+    assert excinfo.value.field == field
+    assert " — " in str(excinfo.value)  # the message says what to fix
+    assert not out_root.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unsafe_plan_id_in_rows_only_is_refused(manifest: dict, tmp_path: Path) -> None:
+    plan = _with(sample_rows(), plan_id="plan-${x}")
+    with pytest.raises(UnsafePlanValue) as excinfo:
+        _render(plan, manifest, tmp_path / "tf")
+    assert excinfo.value.field == "plan_id"
+    assert not (tmp_path / "tf").exists()
+
+
+def test_unsafe_value_in_a_later_window_is_refused(manifest: dict, tmp_path: Path) -> None:
+    rows = sample_rows()
+    rows[-1] = {**rows[-1], "instance_type": 'c5.large"'}
+    with pytest.raises(UnsafePlanValue, match="instance_type"):
+        _render(pd.DataFrame(rows), manifest, tmp_path / "tf")
+    assert not (tmp_path / "tf").exists()
+
+
+def test_manifest_plan_id_must_match_rows(plan_df: pd.DataFrame, tmp_path: Path) -> None:
+    with pytest.raises(UnsafePlanValue, match="plan_id"):
+        _render(plan_df, {"plan_id": "another-plan"}, tmp_path / "tf")
+    with pytest.raises(UnsafePlanValue, match="manifest.plan_id"):
+        _render(plan_df, {"plan_id": "bad id ${x}"}, tmp_path / "tf")
+    assert not (tmp_path / "tf").exists()
+
+
+def test_failed_render_keeps_previous_output(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    out_dir = tmp_path / "tf"
+    _render(plan_df, manifest, out_dir)
+    before = _tree_bytes(out_dir)
+    with pytest.raises(UnsafePlanValue):
+        _render(_with(sample_rows(), region="us-east-1\n"), manifest, out_dir)
+    assert _tree_bytes(out_dir) == before
+
+
+def test_malformed_plans_get_clear_errors(manifest: dict, tmp_path: Path) -> None:
+    rows = sample_rows()
+    with pytest.raises(ValueError, match="no rows"):
+        _render(pd.DataFrame(rows).iloc[0:0], manifest, tmp_path / "tf")
+    with pytest.raises(ValueError, match="missing columns"):
+        _render(pd.DataFrame(rows).drop(columns=["line_id"]), manifest, tmp_path / "tf")
+    inconsistent = [dict(r) for r in rows]
+    inconsistent[1]["count"] = 99  # second resource row of the first line
+    with pytest.raises(ValueError, match="inconsistent"):
+        _render(pd.DataFrame(inconsistent), manifest, tmp_path / "tf")
+    ragged = [dict(r) for r in rows]
+    ragged[0]["valid_to"] = W2
+    with pytest.raises(ValueError, match="several valid_to"):
+        _render(pd.DataFrame(ragged), manifest, tmp_path / "tf")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_template_filters_refuse_unsafe_text() -> None:
+    for value in ('a"b', "a\\b", "a${b}", "a%{b}", "a\nb", "", None, 3):
+        with pytest.raises(UnsafePlanValue):
+            safety.hcl_string(value)
+    for value in ("Bad", "a-b", "1a", ""):
+        with pytest.raises(UnsafePlanValue):
+            safety.hcl_identifier(value)
+    for value in (-1, 1.0, True, "3"):
+        with pytest.raises(UnsafePlanValue):
+            safety.hcl_number(value)
+    assert safety.hcl_string("us-east-1/m5.large") == '"us-east-1/m5.large"'
+
+
+def _copy_templates(dst: Path) -> Path:
+    src = Path(__file__).resolve().parents[1] / "terraform_templates" / "aws"
+    dst.mkdir(parents=True)
+    for path in src.iterdir():
+        if path.is_file():
+            (dst / path.name).write_bytes(path.read_bytes())
+    return dst
+
+
+def test_credentials_in_templates_are_refused(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    templates = _copy_templates(tmp_path / "templates")
+    (templates / "leak.tf").write_text(
+        'provider "aws" {\n  access_key = "AKIAABCDEFGHIJKLMNOP"\n}\n'
+    )
+    with pytest.raises(UnsafeRenderedOutput, match="environment"):
+        _render(plan_df, manifest, tmp_path / "out" / "tf", templates_dir=templates)
+    assert not (tmp_path / "out" / "tf").exists()
+
+
+def test_templates_dir_env_override(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "only.tf.j2").write_text("# {{ plan_id | text }} {{ regions | length }}\n")
+    monkeypatch.setenv(TEMPLATES_ENV_VAR, str(templates))
+    written = _render(plan_df, manifest, tmp_path / "tf")
+    assert [p.name for p in written] == ["only.tf", "terraform.tfvars.json"]
+    assert (tmp_path / "tf" / "only.tf").read_text() == f"# {PLAN_ID} 2\n"
+
+
+def test_templates_use_strict_undefined(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    templates = tmp_path / "templates"
+    templates.mkdir()
+    (templates / "main.tf.j2").write_text("# {{ no_such_value }}\n")
+    with pytest.raises(Exception, match="no_such_value"):
+        _render(plan_df, manifest, tmp_path / "tf", templates_dir=templates)
+    assert not (tmp_path / "tf").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# golden files
+# --------------------------------------------------------------------------------------------
+
+
+def test_golden_files(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    """Rendered bytes equal tests/golden/terraform/ exactly (see the module docstring to update)."""
+    out_dir = tmp_path / "tf"
+    _render(plan_df, manifest, out_dir)
+    rendered = _tree_bytes(out_dir)
+    if os.environ.get(UPDATE_GOLDEN_ENV) == "1":
+        GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
+        for stale in GOLDEN_DIR.iterdir():
+            if stale.name not in rendered:
+                stale.unlink()
+        for name, data in rendered.items():
+            (GOLDEN_DIR / name).write_bytes(data)
+    how = (
+        f"rendered Terraform differs from {GOLDEN_DIR}; if the change is intended, run "
+        f"`{UPDATE_GOLDEN_ENV}=1 .venv/bin/python -m pytest tests/test_iac.py -k golden` "
+        "and review the diff"
+    )
+    assert GOLDEN_DIR.is_dir(), how
+    golden = _tree_bytes(GOLDEN_DIR)
+    assert sorted(rendered) == sorted(golden), how
+    for name in rendered:
+        assert rendered[name] == golden[name], f"{name}: {how}"
