@@ -44,7 +44,7 @@ def _settings(lake: Optional[str], source: Optional[str] = None, build: Optional
 
 
 def _fail(message: str, code: int = 2) -> None:
-    err.print(f"[bold red]error:[/] {message}")
+    err.print(f"[bold red]error:[/] {message}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -53,7 +53,7 @@ def compute_features(requests: pa.Table, regions: list[str], window: FeatureWind
         params = {"window_start": window.start, "window_end": window.end}
         out = {}
         for name in FEATURE_SETS:
-            table = con.execute(sql_text(name), params).to_arrow_table()
+            table = con.sql(sql_text(name), params=params).to_arrow_table()
             out[name] = _utc(table)
         return out
     finally:

@@ -15,7 +15,7 @@ PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
 PURCHASE_OPTIONS: tuple[str, ...] = ("on_demand", "spot")
 
 # Names that reach file paths, templates and SQL are validated against these first.
-REGION_PATTERN = re.compile(r"^[a-z]{2}(-[a-z]+)+-\d{1,2}$")
+REGION_PATTERN = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 INSTANCE_TYPE_PATTERN = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 PLAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 

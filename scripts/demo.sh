@@ -27,7 +27,8 @@ export AIRFLOW__CORE__LOAD_EXAMPLES=False
 export AIRFLOW__CORE__UNIT_TEST_MODE=False
 export AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING
 "$BIN/airflow" db migrate > "$AIRFLOW_HOME/migrate.log" 2>&1 || { cat "$AIRFLOW_HOME/migrate.log"; exit 1; }
-"$BIN/airflow" dags test peerscale_hourly "${RUN_HOUR}:00+00:00" > "$PEERSCALE_BUILD/dag_run.log" 2>&1 || {
+# With an interval timetable the date given is when the run happens: it covers the hour before it.
+"$BIN/airflow" dags test peerscale_hourly "${INTERVAL_END}:00+00:00" > "$PEERSCALE_BUILD/dag_run.log" 2>&1 || {
   tail -n 60 "$PEERSCALE_BUILD/dag_run.log"; echo "DAG run failed; full log: $PEERSCALE_BUILD/dag_run.log"; exit 1; }
 grep -E "state=|DagRun Finished" "$PEERSCALE_BUILD/dag_run.log" | tail -n 3 || true
 

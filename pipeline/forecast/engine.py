@@ -71,7 +71,10 @@ def select_and_forecast(
     unknown = [m for m in models if m not in MODELS]
     if unknown:
         raise ValueError(f"unknown models {unknown}; available: {sorted(MODELS)}")
-    history = _naive_ds(history)
+    if history.empty:
+        raise ValueError("history is empty: nothing to forecast (no feature rows for this run?)")
+    # The holdout is the last points by time: order rows first (cumcount below follows row order).
+    history = _naive_ds(history).sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
     holdout = holdout or season_length
     lengths = history.groupby("unique_id")["ds"].transform("size")
     cut = history.groupby("unique_id").cumcount() < lengths - holdout

@@ -70,12 +70,26 @@ def allocate(
         return Allocation(counts={}, cost=0.0, objective=0.0, lower_bound=0.0, status="OPTIMAL", shortfall=pool_short)
     model = cp_model.CpModel()
     x: dict[tuple[str, str], cp_model.IntVar] = {}
-    for offer in offers:
-        largest = max(
-            (math.ceil(need[r] / max(offer.capacity[r] * QTY_SCALE, 1)) for r in RESOURCE_TYPES if offer.capacity[r] > 0),
+    share = int(round(max_spot_share * 100))
+    # More of an offer than covers every resource it has is never needed, except on-demand vCPU
+    # that makes room for spot under the spot-share constraint: allow enough of that for the most
+    # spot vCPU the spot offers can bring.
+    bound = {
+        (o.instance_type, o.purchase_option): max(
+            (math.ceil(need[r] / max(o.capacity[r] * QTY_SCALE, 1)) for r in RESOURCE_TYPES if o.capacity[r] > 0),
             default=0,
         )
-        x[(offer.instance_type, offer.purchase_option)] = model.new_int_var(0, max(largest, 0), f"x_{offer.instance_type}_{offer.purchase_option}")
+        for o in offers
+    }
+    spot_vcpu_max = sum(
+        int(round(o.capacity["vcpu"] * QTY_SCALE)) * bound[(o.instance_type, o.purchase_option)] for o in offers if o.purchase_option == "spot"
+    )
+    for offer in offers:
+        key = (offer.instance_type, offer.purchase_option)
+        vcpu_scaled = int(round(offer.capacity["vcpu"] * QTY_SCALE))
+        if offer.purchase_option != "spot" and share > 0 and vcpu_scaled > 0:
+            bound[key] = max(bound[key], math.ceil(spot_vcpu_max * 100 / (share * vcpu_scaled)))
+        x[key] = model.new_int_var(0, max(bound[key], 0), f"x_{offer.instance_type}_{offer.purchase_option}")
     shortfall = {r: model.new_int_var(0, need[r], f"short_{r}") for r in RESOURCE_TYPES}
     held = {}
     for r in RESOURCE_TYPES:
@@ -83,9 +97,8 @@ def allocate(
         model.add(held[r] + shortfall[r] >= need[r])
         if r in pool_available and r in COMPUTE_POOL_RESOURCES:
             model.add(held[r] <= int(math.floor(max(pool_available[r], 0.0) * QTY_SCALE)))
-    spot_vcpu = sum(int(o.capacity["vcpu"] * QTY_SCALE) * x[(o.instance_type, o.purchase_option)] for o in offers if o.purchase_option == "spot")
+    spot_vcpu = sum(int(round(o.capacity["vcpu"] * QTY_SCALE)) * x[(o.instance_type, o.purchase_option)] for o in offers if o.purchase_option == "spot")
     total_vcpu = held["vcpu"]
-    share = int(round(max_spot_share * 100))
     model.add(100 * spot_vcpu <= share * total_vcpu)
     cost_terms = [int(round(o.hourly_price * PRICE_SCALE)) * x[(o.instance_type, o.purchase_option)] for o in offers]
     penalty = int(SHORTFALL_PENALTY * PRICE_SCALE / QTY_SCALE)
