@@ -281,3 +281,9 @@ def test_region_demand_quantiles_rejects_windows_outside_the_forecast() -> None:
     pairs_only = pairs_only[pairs_only["series_id"].str.startswith("pair:")]
     with pytest.raises(ValueError, match="no region demand rows"):
         region_demand_quantiles(pairs_only, tau_by_resource(CostModel()), [DS[0]])
+
+
+def test_region_demand_quantiles_rejects_a_forecast_that_covers_only_some_windows() -> None:
+    windows = [DS[-1], DS[-1] + pd.Timedelta(hours=1)]
+    with pytest.raises(ValueError, match="does not cover plan windows"):
+        region_demand_quantiles(forecast_frame(), tau_by_resource(CostModel()), windows)

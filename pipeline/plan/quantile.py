@@ -29,6 +29,12 @@ def region_demand_quantiles(forecast: pd.DataFrame, taus: dict[str, float], wind
     region_rows = region_rows[region_rows["ds"].isin(windows)]
     if region_rows.empty:
         raise ValueError("the forecast has no region demand rows for the plan windows: forecast horizon too short?")
+    missing = sorted(set(pd.to_datetime(windows, utc=True)) - set(pd.to_datetime(region_rows["ds"], utc=True)))
+    if missing:
+        raise ValueError(
+            f"the forecast does not cover plan windows {[w.isoformat() for w in missing]}: "
+            "make the forecast horizon at least as long as plan_windows"
+        )
     quantiles = {q: region_rows[f"q{int(round(q * 100))}"].to_numpy(float) for q in FORECAST_QUANTILES}
     tau = region_rows["resource_type"].map(taus).to_numpy(float)
     demand = np.empty(len(region_rows))
