@@ -74,6 +74,41 @@ def run(
 
 
 @app.command()
+def backfill(
+    start: str = typer.Option(..., "--from", help="First hour to run, UTC, e.g. 2026-01-28T00:00."),
+    end: str = typer.Option(..., "--to", help="End of the range, UTC (exclusive): the last run covers the hour before it."),
+    force: bool = typer.Option(False, help="Re-run hours whose plan is already published."),
+    lake: Optional[str] = LakeOption,
+    source: Optional[str] = SourceOption,
+    build: Optional[str] = BuildOption,
+) -> None:
+    """Backfill historical hourly runs in-process, hour by hour; resumable (published hours are skipped)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.backfill import backfill as run_backfill
+    from pipeline.backfill import hour_ends
+
+    settings = _settings(lake, source, build)
+    try:
+        total = len(hour_ends(start, end))
+    except ValueError as exc:
+        _fail(str(exc))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("backfill", total=total)
+
+        def advance(hour: datetime, outcome: str) -> None:
+            progress.update(task, description=f"{hour:%Y-%m-%dT%H:%M} {outcome}")
+            progress.advance(task)
+
+        try:
+            summary = run_backfill(start, end, settings, force=force, on_hour=advance)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(f"{exc} (completed hours are kept: run the same command again to resume)")
+    console.print(f"backfill done: {len(summary.ran)} hours ran, {len(summary.skipped)} already published")
+
+
+@app.command()
 def ingest(
     start: str = typer.Option(..., "--from", help="Start of the range, UTC (inclusive), e.g. 2026-01-01T00:00."),
     end: str = typer.Option(..., "--to", help="End of the range, UTC (exclusive), e.g. 2026-01-29T00:00."),
