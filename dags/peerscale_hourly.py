@@ -11,8 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
-
-SOURCE_DATASETS = ["resource_pools", "instance_catalog", "calendar", "peering_requests", "region_telemetry", "app_telemetry"]
+from peerscale_assets import PLAN_ASSET, RAW_ASSETS, SOURCE_DATASETS
 
 
 def _interval(data_interval_start, data_interval_end):
@@ -74,14 +73,16 @@ def peerscale_hourly():
 
         return stage_report(planned["plan_id"], _interval(data_interval_start, data_interval_end), Settings.from_env())
 
-    @task
+    @task(outlets=[PLAN_ASSET])
     def publish(planned: dict, rendered: dict, report_path: str) -> str:
         from pipeline.config import Settings
         from pipeline.run import stage_publish
 
         return stage_publish(planned["plan_id"], Settings.from_env(), {"terraform": rendered["terraform_dir"], "report": report_path})
 
-    ingested = ingest.expand(dataset=SOURCE_DATASETS)
+    ingested = [
+        ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
+    ]
     planned = plan(forecast(features(ingested)))
     publish(planned, render_iac(planned), report(planned))
 

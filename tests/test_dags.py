@@ -22,12 +22,14 @@ AIRFLOW = Path(sys.executable).with_name("airflow")
 def dagbag():
     from airflow.dag_processing.dagbag import DagBag
 
+    if str(DAGS) not in sys.path:  # Airflow puts the DAGs folder on sys.path; so does this test
+        sys.path.insert(0, str(DAGS))
     return DagBag(dag_folder=str(DAGS))
 
 
 def test_dags_import_without_errors(dagbag) -> None:
     assert dagbag.import_errors == {}
-    assert {"peerscale_hourly", "peerscale_daily"} <= set(dagbag.dag_ids)
+    assert {"peerscale_hourly", "peerscale_daily", "peerscale_plan_audit"} <= set(dagbag.dag_ids)
 
 
 def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
@@ -37,12 +39,23 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     assert isinstance(dag.timetable, CronDataIntervalTimetable), "runs are keyed on real hourly data intervals"
     assert dag.catchup is False
     tasks = {t.task_id: t for t in dag.tasks}
-    assert set(tasks) == {"ingest", "features", "forecast", "plan", "render_iac", "report", "publish"}
-    assert tasks["features"].upstream_task_ids == {"ingest"}
+    ingest_ids = {f"ingest_{name}" for name in ("peering_requests", "region_telemetry", "app_telemetry", "calendar",
+                                                  "resource_pools", "instance_catalog")}
+    assert set(tasks) == ingest_ids | {"features", "forecast", "plan", "render_iac", "report", "publish"}
+    assert tasks["features"].upstream_task_ids == ingest_ids
     assert tasks["forecast"].upstream_task_ids == {"features"}
     assert tasks["plan"].upstream_task_ids == {"forecast"}
     assert tasks["publish"].upstream_task_ids == {"plan", "render_iac", "report"}
     assert all(t.retries >= 1 for t in dag.tasks)
+
+
+def test_assets_wire_ingest_publish_and_the_audit(dagbag) -> None:
+    hourly = dagbag.dags["peerscale_hourly"]
+    outlets = {t.task_id: {a.name for a in t.outlets} for t in hourly.tasks if t.outlets}
+    assert outlets["ingest_peering_requests"] == {"peerscale.raw.peering_requests"}
+    assert outlets["publish"] == {"peerscale.plans.latest"}
+    audit = dagbag.dags["peerscale_plan_audit"]
+    assert [a.name for a in audit.timetable.asset_condition.objects] == ["peerscale.plans.latest"]
 
 
 def test_daily_dag_retrains_on_a_daily_interval(dagbag) -> None:

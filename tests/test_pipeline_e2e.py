@@ -114,3 +114,18 @@ def test_ingest_reports_are_written_for_every_dataset(published_root: Path) -> N
     assert requests["interval"] == "[2026-01-28T23:00:00+00:00, 2026-01-29T00:00:00+00:00)"
     assert requests["rows_valid"] > 0
     assert requests["rows_read"] >= requests["rows_valid"] + requests["rows_quarantined"]
+
+
+def test_audit_reads_the_published_plan_as_the_irc_does(published_root: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from pipeline.audit import audit_latest_plan
+
+    result = audit_latest_plan(settings_for(published_root))
+    assert result["plan_id"] == "plan-20260129T0000Z" and result["windows"] == 6 and len(result["regions"]) == 6
+
+    broken = tmp_path / "broken"
+    shutil.copytree(published_root / "lake", broken / "lake")
+    (broken / "lake" / "plans" / "plan_id=plan-20260129T0000Z" / "plan.parquet").write_bytes(b"not parquet")
+    with pytest.raises(Exception, match="plan-20260129T0000Z"):
+        audit_latest_plan(settings_for(broken))
