@@ -1,4 +1,4 @@
-"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → plan → Terraform + report → publish.
+"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → plan → Terraform + report → publish → monitor.
 
 Wiring only: every task calls one stage in `pipeline.run` with the run's data interval and
 passes lake paths (never data) through XCom. Heavy imports live inside the tasks.
@@ -80,11 +80,18 @@ def peerscale_hourly():
 
         return stage_publish(planned["plan_id"], Settings.from_env(), {"terraform": rendered["terraform_dir"], "report": report_path})
 
+    @task
+    def monitor(pointer: str, data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_monitor
+
+        return stage_monitor(_interval(data_interval_start, data_interval_end), Settings.from_env())
+
     ingested = [
         ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
     ]
     planned = plan(forecast(features(ingested)))
-    publish(planned, render_iac(planned), report(planned))
+    monitor(publish(planned, render_iac(planned), report(planned)))
 
 
 peerscale_hourly()

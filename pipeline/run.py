@@ -65,6 +65,13 @@ def stage_publish(plan_id: str, settings: Settings, artifacts: dict[str, str]) -
     return publish(plan_id, settings, artifacts)
 
 
+def stage_monitor(interval: DataInterval, settings: Settings) -> dict:
+    """Evaluate the alert rules for the hour just covered (see pipeline.monitoring)."""
+    from pipeline.monitoring import monitor
+
+    return monitor(interval, settings)
+
+
 @dataclass
 class RunSummary:
     """What an in-process run produced, for the CLI to print."""
@@ -77,10 +84,11 @@ class RunSummary:
     terraform_dir: str = ""
     report: str = ""
     pointer: str = ""
+    monitoring: dict = field(default_factory=dict)
 
 
 def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progress | None = None) -> RunSummary:
-    """Ingest the hour before `interval_end`, then features → forecast → plan → IaC → report → publish."""
+    """Ingest the hour before `interval_end`, then features → forecast → plan → IaC → report → publish → monitor."""
     say = progress or (lambda _msg: None)
     interval = DataInterval.ending_at(interval_end, hours=1)
     summary = RunSummary(interval=str(interval))
@@ -99,6 +107,8 @@ def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progr
     summary.report = stage_report(plan_id, interval, settings)
     say("publish")
     summary.pointer = stage_publish(plan_id, settings, {"terraform": summary.terraform_dir, "report": summary.report})
+    say("monitor")
+    summary.monitoring = stage_monitor(interval, settings)
     return summary
 
 
