@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install demo test bench clean lock
+.PHONY: install tools demo test test-distributed bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,11 +14,24 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)  ## create .venv if missing and install the locked stack
 
+TOOLS_VENV  := .venv-tools
+TOOLS_STAMP := $(TOOLS_VENV)/.installed-stamp
+$(TOOLS_STAMP): requirements-tools.txt
+	@test -x $(TOOLS_VENV)/bin/python || $(PYTHON) -m venv $(TOOLS_VENV)
+	$(TOOLS_VENV)/bin/python -m pip install --quiet --upgrade "pip>=24"
+	$(TOOLS_VENV)/bin/python -m pip install --quiet -r requirements-tools.txt
+	@touch $(TOOLS_STAMP)
+
+tools: $(TOOLS_STAMP)  ## checkov (pinned in requirements-tools.txt) in its own venv: its pins would downgrade boto3 in .venv
+
 demo: install  ## run the whole pipeline on data_samples/ through Airflow, then send requests through the IRC
 	bash scripts/demo.sh
 
-test: install  ## run the test suite
+test: install tools  ## run the test suite
 	$(PY) -m pytest -q
+
+test-distributed: install  ## the hourly DAG on CeleryExecutor: api-server, scheduler, dag-processor, 2 workers (PostgreSQL + Redis on 127.0.0.1)
+	PEERSCALE_DISTRIBUTED=1 $(PY) -m pytest -q tests/test_distributed.py::test_hourly_dag_runs_on_two_celery_workers
 
 lock:  ## re-resolve the stack and rewrite constraints.txt (needs a clean venv)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
