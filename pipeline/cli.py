@@ -31,6 +31,9 @@ app.add_typer(plan_app, name="plan")
 app.add_typer(irc_app, name="irc")
 app.add_typer(samples_app, name="samples")
 
+from pipeline.iac.cli import iac_app  # noqa: E402 - typer and rich only; heavy imports live inside the commands
+app.add_typer(iac_app, name="iac")
+
 console = Console()
 err = Console(stderr=True)
 
@@ -106,6 +109,62 @@ def backfill(
         except (FileNotFoundError, ValueError) as exc:
             _fail(f"{exc} (completed hours are kept: run the same command again to resume)")
     console.print(f"backfill done: {len(summary.ran)} hours ran, {len(summary.skipped)} already published")
+
+
+@app.command()
+def backtest(
+    requests: str = typer.Option("data_samples", "--requests", help="Source root holding peering_requests/ and inventory/ (a directory or s3:// URI)."),
+    start: str = typer.Option(..., "--from", help="First hour to replay, UTC, e.g. 2026-01-29T00:00."),
+    end: str = typer.Option(..., "--to", help="End of the replay, UTC (exclusive)."),
+    policy: str = typer.Option("predictive,reactive,static,oracle", help="Comma-separated policies to compare."),
+    refit_every: int = typer.Option(6, min=1, help="Refit the predictive forecast every N hours (between refits it plans from older data only)."),
+    headroom: float = typer.Option(0.2, help="Static policy headroom over last week's peak."),
+    report_path: Optional[Path] = typer.Option(None, "--report", help="Write the HTML report here (default: build/reports/backtest-<from>-<to>.html)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as one JSON object on the last line."),
+    build: Optional[str] = BuildOption,
+) -> None:
+    """Replay a request log hour by hour under each policy and compare hit rate, latency and cost to the oracle."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.backtest import BacktestConfig, parse_policies, run_backtest
+    from pipeline.intervals import parse_utc
+    from pipeline.report import write_backtest_report
+    from pipeline.storage import join
+
+    settings = _settings(None, requests, build)
+    try:
+        config = BacktestConfig(start=parse_utc(start), end=parse_utc(end), policies=parse_policies(policy),
+                                static_headroom=headroom, refit_every_hours=refit_every,
+                                horizon_hours=max(refit_every, 1))
+    except ValueError as exc:
+        _fail(str(exc))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=as_json) as progress:
+        task = progress.add_task("replay", total=None)
+
+        def step(message: str, done: int, total: int) -> None:
+            progress.update(task, description=f"replay {message}", completed=done, total=total)
+
+        try:
+            result = run_backtest(requests, config, settings, progress=step)
+        except (FileNotFoundError, ValueError) as exc:
+            _fail(str(exc))
+    summary = result.summary()
+    path = str(report_path) if report_path else join(settings.build_root, "reports", f"backtest-{config.start:%Y%m%dT%H%M}-{config.end:%Y%m%dT%H%M}.html")
+    write_backtest_report(result, path)
+    summary["report"] = path
+    if as_json:
+        typer.echo(json.dumps(summary, sort_keys=True))
+        return
+    table = Table(title=f"backtest {summary['from'][:16]} → {summary['to'][:16]} ({summary['hours']} h)", title_justify="left")
+    for col in ("policy", "hit rate", "on demand", "failures", "p95 latency", "idle vCPU-h", "total cost", "vs oracle"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, s in summary["policies"].items():
+        ratio = s.get("cost_vs_oracle")
+        table.add_row(name, f"{s['hit_rate']:.1%}", f"{s['on_demand_share']:.1%}", str(s["failures"]), f"{s['latency_p95_s']:.0f} s",
+                      f"{s['idle_vcpu_hours']:.0f}", f"${s['cost']['total']:.2f}", f"{ratio:.3f}" if ratio is not None else "—")
+    console.print(table)
+    console.print(f"report: {path}")
 
 
 @app.command()
@@ -212,15 +271,17 @@ def plan_explain(
     settings = _settings(lake)
     try:
         pid = plan_id or latest_plan_id(settings)
-        plan, _ = read_plan(settings, pid)
+        plan, manifest = read_plan(settings, pid)
     except FileNotFoundError as exc:
         _fail(str(exc))
     rows = plan[plan["region"] == region]
     if rows.empty:
         known = ", ".join(sorted(plan["region"].unique()))
         _fail(f"plan {pid} has no lines in region {region!r}; regions in the plan: {known}")
-    for reason in rows.sort_values(["valid_from", "resource_type", "line_id"])["reason"]:
-        console.print(f"• {reason}")
+    from pipeline.plan.explain import explain_region
+
+    for text in explain_region(plan, manifest, region):
+        console.print(text, markup=False, soft_wrap=True)
 
 
 @app.command()
@@ -298,6 +359,11 @@ def samples_generate(
     for name, rows in counts.items():
         console.print(f"{name:>20}: {rows} rows")
     console.print(f"written to {out}")
+
+
+from pipeline.irc.cli import register as _register_irc_commands  # noqa: E402 - irc shadow/replay/serve
+
+_register_irc_commands(irc_app)
 
 
 def main() -> None:  # pragma: no cover - console entry point

@@ -77,14 +77,19 @@ def write_hour_partitions(table: pa.Table, base: str, time_column: str | None, i
         hours = pc.strftime(ts, format="%H", locale="C")
     with_keys = table.append_column("date", dates).append_column("hour", hours)
     fs, path = storage.filesystem(base)
-    ds.write_dataset(
-        with_keys,
-        path,
-        filesystem=fs,
-        format="parquet",
-        partitioning=HIVE,
-        existing_data_behavior="delete_matching",
-        basename_template="part-{i}.parquet",
+    # Idempotent (delete_matching replaces the same partitions), so a transient S3 error retries it whole.
+    storage.with_retries(
+        "write dataset",
+        base,
+        lambda: ds.write_dataset(
+            with_keys,
+            path,
+            filesystem=fs,
+            format="parquet",
+            partitioning=HIVE,
+            existing_data_behavior="delete_matching",
+            basename_template="part-{i}.parquet",
+        ),
     )
     return table.num_rows
 
@@ -92,13 +97,16 @@ def write_hour_partitions(table: pa.Table, base: str, time_column: str | None, i
 def read_partitioned(base: str, schema: pa.Schema | None = None, filter_expr: ds.Expression | None = None) -> pa.Table:
     """Read a Hive-partitioned dataset (typed partition keys); an absent dataset reads as empty."""
     fs, path = storage.filesystem(base)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        if schema is None:
-            return pa.table({})
-        return schema.empty_table()
-    dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=HIVE, schema=None)
-    table = dataset.to_table(filter=filter_expr)
-    return table
+
+    def read() -> pa.Table:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            if schema is None:
+                return pa.table({})
+            return schema.empty_table()
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=HIVE, schema=None)
+        return dataset.to_table(filter=filter_expr)
+
+    return storage.with_retries("read dataset", base, read)
 
 
 def write_json_atomic(uri: str, payload: dict) -> None:

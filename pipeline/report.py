@@ -132,3 +132,89 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings) 
     path = storage.join(settings.build_root, "reports", f"{plan_id}.html")
     storage.write_text_atomic(path, html)
     return path
+
+
+def write_backtest_report(result, path: str) -> str:
+    """Render a backtest (pipeline.backtest.BacktestResult) as one self-contained HTML page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result.summary()
+    colors = {"predictive": "#08519c", "reactive": "#a50f15", "static": "#fd8d3c", "oracle": "#31a354"}
+    figures: dict[str, str] = {}
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    parts = ("preallocation", "on_demand", "cold_start_penalty", "shortfall_penalty")
+    bottom = [0.0] * len(summary["policies"])
+    names = list(summary["policies"])
+    for part, color in zip(parts, ("#3182bd", "#9ecae1", "#fd8d3c", "#de2d26")):
+        values = [summary["policies"][n]["cost"][part] for n in names]
+        ax.bar(names, values, bottom=bottom, label=part.replace("_", " "), color=color)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("USD")
+    ax.legend(fontsize=8)
+    figures["cost"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    for name, res in result.results.items():
+        hourly = pd.DataFrame(res.hourly)
+        if not hourly.empty:
+            ax.plot(pd.to_datetime(hourly["hour"]), hourly["hit_rate"], label=name, color=colors.get(name), lw=1.2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("served pre-allocated")
+    ax.legend(fontsize=8, ncol=4)
+    fig.autofmt_xdate()
+    figures["hit_rate"] = _png(fig)
+    plt.close(fig)
+
+    demand = result.demand
+    regions = sorted(demand["region"].unique())
+    start, end = pd.Timestamp(result.config.start), pd.Timestamp(result.config.end)
+    shown = demand[(demand["hour"] >= start) & (demand["hour"] < end)]
+    cols = 2
+    rows = (len(regions) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), squeeze=False, sharex=True)
+    for ax, region in zip(axes.flat, regions):
+        d = shown[shown["region"] == region]
+        ax.plot(d["hour"], d["vcpu"], color="#222", lw=1, label="peak demand")
+        for name, res in result.results.items():
+            cap = pd.DataFrame(res.capacity)
+            if cap.empty:
+                continue
+            c = cap[(cap["region"] == region) & (cap["resource_type"] == "vcpu")]
+            ax.step(pd.to_datetime(c["hour"]), c["quantity"], where="post", lw=1, color=colors.get(name), label=name)
+        ax.set_title(region, fontsize=10)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(regions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.autofmt_xdate()
+    figures["capacity"] = _png(fig)
+    plt.close(fig)
+
+    forecasts = result.forecasts
+    if forecasts is not None and not forecasts.empty:
+        top = demand.groupby("region")["vcpu"].mean().sort_values(ascending=False).index[:4]
+        fig, axes = plt.subplots(len(top), 1, figsize=(11, 2.3 * len(top)), squeeze=False, sharex=True)
+        for ax, region in zip(axes.flat, top):
+            f = forecasts[forecasts["series_id"] == region_series_id(region, "vcpu")].sort_values("ds")
+            d = shown[shown["region"] == region]
+            ax.fill_between(f["ds"], f["lo_95"], f["hi_95"], color="#9ecae1", alpha=0.5, label="95% interval")
+            ax.fill_between(f["ds"], f["lo_80"], f["hi_80"], color="#4292c6", alpha=0.5, label="80% interval")
+            ax.plot(f["ds"], f["mean"], color="#08519c", lw=1.1, label="forecast")
+            ax.plot(d["hour"], d["vcpu"], color="#222", lw=1, label="actual")
+            ax.set_title(region, fontsize=10)
+        axes.flat[0].legend(fontsize=7, ncol=4)
+        fig.autofmt_xdate()
+        figures["forecast"] = _png(fig)
+        plt.close(fig)
+    else:
+        figures["forecast"] = ""
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    html = env.get_template("backtest_report.html.j2").render(summary=summary, figures=figures)
+    storage.write_text_atomic(path, html)
+    return path

@@ -43,14 +43,10 @@ def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str)
 
 
 def stage_render(plan_id: str, settings: Settings) -> dict[str, str]:
-    """Render Terraform for the plan into build/iac/<plan_id>/terraform."""
-    from pipeline.iac import render_terraform
-    from pipeline.plan import read_plan
+    """Render the plan into build/iac/<plan_id>/{terraform,cloudformation} (see pipeline.iac.render)."""
+    from pipeline.iac.render import render_plan
 
-    plan, manifest = read_plan(settings, plan_id)
-    out_dir = storage.join(settings.build_root, "iac", plan_id, "terraform")
-    files = render_terraform(plan, manifest, out_dir)
-    return {"terraform_dir": out_dir, "files": str(len(files))}
+    return render_plan(plan_id, settings)
 
 
 def stage_report(plan_id: str, interval: DataInterval, settings: Settings) -> str:

@@ -29,7 +29,7 @@ PLAN_ID = "plan-20250301T00-7f3a9c"
 W0 = pd.Timestamp("2025-03-01T00:00:00Z")
 W1 = W0 + pd.Timedelta(hours=1)
 W2 = W1 + pd.Timedelta(hours=1)
-RESOURCE_TYPES = ("vcpu", "memory_gib", "bandwidth_gbps")
+RESOURCE_TYPES = ("vcpu", "memory_gib", "bandwidth_gbps", "storage_gib")  # storage: 4 GiB per instance
 
 
 def _line_id(region: str, start: pd.Timestamp, instance_type: str, option: str) -> str:
@@ -165,6 +165,7 @@ def test_renders_expected_files(plan_df: pd.DataFrame, manifest: dict, tmp_path:
     assert names == sorted(names)
     assert set(names) == {
         "main.tf",
+        "network.tf",
         "outputs.tf",
         "providers.tf",
         "terraform.tfvars.json",
@@ -181,7 +182,7 @@ def test_every_tf_file_parses_and_declares_providers(
 ) -> None:
     _render(plan_df, manifest, tmp_path / "tf")
     parsed = _parse_dir(tmp_path / "tf")
-    assert set(parsed) == {"main.tf", "outputs.tf", "providers.tf", "variables.tf", "versions.tf"}
+    assert set(parsed) == {"main.tf", "network.tf", "outputs.tf", "providers.tf", "variables.tf", "versions.tf"}
 
     providers = [block["aws"] for block in parsed["providers.tf"]["provider"]]
     assert sorted(p["alias"] for p in providers) == ["eu_west_1", "us_east_1"]
@@ -226,7 +227,11 @@ def test_spot_lines_become_spot_only_autoscaling_groups(
     groups = _resources(parsed, "aws_autoscaling_group")
     templates = _resources(parsed, "aws_launch_template")
     schedules = _resources(parsed, "aws_autoscaling_schedule")
-    by_line = {_asg_tags(body)["line_id"]: (name, body) for name, body in groups.items()}
+    by_line = {
+        _asg_tags(body)["line_id"]: (name, body)
+        for name, body in groups.items()
+        if _asg_tags(body)["purchase_option"] == "spot"
+    }
     assert set(by_line) == set(FIRST_WINDOW_SPOT)
     for line_id, (region, instance_type, count) in FIRST_WINDOW_SPOT.items():
         name, body = by_line[line_id]
@@ -235,6 +240,7 @@ def test_spot_lines_become_spot_only_autoscaling_groups(
         assert body["desired_capacity"] == count
         assert body["max_size"] == count
         assert body["min_size"] == 0
+        assert "warm_pool" not in body  # AWS refuses warm pools on mixed-instances (spot) groups
         assert f'var.subnet_ids, "{region}"' in body["vpc_zone_identifier"]
         tags = _asg_tags(body)
         assert tags["plan_id"] == PLAN_ID
@@ -257,10 +263,112 @@ def test_spot_lines_become_spot_only_autoscaling_groups(
         assert template["metadata_options"][0]["http_tokens"] == "required"
         kinds = {spec["resource_type"] for spec in template["tag_specifications"]}
         assert kinds == {"instance", "volume"}
+        volume = template["block_device_mappings"][0]["ebs"][0]
+        assert (volume["volume_size"], volume["volume_type"], volume["encrypted"]) == (4, "gp3", True)
+        assert "capacity_reservation_specification" not in template
 
         schedule = schedules[f"{name}_window_end"]
         assert schedule["desired_capacity"] == 0
         assert schedule["start_time"] == "2025-03-01T01:00:00Z"
+
+
+def test_on_demand_lines_run_in_their_reservation_with_a_warm_pool(
+    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
+) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    parsed = _parse_dir(tmp_path / "tf")
+    groups = _resources(parsed, "aws_autoscaling_group")
+    templates = _resources(parsed, "aws_launch_template")
+    reservations = _resources(parsed, "aws_ec2_capacity_reservation")
+    on_demand = {
+        _asg_tags(body)["line_id"]: (name, body)
+        for name, body in groups.items()
+        if _asg_tags(body)["purchase_option"] == "on_demand"
+    }
+    assert set(on_demand) == set(FIRST_WINDOW_ON_DEMAND)
+    for line_id, (region, instance_type, count) in FIRST_WINDOW_ON_DEMAND.items():
+        name, body = on_demand[line_id]
+        assert name in reservations  # same stable name as its capacity reservation
+        assert body["desired_capacity"] == count
+        warm = body["warm_pool"][0]
+        assert warm["min_size"] == max(1, -(-count // 5))  # ceil(count x 0.2)
+        assert body["max_size"] == count + warm["min_size"] == warm["max_group_prepared_capacity"]
+        assert warm["pool_state"] == "${var.warm_pool_state}"
+        assert "mixed_instances_policy" not in body
+        assert body["launch_template"][0]["id"] == "${aws_launch_template.%s.id}" % name
+        template = templates[name]
+        assert template["instance_type"] == instance_type
+        assert template["capacity_reservation_specification"][0]["capacity_reservation_preference"] == "open"
+        assert _asg_tags(body)["plan_id"] == PLAN_ID
+        assert _asg_tags(body)["line_key"] == f"{region}/{instance_type}/on_demand"
+
+
+def test_resource_names_are_stable_across_plans(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    """The next hour's plan updates the same resources: names do not carry the window or plan."""
+    _render(plan_df, manifest, tmp_path / "a")
+    later = plan_df.copy()
+    later["valid_from"] = later["valid_from"] + pd.Timedelta(hours=1)
+    later["valid_to"] = later["valid_to"] + pd.Timedelta(hours=1)
+    later["plan_id"] = "plan-next"
+    later["line_id"] = later["line_id"].str.replace("T00/", "T01/").str.replace("T01/", "T02/", regex=False)
+    _render(later, {**manifest, "plan_id": "plan-next"}, tmp_path / "b")
+    for kind in ("aws_autoscaling_group", "aws_launch_template", "aws_ec2_capacity_reservation"):
+        assert set(_resources(_parse_dir(tmp_path / "a"), kind)) == set(_resources(_parse_dir(tmp_path / "b"), kind))
+
+
+def test_peering_between_planned_region_pairs(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    parsed = _parse_dir(tmp_path / "tf")
+    gateways = _resources(parsed, "aws_ec2_transit_gateway")
+    assert set(gateways) == {"tgw_eu_west_1", "tgw_us_east_1"}
+    assert all(g["tags"]["plan_id"] == PLAN_ID for g in gateways.values())
+    attachments = _resources(parsed, "aws_ec2_transit_gateway_peering_attachment")
+    accepters = _resources(parsed, "aws_ec2_transit_gateway_peering_attachment_accepter")
+    assert set(attachments) == set(accepters) == {"peer_eu_west_1__us_east_1"}
+    attachment = attachments["peer_eu_west_1__us_east_1"]
+    assert attachment["provider"] == "${aws.eu_west_1}"  # the alphabetically first region requests
+    assert attachment["peer_region"] == "us-east-1"
+    assert attachment["peer_transit_gateway_id"] == "${aws_ec2_transit_gateway.tgw_us_east_1.id}"
+    assert attachment["tags"]["plan_id"] == PLAN_ID
+    assert accepters["peer_eu_west_1__us_east_1"]["provider"] == "${aws.us_east_1}"
+    assert "# Planned pairs: all plan regions." in (tmp_path / "tf" / "network.tf").read_text()
+
+
+def test_only_forecast_pairs_are_peered(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    """Pairs come from the caller (the pair forecast); pairs naming a region without lines are dropped."""
+    _render(plan_df, manifest, tmp_path / "none", peering=[], peering_source="pair forecast f1")
+    parsed = _parse_dir(tmp_path / "none")
+    assert not _resources(parsed, "aws_ec2_transit_gateway")
+    assert not _resources(parsed, "aws_ec2_transit_gateway_peering_attachment")
+    assert "pair forecast f1" in (tmp_path / "none" / "network.tf").read_text()
+    _render(plan_df, manifest, tmp_path / "some", peering=[("us-east-1", "eu-west-1", 12.5), ("us-east-1", "ap-south-1", 9.0)])
+    attachments = _resources(_parse_dir(tmp_path / "some"), "aws_ec2_transit_gateway_peering_attachment")
+    assert set(attachments) == {"peer_eu_west_1__us_east_1"}
+    assert "12.5 requests expected" in (tmp_path / "some" / "network.tf").read_text()
+    with pytest.raises(UnsafePlanValue, match="peering region"):
+        _render(plan_df, manifest, tmp_path / "bad", peering=[("us-east-1", 'eu-west-1"', None)])
+
+
+def test_pairs_from_forecast() -> None:
+    from datetime import datetime, timezone
+
+    from pipeline.iac.model import pairs_from_forecast
+
+    t0 = datetime(2026, 1, 29, tzinfo=timezone.utc)
+    hours = [pd.Timestamp(t0) + pd.Timedelta(hours=h) for h in range(3)]
+    rows = []
+    for ds in hours:
+        rows += [
+            {"series_id": "pair:us-east-1→eu-west-1:requests", "ds": ds, "mean": 0.4},
+            {"series_id": "pair:eu-west-1→us-east-1:requests", "ds": ds, "mean": 0.3},
+            {"series_id": "pair:us-east-1→us-west-2:requests", "ds": ds, "mean": 0.1},
+            {"series_id": "pair:us-east-1→ap-south-1:requests", "ds": ds, "mean": 5.0},
+            {"series_id": "region:us-east-1:vcpu", "ds": ds, "mean": 100.0},
+        ]
+    table = pa.Table.from_pandas(pd.DataFrame(rows), preserve_index=False)
+    pairs = pairs_from_forecast(table, ["us-east-1", "eu-west-1", "us-west-2"], t0, t0.replace(hour=2))
+    # Two hours in range: (0.4 + 0.3) x 2 = 1.4 >= 1; us-west-2 pair 0.2 < 1; ap-south-1 has no lines.
+    assert pairs == [("eu-west-1", "us-east-1", 1.4)]
 
 
 def test_only_first_window_is_rendered(
@@ -378,6 +486,9 @@ INJECTIONS: dict[str, tuple[dict[str, Any], str]] = {
     "negative_count": ({"count": -1}, "count"),
     "float_count": ({"count": 2.5}, "count"),
     "naive_timestamp": ({"valid_from": pd.Timestamp("2025-03-01T00:00:00")}, "valid_from"),
+    "resource_type": ({"resource_type": 'vcpu"\n}'}, "resource_type"),
+    "nan_quantity": ({"quantity": float("nan")}, "quantity"),
+    "negative_quantity": ({"quantity": -3.0}, "quantity"),
 }
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import os
 import re
 from datetime import datetime, timezone
 from typing import Any
@@ -27,6 +28,7 @@ __all__ = [
     "UnsafeRenderedOutput",
     "assert_no_credentials",
     "check_count",
+    "check_quantity",
     "check_instance_type",
     "check_plan_id",
     "check_purchase_option",
@@ -37,6 +39,8 @@ __all__ = [
     "hcl_number",
     "hcl_string",
     "hcl_text",
+    "redact",
+    "secret_values",
 ]
 
 # AWS caps tag values at 256 characters; longer values would fail at apply time, not render time.
@@ -54,7 +58,17 @@ _CREDENTIAL_PATTERNS: tuple[re.Pattern[str], ...] = (
     re.compile(r"\b(?:AKIA|ASIA|AIDA|AROA)[A-Z0-9]{16}\b"),
     re.compile(r"\b(?:access_key|secret_key|token|aws_secret_access_key|aws_session_token)\s*="),
     re.compile(r"\bshared_credentials_files?\b"),
+    re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"),
 )
+
+# Environment variables whose values are secrets: their values must never be written or logged.
+SECRET_ENV_VARS: tuple[str, ...] = (
+    "AWS_SECRET_ACCESS_KEY",
+    "AWS_SESSION_TOKEN",
+    "AWS_SECURITY_TOKEN",
+    "TF_TOKEN",
+)
+_MIN_SECRET_LENGTH = 8
 
 
 class UnsafePlanValue(ValueError):
@@ -137,6 +151,16 @@ def check_count(value: Any, field: str = "count") -> int:
     return count
 
 
+def check_quantity(value: Any, field: str = "quantity") -> float:
+    """Return ``value`` as a float if it is a finite, non-negative number (bools refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise UnsafePlanValue(field, value, "must be a number (float64 column)")
+    quantity = float(value)
+    if not math.isfinite(quantity) or quantity < 0:
+        raise UnsafePlanValue(field, value, "must be finite and non-negative")
+    return quantity
+
+
 def check_tag_value(value: Any, field: str) -> str:
     """Return ``value`` if it can sit inside an HCL string and an AWS tag value unchanged."""
     value = _require_str(field, value)
@@ -203,8 +227,32 @@ def hcl_number(value: Any) -> str:
     return str(check_count(value, "template number"))
 
 
+def secret_values() -> list[str]:
+    """Values of the secret environment variables that are set (``TF_TOKEN_*`` included)."""
+    names = [n for n in os.environ if n in SECRET_ENV_VARS or n.startswith("TF_TOKEN_")]
+    values = {os.environ[n] for n in names}
+    return sorted((v for v in values if len(v) >= _MIN_SECRET_LENGTH), key=len, reverse=True)
+
+
+def redact(text: str) -> str:
+    """``text`` with every secret environment value replaced by ``***`` (for errors and logs)."""
+    for value in secret_values():
+        text = text.replace(value, "***")
+    return text
+
+
 def assert_no_credentials(text: str, name: str) -> None:
-    """Raise :class:`UnsafeRenderedOutput` if ``text`` contains credential-like content."""
+    """Raise :class:`UnsafeRenderedOutput` if ``text`` contains credential-like content.
+
+    Checks credential shapes (AWS key ids, provider secret arguments, private keys) and the
+    values of the secret environment variables (``AWS_SECRET_ACCESS_KEY`` and friends).
+    """
+    for value in secret_values():
+        if value in text:
+            raise UnsafeRenderedOutput(
+                f"{name} contains the value of a secret environment variable; IaC must take AWS "
+                "credentials from the environment at run time, never from templates or plan values"
+            )
     for pattern in _CREDENTIAL_PATTERNS:
         match = pattern.search(text)
         if match:

@@ -16,15 +16,32 @@ output "window" {
 output "capacity_reservation_ids" {
   description = "EC2 capacity reservation id per on-demand plan line."
   value       = {
-    "eu-west-1/2025-03-01T00/r5.large/on_demand" = aws_ec2_capacity_reservation.line_eu_west_1_2025_03_01t00_r5_large_on_demand_ed815525.id
-    "us-east-1/2025-03-01T00/m5.large/on_demand" = aws_ec2_capacity_reservation.line_us_east_1_2025_03_01t00_m5_large_on_demand_c6cd416f.id
+    "eu-west-1/2025-03-01T00/r5.large/on_demand" = aws_ec2_capacity_reservation.line_eu_west_1_r5_large_on_demand_1290b376.id
+    "us-east-1/2025-03-01T00/m5.large/on_demand" = aws_ec2_capacity_reservation.line_us_east_1_m5_large_on_demand_0c3f5f70.id
   }
 }
 
 output "autoscaling_group_names" {
-  description = "Auto scaling group name per spot plan line."
+  description = "Auto scaling group name per plan line (on-demand and spot)."
   value       = {
-    "eu-west-1/2025-03-01T00/m5.large/spot"  = aws_autoscaling_group.line_eu_west_1_2025_03_01t00_m5_large_spot_1ce2dc50.name
-    "us-east-1/2025-03-01T00/c5.xlarge/spot" = aws_autoscaling_group.line_us_east_1_2025_03_01t00_c5_xlarge_spot_7df7ceed.name
+    "eu-west-1/2025-03-01T00/m5.large/spot"      = aws_autoscaling_group.line_eu_west_1_m5_large_spot_446268d0.name
+    "eu-west-1/2025-03-01T00/r5.large/on_demand" = aws_autoscaling_group.line_eu_west_1_r5_large_on_demand_1290b376.name
+    "us-east-1/2025-03-01T00/c5.xlarge/spot"     = aws_autoscaling_group.line_us_east_1_c5_xlarge_spot_308dc959.name
+    "us-east-1/2025-03-01T00/m5.large/on_demand" = aws_autoscaling_group.line_us_east_1_m5_large_on_demand_0c3f5f70.name
+  }
+}
+
+output "transit_gateway_ids" {
+  description = "Transit gateway id per peered region."
+  value       = {
+    "eu-west-1" = aws_ec2_transit_gateway.tgw_eu_west_1.id
+    "us-east-1" = aws_ec2_transit_gateway.tgw_us_east_1.id
+  }
+}
+
+output "peering_attachment_ids" {
+  description = "Transit gateway peering attachment id per planned region pair (requester|accepter)."
+  value       = {
+    "eu-west-1|us-east-1" = aws_ec2_transit_gateway_peering_attachment.peer_eu_west_1__us_east_1.id
   }
 }

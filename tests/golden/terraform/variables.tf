@@ -46,3 +46,14 @@ variable "ami_ssm_parameter" {
   type        = string
   default     = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 }
+
+variable "warm_pool_state" {
+  description = "State of warm-pool instances next to on-demand groups: Stopped (pay for volumes only), Running or Hibernated."
+  type        = string
+  default     = "Stopped"
+
+  validation {
+    condition     = contains(["Stopped", "Running", "Hibernated"], var.warm_pool_state)
+    error_message = "warm_pool_state is one of Stopped, Running, Hibernated."
+  }
+}

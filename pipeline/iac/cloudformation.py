@@ -1,0 +1,248 @@
+"""Render a plan as CloudFormation: one stack template per region, plus ``deployment.json``.
+
+The same :class:`~pipeline.iac.model.InfraModel` as the Terraform renderer, so both describe the
+same infrastructure, with two differences forced by CloudFormation being regional:
+
+* **capacity reservations** are not in the templates: the applier reconciles them through a
+  :class:`~pipeline.iac.providers.CapacityReservationProvider` (the EC2 API on AWS; a ledger where
+  the API is not available, e.g. the loopback test server, which does not implement them);
+* **peering** between two regions' transit gateways spans two stacks, so the templates only hold
+  each region's transit gateway (its id is a stack output) and the applier creates and accepts
+  the peering attachments through the EC2 API (:class:`~pipeline.iac.providers.TransitGatewayPeering`).
+
+``deployment.json`` lists the stacks, the planned pairs and the capacity reservations: the
+applier works from it and the templates alone, never from the plan directly.
+
+Templates do not carry the plan id: a region whose lines did not change renders byte-identical
+and its change set is empty. The plan id travels as a *stack tag*, which CloudFormation
+propagates to every taggable resource of the stack.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from pipeline.iac.model import InfraLine, InfraModel, InfraRegion, build_model
+from pipeline.iac.terraform import DEFAULT_AMI_SSM_PARAMETER, publish_dir
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = ["DEPLOYMENT_FILE", "render_cloudformation", "render_cloudformation_model", "template_file"]
+
+DEPLOYMENT_FILE = "deployment.json"
+TRANSIT_GATEWAY = "TransitGateway"
+
+
+def template_file(region: str) -> str:
+    return f"{region}.template.json"
+
+
+def _tags(line: InfraLine) -> list[dict[str, str]]:
+    return [
+        {"Key": "line_key", "Value": line.key},
+        {"Key": "peerscale", "Value": "true"},
+        {"Key": "purchase_option", "Value": line.purchase_option},
+    ]
+
+
+def _launch_template(line: InfraLine) -> dict[str, Any]:
+    data: dict[str, Any] = {
+        "ImageId": {"Ref": "ImageId"},
+        "InstanceType": line.instance_type,
+        "EbsOptimized": True,
+        "Monitoring": {"Enabled": True},
+        "MetadataOptions": {"HttpEndpoint": "enabled", "HttpTokens": "required"},
+        "TagSpecifications": [
+            {"ResourceType": "instance", "Tags": _tags(line)},
+            {"ResourceType": "volume", "Tags": _tags(line)},
+        ],
+    }
+    if line.storage_gib > 0:
+        data["BlockDeviceMappings"] = [{
+            "DeviceName": "/dev/sdf",
+            "Ebs": {"VolumeSize": line.storage_gib, "VolumeType": "gp3", "Encrypted": True,
+                    "DeleteOnTermination": True},
+        }]
+    if line.purchase_option == "on_demand":
+        data["CapacityReservationSpecification"] = {"CapacityReservationPreference": "open"}
+    return {
+        "Type": "AWS::EC2::LaunchTemplate",
+        "Properties": {
+            "LaunchTemplateData": data,
+            "TagSpecifications": [{"ResourceType": "launch-template", "Tags": _tags(line)}],
+        },
+    }
+
+
+def _group(line: InfraLine) -> dict[str, Any]:
+    template_ref = {
+        "LaunchTemplateId": {"Ref": f"{line.logical_id}LaunchTemplate"},
+        "Version": {"Fn::GetAtt": [f"{line.logical_id}LaunchTemplate", "LatestVersionNumber"]},
+    }
+    properties: dict[str, Any] = {
+        "MinSize": "0",
+        "MaxSize": str(line.max_size),
+        "DesiredCapacity": str(line.count),
+        "AvailabilityZones": [{"Ref": "AvailabilityZone"}],
+        "Tags": [dict(tag, PropagateAtLaunch=True) for tag in _tags(line)],
+    }
+    if line.purchase_option == "spot":
+        properties["CapacityRebalance"] = True
+        properties["MixedInstancesPolicy"] = {
+            "InstancesDistribution": {
+                "OnDemandBaseCapacity": 0,
+                "OnDemandPercentageAboveBaseCapacity": 0,
+                "SpotAllocationStrategy": "price-capacity-optimized",
+            },
+            "LaunchTemplate": {
+                "LaunchTemplateSpecification": template_ref,
+                "Overrides": [{"InstanceType": line.instance_type}],
+            },
+        }
+    else:
+        properties["LaunchTemplate"] = template_ref
+    return {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": properties}
+
+
+def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
+    lines = model.lines_in(region.name)
+    resources: dict[str, Any] = {}
+    outputs: dict[str, Any] = {}
+    if region.has_transit_gateway:
+        resources[TRANSIT_GATEWAY] = {
+            "Type": "AWS::EC2::TransitGateway",
+            "Properties": {
+                "Description": f"peerscale peering hub {region.name}",
+                "AutoAcceptSharedAttachments": "disable",
+                "DefaultRouteTableAssociation": "enable",
+                "DefaultRouteTablePropagation": "enable",
+                "DnsSupport": "enable",
+                "Tags": [{"Key": "Name", "Value": f"peerscale-{region.name}"}, {"Key": "peerscale", "Value": "true"}],
+            },
+        }
+        outputs["TransitGatewayId"] = {
+            "Description": "Transit gateway the applier peers with other regions.",
+            "Value": {"Ref": TRANSIT_GATEWAY},
+        }
+    for line in lines:
+        lid = line.logical_id
+        resources[f"{lid}LaunchTemplate"] = _launch_template(line)
+        resources[f"{lid}Group"] = _group(line)
+        if line.warm_pool > 0:
+            resources[f"{lid}WarmPool"] = {
+                "Type": "AWS::AutoScaling::WarmPool",
+                "Properties": {
+                    "AutoScalingGroupName": {"Ref": f"{lid}Group"},
+                    "MinSize": line.warm_pool,
+                    "MaxGroupPreparedCapacity": line.max_size,
+                    "PoolState": {"Ref": "WarmPoolState"},
+                    "InstanceReusePolicy": {"ReuseOnScaleIn": True},
+                },
+            }
+        resources[f"{lid}WindowEnd"] = {
+            "Type": "AWS::AutoScaling::ScheduledAction",
+            "Properties": {
+                "AutoScalingGroupName": {"Ref": f"{lid}Group"},
+                "MinSize": 0,
+                "MaxSize": 0,
+                "DesiredCapacity": 0,
+                "StartTime": line.valid_to,
+            },
+        }
+        outputs[f"{lid}GroupName"] = {"Description": f"Auto scaling group of {line.key}", "Value": {"Ref": f"{lid}Group"}}
+    if not resources:
+        # A stack needs at least one resource; a region whose lines are all zero keeps a marker.
+        resources["NoCapacity"] = {"Type": "AWS::CloudFormation::WaitConditionHandle", "Properties": {}}
+    return {
+        "AWSTemplateFormatVersion": "2010-09-09",
+        "Description": (
+            f"peerscale pre-allocated capacity in {region.name}: auto scaling groups per plan line"
+            + (" and the region's peering transit gateway" if region.has_transit_gateway else "")
+            + ". Capacity reservations and peering attachments are managed by the peerscale applier."
+        ),
+        "Metadata": {"peerscale": {"region": region.name, "lines": [l.key for l in lines]}},
+        "Parameters": {
+            "ImageId": {
+                "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+                "Default": DEFAULT_AMI_SSM_PARAMETER,
+                "Description": "AMI for the launch templates (a public SSM parameter, or pass an AMI parameter path).",
+            },
+            "AvailabilityZone": {
+                "Type": "String",
+                "Default": region.default_availability_zone,
+                "AllowedPattern": f"^{region.name}[a-z]$",
+                "Description": "Availability zone of the groups (and of the capacity reservations).",
+            },
+            "WarmPoolState": {
+                "Type": "String",
+                "Default": "Stopped",
+                "AllowedValues": ["Stopped", "Running", "Hibernated"],
+                "Description": "State of warm-pool instances next to on-demand groups.",
+            },
+        },
+        "Resources": resources,
+        "Outputs": outputs,
+    }
+
+
+def _deployment(model: InfraModel) -> dict[str, Any]:
+    return {
+        "plan_id": model.plan_id,
+        "window": {"valid_from": model.valid_from, "valid_to": model.valid_to},
+        "stacks": [{"region": r.name, "template": template_file(r.name)} for r in model.regions],
+        "peering": {
+            "source": model.peering_source,
+            "pairs": [
+                {"requester": p.requester, "accepter": p.accepter, "expected_requests": p.expected_requests}
+                for p in model.peering
+            ],
+        },
+        "capacity_reservations": [
+            {
+                "key": line.key,
+                "line_id": line.line_id,
+                "plan_id": model.plan_id,
+                "region": line.region,
+                "instance_type": line.instance_type,
+                "instance_count": line.count,
+                "availability_zone": model.region(line.region).default_availability_zone,
+                "end_date": line.valid_to,
+            }
+            for line in model.lines
+            if line.purchase_option == "on_demand"
+        ],
+        "stack_tags": {"peerscale": "true", "plan_id": model.plan_id},
+    }
+
+
+def _dump(payload: Mapping[str, Any]) -> str:
+    return json.dumps(payload, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+
+
+def render_cloudformation_model(model: InfraModel, out_dir: Path) -> list[Path]:
+    """Render an already-validated model (see :func:`render_cloudformation`)."""
+    files = {template_file(r.name): _dump(_region_template(model, r)) for r in model.regions}
+    files[DEPLOYMENT_FILE] = _dump(_deployment(model))
+    return publish_dir(files, out_dir)
+
+
+def render_cloudformation(
+    plan: "pd.DataFrame | pa.Table",
+    manifest: Mapping[str, Any],
+    out_dir: Path,
+    peering: Sequence[tuple[str, str, float | None]] | None = None,
+    peering_source: str | None = None,
+) -> list[Path]:
+    """Render one CloudFormation template per plan region and ``deployment.json`` in ``out_dir``.
+
+    Validation, determinism and the atomic directory swap are those of
+    :func:`pipeline.iac.terraform.render_terraform`. Returns the written files, sorted.
+    """
+    model = build_model(plan, manifest, peering=peering, peering_source=peering_source)
+    return render_cloudformation_model(model, out_dir)

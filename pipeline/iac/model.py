@@ -1,0 +1,448 @@
+"""The infrastructure a plan asks for: validated once, shared by the Terraform and CloudFormation
+renderers and by the appliers.
+
+Only the plan's first window (earliest ``valid_from``) is provisioned now. Per region and line
+(a ``region/instance_type/purchase_option`` of that window with at least one instance):
+
+* **on-demand lines** become an EC2 capacity reservation (billed used or not, so it ends with the
+  window) plus a launch template and an auto scaling group that runs the instances in that
+  reservation, with a *warm pool* of stopped, pre-initialised instances
+  (``ceil(count × WARM_POOL_FRACTION)``) for bursts beyond the plan;
+* **spot lines** become a launch template and an auto scaling group with a mixed instances
+  policy (on-demand base 0, 0 % on demand above it: all spot, price-capacity-optimized). AWS
+  refuses warm pools on mixed-instances and spot groups, so spot lines have none;
+* **storage** the plan reserves on a line (``storage_gib`` rows) becomes an encrypted gp3 data
+  volume on each of the line's instances (``ceil(quantity / count)`` GiB each);
+* **peering**: each planned region pair gets a transit gateway peering attachment between the two
+  regions' transit gateways (requester: the pair's alphabetically first region). Which pairs are
+  planned is decided by :func:`pairs_from_forecast` (the pair forecast) or, without a forecast,
+  every pair of regions that both have lines (:func:`all_pairs`).
+
+Resource identities are keyed on ``region/instance_type/purchase_option``, not on the window or
+the plan: consecutive plans update the same resources in place instead of replacing them.
+
+Every value is validated (:mod:`pipeline.iac.safety`) before any template sees it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from itertools import combinations
+from typing import TYPE_CHECKING, Any
+
+import pyarrow as pa
+
+from pipeline.iac.safety import (
+    UnsafePlanValue,
+    check_count,
+    check_instance_type,
+    check_plan_id,
+    check_purchase_option,
+    check_quantity,
+    check_region,
+    check_tag_value,
+    check_timestamp,
+)
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+__all__ = [
+    "InfraLine",
+    "InfraModel",
+    "InfraRegion",
+    "MIN_PAIR_REQUESTS",
+    "PeeringPair",
+    "REQUIRED_COLUMNS",
+    "WARM_POOL_FRACTION",
+    "all_pairs",
+    "build_model",
+    "line_key",
+    "logical_id",
+    "pairs_from_forecast",
+    "provider_alias",
+    "resource_name",
+]
+
+REQUIRED_COLUMNS: tuple[str, ...] = (
+    "plan_id",
+    "valid_from",
+    "valid_to",
+    "region",
+    "resource_type",
+    "quantity",
+    "instance_type",
+    "purchase_option",
+    "count",
+    "line_id",
+)
+
+# Stopped instances kept ready next to an on-demand group, as a share of its planned count.
+WARM_POOL_FRACTION = 0.2
+# gp3 volumes hold at most 16 TiB.
+MAX_VOLUME_GIB = 16384
+# A region pair is peered when the forecast expects at least this many requests between the two
+# regions (both directions together) over the plan's windows.
+MIN_PAIR_REQUESTS = 1.0
+STORAGE_RESOURCE = "storage_gib"
+
+_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_NAME_SLUG_MAX = 60
+_TERRAFORM_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
+_LOGICAL_ID = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,200}$")
+
+
+@dataclass(frozen=True)
+class InfraLine:
+    """One line of the first window (count > 0), validated and shaped for the templates."""
+
+    key: str  # region/instance_type/purchase_option: the stable identity across plans
+    line_id: str  # the plan's line id (carries the window), kept as a tag
+    name: str  # Terraform resource name, [a-z0-9_]
+    logical_id: str  # CloudFormation logical id prefix, [A-Za-z0-9]
+    region: str
+    provider_alias: str
+    instance_type: str
+    purchase_option: str
+    count: int
+    warm_pool: int  # warm (stopped) instances next to an on-demand group; 0 for spot
+    storage_gib: int  # data volume per instance; 0 when the line reserves no storage
+    valid_from: str  # RFC 3339 UTC
+    valid_to: str  # RFC 3339 UTC
+
+    @property
+    def max_size(self) -> int:
+        return self.count + self.warm_pool
+
+
+@dataclass(frozen=True)
+class InfraRegion:
+    """A plan region: one aliased provider (Terraform) or one stack (CloudFormation)."""
+
+    name: str
+    provider_alias: str
+    default_availability_zone: str
+    has_spot: bool
+    has_lines: bool  # at least one line with instances: needs an AMI for its launch templates
+    has_transit_gateway: bool  # the region takes part in at least one planned peering
+
+
+@dataclass(frozen=True)
+class PeeringPair:
+    """Two regions to peer; ``requester`` sorts before ``accepter``."""
+
+    requester: str
+    accepter: str
+    expected_requests: float | None = None  # both directions, over the plan's windows
+
+    @property
+    def key(self) -> str:
+        return f"{self.requester}|{self.accepter}"
+
+    @property
+    def name(self) -> str:
+        return f"{provider_alias(self.requester)}__{provider_alias(self.accepter)}"
+
+    @property
+    def requester_alias(self) -> str:
+        return provider_alias(self.requester)
+
+    @property
+    def accepter_alias(self) -> str:
+        return provider_alias(self.accepter)
+
+
+@dataclass(frozen=True)
+class InfraModel:
+    """Everything the renderers need for one plan."""
+
+    plan_id: str
+    tau: str | None
+    valid_from: str
+    valid_to: str
+    regions: tuple[InfraRegion, ...]
+    lines: tuple[InfraLine, ...]  # sorted by (region, purchase_option, instance_type)
+    skipped_line_ids: tuple[str, ...]  # zero-count lines: AWS refuses zero-instance reservations
+    peering: tuple[PeeringPair, ...] = ()
+    peering_source: str = "all plan regions"
+    region_names: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "region_names", tuple(r.name for r in self.regions))
+
+    def lines_in(self, region: str) -> list[InfraLine]:
+        return [line for line in self.lines if line.region == region]
+
+    def region(self, name: str) -> InfraRegion:
+        for region in self.regions:
+            if region.name == name:
+                return region
+        raise KeyError(name)
+
+
+def provider_alias(region: str) -> str:
+    """Provider alias for a validated region: dashes become underscores (``us_east_1``)."""
+    return check_region(region).replace("-", "_")
+
+
+def line_key(region: str, instance_type: str, purchase_option: str) -> str:
+    return f"{region}/{instance_type}/{purchase_option}"
+
+
+def resource_name(key: str) -> str:
+    """Terraform resource name for a line key: a readable slug plus a hash of the exact key.
+
+    The hash keeps names unique even when two keys slug to the same text (``m5.large`` vs
+    ``m5-large``), and it depends on the key only, so names are stable across renders.
+    """
+    slug = re.sub(r"[^a-z0-9]+", "_", key.lower()).strip("_")[:_NAME_SLUG_MAX].rstrip("_")
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8]
+    name = f"line_{slug}_{digest}" if slug else f"line_{digest}"
+    assert _TERRAFORM_NAME.fullmatch(name), name
+    return name
+
+
+def logical_id(key: str) -> str:
+    """CloudFormation logical id prefix for a line key (alphanumeric only), stable across renders."""
+    parts = re.split(r"[^A-Za-z0-9]+", key.split("/", 1)[-1])
+    camel = "".join(p[:1].upper() + p[1:] for p in parts if p)[:80]
+    digest = hashlib.sha256(key.encode("utf-8")).hexdigest()[:8].upper()
+    name = f"Line{camel}{digest}"
+    assert _LOGICAL_ID.fullmatch(name), name
+    return name
+
+
+def _format_ts(value: datetime) -> str:
+    return value.strftime(_TIMESTAMP_FORMAT)
+
+
+def _records(plan: "pd.DataFrame | pa.Table") -> list[dict[str, Any]]:
+    """Plan rows as dicts, from either a pandas DataFrame or a pyarrow Table."""
+    is_table = isinstance(plan, pa.Table)
+    columns = plan.column_names if is_table else list(plan.columns)
+    missing = [c for c in REQUIRED_COLUMNS if c not in columns]
+    if missing:
+        raise ValueError(f"plan is missing columns {missing}; expected the PLAN schema")
+    if is_table:
+        return plan.select(list(REQUIRED_COLUMNS)).to_pylist()
+    return plan[list(REQUIRED_COLUMNS)].to_dict(orient="records")
+
+
+def _validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """Validate every templated field of one plan row; return the normalised values."""
+    valid_from = check_timestamp(row["valid_from"], "valid_from")
+    valid_to = check_timestamp(row["valid_to"], "valid_to")
+    if valid_to <= valid_from:
+        raise UnsafePlanValue(
+            "valid_to", row["valid_to"], f"must be after valid_from ({_format_ts(valid_from)})"
+        )
+    return {
+        "plan_id": check_plan_id(row["plan_id"]),
+        "valid_from": valid_from,
+        "valid_to": valid_to,
+        "region": check_region(row["region"]),
+        "resource_type": check_tag_value(row["resource_type"], "resource_type"),
+        "quantity": check_quantity(row["quantity"], "quantity"),
+        "instance_type": check_instance_type(row["instance_type"]),
+        "purchase_option": check_purchase_option(row["purchase_option"]),
+        "count": check_count(row["count"]),
+        "line_id": check_tag_value(row["line_id"], "line_id"),
+    }
+
+
+def _tau(manifest: Mapping[str, Any]) -> str | None:
+    """The manifest's newsvendor τ (one number, or one per resource type) for header comments."""
+    tau = manifest.get("tau")
+    if tau is None:
+        return None
+    items = sorted(tau.items()) if isinstance(tau, Mapping) else [(None, tau)]
+    parts = []
+    for resource, value in items:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= float(value) <= 1.0:
+            raise UnsafePlanValue("tau", value, "must be a number in [0, 1]")
+        if resource is not None and not str(resource).isidentifier():
+            raise UnsafePlanValue("tau", resource, "resource type keys must be plain identifiers")
+        parts.append(f"{float(value):.6g}" if resource is None else f"{resource}={float(value):.6g}")
+    return ", ".join(parts)
+
+
+def all_pairs(regions: Iterable[str]) -> list[tuple[str, str, float | None]]:
+    """Every unordered pair of the given regions (the fallback when there is no pair forecast)."""
+    return [(a, b, None) for a, b in combinations(sorted(set(regions)), 2)]
+
+
+def pairs_from_forecast(
+    forecast: pa.Table,
+    regions: Iterable[str],
+    start: datetime,
+    end: datetime,
+    min_requests: float = MIN_PAIR_REQUESTS,
+) -> list[tuple[str, str, float]]:
+    """Region pairs the pair forecast expects traffic between during ``[start, end)``.
+
+    ``forecast`` is the long forecast table (``series_id, ds, mean, ...``); pair series are
+    ``pair:<src>→<dst>:requests``. Both directions of a pair are added up; a pair is planned when
+    the expected requests reach ``min_requests``. Only pairs of ``regions`` are considered.
+    """
+    import pyarrow.compute as pc
+
+    wanted = set(regions)
+    table = forecast.select(["series_id", "ds", "mean"])
+    ds = table.column("ds")
+    mask = pc.and_(
+        pc.greater_equal(ds, pa.scalar(start, type=ds.type)), pc.less(ds, pa.scalar(end, type=ds.type))
+    )
+    table = table.filter(mask)
+    totals: dict[tuple[str, str], float] = {}
+    for series_id, mean in zip(table.column("series_id").to_pylist(), table.column("mean").to_pylist()):
+        match = re.fullmatch(r"pair:([a-z0-9-]+)→([a-z0-9-]+):requests", series_id or "")
+        if not match or mean is None or not math.isfinite(mean):
+            continue
+        src, dst = match.groups()
+        if src == dst or src not in wanted or dst not in wanted:
+            continue
+        pair = (min(src, dst), max(src, dst))
+        totals[pair] = totals.get(pair, 0.0) + max(float(mean), 0.0)
+    return [(a, b, round(total, 3)) for (a, b), total in sorted(totals.items()) if total >= min_requests]
+
+
+def build_model(
+    plan: "pd.DataFrame | pa.Table",
+    manifest: Mapping[str, Any],
+    peering: Sequence[tuple[str, str, float | None]] | None = None,
+    peering_source: str | None = None,
+) -> InfraModel:
+    """Validate ``plan`` (PLAN schema) and ``manifest`` and reduce the first window to an
+    :class:`InfraModel`.
+
+    ``peering`` lists region pairs to peer (``(a, b, expected_requests)``); pairs naming a region
+    without lines are dropped. ``None`` means every pair of regions with lines.
+
+    Every row is validated, not only the first window's: a plan carrying an unsafe value anywhere
+    is suspect as a whole. Raises :class:`UnsafePlanValue` for unsafe values and ``ValueError``
+    for an empty or inconsistent plan.
+    """
+    plan_id = check_plan_id(manifest.get("plan_id"), "manifest.plan_id")
+    tau = _tau(manifest)
+    checked = [_validate_row(row) for row in _records(plan)]
+    if not checked:
+        raise ValueError("plan has no rows; nothing to render")
+    for row in checked:
+        if row["plan_id"] != plan_id:
+            raise UnsafePlanValue(
+                "plan_id", row["plan_id"], f"every row must carry the manifest's plan_id {plan_id!r}"
+            )
+    start = min(row["valid_from"] for row in checked)
+    window_rows = [row for row in checked if row["valid_from"] == start]
+    ends = {row["valid_to"] for row in window_rows}
+    if len(ends) != 1:
+        raise ValueError(
+            f"first window starting {_format_ts(start)} has several valid_to values "
+            f"{sorted(_format_ts(e) for e in ends)}; a window must have one end"
+        )
+    end = ends.pop()
+
+    by_line: dict[str, dict[str, Any]] = {}
+    for row in window_rows:
+        shape = (row["region"], row["instance_type"], row["purchase_option"], row["count"])
+        seen = by_line.setdefault(row["line_id"], {"shape": shape, "storage": 0.0})
+        if seen["shape"] != shape:
+            raise ValueError(
+                f"line {row['line_id']!r} has inconsistent (region, instance_type, "
+                f"purchase_option, count) across its resource rows: {seen['shape']} vs {shape}"
+            )
+        if row["resource_type"] == STORAGE_RESOURCE:
+            seen["storage"] += row["quantity"]
+
+    lines: list[InfraLine] = []
+    skipped: list[str] = []
+    keys: dict[str, str] = {}
+    for line_id, info in by_line.items():
+        region, instance_type, purchase_option, count = info["shape"]
+        if count == 0:
+            skipped.append(line_id)
+            continue
+        key = line_key(region, instance_type, purchase_option)
+        if key in keys:
+            raise ValueError(f"lines {keys[key]!r} and {line_id!r} both hold {key} in the first window")
+        keys[key] = line_id
+        per_instance = math.ceil(info["storage"] / count - 1e-9) if info["storage"] > 0 else 0
+        if per_instance > MAX_VOLUME_GIB:
+            raise UnsafePlanValue(
+                "quantity", info["storage"],
+                f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
+            )
+        warm = math.ceil(count * WARM_POOL_FRACTION) if purchase_option == "on_demand" else 0
+        lines.append(
+            InfraLine(
+                key=key,
+                line_id=line_id,
+                name=resource_name(key),
+                logical_id=logical_id(key),
+                region=region,
+                provider_alias=provider_alias(region),
+                instance_type=instance_type,
+                purchase_option=purchase_option,
+                count=count,
+                warm_pool=warm,
+                storage_gib=per_instance,
+                valid_from=_format_ts(start),
+                valid_to=_format_ts(end),
+            )
+        )
+    lines.sort(key=lambda l: (l.region, l.purchase_option, l.instance_type, l.line_id))
+    _check_unique([l.name for l in lines] + [l.logical_id for l in lines])
+
+    active = sorted({l.region for l in lines})
+    if peering is None:
+        wanted = all_pairs(active)
+        source = peering_source or "all plan regions"
+    else:
+        wanted = list(peering)
+        source = peering_source or "given"
+    pairs: list[PeeringPair] = []
+    for a, b, expected in wanted:
+        a, b = sorted((check_region(a, "peering region"), check_region(b, "peering region")))
+        if a == b or a not in active or b not in active:
+            continue
+        pairs.append(PeeringPair(a, b, None if expected is None else float(expected)))
+    pairs = sorted(set(pairs), key=lambda p: p.key)
+    peered = {p.requester for p in pairs} | {p.accepter for p in pairs}
+
+    spot_regions = {l.region for l in lines if l.purchase_option == "spot"}
+    # A region whose lines are all zero still gets a provider: the plan names it.
+    regions = tuple(
+        InfraRegion(
+            name=region,
+            provider_alias=provider_alias(region),
+            default_availability_zone=f"{region}a",
+            has_spot=region in spot_regions,
+            has_lines=region in active,
+            has_transit_gateway=region in peered,
+        )
+        for region in sorted({row["region"] for row in window_rows})
+    )
+    return InfraModel(
+        plan_id=plan_id,
+        tau=tau,
+        valid_from=_format_ts(start),
+        valid_to=_format_ts(end),
+        regions=regions,
+        lines=tuple(lines),
+        skipped_line_ids=tuple(sorted(skipped)),
+        peering=tuple(pairs),
+        peering_source=check_tag_value(source, "peering_source"),
+    )
+
+
+def _check_unique(names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:  # a sha256 prefix collision; refuse rather than overwrite a resource
+            raise ValueError(f"two plan lines map to the same resource name {name!r}")
+        seen.add(name)

@@ -1,0 +1,107 @@
+"""Render a published (or planned) plan from the lake into ``<build>/iac/<plan_id>/``.
+
+``terraform/`` (a Terraform root module) and ``cloudformation/`` (one stack template per region
+plus ``deployment.json``) describe the same infrastructure (see :mod:`pipeline.iac.model`).
+
+Planned peering pairs come from the plan's pair forecast (``lake/forecasts/run=<forecast_run_id>``,
+series ``pair:<src>→<dst>:requests``): a pair of plan regions is peered when the forecast expects
+at least :data:`~pipeline.iac.model.MIN_PAIR_REQUESTS` request(s) between them, both directions
+together, over the plan's windows. Peering is long-lived, so the whole plan horizon counts, not
+only the first window. Without a readable forecast every pair of plan regions is peered, and the
+rendered files say so.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline import lake, storage
+from pipeline.config import Settings
+from pipeline.iac.cloudformation import render_cloudformation_model
+from pipeline.iac.model import MIN_PAIR_REQUESTS, all_pairs, build_model, pairs_from_forecast
+from pipeline.iac.safety import check_plan_id
+from pipeline.iac.terraform import render_terraform_model
+
+__all__ = ["iac_dir", "load_plan", "planned_pairs", "render_plan"]
+
+
+def iac_dir(settings: Settings, plan_id: str) -> Path:
+    """``<build>/iac/<plan_id>``: local only (Terraform and the appliers need a directory)."""
+    check_plan_id(plan_id)
+    if storage.is_s3(settings.build_root):
+        raise ValueError(
+            f"build root {settings.build_root} is on S3; rendered IaC needs a local directory "
+            "(set PEERSCALE_BUILD or --build to a local path)"
+        )
+    return Path(settings.build_root) / "iac" / plan_id
+
+
+def load_plan(settings: Settings, plan_id: str) -> tuple[pa.Table, dict[str, Any]]:
+    """A plan's rows (pyarrow) and manifest, from a local or s3:// lake."""
+    check_plan_id(plan_id)
+    out_dir = lake.plan_dir(settings.lake_root, plan_id)
+    path = storage.join(out_dir, "plan.parquet")
+    if not storage.exists(path):
+        raise FileNotFoundError(f"plan {plan_id!r} not found at {path}")
+    fs, inner = storage.filesystem(path)
+    table = storage.with_retries("read", path, lambda: pq.read_table(inner, filesystem=fs))
+    return table, lake.read_json(storage.join(out_dir, "manifest.json"))
+
+
+def _instant(text: Any) -> datetime | None:
+    try:
+        value = datetime.fromisoformat(str(text).replace("Z", "+00:00"))
+    except ValueError:
+        return None
+    return value if value.tzinfo else None
+
+
+def planned_pairs(
+    settings: Settings, manifest: dict[str, Any], regions: list[str]
+) -> tuple[list[tuple[str, str, float | None]], str]:
+    """Region pairs to peer and a sentence saying where they come from."""
+    run_id = manifest.get("forecast_run_id")
+    start, end = _instant(manifest.get("valid_from")), _instant(manifest.get("valid_to"))
+    if isinstance(run_id, str) and run_id and start and end:
+        path = storage.join(lake.forecast_dir(settings.lake_root, run_id), "forecast.parquet")
+        if storage.exists(path):
+            fs, inner = storage.filesystem(path)
+            forecast = storage.with_retries(
+                "read", path, lambda: pq.read_table(inner, filesystem=fs, columns=["series_id", "ds", "mean"])
+            )
+            pairs = pairs_from_forecast(forecast, regions, start, end)
+            return pairs, (
+                f"pair forecast {run_id}, pairs expecting at least {MIN_PAIR_REQUESTS:g} request(s) "
+                f"over the plan windows ({len(pairs)} of {len(all_pairs(regions))} pairs)"
+            )
+    return all_pairs(regions), "every pair of plan regions (no pair forecast found for this plan)"
+
+
+def render_plan(plan_id: str, settings: Settings) -> dict[str, str]:
+    """Render Terraform and CloudFormation for ``plan_id``; returns paths (strings, XCom-friendly).
+
+    Both renders are validated before anything is written; each output directory is replaced
+    as a whole.
+    """
+    out = iac_dir(settings, plan_id)
+    plan, manifest = load_plan(settings, plan_id)
+    if manifest.get("plan_id") != plan_id:
+        raise ValueError(f"manifest of {plan_id} names plan {manifest.get('plan_id')!r}")
+    probe = build_model(plan, manifest)  # validates everything; its regions decide the pairs
+    active = sorted({line.region for line in probe.lines})
+    pairs, source = planned_pairs(settings, manifest, active)
+    model = build_model(plan, manifest, peering=pairs, peering_source=source)
+    tf_files = render_terraform_model(model, out / "terraform")
+    cfn_files = render_cloudformation_model(model, out / "cloudformation")
+    return {
+        "terraform_dir": str(out / "terraform"),
+        "cloudformation_dir": str(out / "cloudformation"),
+        "files": str(len(tf_files) + len(cfn_files)),
+        "peering": source,
+        "peered_pairs": str(len(model.peering)),
+    }
