@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import threading
@@ -83,12 +84,73 @@ def write_plan(lake: Path, plan_id: str = PLAN_ID, *, latest: bool = True) -> Pa
     return plan_dir
 
 
+DEFAULT_CAPACITY = {
+    "eu-west-1": {"vcpu": 8.0, "memory_gib": 32.0, "bandwidth_gbps": 2.0},
+    "us-east-1": {"vcpu": 16.0, "memory_gib": 64.0, "bandwidth_gbps": 4.0},
+}
+DEFAULT_POOLS = {
+    "eu-west-1": {"vcpu": 8.0, "memory_gib": 32.0, "storage_gib": 500.0, "bandwidth_gbps": 2.0},
+    "us-east-1": {"vcpu": 32.0, "memory_gib": 128.0, "storage_gib": 1000.0, "bandwidth_gbps": 8.0},
+    "ap-southeast-2": {"vcpu": 4.0, "memory_gib": 16.0, "storage_gib": 100.0, "bandwidth_gbps": 1.0},
+}
+
+
+def publish_plan(
+    lake: Path,
+    plan_id: str,
+    start: datetime,
+    hours: int = 2,
+    capacity: dict[str, dict[str, float]] | None = None,
+    pools: dict[str, dict[str, float]] | None = None,
+    *,
+    lines_per_resource: int = 1,
+    hourly_cost: float = 0.5,
+    latest: bool = True,
+    manifest: bool = True,
+) -> Path:
+    """Write plan.parquet, resource_pools.parquet, manifest.json (published), then LATEST."""
+    capacity = capacity or DEFAULT_CAPACITY
+    pools = pools or DEFAULT_POOLS
+    plan_dir = lake / "plans" / f"plan_id={plan_id}"
+    plan_dir.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for h in range(hours):
+        window_start, window_end = start + timedelta(hours=h), start + timedelta(hours=h + 1)
+        for region, quantities in capacity.items():
+            for resource_type, quantity in quantities.items():
+                for n in range(lines_per_resource):
+                    rows.append({
+                        "plan_id": plan_id, "valid_from": window_start, "valid_to": window_end, "region": region,
+                        "resource_type": resource_type, "quantity": quantity / lines_per_resource,
+                        "instance_type": "m5.xlarge", "purchase_option": "on_demand", "count": 1,
+                        "hourly_cost": hourly_cost / lines_per_resource, "demand_quantile": quantity,
+                        "line_id": f"{region}/{h}/{resource_type}/{n}", "reason": "test",
+                    })
+    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.PLAN), plan_dir / "plan.parquet")
+    pool_rows = [
+        {"region": r, "resource_type": rt, "available_quantity": q, "total_quantity": q * 2}
+        for r, quantities in pools.items()
+        for rt, q in quantities.items()
+    ]
+    pq.write_table(pa.Table.from_pylist(pool_rows, schema=schemas.RESOURCE_POOLS), plan_dir / "resource_pools.parquet")
+    if manifest:
+        (plan_dir / "manifest.json").write_text(json.dumps({
+            "plan_id": plan_id, "status": "published", "created_at": start.isoformat(),
+            "valid_from": start.isoformat(), "valid_to": (start + timedelta(hours=hours)).isoformat(),
+        }))
+    if latest:
+        (lake / "plans" / "LATEST").write_text(plan_id + "\n")
+    return plan_dir
+
+
 def request(
     *,
     at: datetime = T0 + timedelta(minutes=5),
     src: str = US,
     dst: str = EU,
     request_id: str = "r1",
+    duration_s: float = 600.0,
+    priority: str = "normal",
     **requirements: float,
 ) -> PeeringRequest:
     return PeeringRequest(
@@ -97,8 +159,16 @@ def request(
         source_region=src,
         destination_region=dst,
         resource_requirements=requirements or {"vcpu": 2.0, "memory_gib": 8.0},
-        duration_s=600.0,
+        duration_s=duration_s,
+        priority=priority,
     )
+
+
+def coordinator(lake: Path, **kwargs: object) -> Coordinator:
+    """A coordinator without watcher thread or outcome log (tests that need them ask)."""
+    kwargs.setdefault("reload_interval_s", None)
+    kwargs.setdefault("outcomes", False)
+    return Coordinator(lake, **kwargs)  # type: ignore[arg-type]
 
 
 @pytest.fixture
@@ -109,7 +179,7 @@ def lake(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def irc(lake: Path) -> Coordinator:
-    return Coordinator(lake)
+    return coordinator(lake)
 
 
 def assert_preallocated(response: PeeringResponse) -> None:
@@ -188,21 +258,21 @@ def test_unplanned_resource_goes_on_demand(irc: Coordinator) -> None:
 
 
 def test_windows_have_separate_capacity(irc: Coordinator) -> None:
-    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0)))
-    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0, at=T0 + timedelta(minutes=61))))
+    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0, priority="high")))
+    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0, priority="high", at=T0 + timedelta(minutes=61))))
 
 
 def test_release_makes_capacity_reusable_on_both_paths(irc: Coordinator) -> None:
-    pre = irc.handle_peering_request(request(vcpu=8.0))
-    od = irc.handle_peering_request(request(vcpu=8.0))
+    pre = irc.handle_peering_request(request(vcpu=8.0, priority="critical"))
+    od = irc.handle_peering_request(request(vcpu=8.0, priority="critical"))
     assert_preallocated(pre)
     assert_on_demand(od)
-    assert_failure(irc.handle_peering_request(request(vcpu=8.0)), "Insufficient resources")
+    assert_failure(irc.handle_peering_request(request(vcpu=8.0, priority="critical")), "Insufficient resources")
 
     assert irc.release(od.allocation_id) is True
-    assert_on_demand(irc.handle_peering_request(request(vcpu=8.0)))
+    assert_on_demand(irc.handle_peering_request(request(vcpu=8.0, priority="critical")))
     assert irc.release(pre.allocation_id) is True
-    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0)))
+    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0, priority="critical")))
 
 
 def test_double_and_unknown_release_return_false(irc: Coordinator) -> None:
@@ -289,14 +359,14 @@ def test_gap_between_windows_goes_on_demand(tmp_path: Path) -> None:
     manifest = json.loads((plan_dir / "manifest.json").read_text())
     manifest["valid_to"] = (T0 + timedelta(hours=5)).isoformat()
     (plan_dir / "manifest.json").write_text(json.dumps(manifest))
-    response = Coordinator(tmp_path).handle_peering_request(request(at=T0 + timedelta(hours=3)))
+    response = coordinator(tmp_path).handle_peering_request(request(at=T0 + timedelta(hours=3)))
     assert_on_demand(response)
-    assert "no window" in response.message
+    assert "no window" in response.message and response.miss_reason == "no_window"
 
 
 def test_missing_latest_goes_on_demand(tmp_path: Path) -> None:
     write_plan(tmp_path, latest=False)
-    irc = Coordinator(tmp_path, on_demand=PoolAllocator(POOLS))
+    irc = coordinator(tmp_path, on_demand=PoolAllocator(POOLS))
     assert irc.plan is None and "LATEST" in (irc.plan_error or "")
     response = irc.handle_peering_request(request(dst="eu-north-9"))  # pattern-only region check
     assert response.status == "failure"  # not in the given pool
@@ -307,7 +377,7 @@ def test_missing_latest_goes_on_demand(tmp_path: Path) -> None:
 
 
 def test_missing_latest_without_any_pool_is_unverified_on_demand(tmp_path: Path) -> None:
-    irc = Coordinator(tmp_path)
+    irc = coordinator(tmp_path)
     response = irc.handle_peering_request(request(vcpu=10_000.0))
     assert_on_demand(response)
     assert "not verified" in response.message
@@ -318,7 +388,7 @@ def test_missing_latest_without_any_pool_is_unverified_on_demand(tmp_path: Path)
 def test_corrupt_plan_parquet_goes_on_demand_from_pools(tmp_path: Path) -> None:
     plan_dir = write_plan(tmp_path)
     (plan_dir / "plan.parquet").write_bytes(b"PAR1 truncated garbage")
-    irc = Coordinator(tmp_path)
+    irc = coordinator(tmp_path)
     assert irc.plan is None and "plan.parquet" in (irc.plan_error or "")
     response = irc.handle_peering_request(request())
     assert_on_demand(response)
@@ -348,7 +418,7 @@ def test_broken_publications_never_raise(tmp_path: Path, breakage: str) -> None:
         quantities = pa.array([-1.0] * table.num_rows)
         pq.write_table(table.set_column(table.schema.get_field_index("quantity"), "quantity", quantities),
                        plan_dir / "plan.parquet")
-    irc = Coordinator(tmp_path)
+    irc = coordinator(tmp_path)
     assert irc.plan is None and irc.plan_error
     response = irc.handle_peering_request(request())
     assert response.path == "on_demand", response.message
@@ -356,19 +426,21 @@ def test_broken_publications_never_raise(tmp_path: Path, breakage: str) -> None:
 
 def test_ledger_failure_degrades_to_on_demand(lake: Path) -> None:
     class BrokenLedger(InMemoryLedger):
-        def try_reserve(self, *args: object, **kwargs: object) -> bool:
+        def reserve(self, *args: object, **kwargs: object) -> tuple[str, ...]:
             raise ConnectionError("database gone")
 
-    response = Coordinator(lake, ledger=BrokenLedger()).handle_peering_request(request())
+    irc = coordinator(lake, ledger=BrokenLedger())
+    response = irc.handle_peering_request(request())
     assert_on_demand(response)
-    assert "ledger unavailable" in response.message
+    assert "ledger unavailable" in response.message and response.miss_reason == "ledger_error"
+    assert irc.metrics()["ledger_errors"] == 1
 
 
 # -- concurrency ---------------------------------------------------------------------------------
 
 
 def test_concurrent_requests_never_overgrant_preallocation(lake: Path) -> None:
-    irc = Coordinator(lake)
+    irc = coordinator(lake, priority_ceilings={"normal": 1.0})
     results: list[PeeringResponse] = []
     results_lock = threading.Lock()
     start = threading.Barrier(16)
@@ -402,14 +474,143 @@ def test_concurrent_requests_never_overgrant_preallocation(lake: Path) -> None:
     assert len({r.allocation_id for r in pre + od}) == 64
     plan = irc.plan
     assert plan is not None
-    assert irc._ledger.usage(plan.windows[0].key, EU)["vcpu"] == pytest.approx(8.0)  # noqa: SLF001
+    assert irc.ledger.usage(plan.windows[0].start_s, EU)["vcpu"] == pytest.approx(8.0)
 
 
-# -- import hygiene ------------------------------------------------------------------------------
+# -- sessions span windows, expire, and respect priority ------------------------------------------
+
+
+def test_a_session_reserves_every_window_it_overlaps(irc: Coordinator) -> None:
+    plan = irc.plan
+    assert plan is not None
+    w0, w1 = plan.windows[0].start_s, plan.windows[1].start_s
+    crossing = irc.handle_peering_request(request(at=T0 + timedelta(minutes=50), duration_s=1800, vcpu=3.0))
+    assert_preallocated(crossing)
+    assert irc.ledger.usage(w0, EU)["vcpu"] == pytest.approx(3.0)
+    assert irc.ledger.usage(w1, EU)["vcpu"] == pytest.approx(3.0)
+
+    # Window 1 nearly full: a session starting in window 0 that runs into it no longer fits.
+    assert_preallocated(irc.handle_peering_request(request(at=T0 + timedelta(minutes=70), vcpu=4.5)))
+    blocked = irc.handle_peering_request(request(at=T0 + timedelta(minutes=30), duration_s=3600, vcpu=1.0))
+    assert_on_demand(blocked)
+    assert blocked.miss_reason == "exhausted" and blocked.short_resources == ("vcpu",)
+    assert irc.ledger.usage(w0, EU)["vcpu"] == pytest.approx(3.0)  # all or nothing: window 0 untouched
+
+    assert irc.release(crossing.allocation_id)
+    assert irc.ledger.usage(w0, EU).get("vcpu") == 0.0 and irc.ledger.usage(w1, EU)["vcpu"] == pytest.approx(4.5)
+
+
+def test_a_session_outliving_the_plan_is_charged_to_its_windows_only(irc: Coordinator) -> None:
+    long = irc.handle_peering_request(request(at=T0 + timedelta(minutes=90), duration_s=6 * 3600, vcpu=2.0))
+    assert_preallocated(long)
+    plan = irc.plan
+    assert plan is not None
+    assert irc.ledger.usage(plan.windows[1].start_s, EU)["vcpu"] == pytest.approx(2.0)
+    assert irc.ledger.usage(plan.windows[0].start_s, EU).get("vcpu", 0.0) == 0.0
+
+
+def test_expired_allocations_come_back_without_release(irc: Coordinator) -> None:
+    first = irc.handle_peering_request(request(at=T0 + timedelta(minutes=1), duration_s=600, vcpu=7.0))
+    assert_preallocated(first)
+    # Still held 5 minutes later...
+    assert irc.handle_peering_request(request(at=T0 + timedelta(minutes=6), vcpu=7.0)).path == "on_demand"
+    # ...and back once the session has ended (requested_at + duration_s), without any release.
+    assert_preallocated(irc.handle_peering_request(request(at=T0 + timedelta(minutes=12), vcpu=7.0)))
+    assert irc.release(first.allocation_id) is False  # already returned by expiry, exactly once
+    assert irc.metrics()["expired"] >= 1
+
+
+def test_expired_on_demand_grants_return_to_the_pool(irc: Coordinator) -> None:
+    assert_preallocated(irc.handle_peering_request(request(vcpu=7.5, priority="high", duration_s=3600)))
+    od = irc.handle_peering_request(request(vcpu=8.0, duration_s=300))
+    assert_on_demand(od)
+    assert_failure(irc.handle_peering_request(request(at=T0 + timedelta(minutes=6), vcpu=8.0)), "Insufficient")
+    assert_on_demand(irc.handle_peering_request(request(at=T0 + timedelta(minutes=11), vcpu=8.0)))
+
+
+def test_priority_ceilings_keep_the_last_of_the_window_for_urgent_requests(irc: Coordinator) -> None:
+    # eu-west-1 holds 8 vcpu: low may fill 85 % (6.8), normal 95 % (7.6), high/critical 100 %.
+    low = irc.handle_peering_request(request(vcpu=7.0, priority="low"))
+    assert_on_demand(low)
+    assert low.miss_reason == "exhausted" and "low priority may use 85%" in low.message
+    assert irc.release(low.allocation_id)
+    assert_preallocated(irc.handle_peering_request(request(vcpu=6.0, priority="low")))
+    assert irc.handle_peering_request(request(vcpu=1.0, priority="low")).path == "on_demand"  # 7 > 6.8
+    assert_preallocated(irc.handle_peering_request(request(vcpu=1.5, priority="normal")))  # 7.5 <= 7.6
+    assert irc.handle_peering_request(request(vcpu=0.5, priority="normal")).path == "on_demand"  # 8 > 7.6
+    assert_preallocated(irc.handle_peering_request(request(vcpu=0.5, priority="critical")))  # 8 <= 8
+
+
+def test_priority_ceilings_are_configurable_and_checked(lake: Path) -> None:
+    irc = coordinator(lake, priority_ceilings={"normal": 1.0})
+    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0)))
+    with pytest.raises(ValueError, match="ceiling"):
+        coordinator(lake, priority_ceilings={"low": 1.5})
+
+
+def test_on_demand_carries_a_modeled_provisioning_time(irc: Coordinator) -> None:
+    pre = irc.handle_peering_request(request(vcpu=1.0))
+    assert pre.provisioning_s == 0.0
+    small = irc.handle_peering_request(request(vcpu=1.0, storage_gib=10.0))  # storage is not pre-allocated
+    assert small.path == "on_demand" and small.miss_reason == "not_planned" and small.short_resources == ("storage_gib",)
+    assert small.provisioning_s == 60.0  # an instance launch
+    big = irc.handle_peering_request(request(vcpu=7.0, priority="low"))  # draws > 80 % of the 8-vcpu pool
+    assert big.path == "on_demand" and big.provisioning_s == 240.0  # new nodes
+
+
+# -- metrics --------------------------------------------------------------------------------------
+
+
+def test_metrics_text_is_prometheus_exposition(irc: Coordinator) -> None:
+    irc.handle_peering_request(request())
+    irc.handle_peering_request(request(vcpu=6.0))
+    irc.handle_peering_request(request(dst="eu-north-9"))
+    # Utilization is reported for the window of the latest request time: 2 of eu-west-1's 8 vcpu.
+    assert 'peerscale_irc_preallocation_utilization{region="eu-west-1",resource_type="vcpu"} 0.25' in irc.metrics_text()
+    irc.handle_peering_request(request(at=T0 + timedelta(hours=5)))
+    text = irc.metrics_text()
+    sample = re.compile(r'^[a-z_]+(\{[a-z_]+="[^"]*"(,[a-z_]+="[^"]*")*\})? (-?[0-9.e+-]+|\+Inf|NaN)$')
+    for line in text.splitlines():
+        assert line.startswith("# HELP ") or line.startswith("# TYPE ") or sample.match(line), line
+    assert 'peerscale_irc_requests_total{path="preallocated",status="success"} 1' in text
+    assert 'peerscale_irc_requests_total{path="on_demand",status="success"} 2' in text
+    assert 'peerscale_irc_failures_total{kind="invalid"} 1' in text
+    assert 'peerscale_irc_preallocation_misses_total{reason="plan_expired"} 1' in text
+    assert "peerscale_irc_requests_after_plan_validity_total 1" in text
+    assert 'peerscale_irc_decision_duration_seconds_count{path="on_demand"} 2' in text
+    assert 'peerscale_irc_decision_duration_seconds_bucket{path="none",le="+Inf"} 1' in text
+    assert 'peerscale_irc_plan_info{plan_id="plan-20250101T10"} 1' in text
+    assert "peerscale_irc_plan_age_seconds " in text
+    assert "peerscale_irc_preallocation_utilization" not in text  # past the plan: no window
+
+
+def test_a_clock_keeps_future_dated_requests_from_expiring_live_sessions(lake: Path) -> None:
+    now = [T0.timestamp() + 60]
+    irc = coordinator(lake, clock=lambda: now[0], max_clock_skew_s=60)
+    held = irc.handle_peering_request(request(at=T0 + timedelta(minutes=1), duration_s=600, vcpu=7.0))
+    assert_preallocated(held)
+    # A request dated 30 minutes ahead of the clock does not expire the 10-minute session.
+    assert irc.handle_peering_request(request(at=T0 + timedelta(minutes=31), vcpu=7.0)).path == "on_demand"
+    now[0] = T0.timestamp() + 12 * 60  # the clock passes the session's end: it comes back
+    assert_preallocated(irc.handle_peering_request(request(at=T0 + timedelta(minutes=12), vcpu=7.0)))
+
+
+# -- contract and import hygiene ------------------------------------------------------------------
+
+
+def test_contract_matches_schemas() -> None:
+    from pipeline.irc import contract
+
+    assert contract.RESOURCE_TYPES == schemas.RESOURCE_TYPES
+    assert contract.PRIORITIES == schemas.PRIORITIES
+    assert contract.REGION_PATTERN.pattern == schemas.REGION_PATTERN.pattern
+    assert contract.PLAN_ID_PATTERN.pattern == schemas.PLAN_ID_PATTERN.pattern
 
 
 def test_import_pulls_no_batch_stack() -> None:
-    heavy = ["pandas", "airflow", "prophet", "ortools", "great_expectations", "duckdb", "statsforecast", "sklearn"]
+    """`import pipeline.irc` loads the stdlib only: no pandas, Airflow, Prophet, OR-Tools, GE - nor even pyarrow."""
+    heavy = ["pandas", "airflow", "prophet", "ortools", "great_expectations", "duckdb", "statsforecast", "sklearn",
+             "pyarrow", "numpy", "psycopg", "typer", "rich"]
     code = (
         "import sys, json, pipeline.irc\n"
         f"print(json.dumps(sorted(m for m in {heavy!r} if m in sys.modules)))\n"

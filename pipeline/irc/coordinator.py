@@ -1,69 +1,169 @@
 """Inter-Region Coordinator: serve each peering request from the pre-allocation, else on demand.
 
-Decision order (DESIGN, IRC box): validate → pre-allocated (low latency, capacity already up)
-→ on demand from the pools snapshot (medium latency, cold launch) → failure naming the short
-resources. The coordinator never raises to its caller: a bad plan means on-demand serving, a bad
-request or an internal error means a failure response (DESIGN principle 4).
+Decision (the seed's pseudocode, DESIGN "IRC" box)::
+
+    validate(request)                       → failure "Invalid request: …" (never an exception)
+    plan  = the published plan valid at requested_at (the previous one before the new one starts)
+    if plan holds the destination's resources in the window of requested_at
+       and the ledger reserves them in every window the session overlaps (priority ceiling):
+           → success, preallocated, latency low (provisioning 0 s)
+    elif the on-demand allocator grants them from the region's pool:
+           → success, on_demand, latency medium (modeled provisioning time)
+    else   → failure "Insufficient resources in <region>: <short resources>"
+
+**Priority rule for scarce pre-allocated capacity.** A request of priority p is granted
+pre-allocated capacity only while, after the grant, usage stays within `ceiling[p] x capacity`
+in every window it overlaps, for every resource. Defaults: low 0.85, normal 0.95, high and
+critical 1.0 - the last 5 % of each window's pre-allocation is kept for high/critical requests
+(and the last 15 % is never given to low), so a burst of routine sessions cannot take the
+capacity an urgent one needs. Below those levels every priority is served first come, first
+served. A request refused by its ceiling goes on demand like any other miss.
+
+**Time** is the request's `requested_at`: reservations span [requested_at, requested_at +
+duration_s) and expire then; expiry runs as request time advances (inline in the in-memory
+ledger, every `sweep_interval_s` of request time and on exhaustion for the shared ledgers).
+The same code therefore replays a historical request stream exactly (shadow mode). A live
+service passes `clock=time.time`: expiry then never runs ahead of the wall clock (plus
+`max_clock_skew_s`), so a request dated in the future cannot expire live sessions early.
+
+**Plans** come from `plans/LATEST` (or are pinned with `plan_id=`). A watcher thread polls the
+pointer every `reload_interval_s`; a new plan is loaded beside the current one and swapped in
+with one reference assignment, so requests in flight finish on the plan they started with. A
+corrupt or half-written plan is counted and retried at the next poll while the current plan
+keeps serving; requests at or after a plan's `valid_to` are served on demand and counted.
+
+The coordinator never raises to its caller (DESIGN principle 4).
 """
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import threading
+import time
 import uuid
-from collections import Counter
-from collections.abc import Mapping
+import weakref
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from pipeline.irc.ledger import InMemoryLedger, Ledger
+from pipeline.irc.metrics import DecisionMetrics
 from pipeline.irc.models import PeeringRequest, PeeringResponse
-from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator, UncheckedAllocator
+from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator
+from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
 from pipeline.irc.plan_source import (
     LoadedPlan,
     PlanUnavailable,
-    PreAllocationTable,
+    latest_signature,
     load_plan,
     load_pools,
-    read_latest_plan_id,
 )
-from pipeline.irc.validation import InvalidRequest, ValidRequest, validate_request
+from pipeline.irc.validation import InvalidRequest, validate_request
 
 log = logging.getLogger(__name__)
 
 PREALLOCATED_PREFIX = "pre-"
 ON_DEMAND_PREFIX = "od-"
+DEFAULT_PRIORITY_CEILINGS: Mapping[str, float] = {"low": 0.85, "normal": 0.95, "high": 1.0, "critical": 1.0}
+# Misses the planner's τ is responsible for (the feedback controller counts only these).
+CAPACITY_MISSES = frozenset({"exhausted", "not_planned", "no_window"})
+_EMPTY: Mapping[str, float] = {}
 
 
 @dataclass(frozen=True)
 class _PlanState:
-    """What one load of `plans/LATEST` produced; swapped as a whole (seam for live reload)."""
+    """What one load of the plan produced; swapped as a whole (live reload)."""
 
     plan: LoadedPlan | None
-    error: str | None  # why there is no usable plan
-    pools: PreAllocationTable | None
+    previous: LoadedPlan | None  # serves requests dated before `plan.valid_from`
+    error: str | None  # why there is no usable plan / why the last reload failed
     known_regions: frozenset[str] | None  # None: nothing loaded, check the name pattern only
+    signature: tuple[str, float | None] | None  # LATEST (plan_id, mtime) the plan came from
 
 
 class Coordinator:
-    """Request-time decision maker over one lake; thread-safe, safe to share across threads."""
+    """Request-time decision maker over one lake; thread-safe, safe to share across threads.
+
+    Parameters
+    ----------
+    lake_root: local path or s3:// URI of the lake holding `plans/`.
+    ledger: pre-allocation ledger (default: a new `InMemoryLedger`); share a `SQLiteLedger` or
+        `PostgresLedger` between processes/replicas.
+    on_demand: on-demand allocator (default: `PoolAllocator` over the plan's pools snapshot,
+        refreshed on every reload).
+    plan_id: pin one published plan instead of following `LATEST` (shadow candidates, replays).
+    reload_interval_s: poll period of `LATEST`; None disables the watcher (call `reload()`).
+    outcomes: True logs decisions to `<lake>/raw/irc_outcomes`; an `OutcomeLog` logs there; False
+        disables logging.
+    priority_ceilings: share of pre-allocated capacity each priority may fill (see module doc).
+    sweep_interval_s: request-time period of expiry sweeps for shared ledgers.
+    clock: wall clock (POSIX seconds) bounding expiry in live services; None: request time only.
+    """
 
     def __init__(
         self,
         lake_root: str | os.PathLike[str],
         ledger: Ledger | None = None,
         on_demand: OnDemandAllocator | None = None,
+        *,
+        plan_id: str | None = None,
+        reload_interval_s: float | None = 10.0,
+        outcomes: bool | OutcomeLog = True,
+        priority_ceilings: Mapping[str, float] | None = None,
+        sweep_interval_s: float = 5.0,
+        clock: Callable[[], float] | None = None,
+        max_clock_skew_s: float = 300.0,
+        instance: str | None = None,
+        name: str = "production",
     ) -> None:
         self._lake_root = lake_root
+        self.name = name
         self._ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
-        self._counters: Counter[str] = Counter()
-        self._counters_lock = threading.Lock()
-        self._state = self._load_state()
-        if on_demand is None:
-            pools = self._state.pools
-            on_demand = PoolAllocator(pools) if pools is not None else UncheckedAllocator()
-        self._on_demand: OnDemandAllocator = on_demand
+        self._owns_ledger = ledger is None
+        self._owns_on_demand = on_demand is None
+        self._on_demand: OnDemandAllocator = on_demand if on_demand is not None else PoolAllocator(None)
+        self._ceilings = dict(DEFAULT_PRIORITY_CEILINGS)
+        if priority_ceilings:
+            for priority, ceiling in priority_ceilings.items():
+                if not 0.0 < float(ceiling) <= 1.0:
+                    raise ValueError(f"priority ceiling for {priority!r} must be in (0, 1], got {ceiling!r}")
+                self._ceilings[priority] = float(ceiling)
+        self._pinned = plan_id
+        self._sweep_interval_s = sweep_interval_s
+        self._clock = clock
+        self._max_clock_skew_s = max_clock_skew_s
+        self._next_sweep_s = float("-inf")
+        self._last_exhaustion_sweep_s = float("-inf")
+        self._last_at_s = 0.0
+        self._instance = instance or default_instance()
+        # Allocation ids: a random per-coordinator prefix (96 bits) + a counter - unique across
+        # replicas without a urandom() syscall per request (next() on a count is atomic).
+        self._id_prefix = uuid.uuid4().hex[:24]
+        self._ids = itertools.count(1)
+        self._metrics = DecisionMetrics()
+        self._reload_lock = threading.Lock()
+        self._failed_signature: tuple[str, float | None] | None = None
+        if outcomes is True:
+            self._outcomes: OutcomeLog | None = OutcomeLog(lake_root)
+            self._owns_outcomes = True
+        elif isinstance(outcomes, OutcomeLog):
+            self._outcomes, self._owns_outcomes = outcomes, False
+        else:
+            self._outcomes, self._owns_outcomes = None, False
+        self._state = _PlanState(plan=None, previous=None, error="not loaded yet", known_regions=None, signature=None)
+        self._initial_load()
+        self._watcher_stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        if reload_interval_s is not None and plan_id is None:
+            self._watcher = threading.Thread(
+                target=_watch,
+                args=(weakref.ref(self), self._watcher_stop, float(reload_interval_s)),
+                name="irc-plan-watcher",
+                daemon=True,
+            )
+            self._watcher.start()
 
     # -- public API ----------------------------------------------------------------------------
 
@@ -74,35 +174,57 @@ class Coordinator:
 
     @property
     def plan_error(self) -> str | None:
-        """Why no plan is in use (None when one is)."""
+        """Why no plan is in use, or why the last reload failed (None when all is well)."""
         return self._state.error
 
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    @property
+    def on_demand(self) -> OnDemandAllocator:
+        return self._on_demand
+
+    @property
+    def outcome_log(self) -> OutcomeLog | None:
+        return self._outcomes
+
+    @property
+    def priority_ceilings(self) -> dict[str, float]:
+        return dict(self._ceilings)
+
     def metrics(self) -> dict[str, int]:
-        """Counters by outcome (requests, preallocated, on_demand, failed_*, served_without_plan)."""
-        with self._counters_lock:
-            return dict(self._counters)
+        """Flat counters: requests, preallocated, on_demand, failed_<kind>, miss_<reason>, events."""
+        out = self._metrics.snapshot()
+        if self._outcomes is not None:
+            stats = self._outcomes.stats()
+            out["outcomes_written"], out["outcomes_dropped"] = stats["written"], stats["dropped"]
+        return out
 
     def handle_peering_request(self, request: PeeringRequest) -> PeeringResponse:
         """Decide one request. Never raises."""
-        self._count("requests")
+        started = time.perf_counter_ns()
         try:
-            return self._handle(request)
+            response, valid = self._decide(request)
+            failure = None if response.status == "success" else "invalid" if valid is None else "insufficient"
         except Exception as exc:  # noqa: BLE001 - the caller must never see an exception
             log.exception("IRC internal error on request %r", getattr(request, "request_id", None))
-            self._count("failed_internal")
-            return PeeringResponse(
-                request_id=str(getattr(request, "request_id", "")),
-                status="failure",
-                path="none",
-                latency_class=None,
-                allocation_id=None,
-                message=f"Internal error: {type(exc).__name__}: {exc}",
-                region=None,
-                plan_id=self._plan_id,
-            )
+            self._metrics.count("internal_errors")
+            response, valid, failure = self._response(
+                getattr(request, "request_id", ""), "failure", "none", None, None,
+                f"Internal error: {type(exc).__name__}: {exc}", None, None,
+            ), None, "internal"
+        elapsed = time.perf_counter_ns() - started
+        self._metrics.observe(response.path, response.status, response.miss_reason, failure, elapsed)
+        if self._outcomes is not None:
+            try:
+                self._outcomes.submit(self._outcome(request, valid, response, elapsed))
+            except Exception:  # noqa: BLE001 - logging must never fail a decision
+                log.exception("IRC: could not queue the outcome of %r", response.request_id)
+        return response
 
     def release(self, allocation_id: str) -> bool:
-        """Give an allocation's capacity back to where it came from; False if unknown/released."""
+        """Give an allocation's capacity back to where it came from; False if unknown/released/expired."""
         try:
             if not isinstance(allocation_id, str):
                 return False
@@ -113,129 +235,196 @@ class Coordinator:
             else:
                 return False
             if released:
-                self._count("released")
+                self._metrics.count("released")
             return released
         except Exception:  # noqa: BLE001
             log.exception("IRC release of %r failed", allocation_id)
             return False
 
+    def sweep(self, now_s: float | None = None) -> int:
+        """Return every allocation that expired by `now_s` (default: the latest request time seen,
+        bounded by the clock when there is one)."""
+        now = self._last_at_s if now_s is None else now_s
+        released = 0
+        try:
+            released += self._ledger.sweep(now)
+        except Exception:  # noqa: BLE001
+            log.exception("IRC ledger sweep failed")
+            self._metrics.count("ledger_errors")
+        released += self._on_demand.sweep(now)
+        if released:
+            self._metrics.count("expired", released)
+        return released
+
+    def reload(self, force: bool = False) -> bool:
+        """Adopt the plan LATEST points to if it changed (or `force`); True when a plan was adopted.
+
+        On any failure the current plan stays in use and the failure is counted.
+        """
+        with self._reload_lock:
+            signature: tuple[str, float | None] | None = None
+            try:
+                if self._pinned is not None:
+                    signature = (self._pinned, None)
+                    if not force and self._state.signature == signature:
+                        return False
+                else:
+                    signature = latest_signature(self._lake_root)
+                    if not force and signature == self._state.signature:
+                        return False
+                plan = load_plan(self._lake_root, signature[0])
+                self._ledger.load_capacities(plan.capacity_rows_full(), plan.plan_id)
+            except Exception as exc:  # noqa: BLE001 - PlanUnavailable, I/O, a failing ledger backend
+                self._reload_failed(exc, signature)
+                return False
+            if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
+                self._on_demand.load_pools(plan.pools)
+            current = self._state.plan
+            previous = current if current is not None and current.plan_id != plan.plan_id else self._state.previous
+            if previous is not None and previous.valid_to_s <= plan.valid_from_s - 86400:
+                previous = None
+            self._state = _PlanState(plan, previous, None, plan.regions, signature)
+            self._failed_signature = None
+            self._metrics.count("plan_reloads")
+            log.info("IRC: serving plan %s (%d windows)", plan.plan_id, len(plan.windows))
+            return True
+
+    def metrics_text(self) -> str:
+        """All metrics in the Prometheus text format (decisions, latency, plan age, utilization, outcomes)."""
+        return self._metrics.render(self._gauges())
+
+    def close(self) -> None:
+        """Stop the watcher, flush the outcome log, close owned resources. Idempotent."""
+        self._watcher_stop.set()
+        if self._outcomes is not None and self._owns_outcomes:
+            self._outcomes.close()
+        elif self._outcomes is not None:
+            self._outcomes.flush()
+        if self._owns_ledger:
+            self._ledger.close()
+
+    def __enter__(self) -> "Coordinator":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
     # -- decision ------------------------------------------------------------------------------
 
-    def _handle(self, request: PeeringRequest) -> PeeringResponse:
+    def _decide(self, request: Any) -> tuple[PeeringResponse, Any]:
         state = self._state
         try:
             valid = validate_request(request, state.known_regions)
         except InvalidRequest as exc:
-            self._count("failed_validation")
             return self._response(
                 getattr(request, "request_id", ""), "failure", "none", None, None,
-                f"Invalid request: {exc}", None,
-            )
+                f"Invalid request: {exc}", None, None,
+            ), None
+
+        at_s = valid.start_s
+        now_s = at_s  # how far expiry may run (bounded by the wall clock in live services)
+        if self._clock is not None:
+            limit = self._clock() + self._max_clock_skew_s
+            if now_s > limit:
+                now_s = limit
+        if now_s > self._last_at_s:
+            self._last_at_s = now_s
+        if now_s >= self._next_sweep_s:
+            self._next_sweep_s = now_s + self._sweep_interval_s
+            self.sweep(now_s)
 
         region = valid.destination_region
-        reason = self._try_preallocated(state, valid)
-        if isinstance(reason, PeeringResponse):
-            return reason
+        requirements = valid.requirements
+        plan = state.plan
+        short: tuple[str, ...] = ()
+        window = None
+        if plan is None:
+            reason, detail = "no_plan", f"no plan loaded ({state.error})"
+            self._metrics.count("served_without_plan")
+        elif at_s >= plan.valid_to_s:
+            reason, detail = "plan_expired", f"plan {plan.plan_id} expired at {plan.valid_to.isoformat()}"
+            self._metrics.count("plan_expired")
+        else:
+            if at_s < plan.valid_from_s:
+                previous = state.previous
+                if previous is not None and previous.valid_from_s <= at_s < previous.valid_to_s:
+                    plan = previous
+            window = plan.window_at_s(at_s)
+            if at_s < plan.valid_from_s:
+                reason, detail = "plan_not_yet_valid", f"plan {plan.plan_id} not valid before {plan.valid_from.isoformat()}"
+            elif window is None:
+                reason, detail = "no_window", f"plan {plan.plan_id} has no window covering {valid.requested_at.isoformat()}"
+            else:
+                planned = window.allocation.get(region, _EMPTY)
+                unplanned: tuple[str, ...] = ()
+                for rt in requirements:
+                    if planned.get(rt, 0.0) <= 0.0:
+                        unplanned = tuple(sorted(r for r in requirements if planned.get(r, 0.0) <= 0.0))
+                        break
+                if unplanned:
+                    short = unplanned
+                    reason = "not_planned"
+                    detail = f"nothing pre-allocated for {', '.join(unplanned)} in {region}, window {window.key}"
+                else:
+                    allocation_id = f"{PREALLOCATED_PREFIX}{self._id_prefix}{next(self._ids):x}"
+                    ceiling = self._ceilings.get(valid.priority, 1.0)
+                    try:
+                        short = self._ledger.reserve(
+                            allocation_id, region, requirements, at_s, valid.end_s, ceiling, valid.priority, now_s
+                        )
+                        if short and not self._ledger.sweeps_inline and now_s - self._last_exhaustion_sweep_s >= 1.0:
+                            self._last_exhaustion_sweep_s = now_s
+                            if self.sweep(now_s):
+                                short = self._ledger.reserve(
+                                    allocation_id, region, requirements, at_s, valid.end_s, ceiling, valid.priority,
+                                    now_s,
+                                )
+                    except Exception as exc:  # noqa: BLE001 - a broken ledger degrades to on-demand
+                        log.warning("IRC ledger error: %s: %s", type(exc).__name__, exc)
+                        self._metrics.count("ledger_errors")
+                        short, reason = (), "ledger_error"
+                        detail = f"ledger unavailable ({type(exc).__name__}: {exc})"
+                    else:
+                        if not short:
+                            return self._response(
+                                valid.request_id, "success", "preallocated", "low", allocation_id,
+                                f"Pre-allocated in {region} from plan {plan.plan_id}, window {window.key}",
+                                region, plan.plan_id, provisioning_s=0.0,
+                            ), valid
+                        reason = "exhausted"
+                        detail = (f"pre-allocation exhausted in {region} for {', '.join(short)}, window {window.key}"
+                                  + (f" ({valid.priority} priority may use {ceiling:.0%} of it)" if ceiling < 1.0 else ""))
 
-        if state.plan is None:
-            self._count("served_without_plan")
-        allocation_id = ON_DEMAND_PREFIX + uuid.uuid4().hex
-        if self._on_demand.try_allocate(region, valid.requirements, allocation_id):
-            self._count("on_demand")
-            caveat = "" if self._on_demand.checks_capacity else " (no pool snapshot: capacity not verified)"
+        plan_id = plan.plan_id if plan is not None else None
+        allocation_id = f"{ON_DEMAND_PREFIX}{self._id_prefix}{next(self._ids):x}"
+        on_demand = self._on_demand
+        on_demand.sweep(now_s)
+        if on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
+            caveat = "" if on_demand.checks_capacity else " (no pool snapshot: capacity not verified)"
             return self._response(
                 valid.request_id, "success", "on_demand", "medium", allocation_id,
-                f"Served on demand in {region}: {reason}{caveat}", region,
-            )
+                f"Served on demand in {region}: {detail}{caveat}", region, plan_id, reason, short,
+                on_demand.provisioning_s(region, requirements),
+            ), valid
 
-        self._count("failed_insufficient")
+        lacking = self._shortfall(region, requirements)
         return self._response(
             valid.request_id, "failure", "none", None, None,
-            f"Insufficient resources in {region}: {self._shortfall(region, valid.requirements)}; "
-            f"pre-allocation: {reason}",
-            region,
-        )
-
-    def _try_preallocated(self, state: _PlanState, valid: ValidRequest) -> PeeringResponse | str:
-        """A success response from the pre-allocation, or the reason it could not serve."""
-        plan = state.plan
-        if plan is None:
-            return f"no plan loaded ({state.error})"
-        at = valid.requested_at
-        if at >= plan.valid_to:
-            return f"plan {plan.plan_id} expired at {plan.valid_to.isoformat()}"
-        if at < plan.valid_from:
-            return f"plan {plan.plan_id} not valid before {plan.valid_from.isoformat()}"
-        window = plan.window_at(at)
-        if window is None:
-            return f"plan {plan.plan_id} has no window covering {at.isoformat()}"
-
-        region = valid.destination_region
-        planned = window.allocation.get(region, {})
-        unplanned = sorted(rt for rt in valid.requirements if planned.get(rt, 0.0) <= 0.0)
-        if unplanned:
-            return f"nothing pre-allocated for {', '.join(unplanned)} in {region}, window {window.key}"
-
-        allocation_id = PREALLOCATED_PREFIX + uuid.uuid4().hex
-        try:
-            reserved = self._ledger.try_reserve(window.key, region, valid.requirements, allocation_id)
-        except Exception as exc:  # noqa: BLE001 - a broken ledger degrades to on-demand
-            log.exception("IRC ledger error")
-            return f"ledger unavailable ({type(exc).__name__}: {exc})"
-        if not reserved:
-            return f"pre-allocation exhausted in {region}, window {window.key}"
-        self._count("preallocated")
-        return self._response(
-            valid.request_id, "success", "preallocated", "low", allocation_id,
-            f"Pre-allocated in {region} from plan {plan.plan_id}, window {window.key}", region,
-        )
+            f"Insufficient resources in {region}: {lacking or 'on-demand pool taken by concurrent requests'}; "
+            f"pre-allocation: {detail}",
+            region, plan_id, reason, short,
+        ), valid
 
     def _shortfall(self, region: str, requirements: Mapping[str, float]) -> str:
         available = self._on_demand.available(region)
-        short = [
+        return ", ".join(
             f"{rt} (requested {q:g}, available {available.get(rt, 0.0):g})"
             for rt, q in sorted(requirements.items())
             if q > available.get(rt, 0.0)
-        ]
-        return ", ".join(short) if short else "on-demand pool taken by concurrent requests"
+        )
 
-    # -- plumbing ------------------------------------------------------------------------------
-
-    def _load_state(self) -> _PlanState:
-        """Load LATEST; on any failure keep whatever pools snapshot is readable."""
-        try:
-            plan_id = read_latest_plan_id(self._lake_root)
-        except PlanUnavailable as exc:
-            log.warning("IRC: no plan, serving on demand: %s", exc)
-            return _PlanState(plan=None, error=str(exc), pools=None, known_regions=None)
-        except Exception as exc:  # noqa: BLE001
-            log.exception("IRC: unexpected error reading LATEST")
-            return _PlanState(plan=None, error=f"{type(exc).__name__}: {exc}", pools=None, known_regions=None)
-
-        try:
-            plan = load_plan(self._lake_root, plan_id)
-            self._ledger.load_capacities(
-                {w.key: w.allocation for w in plan.windows}
-            )
-            return _PlanState(plan=plan, error=None, pools=plan.pools, known_regions=plan.regions)
-        except Exception as exc:  # noqa: BLE001 - PlanUnavailable, or a failing ledger backend
-            if not isinstance(exc, PlanUnavailable):
-                log.exception("IRC: unexpected error loading plan %s", plan_id)
-            log.warning("IRC: plan %s unusable, serving on demand: %s", plan_id, exc)
-            error = str(exc) if isinstance(exc, PlanUnavailable) else f"{type(exc).__name__}: {exc}"
-        try:
-            pools: PreAllocationTable | None = load_pools(self._lake_root, plan_id)
-        except Exception:  # noqa: BLE001
-            pools = None
-        known = frozenset(pools) if pools else None
-        return _PlanState(plan=None, error=error, pools=pools, known_regions=known)
-
-    @property
-    def _plan_id(self) -> str | None:
-        return self._state.plan.plan_id if self._state.plan is not None else None
-
+    @staticmethod
     def _response(
-        self,
         request_id: Any,
         status: str,
         path: str,
@@ -243,18 +432,126 @@ class Coordinator:
         allocation_id: str | None,
         message: str,
         region: str | None,
+        plan_id: str | None,
+        miss_reason: str | None = None,
+        short: tuple[str, ...] = (),
+        provisioning_s: float | None = None,
     ) -> PeeringResponse:
         return PeeringResponse(
-            request_id=str(request_id) if request_id is not None else "",
+            request_id=request_id if isinstance(request_id, str) else ("" if request_id is None else str(request_id)),
             status=status,  # type: ignore[arg-type]
             path=path,  # type: ignore[arg-type]
             latency_class=latency_class,  # type: ignore[arg-type]
             allocation_id=allocation_id,
             message=message,
             region=region,
-            plan_id=self._plan_id,
+            plan_id=plan_id,
+            miss_reason=miss_reason,
+            short_resources=short,
+            provisioning_s=provisioning_s,
         )
 
-    def _count(self, name: str) -> None:
-        with self._counters_lock:
-            self._counters[name] += 1
+    def _outcome(self, request: Any, valid: Any, response: PeeringResponse, elapsed_ns: int) -> tuple[Any, ...]:
+        """One `raw/irc_outcomes` record (column order: pipeline.irc.outcomes.COLUMNS)."""
+        if valid is not None:
+            req = valid.requirements
+            return (
+                valid.request_id, valid.start_s, time.time(), valid.source_region, valid.destination_region,
+                valid.priority, req.get("vcpu", 0.0), req.get("memory_gib", 0.0), req.get("storage_gib", 0.0),
+                req.get("bandwidth_gbps", 0.0), valid.duration_s, response.status, response.path,
+                response.latency_class, response.miss_reason, ",".join(response.short_resources) or None,
+                response.allocation_id, response.plan_id, elapsed_ns / 1000.0, response.provisioning_s,
+                self._instance,
+            )
+        raw = getattr(request, "resource_requirements", None)
+        raw = raw if isinstance(raw, Mapping) else {}
+        return clean_record((  # an invalid request may hold anything: normalised off the common path
+            response.request_id, getattr(request, "requested_at", None), time.time(),
+            getattr(request, "source_region", None), getattr(request, "destination_region", None),
+            getattr(request, "priority", None), raw.get("vcpu"), raw.get("memory_gib"), raw.get("storage_gib"),
+            raw.get("bandwidth_gbps"), getattr(request, "duration_s", None), response.status, response.path,
+            response.latency_class, response.miss_reason, None, None, response.plan_id, elapsed_ns / 1000.0,
+            None, self._instance,
+        ))
+
+    # -- plan plumbing -------------------------------------------------------------------------
+
+    def _initial_load(self) -> None:
+        if self.reload(force=True):
+            return
+        # No usable plan at start: keep whatever pools snapshot is readable so that on-demand
+        # serving still checks capacity and region names.
+        try:
+            plan_id = self._pinned or latest_signature(self._lake_root)[0]
+            pools = load_pools(self._lake_root, plan_id)
+        except Exception:  # noqa: BLE001
+            return
+        if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
+            self._on_demand.load_pools(pools)
+        state = self._state
+        self._state = _PlanState(None, None, state.error, frozenset(pools) or None, None)
+
+    def _reload_failed(self, exc: BaseException, signature: tuple[str, float | None] | None) -> None:
+        message = str(exc) if isinstance(exc, PlanUnavailable) else f"{type(exc).__name__}: {exc}"
+        self._metrics.count("plan_reload_failures")
+        if signature != self._failed_signature:  # log once per publication, retry every poll
+            self._failed_signature = signature
+            if isinstance(exc, PlanUnavailable):
+                log.warning("IRC: plan not adopted, keeping the current one: %s", message)
+            else:
+                log.exception("IRC: unexpected error loading a plan, keeping the current one")
+        state = self._state
+        self._state = _PlanState(state.plan, state.previous, message, state.known_regions, state.signature)
+
+    def _gauges(self) -> list[tuple[str, str, str, dict[str, object], float]]:
+        state = self._state
+        plan = state.plan
+        now = time.time()
+        gauges: list[tuple[str, str, str, dict[str, object], float]] = []
+        if plan is not None:
+            born = plan.created_at or plan.valid_from
+            gauges.append(("peerscale_irc_plan_age_seconds", "gauge",
+                           "Seconds since the plan in use was created (manifest created_at).", {}, now - born.timestamp()))
+            gauges.append(("peerscale_irc_plan_valid_remaining_seconds", "gauge",
+                           "Seconds of validity left at the latest request time (negative: expired).", {},
+                           plan.valid_to_s - self._last_at_s))
+            gauges.append(("peerscale_irc_plan_info", "gauge", "The plan in use.", {"plan_id": plan.plan_id}, 1))
+        else:
+            gauges.append(("peerscale_irc_plan_info", "gauge", "The plan in use.", {"plan_id": ""}, 0))
+        try:
+            utilization = self._ledger.utilization(self._last_at_s)
+        except Exception:  # noqa: BLE001
+            utilization = {}
+        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+            labels = {"region": region, "resource_type": resource_type}
+            gauges.append(("peerscale_irc_preallocation_utilization", "gauge",
+                           "Used share of the pre-allocation in the window of the latest request time.",
+                           labels, used / capacity if capacity > 0 else float("nan")))
+        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+            gauges.append(("peerscale_irc_preallocation_capacity", "gauge", "Pre-allocated quantity in that window.",
+                           {"region": region, "resource_type": resource_type}, capacity))
+        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+            gauges.append(("peerscale_irc_preallocation_used", "gauge", "Reserved quantity in that window.",
+                           {"region": region, "resource_type": resource_type}, used))
+        if self._outcomes is not None:
+            stats = self._outcomes.stats()
+            gauges += [
+                ("peerscale_irc_outcomes_written_total", "counter", "Decisions written to raw/irc_outcomes.", {}, stats["written"]),
+                ("peerscale_irc_outcomes_dropped_total", "counter",
+                 "Decisions not logged (queue full or write error).", {}, stats["dropped"]),
+                ("peerscale_irc_outcomes_pending", "gauge", "Decisions queued for the lake.", {}, stats["pending"]),
+            ]
+        return gauges
+
+
+def _watch(ref: "weakref.ref[Coordinator]", stop: threading.Event, interval_s: float) -> None:
+    """Plan watcher thread: poll LATEST until the coordinator is closed or garbage-collected."""
+    while not stop.wait(interval_s):
+        coordinator = ref()
+        if coordinator is None:
+            return
+        try:
+            coordinator.reload()
+        except Exception:  # noqa: BLE001 - reload already never raises; belt and braces
+            log.exception("IRC plan watcher error")
+        del coordinator

@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from datetime import datetime
 from typing import Any, Literal, Mapping
 
-from pipeline.schemas import RESOURCE_TYPES
+from pipeline.irc.contract import RESOURCE_TYPES
 
 Status = Literal["success", "failure"]
 Path = Literal["preallocated", "on_demand", "none"]
@@ -72,6 +72,11 @@ class PeeringResponse:
     message: str
     region: str | None
     plan_id: str | None = None  # plan the decision was taken under (for irc_outcomes feedback)
+    # Why the pre-allocation did not serve the request (None on a hit or an invalid request):
+    # exhausted | not_planned | no_window | no_plan | plan_expired | plan_not_yet_valid | ledger_error
+    miss_reason: str | None = None
+    short_resources: tuple[str, ...] = ()  # resources the pre-allocation (or the pool) lacked
+    provisioning_s: float | None = None  # modeled time until the capacity is usable (0 when pre-allocated)
 
     @property
     def ok(self) -> bool:

@@ -1,18 +1,48 @@
 """On-demand capacity: the fallback when the pre-allocation cannot serve a request.
 
-`PoolAllocator` debits the `resource_pools` snapshot published with the plan, so the IRC refuses
-requests the region could not absorb instead of promising capacity that is not there.
-`UncheckedAllocator` is used only when no snapshot exists at all (no plan ever published): the
-cloud's own on-demand API is then the only arbiter, so requests are passed through and flagged.
+`PoolAllocator` is the default `OnDemandAllocator`: it debits the `resource_pools` snapshot
+published with the plan (what each region can still launch beyond the pre-allocation), so the
+IRC refuses requests a region could not absorb instead of promising capacity that is not there.
+Without any snapshot (no plan ever published) it passes requests through and says so
+(`checks_capacity` is False): the cloud's own API is then the only arbiter.
+
+Grants expire like pre-allocations (`requested_at + duration_s`), so a caller that never calls
+`release` does not drain the pool. The pool is per process: with several replicas it is an
+admission check, the cloud API stays the final arbiter (the shared ledgers cover the
+pre-allocation, which is what the plan paid for).
+
+Modeled latency (`LatencyModel`): launching on demand is not free. Each resource type has a base
+provisioning time (instances ~60 s: the middle of the 25-90 s cold launch range; volumes 30 s;
+bandwidth/peering attachments 10 s); a request that leaves the region's pool more than 80 %
+drawn needs new nodes (~240 s, the 3-5 min range). The response carries the estimate in
+`provisioning_s`; pre-allocated capacity is 0 s.
 """
 
 from __future__ import annotations
 
+import heapq
 import threading
 from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
 from pipeline.irc.ledger import fits
+
+
+@dataclass(frozen=True)
+class LatencyModel:
+    """Seconds until on-demand capacity is usable (see module docstring)."""
+
+    base_s: Mapping[str, float] = field(
+        default_factory=lambda: {"vcpu": 60.0, "memory_gib": 60.0, "storage_gib": 30.0, "bandwidth_gbps": 10.0}
+    )
+    default_s: float = 60.0
+    scarce_s: float = 240.0
+    scarce_above: float = 0.8  # share of the pool snapshot drawn after the grant
+
+    def estimate(self, requirements: Mapping[str, float], drawn_share: float = 0.0) -> float:
+        base = max((self.base_s.get(rt, self.default_s) for rt in requirements), default=self.default_s)
+        return max(base, self.scarce_s) if drawn_share > self.scarce_above else base
 
 
 @runtime_checkable
@@ -21,87 +51,138 @@ class OnDemandAllocator(Protocol):
 
     @property
     def checks_capacity(self) -> bool:
-        """False when grants are not backed by a known inventory (message says so)."""
+        """False when grants are not backed by a known inventory (the message says so)."""
         ...
 
-    def try_allocate(self, region: str, requirements: Mapping[str, float], allocation_id: str) -> bool:
+    def try_allocate(
+        self, region: str, requirements: Mapping[str, float], allocation_id: str, expires_at_s: float | None = None
+    ) -> bool:
         """Take all requirements from the region's pool or nothing."""
         ...
 
     def release(self, allocation_id: str) -> bool:
-        """Give an allocation back; False if unknown or already released."""
+        """Give an allocation back; False if unknown or already released/expired."""
         ...
 
     def available(self, region: str) -> dict[str, float]:
         """What the region could still grant (used to name short resources)."""
         ...
 
+    def provisioning_s(self, region: str, requirements: Mapping[str, float]) -> float:
+        """Modeled seconds until a grant just made is usable."""
+        ...
+
+    def sweep(self, now_s: float) -> int:
+        """Return grants that expired at or before now_s."""
+        ...
+
 
 class PoolAllocator:
     """Debits/credits an in-memory copy of the pools snapshot {region: {resource_type: available}}."""
 
-    checks_capacity = True
-
-    def __init__(self, pools: Mapping[str, Mapping[str, float]]) -> None:
+    def __init__(
+        self, pools: Mapping[str, Mapping[str, float]] | None = None, latency: LatencyModel | None = None
+    ) -> None:
         self._lock = threading.Lock()
-        self._available = {region: dict(q) for region, q in pools.items()}
-        self._granted: dict[str, tuple[str, dict[str, float]]] = {}
+        self._latency = latency or LatencyModel()
+        self._snapshot: dict[str, dict[str, float]] | None = None
+        self._available: dict[str, dict[str, float]] = {}
+        self._granted: dict[str, tuple[str, dict[str, float], float]] = {}
+        self._expiry: list[tuple[float, str]] = []
+        self.load_pools(pools)
+
+    @property
+    def checks_capacity(self) -> bool:
+        return self._snapshot is not None
 
     @property
     def regions(self) -> frozenset[str]:
         return frozenset(self._available)
 
-    def try_allocate(self, region: str, requirements: Mapping[str, float], allocation_id: str) -> bool:
+    def load_pools(self, pools: Mapping[str, Mapping[str, float]] | None) -> None:
+        """Adopt a new snapshot (new plan); live grants stay debited from it."""
+        with self._lock:
+            if pools is None:
+                self._snapshot = None
+                self._available = {}
+                return
+            self._snapshot = {region: dict(q) for region, q in pools.items()}
+            available = {region: dict(q) for region, q in pools.items()}
+            for region, quantities, _ in self._granted.values():
+                pool = available.get(region)
+                if pool is not None:
+                    for rt, q in quantities.items():
+                        pool[rt] = max(0.0, pool.get(rt, 0.0) - q)
+            self._available = available
+
+    def try_allocate(
+        self, region: str, requirements: Mapping[str, float], allocation_id: str, expires_at_s: float | None = None
+    ) -> bool:
         wanted = {rt: float(q) for rt, q in requirements.items() if q > 0}
         with self._lock:
             if allocation_id in self._granted:
                 raise ValueError(f"allocation_id {allocation_id!r} already in use")
-            pool = self._available.get(region)
-            if pool is None or not fits(wanted, {}, pool):
-                return False
-            for resource_type, quantity in wanted.items():
-                pool[resource_type] = max(0.0, pool.get(resource_type, 0.0) - quantity)
-            self._granted[allocation_id] = (region, wanted)
+            end = float("inf") if expires_at_s is None else expires_at_s
+            if self._snapshot is None:
+                self._granted[allocation_id] = (region, {}, end)
+            else:
+                pool = self._available.get(region)
+                if pool is None or not fits(wanted, {}, pool):
+                    return False
+                for resource_type, quantity in wanted.items():
+                    pool[resource_type] = max(0.0, pool.get(resource_type, 0.0) - quantity)
+                self._granted[allocation_id] = (region, wanted, end)
+            if expires_at_s is not None:
+                heapq.heappush(self._expiry, (end, allocation_id))
             return True
 
     def release(self, allocation_id: str) -> bool:
         with self._lock:
-            grant = self._granted.pop(allocation_id, None)
-            if grant is None:
-                return False
-            region, quantities = grant
-            pool = self._available[region]
+            return self._release_locked(allocation_id)
+
+    def _release_locked(self, allocation_id: str) -> bool:
+        grant = self._granted.pop(allocation_id, None)
+        if grant is None:
+            return False
+        region, quantities, _ = grant
+        pool = self._available.get(region)
+        if pool is not None:
             for resource_type, quantity in quantities.items():
                 pool[resource_type] = pool.get(resource_type, 0.0) + quantity
-            return True
+        return True
+
+    def sweep(self, now_s: float) -> int:
+        released = 0
+        with self._lock:
+            while self._expiry and self._expiry[0][0] <= now_s:
+                end, allocation_id = heapq.heappop(self._expiry)
+                grant = self._granted.get(allocation_id)
+                if grant is not None and grant[2] == end and self._release_locked(allocation_id):
+                    released += 1
+        return released
 
     def available(self, region: str) -> dict[str, float]:
         with self._lock:
             return dict(self._available.get(region, {}))
 
-
-class UncheckedAllocator:
-    """Grants every request (no inventory known); still tracks ids so release stays exact-once."""
-
-    checks_capacity = False
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._granted: set[str] = set()
-
-    def try_allocate(self, region: str, requirements: Mapping[str, float], allocation_id: str) -> bool:
+    def provisioning_s(self, region: str, requirements: Mapping[str, float]) -> float:
+        drawn = 0.0
         with self._lock:
-            if allocation_id in self._granted:
-                raise ValueError(f"allocation_id {allocation_id!r} already in use")
-            self._granted.add(allocation_id)
-            return True
+            if self._snapshot is not None:
+                snapshot, pool = self._snapshot.get(region, {}), self._available.get(region, {})
+                for rt in requirements:
+                    total = snapshot.get(rt, 0.0)
+                    if total > 0:
+                        drawn = max(drawn, 1.0 - pool.get(rt, 0.0) / total)
+        return self._latency.estimate(requirements, drawn)
 
-    def release(self, allocation_id: str) -> bool:
+    def live_grants(self) -> int:
         with self._lock:
-            if allocation_id not in self._granted:
-                return False
-            self._granted.remove(allocation_id)
-            return True
+            return len(self._granted)
 
-    def available(self, region: str) -> dict[str, float]:
-        return {}
+
+class UncheckedAllocator(PoolAllocator):
+    """Grants every request (no inventory known); still tracks ids so release stays exactly-once."""
+
+    def __init__(self, latency: LatencyModel | None = None) -> None:
+        super().__init__(None, latency)
