@@ -170,10 +170,7 @@ def check_utilization(settings: Settings, interval: DataInterval, rules: AlertRu
 
 
 def check_hit_rate(settings: Settings, interval: DataInterval, rules: AlertRules, report: MonitoringReport) -> None:
-    outcomes = lake.read_partitioned(
-        lake.raw_dir(settings.lake_root, "irc_outcomes"),
-        filter_expr=None,
-    )
+    outcomes = lake.read_partitioned(lake.raw_dir(settings.lake_root, "irc_outcomes"))
     if outcomes.num_rows == 0 or "path" not in outcomes.column_names:
         report.checked["hit_rate"] = "no data: no IRC outcomes logged"
         return
@@ -187,7 +184,9 @@ def check_hit_rate(settings: Settings, interval: DataInterval, rules: AlertRules
     if frame.empty:
         report.checked["hit_rate"] = "no data: no IRC requests in the hour"
         return
-    by_region = frame.groupby("region")["path"].apply(lambda p: float((p == "preallocated").mean()))
+    region_column = "region" if "region" in frame.columns else "destination_region"
+    frame = frame[frame[region_column].notna()]
+    by_region = frame.groupby(region_column)["path"].apply(lambda p: float((p == "preallocated").mean()))
     for region, rate in by_region.items():
         if rate < rules.hit_rate_target:
             report.alerts.append(Alert(

@@ -1,0 +1,88 @@
+"""Walk-forward replay: no look-ahead, real planner and IRC, metrics per policy, CLI and report."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from pipeline.backtest import BacktestConfig, _predictive_forecasts, parse_policies, run_backtest
+from pipeline.config import REPO_ROOT
+from pipeline.intervals import parse_utc
+from tests.browser import open_page
+
+SAMPLES = str(REPO_ROOT / "data_samples")
+
+
+@pytest.fixture(scope="module")
+def replay() -> object:
+    config = BacktestConfig(start=parse_utc("2026-01-29T00:00"), end=parse_utc("2026-01-29T02:00"),
+                            policies=("predictive", "reactive", "static", "oracle"), refit_every_hours=2, horizon_hours=2)
+    return run_backtest(SAMPLES, config)
+
+
+def test_forecast_at_a_planning_point_ignores_everything_after_it(replay) -> None:
+    demand = replay.demand
+    hour = parse_utc("2026-01-29T01:00")
+    config = BacktestConfig(start=hour, end=parse_utc("2026-01-29T02:00"), horizon_hours=1)
+    honest = _predictive_forecasts(demand, hour, config, 0.9)
+    tampered = demand.copy()
+    future = tampered["hour"] >= pd.Timestamp(hour)
+    tampered.loc[future, ["vcpu", "memory_gib", "storage_gib", "bandwidth_gbps"]] *= 50
+    assert future.any()
+    pd.testing.assert_frame_equal(honest, _predictive_forecasts(tampered, hour, config, 0.9))
+    past = tampered["hour"] == pd.Timestamp(hour) - pd.Timedelta(hours=1)
+    tampered.loc[past, "vcpu"] *= 50
+    changed = _predictive_forecasts(tampered, hour, config, 0.9)
+    assert not honest.equals(changed), "the control: data before the planning point does move the forecast"
+
+
+def test_policies_behave_as_defined(replay) -> None:
+    summary = replay.summary()["policies"]
+    assert {p["requests"] for p in summary.values()} == {summary["oracle"]["requests"]} and summary["oracle"]["requests"] > 50
+    reactive = summary["reactive"]
+    assert reactive["hit_rate"] == 0.0 and reactive["cost"]["preallocation"] == 0.0
+    assert 15 < reactive["latency_p50_s"] < 60 and reactive["latency_p95_s"] > reactive["latency_p50_s"]
+    oracle = summary["oracle"]
+    assert oracle["hit_rate"] >= 0.95 and oracle["cost_vs_oracle"] == 1.0
+    assert summary["static"]["cost"]["preallocation"] > oracle["cost"]["preallocation"]
+    for name in ("predictive", "static"):
+        assert 0.0 < summary[name]["hit_rate"] <= 1.0
+        assert summary[name]["cost"]["total"] == pytest.approx(sum(v for k, v in summary[name]["cost"].items() if k != "total"), abs=0.01)
+    hourly = replay.results["predictive"].hourly
+    assert [h["hour"][:16] for h in hourly] == ["2026-01-29T00:00", "2026-01-29T01:00"]
+
+
+def test_backtest_report_renders_in_chromium(replay, tmp_path: Path) -> None:
+    from pipeline.report import write_backtest_report
+
+    path = write_backtest_report(replay, str(tmp_path / "backtest.html"))
+    check = open_page(Path(path))
+    assert check.console_errors == [] and check.page_errors == []
+    images = {img["id"]: img for img in check.images}
+    for figure in ("fig-cost", "fig-hitrate", "fig-capacity", "fig-forecast"):
+        assert images[figure]["width"] > 300, figure
+    assert check.tables["comparison"] == 1 + 4
+
+
+def test_bad_arguments_are_clear() -> None:
+    with pytest.raises(ValueError, match="--policy"):
+        parse_policies("predictive,psychic")
+    with pytest.raises(ValueError, match="empty replay"):
+        run_backtest(SAMPLES, BacktestConfig(start=parse_utc("2026-01-29T02:00"), end=parse_utc("2026-01-29T01:00")))
+
+
+def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
+    from pipeline.cli import app
+
+    result = CliRunner().invoke(app, [
+        "backtest", "--from", "2026-01-29T00:00", "--to", "2026-01-29T01:00", "--policy", "reactive,oracle",
+        "--json", "--report", str(tmp_path / "r.html"), "--build", str(tmp_path / "build"),
+    ])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout.strip().splitlines()[-1])
+    assert set(summary["policies"]) == {"reactive", "oracle"}
+    assert (tmp_path / "r.html").exists()
