@@ -1,14 +1,32 @@
-"""The forecast stage: turn feature tables into per-series forecasts in the forecast contract.
+"""The Predictive Demand Engine: cross-validate, select or combine, calibrate, reconcile.
 
-Per series, every candidate model is scored on a holdout (the last day) by pinball loss at the
-plan's τ; the winner is refit on the full history and forecasts the horizon. The choice and its
-scores go into the forecast run manifest so an analyst can see why a model was used.
+`select_and_forecast` turns long-format history (`unique_id, ds, y` + optional exogenous columns)
+into forecasts in the forecast contract:
+
+1. **Prepare**: a regular grid per series (gaps interpolated), one-off bursts cleaned for the
+   models (scores use raw actuals), known calendar uplifts divided out (and multiplied back into
+   the forecast) for models that do not model events themselves.
+2. **Rolling-origin cross-validation**: every model forecasts the last `n_windows` windows of
+   `horizon` steps, each fit strictly before its origin.
+3. **Selection and combination**: per series, every model and the `ensemble` (mean of the
+   non-naive models) is scored by pinball loss at the plan's τ and by MASE, each relative to
+   seasonal naive; the lowest mean of the two wins (ties go to the earlier model).
+4. **Calibration**: quantiles and intervals are conformal: the chosen forecast's out-of-sample
+   errors, normalised per series (MASE scale × the series' own error size, shrunk to the pool)
+   and per horizon bucket, give the quantiles of the pooled normalised error distribution.
+5. **Short series** (under two seasons) get the pooled profile of their group (e.g. all pairs)
+   scaled to their own level. **Hierarchies** (pairs → totals) are reconciled with WLS.
+
+The choice, its scores and the calibration are returned for the run manifest.
 """
 
 from __future__ import annotations
 
+import functools
+import time
+import warnings
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -18,12 +36,25 @@ import pyarrow.parquet as pq
 from pipeline import lake, storage
 from pipeline.config import Settings
 from pipeline.features import read_features
-from pipeline.forecast.models import MODELS, OUTPUT_COLUMNS
-from pipeline.forecast.quantiles import interpolate_quantile, pinball_loss
+from pipeline.forecast import prep
+from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
+from pipeline.forecast.quantiles import quantile_column
 from pipeline.intervals import DataInterval
-from pipeline.schemas import FORECAST, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
+from pipeline.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 
-DEFAULT_MODELS: tuple[str, ...] = ("seasonal_naive", "auto_ets")
+#: "auto": the models that earned their place in the backtests (bench/): seasonal naive (the floor),
+#: the seasonal mean (robust on noisy counts), the global GBM (best on M4 Hourly and on the
+#: samples), and their combination. MSTL, AutoETS, ARIMA and Prophet scored worse than seasonal
+#: naive on the sample data's cross-validation at 2–5× the cost; ask for them by name.
+AUTO: tuple[str, ...] = ("seasonal_naive", "seasonal_mean", "global_gbm")
+#: Prophet (calendar as holidays, lagged telemetry as regressors) is the best single model on the
+#: samples' cross-validation but costs ~6 series/s: add it with `models=("auto", "prophet")`.
+AUTO_POINT_BUDGET = 60_000  # series × points up to which global models are refit after cross-validation
+DEFAULT_MODELS: tuple[str, ...] = ("auto",)
+ENSEMBLE = "ensemble"
+POOLED = "pooled_profile"
+BASELINE = "seasonal_naive"
+N_BUCKETS = 4
 
 
 @dataclass
@@ -32,6 +63,24 @@ class ForecastResult:
 
     forecasts: pd.DataFrame
     selection: dict[str, dict] = field(default_factory=dict)
+    info: dict[str, Any] = field(default_factory=dict)
+    cv: pd.DataFrame | None = None
+
+
+def resolve_models(models: Sequence[str] | str, n_series: int) -> tuple[str, ...]:
+    """Expand "auto" (its members depend on the number of series) and check names."""
+    if isinstance(models, str):
+        models = [m.strip() for m in models.split(",") if m.strip()]
+    out: list[str] = []
+    for name in models:
+        if name == "auto":
+            out.extend(AUTO)
+        else:
+            out.append(name)
+    unknown = [m for m in out if m not in MODELS]
+    if unknown:
+        raise ValueError(f"unknown models {unknown}; available: {sorted(MODELS)} or 'auto'")
+    return tuple(dict.fromkeys(out))
 
 
 def series_from_features(pair_volume: pd.DataFrame, region_demand: pd.DataFrame) -> pd.DataFrame:
@@ -48,14 +97,109 @@ def series_from_features(pair_volume: pd.DataFrame, region_demand: pd.DataFrame)
 
 
 def _naive_ds(frame: pd.DataFrame) -> pd.DataFrame:
-    """statsforecast wants tz-naive timestamps; everything here is UTC, so drop the zone."""
+    """Models want tz-naive timestamps; everything here is UTC, so drop the zone."""
     frame = frame.copy()
+    frame["unique_id"] = frame["unique_id"].astype(str)
     frame["ds"] = pd.to_datetime(frame["ds"], utc=True).dt.tz_localize(None)
     return frame
 
 
 def _quantile_columns(frame: pd.DataFrame) -> dict[float, np.ndarray]:
-    return {q: frame[f"q{int(round(q * 100))}"].to_numpy(float) for q in FORECAST_QUANTILES}
+    return {q: frame[quantile_column(q)].to_numpy(float) for q in FORECAST_QUANTILES}
+
+
+# ---------------------------------------------------------------------------------------------
+# Conformal calibration
+# ---------------------------------------------------------------------------------------------
+
+@dataclass
+class Calibration:
+    """Scale-location conformal quantiles fitted on out-of-sample errors.
+
+    error(series i, step k) ≈ scale_i · σ_i · g(bucket(k)) · z, z from the pooled distribution.
+    """
+
+    horizon: int
+    sigma: dict[str, float]
+    pooled_sigma: float
+    g: np.ndarray
+    z: dict[float, float]
+    n_errors: int
+
+    @classmethod
+    def fit(cls, errors: pd.DataFrame, scale: pd.Series, horizon: int, shrink: float = 48.0) -> "Calibration":
+        """errors: unique_id, step (0-based), error (actual - forecast)."""
+        probs = _calibration_probs()
+        if errors.empty:
+            return cls(horizon, {}, 1.0, np.ones(N_BUCKETS), {p: _normal_ppf(p) for p in probs}, 0)
+        u = errors["error"].to_numpy(float) / scale.reindex(errors["unique_id"]).to_numpy(float)
+        u = np.nan_to_num(u)
+        bucket = np.minimum(errors["step"].to_numpy() * N_BUCKETS // max(horizon, 1), N_BUCKETS - 1)
+        abs_u = np.abs(u)
+        pooled = float(np.mean(abs_u)) if len(abs_u) else 1.0
+        g = np.array([np.mean(abs_u[bucket == b]) / pooled if np.any(bucket == b) and pooled > 0 else 1.0 for b in range(N_BUCKETS)])
+        g = np.where(np.isfinite(g) & (g > 0), g, 1.0)
+        frame = pd.DataFrame({"uid": errors["unique_id"].to_numpy(), "abs": abs_u / g[bucket]})
+        stats = frame.groupby("uid")["abs"].agg(["mean", "size"])
+        sigma = (stats["mean"] * stats["size"] + pooled * shrink) / (stats["size"] + shrink)
+        sigma = sigma.clip(lower=1e-12)
+        denom = sigma.reindex(errors["unique_id"]).to_numpy() * g[bucket]
+        z = u / np.where(denom > 0, denom, 1.0)
+        n = len(z)
+        zq = {}
+        for p in probs:
+            # finite-sample conformal correction: move the level outwards by 1/(n+1)
+            adj = min(max(p + (p - 0.5) * 2 / (n + 1), 0.0), 1.0)
+            zq[p] = float(np.quantile(z, adj))
+        return cls(horizon, {k: float(v) for k, v in sigma.items()}, pooled, g, zq, n)
+
+    def apply(self, frame: pd.DataFrame, scale: pd.Series, levels: Sequence[int]) -> pd.DataFrame:
+        """Fill quantile / interval columns of `frame` (unique_id, ds, mean, step)."""
+        uid = frame["unique_id"].to_numpy()
+        sig = np.array([self.sigma.get(u, self.pooled_sigma) for u in uid])
+        bucket = np.minimum(frame["step"].to_numpy() * N_BUCKETS // max(self.horizon, 1), N_BUCKETS - 1)
+        spread = scale.reindex(uid).fillna(0.0).to_numpy() * sig * self.g[bucket]
+        mean = frame["mean"].to_numpy(float)
+        out = frame.copy()
+        for q in FORECAST_QUANTILES:
+            out[quantile_column(q)] = mean + spread * self.z[q]
+        for level in sorted({*FORECAST_LEVELS, *levels}):
+            lo, hi = 0.5 - level / 200, 0.5 + level / 200
+            out[f"lo_{level}"] = mean + spread * self.z.get(lo, _normal_ppf(lo) * _z_ratio(self.z))
+            out[f"hi_{level}"] = mean + spread * self.z.get(hi, _normal_ppf(hi) * _z_ratio(self.z))
+        return out
+
+    def to_dict(self) -> dict:
+        return {"method": "scale-location conformal on rolling-origin errors", "n_errors": self.n_errors,
+                "horizon_profile": [round(float(v), 4) for v in self.g],
+                "z": {str(k): round(v, 4) for k, v in sorted(self.z.items())}}
+
+
+def _calibration_probs(levels: Sequence[int] = ()) -> list[float]:
+    lv = sorted({*FORECAST_LEVELS, 50, 60, 70, 90, 98, 99, *levels})
+    return sorted({*FORECAST_QUANTILES, *[0.5 - x / 200 for x in lv], *[0.5 + x / 200 for x in lv]})
+
+
+def _normal_ppf(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(min(max(p, 1e-6), 1 - 1e-6))
+
+
+def _z_ratio(z: dict[float, float]) -> float:
+    """How wide the pooled distribution is relative to a normal, judged at its 90 % quantile."""
+    return z.get(0.9, _normal_ppf(0.9)) / _normal_ppf(0.9)
+
+
+# ---------------------------------------------------------------------------------------------
+# The engine
+# ---------------------------------------------------------------------------------------------
+
+def _cv_with_actuals(cv: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
+    merged = cv.merge(raw[["unique_id", "ds", "y", "_factor"]], on=["unique_id", "ds"], how="inner")
+    merged = merged.sort_values(["unique_id", "window", "ds"], kind="stable").reset_index(drop=True)
+    merged["step"] = merged.groupby(["unique_id", "window"]).cumcount()
+    return merged
 
 
 def select_and_forecast(
@@ -64,56 +208,375 @@ def select_and_forecast(
     season_length: int,
     freq: str,
     tau: float,
-    models: Sequence[str] = DEFAULT_MODELS,
+    models: Sequence[str] | str = DEFAULT_MODELS,
     holdout: int | None = None,
+    *,
+    n_windows: int | None = None,
+    future: pd.DataFrame | None = None,
+    levels: Sequence[int] = FORECAST_LEVELS,
+    hierarchy: dict[str, list[str]] | None = None,
+    n_jobs: int = -1,
+    model_params: dict[str, dict] | None = None,
+    clean: bool = True,
+    combine: bool = True,
+    refit_global: bool | str = "auto",
+    switch_margin: float = 0.15,
+    ensemble_size: int = 2,
 ) -> ForecastResult:
-    """Score each model on the last `holdout` points per series, forecast with the winner."""
-    unknown = [m for m in models if m not in MODELS]
-    if unknown:
-        raise ValueError(f"unknown models {unknown}; available: {sorted(MODELS)}")
+    """Cross-validate `models` per series, pick or combine, calibrate, forecast `horizon` steps.
+
+    history: long format `unique_id, ds, y` (+ numeric exogenous columns; `event_uplift` is the
+    known multiplicative calendar uplift). future: the exogenous columns over the horizon.
+    holdout: the length of each cross-validation window (default: the horizon).
+    switch_margin: a series leaves the overall best model only for one whose relative score is
+    this much lower on it (per-series choices on a few windows are noisy).
+    refit_global: refit global models on the full history after cross-validation ("auto": only
+    for small problems; otherwise the cross-validated model forecasts from the latest origin).
+    """
+    t_start = time.perf_counter()
     if history.empty:
         raise ValueError("history is empty: nothing to forecast (no feature rows for this run?)")
-    # The holdout is the last points by time: order rows first (cumcount below follows row order).
+    freq = prep.parse_freq(freq)
+    levels = tuple(sorted({*FORECAST_LEVELS, *levels}))
+    names = resolve_models(models, history["unique_id"].nunique())
+    params = model_params or {}
     history = _naive_ds(history).sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
-    holdout = holdout or season_length
-    lengths = history.groupby("unique_id")["ds"].transform("size")
-    cut = history.groupby("unique_id").cumcount() < lengths - holdout
-    train, test = history[cut], history[~cut]
-    scorable = set(train.groupby("unique_id").size().loc[lambda s: s >= 2 * season_length].index)
+    history, gaps = prep.regularize(history, freq)
+    if future is not None and len(future):
+        future = _naive_ds(future)
+    m = season_length
+    window = int(holdout or horizon)
+    lengths = history.groupby("unique_id", sort=True).size()
+    ids = list(lengths.index)
 
-    scores: dict[str, dict[str, float]] = {sid: {} for sid in history["unique_id"].unique()}
-    if scorable and len(models) > 1:
-        train_s = train[train["unique_id"].isin(scorable)]
-        test_s = test[test["unique_id"].isin(scorable)]
-        for name in models:
-            predicted = MODELS[name](season_length, freq).fit(train_s).predict(holdout)
-            merged = test_s.merge(predicted, on=["unique_id", "ds"], how="inner")
-            merged_q = merged.assign(q_tau=interpolate_quantile(_quantile_columns(merged), tau))
-            for sid, group in merged_q.groupby("unique_id"):
-                scores[sid][name] = pinball_loss(group["y"].to_numpy(), group["q_tau"].to_numpy(), tau)
+    # Known calendar uplifts come out of the model input and go back into the forecast.
+    history["_factor"] = prep.event_factor(history)
+    model_input = history.drop(columns=["_factor"]).copy()
+    raw_input = model_input
+    raw_adjusted = model_input.assign(y=model_input["y"] / history["_factor"].to_numpy())
+    cleaned: dict[str, int] = {}
+    if clean:
+        model_input, cleaned = prep.clean_outliers(model_input, m)
+    adjusted = model_input.copy()
+    adjusted["y"] = adjusted["y"] / history["_factor"].to_numpy()
+    scale = prep.mase_scale(history, m)
 
-    choice = {sid: (min(s, key=lambda m: (s[m], models.index(m))) if s else models[0]) for sid, s in scores.items()}
-    frames = []
-    for name in models:
-        ids = [sid for sid, m in choice.items() if m == name]
-        if not ids:
+    short = [u for u in ids if lengths[u] < 2 * m]
+    long_ids = [u for u in ids if lengths[u] >= 2 * m]
+    if n_windows is None:
+        n_windows = 2 if lengths.max() >= 2 * window + 3 * m else 1
+    cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + 2 * m]
+    info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
+                            "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
+
+    def model_for(name: str) -> Any:
+        return MODELS[name](season_length, freq, n_jobs=n_jobs, **params.get(name, {}))
+
+    def inputs_for(name: str, frame_ids: list[str]) -> pd.DataFrame:
+        robust = MODELS_ROBUST.get(name, False)
+        if MODELS_HANDLE_EVENTS.get(name, False):
+            src = raw_input if robust else model_input
+        else:
+            src = raw_adjusted if robust else adjusted
+        return src[src["unique_id"].isin(frame_ids)]
+
+    # 2. rolling-origin cross-validation
+    cv_frames: dict[str, pd.DataFrame] = {}
+    cv_models: dict[str, Any] = {}
+    if refit_global == "auto":
+        refit_global = len(history) <= AUTO_POINT_BUDGET
+    scored_names = list(dict.fromkeys([*names, BASELINE]))
+    if cv_ok and (len(names) > 1 or combine):
+        for name in scored_names:
+            t0 = time.perf_counter()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    eligible = [u for u in cv_ok if lengths[u] >= n_windows * window + max(2 * m, int(MODEL_MIN_SEASONS.get(name, 1) * m))]
+                    if not eligible:
+                        raise NotEnoughData(f"{name}: no series long enough to cross-validate")
+                    instance = model_for(name)
+                    cv = instance.cross_validate(inputs_for(name, eligible), window, n_windows, window)
+                    if MODELS_GLOBAL.get(name, False) and window == horizon and not refit_global:
+                        cv_models[name] = instance
+            except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
+                if name in names:
+                    info["dropped"][name] = str(exc)[:300]
+                continue
+            cv = _cv_with_actuals(cv, history)
+            if not MODELS_HANDLE_EVENTS.get(name, False):
+                cv["mean"] = cv["mean"] * cv["_factor"]
+            cv_frames[name] = cv
+            info["timings_s"][f"cv:{name}"] = round(time.perf_counter() - t0, 3)
+    candidates = [n for n in names if n in cv_frames]
+    scores = _scores(cv_frames, candidates, scale, tau)
+    overall = _overall(scores, candidates)
+    # The combination: the mean of the (up to) `ensemble_size` best non-naive models overall.
+    ranked = sorted((n for n in candidates if n != BASELINE), key=lambda n: (overall.get(n, np.inf), candidates.index(n)))
+    members = ranked[:ensemble_size]
+    if combine and len(members) >= 2:
+        ens = _ensemble(cv_frames, members)
+        if not ens.empty:
+            cv_frames[ENSEMBLE] = ens
+            candidates.append(ENSEMBLE)
+            scores = _scores(cv_frames, candidates, scale, tau)
+            overall = _overall(scores, candidates)
+
+    # 3. choice: the best model overall, unless another is clearly better on this series
+    fallback = next((n for n in names if n not in info["dropped"]), names[0])
+    default = min(overall, key=lambda n: (round(overall[n], 12), candidates.index(n))) if overall else fallback
+    info["overall_score"] = {k: round(v, 6) for k, v in overall.items()}
+    info["default_choice"] = default
+    choice: dict[str, str] = {}
+    for uid in ids:
+        if uid in short:
+            choice[uid] = POOLED
             continue
-        fitted = MODELS[name](season_length, freq).fit(history[history["unique_id"].isin(ids)])
-        frames.append(fitted.predict(horizon).assign(model=name))
-    forecasts = pd.concat(frames, ignore_index=True).rename(columns={"unique_id": "series_id"})
+        s = scores.get(uid, {})
+        usable = {k: v for k, v in s.items() if k in candidates and np.isfinite(v["score"])}
+        if not usable:
+            choice[uid] = default if default in cv_frames or not cv_frames else fallback
+            continue
+        best = min(usable, key=lambda k: (round(usable[k]["score"], 12), candidates.index(k)))
+        if default in usable and usable[best]["score"] >= usable[default]["score"] * (1 - switch_margin):
+            best = default
+        choice[uid] = best
+
+    # 4. final fits: every model some series needs (ensembles need all their members)
+    needed: dict[str, list[str]] = {}
+    for uid, c in choice.items():
+        for name in (members if c == ENSEMBLE else [c] if c != POOLED else []):
+            needed.setdefault(name, []).append(uid)
+    point: dict[str, pd.DataFrame] = {}
+    own: dict[str, pd.DataFrame] = {}
+    for name, need_ids in needed.items():
+        t0 = time.perf_counter()
+        fit_ids = long_ids if MODELS_GLOBAL.get(name, False) else need_ids
+        fit_ids = sorted(set(fit_ids) | set(need_ids))
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                instance = cv_models.get(name)
+                if instance is not None:  # global model trained in cross-validation: move its origin only
+                    instance.params["refit"] = False
+                else:
+                    instance = model_for(name)
+                pred = instance.fit(inputs_for(name, fit_ids)).predict(horizon, future=future, levels=levels)
+        except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
+            info["dropped"][name] = f"final fit failed: {str(exc)[:300]}"
+            pred = model_for(BASELINE).fit(inputs_for(BASELINE, fit_ids)).predict(horizon, levels=levels)
+        pred = pred[pred["unique_id"].isin(need_ids)].reset_index(drop=True)
+        point[name] = pred
+        own[name] = pred
+        info["timings_s"][f"fit:{name}"] = round(time.perf_counter() - t0, 3)
+
+    idx = future_index(history, horizon, freq)
+    idx["step"] = idx.groupby("unique_id").cumcount()
+    fut_factor = _future_factor(idx, history, future)
+    frames = []
+    by_model = {n: {u: g["mean"].to_numpy() for u, g in p.groupby("unique_id", sort=False)} for n, p in point.items()}
+    rows_by_id = {u: g for u, g in idx.groupby("unique_id", sort=False)}
+    for uid in ids:
+        c = choice[uid]
+        if c == POOLED:
+            continue
+        if c == ENSEMBLE:
+            means = np.mean([by_model[n][uid] for n in members], axis=0)
+        else:
+            means = by_model[c][uid]
+        frames.append(rows_by_id[uid].assign(mean=means, model=c))
+    if short:
+        frames.append(_pooled_forecasts(history, short, long_ids, idx, season_length, freq))
+    out = pd.concat(frames, ignore_index=True) if frames else idx.assign(mean=0.0, model=POOLED)
+    factor = fut_factor.reindex(pd.MultiIndex.from_frame(out[["unique_id", "ds"]])).fillna(1.0).to_numpy()
+    handles = out["model"].map(lambda c: MODELS_HANDLE_EVENTS.get(c, False)).to_numpy(bool)
+    out["mean"] = np.where(handles, out["mean"], out["mean"] * factor)
+
+    # 5. conformal calibration on the chosen forecasts' out-of-sample errors
+    errors = _chosen_errors(cv_frames, choice)
+    calibration = Calibration.fit(errors, scale, window)
+    out = calibration.apply(out, scale, levels)
+    with_errors = set(errors["unique_id"])
+    uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
+    if uncalibrated and errors.empty:
+        # nothing to calibrate on (e.g. a single model on short history): keep the model's own bands
+        for name, pred in own.items():
+            sel = out["unique_id"].isin(pred["unique_id"]) & (out["model"] == name)
+            if sel.any():
+                own_rows = pred.set_index(["unique_id", "ds"]).reindex(pd.MultiIndex.from_frame(out.loc[sel, ["unique_id", "ds"]]))
+                for col in output_columns(levels)[3:]:
+                    out.loc[sel, col] = own_rows[col].to_numpy() * factor[sel.to_numpy()]
+    if hierarchy:
+        from pipeline.forecast.reconcile import reconcile_wls
+
+        variance = errors.groupby("unique_id")["error"].var().to_dict() if not errors.empty else {}
+        out = reconcile_wls(out.rename(columns={"unique_id": "series_id"}), hierarchy, variance).rename(columns={"series_id": "unique_id"})
+        info["reconciliation"] = {"method": "wls (MinT diagonal, out-of-sample error variances)", "aggregates": sorted(hierarchy)}
+
+    cols = output_columns(levels)
+    numeric = [c for c in cols if c not in ("unique_id", "ds")]
+    out[numeric] = np.clip(np.nan_to_num(out[numeric].to_numpy(float)), 0.0, None)
+    out[QUANTILE_COLUMNS] = np.maximum.accumulate(out[QUANTILE_COLUMNS].to_numpy(), axis=1)
+    for level in levels:
+        out[f"hi_{level}"] = np.maximum(out[f"hi_{level}"], out[f"lo_{level}"])
+    wider = [lv for lv in levels]
+    for a, b in zip(wider, wider[1:]):  # nested intervals: wider levels contain narrower ones
+        out[f"lo_{b}"] = np.minimum(out[f"lo_{b}"], out[f"lo_{a}"])
+        out[f"hi_{b}"] = np.maximum(out[f"hi_{b}"], out[f"hi_{a}"])
+    forecasts = out.rename(columns={"unique_id": "series_id"})
     forecasts["ds"] = pd.to_datetime(forecasts["ds"]).dt.tz_localize("UTC")
     forecasts = forecasts.sort_values(["series_id", "ds"]).reset_index(drop=True)
-    selection = {
-        sid: {"model": choice[sid], "pinball_at_tau": {m: round(v, 6) for m, v in scores[sid].items()}}
-        for sid in sorted(choice)
-    }
-    return ForecastResult(forecasts=forecasts[["series_id", "ds", "model", *OUTPUT_COLUMNS[2:]]], selection=selection)
+    forecasts = forecasts[["series_id", "ds", "model", *numeric]]
 
+    selection = {}
+    for uid in sorted(ids):
+        s = scores.get(uid, {})
+        selection[uid] = {
+            "model": choice[uid],
+            "pinball_at_tau": {k: round(v["pinball"], 6) for k, v in s.items()},
+            "mase": {k: round(v["mase"], 6) for k, v in s.items()},
+            "score": {k: round(v["score"], 6) for k, v in s.items()},
+        }
+        if choice[uid] == ENSEMBLE:
+            selection[uid]["members"] = list(members)
+    info["calibration"] = calibration.to_dict()
+    info["cv_coverage"] = _cv_coverage(errors, scale, calibration)
+    info["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    cv_all = pd.concat([f.assign(model=k) for k, f in cv_frames.items()], ignore_index=True) if cv_frames else None
+    return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
+
+
+@functools.lru_cache(maxsize=None)
+def _model_class(name: str) -> type:
+    factory = MODELS[name]
+    return factory if isinstance(factory, type) else type(factory(24, "h"))
+
+
+class _Attr:
+    """`MODELS_GLOBAL.get(name)`: a model class attribute, looked up lazily (no heavy imports)."""
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(_model_class(name), self.attr, default) if name in MODELS else default
+
+
+MODELS_HANDLE_EVENTS = _Attr("handles_events")
+MODELS_GLOBAL = _Attr("is_global")
+MODEL_MIN_SEASONS = _Attr("min_seasons")
+MODELS_ROBUST = _Attr("robust")
+
+
+def _ensemble(cv_frames: dict[str, pd.DataFrame], members: list[str]) -> pd.DataFrame:
+    key = ["unique_id", "ds", "window"]
+    base = cv_frames[members[0]][[*key, "cutoff", "y", "_factor", "step", "mean"]]
+    merged = base.rename(columns={"mean": members[0]})
+    for name in members[1:]:
+        merged = merged.merge(cv_frames[name][[*key, "mean"]].rename(columns={"mean": name}), on=key, how="inner")
+    merged["mean"] = merged[members].mean(axis=1)
+    return merged.drop(columns=members)
+
+
+def _scores(cv_frames: dict[str, pd.DataFrame], candidates: list[str], scale: pd.Series, tau: float) -> dict[str, dict[str, dict]]:
+    """Per series and model: pinball at τ (of the model's conformal τ-quantile) and MASE, and the
+    mean of both relative to seasonal naive (an OWA-like score; lower is better)."""
+    per_model: dict[str, pd.DataFrame] = {}
+    for name in dict.fromkeys([*candidates, BASELINE]):
+        if name not in cv_frames:
+            continue
+        f = cv_frames[name]
+        e = f["y"].to_numpy() - f["mean"].to_numpy()
+        frame = pd.DataFrame({"uid": f["unique_id"].to_numpy(), "e": e})
+        shift = frame["uid"].map(frame.groupby("uid")["e"].quantile(tau)).to_numpy()
+        d = e - shift
+        frame["pin"] = np.maximum(tau * d, (tau - 1) * d)
+        frame["abs"] = np.abs(e)
+        agg = frame.groupby("uid").agg(pinball=("pin", "mean"), mae=("abs", "mean"))
+        agg["mase"] = agg["mae"] / scale.reindex(agg.index).to_numpy()
+        per_model[name] = agg
+    out: dict[str, dict[str, dict]] = {}
+    base = per_model.get(BASELINE)
+    for name in candidates:
+        if name not in per_model:
+            continue
+        agg = per_model[name]
+        for uid, row in agg.iterrows():
+            ref_p = base.at[uid, "pinball"] if base is not None and uid in base.index else np.nan
+            ref_m = base.at[uid, "mase"] if base is not None and uid in base.index else np.nan
+            rel_p = row["pinball"] / ref_p if np.isfinite(ref_p) and ref_p > 1e-12 else (1.0 if row["pinball"] <= 1e-12 else 2.0)
+            rel_m = row["mase"] / ref_m if np.isfinite(ref_m) and ref_m > 1e-12 else (1.0 if row["mase"] <= 1e-12 else 2.0)
+            out.setdefault(uid, {})[name] = {"pinball": float(row["pinball"]), "mase": float(row["mase"]),
+                                             "score": float(0.5 * (rel_p + rel_m))}
+    return out
+
+
+def _overall(scores: dict[str, dict[str, dict]], candidates: list[str]) -> dict[str, float]:
+    """Mean relative score of each candidate over the series every candidate was scored on."""
+    rows = [v for v in scores.values() if all(c in v for c in candidates)]
+    if not rows:
+        rows = list(scores.values())
+    out = {}
+    for c in candidates:
+        vals = [r[c]["score"] for r in rows if c in r and np.isfinite(r[c]["score"])]
+        if vals:
+            out[c] = float(np.mean(vals))
+    return out
+
+
+def _chosen_errors(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd.DataFrame:
+    parts = []
+    for name, f in cv_frames.items():
+        ids = [u for u, c in choice.items() if c == name]
+        if ids:
+            sub = f[f["unique_id"].isin(ids)]
+            parts.append(pd.DataFrame({"unique_id": sub["unique_id"].to_numpy(), "step": sub["step"].to_numpy(),
+                                       "error": sub["y"].to_numpy() - sub["mean"].to_numpy()}))
+    if not parts:
+        return pd.DataFrame(columns=["unique_id", "step", "error"])
+    return pd.concat(parts, ignore_index=True)
+
+
+def _cv_coverage(errors: pd.DataFrame, scale: pd.Series, cal: Calibration) -> dict[str, float]:
+    """In-sample check: the share of cross-validation errors inside the calibrated intervals."""
+    if errors.empty:
+        return {}
+    frame = errors.rename(columns={"error": "e"}).assign(mean=0.0)
+    bands = cal.apply(frame.assign(unique_id=errors["unique_id"]), scale, FORECAST_LEVELS)
+    return {f"{lv}": round(float(np.mean((errors["error"] >= bands[f"lo_{lv}"]) & (errors["error"] <= bands[f"hi_{lv}"]))), 4)
+            for lv in FORECAST_LEVELS}
+
+
+def _future_factor(idx: pd.DataFrame, history: pd.DataFrame, future: pd.DataFrame | None) -> pd.Series:
+    key = pd.MultiIndex.from_frame(idx[["unique_id", "ds"]])
+    if future is None or prep.EVENT_COLUMN not in future.columns:
+        return pd.Series(1.0, index=key)
+    f = future[["unique_id", "ds", prep.EVENT_COLUMN]].drop_duplicates(["unique_id", "ds"])
+    f = f.assign(factor=prep.event_factor(f)).set_index(["unique_id", "ds"])["factor"]
+    return f.reindex(key).fillna(1.0)
+
+
+def _pooled_forecasts(history: pd.DataFrame, short: list[str], long_ids: list[str], idx: pd.DataFrame, m: int, freq: str) -> pd.DataFrame:
+    pool = prep.PooledProfile(m, freq).fit(history[history["unique_id"].isin(long_ids)])
+    frames = []
+    for uid in short:
+        rows = idx[idx["unique_id"] == uid]
+        recent = history[history["unique_id"] == uid]
+        raw = recent["y"].to_numpy() / recent["_factor"].to_numpy()
+        mean = pool.predict(uid, raw, recent["ds"], pd.DatetimeIndex(rows["ds"]))
+        frames.append(rows.assign(mean=mean, model=POOLED))
+    return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# The pipeline stage
+# ---------------------------------------------------------------------------------------------
 
 def to_daily(history: pd.DataFrame) -> pd.DataFrame:
     """Daily peak of each hourly series: the daily horizon plans for the busiest hour of a day."""
     daily = history.assign(ds=pd.to_datetime(history["ds"], utc=True).dt.floor("D"))
-    return daily.groupby(["unique_id", "ds"], as_index=False)["y"].max()
+    agg = {"y": "max", **{c: "max" for c in daily.columns if c not in ("unique_id", "ds", "y")}}
+    return daily.groupby(["unique_id", "ds"], as_index=False).agg(agg)
 
 
 def forecast_run_id(kind: str, interval: DataInterval) -> str:
@@ -125,6 +588,33 @@ def planning_tau(settings: Settings) -> float:
     return max(settings.cost.tau(r) for r in RESOURCE_TYPES)
 
 
+def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind: str, models: Sequence[str]) -> tuple:
+    """What the pipeline feeds the engine: the inbound hierarchy (pairs → destination totals),
+    the calendar uplift (history and horizon), lagged telemetry regressors (hourly), and Prophet's
+    holidays. Returns (history with aggregates, model input, future, hierarchy, model params,
+    horizon, season length, freq)."""
+    from pipeline.forecast.exog import calendar_uplift, inbound_hierarchy, prophet_holidays, telemetry_regressors
+
+    history, hierarchy = inbound_hierarchy(history)
+    if kind == "hourly":
+        horizon, season, freq = settings.horizon_hours, 24, "h"
+        hist = history
+    elif kind == "daily":
+        horizon, season, freq = settings.daily_horizon_days, 7, "D"
+        hist = to_daily(history)
+    else:
+        raise ValueError(f"kind must be 'hourly' or 'daily', got {kind!r}")
+    hist, future = calendar_uplift(settings.lake_root, as_of, hist, horizon, freq)
+    if kind == "hourly" and horizon <= 168:
+        start = pd.to_datetime(hist["ds"]).min().to_pydatetime()
+        hist, tel_future = telemetry_regressors(settings.lake_root, start, as_of, hist, horizon)
+        future = tel_future if future is None else future.merge(tel_future, on=["unique_id", "ds"], how="outer")
+    params: dict[str, dict] = {}
+    if "prophet" in resolve_models(models, hist["unique_id"].nunique()):
+        params["prophet"] = {"holidays": prophet_holidays(settings.lake_root, as_of, sorted(hist["unique_id"].unique()))}
+    return history, hist, future, hierarchy, params, horizon, season, freq
+
+
 def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
     """Forecast every series for the run ending at `interval.end`; writes forecast + manifest."""
     pair_volume = read_features(settings, "pair_volume_hourly", interval).to_pandas()
@@ -133,21 +623,16 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
     if history.empty:
         raise ValueError(f"no feature rows for run {interval.token}: ingest history before forecasting")
     tau = planning_tau(settings)
-    if kind == "hourly":
-        result = select_and_forecast(history, settings.horizon_hours, 24, "h", tau, models)
-        horizon, season = settings.horizon_hours, 24
-    elif kind == "daily":
-        result = select_and_forecast(to_daily(history), settings.daily_horizon_days, 7, "D", tau, models, holdout=7)
-        horizon, season = settings.daily_horizon_days, 7
-    else:
-        raise ValueError(f"kind must be 'hourly' or 'daily', got {kind!r}")
+    history, hist, future, hierarchy, params, horizon, season, freq = pipeline_inputs(settings, interval.end, history, kind, models)
+    result = select_and_forecast(hist, horizon, season, freq, tau, models, future=future, hierarchy=hierarchy, model_params=params)
 
     run_id = forecast_run_id(kind, interval)
     out_dir = lake.forecast_dir(settings.lake_root, run_id)
-    table = pa.Table.from_pandas(result.forecasts, schema=FORECAST, preserve_index=False)
+    table = pa.Table.from_pandas(result.forecasts[FORECAST.names], schema=FORECAST, preserve_index=False)
     sink = pa.BufferOutputStream()
     pq.write_table(table, sink, compression="zstd")
     storage.write_bytes_atomic(storage.join(out_dir, "forecast.parquet"), sink.getvalue().to_pybytes())
+    info = {k: v for k, v in result.info.items() if k != "timings_s"}  # timings differ run to run
     manifest = {
         "run_id": run_id,
         "kind": kind,
@@ -156,7 +641,8 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
         "horizon": horizon,
         "season_length": season,
         "tau": tau,
-        "models": list(models),
+        "models": list(result.info.get("models", models)),
+        "engine": info,
         "selection": result.selection,
     }
     lake.write_json_atomic(storage.join(out_dir, "manifest.json"), manifest)
@@ -171,4 +657,4 @@ def read_forecast(settings: Settings, run_id: str) -> pd.DataFrame:
     return pq.read_table(p, filesystem=fs).to_pandas()
 
 
-__all__ = ["ForecastResult", "run_forecast", "read_forecast", "select_and_forecast", "series_from_features"]
+__all__ = ["ForecastResult", "run_forecast", "read_forecast", "select_and_forecast", "series_from_features", "resolve_models"]

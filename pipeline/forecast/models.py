@@ -1,112 +1,439 @@
 """Forecasting models behind one interface: fit on long-format history, predict mean + quantiles.
 
-Like sktime's BaseForecaster, the public `fit`/`predict` validate and delegate to each model's
-private `_fit`/`_predict`. Input is Nixtla's long format `unique_id, ds, y`; output has
-`unique_id, ds, mean, q50, q80, q90, q95, q99, lo_80, hi_80, lo_95, hi_95`.
+Like sktime's BaseForecaster, the public `fit`/`predict`/`cross_validate` validate and delegate to
+each model's private `_fit`/`_predict`/`_cross_validate`. Input is Nixtla's long format
+`unique_id, ds, y` (extra numeric columns are exogenous regressors; `future` carries them for the
+horizon); output has `unique_id, ds, mean, q50, q80, q90, q95, q99, lo_80, hi_80, lo_95, hi_95`
+(plus `lo_<l>/hi_<l>` for any other requested level).
+
+Every model is registered in `MODELS` under a short name; heavy libraries (statsforecast,
+Prophet, scikit-learn, PyTorch) are imported inside the model that needs them.
 """
 
 from __future__ import annotations
 
+import logging
 from abc import ABC, abstractmethod
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
 
 from pipeline.forecast.quantiles import INTERVAL_LEVELS, QUANTILE_LEVELS, quantile_column
-from pipeline.schemas import FORECAST_LEVELS
+from pipeline.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
 
 OUTPUT_COLUMNS = [
     "unique_id", "ds", "mean",
     *[quantile_column(q) for q in (0.5, *QUANTILE_LEVELS)],
     *[f"{side}_{level}" for level in FORECAST_LEVELS for side in ("lo", "hi")],
 ]
+QUANTILE_COLUMNS = [quantile_column(q) for q in FORECAST_QUANTILES]
+KEY_COLUMNS = ("unique_id", "ds", "y")
+
+
+class NotEnoughData(ValueError):
+    """A model cannot be fitted on this history (too short for its lookback); the engine drops it."""
+
+
+def _z(p: float) -> float:
+    from statistics import NormalDist
+
+    return NormalDist().inv_cdf(p)
+
+
+def output_columns(levels: Sequence[int] = FORECAST_LEVELS) -> list[str]:
+    extra = [f"{side}_{lv}" for lv in sorted(set(levels) - set(FORECAST_LEVELS)) for side in ("lo", "hi")]
+    return OUTPUT_COLUMNS + extra
+
+
+def exog_columns(frame: pd.DataFrame) -> list[str]:
+    """Exogenous regressors: every numeric column besides the key columns."""
+    return [c for c in frame.columns if c not in KEY_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])]
+
+
+def future_index(history: pd.DataFrame, h: int, freq: str) -> pd.DataFrame:
+    """`unique_id, ds` for the h steps after each series' last timestamp."""
+    last = history.groupby("unique_id", sort=True)["ds"].max()
+    offset = pd.tseries.frequencies.to_offset(freq)
+    ids = np.repeat(last.index.to_numpy(), h)
+    steps = np.tile(np.arange(1, h + 1), len(last))
+    ds = np.repeat(last.to_numpy(), h) + steps * pd.Timedelta(offset)
+    return pd.DataFrame({"unique_id": ids, "ds": ds})
+
+
+def gaussian_bands(frame: pd.DataFrame, sigma: np.ndarray, levels: Sequence[int]) -> pd.DataFrame:
+    """Fill quantile and interval columns from a mean and a per-row standard deviation."""
+    mean = frame["mean"].to_numpy(float)
+    frame["q50"] = mean
+    for q in FORECAST_QUANTILES[1:]:
+        frame[quantile_column(q)] = mean + _z(q) * sigma
+    for level in sorted({*FORECAST_LEVELS, *levels}):
+        z = _z(0.5 + level / 200)
+        frame[f"lo_{level}"] = mean - z * sigma
+        frame[f"hi_{level}"] = mean + z * sigma
+    return frame
 
 
 class Forecaster(ABC):
     """fit(history) then predict(h): the contract every peerscale model follows."""
 
     name: str = "forecaster"
+    #: one model across all series (fit once) rather than one per series
+    is_global: bool = False
+    #: models the calendar itself (holidays / event regressors): the engine does not adjust its input
+    handles_events: bool = False
+    #: shortest history (in seasons) the model needs per series
+    min_seasons: float = 1.0
+    #: robust to one-off bursts by itself: the engine feeds it the raw (uncleaned) history
+    robust: bool = False
 
-    def __init__(self, season_length: int, freq: str) -> None:
-        self.season_length = season_length
+    def __init__(self, season_length: int, freq: str, n_jobs: int = 1, **params: Any) -> None:
+        self.season_length = int(season_length)
         self.freq = freq
+        self.n_jobs = n_jobs
+        self.params = params
         self._history: pd.DataFrame | None = None
 
-    def fit(self, history: pd.DataFrame) -> "Forecaster":
+    # -- public API ---------------------------------------------------------------------------
+    @staticmethod
+    def _validated(history: pd.DataFrame) -> pd.DataFrame:
         missing = {"unique_id", "ds", "y"} - set(history.columns)
         if missing:
             raise ValueError(f"history lacks columns {sorted(missing)}; expected long format unique_id, ds, y")
         if history.empty:
             raise ValueError("history is empty: nothing to fit")
-        self._history = history.sort_values(["unique_id", "ds"]).reset_index(drop=True)
+        frame = history.copy()
+        frame["unique_id"] = frame["unique_id"].astype(str)
+        ds = pd.to_datetime(frame["ds"])
+        if getattr(ds.dt, "tz", None) is not None:
+            ds = ds.dt.tz_convert("UTC").dt.tz_localize(None)
+        frame["ds"] = ds
+        frame["y"] = frame["y"].astype(float)
+        return frame.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
+
+    def fit(self, history: pd.DataFrame) -> "Forecaster":
+        self._history = self._validated(history)
         self._fit(self._history)
         return self
 
-    def predict(self, h: int) -> pd.DataFrame:
+    def predict(self, h: int, future: pd.DataFrame | None = None, levels: Sequence[int] = FORECAST_LEVELS) -> pd.DataFrame:
         if self._history is None:
             raise RuntimeError(f"{self.name}: call fit() before predict()")
         if h <= 0:
             raise ValueError(f"horizon must be positive, got {h}")
-        out = self._predict(h)
-        numeric = [c for c in OUTPUT_COLUMNS if c not in ("unique_id", "ds")]
-        out[numeric] = out[numeric].clip(lower=0.0)  # demand is never negative
-        # Quantiles must not cross: enforce monotonicity across the stored levels.
-        qcols = [quantile_column(q) for q in (0.5, *QUANTILE_LEVELS)]
-        out[qcols] = np.maximum.accumulate(out[qcols].to_numpy(), axis=1)
-        return out[OUTPUT_COLUMNS]
+        out = self._predict(h, future, tuple(levels))
+        return self._finish(out, levels)
+
+    def cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int | None = None) -> pd.DataFrame:
+        """Rolling-origin forecasts: `unique_id, ds, cutoff, window, mean` for the last n_windows
+        origins of each series (window 0 is the earliest), each fit strictly before its origin."""
+        frame = self._validated(history)
+        return self._cross_validate(frame, h, n_windows, step or h)
+
+    # -- helpers for subclasses ----------------------------------------------------------------
+    def _finish(self, out: pd.DataFrame, levels: Sequence[int]) -> pd.DataFrame:
+        cols = output_columns(levels)
+        numeric = [c for c in cols if c not in ("unique_id", "ds")]
+        values = np.nan_to_num(out[numeric].to_numpy(float), nan=0.0, posinf=0.0, neginf=0.0)
+        out[numeric] = np.clip(values, 0.0, None)  # demand is never negative
+        out[QUANTILE_COLUMNS] = np.maximum.accumulate(out[QUANTILE_COLUMNS].to_numpy(), axis=1)
+        for level in sorted({*FORECAST_LEVELS, *levels}):
+            lo, hi = out[f"lo_{level}"].to_numpy(), out[f"hi_{level}"].to_numpy()
+            out[f"hi_{level}"] = np.maximum(lo, hi)
+        return out[cols].reset_index(drop=True)
+
+    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int) -> pd.DataFrame:
+        """Default: refit on each truncated history (per-series models override with faster paths)."""
+        frames = []
+        rank = history.groupby("unique_id").cumcount(ascending=False)  # 0 = last point
+        for window in range(n_windows):
+            back = (n_windows - 1 - window) * step + h  # points held out after this origin
+            train = history[rank >= back]
+            actual_ids = train.groupby("unique_id").size()
+            train = train[train["unique_id"].isin(actual_ids[actual_ids >= 1].index)]
+            if train.empty:
+                continue
+            fitted = type(self)(self.season_length, self.freq, n_jobs=self.n_jobs, **self.params).fit(train)
+            future = history[(rank < back) & (rank >= back - h)]
+            pred = fitted.predict(h, future=future)
+            cutoff = train.groupby("unique_id")["ds"].max().rename("cutoff")
+            frames.append(pred[["unique_id", "ds", "mean"]].merge(cutoff, on="unique_id").assign(window=window))
+        if not frames:
+            return pd.DataFrame(columns=["unique_id", "ds", "cutoff", "window", "mean"])
+        return pd.concat(frames, ignore_index=True)
 
     def _fit(self, history: pd.DataFrame) -> None:  # models fitting lazily in _predict may skip it
         return None
 
     @abstractmethod
-    def _predict(self, h: int) -> pd.DataFrame: ...
+    def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame: ...
 
+
+# ---------------------------------------------------------------------------------------------
+# statsforecast models
+# ---------------------------------------------------------------------------------------------
 
 class StatsForecastModel(Forecaster):
-    """A statsforecast model; a seasonal naive fallback keeps one failing series from failing all."""
+    """A statsforecast model; a seasonal naive fallback keeps one failing series from failing all.
 
-    def __init__(self, name: str, factory: Callable[[int], Any], season_length: int, freq: str, n_jobs: int = 1) -> None:
-        super().__init__(season_length, freq)
-        self.name = name
-        self._factory = factory
-        self.n_jobs = n_jobs
+    Parallel over series (statsforecast's process pool, `n_jobs`) from 64 series on; results do not
+    depend on the number of workers.
+    """
 
-    def _predict(self, h: int) -> pd.DataFrame:
+    parallel = True  # worth a process pool (fitting costs more than starting workers)
+
+    def __init__(self, season_length: int, freq: str, n_jobs: int = 1, **params: Any) -> None:
+        super().__init__(season_length, freq, n_jobs=n_jobs, **params)
+
+    def _model(self) -> Any:  # pragma: no cover - every subclass defines it
+        raise NotImplementedError
+
+    def _sf(self) -> Any:
         from statsforecast import StatsForecast
         from statsforecast.models import SeasonalNaive
 
-        model = self._factory(self.season_length)
-        sf = StatsForecast(
-            models=[model], freq=self.freq, n_jobs=self.n_jobs, fallback_model=SeasonalNaive(season_length=self.season_length)
-        )
-        raw = sf.forecast(h=h, df=self._history, level=list(INTERVAL_LEVELS))
-        alias = str(model)
+        model = self._model()
+        # Process pools cost a second or two to start: only worth it for many series.
+        n_series = 0 if self._history is None else self._history["unique_id"].nunique()
+        n_jobs = self.n_jobs if n_series >= 64 and self.parallel else 1
+        sf = StatsForecast(models=[model], freq=self.freq, n_jobs=n_jobs,
+                           fallback_model=SeasonalNaive(season_length=self.season_length))
+        return sf, str(model)
+
+    def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
+        sf, alias = self._sf()
+        all_levels = sorted({*INTERVAL_LEVELS, *levels})
+        raw = sf.forecast(h=h, df=self._history[list(KEY_COLUMNS)], level=all_levels)
         out = pd.DataFrame({"unique_id": raw["unique_id"].astype(str), "ds": raw["ds"], "mean": raw[alias]})
         out["q50"] = raw[alias]
         for q, level in QUANTILE_LEVELS.items():
             out[quantile_column(q)] = raw[f"{alias}-hi-{level}"]
-        for level in FORECAST_LEVELS:
+        for level in sorted({*FORECAST_LEVELS, *levels}):
             out[f"lo_{level}"] = raw[f"{alias}-lo-{level}"]
             out[f"hi_{level}"] = raw[f"{alias}-hi-{level}"]
         return out.reset_index(drop=True)
 
+    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int) -> pd.DataFrame:
+        self._history = history
+        sf, alias = self._sf()
+        raw = sf.cross_validation(h=h, df=history[list(KEY_COLUMNS)], n_windows=n_windows, step_size=step)
+        raw = raw.rename(columns={alias: "mean"})
+        cutoffs = np.sort(raw["cutoff"].unique())
+        raw["window"] = raw.groupby("unique_id")["cutoff"].rank(method="dense").astype(int) - 1
+        del cutoffs
+        raw["unique_id"] = raw["unique_id"].astype(str)
+        return raw[["unique_id", "ds", "cutoff", "window", "mean"]].reset_index(drop=True)
 
-def seasonal_naive(season_length: int, freq: str) -> Forecaster:
+
+class SeasonalNaiveModel(StatsForecastModel):
     """Repeat the last season: the floor every other model must beat."""
-    from statsforecast.models import SeasonalNaive
 
-    return StatsForecastModel("seasonal_naive", lambda m: SeasonalNaive(season_length=m), season_length, freq)
+    name = "seasonal_naive"
+    parallel = False  # nothing to fit: a process pool only costs time
+
+    def _model(self) -> Any:
+        from statsforecast.models import SeasonalNaive
+
+        return SeasonalNaive(season_length=self.season_length)
 
 
-def auto_ets(season_length: int, freq: str) -> Forecaster:
+class AutoETSModel(StatsForecastModel):
     """Exponential smoothing with automatic error/trend/season selection (statsforecast AutoETS)."""
-    from statsforecast.models import AutoETS
 
-    return StatsForecastModel("auto_ets", lambda m: AutoETS(season_length=m), season_length, freq)
+    name = "auto_ets"
+    min_seasons = 2.0
+
+    def _model(self) -> Any:
+        from statsforecast.models import AutoETS
+
+        return AutoETS(season_length=self.season_length)
 
 
-MODELS: dict[str, Callable[[int, str], Forecaster]] = {
-    "seasonal_naive": seasonal_naive,
-    "auto_ets": auto_ets,
+class FastARIMAModel(StatsForecastModel):
+    """Seasonal ARIMA with a restricted stepwise search (p, q ≤ 2; P, Q ≤ 1; d, D ≤ 1; ≤ 12 models).
+
+    The full AutoARIMA search at season 24 takes ~18 s a series; the restricted, approximated
+    search takes about a second and loses little accuracy on M4 Hourly.
+    """
+
+    name = "arima"
+    min_seasons = 3.0
+
+    def _model(self) -> Any:
+        from statsforecast.models import AutoARIMA
+
+        return AutoARIMA(season_length=self.season_length, max_p=2, max_q=2, max_P=1, max_Q=1, max_d=1, max_D=1,
+                         stepwise=True, approximation=True, nmodels=12, alias="arima")
+
+
+class MSTLModel(StatsForecastModel):
+    """Multiple seasonal-trend decomposition (daily + weekly for hourly data) with an AutoETS trend."""
+
+    name = "mstl"
+    min_seasons = 2.0
+
+    def _seasons(self) -> list[int]:
+        n_min = 0 if self._history is None else int(self._history.groupby("unique_id").size().min())
+        seasons = [self.season_length]
+        if self.season_length == 24 and n_min >= 2 * 168:
+            seasons.append(168)
+        return seasons
+
+    def _model(self) -> Any:
+        from statsforecast.models import MSTL, AutoETS
+
+        seasons = self._seasons()
+        return MSTL(season_length=seasons if len(seasons) > 1 else seasons[0], trend_forecaster=AutoETS(model="ZZN"), alias="mstl")
+
+
+# ---------------------------------------------------------------------------------------------
+# Simple numpy models (robust for noisy and intermittent counts)
+# ---------------------------------------------------------------------------------------------
+
+class SeasonalMeanModel(Forecaster):
+    """Mean of the same phase over the last `window` seasons: a smoothed seasonal profile.
+
+    Much less noisy than seasonal naive on Poisson-like counts and intermittent pair series; its
+    spread is the in-sample residual standard deviation.
+    """
+
+    name = "seasonal_mean"
+
+    def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
+        m, k = self.season_length, int(self.params.get("window", 4))
+        idx = future_index(self._history, h, self.freq)
+        means, sigmas = [], []
+        for _, group in self._history.groupby("unique_id", sort=True):
+            y = group["y"].to_numpy(float)
+            n_seasons = max(1, min(k, len(y) // m))
+            if len(y) < m:
+                profile = np.full(m, y.mean())
+                resid = y - y.mean()
+            else:
+                tail = y[len(y) - n_seasons * m:].reshape(n_seasons, m)
+                profile = tail.mean(axis=0)
+                resid = (tail - profile).ravel() * np.sqrt(n_seasons / max(n_seasons - 1, 1))
+            means.append(np.resize(profile, h))
+            sigmas.append(np.full(h, float(np.std(resid)) if len(resid) > 1 else 0.0))
+        out = idx.assign(mean=np.concatenate(means))
+        return gaussian_bands(out, np.concatenate(sigmas), levels)
+
+
+# ---------------------------------------------------------------------------------------------
+# Prophet
+# ---------------------------------------------------------------------------------------------
+
+def _quiet_prophet() -> None:
+    """Silence cmdstanpy: its lazy `get_logger()` adds an INFO handler unless one exists already."""
+    for name in ("cmdstanpy", "prophet", "prophet.plot"):
+        logger = logging.getLogger(name)
+        if not logger.handlers:
+            logger.addHandler(logging.NullHandler())  # so cmdstanpy's get_logger() adds none
+        logger.setLevel(logging.ERROR)
+        for handler in logger.handlers:
+            handler.setLevel(logging.ERROR)
+        logger.propagate = False
+
+
+def _fit_prophet_one(uid: str, frame: pd.DataFrame, future: pd.DataFrame, regressors: list[str], holidays: pd.DataFrame | None,
+                     daily: bool, weekly: bool, levels: tuple[int, ...], samples: int) -> pd.DataFrame:
+    _quiet_prophet()
+    logging.getLogger("prophet.plot").setLevel(logging.CRITICAL)  # "Importing plotly failed" at import
+    from prophet import Prophet
+
+    model = Prophet(daily_seasonality=daily, weekly_seasonality=weekly, yearly_seasonality=False,
+                    holidays=holidays, interval_width=0.8, uncertainty_samples=0)
+    for reg in regressors:
+        model.add_regressor(reg)
+    model.fit(frame[["ds", "y", *regressors]])
+    fut = future[["ds", *regressors]].reset_index(drop=True)
+    fcst = model.predict(fut)
+    draws = None
+    if samples:
+        np.random.seed(0)  # predictive sampling is random: fix it so a rerun gives the same bytes
+        model.uncertainty_samples = samples
+        draws = model.predictive_samples(fut)["yhat"]
+    out = pd.DataFrame({"unique_id": uid, "ds": future["ds"].to_numpy(), "mean": fcst["yhat"].to_numpy()})
+    if draws is not None:
+        out["q50"] = np.quantile(draws, 0.5, axis=1)
+        for q in FORECAST_QUANTILES[1:]:
+            out[quantile_column(q)] = np.quantile(draws, q, axis=1)
+        for level in sorted({*FORECAST_LEVELS, *levels}):
+            out[f"lo_{level}"] = np.quantile(draws, 0.5 - level / 200, axis=1)
+            out[f"hi_{level}"] = np.quantile(draws, 0.5 + level / 200, axis=1)
+    else:
+        resid = frame["y"].to_numpy() - model.predict(frame[["ds", *regressors]])["yhat"].to_numpy()
+        out = gaussian_bands(out, np.full(len(out), float(np.std(resid))), levels)
+    return out
+
+
+class ProphetModel(Forecaster):
+    """Prophet per series: daily/weekly seasonality, the event calendar as holidays, and the
+    exogenous columns of the history as extra regressors (`future` must carry them).
+
+    params: `holidays` (Prophet's holiday frame: holiday, ds, lower_window, upper_window; an
+    optional `unique_id` column restricts a row to one series), `uncertainty_samples` (default
+    200; 0 uses Prophet's own yhat_lower/upper as a Gaussian band).
+    """
+
+    name = "prophet"
+    handles_events = True
+
+    def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
+        from joblib import Parallel, delayed
+
+        hist = self._history
+        regressors = exog_columns(hist)
+        idx = future_index(hist, h, self.freq)
+        if regressors:
+            if future is None or not set(regressors) <= set(future.columns):
+                regressors = []  # no future values: fit without them
+            else:
+                fut = self._validated(future.assign(y=0.0))
+                idx = idx.merge(fut[["unique_id", "ds", *regressors]], on=["unique_id", "ds"], how="left")
+                idx[regressors] = idx.groupby("unique_id")[regressors].ffill().fillna(0.0)
+        holidays = self.params.get("holidays")
+        samples = int(self.params.get("uncertainty_samples", 200))
+        hourly = pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq)) < pd.Timedelta(days=1)
+        jobs = []
+        for uid, frame in hist.groupby("unique_id", sort=True):
+            hol = None
+            if holidays is not None and len(holidays):
+                hol = holidays
+                if "unique_id" in hol.columns:
+                    hol = hol[hol["unique_id"].isin([uid, "*"])].drop(columns="unique_id")
+                hol = hol if len(hol) else None
+            span_days = (frame["ds"].max() - frame["ds"].min()) / pd.Timedelta(days=1)
+            jobs.append(delayed(_fit_prophet_one)(uid, frame, idx[idx["unique_id"] == uid], regressors, hol,
+                                                   hourly, span_days >= 14, levels, samples))
+        n_jobs = self.n_jobs if len(jobs) >= 8 else 1
+        frames = Parallel(n_jobs=n_jobs, backend="loky")(jobs) if n_jobs != 1 else [j[0](*j[1], **j[2]) for j in jobs]
+        return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Registry
+# ---------------------------------------------------------------------------------------------
+
+def _global_gbm(season_length: int, freq: str, **kw: Any) -> Forecaster:
+    from pipeline.forecast.global_models import GlobalGBMModel
+
+    return GlobalGBMModel(season_length, freq, **kw)
+
+
+def _lstm(season_length: int, freq: str, **kw: Any) -> Forecaster:
+    from pipeline.forecast.deep import LSTMModel
+
+    return LSTMModel(season_length, freq, **kw)
+
+
+MODELS: dict[str, Callable[..., Forecaster]] = {
+    "seasonal_naive": SeasonalNaiveModel,
+    "seasonal_mean": SeasonalMeanModel,
+    "auto_ets": AutoETSModel,
+    "arima": FastARIMAModel,
+    "mstl": MSTLModel,
+    "prophet": ProphetModel,
+    "global_gbm": _global_gbm,
+    "lstm": _lstm,
 }

@@ -1,0 +1,143 @@
+"""Exogenous inputs for the pipeline's forecasts, built from the lake: calendar uplifts, lagged
+telemetry, and the pair → destination hierarchy.
+
+- `event_uplift`: the calendar's expected multiplicative uplift of every event active on the
+  series' region-local date (destination region for pairs), combined as ∏(1 + u) - 1. It is known
+  in advance, so it is given for the horizon too.
+- telemetry regressors are lagged by one week (168 h), so their values over a ≤ 168 h horizon are
+  already observed: no peeking, no need to forecast them.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import numpy as np
+import pandas as pd
+
+from pipeline import lake
+from pipeline.forecast.prep import EVENT_COLUMN
+from pipeline.schemas import parse_series_id
+
+# Standard-time UTC offsets of the regions (hours): events apply on local dates.
+REGION_UTC_OFFSET: dict[str, float] = {
+    "us-east-1": -5, "us-east-2": -5, "us-west-1": -8, "us-west-2": -8, "ca-central-1": -5, "sa-east-1": -3,
+    "eu-west-1": 0, "eu-west-2": 0, "eu-west-3": 1, "eu-central-1": 1, "eu-north-1": 1, "ap-south-1": 5.5,
+    "ap-southeast-1": 8, "ap-southeast-2": 10, "ap-northeast-1": 9, "ap-northeast-2": 9, "me-south-1": 4, "af-south-1": 2,
+}
+TELEMETRY_LAG_HOURS = 168
+
+
+def series_region(uid: str) -> str | None:
+    """The region whose calendar and telemetry apply: the destination for pair/inbound series."""
+    try:
+        parts = parse_series_id(uid)
+    except ValueError:
+        return None
+    return parts.get("destination_region") or parts.get("region")
+
+
+def inbound_hierarchy(history: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, list[str]]]:
+    """Add `inbound:<dst>:requests` = Σ pair requests into dst; return it with the hierarchy."""
+    pairs = history[history["unique_id"].str.startswith("pair:")]
+    if pairs.empty:
+        return history, {}
+    dst = pairs["unique_id"].map(lambda u: parse_series_id(u)["destination_region"])
+    agg = pairs.assign(unique_id="inbound:" + dst + ":requests").groupby(["unique_id", "ds"], as_index=False)["y"].sum()
+    hierarchy = {a: sorted(pairs.loc[("inbound:" + dst + ":requests") == a, "unique_id"].unique()) for a in agg["unique_id"].unique()}
+    out = pd.concat([history, agg], ignore_index=True).sort_values(["unique_id", "ds"]).reset_index(drop=True)
+    return out, dict(sorted(hierarchy.items()))
+
+
+def uplift_table(events: pd.DataFrame, uids: list[str], stamps: pd.DatetimeIndex) -> pd.DataFrame:
+    """`unique_id, ds, event_uplift` for every series and (UTC, tz-naive) timestamp."""
+    rows = []
+    for uid in uids:
+        region = series_region(uid)
+        offset = pd.Timedelta(hours=REGION_UTC_OFFSET.get(region or "", 0))
+        local = (stamps + offset).normalize()
+        factor = np.ones(len(stamps))
+        for ev in events.itertuples(index=False):
+            regions = str(ev.regions)
+            if regions.strip() != "*" and (region is None or region not in regions.split(";")):
+                continue
+            start, end = pd.Timestamp(ev.start_date), pd.Timestamp(ev.end_date)
+            active = (local >= start) & (local <= end)
+            factor = np.where(active, factor * (1.0 + float(ev.expected_uplift)), factor)
+        rows.append(pd.DataFrame({"unique_id": uid, "ds": stamps, EVENT_COLUMN: factor - 1.0}))
+    return pd.concat(rows, ignore_index=True)
+
+
+def calendar_uplift(lake_root: str, as_of: datetime, history: pd.DataFrame, horizon: int, freq: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """History with an `event_uplift` column and the future frame for the horizon.
+
+    Without a calendar snapshot in the lake the history is returned unchanged (and no future).
+    """
+    try:
+        events = lake.read_reference(lake_root, "calendar", as_of).to_pandas()
+    except FileNotFoundError:
+        return history, None
+    if events.empty:
+        return history, None
+    hist = history.copy()
+    ds = pd.to_datetime(hist["ds"], utc=True).dt.tz_localize(None)
+    step = pd.tseries.frequencies.to_offset(freq)
+    stamps = pd.date_range(ds.min(), ds.max() + horizon * pd.Timedelta(step), freq=step)
+    table = uplift_table(events, sorted(hist["unique_id"].unique()), stamps)
+    hist = hist.assign(ds=ds).merge(table, on=["unique_id", "ds"], how="left")
+    hist[EVENT_COLUMN] = hist[EVENT_COLUMN].fillna(0.0)
+    last = hist.groupby("unique_id")["ds"].max()
+    future = table.merge(last.rename("last").reset_index(), on="unique_id")
+    future = future[(future["ds"] > future["last"]) & (future["ds"] <= future["last"] + horizon * pd.Timedelta(step))]
+    return hist, future.drop(columns="last").reset_index(drop=True)
+
+
+def prophet_holidays(lake_root: str, as_of: datetime, uids: list[str]) -> pd.DataFrame | None:
+    """The calendar as Prophet holidays (one row per event day), restricted per series by region:
+    `unique_id` is the series the row applies to, or "*" for events in every region."""
+    try:
+        events = lake.read_reference(lake_root, "calendar", as_of).to_pandas()
+    except FileNotFoundError:
+        return None
+    rows = []
+    for ev in events.itertuples(index=False):
+        days = pd.date_range(pd.Timestamp(ev.start_date), pd.Timestamp(ev.end_date), freq="D")
+        regions = str(ev.regions).strip()
+        targets = ["*"] if regions == "*" else [u for u in uids if series_region(u) in regions.split(";")]
+        for uid in targets:
+            rows.append(pd.DataFrame({"holiday": str(ev.name), "ds": days, "lower_window": 0, "upper_window": 0, "unique_id": uid}))
+    return pd.concat(rows, ignore_index=True) if rows else None
+
+
+def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history: pd.DataFrame, horizon_hours: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add `cpu_util_lag168` and `active_users_lag168` (hourly means of the region's telemetry one
+    week earlier) to region-level series; returns (history, future) for a horizon ≤ 168 h."""
+    if horizon_hours > TELEMETRY_LAG_HOURS:
+        raise ValueError(f"telemetry regressors are lagged {TELEMETRY_LAG_HOURS} h: horizon {horizon_hours} h is too long")
+    lag = pd.Timedelta(hours=TELEMETRY_LAG_HOURS)
+    frames = []
+    for dataset, column, name in (("region_telemetry", "cpu_utilization", "cpu_util_lag168"),
+                                  ("app_telemetry", "active_users", "active_users_lag168")):
+        table = lake.read_time_range(lake_root, dataset, start - lag, end, "ts").to_pandas()
+        if table.empty:
+            continue
+        table["hour"] = pd.to_datetime(table["ts"], utc=True).dt.tz_localize(None).dt.floor("h") + lag
+        frames.append(table.groupby(["region", "hour"])[column].mean().rename(name))
+    hist = history.copy()
+    hist["ds"] = pd.to_datetime(hist["ds"], utc=True).dt.tz_localize(None)
+    idx_last = hist.groupby("unique_id")["ds"].max()
+    fut = pd.concat([pd.DataFrame({"unique_id": uid, "ds": pd.date_range(last + pd.Timedelta(hours=1), periods=horizon_hours, freq="h")})
+                     for uid, last in idx_last.items()], ignore_index=True)
+    for frame in (hist, fut):
+        frame["_region"] = frame["unique_id"].map(series_region)
+    for tele in frames:
+        name = tele.name
+        t = tele.reset_index().rename(columns={"region": "_region", "hour": "ds"})
+        hist = hist.merge(t, on=["_region", "ds"], how="left")
+        fut = fut.merge(t, on=["_region", "ds"], how="left")
+        for frame in (hist, fut):
+            frame[name] = frame.groupby("unique_id")[name].transform(lambda s: s.ffill().bfill()).fillna(0.0)
+    return hist.drop(columns="_region"), fut.drop(columns="_region")
+
+
+__all__ = ["calendar_uplift", "inbound_hierarchy", "prophet_holidays", "telemetry_regressors", "uplift_table", "series_region"]
