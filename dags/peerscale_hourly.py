@@ -1,4 +1,4 @@
-"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → plan → Terraform + report → publish → monitor.
+"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → τ feedback → plan → Terraform + report → publish → monitor.
 
 Wiring only: every task calls one stage in `pipeline.run` with the run's data interval and
 passes lake paths (never data) through XCom. Heavy imports live inside the tasks.
@@ -53,7 +53,14 @@ def peerscale_hourly():
         return stage_forecast(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly")
 
     @task
-    def plan(forecast_run: dict, data_interval_start=None, data_interval_end=None) -> dict:
+    def feedback(data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_feedback
+
+        return stage_feedback(_interval(data_interval_start, data_interval_end), Settings.from_env())
+
+    @task
+    def plan(forecast_run: dict, tau_feedback: dict, data_interval_start=None, data_interval_end=None) -> dict:
         from pipeline.config import Settings
         from pipeline.run import stage_plan
 
@@ -90,7 +97,7 @@ def peerscale_hourly():
     ingested = [
         ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
     ]
-    planned = plan(forecast(features(ingested)))
+    planned = plan(forecast(features(ingested)), feedback())
     monitor(publish(planned, render_iac(planned), report(planned)))
 
 

@@ -30,7 +30,9 @@ samples_app = typer.Typer(help="Sample source data in the documented formats.", 
 app.add_typer(plan_app, name="plan")
 app.add_typer(irc_app, name="irc")
 app.add_typer(samples_app, name="samples")
+from pipeline.forecast.cli import forecast_command  # noqa: E402  (typer only; heavy imports inside)
 
+app.command("forecast")(forecast_command)
 from pipeline.iac.cli import iac_app  # noqa: E402 - typer and rich only; heavy imports live inside the commands
 app.add_typer(iac_app, name="iac")
 

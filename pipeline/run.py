@@ -36,10 +36,19 @@ def stage_forecast(interval: DataInterval, settings: Settings, kind: str = "hour
     return run_forecast(interval, settings, kind=kind)
 
 
+def stage_feedback(interval: DataInterval, settings: Settings) -> dict:
+    """Step the τ controller from the hour's IRC outcomes (closed loop, see pipeline.feedback)."""
+    from pipeline.feedback import stage_feedback as feedback
+
+    return feedback(interval, settings)
+
+
 def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str) -> dict:
+    """Plan with τ per region from the feedback controller where it has spoken, else from cost."""
+    from pipeline.feedback import load_tau_overrides
     from pipeline.plan import build_plan
 
-    return build_plan(interval, settings, forecast_run_id)
+    return build_plan(interval, settings, forecast_run_id, tau_overrides=load_tau_overrides(settings.lake_root, interval.end))
 
 
 def stage_render(plan_id: str, settings: Settings) -> dict[str, str]:
@@ -76,6 +85,7 @@ class RunSummary:
     ingest: list[dict] = field(default_factory=list)
     features: dict[str, str] = field(default_factory=dict)
     forecast: dict = field(default_factory=dict)
+    feedback: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     terraform_dir: str = ""
     report: str = ""
@@ -84,7 +94,7 @@ class RunSummary:
 
 
 def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progress | None = None) -> RunSummary:
-    """Ingest the hour before `interval_end`, then features → forecast → plan → IaC → report → publish → monitor."""
+    """Ingest the hour before `interval_end`, then features → forecast → feedback → plan → IaC → report → publish → monitor."""
     say = progress or (lambda _msg: None)
     interval = DataInterval.ending_at(interval_end, hours=1)
     summary = RunSummary(interval=str(interval))
@@ -94,6 +104,8 @@ def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progr
     summary.features = stage_features(interval, settings)
     say("forecast")
     summary.forecast = stage_forecast(interval, settings)
+    say("feedback")
+    summary.feedback = stage_feedback(interval, settings)
     say("plan")
     summary.plan = stage_plan(interval, settings, summary.forecast["run_id"])
     plan_id = summary.plan["plan_id"]

@@ -41,10 +41,10 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     tasks = {t.task_id: t for t in dag.tasks}
     ingest_ids = {f"ingest_{name}" for name in ("peering_requests", "region_telemetry", "app_telemetry", "calendar",
                                                   "resource_pools", "instance_catalog")}
-    assert set(tasks) == ingest_ids | {"features", "forecast", "plan", "render_iac", "report", "publish", "monitor"}
+    assert set(tasks) == ingest_ids | {"features", "forecast", "feedback", "plan", "render_iac", "report", "publish", "monitor"}
     assert tasks["features"].upstream_task_ids == ingest_ids
     assert tasks["forecast"].upstream_task_ids == {"features"}
-    assert tasks["plan"].upstream_task_ids == {"forecast"}
+    assert tasks["plan"].upstream_task_ids == {"forecast", "feedback"}
     assert tasks["publish"].upstream_task_ids == {"plan", "render_iac", "report"}
     assert tasks["monitor"].upstream_task_ids == {"publish"}
     assert all(t.retries >= 1 for t in dag.tasks)

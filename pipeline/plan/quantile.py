@@ -15,13 +15,30 @@ def tau_by_resource(cost: CostModel) -> dict[str, float]:
     return {r: round(cost.tau(r), 6) for r in RESOURCE_TYPES}
 
 
-def region_demand_quantiles(forecast: pd.DataFrame, taus: dict[str, float], windows: list[pd.Timestamp]) -> pd.DataFrame:
+def check_tau_overrides(overrides: dict[str, dict[str, float]] | None) -> dict[str, dict[str, float]]:
+    """Validate per-region τ overrides ({region: {resource_type: τ}}, τ strictly between 0 and 1)."""
+    clean: dict[str, dict[str, float]] = {}
+    for region, per_resource in (overrides or {}).items():
+        for resource, value in (per_resource or {}).items():
+            if resource not in RESOURCE_TYPES:
+                raise ValueError(f"τ override for {region}/{resource}: unknown resource type (known: {list(RESOURCE_TYPES)})")
+            tau = float(value)
+            if not 0.0 < tau < 1.0:
+                raise ValueError(f"τ override for {region}/{resource} must be strictly between 0 and 1, got {value!r}")
+            clean.setdefault(str(region), {})[resource] = tau
+    return clean
+
+
+def region_demand_quantiles(forecast: pd.DataFrame, taus: dict[str, float], windows: list[pd.Timestamp],
+                            overrides: dict[str, dict[str, float]] | None = None) -> pd.DataFrame:
     """τ-quantile of each region's concurrent demand per window, from the region series themselves.
 
     Region totals come from `region:<r>:<resource>` series (not sums of pair quantiles, which
-    would overstate the quantile of a sum). Returns columns window, region, resource_type,
-    demand, tau, model.
+    would overstate the quantile of a sum). `overrides` ({region: {resource_type: τ}}, e.g. from
+    the feedback controller) replace the cost-derived τ for the regions and resources they name.
+    Returns columns window, region, resource_type, demand, tau, model.
     """
+    overrides = check_tau_overrides(overrides)
     region_rows = forecast[forecast["series_id"].str.startswith("region:")].copy()
     parts = region_rows["series_id"].map(parse_series_id)
     region_rows["region"] = parts.map(lambda p: p["region"])
@@ -36,7 +53,8 @@ def region_demand_quantiles(forecast: pd.DataFrame, taus: dict[str, float], wind
             "make the forecast horizon at least as long as plan_windows"
         )
     quantiles = {q: region_rows[f"q{int(round(q * 100))}"].to_numpy(float) for q in FORECAST_QUANTILES}
-    tau = region_rows["resource_type"].map(taus).to_numpy(float)
+    tau = np.array([overrides.get(region, {}).get(resource, taus[resource])
+                    for region, resource in zip(region_rows["region"], region_rows["resource_type"])], float)
     demand = np.empty(len(region_rows))
     for value in np.unique(tau):
         mask = tau == value

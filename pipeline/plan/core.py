@@ -1,0 +1,517 @@
+"""Planning without I/O: demand quantiles + inventory + policy → instance counts per window and region.
+
+`solve_plan` is what the plan stage and the benchmark both run:
+
+1. failover headroom per region (N+1: the largest share of critical demand of the regions that
+   name it as partner);
+2. the sessions each region's τ-quantile demand stands for, and the Hall-type hosting groups;
+3. one CP-SAT model per region and window (or per window over all regions when flexible demand
+   may be relocated), covering demand + headroom at least cost within pools, quotas, the spot
+   share and the churn penalty against the previous plan;
+4. windows whose plan costs more than the budget cap are re-solved jointly under the cap,
+   priority by priority (knapsack);
+5. the packing check places the sessions on the chosen instances (dot-product heuristics, then
+   CP-SAT hinted with their packing) and reports fragmentation; a plan that cannot host them is
+   changed to the cheapest of: the best single swap/add, a greedy repair trimmed back, and
+   first-fit decreasing trimmed back — each checked against coverage, pools, quotas and spot share.
+
+The objective and bound reported are the allocation models' (CP-SAT's proven bound is also a
+bound for packable plans); what the packing check adds is counted in the objective, so the
+plan's gap includes it.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from pipeline.plan.allocate import (
+    COMPUTE_POOL_RESOURCES,
+    Offer,
+    OfferKey,
+    RegionProblem,
+    RegionResult,
+    SessionGroup,
+    WindowOptions,
+    WindowSolution,
+    solve_window,
+)
+from pipeline.plan.packing import (
+    DIMS,
+    PACK_DIMS,
+    Rules,
+    _packs,
+    capacity_matrix,
+    ffd_plan,
+    pack,
+    packing_result,
+    repair,
+    session_groups,
+    sessions_for_demand,
+    shard,
+    swap_repair,
+    trim,
+)
+from pipeline.plan.policy import PlannerConfig
+from pipeline.schemas import PRIORITIES, RESOURCE_TYPES
+
+Cell = tuple[pd.Timestamp, str]  # (window start, region)
+
+
+@dataclass
+class RegionMix:
+    """What recent requests to one destination region looked like (concurrency-weighted)."""
+
+    class_share: dict[str, dict[str, float]]  # priority -> resource -> share of resource-seconds
+    samples: np.ndarray = field(default_factory=lambda: np.zeros((0, len(DIMS))))  # request sizes (rows over DIMS)
+    weights: np.ndarray = field(default_factory=lambda: np.zeros(0))  # duration_s of each sample
+    requests: int = 0
+    source: str = "default"  # "lake" | "lake, all regions" | "default"
+
+    def share(self, priorities: tuple[str, ...]) -> dict[str, float]:
+        return {r: sum(self.class_share.get(p, {}).get(r, 0.0) for p in priorities) for r in RESOURCE_TYPES}
+
+
+def default_mix(critical_share: float) -> RegionMix:
+    half = critical_share / 2
+    return RegionMix(class_share={"critical": {r: half for r in RESOURCE_TYPES}, "high": {r: half for r in RESOURCE_TYPES},
+                                  "normal": {r: 1.0 - critical_share for r in RESOURCE_TYPES}, "low": {r: 0.0 for r in RESOURCE_TYPES}})
+
+
+@dataclass
+class PlanningProblem:
+    windows: list[pd.Timestamp]
+    regions: list[str]
+    demand: dict[Cell, dict[str, float]]
+    offers: dict[str, list[Offer]]  # the catalog's offers per region (spot rules are applied here)
+    pools: dict[str, dict[str, float]]
+    mix: dict[str, RegionMix] = field(default_factory=dict)
+    c_under: dict[str, float] = field(default_factory=dict)
+    c_over: dict[str, float] = field(default_factory=dict)
+    previous: dict[Cell, dict[OfferKey, int]] | None = None
+    previous_plan_id: str | None = None
+    sessions: dict[Cell, np.ndarray] | None = None  # explicit sessions (benchmark); else drawn from `mix`
+
+
+@dataclass
+class CellPlan:
+    """The plan of one region in one window, with everything its explanation needs."""
+
+    window: pd.Timestamp
+    region: str
+    demand: dict[str, float]
+    failover: dict[str, float]
+    failover_from: list[tuple[str, dict[str, float]]]
+    offers: list[Offer]  # usable offers (spot only where safe), counted capacity applied
+    unsafe_spot: dict[str, float]  # instance type -> interruption rate above the limit
+    counts: dict[OfferKey, int]
+    result: RegionResult
+    previous: dict[OfferKey, int] | None
+    sessions: int = 0
+    groups: list[SessionGroup] = field(default_factory=list)
+    packing: dict[str, Any] = field(default_factory=dict)
+    repair_added: dict[OfferKey, int] = field(default_factory=dict)
+    unhosted_sessions: int = 0
+    model_status: str = ""
+    model_gap: float = 0.0
+    budget_binding: bool = False
+    resolved_rounds: int = 0
+
+    @property
+    def cost(self) -> float:
+        price = {o.key: o.hourly_price for o in self.offers}
+        return float(sum(price[k] * n for k, n in self.counts.items()))
+
+
+@dataclass
+class WindowInfo:
+    objective: float
+    lower_bound: float
+    cost: float
+    statuses: list[str]
+    models: int
+    mode: str  # "per-region" | "joint (relocation)" | "joint (budget)"
+    budget_binding: bool = False
+    unconstrained_cost: float | None = None
+
+
+@dataclass
+class PlanResult:
+    cells: dict[Cell, CellPlan]
+    windows: dict[pd.Timestamp, WindowInfo]
+    partners: dict[str, tuple[str | None, str]]
+    relocations: list[dict]
+    shortfalls: list[dict]
+    left_to_on_demand: list[dict]
+    allocation: dict[str, float] = field(default_factory=dict)  # objective, lower_bound, cost before the packing check
+    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (never written to a manifest)
+
+    @property
+    def allocation_gap(self) -> float:
+        obj = self.allocation.get("objective", 0.0)
+        return 0.0 if obj <= 0 else max(obj - self.allocation.get("lower_bound", 0.0), 0.0) / obj
+
+    @property
+    def objective(self) -> float:
+        return sum(w.objective for w in self.windows.values())
+
+    @property
+    def lower_bound(self) -> float:
+        return sum(w.lower_bound for w in self.windows.values())
+
+    @property
+    def cost(self) -> float:
+        return sum(c.cost for c in self.cells.values())
+
+    @property
+    def gap(self) -> float:
+        obj = self.objective
+        return 0.0 if obj <= 0 else max(obj - self.lower_bound, 0.0) / obj
+
+
+def usable_offers(offers: list[Offer], config: PlannerConfig) -> tuple[list[Offer], dict[str, float]]:
+    """On-demand offers, and spot offers that are safe (interruption rate within the limit) and cheaper,
+    with their counted capacity discounted by the interruption risk."""
+    od_price = {o.instance_type: o.hourly_price for o in offers if o.purchase_option == "on_demand"}
+    usable, unsafe = [], {}
+    for o in offers:
+        if o.purchase_option != "spot":
+            usable.append(replace(o, counted=1.0))
+        elif o.interruption_rate > config.max_spot_interruption_rate:
+            unsafe[o.instance_type] = o.interruption_rate
+        elif o.hourly_price < od_price.get(o.instance_type, float("inf")) or o.instance_type not in od_price:
+            usable.append(replace(o, counted=1.0 - config.spot_risk(o.interruption_rate)))
+    return usable, unsafe
+
+
+def failover_needs(problem: PlanningProblem, config: PlannerConfig, partners: dict[str, tuple[str | None, str]]
+                   ) -> tuple[dict[Cell, dict[str, float]], dict[Cell, list[tuple[str, dict[str, float]]]]]:
+    """Headroom each region keeps for the regions that fail over to it (N+1: one failure at a time)."""
+    need: dict[Cell, dict[str, float]] = {}
+    sources: dict[Cell, list[tuple[str, dict[str, float]]]] = {}
+    for w in problem.windows:
+        for region in problem.regions:
+            partner = partners.get(region, (None, ""))[0]
+            if partner is None or config.failover_share <= 0:
+                continue
+            mix = problem.mix.get(region) or default_mix(config.critical_share_default)
+            critical = mix.share(config.critical_priorities)
+            demand = problem.demand.get((w, region), {})
+            wanted = {r: config.failover_share * critical[r] * max(demand.get(r, 0.0), 0.0) for r in RESOURCE_TYPES}
+            if not any(v > 0 for v in wanted.values()):
+                continue
+            cell = (w, partner)
+            current = need.setdefault(cell, {r: 0.0 for r in RESOURCE_TYPES})
+            for r in RESOURCE_TYPES:
+                current[r] = max(current[r], wanted[r])
+            sources.setdefault(cell, []).append((region, wanted))
+    return need, sources
+
+
+def _task(args: tuple[list[RegionProblem], WindowOptions]) -> WindowSolution:
+    return solve_window(*args)
+
+
+def parallel_map(fn: Callable, items: list, workers: int) -> list:
+    """`map` over processes (fork) when it pays; every task is deterministic, so results are too."""
+    if workers <= 1 or len(items) < 4 * workers or "fork" not in multiprocessing.get_all_start_methods():
+        return [fn(item) for item in items]
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
+        return list(pool.map(fn, items, chunksize=max(1, len(items) // (workers * 16))))
+
+
+@dataclass
+class _PackTask:
+    sessions: np.ndarray
+    counts: dict[OfferKey, int]
+    offers: list[Offer]
+    need: dict[str, float]  # counted capacity the plan must keep (what it covers now)
+    pool: dict[str, float]
+    max_spot_share: float
+    on_demand_vcpu_quota: float | None
+    spot_vcpu_quota: float | None
+    instance_quota: dict[str, int]
+    deterministic_time: float
+
+
+def _pack_cell(task: _PackTask) -> dict:
+    """The packing check of one cell: place the sessions (dot product, then CP-SAT); if some do not
+    fit, find the cheapest change to the plan that hosts them all (`repack`), and only then open
+    instances greedily (`repair`)."""
+    result = pack(task.sessions, task.counts, task.offers, task.deterministic_time)
+    first = result.summary()
+    counts = dict(task.counts)
+    rounds, added, left = 0, {}, result.unplaced
+    if not result.ok:
+        rules = Rules(need=task.need, pool=task.pool, max_spot_share=task.max_spot_share, on_demand_vcpu_quota=task.on_demand_vcpu_quota,
+                      spot_vcpu_quota=task.spot_vcpu_quota, instance_quota=task.instance_quota)
+        by_key = {o.key: o for o in task.offers}
+        price = lambda c: sum(by_key[k].hourly_price * n for k, n in c.items())  # noqa: E731
+        rounds = 1
+        # Candidates that host every session and keep the rules; the cheapest wins:
+        candidates: list[tuple[dict[OfferKey, int], np.ndarray | None]] = []
+        fixed = swap_repair(task.sessions, counts, task.offers, rules, result.unplaced)  # 1. the cheapest single move
+        if fixed is not None:
+            candidates.append((fixed, None))
+        else:  # 2. open instances for what is left over, then drop/downgrade what is no longer needed
+            added, _ = repair(result.unplaced, counts, task.offers, task.pool, task.on_demand_vcpu_quota, task.instance_quota)
+            greedy = dict(counts)
+            for k, n in added.items():
+                greedy[k] = greedy.get(k, 0) + n
+            if rules.allow(greedy, by_key) and _packs(task.sessions, greedy, task.offers):
+                candidates.append((trim(task.sessions, greedy, task.offers, rules), None))
+        # 3. first-fit decreasing over the sessions: packable by construction (its own assignment), trimmed
+        baseline, home = ffd_plan(task.sessions, task.offers, task.pool, task.need, {}, task.max_spot_share, with_assignment=True)
+        if baseline and (home >= 0).all() and rules.allow(baseline, by_key):
+            candidates.append((baseline, home))
+            trimmed = trim(task.sessions, baseline, task.offers, rules)
+            if trimmed != baseline:
+                candidates.append((trimmed, None))
+        added = {}
+        if candidates:
+            counts, home = min(candidates, key=lambda c: (price(c[0]), c[1] is None, sorted(c[0].items())))
+            result = (packing_result(task.sessions, counts, task.offers, home, "first_fit_decreasing") if home is not None
+                      else pack(task.sessions, counts, task.offers, 0.0))  # heuristics found these fixes
+        else:  # nothing hosts everything within the rules: keep what the greedy repair manages
+            added, _ = repair(result.unplaced, counts, task.offers, task.pool, task.on_demand_vcpu_quota, task.instance_quota)
+            for k, n in added.items():
+                counts[k] = counts.get(k, 0) + n
+            result = pack(task.sessions, counts, task.offers, task.deterministic_time)
+        left = result.unplaced
+    summary = result.summary()
+    if rounds:
+        summary = {**summary, "repacked": True, "repaired": {f"{k[0]}/{k[1]}": n for k, n in sorted(added.items())},
+                   "before": first}
+    return {"counts": counts, "summary": summary, "unplaced": left, "rounds": rounds, "added": added}
+
+
+def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | None = None) -> PlanResult:
+    """Plan every window and region of `problem` (see the module docstring)."""
+    workers = workers if workers is not None else int(os.environ.get("PEERSCALE_PLAN_WORKERS", "1"))
+    clock = time.perf_counter()
+    seconds: dict[str, float] = {}
+    partners = config.partners_for(problem.regions)
+    fail, fail_from = failover_needs(problem, config, partners)
+    usable: dict[str, tuple[list[Offer], dict[str, float]]] = {r: usable_offers(problem.offers.get(r, []), config) for r in problem.regions}
+    cells: dict[Cell, CellPlan] = {}
+    shortfalls: list[dict] = []
+    sessions: dict[Cell, np.ndarray] = {}
+    region_problems: dict[Cell, RegionProblem] = {}
+
+    for w in problem.windows:
+        for region in problem.regions:
+            cell = (w, region)
+            demand = {r: max(problem.demand.get(cell, {}).get(r, 0.0), 0.0) for r in RESOURCE_TYPES}
+            offers, unsafe = usable[region]
+            if not offers:
+                for r, amount in demand.items():
+                    if amount > 0:
+                        shortfalls.append(_short(w, region, r, amount, "no_offers", "no instance types in the catalog for this region"))
+                continue
+            if problem.sessions is not None:
+                raw_sessions = problem.sessions.get(cell, np.zeros((0, len(PACK_DIMS))))
+            else:
+                mix = problem.mix.get(region)
+                raw_sessions = (sessions_for_demand(mix.samples, mix.weights, demand, config.max_sessions_per_window, region, w.isoformat())
+                                if mix is not None and config.packing_check else np.zeros((0, len(PACK_DIMS))))
+            _, caps = capacity_matrix(offers)
+            sessions[cell] = (shard(np.asarray(raw_sessions, float).reshape(-1, len(PACK_DIMS)), caps, config.max_session_vcpu) if config.packing_check
+                              else np.zeros((0, len(PACK_DIMS))))
+            groups = session_groups(sessions[cell], offers) if config.packing_check else []
+            quota = config.quotas.get(region)
+            previous = problem.previous.get(cell) if problem.previous is not None else None
+            mix = problem.mix.get(region) or default_mix(config.critical_share_default)
+            region_problems[cell] = RegionProblem(
+                region=region, demand=demand, offers=offers, pool=dict(problem.pools.get(region, {})),
+                failover=fail.get(cell, {}), max_spot_share=config.spot_share(region),
+                on_demand_vcpu_quota=quota.on_demand_vcpu if quota else None,
+                spot_vcpu_quota=quota.spot_vcpu if quota else None,
+                instance_quota=dict(quota.instances) if quota else {},
+                previous=(dict(previous) if previous is not None else ({} if problem.previous is not None else None)),
+                session_groups=groups,
+                flexible={r: demand[r] * mix.share(config.flexible_priorities)[r] for r in RESOURCE_TYPES} if config.relocation_enabled else {},
+            )
+            cells[cell] = CellPlan(
+                window=w, region=region, demand=demand, failover=fail.get(cell, {}), failover_from=fail_from.get(cell, []),
+                offers=offers, unsafe_spot=unsafe, counts={}, result=RegionResult(counts={}, cost=0.0), previous=previous,
+                groups=groups,
+            )
+    seconds["prepare"] = time.perf_counter() - clock
+
+    # Stage 1: allocation, one CP-SAT model per cell (per window when relocation couples regions).
+    clock = time.perf_counter()
+    options = WindowOptions(
+        churn_penalty=config.churn_penalty if problem.previous is not None else 0.0,
+        priority_weights=dict(config.priority_weights),
+        unit_value=dict(problem.c_under),
+        relocation_cost={r: config.relocation_cost_fraction * problem.c_over.get(r, 0.0) for r in RESOURCE_TYPES},
+        deterministic_time=config.solver_deterministic_time,
+        relative_gap=config.solver_relative_gap,
+    )
+    moves = relocation_pairs(problem.regions, config) if config.relocation_enabled else []
+    tasks: list[tuple[list[Cell], list[RegionProblem], WindowOptions]] = []
+    for w in problem.windows:
+        in_window = [(w, r) for r in problem.regions if (w, r) in region_problems]
+        if moves:
+            tasks.append((in_window, [region_problems[c] for c in in_window], replace(options, relocation=moves)))
+        else:
+            tasks.extend(([c], [region_problems[c]], options) for c in in_window)
+    solutions = parallel_map(_task, [(p, o) for _, p, o in tasks], workers)
+    seconds["allocation"] = time.perf_counter() - clock
+
+    # Stage 2: windows above the budget cap are re-planned jointly under it.
+    clock = time.perf_counter()
+    windows: dict[pd.Timestamp, WindowInfo] = {}
+    relocations: list[dict] = []
+    per_window: dict[pd.Timestamp, list[tuple[list[Cell], WindowSolution]]] = {}
+    for (cell_list, _, _), solution in zip(tasks, solutions):
+        per_window.setdefault(cell_list[0][0], []).append((cell_list, solution))
+    left: list[dict] = []
+    for w in problem.windows:
+        entries = per_window.get(w, [])
+        mode = "joint (relocation)" if moves else "per-region"
+        unconstrained = sum(s.cost for _, s in entries)
+        if config.budget_usd_per_hour is not None and unconstrained > config.budget_usd_per_hour + 1e-9:
+            entries, mode = _budget_window(w, entries, region_problems, cells, problem, config, options, moves, left), "joint (budget)"
+        objective = sum(s.objective for _, s in entries)
+        bound = sum(s.lower_bound for _, s in entries)
+        for cell_list, solution in entries:
+            for c in cell_list:
+                plan = cells[c]
+                plan.result = solution.regions[c[1]]
+                plan.counts = dict(plan.result.counts)
+                plan.model_status = solution.status
+                plan.model_gap = 0.0 if solution.objective <= 0 else max(solution.objective - solution.lower_bound, 0) / solution.objective
+            for move in solution.relocations:
+                relocations.append({"window": w.isoformat(), **move})
+        windows[w] = WindowInfo(objective=objective, lower_bound=bound, cost=sum(s.cost for _, s in entries),
+                                statuses=sorted({s.status for _, s in entries}), models=len(entries), mode=mode,
+                                budget_binding=mode == "joint (budget)", unconstrained_cost=unconstrained)
+    allocation = {"objective": sum(w.objective for w in windows.values()), "lower_bound": sum(w.lower_bound for w in windows.values()),
+                  "cost": sum(w.cost for w in windows.values())}
+    seconds["budget"] = time.perf_counter() - clock
+
+    # Stage 3: packing check — can the chosen instances host the sessions? Fix what cannot be hosted.
+    clock = time.perf_counter()
+    order = [c for c in sorted(cells) if len(sessions.get(c, ())) and cells[c].counts]
+    pack_tasks = []
+    for c in order:
+        quota = config.quotas.get(c[1])
+        plan = cells[c]
+        by_key = {o.key: o for o in plan.offers}
+        covered = {r: sum(by_key[k].capacity.get(r, 0.0) * by_key[k].counted * n for k, n in plan.counts.items()) for r in RESOURCE_TYPES}
+        wanted = {r: plan.demand.get(r, 0.0) + plan.failover.get(r, 0.0) + plan.result.relocated.get(r, 0.0) for r in RESOURCE_TYPES}
+        pack_tasks.append(_PackTask(sessions=sessions[c], counts=plan.counts, offers=plan.offers,
+                                    need={r: min(wanted[r], covered[r]) for r in RESOURCE_TYPES},
+                                    pool=problem.pools.get(c[1], {}), max_spot_share=config.spot_share(c[1]),
+                                    on_demand_vcpu_quota=quota.on_demand_vcpu if quota else None,
+                                    spot_vcpu_quota=quota.spot_vcpu if quota else None,
+                                    instance_quota=dict(quota.instances) if quota else {},
+                                    deterministic_time=config.packing_deterministic_time))
+    for c, task, outcome in zip(order, pack_tasks, parallel_map(_pack_cell, pack_tasks, workers)):
+        plan = cells[c]
+        plan.sessions = int(len(sessions[c]))
+        price = {o.key: o.hourly_price for o in plan.offers}
+        before = plan.cost
+        after = float(sum(price[k] * n for k, n in outcome["counts"].items()))
+        if plan.budget_binding and windows[c[0]].cost + (after - before) > (config.budget_usd_per_hour or 0.0) + 1e-9:
+            outcome = {**outcome, "counts": plan.counts, "added": {}}  # the budget cannot pay for hosting them: name them
+            outcome["unplaced"] = pack(task.sessions, plan.counts, plan.offers, config.packing_deterministic_time).unplaced
+            after = before
+        plan.counts = outcome["counts"]
+        plan.packing = outcome["summary"]
+        plan.repair_added = outcome["added"]
+        plan.resolved_rounds = outcome["rounds"]
+        windows[c[0]].objective += after - before
+        windows[c[0]].cost += after - before
+        still = outcome["unplaced"]
+        plan.unhosted_sessions = int(len(still))
+        if len(still):
+            size = still.sum(axis=0)
+            for j, r in enumerate(PACK_DIMS):
+                if size[j] > 1e-9 and r in COMPUTE_POOL_RESOURCES:
+                    shortfalls.append(_short(c[0], c[1], r, float(size[j]), "packing",
+                                             f"{len(still)} session(s) fit no instance the pool, quotas or budget allow"))
+    seconds["packing"] = time.perf_counter() - clock
+
+    for c, plan in sorted(cells.items()):
+        res = plan.result
+        for r, amount in sorted(res.shortfall.items()):
+            if plan.budget_binding:
+                pool_part = res.pool_shortfall.get(r, 0.0)
+                if pool_part > 1e-9:
+                    shortfalls.append(_short(c[0], c[1], r, pool_part, "pool", "demand quantile exceeds what the pool can provide"))
+                continue  # the rest is named in left_to_on_demand
+            shortfalls.append(_short(c[0], c[1], r, amount, *_shortfall_cause(plan, r)))
+        for r, amount in sorted(res.failover_shortfall.items()):
+            src = ", ".join(s for s, _ in plan.failover_from)
+            shortfalls.append(_short(c[0], c[1], r, amount, "failover", f"cannot keep N+1 headroom for {src} within the pool/quotas"))
+    return PlanResult(cells=cells, windows=windows, partners=partners, relocations=relocations,
+                      shortfalls=shortfalls, left_to_on_demand=left, allocation=allocation, seconds=seconds)
+
+
+def _budget_window(w: pd.Timestamp, entries: list, region_problems: dict, cells: dict, problem: PlanningProblem,
+                   config: PlannerConfig, options: WindowOptions, moves: list, left: list) -> list:
+    """Re-plan window `w` jointly under the budget cap; record what is left to on-demand by priority."""
+    in_window = [c for cl, _ in entries for c in cl]
+    budget_problems = []
+    for c in in_window:
+        mix = problem.mix.get(c[1]) or default_mix(config.critical_share_default)
+        demand = region_problems[c].demand
+        budget_problems.append(replace(region_problems[c], demand_by_class={
+            p: {r: demand[r] * mix.class_share.get(p, {}).get(r, 0.0) for r in RESOURCE_TYPES} for p in PRIORITIES}))
+    joint = solve_window(budget_problems, replace(options, budget=config.budget_usd_per_hour, relocation=moves))
+    for c in in_window:
+        base = next(s for cl, s in entries if c in cl).regions[c[1]]
+        got = joint.regions[c[1]]
+        cells[c].budget_binding = True
+        got.pool_shortfall = dict(base.shortfall)  # what even an unlimited budget leaves
+        for r in RESOURCE_TYPES:
+            extra = got.shortfall.get(r, 0.0) - base.shortfall.get(r, 0.0)
+            by_class = {p: v.get(r, 0.0) for p, v in got.uncovered_by_class.items() if v.get(r, 0.0) > 0}
+            total = sum(by_class.values())
+            if extra <= 1e-6 or total <= 0:
+                continue
+            for p in PRIORITIES:
+                if p in by_class:
+                    left.append({"window": w.isoformat(), "region": c[1], "priority": p, "resource_type": r,
+                                 "quantity": round(extra * by_class[p] / total, 4),
+                                 "why": f"budget cap ${config.budget_usd_per_hour:.2f}/h: pre-allocated by priority value first"})
+    return [(in_window, joint)]
+
+
+def relocation_pairs(regions: list[str], config: PlannerConfig) -> list[tuple[str, str]]:
+    pairs = []
+    for a in sorted(regions):
+        for b in sorted(regions):
+            if a != b:
+                ms = config.latency(a, b)
+                if ms is not None and ms <= config.relocation_max_latency_ms:
+                    pairs.append((a, b))
+    return pairs
+
+
+def _short(window: pd.Timestamp, region: str, resource: str, amount: float, kind: str, why: str) -> dict:
+    return {"window": window.isoformat(), "region": region, "resource_type": resource, "shortfall": round(float(amount), 4),
+            "kind": kind, "why": why}
+
+
+def _shortfall_cause(plan: CellPlan, resource: str) -> tuple[str, str]:
+    if resource in plan.result.pool_shortfall:
+        return "pool", "demand quantile exceeds what the region's pool can provide"
+    if resource in COMPUTE_POOL_RESOURCES:
+        return "pool", "demand quantile exceeds what the region's compute pool (or its quotas) can provide"
+    if not any(o.capacity.get(resource, 0.0) > 0 for o in plan.offers):
+        return "no_offers", f"no instance type in the region provides {resource}"
+    return "pool", "the instances the pool allows cannot provide this much"
+
+
+__all__ = ["CellPlan", "PlanResult", "PlanningProblem", "RegionMix", "WindowInfo", "default_mix", "failover_needs",
+           "parallel_map", "relocation_pairs", "solve_plan", "usable_offers"]

@@ -1,0 +1,121 @@
+"""What the plan stage reads besides the forecast: the recent request mix and the previous plan.
+
+Both respect the run's interval: nothing at or after `interval.end` is read.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+import pandas as pd
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from pipeline import lake, storage
+from pipeline.config import Settings
+from pipeline.plan.allocate import OfferKey
+from pipeline.plan.core import Cell, RegionMix, default_mix
+from pipeline.plan.packing import DIMS
+from pipeline.schemas import PRIORITIES, RESOURCE_TYPES
+
+
+def request_mix(lake_root: str, end: datetime, lookback_days: int, regions: list[str], critical_share_default: float
+                ) -> dict[str, RegionMix]:
+    """Per destination region: the priority mix of concurrent demand and the request sizes, over
+    [end − lookback_days, end).
+
+    A request holds its resources for `duration_s`, so its weight in the concurrent mix is
+    size × duration (priority shares) and duration (size samples). A region without recent
+    requests takes the mix of all regions; with none at all, `critical_share_default`.
+    """
+    table = lake.read_time_range(lake_root, "peering_requests", end - timedelta(days=lookback_days), end, "requested_at")
+    if table.num_rows == 0:
+        return {r: default_mix(critical_share_default) for r in regions}
+    frame = table.to_pandas().sort_values(["requested_at", "request_id"], kind="stable")
+    frame = frame[frame["priority"].isin(PRIORITIES)]
+    for column in (*DIMS, "duration_s"):
+        frame[column] = frame[column].astype(float).clip(lower=0.0)
+
+    def mix_of(part: pd.DataFrame, source: str) -> RegionMix:
+        weight = part["duration_s"].to_numpy()
+        seconds = {r: part[r].to_numpy() * weight for r in RESOURCE_TYPES}
+        totals = {r: float(seconds[r].sum()) for r in RESOURCE_TYPES}
+        shares = {}
+        for p in PRIORITIES:
+            mask = (part["priority"] == p).to_numpy()
+            shares[p] = {r: (float(seconds[r][mask].sum()) / totals[r]) if totals[r] > 0 else 0.0 for r in RESOURCE_TYPES}
+        return RegionMix(class_share=shares, samples=part[list(DIMS)].to_numpy(float), weights=weight,
+                         requests=len(part), source=source)
+
+    overall = mix_of(frame, "lake, all regions")
+    out = {}
+    for region in regions:
+        part = frame[frame["destination_region"] == region]
+        out[region] = mix_of(part, "lake") if len(part) else overall
+    return out
+
+
+def _published_manifest(settings: Settings, plan_id: str) -> dict | None:
+    path = storage.join(lake.plan_dir(settings.lake_root, plan_id), "manifest.json")
+    try:
+        manifest = lake.read_json(path)
+    except (OSError, ValueError):
+        return None
+    return manifest if manifest.get("status") == "published" else None
+
+
+def previous_plan(settings: Settings, end: datetime) -> tuple[str, pd.DataFrame] | None:
+    """The newest published plan created before `end` (LATEST first, else the plans directory)."""
+    cutoff = pd.Timestamp(end)
+    candidates: list[str] = []
+    pointer = lake.latest_pointer(settings.lake_root)
+    if storage.exists(pointer):
+        candidates.append(storage.read_text(pointer).strip())
+    fs, root = storage.filesystem(lake.plans_root(settings.lake_root))
+    if fs.get_file_info(root).type == pafs.FileType.Directory:
+        listed = fs.get_file_info(pafs.FileSelector(root, recursive=False))
+        names = sorted((i.base_name.split("=", 1)[1] for i in listed
+                        if i.type == pafs.FileType.Directory and i.base_name.startswith("plan_id=")), reverse=True)
+        candidates.extend(names)
+    # LATEST is the newest published plan; plan ids (plan-<interval token>) sort by time, newest first.
+    best: tuple[pd.Timestamp, str] | None = None
+    for plan_id in dict.fromkeys(candidates):
+        manifest = _published_manifest(settings, plan_id)
+        if manifest is None:
+            continue
+        created = pd.Timestamp(manifest.get("created_at"))
+        if created < cutoff:
+            best = (created, plan_id)
+            break
+    if best is None:
+        return None
+    path = storage.join(lake.plan_dir(settings.lake_root, best[1]), "plan.parquet")
+    try:
+        fs, p = storage.filesystem(path)
+        rows = pq.read_table(p, filesystem=fs, columns=["valid_from", "region", "instance_type", "purchase_option", "count"]).to_pandas()
+    except (OSError, ValueError):
+        return None
+    return best[1], rows
+
+
+def previous_counts(rows: pd.DataFrame, windows: list[pd.Timestamp], regions: list[str]) -> dict[Cell, dict[OfferKey, int]]:
+    """Instance counts of the previous plan per (window, region). A window the previous plan does not
+    cover compares against its last window (what will be running by then)."""
+    if rows.empty:
+        return {(w, r): {} for w in windows for r in regions}
+    lines = rows.drop_duplicates(["valid_from", "region", "instance_type", "purchase_option"])
+    lines = lines.assign(valid_from=pd.to_datetime(lines["valid_from"], utc=True))
+    by_window: dict[pd.Timestamp, dict[str, dict[OfferKey, int]]] = {}
+    for row in lines.itertuples(index=False):
+        by_window.setdefault(row.valid_from, {}).setdefault(row.region, {})[(row.instance_type, row.purchase_option)] = int(row.count)
+    known = sorted(by_window)
+    out: dict[Cell, dict[OfferKey, int]] = {}
+    for w in windows:
+        ts = pd.Timestamp(w)
+        source = ts if ts in by_window else max((k for k in known if k <= ts), default=known[-1])
+        for r in regions:
+            out[(w, r)] = dict(by_window.get(source, {}).get(r, {}))
+    return out
+
+
+__all__ = ["previous_counts", "previous_plan", "request_mix"]
