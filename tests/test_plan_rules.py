@@ -464,7 +464,7 @@ def test_published_plan_rows_satisfy_redundancy_spot_and_explain(published_root:
         spot = group[group["purchase_option"] == "spot"]["quantity"].sum()
         assert spot <= manifest["planner_config"]["max_spot_share"] * group["quantity"].sum() + 1e-6
     assert manifest["redundancy"]["eu-west-1"]["partner"] == "eu-central-1"
-    assert manifest["gap"] <= 0.01 and manifest["lower_bound"] <= manifest["objective"]
+    assert manifest["gap"] <= 0.02 and manifest["lower_bound"] <= manifest["objective"]
     assert manifest["packing"] and all(p["unplaced"] == 0 for p in manifest["packing"])
     text = "\n".join(explain_region(plan, manifest, "eu-west-1"))
     assert "fails over to eu-central-1" in text and "q0.90 of vcpu demand" in text
