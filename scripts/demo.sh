@@ -47,8 +47,8 @@ echo "-- small request, inside the pre-allocation:"
 irc --from us-east-1 --to eu-west-1 --vcpu 4 --memory-gib 16 --bandwidth-gbps 1
 echo "-- a second small one to another region:"
 irc --from eu-central-1 --to us-east-1 --vcpu 8 --memory-gib 32 --bandwidth-gbps 2
-echo "-- a request larger than the pre-allocation, served on demand from the pool:"
-irc --from us-west-2 --to ap-southeast-1 --vcpu 2000 --memory-gib 4000 --bandwidth-gbps 5
+echo "-- a request larger than the pre-allocation (vCPU, memory), served on demand from the pool:"
+irc --from us-west-2 --to ap-southeast-1 --vcpu 300 --memory-gib 600
 echo "-- a request larger than the whole pool:"
 irc --from us-west-2 --to ap-southeast-1 --vcpu 1000000 --memory-gib 16 --bandwidth-gbps 1
 echo "-- an invalid request (unknown region):"
