@@ -102,8 +102,18 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
         by_key = {o.key: o for o in cell.offers}
         provided = held(cell, effective=False)
         pool = pool_map.get(region, {})
-        scale = {r: min(1.0, pool[r] / provided[r]) if r not in COMPUTE_POOL_RESOURCES and r in pool and provided[r] > 0 else 1.0
-                 for r in RESOURCE_TYPES}
+        # Storage and bandwidth come with the instances but are reserved only as far as the demand quantile plus
+        # failover headroom needs (and the pool allows): what instances bring beyond that stays in the pool for
+        # on-demand requests instead of being held idle.
+        scale = {}
+        for r in RESOURCE_TYPES:
+            if r in COMPUTE_POOL_RESOURCES or provided[r] <= 0:
+                scale[r] = 1.0
+                continue
+            target = cell.demand.get(r, 0.0) + cell.failover.get(r, 0.0)
+            if r in pool:
+                target = min(target, pool[r])
+            scale[r] = min(1.0, max(target, 0.0) / provided[r])
         for (itype, option), count in sorted(cell.counts.items()):
             offer = by_key[(itype, option)]
             line_id = f"{region}/{window:%Y%m%dT%H%MZ}/{itype}/{option}"
