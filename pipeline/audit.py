@@ -10,10 +10,6 @@ def audit_latest_plan(settings: Settings) -> dict:
     """Load LATEST with the IRC's own loader; raise with the reason if it could not serve from it."""
     plan_id = read_latest_plan_id(settings.lake_root)
     plan = load_plan(settings.lake_root, plan_id)
-    capacity = {
-        window.key: {region: dict(sorted(res.items())) for region, res in sorted(window.allocation.items())}
-        for window in plan.windows
-    }
-    if not capacity:
+    if not plan.windows:
         raise ValueError(f"plan {plan_id} has no windows: the IRC would serve everything on demand")
-    return {"plan_id": plan_id, "windows": len(capacity), "regions": sorted(plan.regions)}
+    return {"plan_id": plan_id, "windows": len(plan.windows), "regions": sorted(plan.regions)}

@@ -27,7 +27,7 @@ import heapq
 import math
 import shutil
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Callable
@@ -35,7 +35,6 @@ from typing import Callable
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from pipeline import lake, storage
 from pipeline.config import Settings
@@ -154,10 +153,7 @@ def _load_requests(source_root: str, start: datetime, end: datetime, scratch: Pa
 
 def _policy_settings(scratch: Path, name: str, base: Settings) -> Settings:
     """Each policy plans into its own scratch lake (own plans, own churn history, own ledger)."""
-    return Settings(
-        source_root=base.source_root, lake_root=str(scratch / name / "lake"), build_root=str(scratch / name / "build"),
-        history_days=base.history_days, horizon_hours=base.horizon_hours, plan_windows=1, cost=base.cost, seed=base.seed,
-    )
+    return replace(base, lake_root=str(scratch / name / "lake"), build_root=str(scratch / name / "build"), plan_windows=1)
 
 
 def _seed_reference(source_lake: str, target: Settings, at: datetime) -> None:
@@ -185,9 +181,7 @@ def _write_target_forecast(settings: Settings, run_id: str, hour: datetime, targ
 def _write_forecast(settings: Settings, run_id: str, rows: pd.DataFrame) -> None:
     out_dir = lake.forecast_dir(settings.lake_root, run_id)
     table = pa.Table.from_pandas(rows[FORECAST.names], schema=FORECAST, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes_atomic(storage.join(out_dir, "forecast.parquet"), sink.getvalue().to_pybytes())
+    lake.write_parquet_atomic(table, storage.join(out_dir, "forecast.parquet"))
     selection = {sid: {"model": m} for sid, m in zip(rows["series_id"], rows["model"])}
     lake.write_json_atomic(storage.join(out_dir, "manifest.json"), {"run_id": run_id, "selection": selection})
 
@@ -218,7 +212,7 @@ def run_backtest(
     """Replay [config.start, config.end) under each policy (see the module docstring)."""
     from pipeline.forecast.engine import planning_tau
     from pipeline.irc import Coordinator, PeeringRequest
-    from pipeline.plan import build_plan
+    from pipeline.plan import build_plan, read_plan
     from pipeline.plan.planner import plan_id_for
     from pipeline.publish import publish
 
@@ -285,7 +279,7 @@ def run_backtest(
                     planned = build_plan(interval, policy_settings, run_id)
                     publish(plan_id_for(interval), policy_settings)
                     coordinators[name].reload(force=True)
-                    plan, _ = _read_plan_rows(policy_settings, planned["plan_id"])
+                    plan, _ = read_plan(policy_settings, planned["plan_id"])
                     results[name].preallocation_cost += float(plan["hourly_cost"].sum())
                     held = plan.groupby("resource_type")["quantity"].sum()
                     for r in RESOURCE_TYPES:
@@ -294,7 +288,7 @@ def run_backtest(
                         results[name].capacity.append({"hour": hour, "region": region, "resource_type": resource, "quantity": qty})
                 batch = replay[(replay["requested_at"] >= pd.Timestamp(hour)) & (replay["requested_at"] < pd.Timestamp(hour + HOUR))]
                 for name in config.policies:
-                    _serve_hour(name, batch, coordinators[name], results[name], open_sessions[name], cold_starts,
+                    _serve_hour(batch, coordinators[name], results[name], open_sessions[name], cold_starts,
                                 unit_price, penalty, base, hour, PeeringRequest, config.end.timestamp())
             say("done", len(hours), len(hours))
         finally:
@@ -307,13 +301,7 @@ def run_backtest(
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _read_plan_rows(settings: Settings, plan_id: str) -> tuple[pd.DataFrame, dict]:
-    from pipeline.plan import read_plan
-
-    return read_plan(settings, plan_id)
-
-
-def _serve_hour(name, batch, coordinator, result: PolicyResult, sessions: list, cold_starts, unit_price, penalty,
+def _serve_hour(batch, coordinator, result: PolicyResult, sessions: list, cold_starts, unit_price, penalty,
                 settings: Settings, hour: datetime, request_type, replay_end_s: float) -> None:
     """Serve one hour of requests in time order; release sessions as their durations end."""
     served_pre = 0

@@ -84,7 +84,7 @@ def build_features(interval: DataInterval, settings: Settings) -> dict[str, str]
     paths = {}
     for name, table in tables.items():
         path = lake.features_path(settings.lake_root, name, _run_token(interval, settings))
-        _write_parquet_atomic(table, path)
+        lake.write_parquet_atomic(table, path)
         paths[name] = path
     return paths
 
@@ -93,11 +93,6 @@ def _run_token(interval: DataInterval, settings: Settings) -> str:
     """Feature builds differ by history length (hourly 14 d, daily 28 d): both are in the key."""
     return f"{interval.token}-{settings.history_days}d"
 
-
-def _write_parquet_atomic(table: pa.Table, uri: str) -> None:
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes())
 
 
 def read_features(settings: Settings, name: str, interval: DataInterval) -> pa.Table:

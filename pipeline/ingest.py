@@ -15,7 +15,7 @@ import csv
 import io
 import json
 from dataclasses import asdict, dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import date, timedelta
 from typing import Sequence
 
 import pandas as pd
@@ -311,6 +311,3 @@ def ingest_all(interval: DataInterval, settings: Settings, datasets: Sequence[st
     regions = known_regions(settings.source_root)
     return [ingest(name, interval, settings, regions) for name in names]
 
-
-def utc_day_start(day: date) -> datetime:
-    return datetime(day.year, day.month, day.day, tzinfo=timezone.utc)

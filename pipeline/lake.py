@@ -103,10 +103,19 @@ def read_partitioned(base: str, schema: pa.Schema | None = None, filter_expr: ds
             if schema is None:
                 return pa.table({})
             return schema.empty_table()
-        dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=HIVE, schema=None)
+        dataset = ds.dataset(path, filesystem=fs, format="parquet", partitioning=HIVE)
         return dataset.to_table(filter=filter_expr)
 
     return storage.with_retries("read dataset", base, read)
+
+
+def write_parquet_atomic(table: pa.Table, uri: str) -> None:
+    """One Parquet file (zstd), published atomically: readers see the old file or the new one."""
+    import pyarrow.parquet as pq
+
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    storage.write_bytes_atomic(uri, sink.getvalue().to_pybytes())
 
 
 def write_json_atomic(uri: str, payload: dict) -> None:

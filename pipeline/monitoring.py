@@ -170,18 +170,9 @@ def check_utilization(settings: Settings, interval: DataInterval, rules: AlertRu
 
 
 def check_hit_rate(settings: Settings, interval: DataInterval, rules: AlertRules, report: MonitoringReport) -> None:
-    outcomes = lake.read_partitioned(lake.raw_dir(settings.lake_root, "irc_outcomes"))
-    if outcomes.num_rows == 0 or "path" not in outcomes.column_names:
-        report.checked["hit_rate"] = "no data: no IRC outcomes logged"
-        return
+    outcomes = lake.read_time_range(settings.lake_root, "irc_outcomes", interval.start, interval.end, "requested_at")
     frame = outcomes.to_pandas()
-    time_column = next((c for c in ("requested_at", "decided_at", "ts") if c in frame.columns), None)
-    if time_column is None:
-        report.checked["hit_rate"] = "no data: IRC outcomes have no timestamp column"
-        return
-    ts = pd.to_datetime(frame[time_column], utc=True)
-    frame = frame[(ts >= pd.Timestamp(interval.start)) & (ts < pd.Timestamp(interval.end))]
-    if frame.empty:
+    if frame.empty or "path" not in frame.columns:
         report.checked["hit_rate"] = "no data: no IRC requests in the hour"
         return
     region_column = "region" if "region" in frame.columns else "destination_region"

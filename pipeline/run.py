@@ -11,7 +11,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Callable
 
-from pipeline import storage
 from pipeline.config import Settings
 from pipeline.intervals import DataInterval
 

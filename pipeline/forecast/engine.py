@@ -629,9 +629,7 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
     run_id = forecast_run_id(kind, interval)
     out_dir = lake.forecast_dir(settings.lake_root, run_id)
     table = pa.Table.from_pandas(result.forecasts[FORECAST.names], schema=FORECAST, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink, compression="zstd")
-    storage.write_bytes_atomic(storage.join(out_dir, "forecast.parquet"), sink.getvalue().to_pybytes())
+    lake.write_parquet_atomic(table, storage.join(out_dir, "forecast.parquet"))
     info = {k: v for k, v in result.info.items() if k != "timings_s"}  # timings differ run to run
     manifest = {
         "run_id": run_id,

@@ -204,9 +204,7 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     }
     out_dir = lake.plan_dir(settings.lake_root, plan_id)
     for name, table in (("plan.parquet", plan), ("resource_pools.parquet", remaining_table)):
-        sink = pa.BufferOutputStream()
-        pq.write_table(table, sink, compression="zstd")
-        storage.write_bytes_atomic(storage.join(out_dir, name), sink.getvalue().to_pybytes())
+        lake.write_parquet_atomic(table, storage.join(out_dir, name))
     lake.write_json_atomic(storage.join(out_dir, "manifest.json"), manifest)
     return {"plan_id": plan_id, "path": storage.join(out_dir, "plan.parquet"), "rows": plan.num_rows,
             "hourly_cost_total": manifest["hourly_cost_total"], "shortfall": len(result.shortfalls)}
