@@ -6,15 +6,20 @@ requests (in time order, each session released when its duration ends) from the 
 
 - `reactive`: no pre-allocation: every request goes on demand;
 - `static`: the peak concurrent demand of the previous 7 days × (1 + headroom);
-- `predictive`: peerscale as configured: the τ-quantile of the forecast (τ from cost);
+- `predictive`: peerscale as configured: the τ-quantile of the forecast, τ from cost and then
+  moved per region by the hit-rate feedback controller (`pipeline.feedback`) from the IRC's own
+  logged decisions of the hours already replayed, exactly as the hourly run does;
 - `oracle`: exactly the peak concurrent demand that will occur in the hour (the physical limit).
 
 Costs (USD) are made comparable across policies:
 
 - pre-allocation: the hourly price of the instances the planner chose, every hour;
 - on demand: a request served on demand pays the unit price of what it holds (`c_over`, the
-  price of an idle unit) for its duration, plus a cold-start penalty `c_under − c_over` per unit
-  for its duration — so a missed unit-hour costs `c_under`, the same price the newsvendor τ uses;
+  price of an idle unit) for its duration, plus a cold-start penalty of `c_under − c_over` per
+  unit for the part of its session inside one planning window (at most an hour) — so a unit
+  missed in a window costs `c_under` for that window, the same price the newsvendor τ uses. The
+  wait is paid once, at the start: a ten-hour session that waited 60 s is not penalised ten
+  times (the accounting before 2026-11 did that, and overstated the cost of every miss);
 - failure: a request that is not served at all costs `c_under` per unit-hour as well (shortfall).
 
 Modeled setup latency: pre-allocated ≈ 0 s; on demand drawn from a lognormal with median 30 s
@@ -47,6 +52,7 @@ COLD_START_MEDIAN_S = 30.0
 COLD_START_P95_S = 90.0
 STATIC_LOOKBACK = timedelta(days=7)
 SESSION_CARRY_IN = timedelta(days=3)
+WINDOW_HOURS = 1.0  # a planning window: the cold-start penalty covers at most one
 
 
 @dataclass(frozen=True)
@@ -60,6 +66,8 @@ class BacktestConfig:
     history_days: int = 14
     horizon_hours: int = 6  # predictive forecasts this far ahead at each refit (≥ refit_every_hours)
     refit_every_hours: int = 6  # refit every N hours; between refits plan from the last forecast (older data only)
+    feedback: bool = True  # predictive: step the τ controller after every hour (as the hourly run does)
+    committed_demand: bool = True  # predictive: forecast only what new arrivals add to the committed level
     seed: int = 7
 
 
@@ -82,6 +90,7 @@ class PolicyResult:
     used_unit_hours: dict[str, float] = field(default_factory=lambda: {r: 0.0 for r in RESOURCE_TYPES})
     hourly: list[dict] = field(default_factory=list)
     capacity: list[dict] = field(default_factory=list)  # hour, region, resource_type, quantity pre-allocated
+    taus: list[dict] = field(default_factory=list)  # hour, region, resource_type, τ the feedback controller set
 
     @property
     def total_cost(self) -> float:
@@ -190,15 +199,20 @@ def _long(demand: pd.DataFrame) -> pd.DataFrame:
     return demand.melt(id_vars=["hour", "region"], value_vars=list(RESOURCE_TYPES), var_name="resource_type", value_name="value")
 
 
-def _predictive_forecasts(demand: pd.DataFrame, hour: datetime, config: BacktestConfig, tau: float) -> pd.DataFrame:
-    """Forecast every region series from data strictly before `hour` (the no-look-ahead point)."""
+def _predictive_forecasts(demand: pd.DataFrame, carried: pd.DataFrame | None, hour: datetime, config: BacktestConfig,
+                          tau: float) -> pd.DataFrame:
+    """Forecast every region series (and, with `carried`, its fresh part) from data strictly before `hour`."""
+    from pipeline.forecast.committed import fresh_history
     from pipeline.forecast.engine import select_and_forecast
 
     start = pd.Timestamp(hour - timedelta(days=config.history_days))
     past = demand[(demand["hour"] >= start) & (demand["hour"] < pd.Timestamp(hour))]
     history = _long(past).rename(columns={"hour": "ds", "value": "y"})
     history["unique_id"] = [region_series_id(r, k) for r, k in zip(history["region"], history["resource_type"])]
-    result = select_and_forecast(history[["unique_id", "ds", "y"]], config.horizon_hours, 24, "h", tau)
+    history = history[["unique_id", "ds", "y"]]
+    if carried is not None:
+        history = pd.concat([history, fresh_history(past, carried)], ignore_index=True)
+    result = select_and_forecast(history, config.horizon_hours, 24, "h", tau)
     return result.forecasts
 
 
@@ -210,6 +224,8 @@ def run_backtest(
     scratch_dir: str | None = None,
 ) -> BacktestResult:
     """Replay [config.start, config.end) under each policy (see the module docstring)."""
+    from pipeline.feedback import load_tau_overrides, run_feedback
+    from pipeline.forecast.committed import apply_committed, carried_levels
     from pipeline.forecast.engine import planning_tau
     from pipeline.irc import Coordinator, PeeringRequest
     from pipeline.plan import build_plan, read_plan
@@ -230,6 +246,9 @@ def run_backtest(
         window = FeatureWindow(config.start - timedelta(days=max(config.history_days, 7)), config.end)
         demand = compute_features(requests, regions, window)["region_demand_hourly"].to_pandas()
         tau = planning_tau(base)
+        carried = None
+        if config.committed_demand and "predictive" in config.policies:
+            carried = carried_levels(requests, regions, DataInterval(window.start, config.end).hours())
 
         replay = requests.to_pandas()
         replay = replay[(replay["requested_at"] >= pd.Timestamp(config.start)) & (replay["requested_at"] < pd.Timestamp(config.end))]
@@ -244,8 +263,9 @@ def run_backtest(
         lakes = {name: _policy_settings(scratch, name, base) for name in config.policies}
         for name in config.policies:
             _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
+        learns = {name: config.feedback and name == "predictive" for name in config.policies}
         coordinators = {
-            name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=False, name=name)
+            name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name)
             for name in config.policies
         }
         open_sessions: dict[str, list[tuple[float, str]]] = {name: [] for name in config.policies}
@@ -263,8 +283,10 @@ def run_backtest(
                     run_id = f"{name}-{interval.token}"
                     if name == "predictive":
                         if cached_forecast is None or i % config.refit_every_hours == 0:
-                            cached_forecast = _predictive_forecasts(demand, hour, config, tau)
+                            cached_forecast = _predictive_forecasts(demand, carried, hour, config, tau)
                         now = cached_forecast[cached_forecast["ds"] == pd.Timestamp(hour)]
+                        if carried is not None:  # what running sessions hold now is known at `hour`
+                            now = apply_committed(now, carried[carried["hour"] == pd.Timestamp(hour)], hour)
                         forecast_rows.append(now)
                         _write_forecast(policy_settings, run_id, now)
                     elif name == "oracle":
@@ -276,7 +298,12 @@ def run_backtest(
                         peak = past.groupby(["region", "resource_type"], as_index=False)["value"].max()
                         peak["value"] = peak["value"] * (1 + config.static_headroom)
                         _write_target_forecast(policy_settings, run_id, hour, peak, "static")
-                    planned = build_plan(interval, policy_settings, run_id)
+                    overrides = load_tau_overrides(policy_settings.lake_root, hour) if learns[name] else None
+                    planned = build_plan(interval, policy_settings, run_id, tau_overrides=overrides)
+                    if overrides:
+                        results[name].taus.extend(
+                            {"hour": hour, "region": region, "resource_type": rt, "tau": t}
+                            for region, by_rt in overrides.items() for rt, t in by_rt.items())
                     publish(plan_id_for(interval), policy_settings)
                     coordinators[name].reload(force=True)
                     plan, _ = read_plan(policy_settings, planned["plan_id"])
@@ -290,6 +317,9 @@ def run_backtest(
                 for name in config.policies:
                     _serve_hour(batch, coordinators[name], results[name], open_sessions[name], cold_starts,
                                 unit_price, penalty, base, hour, PeeringRequest, config.end.timestamp())
+                    if learns[name]:  # the hourly run's feedback stage, on this hour's logged decisions
+                        coordinators[name].outcome_log.flush()
+                        run_feedback(DataInterval(hour, hour + HOUR), lakes[name])
             say("done", len(hours), len(hours))
         finally:
             for coordinator in coordinators.values():
@@ -333,7 +363,7 @@ def _serve_hour(batch, coordinator, result: PolicyResult, sessions: list, cold_s
             if response.allocation_id:
                 heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
             result.on_demand_cost += sum(need[r] * unit_price[r] for r in RESOURCE_TYPES) * hours_held
-            result.penalty_cost += sum(need[r] * penalty[r] for r in RESOURCE_TYPES) * hours_held
+            result.penalty_cost += sum(need[r] * penalty[r] for r in RESOURCE_TYPES) * min(hours_held, WINDOW_HOURS)
         elif response.message.startswith("Invalid request"):
             result.invalid += 1
         else:

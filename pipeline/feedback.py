@@ -16,7 +16,11 @@ hit rate** and moves that region's τ toward a target hit rate:
     u_rt        += ki · c · w_rt · e                  (integral term, on the logit scale)
     τ_rt         = σ(logit(τ_base,rt) + u_rt + kp · c · w_rt · e)   clamped to [0.5, 0.995]
 
-τ_base is the cost-derived newsvendor quantile (CostModel). The integral `u` is clamped so that
+τ_base is the cost-derived newsvendor quantile (CostModel): the cost optimum for a calibrated
+forecast. The hit-rate target is a service floor on top of it, so by default the controller only
+raises τ where the hit rate falls short and never trades below τ_base (`lower_below_cost=True`
+lets it lower τ where hits exceed the target, for deployments that price a miss below the cost
+model: a replay of the samples showed lower τ costing more, not less). The integral `u` is clamped so that
 τ stays within bounds (no wind-up) and carried from the previous interval's file, so hours
 without traffic keep the last adjustment. The result is written (atomically, idempotently: a
 re-run of an interval rewrites the same bytes) to
@@ -55,6 +59,7 @@ class ControllerConfig:
     n0: float = 20.0
     tau_min: float = 0.5
     tau_max: float = 0.995
+    lower_below_cost: bool = False
 
     def __post_init__(self) -> None:
         if not 0.0 < self.target_hit_rate < 1.0:
@@ -189,13 +194,14 @@ def controller_step(
         integrals[region], taus[region] = {}, {}
         for rt, base in sorted(base_tau.items()):
             anchor = _logit(min(max(base, config.tau_min), config.tau_max))
-            u = float(prior.get(rt, 0.0))
+            floor = lo_logit - anchor if config.lower_below_cost else 0.0
+            u = max(float(prior.get(rt, 0.0)), floor)
             step = 0.0
             if error is not None:
                 weight = 1.0 if error <= 0 or most == 0 else short.get(rt, 0) / most
                 step = confidence * weight * error
-                u = min(max(u + config.ki * step, lo_logit - anchor), hi_logit - anchor)
-            tau = _sigmoid(anchor + u + config.kp * step)
+                u = min(max(u + config.ki * step, floor), hi_logit - anchor)
+            tau = _sigmoid(anchor + max(u + config.kp * step, floor))
             integrals[region][rt] = round(u, 9)
             taus[region][rt] = round(min(max(tau, config.tau_min), config.tau_max), 6)
     return integrals, taus, errors

@@ -26,17 +26,22 @@ def replay() -> object:
 
 def test_forecast_at_a_planning_point_ignores_everything_after_it(replay) -> None:
     demand = replay.demand
+    resources = ["vcpu", "memory_gib", "storage_gib", "bandwidth_gbps"]
+    carried = demand[["hour", "region", *resources]].copy()
+    carried[resources] = carried[resources] * 0.6  # stands in for the level carried into each hour
     hour = parse_utc("2026-01-29T01:00")
     config = BacktestConfig(start=hour, end=parse_utc("2026-01-29T02:00"), horizon_hours=1)
-    honest = _predictive_forecasts(demand, hour, config, 0.9)
-    tampered = demand.copy()
+    honest = _predictive_forecasts(demand, carried, hour, config, 0.9)
+    assert honest["series_id"].str.startswith("fresh:").any(), "the fresh part is forecast next to the peak"
+    tampered, tampered_carried = demand.copy(), carried.copy()
     future = tampered["hour"] >= pd.Timestamp(hour)
-    tampered.loc[future, ["vcpu", "memory_gib", "storage_gib", "bandwidth_gbps"]] *= 50
+    tampered.loc[future, resources] *= 50
+    tampered_carried.loc[tampered_carried["hour"] >= pd.Timestamp(hour), resources] *= 50
     assert future.any()
-    pd.testing.assert_frame_equal(honest, _predictive_forecasts(tampered, hour, config, 0.9))
+    pd.testing.assert_frame_equal(honest, _predictive_forecasts(tampered, tampered_carried, hour, config, 0.9))
     past = tampered["hour"] == pd.Timestamp(hour) - pd.Timedelta(hours=1)
     tampered.loc[past, "vcpu"] *= 50
-    changed = _predictive_forecasts(tampered, hour, config, 0.9)
+    changed = _predictive_forecasts(tampered, tampered_carried, hour, config, 0.9)
     assert not honest.equals(changed), "the control: data before the planning point does move the forecast"
 
 
@@ -52,6 +57,8 @@ def test_policies_behave_as_defined(replay) -> None:
     for name in ("predictive", "static"):
         assert 0.0 < summary[name]["hit_rate"] <= 1.0
         assert summary[name]["cost"]["total"] == pytest.approx(sum(v for k, v in summary[name]["cost"].items() if k != "total"), abs=0.01)
+    assert replay.results["predictive"].taus, "the τ controller ran on the first hour's logged decisions"
+    assert replay.forecasts["model"].str.startswith("committed+").all(), "the first window adds the known committed level"
     hourly = replay.results["predictive"].hourly
     assert [h["hour"][:16] for h in hourly] == ["2026-01-29T00:00", "2026-01-29T01:00"]
 

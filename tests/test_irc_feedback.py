@@ -130,14 +130,30 @@ def test_low_hit_rate_raises_tau_of_the_short_resource_only(tmp_path: Path) -> N
     assert load_tau_overrides(str(tmp_path), T0 + timedelta(hours=1)) == doc["tau"]
 
 
-def test_high_hit_rate_lowers_tau(tmp_path: Path) -> None:
+def test_high_hit_rate_keeps_the_cost_tau_by_default(tmp_path: Path) -> None:
     log_hour(tmp_path, T0, EU, hits=50, misses=0)
     doc = run_feedback(DataInterval(T0, T0 + timedelta(hours=1)), settings(tmp_path))
+    assert doc["tau"][EU] == pytest.approx({rt: Settings().cost.tau(rt) for rt in doc["tau"][EU]}, abs=1e-6)
+
+
+def test_high_hit_rate_lowers_tau_when_allowed(tmp_path: Path) -> None:
+    log_hour(tmp_path, T0, EU, hits=50, misses=0)
+    doc = run_feedback(DataInterval(T0, T0 + timedelta(hours=1)), settings(tmp_path), ControllerConfig(lower_below_cost=True))
     assert all(doc["tau"][EU][rt] < Settings().cost.tau(rt) for rt in doc["tau"][EU])
 
 
+def test_after_a_miss_streak_perfect_hours_bring_tau_back_to_the_cost_tau_not_below(tmp_path: Path) -> None:
+    for h in range(100):
+        hour = T0 + timedelta(hours=h)
+        log_hour(tmp_path, hour, EU, hits=0 if h < 5 else 100, misses=100 if h < 5 else 0)
+        doc = run_feedback(DataInterval(hour, hour + timedelta(hours=1)), settings(tmp_path))
+        if h == 4:
+            assert doc["tau"][EU]["vcpu"] > BASE_VCPU_TAU
+    assert doc["tau"][EU]["vcpu"] == pytest.approx(BASE_VCPU_TAU, abs=1e-6)
+
+
 def test_tau_stays_within_bounds_and_carries_over_quiet_hours(tmp_path: Path) -> None:
-    config = ControllerConfig()
+    config = ControllerConfig(lower_below_cost=True)
     taus = []
     for h in range(30):
         hour = T0 + timedelta(hours=h)
