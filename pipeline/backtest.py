@@ -200,10 +200,15 @@ def _long(demand: pd.DataFrame) -> pd.DataFrame:
 
 
 def _predictive_forecasts(demand: pd.DataFrame, carried: pd.DataFrame | None, hour: datetime, config: BacktestConfig,
-                          tau: float) -> pd.DataFrame:
-    """Forecast every region series (and, with `carried`, its fresh part) from data strictly before `hour`."""
+                          tau: float, lake_root: str | None = None) -> pd.DataFrame:
+    """Forecast every region series (and, with `carried`, its fresh part) from data strictly before `hour`.
+
+    With `lake_root` the engine gets what the hourly run gives it: the event calendar's uplift
+    (a schedule, known ahead) and week-lagged telemetry regressors, both as of `hour`.
+    """
     from pipeline.forecast.committed import fresh_history
     from pipeline.forecast.engine import select_and_forecast
+    from pipeline.forecast.exog import calendar_uplift, telemetry_regressors
 
     start = pd.Timestamp(hour - timedelta(days=config.history_days))
     past = demand[(demand["hour"] >= start) & (demand["hour"] < pd.Timestamp(hour))]
@@ -212,7 +217,12 @@ def _predictive_forecasts(demand: pd.DataFrame, carried: pd.DataFrame | None, ho
     history = history[["unique_id", "ds", "y"]]
     if carried is not None:
         history = pd.concat([history, fresh_history(past, carried)], ignore_index=True)
-    result = select_and_forecast(history, config.horizon_hours, 24, "h", tau)
+    future = None
+    if lake_root is not None:
+        history, future = calendar_uplift(lake_root, hour, history, config.horizon_hours, "h")
+        history, telemetry = telemetry_regressors(lake_root, start.to_pydatetime(), hour, history, config.horizon_hours)
+        future = telemetry if future is None else future.merge(telemetry, on=["unique_id", "ds"], how="outer")
+    result = select_and_forecast(history, config.horizon_hours, 24, "h", tau, future=future)
     return result.forecasts
 
 
@@ -246,6 +256,7 @@ def run_backtest(
         window = FeatureWindow(config.start - timedelta(days=max(config.history_days, 7)), config.end)
         demand = compute_features(requests, regions, window)["region_demand_hourly"].to_pandas()
         tau = planning_tau(base)
+        source_lake = str(scratch / "source-lake")
         carried = None
         if config.committed_demand and "predictive" in config.policies:
             carried = carried_levels(requests, regions, DataInterval(window.start, config.end).hours())
@@ -283,7 +294,7 @@ def run_backtest(
                     run_id = f"{name}-{interval.token}"
                     if name == "predictive":
                         if cached_forecast is None or i % config.refit_every_hours == 0:
-                            cached_forecast = _predictive_forecasts(demand, carried, hour, config, tau)
+                            cached_forecast = _predictive_forecasts(demand, carried, hour, config, tau, source_lake)
                         now = cached_forecast[cached_forecast["ds"] == pd.Timestamp(hour)]
                         if carried is not None:  # what running sessions hold now is known at `hour`
                             now = apply_committed(now, carried[carried["hour"] == pd.Timestamp(hour)], hour)
