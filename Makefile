@@ -30,8 +30,8 @@ demo: install  ## run the whole pipeline on data_samples/ through Airflow, then 
 test: install tools  ## run the test suite
 	$(PY) -m pytest -q
 
-test-distributed: install  ## the hourly DAG on CeleryExecutor: api-server, scheduler, dag-processor, 2 workers (PostgreSQL + Redis on 127.0.0.1)
-	PEERSCALE_DISTRIBUTED=1 $(PY) -m pytest -q tests/test_distributed.py::test_hourly_dag_runs_on_two_celery_workers
+test-distributed: install  ## the hourly DAG on CeleryExecutor (api-server, scheduler, dag-processor, 2 workers; PostgreSQL + Redis on 127.0.0.1), then `airflow backfill create` vs `peerscale backfill`
+	PEERSCALE_DISTRIBUTED=1 $(PY) -m pytest -q tests/test_distributed.py::test_hourly_dag_runs_on_two_celery_workers tests/test_airflow_backfill.py
 
 lock:  ## re-resolve the stack and rewrite constraints.txt (needs a clean venv)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

@@ -11,6 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
+from peerscale_callbacks import MODEL_FIT_POOL, task_failed
 
 DAILY_HISTORY_DAYS = 28  # four weekly cycles for the daily models
 
@@ -27,7 +28,9 @@ def _interval(data_interval_start, data_interval_end):
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True},
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1), "retry_exponential_backoff": True,
+                  "on_failure_callback": task_failed},
+    on_failure_callback=task_failed,
     tags=["peerscale", "daily"],
     doc_md=__doc__,
 )
@@ -39,7 +42,7 @@ def peerscale_daily():
 
         return stage_features(_interval(data_interval_start, data_interval_end), Settings.from_env(history_days=DAILY_HISTORY_DAYS))
 
-    @task
+    @task(pool=MODEL_FIT_POOL)
     def retrain_daily(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> dict:
         from pipeline.config import Settings
         from pipeline.run import stage_forecast

@@ -2,6 +2,11 @@
 
 Wiring only: every task calls one stage in `pipeline.run` with the run's data interval and
 passes lake paths (never data) through XCom. Heavy imports live inside the tasks.
+
+The forecast fans out (pipeline.forecast.shards): `forecast_plan` splits the series into shards,
+`forecast_shard` is mapped over them while `forecast_fit_global` fits the global model once, and
+`forecast` reduces the parts into the run's forecast. Model fitting runs in the model-fit pool,
+the plan in the solver pool; failures and a late run are recorded as alerts (peerscale_callbacks).
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ import pendulum
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 from peerscale_assets import PLAN_ASSET, RAW_ASSETS, SOURCE_DATASETS
+from peerscale_callbacks import MAX_ACTIVE_SHARDS, MODEL_FIT_POOL, SOLVER_POOL, run_deadline, task_failed
 
 
 def _interval(data_interval_start, data_interval_end):
@@ -26,7 +32,14 @@ def _interval(data_interval_start, data_interval_end):
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
     max_active_runs=1,
-    default_args={"retries": 2, "retry_delay": timedelta(seconds=30), "retry_exponential_backoff": True},
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=30),
+        "retry_exponential_backoff": True,
+        "on_failure_callback": task_failed,
+    },
+    on_failure_callback=task_failed,
+    deadline=run_deadline(),
     tags=["peerscale", "hourly"],
     doc_md=__doc__,
 )
@@ -46,11 +59,34 @@ def peerscale_hourly():
         return stage_features(_interval(data_interval_start, data_interval_end), Settings.from_env())
 
     @task
-    def forecast(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> dict:
+    def forecast_plan(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> list[dict]:
+        from airflow.sdk.configuration import conf
         from pipeline.config import Settings
-        from pipeline.run import stage_forecast
+        from pipeline.run import stage_forecast_plan
 
-        return stage_forecast(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly")
+        return stage_forecast_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly",
+                                   max_map_length=conf.getint("core", "max_map_length"))
+
+    @task(pool=MODEL_FIT_POOL)
+    def forecast_fit_global(shards: list[dict]) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_forecast_fit_global
+
+        return stage_forecast_fit_global(shards[0]["run_id"], Settings.from_env())
+
+    @task(pool=MODEL_FIT_POOL, max_active_tis_per_dagrun=MAX_ACTIVE_SHARDS)
+    def forecast_shard(shard: dict) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_forecast_shard
+
+        return stage_forecast_shard(shard["run_id"], shard["shard"], Settings.from_env())
+
+    @task
+    def forecast(data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.config import Settings
+        from pipeline.run import stage_forecast_reduce
+
+        return stage_forecast_reduce(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly")
 
     @task
     def feedback(data_interval_start=None, data_interval_end=None) -> dict:
@@ -59,7 +95,7 @@ def peerscale_hourly():
 
         return stage_feedback(_interval(data_interval_start, data_interval_end), Settings.from_env())
 
-    @task
+    @task(pool=SOLVER_POOL)
     def plan(forecast_run: dict, tau_feedback: dict, data_interval_start=None, data_interval_end=None) -> dict:
         from pipeline.config import Settings
         from pipeline.run import stage_plan
@@ -97,7 +133,10 @@ def peerscale_hourly():
     ingested = [
         ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
     ]
-    planned = plan(forecast(features(ingested)), feedback())
+    shards = forecast_plan(features(ingested))
+    forecast_run = forecast()
+    [forecast_fit_global(shards), forecast_shard.expand(shard=shards)] >> forecast_run
+    planned = plan(forecast_run, feedback())
     monitor(publish(planned, render_iac(planned), report(planned)))
 
 

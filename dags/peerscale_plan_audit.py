@@ -11,6 +11,7 @@ from datetime import timedelta
 import pendulum
 from airflow.sdk import dag, task
 from peerscale_assets import PLAN_ASSET
+from peerscale_callbacks import task_failed
 
 
 @dag(
@@ -18,7 +19,8 @@ from peerscale_assets import PLAN_ASSET
     schedule=[PLAN_ASSET],
     start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
     catchup=False,
-    default_args={"retries": 1, "retry_delay": timedelta(seconds=30)},
+    default_args={"retries": 1, "retry_delay": timedelta(seconds=30), "on_failure_callback": task_failed},
+    on_failure_callback=task_failed,
     tags=["peerscale", "audit"],
     doc_md=__doc__,
 )

@@ -12,7 +12,8 @@ Each rule looks at the hour the run just covered, `[start, end)`, with data that
 
 Alerts are written to `lake/alerts/<interval token>.json` (also when empty, so "no alerts" is a
 recorded fact), optionally POSTed to a webhook, and raise `AlertsRaised` when the configured
-severity is reached so a scheduler marks the task failed.
+severity is reached so a scheduler marks the task failed. The Airflow callbacks at the end
+(`task_failed`, `deadline_missed`) record their alert in the same format, one file each.
 """
 
 from __future__ import annotations
@@ -20,15 +21,18 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import urllib.request
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
+from typing import Any
 
 import pandas as pd
 
 from pipeline import lake, storage
 from pipeline.config import Settings
-from pipeline.intervals import DataInterval
+from pipeline.intervals import DataInterval, parse_utc
 from pipeline.schemas import RESOURCE_TYPES, region_series_id
 
 log = logging.getLogger(__name__)
@@ -267,3 +271,118 @@ def monitor(interval: DataInterval, settings: Settings, rules: AlertRules | None
         if serious:
             raise AlertsRaised("; ".join(f"[{a.severity}] {a.message}" for a in serious) + f" (recorded in {path})")
     return {"path": path, "alerts": len(report.alerts), "checked": report.checked}
+
+
+# ---------------------------------------------------------------------------------------------
+# Airflow callbacks: task / run failures and missed deadlines, recorded like the rules above
+# ---------------------------------------------------------------------------------------------
+
+def _field(obj: Any, name: str) -> Any:
+    """`obj.name` or `obj[name]`: Airflow hands callbacks objects (task SDK) or JSON dicts (deadlines)."""
+    if obj is None:
+        return None
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    return getattr(obj, name, None)
+
+
+def _utc(value: Any) -> datetime:
+    """A plain UTC datetime from a datetime, a pendulum DateTime (via ISO: its arithmetic drops the zone) or a string."""
+    return parse_utc(value.isoformat() if isinstance(value, datetime) else str(value))
+
+
+def _token(interval_end: Any, run_id: str | None) -> str:
+    """The interval token the monitor uses for the same hour, else a path-safe run id."""
+    if interval_end:
+        try:
+            return DataInterval.ending_at(_utc(interval_end)).token
+        except ValueError:
+            pass
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", run_id or "unknown-run")
+
+
+def record_alert(settings: Settings, alert: Alert, interval_end: Any, key: str, source: dict[str, Any],
+                 rules: AlertRules | None = None) -> dict:
+    """Write one alert as lake/alerts/<token>.<key>.json in the monitor's record format (its own file:
+    the monitor task rewrites <token>.json), and POST it to the webhook if one is configured."""
+    rules = rules or AlertRules.from_env()
+    end = _utc(interval_end).isoformat() if interval_end else None
+    payload = {**MonitoringReport(interval_end=end or "", alerts=[alert], checked={alert.rule: "ok"}).to_dict(), "source": source}
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "_", key)
+    path = storage.join(settings.lake_root, "alerts", f"{_token(interval_end, source.get('run_id'))}.{slug}.json")
+    lake.write_json_atomic(path, payload)
+    delivered = post_webhook(rules.webhook_url, payload) if rules.webhook_url else None
+    return {"path": path, "alert": asdict(alert), "webhook_delivered": delivered}
+
+
+def _run_context(context: Mapping[str, Any]) -> dict[str, Any]:
+    """dag_id, run_id, run_type and interval end from a task, DAG or deadline callback context."""
+    dag_run = context.get("dag_run")
+    ti = context.get("ti") or context.get("task_instance")
+    dag = context.get("dag")
+    run_type = _field(dag_run, "run_type")
+    return {
+        "dag_id": _field(dag, "dag_id") or _field(dag_run, "dag_id") or _field(ti, "dag_id"),
+        "run_id": context.get("run_id") or _field(dag_run, "run_id") or _field(dag_run, "dag_run_id") or _field(ti, "run_id"),
+        "run_type": str(getattr(run_type, "value", run_type)) if run_type else None,  # an enum or its value
+        "interval_end": context.get("data_interval_end") or _field(dag_run, "data_interval_end"),
+    }
+
+
+def task_failed(context: Mapping[str, Any], settings: Settings | None = None, rules: AlertRules | None = None) -> dict | None:
+    """`on_failure_callback` (task and DAG level): record a `task_failed` alert for the run's hour.
+
+    A failed hourly run publishes no plan, so the IRC keeps serving the previous one; the alert
+    says which task failed and why. Never raises: a broken alert path must not hide the failure.
+    """
+    try:
+        run = _run_context(context)
+        ti = context.get("ti") or context.get("task_instance")
+        task_id = _field(ti, "task_id")
+        map_index = _field(ti, "map_index")
+        map_index = map_index if isinstance(map_index, int) and map_index >= 0 else None
+        try_number = _field(ti, "try_number")
+        exception = context.get("exception")
+        reason = context.get("reason")
+        run_level = "reason" in context  # the DAG-level callback (Airflow adds the run's end reason)
+        subject = f"{task_id}[{map_index}]" if task_id and map_index is not None else (task_id or run["dag_id"] or "?")
+        what = f"{exception.__class__.__name__}: {exception}" if exception is not None else (reason or "failed")
+        if run_level:
+            message = f"DAG run {run['dag_id']}/{run['run_id']} failed ({reason})" + (f"; last task {subject}" if task_id else "")
+        else:
+            message = f"task {run['dag_id']}.{subject} failed after try {try_number} in run {run['run_id']}: {what}"
+        alert = Alert("task_failed", "critical", subject, float(try_number or 0), 0.0, message[:2000])
+        source = {**run, "task_id": task_id, "map_index": map_index, "try_number": try_number, "callback": "dag" if run_level else "task"}
+        source["interval_end"] = str(run["interval_end"]) if run["interval_end"] else None
+        key = f"task_failed.{run['dag_id']}." + ("run" if run_level else subject)
+        return record_alert(settings or Settings.from_env(), alert, run["interval_end"], key, source, rules)
+    except Exception:  # noqa: BLE001 - log, never raise from a failure callback
+        log.exception("could not record the task_failed alert")
+        return None
+
+
+def deadline_missed(context: Mapping[str, Any], deadline_minutes: float | None = None, settings: Settings | None = None,
+                    rules: AlertRules | None = None) -> dict | None:
+    """Deadline Alert callback: the run was not done `deadline_minutes` after it was queued.
+
+    Backfill runs are skipped: they are queued together and wait for each other by design, and
+    a late backfill does not leave the live hour without a plan.
+    """
+    try:
+        run = _run_context(context)
+        if run["run_type"] == "backfill":
+            log.info("deadline missed by backfill run %s: not alerting", run["run_id"])
+            return None
+        deadline = _field(context.get("deadline"), "deadline_time")
+        minutes = float(deadline_minutes) if deadline_minutes is not None else 0.0
+        state = _field(context.get("dag_run"), "state")
+        message = (f"DAG run {run['dag_id']}/{run['run_id']} was not finished by its deadline {deadline}"
+                   f" ({minutes:g} min after it was queued; state {state}): the plan for the hour after "
+                   f"{run['interval_end']} is late and the IRC serves from the previous one")
+        alert = Alert("deadline_missed", "warning", str(run["dag_id"]), minutes, minutes, message)
+        source = {**run, "interval_end": str(run["interval_end"]) if run["interval_end"] else None,
+                  "deadline_time": str(deadline) if deadline else None, "callback": "deadline"}
+        return record_alert(settings or Settings.from_env(), alert, run["interval_end"], f"deadline_missed.{run['dag_id']}", source, rules)
+    except Exception:  # noqa: BLE001 - log, never raise from a callback
+        log.exception("could not record the deadline_missed alert")
+        return None

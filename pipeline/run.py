@@ -35,6 +35,34 @@ def stage_forecast(interval: DataInterval, settings: Settings, kind: str = "hour
     return run_forecast(interval, settings, kind=kind)
 
 
+def stage_forecast_plan(interval: DataInterval, settings: Settings, kind: str = "hourly", max_map_length: int = 1024) -> list[dict]:
+    """Fan-out, step 1: prepare the forecast inputs once and split the series into shards (one descriptor each)."""
+    from pipeline.forecast.shards import plan_shards
+
+    return plan_shards(interval, settings, kind, max_map_length=max_map_length)
+
+
+def stage_forecast_fit_global(run_id: str, settings: Settings) -> dict:
+    """Fan-out: fit the global models once on all series (sharding them would change the model)."""
+    from pipeline.forecast.shards import fit_global
+
+    return fit_global(run_id, settings)
+
+
+def stage_forecast_shard(run_id: str, shard: int, settings: Settings) -> dict:
+    """Fan-out: the local models on one shard of series; a retry rewrites only this shard's part."""
+    from pipeline.forecast.shards import forecast_shard
+
+    return forecast_shard(run_id, shard, settings)
+
+
+def stage_forecast_reduce(interval: DataInterval, settings: Settings, kind: str = "hourly") -> dict:
+    """Fan-in: check every part is there, choose/calibrate/reconcile, publish the forecast as `stage_forecast` does."""
+    from pipeline.forecast.shards import reduce_shards
+
+    return reduce_shards(interval, settings, kind)
+
+
 def stage_feedback(interval: DataInterval, settings: Settings) -> dict:
     """Step the τ controller from the hour's IRC outcomes (closed loop, see pipeline.feedback)."""
     from pipeline.feedback import stage_feedback as feedback

@@ -166,6 +166,7 @@ class CeleryCluster:
         (self.logs / "db-migrate.log").write_text(migrate.stdout + migrate.stderr)
         if migrate.returncode != 0:
             raise ClusterError("airflow db migrate failed:\n" + (migrate.stdout + migrate.stderr)[-4000:])
+        self.create_pools()
 
         self._spawn("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"])
         self._spawn("dag-processor", ["dag-processor"])
@@ -183,6 +184,24 @@ class CeleryCluster:
         for name in self.worker_names:
             wait_until(f"Celery worker {name} to be ready", lambda n=name: " ready." in self._proc(n).log_path.read_text(errors="replace"),
                        timeout, alive=self.check_alive)
+
+    def pools(self) -> dict[str, tuple[int, str]]:
+        """The pools the DAGs use (default names): model fitting one slot per worker process, one solver."""
+        return {
+            "peerscale_model_fit": (self.workers * self.worker_concurrency, "forecast shards and global model fits"),
+            "peerscale_solver": (1, "CP-SAT plan solves"),
+        }
+
+    def create_pools(self) -> None:
+        """`airflow pools set` for every pool (the scheduler never schedules a task whose pool is missing)."""
+        runs = [subprocess.Popen([str(AIRFLOW), "pools", "set", name, str(slots), description], env=self.env(),
+                                 stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                for name, (slots, description) in self.pools().items()]
+        for proc in runs:
+            out, _ = proc.communicate(timeout=300)
+            (self.logs / "pools.log").open("a").write(out)
+            if proc.returncode != 0:
+                raise ClusterError("airflow pools set failed:\n" + out[-4000:])
 
     def stop(self, grace: float = 30) -> None:
         """End every process group this cluster started, then drop its database and Redis DB."""

@@ -25,7 +25,7 @@ from __future__ import annotations
 import functools
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Sequence
 
 import numpy as np
@@ -202,7 +202,116 @@ def _cv_with_actuals(cv: pd.DataFrame, raw: pd.DataFrame) -> pd.DataFrame:
     return merged
 
 
-def select_and_forecast(
+@dataclass
+class Prepared:
+    """Everything cross-validation, selection and the final fits need, computed once over all series.
+
+    The sharded forecast (pipeline.forecast.shards) computes it once per run and hands each shard
+    `subset(ids)`: the per-series inputs are then exactly the ones an unsharded run uses, and the
+    run-wide parameters (number of windows, refit of global models, the model list) do not
+    depend on how the series were split.
+    """
+
+    history: pd.DataFrame  # regular grid, raw actuals, `_factor` (calendar uplift) column
+    model_input: pd.DataFrame  # outliers cleaned
+    raw_input: pd.DataFrame
+    adjusted: pd.DataFrame  # cleaned, uplift divided out
+    raw_adjusted: pd.DataFrame
+    scale: pd.Series  # MASE scale per series
+    lengths: pd.Series  # points per series
+    ids: list[str]
+    short: list[str]
+    long_ids: list[str]
+    cv_ok: list[str]
+    names: tuple[str, ...]
+    horizon: int
+    season_length: int
+    freq: str
+    tau: float
+    window: int
+    n_windows: int
+    levels: tuple[int, ...]
+    refit_global: bool
+    run_cv: bool
+    future: pd.DataFrame | None = None
+    hierarchy: dict[str, list[str]] | None = None
+    params: dict[str, dict] = field(default_factory=dict)
+    n_jobs: int = -1
+    combine: bool = True
+    switch_margin: float = 0.15
+    ensemble_size: int = 2
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def scored_names(self) -> list[str]:
+        """The models cross-validated: the requested ones and the seasonal-naive yardstick."""
+        return list(dict.fromkeys([*self.names, BASELINE]))
+
+    def model(self, name: str) -> Any:
+        return MODELS[name](self.season_length, self.freq, n_jobs=self.n_jobs, **self.params.get(name, {}))
+
+    def inputs_for(self, name: str, frame_ids: Sequence[str]) -> pd.DataFrame:
+        robust = MODELS_ROBUST.get(name, False)
+        if MODELS_HANDLE_EVENTS.get(name, False):
+            src = self.raw_input if robust else self.model_input
+        else:
+            src = self.raw_adjusted if robust else self.adjusted
+        return src[src["unique_id"].isin(frame_ids)]
+
+    def eligible(self, name: str) -> list[str]:
+        """Series long enough to cross-validate `name` on."""
+        need = self.n_windows * self.window + max(2 * self.season_length, int(MODEL_MIN_SEASONS.get(name, 1) * self.season_length))
+        return [u for u in self.cv_ok if self.lengths[u] >= need]
+
+    def subset(self, ids: Sequence[str]) -> "Prepared":
+        """The same preparation restricted to `ids` (a shard): per-series rows only, run-wide parameters kept."""
+        keep = set(ids)
+
+        def rows(frame: pd.DataFrame) -> pd.DataFrame:
+            return frame[frame["unique_id"].isin(keep)]
+
+        return replace(
+            self,
+            history=rows(self.history), model_input=rows(self.model_input), raw_input=rows(self.raw_input),
+            adjusted=rows(self.adjusted), raw_adjusted=rows(self.raw_adjusted),
+            scale=self.scale[self.scale.index.isin(keep)], lengths=self.lengths[self.lengths.index.isin(keep)],
+            ids=[u for u in self.ids if u in keep], short=[u for u in self.short if u in keep],
+            long_ids=[u for u in self.long_ids if u in keep], cv_ok=[u for u in self.cv_ok if u in keep],
+            future=None if self.future is None else rows(self.future),
+            info={**self.info, "dropped": {}, "timings_s": {}},
+        )
+
+
+@dataclass
+class ModelRun:
+    """One model's cross-validation over some series, or why it could not run."""
+
+    name: str
+    cv: pd.DataFrame | None = None  # with actuals, horizon step and the calendar uplift applied
+    error: str | None = None
+    no_series: bool = False  # nothing to cross-validate among the series given (not a model failure)
+    trained: Any = None  # a global model trained in cross-validation, reused for the final forecast
+    seconds: float = 0.0
+
+
+@dataclass
+class Selection:
+    """The per-series choice and what it was based on."""
+
+    choice: dict[str, str]
+    members: list[str]
+    scores: dict[str, dict[str, dict]]
+
+    def needed(self) -> dict[str, list[str]]:
+        """Every model some series needs a final forecast of (ensembles need all their members)."""
+        out: dict[str, list[str]] = {}
+        for uid, c in self.choice.items():
+            for name in (self.members if c == ENSEMBLE else [c] if c != POOLED else []):
+                out.setdefault(name, []).append(uid)
+        return out
+
+
+def prepare(
     history: pd.DataFrame,
     horizon: int,
     season_length: int,
@@ -222,18 +331,8 @@ def select_and_forecast(
     refit_global: bool | str = "auto",
     switch_margin: float = 0.15,
     ensemble_size: int = 2,
-) -> ForecastResult:
-    """Cross-validate `models` per series, pick or combine, calibrate, forecast `horizon` steps.
-
-    history: long format `unique_id, ds, y` (+ numeric exogenous columns; `event_uplift` is the
-    known multiplicative calendar uplift). future: the exogenous columns over the horizon.
-    holdout: the length of each cross-validation window (default: the horizon).
-    switch_margin: a series leaves the overall best model only for one whose relative score is
-    this much lower on it (per-series choices on a few windows are noisy).
-    refit_global: refit global models on the full history after cross-validation ("auto": only
-    for small problems; otherwise the cross-validated model forecasts from the latest origin).
-    """
-    t_start = time.perf_counter()
+) -> Prepared:
+    """Step 1 of `select_and_forecast` (same arguments): regular grids, uplifts, cleaning, run-wide parameters."""
     if history.empty:
         raise ValueError("history is empty: nothing to forecast (no feature rows for this run?)")
     freq = prep.parse_freq(freq)
@@ -268,68 +367,64 @@ def select_and_forecast(
     cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + 2 * m]
     info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
                             "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
-
-    def model_for(name: str) -> Any:
-        return MODELS[name](season_length, freq, n_jobs=n_jobs, **params.get(name, {}))
-
-    def inputs_for(name: str, frame_ids: list[str]) -> pd.DataFrame:
-        robust = MODELS_ROBUST.get(name, False)
-        if MODELS_HANDLE_EVENTS.get(name, False):
-            src = raw_input if robust else model_input
-        else:
-            src = raw_adjusted if robust else adjusted
-        return src[src["unique_id"].isin(frame_ids)]
-
-    # 2. rolling-origin cross-validation
-    cv_frames: dict[str, pd.DataFrame] = {}
-    cv_models: dict[str, Any] = {}
     if refit_global == "auto":
         refit_global = len(history) <= AUTO_POINT_BUDGET
-    scored_names = list(dict.fromkeys([*names, BASELINE]))
-    if cv_ok and (len(names) > 1 or combine):
-        for name in scored_names:
-            t0 = time.perf_counter()
-            try:
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")
-                    eligible = [u for u in cv_ok if lengths[u] >= n_windows * window + max(2 * m, int(MODEL_MIN_SEASONS.get(name, 1) * m))]
-                    if not eligible:
-                        raise NotEnoughData(f"{name}: no series long enough to cross-validate")
-                    instance = model_for(name)
-                    cv = instance.cross_validate(inputs_for(name, eligible), window, n_windows, window)
-                    if MODELS_GLOBAL.get(name, False) and window == horizon and not refit_global:
-                        cv_models[name] = instance
-            except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
-                if name in names:
-                    info["dropped"][name] = str(exc)[:300]
-                continue
-            cv = _cv_with_actuals(cv, history)
-            if not MODELS_HANDLE_EVENTS.get(name, False):
-                cv["mean"] = cv["mean"] * cv["_factor"]
-            cv_frames[name] = cv
-            info["timings_s"][f"cv:{name}"] = round(time.perf_counter() - t0, 3)
+    return Prepared(
+        history=history, model_input=model_input, raw_input=raw_input, adjusted=adjusted, raw_adjusted=raw_adjusted,
+        scale=scale, lengths=lengths, ids=ids, short=short, long_ids=long_ids, cv_ok=cv_ok, names=names,
+        horizon=horizon, season_length=season_length, freq=freq, tau=tau, window=window, n_windows=n_windows,
+        levels=levels, refit_global=bool(refit_global), run_cv=bool(cv_ok) and (len(names) > 1 or combine),
+        future=future, hierarchy=hierarchy, params=params, n_jobs=n_jobs, combine=combine,
+        switch_margin=switch_margin, ensemble_size=ensemble_size, info=info,
+    )
+
+
+def cross_validate_model(p: Prepared, name: str) -> ModelRun:
+    """Step 2 for one model: rolling-origin forecasts on every eligible series of `p`."""
+    t0 = time.perf_counter()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            eligible = p.eligible(name)
+            if not eligible:
+                run = ModelRun(name, error=f"{name}: no series long enough to cross-validate", no_series=True)
+                return run
+            instance = p.model(name)
+            cv = instance.cross_validate(p.inputs_for(name, eligible), p.window, p.n_windows, p.window)
+    except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
+        return ModelRun(name, error=str(exc)[:300])
+    trained = instance if MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
+    cv = _cv_with_actuals(cv, p.history)
+    if not MODELS_HANDLE_EVENTS.get(name, False):
+        cv["mean"] = cv["mean"] * cv["_factor"]
+    return ModelRun(name, cv=cv, trained=trained, seconds=round(time.perf_counter() - t0, 3))
+
+
+def choose(p: Prepared, cv_frames: dict[str, pd.DataFrame], info: dict[str, Any]) -> Selection:
+    """Step 3: score, combine, and pick a model per series (adds the ensemble to `cv_frames`)."""
+    names = p.names
     candidates = [n for n in names if n in cv_frames]
-    scores = _scores(cv_frames, candidates, scale, tau)
+    scores = _scores(cv_frames, candidates, p.scale, p.tau)
     overall = _overall(scores, candidates)
     # The combination: the mean of the (up to) `ensemble_size` best non-naive models overall.
     ranked = sorted((n for n in candidates if n != BASELINE), key=lambda n: (overall.get(n, np.inf), candidates.index(n)))
-    members = ranked[:ensemble_size]
-    if combine and len(members) >= 2:
+    members = ranked[:p.ensemble_size]
+    if p.combine and len(members) >= 2:
         ens = _ensemble(cv_frames, members)
         if not ens.empty:
             cv_frames[ENSEMBLE] = ens
             candidates.append(ENSEMBLE)
-            scores = _scores(cv_frames, candidates, scale, tau)
+            scores = _scores(cv_frames, candidates, p.scale, p.tau)
             overall = _overall(scores, candidates)
 
-    # 3. choice: the best model overall, unless another is clearly better on this series
+    # the best model overall, unless another is clearly better on this series
     fallback = next((n for n in names if n not in info["dropped"]), names[0])
     default = min(overall, key=lambda n: (round(overall[n], 12), candidates.index(n))) if overall else fallback
     info["overall_score"] = {k: round(v, 6) for k, v in overall.items()}
     info["default_choice"] = default
     choice: dict[str, str] = {}
-    for uid in ids:
-        if uid in short:
+    for uid in p.ids:
+        if uid in p.short:
             choice[uid] = POOLED
             continue
         s = scores.get(uid, {})
@@ -338,43 +433,43 @@ def select_and_forecast(
             choice[uid] = default if default in cv_frames or not cv_frames else fallback
             continue
         best = min(usable, key=lambda k: (round(usable[k]["score"], 12), candidates.index(k)))
-        if default in usable and usable[best]["score"] >= usable[default]["score"] * (1 - switch_margin):
+        if default in usable and usable[best]["score"] >= usable[default]["score"] * (1 - p.switch_margin):
             best = default
         choice[uid] = best
+    return Selection(choice=choice, members=list(members), scores=scores)
 
-    # 4. final fits: every model some series needs (ensembles need all their members)
-    needed: dict[str, list[str]] = {}
-    for uid, c in choice.items():
-        for name in (members if c == ENSEMBLE else [c] if c != POOLED else []):
-            needed.setdefault(name, []).append(uid)
-    point: dict[str, pd.DataFrame] = {}
-    own: dict[str, pd.DataFrame] = {}
-    for name, need_ids in needed.items():
-        t0 = time.perf_counter()
-        fit_ids = long_ids if MODELS_GLOBAL.get(name, False) else need_ids
-        fit_ids = sorted(set(fit_ids) | set(need_ids))
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                instance = cv_models.get(name)
-                if instance is not None:  # global model trained in cross-validation: move its origin only
-                    instance.params["refit"] = False
-                else:
-                    instance = model_for(name)
-                pred = instance.fit(inputs_for(name, fit_ids)).predict(horizon, future=future, levels=levels)
-        except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
-            info["dropped"][name] = f"final fit failed: {str(exc)[:300]}"
-            pred = model_for(BASELINE).fit(inputs_for(BASELINE, fit_ids)).predict(horizon, levels=levels)
-        pred = pred[pred["unique_id"].isin(need_ids)].reset_index(drop=True)
-        point[name] = pred
-        own[name] = pred
-        info["timings_s"][f"fit:{name}"] = round(time.perf_counter() - t0, 3)
 
-    idx = future_index(history, horizon, freq)
+def final_forecast(p: Prepared, name: str, need_ids: Sequence[str], trained: Any = None) -> tuple[pd.DataFrame, str | None]:
+    """Step 4 for one model: fit on the full history and forecast `need_ids` (global models fit on
+    every long series). A failing fit falls back to seasonal naive; the error is returned."""
+    fit_ids = p.long_ids if MODELS_GLOBAL.get(name, False) else need_ids
+    fit_ids = sorted(set(fit_ids) | set(need_ids))
+    error = None
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            instance = trained
+            if instance is not None:  # global model trained in cross-validation: move its origin only
+                instance.params["refit"] = False
+            else:
+                instance = p.model(name)
+            pred = instance.fit(p.inputs_for(name, fit_ids)).predict(p.horizon, future=p.future, levels=p.levels)
+    except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
+        error = f"final fit failed: {str(exc)[:300]}"
+        pred = p.model(BASELINE).fit(p.inputs_for(BASELINE, fit_ids)).predict(p.horizon, levels=p.levels)
+    return pred[pred["unique_id"].isin(need_ids)].reset_index(drop=True), error
+
+
+def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
+             info: dict[str, Any]) -> ForecastResult:
+    """Steps 4–6: the chosen means, calendar uplift, conformal bands, reconciliation, contract columns."""
+    ids, choice, members, levels = p.ids, sel.choice, sel.members, p.levels
+    own = point
+    idx = future_index(p.history, p.horizon, p.freq)
     idx["step"] = idx.groupby("unique_id").cumcount()
-    fut_factor = _future_factor(idx, history, future)
+    fut_factor = _future_factor(idx, p.history, p.future)
     frames = []
-    by_model = {n: {u: g["mean"].to_numpy() for u, g in p.groupby("unique_id", sort=False)} for n, p in point.items()}
+    by_model = {n: {u: g["mean"].to_numpy() for u, g in pr.groupby("unique_id", sort=False)} for n, pr in point.items()}
     rows_by_id = {u: g for u, g in idx.groupby("unique_id", sort=False)}
     for uid in ids:
         c = choice[uid]
@@ -385,8 +480,8 @@ def select_and_forecast(
         else:
             means = by_model[c][uid]
         frames.append(rows_by_id[uid].assign(mean=means, model=c))
-    if short:
-        frames.append(_pooled_forecasts(history, short, long_ids, idx, season_length, freq))
+    if p.short:
+        frames.append(_pooled_forecasts(p.history, p.short, p.long_ids, idx, p.season_length, p.freq))
     out = pd.concat(frames, ignore_index=True) if frames else idx.assign(mean=0.0, model=POOLED)
     factor = fut_factor.reindex(pd.MultiIndex.from_frame(out[["unique_id", "ds"]])).fillna(1.0).to_numpy()
     handles = out["model"].map(lambda c: MODELS_HANDLE_EVENTS.get(c, False)).to_numpy(bool)
@@ -394,8 +489,8 @@ def select_and_forecast(
 
     # 5. conformal calibration on the chosen forecasts' out-of-sample errors
     errors = _chosen_errors(cv_frames, choice)
-    calibration = Calibration.fit(errors, scale, window)
-    out = calibration.apply(out, scale, levels)
+    calibration = Calibration.fit(errors, p.scale, p.window)
+    out = calibration.apply(out, p.scale, levels)
     with_errors = set(errors["unique_id"])
     uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
     if uncalibrated and errors.empty:
@@ -406,12 +501,12 @@ def select_and_forecast(
                 own_rows = pred.set_index(["unique_id", "ds"]).reindex(pd.MultiIndex.from_frame(out.loc[sel, ["unique_id", "ds"]]))
                 for col in output_columns(levels)[3:]:
                     out.loc[sel, col] = own_rows[col].to_numpy() * factor[sel.to_numpy()]
-    if hierarchy:
+    if p.hierarchy:
         from pipeline.forecast.reconcile import reconcile_wls
 
         variance = errors.groupby("unique_id")["error"].var().to_dict() if not errors.empty else {}
-        out = reconcile_wls(out.rename(columns={"unique_id": "series_id"}), hierarchy, variance).rename(columns={"series_id": "unique_id"})
-        info["reconciliation"] = {"method": "wls (MinT diagonal, out-of-sample error variances)", "aggregates": sorted(hierarchy)}
+        out = reconcile_wls(out.rename(columns={"unique_id": "series_id"}), p.hierarchy, variance).rename(columns={"series_id": "unique_id"})
+        info["reconciliation"] = {"method": "wls (MinT diagonal, out-of-sample error variances)", "aggregates": sorted(p.hierarchy)}
 
     cols = output_columns(levels)
     numeric = [c for c in cols if c not in ("unique_id", "ds")]
@@ -430,7 +525,7 @@ def select_and_forecast(
 
     selection = {}
     for uid in sorted(ids):
-        s = scores.get(uid, {})
+        s = sel.scores.get(uid, {})
         selection[uid] = {
             "model": choice[uid],
             "pinball_at_tau": {k: round(v["pinball"], 6) for k, v in s.items()},
@@ -440,10 +535,82 @@ def select_and_forecast(
         if choice[uid] == ENSEMBLE:
             selection[uid]["members"] = list(members)
     info["calibration"] = calibration.to_dict()
-    info["cv_coverage"] = _cv_coverage(errors, scale, calibration)
-    info["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    info["cv_coverage"] = _cv_coverage(errors, p.scale, calibration)
     cv_all = pd.concat([f.assign(model=k) for k, f in cv_frames.items()], ignore_index=True) if cv_frames else None
     return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
+
+
+def select_and_forecast(
+    history: pd.DataFrame,
+    horizon: int,
+    season_length: int,
+    freq: str,
+    tau: float,
+    models: Sequence[str] | str = DEFAULT_MODELS,
+    holdout: int | None = None,
+    *,
+    n_windows: int | None = None,
+    future: pd.DataFrame | None = None,
+    levels: Sequence[int] = FORECAST_LEVELS,
+    hierarchy: dict[str, list[str]] | None = None,
+    n_jobs: int = -1,
+    model_params: dict[str, dict] | None = None,
+    clean: bool = True,
+    combine: bool = True,
+    refit_global: bool | str = "auto",
+    switch_margin: float = 0.15,
+    ensemble_size: int = 2,
+) -> ForecastResult:
+    """Cross-validate `models` per series, pick or combine, calibrate, forecast `horizon` steps.
+
+    history: long format `unique_id, ds, y` (+ numeric exogenous columns; `event_uplift` is the
+    known multiplicative calendar uplift). future: the exogenous columns over the horizon.
+    holdout: the length of each cross-validation window (default: the horizon).
+    switch_margin: a series leaves the overall best model only for one whose relative score is
+    this much lower on it (per-series choices on a few windows are noisy).
+    refit_global: refit global models on the full history after cross-validation ("auto": only
+    for small problems; otherwise the cross-validated model forecasts from the latest origin).
+
+    The steps are public (`prepare`, `cross_validate_model`, `choose`, `final_forecast`,
+    `assemble`) so that pipeline.forecast.shards can run the per-series ones on shards of series
+    and get exactly this function's result.
+    """
+    t_start = time.perf_counter()
+    p = prepare(history, horizon, season_length, freq, tau, models, holdout, n_windows=n_windows, future=future,
+                levels=levels, hierarchy=hierarchy, n_jobs=n_jobs, model_params=model_params, clean=clean,
+                combine=combine, refit_global=refit_global, switch_margin=switch_margin, ensemble_size=ensemble_size)
+    info = p.info
+
+    # 2. rolling-origin cross-validation
+    cv_frames: dict[str, pd.DataFrame] = {}
+    cv_models: dict[str, Any] = {}
+    if p.run_cv:
+        for name in p.scored_names:
+            run = cross_validate_model(p, name)
+            if run.cv is None:
+                if name in p.names:
+                    info["dropped"][name] = run.error
+                continue
+            if run.trained is not None:
+                cv_models[name] = run.trained
+            cv_frames[name] = run.cv
+            info["timings_s"][f"cv:{name}"] = run.seconds
+
+    # 3. choice
+    sel = choose(p, cv_frames, info)
+
+    # 4. final fits: every model some series needs
+    point: dict[str, pd.DataFrame] = {}
+    for name, need_ids in sel.needed().items():
+        t0 = time.perf_counter()
+        point[name], error = final_forecast(p, name, need_ids, cv_models.get(name))
+        if error:
+            info["dropped"][name] = error
+        info["timings_s"][f"fit:{name}"] = round(time.perf_counter() - t0, 3)
+
+    result = assemble(p, sel, point, cv_frames, info)
+    info["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    return result
 
 
 @functools.lru_cache(maxsize=None)
@@ -615,8 +782,9 @@ def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind:
     return history, hist, future, hierarchy, params, horizon, season, freq
 
 
-def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
-    """Forecast every series for the run ending at `interval.end`; writes forecast + manifest."""
+def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict[str, Any]:
+    """The forecast stage's inputs for the run ending at `interval.end`: feature series, τ, the
+    engine's arguments (shared by `run_forecast` and the sharded forecast)."""
     pair_volume = read_features(settings, "pair_volume_hourly", interval).to_pandas()
     region_demand = read_features(settings, "region_demand_hourly", interval).to_pandas()
     history = series_from_features(pair_volume, region_demand)
@@ -624,8 +792,17 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
         raise ValueError(f"no feature rows for run {interval.token}: ingest history before forecasting")
     tau = planning_tau(settings)
     history, hist, future, hierarchy, params, horizon, season, freq = pipeline_inputs(settings, interval.end, history, kind, models)
-    result = select_and_forecast(hist, horizon, season, freq, tau, models, future=future, hierarchy=hierarchy, model_params=params)
+    return {"history": history, "hist": hist, "future": future, "hierarchy": hierarchy, "params": params,
+            "horizon": horizon, "season": season, "freq": freq, "tau": tau}
 
+
+def history_summary(history: pd.DataFrame) -> dict[str, Any]:
+    return {"start": str(history["ds"].min()), "end": str(history["ds"].max()), "series": int(history["unique_id"].nunique())}
+
+
+def write_forecast(interval: DataInterval, settings: Settings, kind: str, models: Sequence[str], result: ForecastResult,
+                   history: dict[str, Any], horizon: int, season: int, tau: float) -> dict:
+    """Publish `result` as lake/forecasts/run=<run_id>/{forecast.parquet, manifest.json} (data first, manifest last)."""
     run_id = forecast_run_id(kind, interval)
     out_dir = lake.forecast_dir(settings.lake_root, run_id)
     table = pa.Table.from_pandas(result.forecasts[FORECAST.names], schema=FORECAST, preserve_index=False)
@@ -635,7 +812,7 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
         "run_id": run_id,
         "kind": kind,
         "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
-        "history": {"start": str(history["ds"].min()), "end": str(history["ds"].max()), "series": int(history["unique_id"].nunique())},
+        "history": history,
         "horizon": horizon,
         "season_length": season,
         "tau": tau,
@@ -647,6 +824,14 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
     return {"run_id": run_id, "path": storage.join(out_dir, "forecast.parquet"), "series": len(result.selection)}
 
 
+def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
+    """Forecast every series for the run ending at `interval.end`; writes forecast + manifest."""
+    x = load_inputs(interval, settings, kind, models)
+    result = select_and_forecast(x["hist"], x["horizon"], x["season"], x["freq"], x["tau"], models, future=x["future"],
+                                 hierarchy=x["hierarchy"], model_params=x["params"])
+    return write_forecast(interval, settings, kind, models, result, history_summary(x["history"]), x["horizon"], x["season"], x["tau"])
+
+
 def read_forecast(settings: Settings, run_id: str) -> pd.DataFrame:
     path = storage.join(lake.forecast_dir(settings.lake_root, run_id), "forecast.parquet")
     if not storage.exists(path):
@@ -655,4 +840,7 @@ def read_forecast(settings: Settings, run_id: str) -> pd.DataFrame:
     return pq.read_table(p, filesystem=fs).to_pandas()
 
 
-__all__ = ["ForecastResult", "run_forecast", "read_forecast", "select_and_forecast", "series_from_features", "resolve_models"]
+__all__ = ["ForecastResult", "run_forecast", "read_forecast", "select_and_forecast", "series_from_features", "resolve_models",
+           # the steps of select_and_forecast and run_forecast, for the sharded forecast (pipeline.forecast.shards)
+           "Prepared", "ModelRun", "Selection", "prepare", "cross_validate_model", "choose", "final_forecast", "assemble",
+           "load_inputs", "history_summary", "write_forecast"]

@@ -1,0 +1,295 @@
+"""The forecast stage fanned out over shards of series: plan → (fit global models ‖ forecast shards) → reduce.
+
+`run_forecast` does everything in one process. With thousands of series the per-series work
+(cross-validating and fitting the local models) dominates, so the hourly DAG maps it over shards
+of series, while the work that is not per-series runs once:
+
+- `plan_shards` reads the features, prepares the engine's inputs once over all series
+  (`engine.prepare`: regular grids, calendar uplifts, outlier cleaning and the run-wide
+  parameters) and splits the sorted series ids into contiguous shards. The shard count follows
+  the number of series: ceil(series / series_per_shard), at most `max_shards` and `max_map_length`.
+- `fit_global` cross-validates and fits the *global* models (the GBM learns from every series at
+  once) exactly once, on all series, as `select_and_forecast` does. Sharding it would train a
+  different model per shard and change the forecast; fitting it once keeps the output identical
+  and its cost bounded (it samples at most `max_rows` training rows however many series there are).
+- `forecast_shard` cross-validates every local model on its series and forecasts them with every
+  requested local model (the choice is not known yet; local models are cheap next to the GBM).
+- `reduce_shards` checks that every part is there, then does what is cross-series — per-series
+  choice against the run-wide best model, the ensemble, conformal calibration on the pooled
+  errors, hierarchy reconciliation — with the engine's own `choose` and `assemble`, and publishes
+  forecast.parquet + manifest.json exactly as `run_forecast` does.
+
+The result equals `run_forecast`'s for the same inputs (tests/test_fanout.py). Intermediates live
+in the lake under `forecasts/run=<run_id>/_work/` (shared by every worker; pickles written and read
+by the same code for the same run); each part is written atomically under a fixed name, so a
+retried shard overwrites its own part and nothing else, and parts carry the plan's token so a part
+left by an earlier plan of the run is rejected. After publishing, the reduce step deletes the
+intermediates and keeps `_work/plan.json` (the split, and what was published: a retried reduce
+returns it). Differences from the single-process run are on failure paths only: a local model
+whose final fit fails falls back to seasonal naive for the series of its shard rather than of the
+whole run, and the GBM's final fit runs even when no series ends up choosing it.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import pickle
+import uuid
+from dataclasses import dataclass, field, replace
+from typing import Any, Sequence
+
+import pandas as pd
+
+from pipeline import lake, storage
+from pipeline.config import Settings
+from pipeline.forecast import engine
+from pipeline.forecast.engine import DEFAULT_MODELS, MODELS_GLOBAL, ModelRun, Prepared
+from pipeline.intervals import DataInterval
+
+SERIES_PER_SHARD = 25  # a shard task costs ~3 s of start-up; local models ~0.05 s a series (auto models)
+MAX_SHARDS = 16
+MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default
+GLOBAL_PART = "global"
+
+
+class MissingShards(RuntimeError):
+    """The reduce step found parts missing or from another plan: the run's shards did not all finish."""
+
+
+@dataclass
+class Part:
+    """What one shard (or the global fit) produced: per model, its cross-validation and final forecast."""
+
+    token: str
+    name: str
+    series: list[str]
+    cv: dict[str, ModelRun] = field(default_factory=dict)
+    final: dict[str, pd.DataFrame] = field(default_factory=dict)
+    final_errors: dict[str, str] = field(default_factory=dict)
+
+
+def shard_count(n_series: int, series_per_shard: int | None = None, max_shards: int | None = None,
+                max_map_length: int = MAX_MAP_LENGTH) -> int:
+    """ceil(series / series_per_shard), at least 1, at most max_shards and Airflow's max_map_length."""
+    per = series_per_shard if series_per_shard is not None else int(os.environ.get("PEERSCALE_FORECAST_SERIES_PER_SHARD", "").strip() or SERIES_PER_SHARD)
+    cap = max_shards if max_shards is not None else int(os.environ.get("PEERSCALE_FORECAST_MAX_SHARDS", "").strip() or MAX_SHARDS)
+    if per < 1 or cap < 1:
+        raise ValueError(f"series per shard and max shards must be positive, got {per} and {cap}")
+    return max(1, min(math.ceil(n_series / per), cap, max_map_length))
+
+
+def split(ids: Sequence[str], n: int) -> list[list[str]]:
+    """Contiguous, near-equal chunks of the sorted ids (concatenated they are the sorted ids again)."""
+    ordered = sorted(ids)
+    size, extra = divmod(len(ordered), n)
+    out, start = [], 0
+    for i in range(n):
+        stop = start + size + (1 if i < extra else 0)
+        out.append(ordered[start:stop])
+        start = stop
+    return out
+
+
+# ---- lake layout ---------------------------------------------------------------------------------
+
+def work_dir(settings: Settings, run_id: str) -> str:
+    return storage.join(lake.forecast_dir(settings.lake_root, run_id), "_work")
+
+
+def _data(settings: Settings, run_id: str, name: str) -> str:
+    """The bulky intermediates (prepared inputs, parts): deleted once the forecast is published."""
+    return storage.join(work_dir(settings, run_id), "data", name)
+
+
+def _part_path(settings: Settings, run_id: str, name: str) -> str:
+    return _data(settings, run_id, f"part-{name}.pkl")
+
+
+def _shard_name(index: int, total: int) -> str:
+    return f"{index:05d}-of-{total:05d}"
+
+
+def _dump(uri: str, obj: Any) -> None:
+    storage.write_bytes_atomic(uri, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _load(uri: str) -> Any:
+    # Written by this code version for this run, in the run's own lake directory.
+    return pickle.loads(storage.read_bytes(uri))
+
+
+def _read_plan(settings: Settings, run_id: str) -> dict:
+    path = storage.join(work_dir(settings, run_id), "plan.json")
+    if not storage.exists(path):
+        raise MissingShards(f"no shard plan at {path}: run plan_shards for {run_id} first")
+    return lake.read_json(path)
+
+
+# ---- the steps -------------------------------------------------------------------------------------
+
+def plan_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS, *,
+                series_per_shard: int | None = None, max_shards: int | None = None,
+                max_map_length: int = MAX_MAP_LENGTH) -> list[dict]:
+    """Prepare the run's inputs once and split its series; returns one small descriptor per shard (for `expand`)."""
+    x = engine.load_inputs(interval, settings, kind, models)
+    p = engine.prepare(x["hist"], x["horizon"], x["season"], x["freq"], x["tau"], models, future=x["future"],
+                       hierarchy=x["hierarchy"], model_params=x["params"])
+    run_id = engine.forecast_run_id(kind, interval)
+    shards = split(p.ids, shard_count(len(p.ids), series_per_shard, max_shards, max_map_length))
+    token = uuid.uuid4().hex  # identifies this plan: parts of an earlier plan of the same run are rejected
+    work = work_dir(settings, run_id)
+    storage.delete_dir(work)  # a re-planned run starts from nothing
+    _dump(_data(settings, run_id, "prepared.pkl"), p)
+    for i, ids in enumerate(shards):
+        _dump(_data(settings, run_id, f"input-{_shard_name(i, len(shards))}.pkl"), p.subset(ids))
+    plan = {"run_id": run_id, "kind": kind, "token": token, "models": list(models),
+            "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
+            "history": engine.history_summary(x["history"]), "horizon": x["horizon"], "season_length": x["season"],
+            "tau": x["tau"], "shards": shards}
+    lake.write_json_atomic(storage.join(work, "plan.json"), plan)  # last: the plan exists only when its inputs do
+    return [{"run_id": run_id, "shard": i, "shards": len(shards), "series": len(ids)} for i, ids in enumerate(shards)]
+
+
+def _global_names(p: Prepared) -> list[str]:
+    return [n for n in p.scored_names if MODELS_GLOBAL.get(n, False)]
+
+
+def _local_names(p: Prepared) -> list[str]:
+    return [n for n in p.scored_names if not MODELS_GLOBAL.get(n, False)]
+
+
+def _run_models(p: Prepared, names: list[str], token: str, part_name: str) -> Part:
+    part = Part(token=token, name=part_name, series=list(p.ids))
+    trained: dict[str, Any] = {}
+    if p.run_cv:
+        for name in names:
+            run = engine.cross_validate_model(p, name)
+            trained[name] = run.trained
+            part.cv[name] = replace(run, trained=None)  # the model object stays in this process
+    if p.long_ids:
+        for name in names:
+            if name not in p.names:  # seasonal naive only as the yardstick: never chosen
+                continue
+            part.final[name], error = engine.final_forecast(p, name, p.long_ids, trained.get(name))
+            if error:
+                part.final_errors[name] = error
+    return part
+
+
+def fit_global(run_id: str, settings: Settings) -> dict:
+    """Cross-validate and fit every global model once on all series (as the single-process run does)."""
+    plan = _read_plan(settings, run_id)
+    p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
+    part = _run_models(p, _global_names(p), plan["token"], GLOBAL_PART)
+    path = _part_path(settings, run_id, GLOBAL_PART)
+    _dump(path, part)
+    return {"run_id": run_id, "part": path, "models": _global_names(p)}
+
+
+def forecast_shard(run_id: str, shard: int, settings: Settings) -> dict:
+    """Cross-validate and forecast the local models on one shard's series; writes the shard's part atomically."""
+    plan = _read_plan(settings, run_id)
+    total = len(plan["shards"])
+    if not 0 <= shard < total:
+        raise ValueError(f"shard {shard} out of range: the plan of {run_id} has {total} shards")
+    name = _shard_name(shard, total)
+    p: Prepared = _load(_data(settings, run_id, f"input-{name}.pkl"))
+    part = _run_models(p, _local_names(p), plan["token"], name)
+    path = _part_path(settings, run_id, name)
+    _dump(path, part)
+    return {"run_id": run_id, "shard": shard, "part": path, "series": len(p.ids)}
+
+
+def _read_parts(settings: Settings, run_id: str, plan: dict) -> list[Part]:
+    names = [GLOBAL_PART, *(_shard_name(i, len(plan["shards"])) for i in range(len(plan["shards"])))]
+    parts, missing = [], []
+    for name in names:
+        path = _part_path(settings, run_id, name)
+        if not storage.exists(path):
+            missing.append(name)
+            continue
+        part: Part = _load(path)
+        if part.token != plan["token"]:
+            missing.append(f"{name} (from another plan)")
+            continue
+        parts.append(part)
+    if missing:
+        raise MissingShards(f"forecast run {run_id}: parts missing: {', '.join(missing)}; rerun those tasks, then reduce")
+    expected = [sid for ids in plan["shards"] for sid in ids]
+    covered = [sid for part in parts[1:] for sid in part.series]
+    if covered != expected:
+        raise MissingShards(f"forecast run {run_id}: the shard parts cover {len(covered)} series, the plan {len(expected)}")
+    return parts
+
+
+def _merge_cv(name: str, runs: list[ModelRun]) -> tuple[pd.DataFrame | None, str | None]:
+    """One model's cross-validation over all parts: dropped if any part failed, or if no part had series for it."""
+    failed = [r for r in runs if r.cv is None and not r.no_series]
+    if failed:
+        return None, failed[0].error
+    frames = [r.cv for r in runs if r.cv is not None]
+    if not frames:
+        return None, runs[0].error if runs else f"{name}: no series long enough to cross-validate"
+    cv = pd.concat(frames, ignore_index=True)
+    return cv.sort_values(["unique_id", "window", "ds"], kind="stable").reset_index(drop=True), None
+
+
+def reduce_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
+    """Check every part is present, choose, calibrate and reconcile over all series, publish like `run_forecast`."""
+    run_id = engine.forecast_run_id(kind, interval)
+    plan = _read_plan(settings, run_id)
+    if list(plan["models"]) != list(models):
+        raise ValueError(f"forecast run {run_id} was planned for models {plan['models']}, not {list(models)}")
+    if "published" in plan:  # a retry after this step had already published: nothing left to do
+        return plan["published"]
+    p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
+    parts = _read_parts(settings, run_id, plan)
+    info = p.info
+    info["timings_s"] = {}
+
+    # 2. cross-validation, merged in the engine's model order
+    cv_frames: dict[str, pd.DataFrame] = {}
+    if p.run_cv:
+        for name in p.scored_names:
+            cv, error = _merge_cv(name, [part.cv[name] for part in parts if name in part.cv])
+            if cv is None:
+                if name in p.names:
+                    info["dropped"][name] = error
+                continue
+            cv_frames[name] = cv
+
+    # 3. choice (run-wide) and 4. the final forecasts each series needs
+    sel = engine.choose(p, cv_frames, info)
+    point: dict[str, pd.DataFrame] = {}
+    for name, need_ids in sel.needed().items():
+        need = set(need_ids)
+        holders = [part for part in parts if name in part.final and need & set(part.final[name]["unique_id"])]
+        pred = pd.concat([part.final[name] for part in holders], ignore_index=True) if holders else pd.DataFrame(columns=["unique_id"])
+        point[name] = pred[pred["unique_id"].isin(need)].reset_index(drop=True)
+        if set(point[name]["unique_id"]) != need:
+            raise MissingShards(f"forecast run {run_id}: no {name} forecast for {len(need - set(point[name]['unique_id']))} series that chose it")
+        errors = [part.final_errors[name] for part in holders if name in part.final_errors]
+        if errors:
+            info["dropped"][name] = errors[0]
+    result = engine.assemble(p, sel, point, cv_frames, info)
+    out = {**engine.write_forecast(interval, settings, kind, models, result, plan["history"], plan["horizon"],
+                                   plan["season_length"], plan["tau"]), "shards": len(plan["shards"])}
+    # Keep the (small) plan as the record of how the run was split; drop the bulky intermediates.
+    lake.write_json_atomic(storage.join(work_dir(settings, run_id), "plan.json"), {**plan, "published": out})
+    storage.delete_dir(_data(settings, run_id, ""))
+    return out
+
+
+def run_sharded(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS,
+                **plan_options: Any) -> dict:
+    """All steps in this process, shard after shard (what the DAG runs as separate tasks)."""
+    shards = plan_shards(interval, settings, kind, models, **plan_options)
+    run_id = engine.forecast_run_id(kind, interval)
+    fit_global(run_id, settings)
+    for shard in shards:
+        forecast_shard(run_id, shard["shard"], settings)
+    return reduce_shards(interval, settings, kind, models)
+
+
+__all__ = ["MissingShards", "fit_global", "forecast_shard", "plan_shards", "reduce_shards", "run_sharded", "shard_count", "split"]
