@@ -1,7 +1,10 @@
 """Features: DuckDB runs `sql/*.sql` over the lake to build hourly series for forecasting.
 
 `pair_volume_hourly` counts requests per ordered region pair and hour; `region_demand_hourly`
-is the peak of resources held concurrently per region and hour (what capacity must cover).
+is the peak of resources held concurrently per region and hour (what capacity must cover);
+`region_carried_hourly` the part of it carried in from earlier hours, and `committed_profile`
+what sessions running at the interval end will still hold over the horizon (known, not forecast:
+see pipeline.forecast.committed).
 Only data strictly before the run's interval end is read: a run never sees its future.
 """
 
@@ -16,6 +19,7 @@ import pyarrow.parquet as pq
 
 from pipeline import lake, storage
 from pipeline.config import REPO_ROOT, Settings
+from pipeline.forecast.committed import carried_levels, committed_profile
 from pipeline.intervals import DataInterval
 from pipeline.schemas import PEERING_REQUESTS
 
@@ -55,9 +59,11 @@ def compute_features(requests: pa.Table, regions: list[str], window: FeatureWind
         for name in FEATURE_SETS:
             table = con.sql(sql_text(name), params=params).to_arrow_table()
             out[name] = _utc(table)
-        return out
     finally:
         con.close()
+    carried = carried_levels(requests, regions, hours)
+    out["region_carried_hourly"] = _utc(pa.Table.from_pandas(carried, preserve_index=False))
+    return out
 
 
 def _utc(table: pa.Table) -> pa.Table:
@@ -80,7 +86,10 @@ def build_features(interval: DataInterval, settings: Settings) -> dict[str, str]
         requests = PEERING_REQUESTS.empty_table()
     pools = lake.read_reference(settings.lake_root, "resource_pools", interval.end)
     regions = sorted(set(pools.column("region").to_pylist()))
-    tables = compute_features(requests.select(PEERING_REQUESTS.names), regions, window)
+    requests = requests.select(PEERING_REQUESTS.names)
+    tables = compute_features(requests, regions, window)
+    profile = committed_profile(requests, regions, window.end, settings.horizon_hours)
+    tables["committed_profile"] = _utc(pa.Table.from_pandas(profile, preserve_index=False))
     paths = {}
     for name, table in tables.items():
         path = lake.features_path(settings.lake_root, name, _run_token(interval, settings))

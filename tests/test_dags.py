@@ -305,8 +305,8 @@ def test_hourly_dag_runs_end_to_end_with_airflow_dags_test(seeded_copy: Path, tm
     assert manifest["status"] == "published" and len(plan) > 0
     assert Path(manifest["artifacts"]["report"]).exists()
     assert (Path(manifest["artifacts"]["terraform"]) / "main.tf").exists()
-    # The forecast ran fanned out: three mapped shards (60 series, 25 a shard) and the reduce step.
-    assert all(f"task_id=forecast_shard map_index={i}" in log for i in range(3)), "mapped shard tasks ran"
+    # The forecast ran fanned out: four mapped shards (60 + 24 fresh series, 25 a shard) and the reduce step.
+    assert all(f"task_id=forecast_shard map_index={i}" in log for i in range(4)), "mapped shard tasks ran"
     forecast_work = Path(settings.lake_root) / "forecasts" / "run=hourly-20260129T0000Z" / "_work" / "plan.json"
-    assert len(json.loads(forecast_work.read_text())["shards"]) == 3
+    assert len(json.loads(forecast_work.read_text())["shards"]) == 4
     shutil.rmtree(airflow_home, ignore_errors=True)

@@ -80,7 +80,8 @@ def test_sharded_forecast_equals_the_single_process_forecast(featured_root: Path
     sharded = _lake_copy(featured_root, tmp_path / "sharded")
     out = shards.run_sharded(INTERVAL, sharded, series_per_shard=25)
 
-    assert out["shards"] == 3 and out["series"] == 60 and out["run_id"] == RUN_ID
+    # 60 feature series + 24 fresh parts of the region series (6 regions × 4 resources)
+    assert out["shards"] == 4 and out["series"] == 84 and out["run_id"] == RUN_ID
     (table_a, manifest_a), (table_b, manifest_b) = _published(single), _published(sharded)
     assert table_b.schema == table_a.schema
     assert table_b.equals(table_a), "sharded forecast rows differ from the single-process forecast"
@@ -89,7 +90,7 @@ def test_sharded_forecast_equals_the_single_process_forecast(featured_root: Path
     # The plan of the split is kept as the run's record; the bulky intermediates are gone.
     work = Path(shards.work_dir(sharded, RUN_ID))
     recorded = json.loads((work / "plan.json").read_text())
-    assert [len(s) for s in recorded["shards"]] == [20, 20, 20] and recorded["published"] == out
+    assert [len(s) for s in recorded["shards"]] == [21, 21, 21, 21] and recorded["published"] == out
     assert sorted(p.name for p in work.iterdir()) == ["plan.json"]
 
 
@@ -98,7 +99,7 @@ def test_a_failed_shard_retries_alone_and_the_run_is_complete(featured_root: Pat
     single = _lake_copy(featured_root, tmp_path / "single")
     engine.run_forecast(INTERVAL, single, models=CHEAP)
     settings = _lake_copy(featured_root, tmp_path / "sharded")
-    planned = shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=20)
+    planned = shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=30)  # 84 series
     assert [s["shard"] for s in planned] == [0, 1, 2] and {s["shards"] for s in planned} == {3}
 
     # Shard 1 dies once in the middle of its work (worker lost); the others are unaffected.
@@ -129,7 +130,7 @@ def test_a_failed_shard_retries_alone_and_the_run_is_complete(featured_root: Pat
 
     others = {name: (data / f"part-{name}.pkl").read_bytes() for name in ("00000-of-00003", "00002-of-00003", "global")}
     retried = shards.forecast_shard(RUN_ID, 1, settings)  # the retry: this shard only
-    assert retried["series"] == 20 and failures == ["seasonal_naive"]
+    assert retried["series"] == 28 and failures == ["seasonal_naive"]
     assert {name: (data / f"part-{name}.pkl").read_bytes() for name in others} == others
 
     out = shards.reduce_shards(INTERVAL, settings, models=CHEAP)
@@ -141,12 +142,12 @@ def test_a_failed_shard_retries_alone_and_the_run_is_complete(featured_root: Pat
 
 def test_parts_of_an_earlier_plan_are_rejected(featured_root: Path, tmp_path: Path) -> None:
     settings = _lake_copy(featured_root, tmp_path)
-    shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=30)
+    shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=42)  # 84 series: 2 shards
     shards.forecast_shard(RUN_ID, 0, settings)
     data = Path(shards.work_dir(settings, RUN_ID)) / "data"
     stale = (data / "part-00000-of-00002.pkl").read_bytes()
 
-    shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=30)  # the run is planned again
+    shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=42)  # the run is planned again
     assert not (data / "part-00000-of-00002.pkl").exists(), "re-planning starts from nothing"
     shards.fit_global(RUN_ID, settings)
     shards.forecast_shard(RUN_ID, 1, settings)
@@ -154,6 +155,6 @@ def test_parts_of_an_earlier_plan_are_rejected(featured_root: Path, tmp_path: Pa
     with pytest.raises(shards.MissingShards, match="from another plan"):
         shards.reduce_shards(INTERVAL, settings, models=CHEAP)
     shards.forecast_shard(RUN_ID, 0, settings)
-    assert shards.reduce_shards(INTERVAL, settings, models=CHEAP)["series"] == 60
+    assert shards.reduce_shards(INTERVAL, settings, models=CHEAP)["series"] == 84
     with pytest.raises(ValueError, match="out of range"):
         shards.forecast_shard(RUN_ID, 2, settings)

@@ -37,6 +37,7 @@ from pipeline import lake, storage
 from pipeline.config import Settings
 from pipeline.features import read_features
 from pipeline.forecast import prep
+from pipeline.forecast.committed import apply_committed, fresh_history
 from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
 from pipeline.forecast.quantiles import quantile_column
 from pipeline.intervals import DataInterval
@@ -790,6 +791,9 @@ def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly"
     history = series_from_features(pair_volume, region_demand)
     if history.empty:
         raise ValueError(f"no feature rows for run {interval.token}: ingest history before forecasting")
+    if kind == "hourly":  # forecast what arrivals add; write_forecast adds the committed level back
+        carried = read_features(settings, "region_carried_hourly", interval).to_pandas()
+        history = pd.concat([history, fresh_history(region_demand, carried)], ignore_index=True)
     tau = planning_tau(settings)
     history, hist, future, hierarchy, params, horizon, season, freq = pipeline_inputs(settings, interval.end, history, kind, models)
     return {"history": history, "hist": hist, "future": future, "hierarchy": hierarchy, "params": params,
@@ -805,7 +809,11 @@ def write_forecast(interval: DataInterval, settings: Settings, kind: str, models
     """Publish `result` as lake/forecasts/run=<run_id>/{forecast.parquet, manifest.json} (data first, manifest last)."""
     run_id = forecast_run_id(kind, interval)
     out_dir = lake.forecast_dir(settings.lake_root, run_id)
-    table = pa.Table.from_pandas(result.forecasts[FORECAST.names], schema=FORECAST, preserve_index=False)
+    forecasts = result.forecasts
+    if kind == "hourly":
+        committed = read_features(settings, "committed_profile", interval).to_pandas()
+        forecasts = apply_committed(forecasts, committed, interval.end)
+    table = pa.Table.from_pandas(forecasts[FORECAST.names], schema=FORECAST, preserve_index=False)
     lake.write_parquet_atomic(table, storage.join(out_dir, "forecast.parquet"))
     info = {k: v for k, v in result.info.items() if k != "timings_s"}  # timings differ run to run
     manifest = {
