@@ -21,13 +21,19 @@ CP-SAT needs integers, so quantities are scaled to hundredths and prices to micr
 penalties exceed any instance price per hundredth, so whatever can be covered is covered, own
 demand before failover headroom. In budget mode the demand slack is split by priority class and
 priced at weight_c × c_under_k, so the budget goes to the most valuable demand first (a knapsack).
+
+The packing stage adds footprint hosting (`HostingClass`): z_ct sessions of class c on type t,
+Σ_t z_ct = n_c and Σ_c footprint_ct·z_ct ≤ Σ_options x_t — solved by `solve_hosting` with the
+LP relaxation (GLOP) choosing the types each class may use before CP-SAT.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
+import numpy as np
+from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
 from pipeline.schemas import RESOURCE_TYPES
@@ -38,6 +44,7 @@ PRICE_SCALE = 1_000_000  # micro-dollars per hour
 SHORTFALL_PENALTY = 1_000.0  # USD per unit-hour left uncovered (raised when instances are dearer)
 COMPUTE_POOL_RESOURCES = ("vcpu", "memory_gib")
 RELOCATION_STEPS = 20  # flexible demand moves in 5 % steps
+FOOTPRINT_SCALE = 1000  # footprints (share of one instance) in thousandths
 OfferKey = tuple[str, str]
 
 
@@ -69,6 +76,19 @@ class SessionGroup:
     usable: dict[str, dict[str, float]] = field(default_factory=dict)  # type -> resource -> capacity these sessions can use
 
 
+@dataclass(frozen=True)
+class HostingClass:
+    """Sessions of one shape for the packing stage's model: on instance type t each takes `footprint[t]`
+    of an instance (its largest share of any resource), so n of them need n·footprint[t] instances of t.
+
+    Unlike the Hall groups this is a restriction, not a relaxation: it keeps sessions that bind on
+    different resources from sharing an instance, so a plan that meets it almost always packs."""
+
+    sessions: int
+    vcpu: float  # one session's vCPU (prices a session left without a host)
+    footprint: dict[str, float]  # instance type -> share of one instance; only the types it is allowed on
+
+
 @dataclass
 class RegionProblem:
     """What one region needs in one window, and what it can buy."""
@@ -86,7 +106,9 @@ class RegionProblem:
     session_groups: list[SessionGroup] = field(default_factory=list)
     demand_by_class: dict[str, dict[str, float]] | None = None  # priority -> resource -> amount (budget mode)
     flexible: dict[str, float] = field(default_factory=dict)  # relocatable part of the demand
-    hint: dict[OfferKey, int] | None = None  # a known plan to start from (when there is no previous plan)
+    hint: dict[OfferKey, int] | None = None  # a known plan to start from (default: the previous plan)
+    hosting: list[HostingClass] = field(default_factory=list)  # footprint hosting (packing stage only)
+    hosting_hint: list[dict[str, int]] | None = None  # a start for it: per class, instance type -> sessions
 
 
 @dataclass
@@ -97,7 +119,7 @@ class WindowOptions:
     churn_penalty: float = 0.25
     priority_weights: dict[str, float] = field(default_factory=lambda: {"critical": 1000.0, "high": 100.0, "normal": 10.0, "low": 1.0})
     unit_value: dict[str, float] = field(default_factory=dict)  # c_under per resource (budget mode)
-    deterministic_time: float = 5.0  # CP-SAT's reproducible work limit (≈ seconds on a fast core)
+    deterministic_time: float = 5.0  # CP-SAT's reproducible work limit per region of the model (≈ seconds on a fast core)
     relative_gap: float = 0.0  # stop once (objective − bound) / objective is at most this
 
 
@@ -111,6 +133,7 @@ class RegionResult:
     uncovered_by_class: dict[str, dict[str, float]] = field(default_factory=dict)  # budget mode
     pool_shortfall: dict[str, float] = field(default_factory=dict)  # storage/bandwidth above the pool
     relocated: dict[str, float] = field(default_factory=dict)  # net demand moved in (negative: out)
+    hosted: list[dict[str, int]] = field(default_factory=list)  # per hosting class: instance type -> sessions
 
 
 @dataclass
@@ -148,6 +171,14 @@ def demand_penalty(max_price: float, churn_penalty: float = 0.0) -> float:
     return max(SHORTFALL_PENALTY / QTY_SCALE, 8.0 * max_price * (1.0 + churn_penalty))
 
 
+def _sum(variables: list, coeffs: list[int] | None = None) -> cp_model.LinearExprT:
+    """Σ coeffs·variables, zero terms dropped, built in one call (far cheaper than Python's `sum`)."""
+    if coeffs is None:
+        return cp_model.LinearExpr.sum(variables) if variables else 0
+    pairs = [(v, int(c)) for v, c in zip(variables, coeffs) if c]
+    return cp_model.LinearExpr.weighted_sum([v for v, _ in pairs], [c for _, c in pairs]) if pairs else 0
+
+
 class _RegionModel:
     """The variables and expressions of one region inside a window model."""
 
@@ -167,9 +198,13 @@ class _RegionModel:
                     self.pool_short[r] = round(wanted - own, 6)
                 wanted, headroom = own, extra
             self.need[r], self.fail[r] = _scaled(wanted), _scaled(headroom)
-        self.cap = {o.key: {r: int(round(o.capacity.get(r, 0.0) * QTY_SCALE)) for r in RESOURCE_TYPES} for o in p.offers}
-        self.eff = {o.key: {r: _floor_scaled(o.capacity.get(r, 0.0) * min(max(o.counted, 0.0), 1.0)) for r in RESOURCE_TYPES}
-                    for o in p.offers}
+        keys = [o.key for o in p.offers]
+        raw = np.array([[o.capacity.get(r, 0.0) for r in RESOURCE_TYPES] for o in p.offers], float).reshape(len(keys), len(RESOURCE_TYPES))
+        counted = np.clip(np.array([o.counted for o in p.offers], float), 0.0, 1.0).reshape(-1, 1)
+        cap_m = np.rint(raw * QTY_SCALE).astype(np.int64)
+        eff_m = np.floor(np.maximum(raw * counted, 0.0) * QTY_SCALE + 1e-6).astype(np.int64)
+        self.cap = {k: dict(zip(RESOURCE_TYPES, row)) for k, row in zip(keys, cap_m.tolist())}
+        self.eff = {k: dict(zip(RESOURCE_TYPES, row)) for k, row in zip(keys, eff_m.tolist())}
         groups = [(g, {r: _scaled(g.required.get(r, 0.0)) for r in RESOURCE_TYPES}) for g in p.session_groups]
         target = {r: self.need[r] + self.fail[r] + incoming_max.get(r, 0) for r in RESOURCE_TYPES}
         share = int(round(p.max_spot_share * 1000))
@@ -177,47 +212,53 @@ class _RegionModel:
 
         # Bounds: more of an offer than covers everything it contributes to is never needed, except
         # on-demand vCPU that makes room for spot under the share rule, and what the previous plan had.
+        types = [k[0] for k in keys]
+        spot = [k[1] == "spot" for k in keys]
+        with np.errstate(divide="ignore", invalid="ignore"):
+            need_m = np.array([target[r] for r in RESOURCE_TYPES], float)
+            tops = np.where(eff_m > 0, np.ceil(need_m / np.where(eff_m > 0, eff_m, 1)), 0).max(axis=1, initial=0)
+        top = tops.astype(np.int64).tolist()
+        for g, _ in groups:
+            top = [max(b, g.sessions) if t in g.hosts else b for b, t in zip(top, types)]
+        for h in p.hosting:
+            top = [max(b, math.ceil(h.sessions * h.footprint.get(t, 0.0) - 1e-9)) for b, t in zip(top, types)]
+        vcpu = cap_m[:, 0].tolist()
+        spot_vcpu_max = sum(v * b for v, b, sp in zip(vcpu, top, spot) if sp)
+        pool_cap = [(j, _floor_scaled(p.pool[r])) for j, r in enumerate(RESOURCE_TYPES) if r in COMPUTE_POOL_RESOURCES and r in p.pool]
         bound: dict[OfferKey, int] = {}
-        for o in p.offers:
-            tops = [math.ceil(target[r] / self.eff[o.key][r]) for r in RESOURCE_TYPES if self.eff[o.key][r] > 0]
-            for g, req in groups:
-                if o.instance_type in g.hosts:
-                    tops.append(g.sessions)
-            bound[o.key] = max(tops, default=0)
-        spot_vcpu_max = sum(self.cap[o.key]["vcpu"] * bound[o.key] for o in p.offers if o.purchase_option == "spot")
-        for o in p.offers:
-            vcpu = self.cap[o.key]["vcpu"]
-            if o.purchase_option != "spot" and share > 0 and vcpu > 0:
-                bound[o.key] = max(bound[o.key], math.ceil(spot_vcpu_max * 1000 / (share * vcpu)))
-            for r in COMPUTE_POOL_RESOURCES:
-                if r in p.pool and self.cap[o.key][r] > 0:
-                    bound[o.key] = min(bound[o.key], _floor_scaled(p.pool[r]) // self.cap[o.key][r])
-            if o.instance_type in p.instance_quota:
-                bound[o.key] = min(bound[o.key], max(int(p.instance_quota[o.instance_type]), 0))
-            bound[o.key] = max(bound[o.key], 0)
-            if previous.get(o.key, 0) > bound[o.key]:
-                bound[o.key] = previous[o.key]  # keeping a previous line is always allowed ...
-                for r in COMPUTE_POOL_RESOURCES:  # ... within the pool
-                    if r in p.pool and self.cap[o.key][r] > 0:
-                        bound[o.key] = min(bound[o.key], _floor_scaled(p.pool[r]) // self.cap[o.key][r])
+        for i, k in enumerate(keys):
+            b = top[i]
+            if not spot[i] and share > 0 and vcpu[i] > 0:
+                b = max(b, math.ceil(spot_vcpu_max * 1000 / (share * vcpu[i])))
+            within_pool = min((limit // int(cap_m[i, j]) for j, limit in pool_cap if cap_m[i, j] > 0), default=None)
+            if within_pool is not None:
+                b = min(b, within_pool)
+            if k[0] in p.instance_quota:
+                b = min(b, max(int(p.instance_quota[k[0]]), 0))
+            b = max(b, 0)
+            if previous.get(k, 0) > b:  # keeping a previous line is always allowed, within the pool
+                b = previous[k] if within_pool is None else min(previous[k], within_pool)
+            bound[k] = b
         self.x = {o.key: model.new_int_var(0, bound[o.key], f"x_{tag}_{o.instance_type}_{o.purchase_option}") for o in p.offers}
+        xs = [self.x[k] for k in keys]
 
-        self.raw = {r: sum(self.cap[k][r] * v for k, v in self.x.items()) for r in RESOURCE_TYPES}
-        self.effective = {r: sum(self.eff[k][r] * v for k, v in self.x.items()) for r in RESOURCE_TYPES}
-        spot_vcpu = sum(self.cap[k]["vcpu"] * v for k, v in self.x.items() if k[1] == "spot")
-        od_vcpu = sum(self.cap[k]["vcpu"] * v for k, v in self.x.items() if k[1] != "spot")
+        self.raw = {r: _sum(xs, cap_m[:, j].tolist()) for j, r in enumerate(RESOURCE_TYPES)}
+        self.effective = {r: _sum(xs, eff_m[:, j].tolist()) for j, r in enumerate(RESOURCE_TYPES)}
+        spot_vcpu = _sum(xs, [v if s else 0 for v, s in zip(vcpu, spot)])
+        od_vcpu = _sum(xs, [0 if s else v for v, s in zip(vcpu, spot)])
         for r in COMPUTE_POOL_RESOURCES:
             if r in p.pool:
                 model.add(self.raw[r] <= _floor_scaled(p.pool[r]))
-        model.add(1000 * spot_vcpu <= share * self.raw["vcpu"])
+        if any(spot):  # spot vCPU within the share: 1000·spot ≤ share·(spot + on-demand)
+            model.add(_sum(xs, [(1000 - share) * v if s else -share * v for v, s in zip(vcpu, spot)]) <= 0)
         if p.on_demand_vcpu_quota is not None:
             model.add(od_vcpu <= _floor_scaled(p.on_demand_vcpu_quota))
         if p.spot_vcpu_quota is not None:
             model.add(spot_vcpu <= _floor_scaled(p.spot_vcpu_quota))
         for itype, limit in sorted(p.instance_quota.items()):
-            keys = [k for k in self.x if k[0] == itype]
-            if keys:
-                model.add(sum(self.x[k] for k in keys) <= max(int(limit), 0))
+            same = [self.x[k] for k in keys if k[0] == itype]
+            if same:
+                model.add(_sum(same) <= max(int(limit), 0))
 
         # Slack: own demand (split by priority class in budget mode), failover headroom, hosting.
         self.short_fail = {r: model.new_int_var(0, self.fail[r], f"sf_{tag}_{r}") for r in RESOURCE_TYPES}
@@ -232,7 +273,7 @@ class _RegionModel:
                     if cls == "low":
                         portion += incoming_max.get(r, 0)
                     self.short_class[cls][r] = model.new_int_var(0, portion, f"sd_{tag}_{cls}_{r}")
-            self.short_dem = {r: sum(self.short_class[c][r] for c in self.short_class) for r in RESOURCE_TYPES}
+            self.short_dem = {r: _sum([self.short_class[c][r] for c in self.short_class]) for r in RESOURCE_TYPES}
         else:
             self.short_dem = {r: model.new_int_var(0, self.need[r] + incoming_max.get(r, 0), f"sd_{tag}_{r}") for r in RESOURCE_TYPES}
         self.steps = steps
@@ -242,25 +283,47 @@ class _RegionModel:
         by_key = {o.key: o for o in p.offers}
         for i, (g, req) in enumerate(groups):
             slack = {}
+            hosts = [k for k in keys if k[0] in g.hosts]
             for r in RESOURCE_TYPES:
                 if req[r] <= 0:
                     continue
                 slack[r] = model.new_int_var(0, req[r], f"sh_{tag}_{i}_{r}")
                 # raw capacity (a session on a spot instance uses all of it), limited to what sessions of
                 # this shape can use of each type: a valid necessary condition for hosting them
-                use = {k: min(self.cap[k][r], _floor_scaled(g.usable[k[0]][r])) if k[0] in g.usable and r in g.usable[k[0]]
-                       else self.cap[k][r] for k in self.x if k[0] in g.hosts}
-                model.add(sum(use[k] * self.x[k] for k in use) + slack[r] >= req[r])
+                use = [min(self.cap[k][r], _floor_scaled(g.usable[k[0]][r])) if k[0] in g.usable and r in g.usable[k[0]]
+                       else self.cap[k][r] for k in hosts]
+                model.add(_sum([self.x[k] for k in hosts] + [slack[r]], use + [1]) >= req[r])
             if g.sessions > 0 and g.smallest:
                 # Each host instance takes at most m_o of the group's sessions (by its smallest session).
-                per = {}
-                for k in self.x:
-                    if k[0] in g.hosts:
-                        fits = [int(by_key[k].capacity.get(r, 0.0) // v) for r, v in g.smallest.items() if v > 1e-9]
-                        per[k] = min(min(fits, default=g.sessions), g.sessions)
+                per = []
+                for k in hosts:
+                    fits = [int(by_key[k].capacity.get(r, 0.0) // v) for r, v in g.smallest.items() if v > 1e-9]
+                    per.append(min(min(fits, default=g.sessions), g.sessions))
                 slack["sessions"] = model.new_int_var(0, g.sessions, f"shn_{tag}_{i}")
-                model.add(sum(m * self.x[k] for k, m in per.items() if m > 0) + slack["sessions"] >= g.sessions)
+                model.add(_sum([self.x[k] for k in hosts] + [slack["sessions"]], per + [1]) >= g.sessions)
             self.groups.append((g, slack))
+
+        # Footprint hosting (packing stage): z sessions of a class on a type take z·footprint instances of it.
+        self.hosting: list[tuple[HostingClass, dict[str, cp_model.IntVar], cp_model.IntVar]] = []
+        load: dict[str, tuple[list, list[int]]] = {}
+        for i, h in enumerate(p.hosting):
+            z = {t: model.new_int_var(0, h.sessions, f"z_{tag}_{i}_{t}") for t in sorted(h.footprint)
+                 if 0 < h.footprint[t] <= 1.0 and any(k[0] == t for k in keys)}
+            left = model.new_int_var(0, h.sessions, f"zu_{tag}_{i}")
+            model.add(_sum(list(z.values()) + [left]) >= h.sessions)
+            if p.hosting_hint is not None and i < len(p.hosting_hint):
+                start = {t: min(n, h.sessions) for t, n in p.hosting_hint[i].items() if t in z}
+                for t, v in z.items():
+                    model.add_hint(v, start.get(t, 0))
+                model.add_hint(left, max(h.sessions - sum(start.values()), 0))
+            for t, v in z.items():
+                terms, units = load.setdefault(t, ([], []))
+                terms.append(v)
+                units.append(int(math.ceil(h.footprint[t] * FOOTPRINT_SCALE - 1e-6)))
+            self.hosting.append((h, z, left))
+        for t, (terms, units) in sorted(load.items()):
+            same = [self.x[k] for k in keys if k[0] == t]
+            model.add(_sum(terms + same, units + [-FOOTPRINT_SCALE] * len(same)) <= 0)
 
         # Churn against the previous plan.
         self.change: dict[OfferKey, cp_model.IntVar] = {}
@@ -272,25 +335,44 @@ class _RegionModel:
                     model.add(d >= v - before)
                     model.add(d >= before - v)
                     self.change[k] = d
-                model.add_hint(v, min(before, bound[k]))
-        elif p.hint is not None:
+        start = p.hint if p.hint is not None else (previous if p.previous is not None else None)
+        if start is not None:  # CP-SAT starts its search from this plan
             for k, v in self.x.items():
-                model.add_hint(v, min(p.hint.get(k, 0), bound[k]))
+                model.add_hint(v, min(start.get(k, 0), bound[k]))
 
     def add_cover(self, model: cp_model.CpModel) -> None:
         s = self.steps
         for r in RESOURCE_TYPES:
-            inflow = sum(self.moves_in[r]) if self.moves_in[r] else 0
-            outflow = sum(self.moves_out[r]) if self.moves_out[r] else 0
+            inflow = _sum(self.moves_in[r])
+            outflow = _sum(self.moves_out[r])
             model.add(s * (self.effective[r] + self.short_dem[r] + self.short_fail[r]) >= s * (self.need[r] + self.fail[r]) + inflow - outflow)
             if self.moves_in[r] and r not in COMPUTE_POOL_RESOURCES and r in self.p.pool:
                 model.add(inflow - outflow <= s * max(_floor_scaled(self.p.pool[r]) - self.need[r] - self.fail[r], 0))
 
 
-def solve_window(problems: list[RegionProblem], options: WindowOptions | None = None) -> WindowSolution:
-    """Solve one window's model over `problems` (one region, or several coupled by budget/relocation)."""
-    options = options or WindowOptions()
-    model = cp_model.CpModel()
+def _new_model() -> cp_model.CpModel:
+    """An empty CpModel without the deprecated camelCase aliases its constructor attaches one by one
+    (≈1 ms a model, as much as building a small model; the planner builds thousands)."""
+    model = cp_model.CpModel.__new__(cp_model.CpModel)
+    try:
+        cp_model.cmh.CpBaseModel.__init__(model, None)
+    except AttributeError:  # another OR-Tools layout: the ordinary constructor
+        model = cp_model.CpModel()
+    return model
+
+
+@dataclass
+class _WindowModel:
+    model: cp_model.CpModel
+    regions: dict[str, _RegionModel]
+    move_vars: dict[tuple[str, str], cp_model.IntVar]
+    flex: dict[str, dict[str, int]]
+    steps: int
+
+
+def _window_model(problems: list[RegionProblem], options: WindowOptions) -> _WindowModel:
+    """One window's CP-SAT model over `problems` (see the module docstring)."""
+    model = _new_model()
     by_region = {p.region: p for p in problems}
     moves = [(a, b) for a, b in options.relocation if a in by_region and b in by_region and a != b]
     steps = RELOCATION_STEPS if moves else 1
@@ -309,58 +391,82 @@ def solve_window(problems: list[RegionProblem], options: WindowOptions | None = 
                 regions[a].moves_out[r].append(flex[a][r] * m)
                 regions[b].moves_in[r].append(flex[a][r] * m)
     for a in sorted({a for a, _ in move_vars}):
-        model.add(sum(v for (x, _), v in move_vars.items() if x == a) <= steps)
+        model.add(_sum([v for (x, _), v in move_vars.items() if x == a]) <= steps)
     for rm in regions.values():
         rm.add_cover(model)
 
     max_price = max((o.hourly_price for p in problems for o in p.offers), default=0.0)
     p_dem = demand_penalty(max_price, options.churn_penalty)
     budget_mode = options.budget is not None
-    terms = []
+    variables: list = []
+    coeffs: list[int] = []
+
+    def term(coeff: int, var) -> None:
+        variables.append(var)
+        coeffs.append(coeff)
+
     for rm in regions.values():
         for o in rm.p.offers:
-            terms.append(int(round(o.hourly_price * PRICE_SCALE)) * rm.x[o.key])
+            term(int(round(o.hourly_price * PRICE_SCALE)), rm.x[o.key])
             if o.key in rm.change:
-                terms.append(int(round(options.churn_penalty * o.hourly_price * PRICE_SCALE)) * rm.change[o.key])
+                term(int(round(options.churn_penalty * o.hourly_price * PRICE_SCALE)), rm.change[o.key])
             elif rm.p.previous is not None:
-                terms.append(int(round(options.churn_penalty * o.hourly_price * PRICE_SCALE)) * rm.x[o.key])
+                term(int(round(options.churn_penalty * o.hourly_price * PRICE_SCALE)), rm.x[o.key])
         for r in RESOURCE_TYPES:
             if budget_mode:
                 value = options.unit_value.get(r, 1.0) / QTY_SCALE * PRICE_SCALE
                 weights = options.priority_weights
                 if rm.short_class:
                     for cls, vars_ in rm.short_class.items():
-                        terms.append(max(int(round(weights.get(cls, 1.0) * value)), 1) * vars_[r])
+                        term(max(int(round(weights.get(cls, 1.0) * value)), 1), vars_[r])
                 else:
-                    terms.append(max(int(round(weights.get("normal", 10.0) * value)), 1) * rm.short_dem[r])
-                terms.append(max(int(round(weights.get("high", 100.0) * value)), 1) * rm.short_fail[r])
+                    term(max(int(round(weights.get("normal", 10.0) * value)), 1), rm.short_dem[r])
+                term(max(int(round(weights.get("high", 100.0) * value)), 1), rm.short_fail[r])
                 host_w = max(int(round(weights.get("low", 1.0) * value / 2)), 1)
             else:
-                terms.append(int(round(p_dem * PRICE_SCALE)) * rm.short_dem[r])
-                terms.append(int(round(p_dem / 2 * PRICE_SCALE)) * rm.short_fail[r])
+                term(int(round(p_dem * PRICE_SCALE)), rm.short_dem[r])
+                term(int(round(p_dem / 2 * PRICE_SCALE)), rm.short_fail[r])
                 host_w = int(round(p_dem / 4 * PRICE_SCALE))
             for g, slack in rm.groups:
                 if r in slack:
-                    terms.append(host_w * slack[r])
+                    term(host_w, slack[r])
                 if r == "vcpu" and "sessions" in slack:  # a session left without a host costs like its vCPU uncovered
-                    terms.append(host_w * max(_scaled(g.smallest.get("vcpu", 0.0)), 1) * slack["sessions"])
+                    term(host_w * max(_scaled(g.smallest.get("vcpu", 0.0)), 1), slack["sessions"])
+            if r == "vcpu":
+                for h, _, left in rm.hosting:
+                    term(host_w * max(_scaled(h.vcpu), 1), left)
 
     for (a, b), m in move_vars.items():
         for r in RESOURCE_TYPES:
             unit = options.relocation_cost.get(r, 0.0) / QTY_SCALE * PRICE_SCALE
             if flex[a][r] and unit > 0:
-                terms.append(max(int(round(unit * flex[a][r] / steps)), 1) * m)
+                term(max(int(round(unit * flex[a][r] / steps)), 1), m)
     if budget_mode:
-        model.add(sum(int(round(o.hourly_price * PRICE_SCALE)) * rm.x[o.key] for rm in regions.values() for o in rm.p.offers)
+        model.add(_sum([rm.x[o.key] for rm in regions.values() for o in rm.p.offers],
+                       [int(round(o.hourly_price * PRICE_SCALE)) for rm in regions.values() for o in rm.p.offers])
                   <= int(math.floor(options.budget * PRICE_SCALE)))
-    model.minimize(sum(terms))
+    model.minimize(_sum(variables, coeffs))
+    return _WindowModel(model, regions, move_vars, flex, steps)
 
+
+def solve_window(problems: list[RegionProblem], options: WindowOptions | None = None) -> WindowSolution:
+    """Solve one window's model over `problems` (one region, or several coupled by budget/relocation)."""
+    options = options or WindowOptions()
+    built = _window_model(problems, options)
+    model, regions, move_vars, flex, steps = built.model, built.regions, built.move_vars, built.flex, built.steps
+    by_region = {p.region: p for p in problems}
     solver = cp_model.CpSolver()
     solver.parameters.num_workers = 1  # deterministic: the same input gives the same plan
     solver.parameters.random_seed = 0
-    solver.parameters.max_deterministic_time = options.deterministic_time
     solver.parameters.relative_gap_limit = options.relative_gap
-    status = solver.solve(model)
+    solver.parameters.cp_model_presolve = len(problems) > 1  # a one-region model is small: presolve costs more than it saves
+    limit = options.deterministic_time * len(problems)  # the work limit is per region of the model
+    while True:
+        solver.parameters.max_deterministic_time = limit
+        status = solver.solve(model)
+        if status in (cp_model.OPTIMAL, cp_model.FEASIBLE, cp_model.INFEASIBLE, cp_model.MODEL_INVALID) or limit >= 60.0:
+            break
+        limit *= 10  # no solution yet (a tiny limit on a large model): give it more work
     name = solver.status_name(status)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise RuntimeError(
@@ -393,6 +499,7 @@ def solve_window(problems: list[RegionProblem], options: WindowOptions | None = 
             hosting_shortfall=hosting,
             uncovered_by_class={c: v for c, v in by_class.items() if v},
             pool_shortfall=dict(rm.pool_short),
+            hosted=[{t: int(solver.value(v)) for t, v in z.items() if solver.value(v) > 0} for _, z, _ in rm.hosting],
         )
     relocations = []
     for (a, b), m in sorted(move_vars.items()):
@@ -414,6 +521,60 @@ def solve_window(problems: list[RegionProblem], options: WindowOptions | None = 
     )
 
 
+def _lp_values(model: cp_model.CpModel) -> list[float] | None:
+    """The LP relaxation of a CP-SAT model (GLOP): a value per variable, None if GLOP finds no optimum."""
+    proto = model.proto
+    lp = pywraplp.Solver.CreateSolver("GLOP")
+    if lp is None:
+        return None
+    big = 2**62
+    xs = []
+    for v in proto.variables:
+        d = v.domain
+        xs.append(lp.NumVar(float(d[0]), float(d[len(d) - 1]), ""))
+    for c in proto.constraints:
+        if not c.has_linear() or len(c.enforcement_literal):
+            continue  # the planner's models are linear; anything else is left out (a relaxation still)
+        d = c.linear.domain
+        lo, hi = d[0], d[len(d) - 1]
+        row = lp.Constraint(-math.inf if lo <= -big else float(lo), math.inf if hi >= big else float(hi))
+        for v, k in zip(c.linear.vars, c.linear.coeffs):
+            row.SetCoefficient(xs[v], float(k))
+    objective = lp.Objective()
+    for v, k in zip(proto.objective.vars, proto.objective.coeffs):
+        objective.SetCoefficient(xs[v], float(k))
+    objective.SetMinimization()
+    if lp.Solve() != pywraplp.Solver.OPTIMAL:
+        return None
+    return [x.solution_value() for x in xs]
+
+
+def solve_hosting(problem: RegionProblem, options: WindowOptions) -> RegionResult:
+    """The allocation model with footprint hosting (`problem.hosting`) — the packing stage's re-plan.
+
+    With every class free to use any type that holds it, the hosting variables make CP-SAT slow, so
+    this takes two steps: the LP relaxation (GLOP) shows which types each class would use; CP-SAT then
+    solves the model with each class limited to those types (or its cheapest one), starting from the
+    LP's answer rounded up. `RegionResult.hosted` lists the sessions per class and type."""
+    built = _window_model([problem], options)
+    values = _lp_values(built.model)
+    if values is None:
+        return solve_window([problem], options).regions[problem.region]
+    rm = built.regions[problem.region]
+    narrowed, start = [], []
+    for h, z, _ in rm.hosting:
+        share = {t: values[v.index] for t, v in z.items()}
+        keep = [t for t in h.footprint if share.get(t, 0.0) > 1e-6] or list(h.footprint)[:1]
+        narrowed.append(replace(h, footprint={t: h.footprint[t] for t in keep}))
+        whole = {t: int(math.floor(share.get(t, 0.0) + 1e-6)) for t in keep}
+        for t in sorted(keep, key=lambda t: (whole[t] - share.get(t, 0.0), t))[: max(h.sessions - sum(whole.values()), 0)]:
+            whole[t] += 1  # the largest fractional parts round up, so the class is hosted in full
+        start.append(whole)
+    hint = {k: int(math.ceil(values[v.index] - 1e-6)) for k, v in rm.x.items()}
+    narrowed_problem = replace(problem, hosting=narrowed, hosting_hint=start, hint=hint)
+    return solve_window([narrowed_problem], options).regions[problem.region]
+
+
 def allocate(
     demand: dict[str, float],
     offers: list[Offer],
@@ -429,5 +590,5 @@ def allocate(
                       lower_bound=solution.lower_bound, status=solution.status, shortfall=result.shortfall)
 
 
-__all__ = ["Allocation", "Offer", "RegionProblem", "RegionResult", "SessionGroup", "WindowOptions", "WindowSolution",
-           "allocate", "solve_window"]
+__all__ = ["Allocation", "HostingClass", "Offer", "RegionProblem", "RegionResult", "SessionGroup", "WindowOptions", "WindowSolution",
+           "allocate", "solve_hosting", "solve_window"]

@@ -4,26 +4,32 @@
 
 1. failover headroom per region (N+1: the largest share of critical demand of the regions that
    name it as partner);
-2. the sessions each region's τ-quantile demand stands for, and the Hall-type hosting groups;
-3. one CP-SAT model per region and window (or per window over all regions when flexible demand
-   may be relocated), covering demand + headroom at least cost within pools, quotas, the spot
-   share and the churn penalty against the previous plan;
+2. the sessions each region's τ-quantile demand stands for, and the `hall_groups` most restrictive
+   Hall-type hosting groups (drawn region by region, in parallel);
+3. allocation: one CP-SAT model per region and window (or per window over all regions when
+   flexible demand may be relocated), covering demand + headroom at least cost within pools,
+   quotas, the spot share and the churn penalty against the previous plan. A region's windows are
+   solved in order, each hinted with the window before's plan, under a deterministic work limit
+   and a relative-gap stop, so plans are reproducible and the same with any number of processes;
 4. windows whose plan costs more than the budget cap are re-solved jointly under the cap,
    priority by priority (knapsack);
-5. the packing check places the sessions on the chosen instances (dot-product heuristics, then
-   CP-SAT hinted with their packing) and reports fragmentation; a plan that cannot host them is
-   changed to the cheapest of: the best single swap/add, a greedy repair trimmed back, and
-   first-fit decreasing trimmed back — each checked against coverage, pools, quotas and spot share.
+5. the packing check places the sessions on the chosen instances (dot-product heuristics) and
+   reports fragmentation. A plan that cannot host them is re-planned with footprint hosting (the
+   allocation model plus "each session takes its binding share of an instance of the type it is
+   put on", `allocate.solve_hosting`), which almost always packs; first-fit decreasing caps the
+   cost of a fixed cell, and the single best swap/add stands in where there is no re-plan. Every
+   change keeps coverage, pools, quotas and the spot share.
 
-The objective and bound reported are the allocation models' (CP-SAT's proven bound is also a
-bound for packable plans); what the packing check adds is counted in the objective, so the
-plan's gap includes it.
+The objective and bound reported are the allocation models' (CP-SAT's proven bound of a
+relaxation: also a bound for packable plans); what the packing check changes is counted in the
+objective, so the plan's gap includes it. Footprint hosting is a restriction, so it is never
+used for the bound.
 """
-
 from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import time
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -41,15 +47,19 @@ from pipeline.plan.allocate import (
     SessionGroup,
     WindowOptions,
     WindowSolution,
+    solve_hosting,
     solve_window,
 )
 from pipeline.plan.packing import (
     DIMS,
     PACK_DIMS,
     Rules,
-    _packs,
     capacity_matrix,
+    dot_product_pack,
+    expand_bins,
     ffd_plan,
+    hosted_assignment,
+    hosting_classes,
     pack,
     packing_result,
     repair,
@@ -57,7 +67,6 @@ from pipeline.plan.packing import (
     sessions_for_demand,
     shard,
     swap_repair,
-    trim,
 )
 from pipeline.plan.policy import PlannerConfig
 from pipeline.schemas import PRIORITIES, RESOURCE_TYPES
@@ -151,7 +160,7 @@ class PlanResult:
     shortfalls: list[dict]
     left_to_on_demand: list[dict]
     allocation: dict[str, float] = field(default_factory=dict)  # objective, lower_bound, cost before the packing check
-    seconds: dict[str, float] = field(default_factory=dict)  # wall time per stage (never written to a manifest)
+    seconds: dict[str, float] = field(default_factory=dict)  # wall (and `<stage>_cpu`) seconds per stage; never in a manifest
 
     @property
     def allocation_gap(self) -> float:
@@ -215,8 +224,54 @@ def failover_needs(problem: PlanningProblem, config: PlannerConfig, partners: di
     return need, sources
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of the worker processes it has waited for (each pool is closed
+    when its stage ends): unlike wall time, comparable between a busy and an idle machine."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+def _draw_region(args: tuple) -> list[tuple[np.ndarray, list[SessionGroup]]]:
+    """Per window of one region: the sessions its demand stands for (explicit ones, or drawn from the
+    request mix), split into workers that fit some type, and the Hall groups the allocation enforces
+    (the `hall_groups` most restrictive: sessions only a strict subset of the types can host)."""
+    region, offers, windows, explicit, mix, config = args
+    _, caps = capacity_matrix(offers)
+    out = []
+    for k, (w, demand) in enumerate(windows):
+        if explicit is not None:
+            raw = explicit[k] if explicit[k] is not None else np.zeros((0, len(PACK_DIMS)))
+        elif mix is not None:
+            raw = sessions_for_demand(mix.samples, mix.weights, demand, config.max_sessions_per_window, region, w.isoformat())
+        else:
+            raw = np.zeros((0, len(PACK_DIMS)))
+        cell_sessions = shard(np.asarray(raw, float).reshape(-1, len(PACK_DIMS)), caps, config.max_session_vcpu)
+        groups = session_groups(cell_sessions, offers, max_groups=config.hall_groups + 1)  # the all-types group comes last
+        groups = [g for g in groups if len(g.hosts) < len(caps)][: config.hall_groups]
+        out.append((cell_sessions, groups))
+    return out
+
+
 def _task(args: tuple[list[RegionProblem], WindowOptions]) -> WindowSolution:
     return solve_window(*args)
+
+
+def _region_task(args: tuple[list[RegionProblem], WindowOptions]) -> list[WindowSolution]:
+    """One region's windows in order, one model each. Without a previous plan to start from, each model
+    is hinted with the window before's plan (demand moves little from hour to hour, so CP-SAT starts
+    near the optimum and its work limit goes to the bound); a model identical to one already solved
+    (same inputs but the hint) is not solved again."""
+    problems, options = args
+    solved: dict[bytes, WindowSolution] = {}
+    out: list[WindowSolution] = []
+    hint: dict[OfferKey, int] | None = None
+    for p in problems:
+        key = pickle.dumps((replace(p, hint=None), options), protocol=pickle.HIGHEST_PROTOCOL)
+        if key not in solved:
+            solved[key] = solve_window([replace(p, hint=hint) if p.previous is None and hint is not None else p], options)
+        out.append(solved[key])
+        hint = out[-1].regions[p.region].counts
+    return out
 
 
 def parallel_map(fn: Callable, items: list, workers: int) -> list:
@@ -239,13 +294,35 @@ class _PackTask:
     spot_vcpu_quota: float | None
     instance_quota: dict[str, int]
     deterministic_time: float
+    problem: RegionProblem | None = None  # the cell's allocation model, re-solved with footprint hosting
+    options: WindowOptions | None = None
+    hosting_candidates: int = 10
+
+
+def _hosting_plan(task: _PackTask, rules: Rules) -> tuple[dict[OfferKey, int], np.ndarray] | None:
+    """The cell's allocation model re-solved with every session hosted by footprint (`HostingClass`,
+    `solve_hosting`): (counts, assignment) when the plan keeps the rules and hosts them all."""
+    if task.problem is None or task.options is None:
+        return None
+    classes, members = hosting_classes(task.sessions, task.offers, task.hosting_candidates)
+    if not classes:
+        return None
+    got = solve_hosting(replace(task.problem, hosting=classes, session_groups=[], hint=None), task.options)
+    if not got.counts or not rules.allow(got.counts, {o.key: o for o in task.offers}):
+        return None
+    home = hosted_assignment(task.sessions, got.counts, task.offers, members, got.hosted)
+    if not (home >= 0).all():
+        home = dot_product_pack(task.sessions, expand_bins(got.counts, task.offers)[1])
+    return (got.counts, home) if (home >= 0).all() else None
 
 
 def _pack_cell(task: _PackTask) -> dict:
-    """The packing check of one cell: place the sessions (dot product, then CP-SAT); if some do not
-    fit, find the cheapest change to the plan that hosts them all (`repack`), and only then open
-    instances greedily (`repair`)."""
-    result = pack(task.sessions, task.counts, task.offers, task.deterministic_time)
+    """The packing check of one cell: place the sessions (dot-product heuristics). If some do not fit,
+    take the cheaper of the cell re-planned with footprint hosting (or, where that is not available —
+    joint budget or relocation models — or breaks a rule, the best single swap/add) and first-fit
+    decreasing. Every candidate hosts every session and keeps coverage, pools, quotas and the spot
+    share; only if none does, open instances greedily (`repair`) and name what is left."""
+    result = pack(task.sessions, task.counts, task.offers, 0.0)
     first = result.summary()
     counts = dict(task.counts)
     rounds, added, left = 0, {}, result.unplaced
@@ -255,31 +332,25 @@ def _pack_cell(task: _PackTask) -> dict:
         by_key = {o.key: o for o in task.offers}
         price = lambda c: sum(by_key[k].hourly_price * n for k, n in c.items())  # noqa: E731
         rounds = 1
-        # Candidates that host every session and keep the rules; the cheapest wins:
-        candidates: list[tuple[dict[OfferKey, int], np.ndarray | None]] = []
-        fixed = swap_repair(task.sessions, counts, task.offers, rules, result.unplaced)  # 1. the cheapest single move
-        if fixed is not None:
-            candidates.append((fixed, None))
-        else:  # 2. open instances for what is left over, then drop/downgrade what is no longer needed
-            added, _ = repair(result.unplaced, counts, task.offers, task.pool, task.on_demand_vcpu_quota, task.instance_quota)
-            greedy = dict(counts)
-            for k, n in added.items():
-                greedy[k] = greedy.get(k, 0) + n
-            if rules.allow(greedy, by_key) and _packs(task.sessions, greedy, task.offers):
-                candidates.append((trim(task.sessions, greedy, task.offers, rules), None))
-        # 3. first-fit decreasing over the sessions: packable by construction (its own assignment), trimmed
+        candidates: list[tuple[dict[OfferKey, int], np.ndarray | None, str]] = []
+        hosted = _hosting_plan(task, rules)  # 1. re-plan with footprint hosting
+        if hosted is not None:
+            candidates.append((*hosted, "hosting_model"))
+        else:  # 2. the cheapest single move: only without a re-plan (each try packs the sessions again)
+            fixed = swap_repair(task.sessions, counts, task.offers, rules, result.unplaced, max_checks=8)
+            if fixed is not None:
+                candidates.append((fixed, None, "dot_product"))
+        # 3. first-fit decreasing over the sessions: packable by construction (its own assignment), so a
+        # fixed cell never costs more than the baseline
         baseline, home = ffd_plan(task.sessions, task.offers, task.pool, task.need, {}, task.max_spot_share, with_assignment=True)
         if baseline and (home >= 0).all() and rules.allow(baseline, by_key):
-            candidates.append((baseline, home))
-            trimmed = trim(task.sessions, baseline, task.offers, rules)
-            if trimmed != baseline:
-                candidates.append((trimmed, None))
-        added = {}
+            candidates.append((baseline, home, "first_fit_decreasing"))
         if candidates:
-            counts, home = min(candidates, key=lambda c: (price(c[0]), c[1] is None, sorted(c[0].items())))
-            result = (packing_result(task.sessions, counts, task.offers, home, "first_fit_decreasing") if home is not None
-                      else pack(task.sessions, counts, task.offers, 0.0))  # heuristics found these fixes
+            counts, home, method = min(candidates, key=lambda c: (price(c[0]), c[2], sorted(c[0].items())))
+            result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
+                      else pack(task.sessions, counts, task.offers, 0.0))
         else:  # nothing hosts everything within the rules: keep what the greedy repair manages
+            result = pack(task.sessions, counts, task.offers, task.deterministic_time)
             added, _ = repair(result.unplaced, counts, task.offers, task.pool, task.on_demand_vcpu_quota, task.instance_quota)
             for k, n in added.items():
                 counts[k] = counts.get(k, 0) + n
@@ -295,7 +366,7 @@ def _pack_cell(task: _PackTask) -> dict:
 def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | None = None) -> PlanResult:
     """Plan every window and region of `problem` (see the module docstring)."""
     workers = workers if workers is not None else int(os.environ.get("PEERSCALE_PLAN_WORKERS", "1"))
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), _cpu_seconds()
     seconds: dict[str, float] = {}
     partners = config.partners_for(problem.regions)
     fail, fail_from = failover_needs(problem, config, partners)
@@ -305,26 +376,26 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
     sessions: dict[Cell, np.ndarray] = {}
     region_problems: dict[Cell, RegionProblem] = {}
 
+    demands = {(w, region): {r: max(problem.demand.get((w, region), {}).get(r, 0.0), 0.0) for r in RESOURCE_TYPES}
+               for w in problem.windows for region in problem.regions}
+    drawn: dict[Cell, tuple[np.ndarray, list[SessionGroup]]] = {}
+    if config.packing_check:  # the sessions each cell's demand stands for, drawn region by region in parallel
+        jobs = [(region, usable[region][0], [(w, demands[(w, region)]) for w in problem.windows],
+                 [problem.sessions.get((w, region)) for w in problem.windows] if problem.sessions is not None else None,
+                 problem.mix.get(region), config) for region in problem.regions if usable[region][0]]
+        for job, got in zip(jobs, parallel_map(_draw_region, jobs, workers)):
+            drawn.update({(w, job[0]): g for w, g in zip(problem.windows, got)})
     for w in problem.windows:
         for region in problem.regions:
             cell = (w, region)
-            demand = {r: max(problem.demand.get(cell, {}).get(r, 0.0), 0.0) for r in RESOURCE_TYPES}
+            demand = demands[cell]
             offers, unsafe = usable[region]
             if not offers:
                 for r, amount in demand.items():
                     if amount > 0:
                         shortfalls.append(_short(w, region, r, amount, "no_offers", "no instance types in the catalog for this region"))
                 continue
-            if problem.sessions is not None:
-                raw_sessions = problem.sessions.get(cell, np.zeros((0, len(PACK_DIMS))))
-            else:
-                mix = problem.mix.get(region)
-                raw_sessions = (sessions_for_demand(mix.samples, mix.weights, demand, config.max_sessions_per_window, region, w.isoformat())
-                                if mix is not None and config.packing_check else np.zeros((0, len(PACK_DIMS))))
-            _, caps = capacity_matrix(offers)
-            sessions[cell] = (shard(np.asarray(raw_sessions, float).reshape(-1, len(PACK_DIMS)), caps, config.max_session_vcpu) if config.packing_check
-                              else np.zeros((0, len(PACK_DIMS))))
-            groups = session_groups(sessions[cell], offers) if config.packing_check else []
+            sessions[cell], groups = drawn.get(cell, (np.zeros((0, len(PACK_DIMS))), []))
             quota = config.quotas.get(region)
             previous = problem.previous.get(cell) if problem.previous is not None else None
             mix = problem.mix.get(region) or default_mix(config.critical_share_default)
@@ -343,10 +414,10 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
                 offers=offers, unsafe_spot=unsafe, counts={}, result=RegionResult(counts={}, cost=0.0), previous=previous,
                 groups=groups,
             )
-    seconds["prepare"] = time.perf_counter() - clock
+    seconds["prepare"], seconds["prepare_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
 
     # Stage 1: allocation, one CP-SAT model per cell (per window when relocation couples regions).
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), _cpu_seconds()
     options = WindowOptions(
         churn_penalty=config.churn_penalty if problem.previous is not None else 0.0,
         priority_weights=dict(config.priority_weights),
@@ -357,17 +428,21 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
     )
     moves = relocation_pairs(problem.regions, config) if config.relocation_enabled else []
     tasks: list[tuple[list[Cell], list[RegionProblem], WindowOptions]] = []
-    for w in problem.windows:
-        in_window = [(w, r) for r in problem.regions if (w, r) in region_problems]
-        if moves:
+    if moves:  # relocation couples the regions of a window: one joint model per window
+        for w in problem.windows:
+            in_window = [(w, r) for r in problem.regions if (w, r) in region_problems]
             tasks.append((in_window, [region_problems[c] for c in in_window], replace(options, relocation=moves)))
-        else:
-            tasks.extend(([c], [region_problems[c]], options) for c in in_window)
-    solutions = parallel_map(_task, [(p, o) for _, p, o in tasks], workers)
-    seconds["allocation"] = time.perf_counter() - clock
+        solutions = parallel_map(_task, [(p, o) for _, p, o in tasks], workers)
+    else:  # one model per cell, a region's windows in order (hinted by the window before)
+        by_region = [[(w, r) for w in problem.windows if (w, r) in region_problems] for r in problem.regions]
+        by_region = [cl for cl in by_region if cl]
+        solved = parallel_map(_region_task, [([region_problems[c] for c in cl], options) for cl in by_region], workers)
+        tasks = [([c], [region_problems[c]], options) for cl in by_region for c in cl]
+        solutions = [s for region in solved for s in region]
+    seconds["allocation"], seconds["allocation_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
 
     # Stage 2: windows above the budget cap are re-planned jointly under it.
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), _cpu_seconds()
     windows: dict[pd.Timestamp, WindowInfo] = {}
     relocations: list[dict] = []
     per_window: dict[pd.Timestamp, list[tuple[list[Cell], WindowSolution]]] = {}
@@ -396,10 +471,10 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
                                 budget_binding=mode == "joint (budget)", unconstrained_cost=unconstrained)
     allocation = {"objective": sum(w.objective for w in windows.values()), "lower_bound": sum(w.lower_bound for w in windows.values()),
                   "cost": sum(w.cost for w in windows.values())}
-    seconds["budget"] = time.perf_counter() - clock
+    seconds["budget"], seconds["budget_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
 
     # Stage 3: packing check — can the chosen instances host the sessions? Fix what cannot be hosted.
-    clock = time.perf_counter()
+    clock, cpu = time.perf_counter(), _cpu_seconds()
     order = [c for c in sorted(cells) if len(sessions.get(c, ())) and cells[c].counts]
     pack_tasks = []
     for c in order:
@@ -414,7 +489,11 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
                                     on_demand_vcpu_quota=quota.on_demand_vcpu if quota else None,
                                     spot_vcpu_quota=quota.spot_vcpu if quota else None,
                                     instance_quota=dict(quota.instances) if quota else {},
-                                    deterministic_time=config.packing_deterministic_time))
+                                    deterministic_time=config.packing_deterministic_time,
+                                    # re-planning with footprint hosting: a cell's own model (not a joint one)
+                                    problem=None if moves or plan.budget_binding else region_problems[c],
+                                    options=replace(options, deterministic_time=config.hosting_deterministic_time),
+                                    hosting_candidates=config.hosting_candidates))
     for c, task, outcome in zip(order, pack_tasks, parallel_map(_pack_cell, pack_tasks, workers)):
         plan = cells[c]
         plan.sessions = int(len(sessions[c]))
@@ -439,7 +518,7 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
                 if size[j] > 1e-9 and r in COMPUTE_POOL_RESOURCES:
                     shortfalls.append(_short(c[0], c[1], r, float(size[j]), "packing",
                                              f"{len(still)} session(s) fit no instance the pool, quotas or budget allow"))
-    seconds["packing"] = time.perf_counter() - clock
+    seconds["packing"], seconds["packing_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
 
     for c, plan in sorted(cells.items()):
         res = plan.result

@@ -8,12 +8,14 @@ plan can cover the total and still fail to place them (a 64-GiB session needs an
   request sizes, duration-weighted, filling the demand vector), splitting a session larger than
   every instance type of the region into equal shards (a peering gateway scales out);
 - derives the Hall-type groups the allocation model enforces up front (`session_groups`);
-- packs sessions onto the chosen instances (`pack`): the bin-centric dot-product heuristic of
-  Panigrahy et al. (2011), then, if sessions are left, a CP-SAT assignment model hinted with the
-  heuristic's packing; it reports the share of capacity left unusable (fragmentation);
-- repairs a plan that cannot host its sessions (`repair`), and provides the first-fit-decreasing
-  baseline the benchmark compares against (`ffd_plan`) and a 1-D bin-packing solver
-  (`solve_bin_packing`) for the classic triplet instances.
+- packs sessions onto the chosen instances (`pack`): the dot-product heuristics of Panigrahy et
+  al. (2011), then, if sessions are left and it is asked to, a CP-SAT assignment model hinted with
+  the heuristics' packing; it reports the share of capacity left unusable (fragmentation);
+- groups sessions by footprint for the packing stage's re-plan (`hosting_classes`) and turns its
+  answer into a placement (`hosted_assignment`);
+- repairs a plan that cannot host its sessions (`swap_repair`, `repair`), and provides the
+  first-fit-decreasing baseline the benchmark compares against (`ffd_plan`) and a 1-D bin-packing
+  solver (`solve_bin_packing`) for the classic triplet instances.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from ortools.sat.python import cp_model
 
-from pipeline.plan.allocate import Offer, OfferKey, SessionGroup
+from pipeline.plan.allocate import HostingClass, Offer, OfferKey, SessionGroup
 from pipeline.schemas import RESOURCE_TYPES
 
 DIMS = RESOURCE_TYPES  # request samples and demand: all four resources
@@ -81,22 +83,27 @@ def sessions_for_demand(samples: np.ndarray, weights: np.ndarray, demand: dict[s
     p = np.asarray(weights, float)
     p = p / p.sum() if p.sum() > 0 else np.full(len(samples), 1.0 / len(samples))
     rng = np.random.default_rng(_seed(*seed_parts))
-    total = np.zeros(len(DIMS))
-    chosen: list[np.ndarray] = []
-    misses = 0
     draws = rng.choice(len(samples), size=max(64, 8 * max_sessions), p=p)
-    for i in draws:
-        s = samples[i]
-        if (total + s <= target + 1e-9).all():
-            chosen.append(s)
-            total += s
-            misses = 0
-            if len(chosen) >= max_sessions:
-                break
+    samples = np.asarray(samples, float)
+    limit = [t + 1e-9 for t in target.tolist()]
+    total = [0.0] * len(DIMS)
+    chosen: list[list[float]] = []
+    misses = 0
+    for start in range(0, len(draws), 256):  # plain floats, a chunk at a time: the loop runs per draw
+        for s in samples[draws[start:start + 256]].tolist():
+            if all(a + b <= c for a, b, c in zip(total, s, limit)):
+                chosen.append(s)
+                total = [a + b for a, b in zip(total, s)]
+                misses = 0
+                if len(chosen) >= max_sessions:
+                    break
+            else:
+                misses += 1
+                if misses >= 64:
+                    break
         else:
-            misses += 1
-            if misses >= 64:
-                break
+            continue
+        break
     return np.array(chosen, float).reshape(-1, len(DIMS))[:, PACK_INDEX]
 
 
@@ -126,29 +133,91 @@ def session_groups(sessions: np.ndarray, offers: list[Offer], max_groups: int = 
     if len(sessions) == 0 or not names:
         return []
     fits = (caps[None, :, :] >= sessions[:, None, :] - 1e-9).all(axis=2)  # session × type
-    host_sets: dict[frozenset[str], None] = {}
-    for row in fits:
-        hosts = frozenset(n for n, ok in zip(names, row) if ok)
-        if hosts:
-            host_sets[hosts] = None
-    host_sets[frozenset(names)] = None
+    hosted = fits.any(axis=1)
+    host_sets = {tuple(row): None for row in np.unique(fits[hosted], axis=0).tolist()}
+    host_sets[(True,) * len(names)] = None
+    candidates = []
+    for row in host_sets:
+        allowed = np.array(row, bool)
+        mask = hosted & ~(fits & ~allowed).any(axis=1)  # sessions whose every host is in the set
+        if mask.any():
+            hosts = frozenset(n for n, ok in zip(names, row) if ok)
+            candidates.append((len(hosts), -float(sessions[mask, 0].sum()), ",".join(sorted(hosts)), hosts, mask))
+    # Keep the most restrictive groups (fewest hosts, then most demand); the all-types group last.
+    candidates.sort(key=lambda c: c[:3])
+    if len(candidates) > max_groups:
+        candidates = candidates[: max_groups - 1] + candidates[-1:]
     groups = []
-    row_hosts = [frozenset(n for n, ok in zip(names, row) if ok) for row in fits]
-    for hosts in host_sets:
-        mask = np.array([bool(h) and h <= hosts for h in row_hosts])
-        if not mask.any():
-            continue
+    for _, _, label, hosts, mask in candidates:
         mine = sessions[mask]
         required, smallest = mine.sum(axis=0), mine.min(axis=0)
         usable = usable_capacity(caps, mine)
         groups.append(SessionGroup(hosts=hosts, required={d: float(required[j]) for j, d in enumerate(PACK_DIMS)},
-                                   sessions=int(mask.sum()), label=",".join(sorted(hosts)),
+                                   sessions=int(mask.sum()), label=label,
                                    smallest={d: float(smallest[j]) for j, d in enumerate(PACK_DIMS)},
                                    usable={n: {d: float(usable[t, j]) for j, d in enumerate(PACK_DIMS)}
                                            for t, n in enumerate(names) if n in hosts}))
-    # Keep the most restrictive groups (fewest hosts, then most demand); the all-types group last.
-    groups.sort(key=lambda g: (len(g.hosts), -g.required["vcpu"], g.label))
-    return groups if len(groups) <= max_groups else groups[: max_groups - 1] + groups[-1:]
+    return groups
+
+
+def hosting_classes(sessions: np.ndarray, offers: list[Offer], candidates: int = 6, grid: int = 64
+                    ) -> tuple[list[HostingClass], list[np.ndarray]]:
+    """Sessions grouped for the packing stage's model (`HostingClass`), and each class's row indices
+    into `sessions`.
+
+    A session's footprint on a type is its largest share of any resource of one instance, rounded up
+    to 1/`grid`; sessions with the same footprints on every type form a class (few classes: sizes
+    repeat, and bandwidth matters only where it binds). Each class may use the `candidates` types
+    where one of its sessions is cheapest (footprint × the type's cheaper purchase option), larger
+    types first on ties.
+    """
+    names, caps = capacity_matrix(offers)
+    if len(sessions) == 0 or not names:
+        return [], []
+    price: dict[str, float] = {}
+    for o in offers:
+        price[o.instance_type] = min(price.get(o.instance_type, math.inf), o.hourly_price)
+    cheapest = np.array([price[n] for n in names])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        share = np.where(caps[None, :, :] > 0, sessions[:, None, :] / np.where(caps > 0, caps, 1.0)[None, :, :],
+                         np.where(sessions[:, None, :] > 0, np.inf, 0.0)).max(axis=2)  # session × type
+    units = np.where(share <= 1.0 + 1e-9, np.ceil(np.minimum(share, 1.0) * grid - 1e-6), grid + 1).astype(int)
+    rows_of: dict[tuple[int, ...], list[int]] = {}
+    for i, key in enumerate(map(tuple, units.tolist())):
+        rows_of.setdefault(key, []).append(i)
+    classes, members = [], []
+    for key in sorted(rows_of, key=lambda k: (-sum(k), k)):
+        rows = np.array(rows_of[key])
+        foot = np.array(key, float) / grid
+        allowed = [t for t in np.lexsort((-caps[:, 0], foot * cheapest)) if foot[t] <= 1.0][:candidates]
+        if not allowed:
+            continue  # fits no type: the packing check names these sessions
+        classes.append(HostingClass(sessions=len(rows), vcpu=float(sessions[rows, 0].max()),
+                                    footprint={names[t]: float(foot[t]) for t in allowed}))
+        members.append(rows)
+    return classes, members
+
+
+def hosted_assignment(sessions: np.ndarray, counts: dict[OfferKey, int], offers: list[Offer], members: list[np.ndarray],
+                      hosted: list[dict[str, int]]) -> np.ndarray:
+    """Bin index per session (in `expand_bins` order, −1: unplaced) from the hosting model's answer
+    (sessions of each class per type): each type's sessions first-fit decreasing onto its own instances."""
+    keys, bins = expand_bins(counts, offers)
+    assignment = np.full(len(sessions), -1, int)
+    by_type: dict[str, list[int]] = {}
+    for rows, per_type in zip(members, hosted):
+        start = 0
+        for itype, n in sorted(per_type.items()):
+            by_type.setdefault(itype, []).extend(int(i) for i in rows[start:start + n])
+            start += n
+    for itype, rows in by_type.items():
+        own = np.array([b for b, k in enumerate(keys) if k[0] == itype], int)
+        if len(own) == 0:
+            continue
+        rows_a = np.array(rows, int)
+        got = _first_fit_decreasing(sessions[rows_a], bins[own])
+        assignment[rows_a[got >= 0]] = own[got[got >= 0]]
+    return assignment
 
 
 @dataclass
@@ -466,37 +535,6 @@ def swap_repair(sessions: np.ndarray, counts: dict[OfferKey, int], offers: list[
     return None
 
 
-def trim(sessions: np.ndarray, counts: dict[OfferKey, int], offers: list[Offer], rules: Rules, max_checks: int = 30
-         ) -> dict[OfferKey, int]:
-    """Drop or downgrade instances, dearest first, while every session is still hosted and the rules hold."""
-    by_key = {o.key: o for o in offers}
-    current = dict(counts)
-    improved = True
-    checks = 0
-    while improved and checks < max_checks:
-        improved = False
-        for a in sorted(current, key=lambda k: (-by_key[k].hourly_price, k)):
-            options = [({a: -1}, by_key[a].hourly_price)] + sorted(
-                (({a: -1, b.key: 1}, by_key[a].hourly_price - b.hourly_price) for b in offers
-                 if b.hourly_price < by_key[a].hourly_price and b.key != a), key=lambda m: (-m[1], sorted(m[0])))
-            for change, _ in options[:12]:
-                candidate = dict(current)
-                for k, d in change.items():
-                    candidate[k] = candidate.get(k, 0) + d
-                candidate = {k: n for k, n in candidate.items() if n > 0}
-                if not rules.allow(candidate, by_key):
-                    continue
-                checks += 1
-                if _packs(sessions, candidate, offers):
-                    current, improved = candidate, True
-                    break
-                if checks >= max_checks:
-                    break
-            if improved:
-                break
-    return current
-
-
 # ------------------------------------------------------------------------------------------------
 # Baseline: first-fit decreasing, as a simple provisioning tool would do it
 # ------------------------------------------------------------------------------------------------
@@ -746,5 +784,5 @@ def solve_bin_packing(sizes: list[int], capacity: int, time_limit_s: float = 2.0
     return BinPackingResult(len(ffd), lower, solver.status_name(status), len(ffd))
 
 
-__all__ = ["BinPackingResult", "PackingResult", "dot_product_pack", "ffd_plan", "packing_result", "first_fit_decreasing", "pack", "plan_cost",
-           "repair", "swap_repair", "trim", "Rules", "session_groups", "sessions_for_demand", "shard", "solve_bin_packing"]
+__all__ = ["BinPackingResult", "PackingResult", "dot_product_pack", "ffd_plan", "hosted_assignment", "hosting_classes", "packing_result", "first_fit_decreasing", "pack", "plan_cost",
+           "repair", "swap_repair", "Rules", "session_groups", "sessions_for_demand", "shard", "solve_bin_packing"]

@@ -132,8 +132,11 @@ class PlannerConfig:
     max_sessions_per_window: int = 400
     max_session_vcpu: float | None = 8.0  # a session runs as workers of at most this many vCPU (None: indivisible)
     packing_deterministic_time: float = 0.01  # CP-SAT work limit of one packing improvement
-    solver_deterministic_time: float = 5.0  # CP-SAT work limit per model: deterministic, so reproducible
-    solver_relative_gap: float = 0.001  # a model stops once proven within 0.1 % of optimal
+    hall_groups: int = 2  # Hall-type hosting groups in the allocation model (the most restrictive; each costs solver time)
+    hosting_candidates: int = 10  # instance types each session shape may use when a cell is re-planned for hosting
+    hosting_deterministic_time: float = 0.01  # CP-SAT work limit of that re-plan
+    solver_deterministic_time: float = 0.005  # CP-SAT work limit per region in a model: deterministic, so reproducible
+    solver_relative_gap: float = 0.0075  # a model stops once proven within 0.75 % of optimal
 
     def __post_init__(self) -> None:
         problems = []
@@ -165,8 +168,12 @@ class PlannerConfig:
                 problems.append(f"partners[{region!r}] names the region itself")
         if not 0.0 <= self.solver_relative_gap < 1.0:
             problems.append(f"solver_relative_gap must be in [0, 1), got {self.solver_relative_gap}")
-        if self.mix_lookback_days < 1 or self.max_sessions_per_window < 1 or self.solver_deterministic_time <= 0:
-            problems.append("mix_lookback_days, max_sessions_per_window and solver_deterministic_time must be positive")
+        if (self.mix_lookback_days < 1 or self.max_sessions_per_window < 1 or self.solver_deterministic_time <= 0
+                or self.hosting_deterministic_time <= 0 or self.hosting_candidates < 1):
+            problems.append("mix_lookback_days, max_sessions_per_window, solver_deterministic_time, hosting_deterministic_time "
+                            "and hosting_candidates must be positive")
+        if self.hall_groups < 0:
+            problems.append(f"hall_groups must be ≥ 0, got {self.hall_groups}")
         if problems:
             raise ValueError("invalid planner config: " + "; ".join(problems))
 
