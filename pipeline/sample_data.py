@@ -147,7 +147,10 @@ _PREFIX_DEFAULTS: dict[str, tuple[float, float, float]] = {
     "me": (4, 0.20, 1.20),
     "af": (2, 0.15, 1.30),
 }
-_FALLBACK_REGION = (0.0, 0.30, 1.15)
+# Names with an unknown first token (e.g. synthetic ``xx-region-07`` for scale benchmarks) draw a
+# profile from a stable hash of the name: a real-world UTC offset, a size in [0.15, 0.75] and a
+# price multiplier in [1.00, 1.40], so many such regions still differ in time zone, size and price.
+_FALLBACK_OFFSETS: tuple[float, ...] = (-8, -6, -5, -3, 0, 1, 2, 3, 4, 5.5, 8, 9, 10)
 
 # Local-hour business curve (mean ~1): quiet nights, ramp at 07-09, plateau 10-16, evening tail.
 _DAILY_PROFILE = np.array(
@@ -323,10 +326,17 @@ def _rng(seed: int, stream: str) -> np.random.Generator:
 
 
 def _region_profile(region: str) -> tuple[float, float, float]:
-    """(UTC offset h, relative size, price multiplier) for a region, with prefix fallbacks."""
+    """(UTC offset h, relative size, price multiplier) for a region: known, else by prefix, else by name hash."""
     if region in _KNOWN_REGIONS:
         return _KNOWN_REGIONS[region]
-    return _PREFIX_DEFAULTS.get(region.split("-", 1)[0], _FALLBACK_REGION)
+    prefix = region.split("-", 1)[0]
+    if prefix in _PREFIX_DEFAULTS:
+        return _PREFIX_DEFAULTS[prefix]
+    h = zlib.crc32(region.encode())
+    offset = _FALLBACK_OFFSETS[h % len(_FALLBACK_OFFSETS)]
+    size = 0.15 + 0.60 * ((h >> 8) % 1000) / 999
+    price = 1.00 + 0.40 * ((h >> 18) % 1000) / 999
+    return (float(offset), round(size, 3), round(price, 3))
 
 
 def _epoch_to_iso(seconds: np.ndarray) -> np.ndarray:
