@@ -31,8 +31,9 @@ def reconcile_wls(forecast: pd.DataFrame, hierarchy: dict[str, list[str]], varia
     forecast: columns series_id, ds, mean, q*/lo_*/hi_*. method: "wls" (variance weights,
     falling back to structural weights where a variance is unknown) or "bottom_up".
     """
-    hierarchy = {a: [c for c in kids if c in set(forecast["series_id"])] for a, kids in hierarchy.items()}
-    hierarchy = {a: kids for a, kids in hierarchy.items() if kids and a in set(forecast["series_id"])}
+    present = set(forecast["series_id"])  # once: thousands of children each look it up
+    hierarchy = {a: [c for c in kids if c in present] for a, kids in hierarchy.items()}
+    hierarchy = {a: kids for a, kids in hierarchy.items() if kids and a in present}
     if not hierarchy:
         return forecast
     bottoms = sorted({c for kids in hierarchy.values() for c in kids})
@@ -49,8 +50,8 @@ def reconcile_wls(forecast: pd.DataFrame, hierarchy: dict[str, list[str]], varia
         w = np.array([float(variance.get(s, np.nan)) if variance else np.nan for s in order])
         w = np.where(np.isfinite(w) & (w > 0), w, structural * np.nanmedian(np.where(w > 0, w / structural, np.nan)) if np.isfinite(w).any() else structural)
         w = np.where(np.isfinite(w) & (w > 0), w, structural)
-        Winv = np.diag(1.0 / w)
-        G = np.linalg.solve(S.T @ Winv @ S, S.T @ Winv)
+        StWinv = S.T * (1.0 / w)  # S.T @ diag(1/w) without the dense (series × series) diagonal
+        G = np.linalg.solve(StWinv @ S, StWinv)
         B = G @ Y
     B = np.maximum(B, 0.0)
     reconciled = S @ B
