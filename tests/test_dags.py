@@ -8,10 +8,8 @@ import os
 import shutil
 import subprocess
 import sys
-import threading
 import uuid
 from datetime import datetime, timedelta, timezone
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
@@ -19,6 +17,7 @@ import pytest
 from pipeline.config import REPO_ROOT
 from pipeline.plan import latest_plan_id, read_plan
 from tests.conftest import settings_for
+from tests.webhook import webhook_recorder
 
 DAGS = REPO_ROOT / "dags"
 AIRFLOW = Path(sys.executable).with_name("airflow")
@@ -178,23 +177,10 @@ def _deadline_context(run_type: str = "scheduled") -> dict:
 @pytest.fixture()
 def alert_sink(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A lake for the alerts and a webhook that records what it receives."""
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            return None
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    monkeypatch.setenv("PEERSCALE_LAKE", str(tmp_path / "lake"))
-    monkeypatch.setenv("PEERSCALE_ALERT_WEBHOOK", f"http://127.0.0.1:{server.server_port}/alerts")
-    yield tmp_path / "lake" / "alerts", received
-    server.shutdown()
+    with webhook_recorder() as (url, received):
+        monkeypatch.setenv("PEERSCALE_LAKE", str(tmp_path / "lake"))
+        monkeypatch.setenv("PEERSCALE_ALERT_WEBHOOK", url)
+        yield tmp_path / "lake" / "alerts", received
 
 
 def test_task_failure_callback_records_a_task_failed_alert(dagbag, alert_sink) -> None:

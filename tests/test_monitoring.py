@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import threading
-from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pyarrow as pa
@@ -16,6 +14,7 @@ from pipeline.intervals import DataInterval
 from pipeline.monitoring import AlertRules, AlertsRaised, evaluate, monitor
 from pipeline.run import run_hourly
 from tests.conftest import settings_for
+from tests.webhook import webhook_recorder
 
 FIRST_HOUR = DataInterval.ending_at("2026-01-29T01:00")  # the first hour the published plan was live
 
@@ -91,28 +90,12 @@ def test_quarantine_growth_is_alerted(tmp_path: Path) -> None:
 
 
 def test_monitor_records_notifies_and_fails_when_configured(published_root: Path, tmp_path: Path) -> None:
-    received: list[dict] = []
-
-    class Hook(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802 - http.server API
-            received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
-            self.send_response(204)
-            self.end_headers()
-
-        def log_message(self, *args) -> None:
-            return None
-
-    server = HTTPServer(("127.0.0.1", 0), Hook)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with webhook_recorder() as (url, received):
         settings = settings_for(_copy(published_root, tmp_path))
         late = DataInterval.ending_at("2026-01-29T06:00")
-        rules = AlertRules(webhook_url=f"http://127.0.0.1:{server.server_port}/alerts", fail_on="critical")
+        rules = AlertRules(webhook_url=url, fail_on="critical")
         with pytest.raises(AlertsRaised, match="stale_plan|valid only until"):
             monitor(late, settings, rules)
-    finally:
-        server.shutdown()
     recorded = json.loads((tmp_path / "lake" / "alerts" / f"{late.token}.json").read_text())
     assert any(a["rule"] == "stale_plan" for a in recorded["alerts"])
     assert received and any(a["rule"] == "stale_plan" for a in received[0]["alerts"])
