@@ -36,8 +36,8 @@ def main() -> int:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    from pipeline.backtest import BacktestConfig, run_backtest
-    from pipeline.intervals import parse_utc
+    from pipeline.common.intervals import parse_utc
+    from pipeline.ops.backtest import BacktestConfig, run_backtest
 
     samples = str(REPO / "data_samples")
     end = parse_utc("2026-02-05T00:00")

@@ -17,7 +17,7 @@ import sys
 import tempfile
 import time
 import warnings
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -32,8 +32,8 @@ def main() -> int:
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
-    from pipeline.config import Settings
-    from pipeline.forecast.backtest import summarize, walk_forward
+    from pipeline.common.config import Settings
+    from pipeline.forecast.cross_validation import summarize, walk_forward
     from pipeline.run import backfill_ingest
 
     samples = REPO / "data_samples"
@@ -44,7 +44,7 @@ def main() -> int:
         backfill_ingest("2026-01-01T00:00", "2026-02-05T00:00", Settings(source_root=str(samples), lake_root=lake_root))
         print(f"ingested the samples into {lake_root} in {time.perf_counter() - t0:.0f} s")
     settings = Settings(source_root=str(samples), lake_root=lake_root)
-    last_origin = datetime(2026, 2, 3, tzinfo=timezone.utc)  # 48 h of actuals before the data ends (02-05)
+    last_origin = datetime(2026, 2, 3, tzinfo=UTC)  # 48 h of actuals before the data ends (02-05)
     origins = [last_origin - timedelta(days=k) for k in range(args.origins)][::-1]
     rows = walk_forward(settings, origins, 48, args.models.split(","))
     table = summarize(rows)

@@ -97,7 +97,7 @@ def main() -> int:
     warnings.simplefilter("ignore")
     logging.getLogger("cmdstanpy").setLevel(logging.ERROR)
 
-    from pipeline.config import Settings
+    from pipeline.common.config import Settings
     from pipeline.forecast.engine import planning_tau, select_and_forecast
     from pipeline.forecast.models import MODELS
 
@@ -133,7 +133,7 @@ def main() -> int:
                lo95: np.ndarray | None, hi95: np.ndarray | None, seconds: float) -> dict:
         s, m = scores([train[i] for i in sub], test[sub], fc)
         ref = naive2_all if len(sub) == len(ids) else naive2_on(sub)
-        row = {"model": name, "series": int(len(sub)), "smape": round(s, 3), "mase": round(m, 3), "owa": round(owa(s, m, ref), 4),
+        row = {"model": name, "series": len(sub), "smape": round(s, 3), "mase": round(m, 3), "owa": round(owa(s, m, ref), 4),
                "coverage_80": round(coverage(test[sub], lo80, hi80), 4) if lo80 is not None else None,
                "coverage_95": round(coverage(test[sub], lo95, hi95), 4) if lo95 is not None else None,
                "seconds": round(seconds, 2), "series_per_s": round(len(sub) / seconds, 2)}

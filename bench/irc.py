@@ -25,7 +25,7 @@ import tempfile
 import threading
 import time
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,7 +33,7 @@ sys.path.insert(0, str(REPO))
 
 from pipeline.irc import Coordinator, PeeringRequest, open_ledger  # noqa: E402
 
-T0 = datetime(2026, 1, 29, tzinfo=timezone.utc)
+T0 = datetime(2026, 1, 29, tzinfo=UTC)
 REGIONS = ["us-east-1", "us-west-2", "eu-west-1", "eu-central-1", "ap-southeast-1", "ap-northeast-1"]
 RESOURCES = ["vcpu", "memory_gib", "storage_gib", "bandwidth_gbps"]
 PRIORITIES = ["low", "normal", "normal", "normal", "high", "critical"]
@@ -43,7 +43,7 @@ def write_plan(lake: Path, plan_id: str, lines: int, regions: list[str], windows
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline import schemas
+    from pipeline.common import schemas
 
     plan_dir = lake / "plans" / f"plan_id={plan_id}"
     plan_dir.mkdir(parents=True, exist_ok=True)
@@ -192,16 +192,16 @@ def main() -> int:
             # The same with asynchronous commit (no WAL flush wait per decision; see PostgresLedger).
             fast = bench_backend("postgres_async", lake, url + "&synchronous_commit=off", {8: int(20_000 * scale)})
             figures.update(fast)
-        except Exception as exc:  # noqa: BLE001 - a benchmark reports, it does not hide
+        except Exception as exc:
             print(f"postgres: not measured ({type(exc).__name__}: {exc})", flush=True)
             for key in ("postgres_decisions_per_s", "postgres_p99_us", "postgres_decisions_per_s_8threads"):
                 figures[key] = None
         finally:
             try:
-                from pipeline.irc.ledger_postgres import PostgresLedger
+                from pipeline.irc.ledger.postgres import PostgresLedger
 
                 PostgresLedger.from_url(url).drop()
-            except Exception:  # noqa: BLE001
+            except Exception:
                 pass
     figures["reload_100k_s"] = round(bench_reload(100_000), 3)
     figures["import_s"] = round(bench_import(), 4)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/pipeline_scale.py --quick          # 6 and 30 regions
     .venv/bin/python bench/pipeline_scale.py --sizes 30 --profile /tmp/prof   # + one cProfile per stage
 
-For each size N it generates N regions of synthetic sources with `pipeline.sample_data` (the six
+For each size N it generates N regions of synthetic sources with `pipeline.samples.generate` (the six
 sample regions, then `xx-region-07` ... `xx-region-99`, `xx-region-a-00` ...; unknown names get a
 profile from a hash of the name), 15 days of history and a request rate that keeps the samples'
 traffic per ordered pair (55 requests/h over 30 pairs, i.e. ~1.83 per pair-hour, so 870 pairs get
@@ -33,7 +33,7 @@ import sys
 import tempfile
 import threading
 import time
-from datetime import date, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -46,7 +46,7 @@ STAGES = ("ingest", "features", "forecast", "feedback", "plan", "render", "repor
 
 
 def region_names(n: int) -> list[str]:
-    from pipeline.sample_data import DEFAULT_REGIONS
+    from pipeline.samples.generate import DEFAULT_REGIONS
 
     names = list(DEFAULT_REGIONS[:n])
     # Region codes end in at most two digits: from 100 on, xx-region-a-00, xx-region-a-01, ...
@@ -70,9 +70,9 @@ def emit(tag: str, payload: dict) -> None:
 
 
 def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None) -> None:
-    from pipeline.config import Settings
+    from pipeline.common.config import Settings
     from pipeline.run import backfill_ingest, run_hourly
-    from pipeline.sample_data import generate_sample_data
+    from pipeline.samples.generate import generate_sample_data
 
     regions = region_names(n)
     pairs = n * (n - 1)
@@ -85,7 +85,7 @@ def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_di
     emit("setup", {"generate_s": out["generate_s"], "peering_requests": counts["peering_requests"]})
 
     settings = Settings(source_root=str(source), lake_root=str(root / "lake"), build_root=str(root / "build"), seed=seed)
-    run_end = datetime(START.year, START.month, START.day, tzinfo=timezone.utc) + timedelta(days=days)
+    run_end = datetime(START.year, START.month, START.day, tzinfo=UTC) + timedelta(days=days)
     t0 = time.perf_counter()
     backfill_ingest(run_end - timedelta(days=days), run_end - timedelta(hours=1), settings)
     out["backfill_ingest_s"] = round(time.perf_counter() - t0, 2)
@@ -161,7 +161,7 @@ def print_profiles(profile_dir: Path, n: int, top: int = 8) -> dict:
 
 
 def _forecast_facts(settings, run_id: str) -> dict:
-    from pipeline import lake, storage
+    from pipeline.common import lake, storage
     from pipeline.forecast.engine import read_forecast
 
     manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, run_id), "manifest.json"))

@@ -33,11 +33,11 @@ import pandas as pd
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipeline.plan.allocate import Offer  # noqa: E402
-from pipeline.plan.core import PlanningProblem, RegionMix, failover_needs, solve_plan, usable_offers  # noqa: E402
-from pipeline.plan.packing import capacity_matrix, ffd_plan, plan_cost, sessions_for_demand, shard, solve_bin_packing  # noqa: E402
-from pipeline.plan.policy import PlannerConfig  # noqa: E402
-from pipeline.schemas import RESOURCE_TYPES  # noqa: E402
+from pipeline.common.schemas import RESOURCE_TYPES
+from pipeline.plan.allocate import Offer
+from pipeline.plan.core import PlanningProblem, RegionMix, failover_needs, solve_plan, usable_offers
+from pipeline.plan.packing import capacity_matrix, ffd_plan, plan_cost, sessions_for_demand, shard, solve_bin_packing
+from pipeline.plan.policy import PlannerConfig
 
 CAPACITY = 1000
 WINDOWS = 48
@@ -130,8 +130,8 @@ def scenario(regions: int, types: int, seed: int) -> tuple[PlanningProblem, Plan
         headroom = 1.6 if r % 7 == 3 else float(rng.uniform(2.5, 4.0))  # every 7th region is tight
         pools[region] = {k: float(peak[j] * headroom) for j, k in enumerate(RESOURCE_TYPES)}
         crit = float(rng.uniform(0.12, 0.22))
-        mix[region] = RegionMix(class_share={"critical": {k: crit / 4 for k in RESOURCE_TYPES}, "high": {k: 3 * crit / 4 for k in RESOURCE_TYPES},
-                                             "normal": {k: 0.85 - crit for k in RESOURCE_TYPES}, "low": {k: 0.15 for k in RESOURCE_TYPES}},
+        mix[region] = RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, crit / 4), "high": dict.fromkeys(RESOURCE_TYPES, 3 * crit / 4),
+                                             "normal": dict.fromkeys(RESOURCE_TYPES, 0.85 - crit), "low": dict.fromkeys(RESOURCE_TYPES, 0.15)},
                                 samples=sessions(rng, 2000), weights=rng.lognormal(7.6, 1.0, 2000), source="bench")
     partners = {names[i]: names[i ^ 1] if (i ^ 1) < regions else names[0] for i in range(regions)}
     config = PlannerConfig(partners=partners)

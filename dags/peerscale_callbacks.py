@@ -1,6 +1,6 @@
 """Operational wiring shared by the peerscale DAGs: pools, failure callbacks, the run deadline.
 
-Not a DAG. The callbacks are thin: they import `pipeline.monitoring` when called (never at parse
+Not a DAG. The callbacks are thin: they import `pipeline.ops.monitoring` when called (never at parse
 time) and record the alert there, in the lake, like every other alert rule. Names and limits come
 from the environment (the same on every Airflow process), with defaults that `scripts/demo.sh` and
 the tests create.
@@ -33,14 +33,14 @@ DEADLINE_MINUTES = float(_env("PEERSCALE_DEADLINE_MINUTES", "45"))
 
 def task_failed(context: Any) -> None:
     """Task- and DAG-level `on_failure_callback`: a `task_failed` alert in lake/alerts/ (+ webhook)."""
-    from pipeline.monitoring import task_failed as record
+    from pipeline.ops.monitoring import task_failed as record
 
     record(context)
 
 
 def deadline_missed(context: Any, deadline_minutes: float | None = None) -> None:
     """Deadline Alert callback (run by the executor, like a task): a `deadline_missed` alert."""
-    from pipeline.monitoring import deadline_missed as record
+    from pipeline.ops.monitoring import deadline_missed as record
 
     record(context, deadline_minutes=deadline_minutes)
 

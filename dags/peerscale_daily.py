@@ -17,7 +17,7 @@ DAILY_HISTORY_DAYS = 28  # four weekly cycles for the daily models
 
 
 def _interval(data_interval_start, data_interval_end):
-    from pipeline.intervals import DataInterval
+    from pipeline.common.intervals import DataInterval
 
     return DataInterval.between(data_interval_start.isoformat(), data_interval_end.isoformat())
 
@@ -37,14 +37,14 @@ def _interval(data_interval_start, data_interval_end):
 def peerscale_daily():
     @task
     def features(data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_features
 
         return stage_features(_interval(data_interval_start, data_interval_end), Settings.from_env(history_days=DAILY_HISTORY_DAYS))
 
     @task(pool=MODEL_FIT_POOL)
     def retrain_daily(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_forecast
 
         return stage_forecast(_interval(data_interval_start, data_interval_end), Settings.from_env(history_days=DAILY_HISTORY_DAYS), kind="daily")

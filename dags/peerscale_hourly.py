@@ -21,7 +21,7 @@ from peerscale_callbacks import MAX_ACTIVE_SHARDS, MODEL_FIT_POOL, SOLVER_POOL, 
 
 
 def _interval(data_interval_start, data_interval_end):
-    from pipeline.intervals import DataInterval
+    from pipeline.common.intervals import DataInterval
 
     return DataInterval.between(data_interval_start.isoformat(), data_interval_end.isoformat())
 
@@ -46,14 +46,14 @@ def _interval(data_interval_start, data_interval_end):
 def peerscale_hourly():
     @task
     def ingest(dataset: str, data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_ingest
 
         return stage_ingest(_interval(data_interval_start, data_interval_end), Settings.from_env(), [dataset])[0]
 
     @task
     def features(ingested: list[dict], data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_features
 
         return stage_features(_interval(data_interval_start, data_interval_end), Settings.from_env())
@@ -61,7 +61,8 @@ def peerscale_hourly():
     @task
     def forecast_plan(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> list[dict]:
         from airflow.sdk.configuration import conf
-        from pipeline.config import Settings
+
+        from pipeline.common.config import Settings
         from pipeline.run import stage_forecast_plan
 
         return stage_forecast_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly",
@@ -69,63 +70,63 @@ def peerscale_hourly():
 
     @task(pool=MODEL_FIT_POOL)
     def forecast_fit_global(shards: list[dict]) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_forecast_fit_global
 
         return stage_forecast_fit_global(shards[0]["run_id"], Settings.from_env())
 
     @task(pool=MODEL_FIT_POOL, max_active_tis_per_dagrun=MAX_ACTIVE_SHARDS)
     def forecast_shard(shard: dict) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_forecast_shard
 
         return stage_forecast_shard(shard["run_id"], shard["shard"], Settings.from_env())
 
     @task
     def forecast(data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_forecast_reduce
 
         return stage_forecast_reduce(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly")
 
     @task
     def feedback(data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_feedback
 
         return stage_feedback(_interval(data_interval_start, data_interval_end), Settings.from_env())
 
     @task(pool=SOLVER_POOL)
     def plan(forecast_run: dict, tau_feedback: dict, data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_plan
 
         return stage_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), forecast_run["run_id"])
 
     @task
     def render_iac(planned: dict) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_render
 
         return stage_render(planned["plan_id"], Settings.from_env())
 
     @task
     def report(planned: dict, data_interval_start=None, data_interval_end=None) -> str:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_report
 
         return stage_report(planned["plan_id"], _interval(data_interval_start, data_interval_end), Settings.from_env())
 
     @task(outlets=[PLAN_ASSET])
     def publish(planned: dict, rendered: dict, report_path: str) -> str:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_publish
 
         return stage_publish(planned["plan_id"], Settings.from_env(), {"terraform": rendered["terraform_dir"], "report": report_path})
 
     @task
     def monitor(pointer: str, data_interval_start=None, data_interval_end=None) -> dict:
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
         from pipeline.run import stage_monitor
 
         return stage_monitor(_interval(data_interval_start, data_interval_end), Settings.from_env())

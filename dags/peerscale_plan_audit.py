@@ -27,8 +27,8 @@ from peerscale_callbacks import task_failed
 def peerscale_plan_audit():
     @task
     def audit_latest_plan() -> dict:
-        from pipeline.audit import audit_latest_plan as audit
-        from pipeline.config import Settings
+        from pipeline.common.config import Settings
+        from pipeline.publish.audit import audit_latest_plan as audit
 
         return audit(Settings.from_env())
 

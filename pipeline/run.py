@@ -7,24 +7,24 @@ JSON-serialisable results (paths, counts), never data.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Callable
 
-from pipeline.config import Settings
-from pipeline.intervals import DataInterval
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
 
 Progress = Callable[[str], None]
 
 
 def stage_ingest(interval: DataInterval, settings: Settings, datasets: list[str] | None = None) -> list[dict]:
-    from pipeline.ingest import ingest_all
+    from pipeline.ingest.loader import ingest_all
 
     return [report.to_dict() for report in ingest_all(interval, settings, datasets)]
 
 
 def stage_features(interval: DataInterval, settings: Settings) -> dict[str, str]:
-    from pipeline.features import build_features
+    from pipeline.features.build import build_features
 
     return build_features(interval, settings)
 
@@ -64,15 +64,15 @@ def stage_forecast_reduce(interval: DataInterval, settings: Settings, kind: str 
 
 
 def stage_feedback(interval: DataInterval, settings: Settings) -> dict:
-    """Step the τ controller from the hour's IRC outcomes (closed loop, see pipeline.feedback)."""
-    from pipeline.feedback import stage_feedback as feedback
+    """Step the τ controller from the hour's IRC outcomes (closed loop, see pipeline.ops.feedback)."""
+    from pipeline.ops.feedback import stage_feedback as feedback
 
     return feedback(interval, settings)
 
 
 def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str) -> dict:
     """Plan with τ per region from the feedback controller where it has spoken, else from cost."""
-    from pipeline.feedback import load_tau_overrides
+    from pipeline.ops.feedback import load_tau_overrides
     from pipeline.plan import build_plan
 
     return build_plan(interval, settings, forecast_run_id, tau_overrides=load_tau_overrides(settings.lake_root, interval.end))
@@ -86,20 +86,20 @@ def stage_render(plan_id: str, settings: Settings) -> dict[str, str]:
 
 
 def stage_report(plan_id: str, interval: DataInterval, settings: Settings) -> str:
-    from pipeline.report import write_plan_report
+    from pipeline.report.html import write_plan_report
 
     return write_plan_report(plan_id, interval, settings)
 
 
 def stage_publish(plan_id: str, settings: Settings, artifacts: dict[str, str]) -> str:
-    from pipeline.publish import publish
+    from pipeline.publish.pointer import publish
 
     return publish(plan_id, settings, artifacts)
 
 
 def stage_monitor(interval: DataInterval, settings: Settings) -> dict:
-    """Evaluate the alert rules for the hour just covered (see pipeline.monitoring)."""
-    from pipeline.monitoring import monitor
+    """Evaluate the alert rules for the hour just covered (see pipeline.ops.monitoring)."""
+    from pipeline.ops.monitoring import monitor
 
     return monitor(interval, settings)
 

@@ -24,9 +24,10 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 AIRFLOW = Path(sys.executable).with_name("airflow")
@@ -55,7 +56,7 @@ def wait_until(what: str, check: Callable[[], Any], timeout: float, interval: fl
             alive()
         try:
             result = check()
-        except Exception as exc:  # noqa: BLE001 - keep polling, report the last error on timeout
+        except Exception as exc:
             last_error = exc
         else:
             if result:
@@ -126,7 +127,7 @@ class CeleryCluster:
                 "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
                 "AIRFLOW__CORE__FERNET_KEY": self._fernet_key,
                 "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"{self.api_url}/execution/",
-                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipeline.worker_identity.hostname",
+                "AIRFLOW__CORE__HOSTNAME_CALLABLE": "pipeline.common.worker_identity.hostname",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": f"{API_USER}:admin",
                 "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(self.workdir / "passwords.json"),
                 "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": db_url,
@@ -412,7 +413,7 @@ def main(argv: list[str] | None = None) -> int:
     import shutil
     import tempfile
 
-    from pipeline.config import Settings
+    from pipeline.common.config import Settings
     from pipeline.run import backfill_ingest
 
     parser = argparse.ArgumentParser(prog="python -m tests.celery_cluster", description=main.__doc__)

@@ -18,7 +18,7 @@ os.environ.setdefault("AIRFLOW__CORE__LOAD_EXAMPLES", "False")
 
 import pytest
 
-from pipeline.config import REPO_ROOT, Settings
+from pipeline.common.config import REPO_ROOT, Settings
 
 SAMPLES = REPO_ROOT / "data_samples"
 HISTORY_FROM = "2026-01-12T00:00"

@@ -22,7 +22,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.config import REPO_ROOT
+from pipeline.common.config import REPO_ROOT
 from tests.celery_cluster import AIRFLOW, CeleryCluster, wait_until
 from tests.conftest import RUN_END, settings_for
 
@@ -41,7 +41,7 @@ pytestmark = [
 
 
 def _plan_rows(root: Path, interval_end: str) -> pd.DataFrame:
-    from pipeline.intervals import DataInterval
+    from pipeline.common.intervals import DataInterval
     from pipeline.plan import read_plan
     from pipeline.plan.planner import plan_id_for
 
@@ -52,9 +52,9 @@ def _plan_rows(root: Path, interval_end: str) -> pd.DataFrame:
 
 
 def _forecast(root: Path, interval_end: str) -> pd.DataFrame:
+    from pipeline.common.intervals import DataInterval
     from pipeline.forecast import read_forecast
     from pipeline.forecast.engine import forecast_run_id
-    from pipeline.intervals import DataInterval
 
     return read_forecast(settings_for(root), forecast_run_id("hourly", DataInterval.ending_at(interval_end)))
 

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from pipeline import lake, storage
-from pipeline.backfill import backfill, hour_ends
+from pipeline.common import lake, storage
+from pipeline.ops.backfill import backfill, hour_ends
 from pipeline.plan import latest_plan_id, read_plan
-from pipeline.publish import publish
+from pipeline.publish.pointer import publish
 from tests.conftest import settings_for
 
 

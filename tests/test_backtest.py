@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.backtest import BacktestConfig, _predictive_forecasts, parse_policies, run_backtest
-from pipeline.config import REPO_ROOT
-from pipeline.intervals import parse_utc
+from pipeline.common.config import REPO_ROOT
+from pipeline.common.intervals import parse_utc
+from pipeline.ops.backtest import BacktestConfig, _predictive_forecasts, parse_policies, run_backtest
 from tests.browser import open_page
 
 SAMPLES = str(REPO_ROOT / "data_samples")
@@ -64,7 +64,7 @@ def test_policies_behave_as_defined(replay) -> None:
 
 
 def test_backtest_report_renders_in_chromium(replay, tmp_path: Path) -> None:
-    from pipeline.report import write_backtest_report
+    from pipeline.report.html import write_backtest_report
 
     path = write_backtest_report(replay, str(tmp_path / "backtest.html"))
     check = open_page(Path(path))
@@ -83,7 +83,7 @@ def test_bad_arguments_are_clear() -> None:
 
 
 def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
-    from pipeline.cli import app
+    from pipeline.cli.app import app
 
     result = CliRunner().invoke(app, [
         "backtest", "--from", "2026-01-29T00:00", "--to", "2026-01-29T01:00", "--policy", "reactive,oracle",

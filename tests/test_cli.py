@@ -9,7 +9,7 @@ from pathlib import Path
 
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
 
 runner = CliRunner()
 
@@ -68,7 +68,7 @@ def test_samples_generate_writes_the_documented_layout(tmp_path: Path) -> None:
 
 def test_irc_import_is_light() -> None:
     """`peerscale irc request` must not drag the batch stack into the request path."""
-    code = ("import sys, pipeline.irc, pipeline.cli; heavy = [m for m in ('pandas', 'airflow', 'prophet', 'ortools', "
+    code = ("import sys, pipeline.irc, pipeline.cli.app; heavy = [m for m in ('pandas', 'airflow', 'prophet', 'ortools', "
             "'great_expectations', 'duckdb', 'statsforecast') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -9,12 +9,12 @@ import shutil
 import subprocess
 import sys
 import uuid
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pipeline.config import REPO_ROOT
+from pipeline.common.config import REPO_ROOT
 from pipeline.plan import latest_plan_id, read_plan
 from tests.conftest import settings_for
 from tests.webhook import webhook_recorder
@@ -136,7 +136,7 @@ def test_every_task_and_run_reports_failures_to_monitoring(dagbag) -> None:
 
 # ---- the callbacks, called with the context Airflow builds ------------------------------------------
 
-UTC = timezone.utc
+UTC = UTC
 RUN_ID = "scheduled__2026-01-28T23:00:00+00:00"
 
 
@@ -240,7 +240,7 @@ def test_deadline_callback_records_a_deadline_missed_alert(dagbag, alert_sink) -
 
 
 def test_callbacks_never_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    from pipeline.monitoring import deadline_missed, task_failed
+    from pipeline.ops.monitoring import deadline_missed, task_failed
 
     (tmp_path / "lake").write_text("a file where the lake should be")
     monkeypatch.setenv("PEERSCALE_LAKE", str(tmp_path / "lake"))

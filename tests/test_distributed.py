@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.config import REPO_ROOT
+from pipeline.common.config import REPO_ROOT
 from tests.celery_cluster import CeleryCluster
 from tests.conftest import RUN_END, RUN_START, settings_for
 
@@ -73,7 +73,7 @@ def _default(value: str) -> str:
 # ---- the worker identity Airflow records per task instance ---------------------------------------
 
 def test_worker_identity_is_the_worker_name_else_the_fqdn(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pipeline.worker_identity import hostname
+    from pipeline.common.worker_identity import hostname
 
     monkeypatch.setenv("PEERSCALE_WORKER_NAME", "worker-7")
     assert hostname() == "worker-7"
@@ -208,8 +208,8 @@ def test_dockerfile_installs_the_locked_project_with_everything_it_reads_at_run_
             copied += sources
             for source in sources:
                 assert (REPO_ROOT / source).exists(), f"COPY {source}: not in the repository"
-    # What the code reads next to pipeline/ at run time (features SQL, IaC templates) and the DAGs.
-    assert {"pipeline", "sql", "terraform_templates", "dags", "constraints.txt", "pyproject.toml"} <= set(copied)
+    # The package (with its feature SQL and IaC templates), the DAGs and the locked stack.
+    assert {"pipeline", "dags", "constraints.txt", "pyproject.toml"} <= set(copied)
     runs = " ".join(args for op, args in instructions if op == "RUN")
     assert "-c constraints.txt" in runs, "the image installs the locked versions"
     assert runs.index("-c constraints.txt") < runs.index("pip install --no-deps"), "dependencies layer before sources"
@@ -219,7 +219,7 @@ def test_dockerfile_installs_the_locked_project_with_everything_it_reads_at_run_
 
     env = _dockerfile_env()
     assert env["AIRFLOW__CORE__DAGS_FOLDER"] == "/opt/peerscale/dags" and dict(instructions)["WORKDIR"] == "/opt/peerscale"
-    assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "pipeline.worker_identity.hostname"
+    assert env["AIRFLOW__CORE__HOSTNAME_CALLABLE"] == "pipeline.common.worker_identity.hostname"
     user = dict(instructions)["USER"]
     assert user not in ("root", "0"), "workers do not run as root"
     assert json.loads(dict(instructions)["ENTRYPOINT"])[-1] == "airflow"

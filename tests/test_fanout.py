@@ -13,11 +13,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import lake
-from pipeline.config import Settings
+from pipeline.common import lake
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
 from pipeline.forecast import engine, shards
 from pipeline.forecast.engine import forecast_run_id
-from pipeline.intervals import DataInterval
 from tests.conftest import RUN_END, settings_for
 
 INTERVAL = DataInterval.ending_at(RUN_END)

@@ -8,17 +8,17 @@ hour, a session holding [requested_at, requested_at + duration_s) (end-exclusive
 from __future__ import annotations
 
 from collections import defaultdict
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.features import FeatureWindow, compute_features
-from pipeline.schemas import PEERING_REQUESTS, RESOURCE_TYPES
+from pipeline.common.schemas import PEERING_REQUESTS, RESOURCE_TYPES
+from pipeline.features.build import FeatureWindow, compute_features
 
-UTC = timezone.utc
+UTC = UTC
 HOUR = timedelta(hours=1)
 US_PER_S = 1_000_000
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)

@@ -13,11 +13,11 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
+from pipeline.common.schemas import FORECAST
 from pipeline.forecast.engine import ENSEMBLE, POOLED, select_and_forecast, to_daily
 from pipeline.forecast.models import MODELS, OUTPUT_COLUMNS
 from pipeline.forecast.prep import InputError, clean_outliers, validate_long_format
 from pipeline.forecast.quantiles import interpolate_quantile, pinball_loss
-from pipeline.schemas import FORECAST
 
 SEASON = 24
 HORIZON = 24

@@ -11,8 +11,8 @@ import pyarrow as pa
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.schemas import FORECAST
+from pipeline.cli.app import app
+from pipeline.common.schemas import FORECAST
 
 runner = CliRunner()
 

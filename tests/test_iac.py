@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +18,9 @@ import pandas as pd
 import pyarrow as pa
 import pytest
 
-from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_terraform
-from pipeline.iac import safety
-from pipeline.iac.terraform import TEMPLATES_ENV_VAR, resource_name
-from pipeline.schemas import PLAN
+from pipeline.common.schemas import PLAN
+from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_terraform, safety
+from pipeline.iac.terraform import TEMPLATES_ENV_VAR, default_templates_dir, resource_name
 
 GOLDEN_DIR = Path(__file__).parent / "golden" / "terraform"
 UPDATE_GOLDEN_ENV = "PEERSCALE_UPDATE_GOLDEN"
@@ -350,11 +350,11 @@ def test_only_forecast_pairs_are_peered(plan_df: pd.DataFrame, manifest: dict, t
 
 
 def test_pairs_from_forecast() -> None:
-    from datetime import datetime, timezone
+    from datetime import datetime
 
     from pipeline.iac.model import pairs_from_forecast
 
-    t0 = datetime(2026, 1, 29, tzinfo=timezone.utc)
+    t0 = datetime(2026, 1, 29, tzinfo=UTC)
     hours = [pd.Timestamp(t0) + pd.Timedelta(hours=h) for h in range(3)]
     rows = []
     for ds in hours:
@@ -576,7 +576,7 @@ def test_template_filters_refuse_unsafe_text() -> None:
 
 
 def _copy_templates(dst: Path) -> Path:
-    src = Path(__file__).resolve().parents[1] / "terraform_templates" / "aws"
+    src = default_templates_dir()
     dst.mkdir(parents=True)
     for path in src.iterdir():
         if path.is_file():

@@ -24,11 +24,11 @@ import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 
-from pipeline import lake, storage
-from pipeline.config import Settings
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.schemas import PLAN
 from pipeline.iac.apply import ApplyFailed, applied_plan_id, apply_cloudformation, stack_name
 from pipeline.iac.providers import CAPACITY_PROVIDER_ENV, LedgerCapacityReservations
-from pipeline.schemas import PLAN
 from tests.moto_server import TEST_SECRET, aws_env, moto_server, s3_bucket  # noqa: F401
 from tests.test_iac import W0, W1, W2, _line_rows
 
@@ -245,7 +245,7 @@ def test_plan_lifecycle_against_the_loopback_aws(
         assert TEST_SECRET not in text
 
 
-def test_capacity_reservation_api_is_not_on_the_loopback_server(aws_env) -> None:  # noqa: F811
+def test_capacity_reservation_api_is_not_on_the_loopback_server(aws_env) -> None:
     """The documented limitation that makes tests use the ledger provider. If this starts failing,
     moto implements the API: switch the tests to the EC2 provider."""
     from botocore.config import Config

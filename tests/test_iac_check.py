@@ -13,7 +13,6 @@ from pipeline.iac.check import check_rendered, find_checkov
 from tests.test_iac import PLAN_ID, W0, W2, sample_rows
 
 
-
 @pytest.fixture(scope="module")
 def checkov() -> str:
     found = find_checkov()

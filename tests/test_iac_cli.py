@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
-from pipeline.config import Settings
+from pipeline.cli.app import app
+from pipeline.common.config import Settings
 from pipeline.iac.apply import applied_plan_id
 from pipeline.iac.providers import CAPACITY_PROVIDER_ENV
 from tests.moto_server import TEST_SECRET, aws_env, moto_server, s3_bucket  # noqa: F401

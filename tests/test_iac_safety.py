@@ -8,8 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_cloudformation, render_terraform
-from pipeline.iac import safety
+from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_cloudformation, render_terraform, safety
 from pipeline.iac.render import render_plan
 from tests.moto_server import TEST_SECRET
 from tests.test_iac import PLAN_ID, W0, W2, sample_rows
@@ -27,7 +26,7 @@ def secret_env(monkeypatch: pytest.MonkeyPatch) -> str:
 
 
 def test_rendered_files_never_hold_credentials(secret_env: str, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    from pipeline.config import Settings
+    from pipeline.common.config import Settings
 
     caplog.set_level(logging.DEBUG)
     settings = Settings(source_root=str(tmp_path / "src"), lake_root=str(tmp_path / "lake"), build_root=str(tmp_path / "build"))
@@ -92,7 +91,7 @@ def test_strict_patterns(check, value: str) -> None:
 
 
 def test_stack_prefix_is_validated(tmp_path: Path) -> None:
-    from pipeline.config import Settings
+    from pipeline.common.config import Settings
     from pipeline.iac.apply import apply_cloudformation
 
     settings = Settings(source_root=str(tmp_path), lake_root=str(tmp_path / "lake"), build_root=str(tmp_path / "build"))

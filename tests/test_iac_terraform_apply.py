@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.config import Settings
+from pipeline.common.config import Settings
 from pipeline.iac.apply import ApplyFailed, applied_plan_id
 from pipeline.iac.tfapply import TerraformNotInstalled, apply_terraform, find_terraform
 from tests.moto_server import TEST_SECRET

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow.compute as pc
 import pytest
 
-from pipeline import lake
-from pipeline.ingest import SourceFileMissing, ingest
-from pipeline.intervals import DataInterval, parse_utc
+from pipeline.common import lake
+from pipeline.common.intervals import DataInterval, parse_utc
+from pipeline.ingest.loader import SourceFileMissing, ingest
 from tests.conftest import SAMPLES, settings_for
 
 HEADER = "request_id,requested_at,source_region,destination_region,vcpu,memory_gib,storage_gib,bandwidth_gbps,duration_s,priority"

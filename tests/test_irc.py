@@ -7,21 +7,21 @@ import re
 import subprocess
 import sys
 import threading
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline import schemas
+from pipeline.common import schemas
 from pipeline.irc import Coordinator, PeeringRequest, PeeringResponse
 from pipeline.irc.ledger import InMemoryLedger
 from pipeline.irc.ondemand import PoolAllocator
 from pipeline.irc.plan_source import PlanCorrupt, PlanMissing, load_latest_plan
 
 PLAN_ID = "plan-20250101T10"
-T0 = datetime(2025, 1, 1, 10, tzinfo=timezone.utc)
+T0 = datetime(2025, 1, 1, 10, tzinfo=UTC)
 WINDOWS = [(T0, T0 + timedelta(hours=1)), (T0 + timedelta(hours=1), T0 + timedelta(hours=2))]
 US, EU, AP = "us-east-1", "eu-west-1", "ap-southeast-2"
 

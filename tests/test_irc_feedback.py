@@ -1,16 +1,19 @@
-"""Decision log (raw/irc_outcomes) and the τ feedback controller (pipeline.feedback)."""
+"""Decision log (raw/irc_outcomes) and the τ feedback controller (pipeline.ops.feedback)."""
 
 from __future__ import annotations
 
 import json
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 
-from pipeline.config import Settings
-from pipeline.feedback import (
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
+from pipeline.irc import Coordinator, OutcomeLog, PeeringRequest
+from pipeline.irc.outcomes import COLUMNS
+from pipeline.ops.feedback import (
     ControllerConfig,
     load_tau_overrides,
     read_outcomes,
@@ -18,12 +21,9 @@ from pipeline.feedback import (
     stage_feedback,
     tau_path,
 )
-from pipeline.intervals import DataInterval
-from pipeline.irc import Coordinator, OutcomeLog, PeeringRequest
-from pipeline.irc.outcomes import COLUMNS
 from tests.test_irc import publish_plan
 
-T0 = datetime(2025, 3, 1, 10, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 10, tzinfo=UTC)
 EU, US = "eu-west-1", "us-east-1"
 BASE_VCPU_TAU = Settings().cost.tau("vcpu")
 

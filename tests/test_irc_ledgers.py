@@ -19,7 +19,7 @@ import pytest
 
 from pipeline.irc import stress
 from pipeline.irc.ledger import InMemoryLedger, Ledger, open_ledger
-from pipeline.irc.ledger_sqlite import SQLiteLedger
+from pipeline.irc.ledger.sqlite import SQLiteLedger
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("PEERSCALE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
@@ -40,7 +40,7 @@ def postgres_url() -> str:
 
         with psycopg.connect(PG_URL, connect_timeout=5) as conn:
             conn.execute("SELECT 1")
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:
         pytest.fail(
             f"PostgreSQL is not reachable at {PG_URL} ({type(exc).__name__}: {exc}). The IRC's replica ledger is "
             "tested against a real server: start PostgreSQL or point PEERSCALE_TEST_POSTGRES at one.",
@@ -50,7 +50,7 @@ def postgres_url() -> str:
 
 
 def drop_postgres(url: str) -> None:
-    from pipeline.irc.ledger_postgres import PostgresLedger
+    from pipeline.irc.ledger.postgres import PostgresLedger
 
     ledger = PostgresLedger.from_url(url)
     ledger.drop()
@@ -240,7 +240,7 @@ def test_postgres_url_options() -> None:
     try:
         store = open_ledger(url + "&synchronous_commit=off")
         assert "synchronous_commit=off" in repr(store)
-        assert store._conn().execute("SHOW synchronous_commit").fetchone()[0] == "off"  # type: ignore[attr-defined]  # noqa: SLF001
+        assert store._conn().execute("SHOW synchronous_commit").fetchone()[0] == "off"  # type: ignore[attr-defined]
         store.load_capacities(ROWS, "plan-a")
         assert store.reserve("pre-1", EU, {"vcpu": 1.0}, T, T + 60) == ()
         store.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -15,7 +15,7 @@ from pipeline.irc import Coordinator, PeeringRequest, PeeringResponse
 from pipeline.irc.plan_source import load_plan
 from tests.test_irc import publish_plan
 
-T0 = datetime(2025, 3, 1, 10, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 10, tzinfo=UTC)
 EU = "eu-west-1"
 
 

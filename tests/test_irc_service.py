@@ -8,21 +8,21 @@ import signal
 import subprocess
 import sys
 import urllib.request
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pyarrow.dataset as ds
 import pytest
 from typer.testing import CliRunner
 
-from pipeline.cli import app
+from pipeline.cli.app import app
 from pipeline.irc import Coordinator, PeeringRequest, ShadowMirror, replay_shadow
 from pipeline.irc.shadow import candidate_coordinator, load_requests
 from tests.test_irc import publish_plan
 from tests.test_irc_ledgers import drop_postgres, postgres_url
 
 REPO = Path(__file__).resolve().parents[1]
-T0 = datetime(2025, 3, 1, 10, tzinfo=timezone.utc)
+T0 = datetime(2025, 3, 1, 10, tzinfo=UTC)
 EU, US = "eu-west-1", "us-east-1"
 COLUMNS = ["request_id", "requested_at", "source_region", "destination_region", "vcpu", "memory_gib", "storage_gib",
            "bandwidth_gbps", "duration_s", "priority"]

@@ -9,9 +9,9 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from pipeline import lake
-from pipeline.intervals import DataInterval
-from pipeline.monitoring import AlertRules, AlertsRaised, evaluate, monitor
+from pipeline.common import lake
+from pipeline.common.intervals import DataInterval
+from pipeline.ops.monitoring import AlertRules, AlertsRaised, evaluate, monitor
 from pipeline.run import run_hourly
 from tests.conftest import settings_for
 from tests.webhook import webhook_recorder
@@ -73,9 +73,9 @@ def test_hit_rate_rule_reads_irc_outcomes(published_root: Path, tmp_path: Path) 
 
 
 def test_quarantine_growth_is_alerted(tmp_path: Path) -> None:
-    from tests.test_ingest import BAD, GOOD, HEADER
-    from pipeline.ingest import ingest
+    from pipeline.ingest.loader import ingest
     from tests.conftest import SAMPLES
+    from tests.test_ingest import BAD, GOOD, HEADER
 
     source = tmp_path / "source"
     shutil.copytree(SAMPLES / "inventory", source / "inventory")

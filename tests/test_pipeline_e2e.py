@@ -3,20 +3,20 @@
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import hcl2
 import pandas as pd
 import pytest
 
-from pipeline import lake
+from pipeline.common import lake
 from pipeline.irc import Coordinator, PeeringRequest
 from pipeline.plan import latest_plan_id, read_plan
 from pipeline.run import backfill_ingest, run_hourly
 from tests.conftest import RUN_END, settings_for
 
-AT = datetime(2026, 1, 29, 0, 30, tzinfo=timezone.utc)
+AT = datetime(2026, 1, 29, 0, 30, tzinfo=UTC)
 
 
 def _request(rid: str, vcpu: float, memory: float = 0.0, bandwidth: float = 0.0, dst: str = "eu-west-1") -> PeeringRequest:
@@ -99,8 +99,8 @@ def test_a_run_never_reads_data_after_its_interval_end(published_root: Path, see
 
 def test_run_without_history_fails_with_a_clear_message(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="resource_pools"):
-        from pipeline.features import build_features
-        from pipeline.intervals import DataInterval
+        from pipeline.common.intervals import DataInterval
+        from pipeline.features.build import build_features
 
         build_features(DataInterval.ending_at(RUN_END), settings_for(tmp_path))
 
@@ -119,7 +119,7 @@ def test_ingest_reports_are_written_for_every_dataset(published_root: Path) -> N
 def test_audit_reads_the_published_plan_as_the_irc_does(published_root: Path, tmp_path: Path) -> None:
     import shutil
 
-    from pipeline.audit import audit_latest_plan
+    from pipeline.publish.audit import audit_latest_plan
 
     result = audit_latest_plan(settings_for(published_root))
     assert result["plan_id"] == "plan-20260129T0000Z" and result["windows"] == 6 and len(result["regions"]) == 6

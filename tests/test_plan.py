@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from pipeline.config import CostModel
+from pipeline.common.config import CostModel
+from pipeline.common.schemas import RESOURCE_TYPES, pair_series_id, region_series_id
 from pipeline.plan.allocate import Offer, allocate
 from pipeline.plan.quantile import region_demand_quantiles, tau_by_resource
-from pipeline.schemas import RESOURCE_TYPES, pair_series_id, region_series_id
 
 SPOT_SHARE = 0.3
 PENALTY_PER_UNIT = 1000.0  # the module's SHORTFALL_PENALTY, USD per unit-hour uncovered
@@ -196,7 +196,7 @@ def test_uncoverable_resource_does_not_raise() -> None:
     assert alloc.shortfall == {"bandwidth_gbps": pytest.approx(2.5)}
 
 
-@pytest.mark.parametrize("demand", [{}, {r: 0.0 for r in RESOURCE_TYPES}, {"vcpu": -3.0, "memory_gib": 0.0}])
+@pytest.mark.parametrize("demand", [{}, dict.fromkeys(RESOURCE_TYPES, 0.0), {"vcpu": -3.0, "memory_gib": 0.0}])
 def test_zero_demand_buys_nothing(demand: dict[str, float]) -> None:
     offers = [offer("m.four", "on_demand", 0.2, vcpu=4, memory_gib=16), offer("m.four", "spot", 0.06, vcpu=4, memory_gib=16)]
     alloc = allocate(demand, offers, {"vcpu": 100.0, "memory_gib": 400.0}, SPOT_SHARE)

@@ -7,12 +7,21 @@ import math
 import numpy as np
 import pandas as pd
 
-from pipeline.config import CostModel
+from pipeline.common.config import CostModel
+from pipeline.common.schemas import RESOURCE_TYPES
 from pipeline.plan.allocate import Offer
 from pipeline.plan.core import PlanningProblem, RegionMix, failover_needs, solve_plan
-from pipeline.plan.packing import capacity_matrix, dot_product_pack, expand_bins, ffd_plan, hosted_assignment, hosting_classes, plan_cost, shard
+from pipeline.plan.packing import (
+    capacity_matrix,
+    dot_product_pack,
+    expand_bins,
+    ffd_plan,
+    hosted_assignment,
+    hosting_classes,
+    plan_cost,
+    shard,
+)
 from pipeline.plan.policy import PlannerConfig
-from pipeline.schemas import RESOURCE_TYPES
 
 W = [pd.Timestamp("2026-01-29T00:00Z") + pd.Timedelta(hours=h) for h in range(3)]
 BIG_POOL = {"vcpu": 1e4, "memory_gib": 1e5, "storage_gib": 1e6, "bandwidth_gbps": 1e4}
@@ -31,10 +40,10 @@ def catalog() -> list[Offer]:
 
 def problem(sessions: dict, windows: list[pd.Timestamp], regions: list[str]) -> PlanningProblem:
     demand = {cell: dict(zip(RESOURCE_TYPES, [s[:, 0].sum(), s[:, 1].sum(), 0.0, s[:, 2].sum()])) for cell, s in sessions.items()}
-    mix = RegionMix(class_share={"critical": {r: 0.1 for r in RESOURCE_TYPES}, "high": {r: 0.1 for r in RESOURCE_TYPES},
-                                 "normal": {r: 0.7 for r in RESOURCE_TYPES}, "low": {r: 0.1 for r in RESOURCE_TYPES}})
+    mix = RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, 0.1), "high": dict.fromkeys(RESOURCE_TYPES, 0.1),
+                                 "normal": dict.fromkeys(RESOURCE_TYPES, 0.7), "low": dict.fromkeys(RESOURCE_TYPES, 0.1)})
     return PlanningProblem(windows=windows, regions=regions, demand=demand, offers={r: catalog() for r in regions},
-                           pools={r: dict(BIG_POOL) for r in regions}, mix={r: mix for r in regions},
+                           pools={r: dict(BIG_POOL) for r in regions}, mix=dict.fromkeys(regions, mix),
                            c_under=dict(CostModel().c_under), c_over=dict(CostModel().c_over), sessions=sessions)
 
 

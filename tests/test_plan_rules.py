@@ -12,7 +12,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.config import REPO_ROOT, CostModel, Settings
+from pipeline.common.config import REPO_ROOT, CostModel, Settings
+from pipeline.common.schemas import RESOURCE_TYPES, region_series_id
 from pipeline.plan.allocate import Offer
 from pipeline.plan.core import PlanningProblem, RegionMix, failover_needs, solve_plan
 from pipeline.plan.explain import explain_region, held
@@ -31,7 +32,6 @@ from pipeline.plan.packing import (
 )
 from pipeline.plan.policy import PlannerConfig, Quota, config_from_dict, load_planner_config
 from pipeline.plan.quantile import region_demand_quantiles, tau_by_resource
-from pipeline.schemas import RESOURCE_TYPES, region_series_id
 
 W0 = pd.Timestamp("2026-01-29T00:00Z")
 W1 = pd.Timestamp("2026-01-29T01:00Z")
@@ -57,8 +57,8 @@ def offers(region_multiplier: float = 1.0, spot_rate: float = 0.005, risky_rate:
 
 
 def mix(critical: float, low: float = 0.1) -> RegionMix:
-    return RegionMix(class_share={"critical": {r: critical / 2 for r in RESOURCE_TYPES}, "high": {r: critical / 2 for r in RESOURCE_TYPES},
-                                  "normal": {r: 1 - critical - low for r in RESOURCE_TYPES}, "low": {r: low for r in RESOURCE_TYPES}})
+    return RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, critical / 2), "high": dict.fromkeys(RESOURCE_TYPES, critical / 2),
+                                  "normal": dict.fromkeys(RESOURCE_TYPES, 1 - critical - low), "low": dict.fromkeys(RESOURCE_TYPES, low)})
 
 
 def problem(demand: dict, regions: list[str], windows=(W0,), pools=None, catalog=None, **kw) -> PlanningProblem:

@@ -12,15 +12,15 @@ from __future__ import annotations
 import logging
 import re
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from urllib.parse import unquote
 
 import pandas as pd
 import pytest
 
-from pipeline import storage
-from pipeline.config import Settings
+from pipeline.common import storage
+from pipeline.common.config import Settings
 from pipeline.irc import Coordinator, PeeringRequest
 from pipeline.plan import latest_plan_id, read_plan
 from pipeline.run import backfill_ingest, run_hourly
@@ -100,7 +100,7 @@ def test_hourly_run_on_s3_publishes_the_same_plan(
     coordinator = Coordinator(lake_root=lake_uri)
     try:
         response = coordinator.handle_peering_request(PeeringRequest(
-            request_id="s3-a", requested_at=datetime(2026, 1, 29, 0, 30, tzinfo=timezone.utc),
+            request_id="s3-a", requested_at=datetime(2026, 1, 29, 0, 30, tzinfo=UTC),
             source_region="us-east-1", destination_region="eu-west-1",
             resource_requirements={"vcpu": 4, "memory_gib": 16, "bandwidth_gbps": 1}, duration_s=1800,
         ))
@@ -109,7 +109,7 @@ def test_hourly_run_on_s3_publishes_the_same_plan(
     assert (response.status, response.path) == ("success", "preallocated")
 
 
-def test_missing_source_bucket_fails_the_ingest_with_the_key(aws_env, tmp_path: Path) -> None:  # noqa: F811
+def test_missing_source_bucket_fails_the_ingest_with_the_key(aws_env, tmp_path: Path) -> None:
     """A source root in a bucket that does not exist: the task fails and names the file."""
     settings = Settings(source_root="s3://peerscale-absent-bucket/sources", lake_root=str(tmp_path / "lake"),
                         build_root=str(tmp_path / "build"))
@@ -118,9 +118,9 @@ def test_missing_source_bucket_fails_the_ingest_with_the_key(aws_env, tmp_path: 
     assert "s3://peerscale-absent-bucket/sources/inventory/pools.csv" in str(excinfo.value)
 
 
-def test_lake_in_a_missing_bucket_fails_with_the_key(aws_env, tmp_path: Path) -> None:  # noqa: F811
-    from pipeline.intervals import DataInterval
-    from pipeline.ingest import ingest
+def test_lake_in_a_missing_bucket_fails_with_the_key(aws_env, tmp_path: Path) -> None:
+    from pipeline.common.intervals import DataInterval
+    from pipeline.ingest.loader import ingest
 
     settings = Settings(source_root=str(SAMPLES), lake_root="s3://peerscale-absent-bucket/lake",
                         build_root=str(tmp_path / "build"))

@@ -1,4 +1,4 @@
-"""pipeline.storage against a real S3 API on loopback (moto server mode): round trips, the
+"""pipeline.common.storage against a real S3 API on loopback (moto server mode): round trips, the
 lake's partitioned writes, permanent errors with the key in the message, transient errors retried."""
 
 from __future__ import annotations
@@ -8,8 +8,8 @@ import logging
 import pyarrow as pa
 import pytest
 
-from pipeline import lake, storage
-from pipeline.intervals import DataInterval
+from pipeline.common import lake, storage
+from pipeline.common.intervals import DataInterval
 from tests.moto_server import FlakyProxy, MotoServer, aws_env, moto_server, s3_bucket  # noqa: F401
 
 
@@ -56,7 +56,7 @@ def test_missing_bucket_is_a_permanent_error_naming_the_key(aws_env: MotoServer)
 
 
 def test_permanent_error_is_not_retried(aws_env: MotoServer, caplog: pytest.LogCaptureFixture) -> None:
-    caplog.set_level(logging.WARNING, logger="pipeline.storage")
+    caplog.set_level(logging.WARNING, logger="pipeline.common.storage")
     with pytest.raises(storage.StoragePermanentError):
         lake.write_json_atomic("s3://peerscale-no-such-bucket/x.json", {"a": 1})
     assert not [r for r in caplog.records if "retrying" in r.getMessage()]
@@ -68,7 +68,7 @@ def test_throttling_and_5xx_are_retried_with_backoff(
     """A proxy in front of the server answers 503 SlowDown to the first connections."""
     uri = f"s3://{s3_bucket}/lake/plans/LATEST"
     storage.write_text_atomic(uri, "plan-7\n")
-    caplog.set_level(logging.WARNING, logger="pipeline.storage")
+    caplog.set_level(logging.WARNING, logger="pipeline.common.storage")
     # One SDK attempt per call, so every 503 reaches peerscale's own retry loop.
     monkeypatch.setenv(storage.SDK_ATTEMPTS_ENV, "1")
     with FlakyProxy(aws_env.port, failures=3) as proxy:
@@ -109,7 +109,7 @@ def test_a_server_restart_is_ridden_out(
         uri = f"s3://{s3_bucket}/lake/raw/x/part-0.bin"
         storage.write_bytes_atomic(uri, b"payload")
         own.stop()
-        caplog.set_level(logging.WARNING, logger="pipeline.storage")
+        caplog.set_level(logging.WARNING, logger="pipeline.common.storage")
         restart = threading.Timer(0.6, own.start)
         restart.start()
         try:

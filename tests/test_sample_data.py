@@ -13,8 +13,8 @@ import pyarrow.csv as pa_csv
 import pyarrow.json as pa_json
 import pytest
 
-from pipeline import schemas
-from pipeline.sample_data import DEFAULT_REGIONS, DIRTY_ROWS, UNKNOWN_REGIONS, generate_sample_data
+from pipeline.common import schemas
+from pipeline.samples.generate import DEFAULT_REGIONS, DIRTY_ROWS, UNKNOWN_REGIONS, generate_sample_data
 
 START = date(2026, 1, 1)
 OFFSETS = {

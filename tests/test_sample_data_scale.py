@@ -5,8 +5,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from pipeline import schemas
-from pipeline.sample_data import DEFAULT_REGIONS, _region_profile, generate_sample_data
+from pipeline.common import schemas
+from pipeline.samples.generate import DEFAULT_REGIONS, _region_profile, generate_sample_data
 
 
 def _names(n: int) -> list[str]:

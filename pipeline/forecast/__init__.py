@@ -1,6 +1,6 @@
 """The Predictive Demand Engine: models, selection and the forecast stage.
 
-Attributes are imported lazily so that `pipeline.forecast.cli` (and `peerscale --help`) do not pull
+Attributes are imported lazily so that `pipeline.cli.forecast` (and `peerscale --help`) do not pull
 in pandas, DuckDB or statsforecast.
 """
 

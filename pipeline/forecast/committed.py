@@ -8,10 +8,10 @@ throws that knowledge away; peerscale forecasts only what new arrivals add:
     peak(h) = carried(h) + fresh(h)       carried(h): held at h's start by sessions begun before h
                                           fresh(h) ≥ 0: what the hour's arrivals add on top
 
-- `carried_levels`: carried(h) for every hour of a history (origin = target = h).
+- `carried_levels`, `committed_profile` (`pipeline.features.committed`): carried(h), and the
+  levels running sessions hold at t + k.
 - `fresh_history`: the region-demand series minus carried, as series `fresh:<region>:<resource>`,
   forecast by the engine next to the peak series.
-- `committed_profile`: at origin t, what running sessions hold at t + k.
 - `apply_committed`: the first step's region forecast becomes carried(t) + the fresh forecast
   (every quantile and interval bound); later steps keep the engine's own peak forecast, floored by
   committed + fresh (demand already committed never forecasts lower).
@@ -19,18 +19,13 @@ throws that knowledge away; peerscale forecasts only what new arrivals add:
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta
-from typing import Sequence
+from datetime import datetime
 
-import duckdb
 import numpy as np
 import pandas as pd
-import pyarrow as pa
 
-from pipeline.config import REPO_ROOT
-from pipeline.schemas import RESOURCE_TYPES, region_series_id
+from pipeline.common.schemas import RESOURCE_TYPES, region_series_id
 
-SQL = REPO_ROOT / "sql" / "committed_demand.sql"
 FRESH = "fresh"
 VALUE_COLUMNS = ("mean", "q50", "q80", "q90", "q95", "q99", "lo_80", "hi_80", "lo_95", "hi_95")
 
@@ -38,39 +33,6 @@ VALUE_COLUMNS = ("mean", "q50", "q80", "q90", "q95", "q99", "lo_80", "hi_80", "l
 def fresh_series_id(region: str, resource_type: str) -> str:
     """Series id of what a region's new arrivals add to its hourly peak (internal to forecasting)."""
     return f"{FRESH}:{region}:{resource_type}"
-
-
-def held_at(requests: pa.Table, regions: Sequence[str], points: Sequence[tuple[datetime, datetime]]) -> pd.DataFrame:
-    """Resources held at each `target` by sessions begun before its `origin`, per region (wide by resource)."""
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("requests", requests)
-        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
-        ts = pa.timestamp("us", tz="UTC")
-        con.register("points", pa.table({
-            "origin": pa.array([o for o, _ in points], ts),
-            "target": pa.array([t for _, t in points], ts),
-        }))
-        frame = con.sql(SQL.read_text()).df()
-    finally:
-        con.close()
-    for col in ("origin", "target"):
-        frame[col] = pd.to_datetime(frame[col], utc=True)
-    return frame
-
-
-def carried_levels(requests: pa.Table, regions: Sequence[str], hours: Sequence[datetime]) -> pd.DataFrame:
-    """`hour, region, <resources>`: the level carried into each hour by sessions begun before it."""
-    frame = held_at(requests, regions, [(h, h) for h in hours])
-    return frame.drop(columns=["target"]).rename(columns={"origin": "hour"})
-
-
-def committed_profile(requests: pa.Table, regions: Sequence[str], origin: datetime, steps: int) -> pd.DataFrame:
-    """`hour, region, <resources>`: what sessions running at `origin` still hold at origin + k h."""
-    points = [(origin, origin + timedelta(hours=k)) for k in range(steps)]
-    frame = held_at(requests, regions, points)
-    return frame.drop(columns=["origin"]).rename(columns={"target": "hour"})
 
 
 def fresh_history(region_demand: pd.DataFrame, carried: pd.DataFrame) -> pd.DataFrame:
@@ -123,4 +85,4 @@ def apply_committed(forecasts: pd.DataFrame, committed: pd.DataFrame, origin: da
     return out.reset_index(drop=True)
 
 
-__all__ = ["apply_committed", "carried_levels", "committed_profile", "fresh_history", "fresh_series_id", "held_at"]
+__all__ = ["apply_committed", "fresh_history", "fresh_series_id"]

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.forecast.models import Forecaster, NotEnoughData, future_index, gaussian_bands
+from pipeline.forecast.base import Forecaster, NotEnoughData, future_index, gaussian_bands
 
 
 def torch_available() -> bool:

@@ -25,23 +25,24 @@ from __future__ import annotations
 import functools
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import lake, storage
-from pipeline.config import Settings
-from pipeline.features import read_features
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
+from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
+from pipeline.features.build import read_features
 from pipeline.forecast import prep
 from pipeline.forecast.committed import apply_committed, fresh_history
 from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
 from pipeline.forecast.quantiles import quantile_column
-from pipeline.intervals import DataInterval
-from pipeline.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 
 #: "auto": the models that earned their place in the backtests (bench/): seasonal naive (the floor),
 #: the seasonal mean (robust on noisy counts), the global GBM (best on M4 Hourly and on the
@@ -128,7 +129,7 @@ class Calibration:
     n_errors: int
 
     @classmethod
-    def fit(cls, errors: pd.DataFrame, scale: pd.Series, horizon: int, shrink: float = 48.0) -> "Calibration":
+    def fit(cls, errors: pd.DataFrame, scale: pd.Series, horizon: int, shrink: float = 48.0) -> Calibration:
         """errors: unique_id, step (0-based), error (actual - forecast)."""
         probs = _calibration_probs()
         if errors.empty:
@@ -264,7 +265,7 @@ class Prepared:
         need = self.n_windows * self.window + max(2 * self.season_length, int(MODEL_MIN_SEASONS.get(name, 1) * self.season_length))
         return [u for u in self.cv_ok if self.lengths[u] >= need]
 
-    def subset(self, ids: Sequence[str]) -> "Prepared":
+    def subset(self, ids: Sequence[str]) -> Prepared:
         """The same preparation restricted to `ids` (a shard): per-series rows only, run-wide parameters kept."""
         keep = set(ids)
 
@@ -614,7 +615,7 @@ def select_and_forecast(
     return result
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _model_class(name: str) -> type:
     factory = MODELS[name]
     return factory if isinstance(factory, type) else type(factory(24, "h"))

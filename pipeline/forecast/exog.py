@@ -15,9 +15,9 @@ from datetime import datetime
 import numpy as np
 import pandas as pd
 
-from pipeline import lake
+from pipeline.common import lake
+from pipeline.common.schemas import parse_series_id
 from pipeline.forecast.prep import EVENT_COLUMN
-from pipeline.schemas import parse_series_id
 
 # Standard-time UTC offsets of the regions (hours): events apply on local dates.
 REGION_UTC_OFFSET: dict[str, float] = {
@@ -140,4 +140,4 @@ def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history
     return hist.drop(columns="_region"), fut.drop(columns="_region")
 
 
-__all__ = ["calendar_uplift", "inbound_hierarchy", "prophet_holidays", "telemetry_regressors", "uplift_table", "series_region"]
+__all__ = ["calendar_uplift", "inbound_hierarchy", "prophet_holidays", "series_region", "telemetry_regressors", "uplift_table"]

@@ -19,15 +19,16 @@ forecasting at every origin is the `refit=False` shortcut statsforecast also off
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from pipeline.forecast.models import Forecaster, NotEnoughData, exog_columns, future_index
+from pipeline.common.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
+from pipeline.forecast.base import Forecaster, NotEnoughData, exog_columns, future_index
 from pipeline.forecast.quantiles import quantile_column
-from pipeline.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
 
 N_BUCKETS = 4  # horizon buckets of the model's own residual quantiles
 

@@ -205,7 +205,7 @@ class PooledProfile:
             return idx.dayofweek.to_numpy()
         return (idx.asi8 // pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq)).value % self.season_length).astype(int)
 
-    def fit(self, frame: pd.DataFrame) -> "PooledProfile":
+    def fit(self, frame: pd.DataFrame) -> PooledProfile:
         by_group: dict[str, list[np.ndarray]] = {}
         for uid, group in frame.groupby("unique_id", sort=True):
             tail = group.tail(7 * self.season_length)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.schemas import FORECAST_QUANTILES
+from pipeline.common.schemas import FORECAST_QUANTILES
 
 # Central interval level whose upper bound is the quantile q: level = (2q - 1) * 100.
 QUANTILE_LEVELS: dict[float, int] = {q: int(round((2 * q - 1) * 100)) for q in FORECAST_QUANTILES if q > 0.5}

@@ -36,16 +36,17 @@ import math
 import os
 import pickle
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from typing import Any
 
 import pandas as pd
 
-from pipeline import lake, storage
-from pipeline.config import Settings
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
 from pipeline.forecast import engine
 from pipeline.forecast.engine import DEFAULT_MODELS, MODELS_GLOBAL, ModelRun, Prepared
-from pipeline.intervals import DataInterval
 
 SERIES_PER_SHARD = 25  # a shard task costs ~3 s of start-up; local models ~0.05 s a series (auto models)
 MAX_SHARDS = 16

@@ -9,7 +9,7 @@
 - :mod:`pipeline.iac.safety` — validation of every templated value, credential guards
 
 Plan values are validated before they reach a template. Names below load on first use, so that
-``import pipeline.iac.cli`` (the CLI) stays light.
+``import pipeline.cli.iac`` (the CLI) stays light.
 """
 
 from __future__ import annotations

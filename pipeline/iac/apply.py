@@ -34,12 +34,12 @@ import time
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pipeline import lake, storage
-from pipeline.config import Settings
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
 from pipeline.iac.cloudformation import DEPLOYMENT_FILE, TRANSIT_GATEWAY
 from pipeline.iac.providers import (
     AwsClients,
@@ -136,7 +136,7 @@ def stack_name(prefix: str, region: str) -> str:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+    return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
 def record_apply(settings: Settings, plan_id: str, payload: Mapping[str, Any], key: str = "apply") -> dict[str, Any]:
@@ -204,7 +204,7 @@ def _delete_stack(cfn: Any, name: str, timeout_s: float) -> None:
 def _failure_reasons(cfn: Any, name: str) -> str:
     try:
         events = cfn.describe_stack_events(StackName=name).get("StackEvents", [])
-    except Exception:  # noqa: BLE001 - best effort diagnostics
+    except Exception:
         return ""
     reasons = [
         f"{e.get('LogicalResourceId')}: {e.get('ResourceStatusReason')}"
@@ -305,7 +305,7 @@ def _discard(cfn: Any, pending: _Pending, timeout_s: float) -> None:
         cfn.delete_change_set(ChangeSetName=pending.change_set_id, StackName=pending.stack_name)
         if pending.created_stack:
             _delete_stack(cfn, pending.stack_name, timeout_s)
-    except Exception as exc:  # noqa: BLE001 - cleanup must not hide the real outcome
+    except Exception as exc:
         log.warning("could not clean up change set of %s: %s", pending.stack_name, redact(str(exc)))
 
 
@@ -440,7 +440,7 @@ def apply_cloudformation(
         if execute:
             try:
                 record("apply_failed", finished_at=_now())
-            except Exception as record_exc:  # noqa: BLE001 - keep the original error
+            except Exception as record_exc:
                 log.error("could not record apply_failed for %s: %s", plan_id, redact(str(record_exc)))
         if isinstance(exc, ApplyFailed):
             raise ApplyFailed(result.error) from None

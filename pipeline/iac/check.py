@@ -23,7 +23,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pipeline.config import REPO_ROOT
+from pipeline.common.config import REPO_ROOT
 from pipeline.iac.safety import SECRET_ENV_VARS, UnsafeRenderedOutput, assert_no_credentials, redact
 
 __all__ = ["CHECKOV_ENV", "CheckReport", "CheckovMissing", "CheckovRun", "check_rendered", "find_checkov", "parse_rendered"]
@@ -100,7 +100,7 @@ def parse_rendered(directory: Path) -> tuple[list[str], list[str]]:
                 json.loads(text)
             else:
                 continue
-        except Exception as exc:  # noqa: BLE001 - any parser error is a finding
+        except Exception as exc:
             errors.append(f"{name}: {type(exc).__name__}: {' '.join(str(exc).split())[:300]}")
             continue
         parsed.append(name)

@@ -233,7 +233,7 @@ def render_cloudformation_model(model: InfraModel, out_dir: Path) -> list[Path]:
 
 
 def render_cloudformation(
-    plan: "pd.DataFrame | pa.Table",
+    plan: pd.DataFrame | pa.Table,
     manifest: Mapping[str, Any],
     out_dir: Path,
     peering: Sequence[tuple[str, str, float | None]] | None = None,

@@ -53,13 +53,13 @@ if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
+    "MIN_PAIR_REQUESTS",
+    "REQUIRED_COLUMNS",
+    "WARM_POOL_FRACTION",
     "InfraLine",
     "InfraModel",
     "InfraRegion",
-    "MIN_PAIR_REQUESTS",
     "PeeringPair",
-    "REQUIRED_COLUMNS",
-    "WARM_POOL_FRACTION",
     "all_pairs",
     "build_model",
     "line_key",
@@ -221,7 +221,7 @@ def _format_ts(value: datetime) -> str:
     return value.strftime(_TIMESTAMP_FORMAT)
 
 
-def _records(plan: "pd.DataFrame | pa.Table") -> list[dict[str, Any]]:
+def _records(plan: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
     """Plan rows as dicts, from either a pandas DataFrame or a pyarrow Table."""
     is_table = isinstance(plan, pa.Table)
     columns = plan.column_names if is_table else list(plan.columns)
@@ -312,7 +312,7 @@ def pairs_from_forecast(
 
 
 def build_model(
-    plan: "pd.DataFrame | pa.Table",
+    plan: pd.DataFrame | pa.Table,
     manifest: Mapping[str, Any],
     peering: Sequence[tuple[str, str, float | None]] | None = None,
     peering_source: str | None = None,

@@ -26,18 +26,18 @@ import logging
 import os
 import time
 from abc import ABC, abstractmethod
-from datetime import datetime
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
-from pipeline import lake, storage
+from pipeline.common import lake, storage
 
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "AwsClients",
     "CAPACITY_PROVIDER_ENV",
+    "AwsClients",
     "CapacityReservationProvider",
     "Ec2CapacityReservations",
     "LedgerCapacityReservations",
@@ -96,7 +96,7 @@ class ReconcileResult:
         return {**self.counts(), "changes": {"created": sorted(self.created), "modified": sorted(self.modified),
                                              "removed": sorted(self.removed)}, "ids": dict(sorted(self.ids.items()))}
 
-    def merge(self, other: "ReconcileResult") -> None:
+    def merge(self, other: ReconcileResult) -> None:
         self.created += other.created
         self.modified += other.modified
         self.removed += other.removed
@@ -261,7 +261,7 @@ class LedgerCapacityReservations(CapacityReservationProvider):
         self._dirty = False
 
     @classmethod
-    def for_lake(cls, lake_root: str, prefix: str) -> "LedgerCapacityReservations":
+    def for_lake(cls, lake_root: str, prefix: str) -> LedgerCapacityReservations:
         return cls(storage.join(lake_root, "iac", "capacity_reservations", f"{prefix}.json"))
 
     def _load(self) -> dict[str, dict[str, dict[str, Any]]]:

@@ -20,8 +20,8 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import lake, storage
-from pipeline.config import Settings
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
 from pipeline.iac.cloudformation import render_cloudformation_model
 from pipeline.iac.model import MIN_PAIR_REQUESTS, all_pairs, build_model, pairs_from_forecast
 from pipeline.iac.safety import check_plan_id

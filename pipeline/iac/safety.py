@@ -3,7 +3,7 @@
 Templates interpolate plan values into HCL string literals. HCL gives meaning to ``"``, ``\\``,
 ``${``, ``%{`` and newlines inside a string, so a hostile or corrupt plan value could close the
 string and inject resources. We therefore validate each value against the plan contracts in
-:mod:`pipeline.schemas` *before* anything is rendered, re-check at interpolation time
+:mod:`pipeline.common.schemas` *before* anything is rendered, re-check at interpolation time
 (:func:`hcl_string`), and scan the rendered text for credentials before publishing it.
 """
 
@@ -13,10 +13,10 @@ import math
 import numbers
 import os
 import re
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
-from pipeline.schemas import (
+from pipeline.common.schemas import (
     INSTANCE_TYPE_PATTERN,
     PLAN_ID_PATTERN,
     PURCHASE_OPTIONS,
@@ -28,10 +28,10 @@ __all__ = [
     "UnsafeRenderedOutput",
     "assert_no_credentials",
     "check_count",
-    "check_quantity",
     "check_instance_type",
     "check_plan_id",
     "check_purchase_option",
+    "check_quantity",
     "check_region",
     "check_tag_value",
     "check_timestamp",
@@ -131,7 +131,7 @@ def check_plan_id(value: Any, field: str = "plan_id") -> str:
 
 
 def check_purchase_option(value: Any, field: str = "purchase_option") -> str:
-    """Return ``value`` if it is one of :data:`pipeline.schemas.PURCHASE_OPTIONS`."""
+    """Return ``value`` if it is one of :data:`pipeline.common.schemas.PURCHASE_OPTIONS`."""
     if value not in PURCHASE_OPTIONS:
         raise UnsafePlanValue(field, value, f"must be one of {', '.join(PURCHASE_OPTIONS)}")
     return str(value)
@@ -198,7 +198,7 @@ def check_timestamp(value: Any, field: str) -> datetime:
         pass
     if value.tzinfo is None or value.utcoffset() is None:
         raise UnsafePlanValue(field, value, "timestamps must be tz-aware UTC")
-    return value.astimezone(timezone.utc)
+    return value.astimezone(UTC)
 
 
 def hcl_string(value: Any) -> str:

@@ -63,7 +63,7 @@ def default_templates_dir() -> Path:
     override = os.environ.get(TEMPLATES_ENV_VAR)
     if override:
         return Path(override)
-    return Path(__file__).resolve().parents[2] / "terraform_templates" / "aws"
+    return Path(__file__).resolve().parent / "terraform_templates" / "aws"
 
 
 def _environment(templates_dir: Path) -> jinja2.Environment:
@@ -177,7 +177,7 @@ def render_terraform_model(model: InfraModel, out_dir: Path, templates_dir: Path
 
 
 def render_terraform(
-    plan: "pd.DataFrame | pa.Table",
+    plan: pd.DataFrame | pa.Table,
     manifest: Mapping[str, Any],
     out_dir: Path,
     templates_dir: Path | None = None,
@@ -186,7 +186,7 @@ def render_terraform(
 ) -> list[Path]:
     """Render the plan's first window as a Terraform root module in ``out_dir``.
 
-    ``plan`` follows :data:`pipeline.schemas.PLAN`; ``manifest`` must carry the same ``plan_id``
+    ``plan`` follows :data:`pipeline.common.schemas.PLAN`; ``manifest`` must carry the same ``plan_id``
     (``tau`` is echoed in a header comment when present). ``peering`` lists the region pairs to
     peer (default: every pair of regions with lines; see :mod:`pipeline.iac.model`). Templates
     come from ``templates_dir``, else ``$PEERSCALE_TEMPLATES_DIR``, else the repo's

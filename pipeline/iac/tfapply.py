@@ -21,8 +21,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from pipeline import storage
-from pipeline.config import Settings
+from pipeline.common import storage
+from pipeline.common.config import Settings
 from pipeline.iac.apply import ApplyFailed, ApplyResult, Progress, _now, applied_pointer, record_apply
 from pipeline.iac.render import iac_dir, render_plan
 from pipeline.iac.safety import check_plan_id, redact

@@ -12,7 +12,7 @@ without pulling the batch stack (pandas, Airflow, Prophet, OR-Tools, GE, DuckDB)
 
 from pipeline.irc.coordinator import DEFAULT_PRIORITY_CEILINGS, Coordinator
 from pipeline.irc.ledger import InMemoryLedger, Ledger, open_ledger
-from pipeline.irc.models import PeeringRequest, PeeringResponse
+from pipeline.irc.messages import PeeringRequest, PeeringResponse
 from pipeline.irc.ondemand import LatencyModel, OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog
 from pipeline.irc.shadow import ShadowMirror, ShadowReport, replay_shadow

@@ -1,6 +1,6 @@
 """The parts of the data contract the request path needs, without importing pyarrow.
 
-`pipeline.schemas` is the single source of truth, but it builds pyarrow schemas at import
+`pipeline.common.schemas` is the single source of truth, but it builds pyarrow schemas at import
 (~0.2 s). The IRC must import in well under 0.3 s, so these constants are repeated here and a
 test (tests/test_irc.py::test_contract_matches_schemas) keeps them identical to the schemas.
 """

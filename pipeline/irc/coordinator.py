@@ -49,8 +49,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pipeline.irc.ledger import InMemoryLedger, Ledger
+from pipeline.irc.messages import PeeringRequest, PeeringResponse
 from pipeline.irc.metrics import DecisionMetrics
-from pipeline.irc.models import PeeringRequest, PeeringResponse
 from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
 from pipeline.irc.plan_source import (
@@ -207,7 +207,7 @@ class Coordinator:
         try:
             response, valid = self._decide(request)
             failure = None if response.status == "success" else "invalid" if valid is None else "insufficient"
-        except Exception as exc:  # noqa: BLE001 - the caller must never see an exception
+        except Exception as exc:
             log.exception("IRC internal error on request %r", getattr(request, "request_id", None))
             self._metrics.count("internal_errors")
             response, valid, failure = self._response(
@@ -219,7 +219,7 @@ class Coordinator:
         if self._outcomes is not None:
             try:
                 self._outcomes.submit(self._outcome(request, valid, response, elapsed))
-            except Exception:  # noqa: BLE001 - logging must never fail a decision
+            except Exception:
                 log.exception("IRC: could not queue the outcome of %r", response.request_id)
         return response
 
@@ -237,7 +237,7 @@ class Coordinator:
             if released:
                 self._metrics.count("released")
             return released
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("IRC release of %r failed", allocation_id)
             return False
 
@@ -248,7 +248,7 @@ class Coordinator:
         released = 0
         try:
             released += self._ledger.sweep(now)
-        except Exception:  # noqa: BLE001
+        except Exception:
             log.exception("IRC ledger sweep failed")
             self._metrics.count("ledger_errors")
         released += self._on_demand.sweep(now)
@@ -274,7 +274,7 @@ class Coordinator:
                         return False
                 plan = load_plan(self._lake_root, signature[0])
                 self._ledger.load_capacities(plan.capacity_rows_full(), plan.plan_id)
-            except Exception as exc:  # noqa: BLE001 - PlanUnavailable, I/O, a failing ledger backend
+            except Exception as exc:
                 self._reload_failed(exc, signature)
                 return False
             if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
@@ -303,7 +303,7 @@ class Coordinator:
         if self._owns_ledger:
             self._ledger.close()
 
-    def __enter__(self) -> "Coordinator":
+    def __enter__(self) -> Coordinator:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -379,7 +379,7 @@ class Coordinator:
                                     allocation_id, region, requirements, at_s, valid.end_s, ceiling, valid.priority,
                                     now_s,
                                 )
-                    except Exception as exc:  # noqa: BLE001 - a broken ledger degrades to on-demand
+                    except Exception as exc:
                         log.warning("IRC ledger error: %s: %s", type(exc).__name__, exc)
                         self._metrics.count("ledger_errors")
                         short, reason = (), "ledger_error"
@@ -484,7 +484,7 @@ class Coordinator:
         try:
             plan_id = self._pinned or latest_signature(self._lake_root)[0]
             pools = load_pools(self._lake_root, plan_id)
-        except Exception:  # noqa: BLE001
+        except Exception:
             return
         if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
             self._on_demand.load_pools(pools)
@@ -520,7 +520,7 @@ class Coordinator:
             gauges.append(("peerscale_irc_plan_info", "gauge", "The plan in use.", {"plan_id": ""}, 0))
         try:
             utilization = self._ledger.utilization(self._last_at_s)
-        except Exception:  # noqa: BLE001
+        except Exception:
             utilization = {}
         for (region, resource_type), (capacity, used) in sorted(utilization.items()):
             labels = {"region": region, "resource_type": resource_type}
@@ -544,7 +544,7 @@ class Coordinator:
         return gauges
 
 
-def _watch(ref: "weakref.ref[Coordinator]", stop: threading.Event, interval_s: float) -> None:
+def _watch(ref: weakref.ref[Coordinator], stop: threading.Event, interval_s: float) -> None:
     """Plan watcher thread: poll LATEST until the coordinator is closed or garbage-collected."""
     while not stop.wait(interval_s):
         coordinator = ref()
@@ -552,6 +552,6 @@ def _watch(ref: "weakref.ref[Coordinator]", stop: threading.Event, interval_s: f
             return
         try:
             coordinator.reload()
-        except Exception:  # noqa: BLE001 - reload already never raises; belt and braces
+        except Exception:
             log.exception("IRC plan watcher error")
         del coordinator

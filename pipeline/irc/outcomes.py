@@ -27,7 +27,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 log = logging.getLogger(__name__)
@@ -78,9 +78,9 @@ def _as_float(value: Any) -> float | None:
 
 def _as_time(value: Any) -> datetime | None:
     if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return datetime.fromtimestamp(value, tz=timezone.utc)
+        return datetime.fromtimestamp(value, tz=UTC)
     if isinstance(value, datetime) and value.tzinfo is not None and value.utcoffset() is not None:
-        return value.astimezone(timezone.utc)
+        return value.astimezone(UTC)
     return None
 
 
@@ -114,7 +114,7 @@ class _Sink:
                 return 0
             try:
                 written = self._write(batch)
-            except Exception:  # noqa: BLE001 - never propagate to the request path
+            except Exception:
                 log.exception("IRC outcome log: could not write %d records to %s", len(batch), self.base)
                 with self.stats_lock:
                     self.write_errors += 1
@@ -145,7 +145,7 @@ class _Sink:
             for record in records:  # slow path: one odd record must not lose the batch
                 try:
                     cleaned.append(clean_record(record))
-                except Exception:  # noqa: BLE001
+                except Exception:
                     self.count_dropped()
             return _table(cleaned)
 
@@ -153,7 +153,7 @@ class _Sink:
         import pyarrow.compute as pc
         import pyarrow.parquet as pq
 
-        from pipeline import storage
+        from pipeline.common import storage
 
         if table.num_rows == 0:
             return 0
@@ -164,7 +164,7 @@ class _Sink:
         total = 0
         for hour in sorted(pc.unique(hours).to_pylist()):
             part = table.filter(pc.equal(hours, hour))
-            moment = datetime.fromtimestamp(hour * 3600, tz=timezone.utc)
+            moment = datetime.fromtimestamp(hour * 3600, tz=UTC)
             directory = f"{base}/date={moment:%Y-%m-%d}/hour={moment:%H}"
             name = f"part-{uuid.uuid4().hex}.parquet"
             fs.create_dir(directory, recursive=True)
@@ -211,11 +211,11 @@ def clean_record(record: tuple[Any, ...]) -> tuple[Any, ...]:
         else:
             row.append(_as_float(value))
     if row[2] is None:
-        row[2] = datetime.now(timezone.utc).timestamp()
+        row[2] = datetime.now(UTC).timestamp()
     return tuple(row)
 
 
-def _writer(sink: _Sink, owner: "weakref.ref[OutcomeLog]", wake: threading.Event, stop: threading.Event,
+def _writer(sink: _Sink, owner: weakref.ref[OutcomeLog], wake: threading.Event, stop: threading.Event,
             interval_s: float) -> None:
     """Writer thread: flush every interval; exits (after a last flush) on close or when the owner is gone."""
     while not stop.is_set():
@@ -308,7 +308,7 @@ class OutcomeLog:
         self._sink.flush()
         _live_sinks.discard(self._sink)
 
-    def __enter__(self) -> "OutcomeLog":
+    def __enter__(self) -> OutcomeLog:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -323,5 +323,5 @@ def _flush_all_at_exit() -> None:
     for sink in list(_live_sinks):
         try:
             sink.flush()
-        except Exception:  # noqa: BLE001
+        except Exception:
             pass

@@ -7,7 +7,7 @@ unusable (no pointer, missing file, bad bytes, bad values, unpublished) surfaces
 `PlanUnavailable` subclass with a readable message: the coordinator keeps serving what it had,
 or serves on demand, instead of crashing its caller (DESIGN principle 4).
 
-The lake root may be a local path or an s3:// URI (through `pipeline.storage`, which honours
+The lake root may be a local path or an s3:// URI (through `pipeline.common.storage`, which honours
 AWS_ENDPOINT_URL / PEERSCALE_S3_ENDPOINT).
 """
 
@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
@@ -144,7 +144,7 @@ class LoadedPlan:
 
 def window_key(valid_from: datetime) -> str:
     """Readable text key of a window (UTC ISO-8601)."""
-    return valid_from.astimezone(timezone.utc).isoformat()
+    return valid_from.astimezone(UTC).isoformat()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -171,7 +171,7 @@ def latest_signature(lake_root: str | os.PathLike[str]) -> tuple[str, float | No
     try:
         mtime = fs.get_file_info(path).mtime
         stamp = mtime.timestamp() if mtime is not None else None
-    except Exception:  # noqa: BLE001 - mtime is only a hint
+    except Exception:
         stamp = None
     return text, stamp
 
@@ -223,12 +223,12 @@ def load_pools(lake_root: str | os.PathLike[str], plan_id: str) -> PreAllocation
 
 
 def _filesystem(lake_root: str | os.PathLike[str]) -> tuple[Any, str]:
-    from pipeline import storage  # pyarrow.fs: imported on first read, not at `import pipeline.irc`
+    from pipeline.common import storage  # pyarrow.fs: imported on first read, not at `import pipeline.irc`
 
     root = os.fspath(lake_root)
     try:
         fs, path = storage.filesystem(root)
-    except Exception as exc:  # noqa: BLE001 - bad URI, missing credentials, ...
+    except Exception as exc:
         raise PlanMissing(f"cannot open lake {root!r}: {exc}") from exc
     return fs, path.rstrip("/")
 
@@ -292,8 +292,8 @@ def _parse_instant(value: Any, what: str) -> datetime:
     except ValueError as exc:
         raise PlanCorrupt(f"{what} is not ISO-8601: {value!r}") from exc
     if parsed.tzinfo is None:
-        parsed = parsed.replace(tzinfo=timezone.utc)
-    return parsed.astimezone(timezone.utc)
+        parsed = parsed.replace(tzinfo=UTC)
+    return parsed.astimezone(UTC)
 
 
 def _first_bad(table: Any, mask: Any) -> int:
@@ -395,7 +395,7 @@ def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...
 
 
 def _us_to_dt(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=timezone.utc)
+    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
 
 
 def _read_pools(fs: Any, plan_dir: str) -> PreAllocationTable:

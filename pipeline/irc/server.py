@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 import logging
 import uuid
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from pipeline.irc.coordinator import Coordinator
-from pipeline.irc.models import PeeringRequest
+from pipeline.irc.messages import PeeringRequest
 
 log = logging.getLogger(__name__)
 MAX_BODY = 64 * 1024
@@ -31,7 +31,7 @@ def make_server(coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8
         protocol_version = "HTTP/1.1"
         server_version = "peerscale-irc"
 
-        def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        def log_message(self, format: str, *args: Any) -> None:
             log.debug("%s " + format, self.address_string(), *args)
 
         def _send(self, code: int, body: bytes, content_type: str) -> None:
@@ -50,7 +50,7 @@ def make_server(coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8
                 raise ValueError(f"a JSON body of 1..{MAX_BODY} bytes is required")
             return json.loads(self.rfile.read(length))
 
-        def do_GET(self) -> None:  # noqa: N802 - stdlib name
+        def do_GET(self) -> None:
             if self.path == "/metrics":
                 self._send(200, coordinator.metrics_text().encode(), "text/plain; version=0.0.4; charset=utf-8")
             elif self.path == "/healthz":
@@ -65,7 +65,7 @@ def make_server(coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8
             else:
                 self._json(404, {"error": f"no route GET {self.path}"})
 
-        def do_POST(self) -> None:  # noqa: N802 - stdlib name
+        def do_POST(self) -> None:
             try:
                 body = self._body()
             except (ValueError, UnicodeDecodeError) as exc:
@@ -77,7 +77,7 @@ def make_server(coordinator: Coordinator, host: str = "127.0.0.1", port: int = 8
                     return
                 row = dict(body)
                 row.setdefault("request_id", uuid.uuid4().hex)
-                row.setdefault("requested_at", datetime.now(timezone.utc).isoformat())
+                row.setdefault("requested_at", datetime.now(UTC).isoformat())
                 response = coordinator.handle_peering_request(PeeringRequest.from_row(row))
                 self._json(200, response.to_dict())
             elif self.path == "/v1/release":

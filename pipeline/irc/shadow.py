@@ -33,13 +33,13 @@ from typing import Any
 
 from pipeline.irc.coordinator import Coordinator
 from pipeline.irc.ledger import Ledger
-from pipeline.irc.models import PeeringRequest, PeeringResponse
+from pipeline.irc.messages import PeeringRequest, PeeringResponse
 
 log = logging.getLogger(__name__)
 
 
 def _unit_costs() -> dict[str, float]:
-    from pipeline.config import CostModel  # stdlib-only module
+    from pipeline.common.config import CostModel  # stdlib-only module
 
     return dict(CostModel().c_under)
 
@@ -251,7 +251,7 @@ class ShadowMirror:
                         mapped = self._allocation_map.pop(payload, None)
                         if mapped is not None:
                             self.candidate.release(mapped)
-                except Exception:  # noqa: BLE001 - the shadow must never disturb production
+                except Exception:
                     log.exception("IRC shadow: candidate failed on a mirrored item")
                 finally:
                     with self._idle:

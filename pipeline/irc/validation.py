@@ -9,11 +9,10 @@ from __future__ import annotations
 import math
 import numbers
 from collections.abc import Mapping, Set
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pipeline.irc.contract import PRIORITIES, REGION_PATTERN, RESOURCE_TYPES
-
 
 _PRIORITY_SET = frozenset(PRIORITIES)
 _RESOURCE_SET = frozenset(RESOURCE_TYPES)
@@ -78,7 +77,7 @@ def validate_request(request: Any, known_regions: Set[str] | None) -> ValidReque
 
     start_s = requested_at.timestamp()
     duration_s = float(duration)
-    utc = requested_at if requested_at.tzinfo is timezone.utc else requested_at.astimezone(timezone.utc)
+    utc = requested_at if requested_at.tzinfo is UTC else requested_at.astimezone(UTC)
     return ValidRequest(
         request_id, utc, source, destination, requirements, duration_s, priority, start_s, start_s + duration_s
     )

@@ -36,7 +36,7 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
-from pipeline.schemas import RESOURCE_TYPES
+from pipeline.common.schemas import RESOURCE_TYPES
 
 CAPACITY_COLUMN = {"vcpu": "vcpu", "memory_gib": "memory_gib", "storage_gib": "storage_gib", "bandwidth_gbps": "network_gbps"}
 QTY_SCALE = 100  # hundredths of a unit

@@ -31,13 +31,15 @@ import multiprocessing
 import os
 import pickle
 import time
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import (
     COMPUTE_POOL_RESOURCES,
     Offer,
@@ -69,7 +71,6 @@ from pipeline.plan.packing import (
     swap_repair,
 )
 from pipeline.plan.policy import PlannerConfig
-from pipeline.schemas import PRIORITIES, RESOURCE_TYPES
 
 Cell = tuple[pd.Timestamp, str]  # (window start, region)
 
@@ -90,8 +91,8 @@ class RegionMix:
 
 def default_mix(critical_share: float) -> RegionMix:
     half = critical_share / 2
-    return RegionMix(class_share={"critical": {r: half for r in RESOURCE_TYPES}, "high": {r: half for r in RESOURCE_TYPES},
-                                  "normal": {r: 1.0 - critical_share for r in RESOURCE_TYPES}, "low": {r: 0.0 for r in RESOURCE_TYPES}})
+    return RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, half), "high": dict.fromkeys(RESOURCE_TYPES, half),
+                                  "normal": dict.fromkeys(RESOURCE_TYPES, 1.0 - critical_share), "low": dict.fromkeys(RESOURCE_TYPES, 0.0)})
 
 
 @dataclass
@@ -217,7 +218,7 @@ def failover_needs(problem: PlanningProblem, config: PlannerConfig, partners: di
             if not any(v > 0 for v in wanted.values()):
                 continue
             cell = (w, partner)
-            current = need.setdefault(cell, {r: 0.0 for r in RESOURCE_TYPES})
+            current = need.setdefault(cell, dict.fromkeys(RESOURCE_TYPES, 0.0))
             for r in RESOURCE_TYPES:
                 current[r] = max(current[r], wanted[r])
             sources.setdefault(cell, []).append((region, wanted))
@@ -496,7 +497,7 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
                                     hosting_candidates=config.hosting_candidates))
     for c, task, outcome in zip(order, pack_tasks, parallel_map(_pack_cell, pack_tasks, workers)):
         plan = cells[c]
-        plan.sessions = int(len(sessions[c]))
+        plan.sessions = len(sessions[c])
         price = {o.key: o.hourly_price for o in plan.offers}
         before = plan.cost
         after = float(sum(price[k] * n for k, n in outcome["counts"].items()))
@@ -511,7 +512,7 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
         windows[c[0]].objective += after - before
         windows[c[0]].cost += after - before
         still = outcome["unplaced"]
-        plan.unhosted_sessions = int(len(still))
+        plan.unhosted_sessions = len(still)
         if len(still):
             size = still.sum(axis=0)
             for j, r in enumerate(PACK_DIMS):

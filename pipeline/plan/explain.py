@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import pandas as pd
 
+from pipeline.common.schemas import RESOURCE_TYPES
 from pipeline.plan.allocate import Offer, OfferKey
 from pipeline.plan.core import CellPlan, PlanResult
 from pipeline.plan.policy import PlannerConfig
-from pipeline.schemas import RESOURCE_TYPES
 
 UNIT = {"vcpu": "vCPU", "memory_gib": "GiB", "storage_gib": "GiB storage", "bandwidth_gbps": "Gbit/s"}
 

@@ -11,12 +11,12 @@ import pandas as pd
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from pipeline import lake, storage
-from pipeline.config import Settings
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import OfferKey
 from pipeline.plan.core import Cell, RegionMix, default_mix
 from pipeline.plan.packing import DIMS
-from pipeline.schemas import PRIORITIES, RESOURCE_TYPES
 
 
 def request_mix(lake_root: str, end: datetime, lookback_days: int, regions: list[str], critical_share_default: float

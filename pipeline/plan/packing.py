@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 import numpy as np
 from ortools.sat.python import cp_model
 
+from pipeline.common.schemas import RESOURCE_TYPES
 from pipeline.plan.allocate import HostingClass, Offer, OfferKey, SessionGroup
-from pipeline.schemas import RESOURCE_TYPES
 
 DIMS = RESOURCE_TYPES  # request samples and demand: all four resources
 # What a session needs on the instance hosting it. Storage is not packed: EBS volumes (the
@@ -239,7 +239,7 @@ class PackingResult:
         return {
             "sessions": self.sessions,
             "placed": self.placed,
-            "unplaced": int(len(self.unplaced)),
+            "unplaced": len(self.unplaced),
             "method": self.method,
             "cp_sat_status": self.cp_sat_status,
             "fragmentation": {k: round(v, 4) for k, v in self.fragmentation.items()},
@@ -371,7 +371,7 @@ def _cp_sat_pack(sessions: np.ndarray, bins: np.ndarray, hint: np.ndarray, deter
 
 def _fragmentation(sessions: np.ndarray, bins: np.ndarray, assignment: np.ndarray) -> tuple[dict[str, float], dict[str, float]]:
     if len(bins) == 0:
-        return {d: 0.0 for d in PACK_DIMS}, {d: 0.0 for d in PACK_DIMS}
+        return dict.fromkeys(PACK_DIMS, 0.0), dict.fromkeys(PACK_DIMS, 0.0)
     used = np.zeros_like(bins)
     for i, b in enumerate(assignment):
         if b >= 0:
@@ -470,8 +470,8 @@ class Rules:
     instance_quota: dict[str, int] = field(default_factory=dict)
 
     def allow(self, counts: dict[OfferKey, int], by_key: dict[OfferKey, Offer]) -> bool:
-        raw = {r: 0.0 for r in RESOURCE_TYPES}
-        eff = {r: 0.0 for r in RESOURCE_TYPES}
+        raw = dict.fromkeys(RESOURCE_TYPES, 0.0)
+        eff = dict.fromkeys(RESOURCE_TYPES, 0.0)
         spot = od = 0.0
         per_type: dict[str, int] = {}
         for k, n in counts.items():
@@ -784,5 +784,22 @@ def solve_bin_packing(sizes: list[int], capacity: int, time_limit_s: float = 2.0
     return BinPackingResult(len(ffd), lower, solver.status_name(status), len(ffd))
 
 
-__all__ = ["BinPackingResult", "PackingResult", "dot_product_pack", "ffd_plan", "hosted_assignment", "hosting_classes", "packing_result", "first_fit_decreasing", "pack", "plan_cost",
-           "repair", "swap_repair", "Rules", "session_groups", "sessions_for_demand", "shard", "solve_bin_packing"]
+__all__ = [
+    "BinPackingResult",
+    "PackingResult",
+    "Rules",
+    "dot_product_pack",
+    "ffd_plan",
+    "first_fit_decreasing",
+    "hosted_assignment",
+    "hosting_classes",
+    "pack",
+    "packing_result",
+    "plan_cost",
+    "repair",
+    "session_groups",
+    "sessions_for_demand",
+    "shard",
+    "solve_bin_packing",
+    "swap_repair",
+]

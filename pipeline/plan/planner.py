@@ -1,7 +1,7 @@
 """The plan stage: forecast quantiles → per-region demand → CP-SAT allocation → plan rows + manifest.
 
 A plan covers `plan_windows` hourly windows from the run's interval end. Rows follow the plan
-contract in pipeline.schemas.PLAN; `manifest.json` records where every number came from.
+contract in pipeline.common.schemas.PLAN; `manifest.json` records where every number came from.
 """
 
 from __future__ import annotations
@@ -13,17 +13,17 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline import lake, storage
-from pipeline.config import Settings
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
+from pipeline.common.schemas import PLAN, RESOURCE_POOLS, RESOURCE_TYPES
 from pipeline.forecast.engine import read_forecast
-from pipeline.intervals import DataInterval
 from pipeline.plan.allocate import CAPACITY_COLUMN, COMPUTE_POOL_RESOURCES, Offer
 from pipeline.plan.core import PlanningProblem, PlanResult, solve_plan
 from pipeline.plan.explain import held, row_reason
 from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
 from pipeline.plan.policy import PlannerConfig, load_planner_config
 from pipeline.plan.quantile import region_demand_quantiles, tau_by_resource
-from pipeline.schemas import PLAN, RESOURCE_POOLS, RESOURCE_TYPES
 
 # plan.parquet: the PLAN contract plus the planner's own columns (readers select PLAN's by name).
 PLAN_FILE_SCHEMA = PLAN.append(pa.field("effective_quantity", pa.float64()))  # capacity counted toward demand (spot: risk-discounted)

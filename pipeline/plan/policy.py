@@ -14,7 +14,7 @@ import math
 from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
-from pipeline.schemas import PRIORITIES, REGION_PATTERN
+from pipeline.common.schemas import PRIORITIES, REGION_PATTERN
 
 PLANNER_FILE = "inventory/planner.json"
 
@@ -275,7 +275,7 @@ def config_from_dict(payload: dict[str, Any], base: PlannerConfig | None = None)
 
 def load_planner_config(source_root: str) -> tuple[PlannerConfig, dict[str, Any]]:
     """The config from `<source_root>/inventory/planner.json` over the defaults, and where it came from."""
-    from pipeline import storage
+    from pipeline.common import storage
 
     path = storage.join(source_root, PLANNER_FILE)
     if not storage.exists(path):
@@ -292,5 +292,12 @@ def load_planner_config(source_root: str) -> tuple[PlannerConfig, dict[str, Any]
     return config, {"source": path, "fingerprint": "sha256:" + hashlib.sha256(raw).hexdigest()[:16]}
 
 
-__all__ = ["PLANNER_FILE", "PlannerConfig", "Quota", "REGION_LOCATIONS", "config_from_dict", "estimated_latency_ms",
-           "load_planner_config"]
+__all__ = [
+    "PLANNER_FILE",
+    "REGION_LOCATIONS",
+    "PlannerConfig",
+    "Quota",
+    "config_from_dict",
+    "estimated_latency_ms",
+    "load_planner_config",
+]

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from pipeline.config import CostModel
+from pipeline.common.config import CostModel
+from pipeline.common.schemas import FORECAST_QUANTILES, RESOURCE_TYPES, parse_series_id
 from pipeline.forecast.quantiles import interpolate_quantile
-from pipeline.schemas import FORECAST_QUANTILES, RESOURCE_TYPES, parse_series_id
 
 
 def tau_by_resource(cost: CostModel) -> dict[str, float]:

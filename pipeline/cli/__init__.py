@@ -1,0 +1,1 @@
+"""The `peerscale` command line: one module per command group, all registered in `app`."""

@@ -1,0 +1,187 @@
+"""``peerscale iac render|check|apply PLAN_ID``.
+
+Imports stay light at module level (typer, rich): boto3, hcl2 and pyarrow load inside commands so
+``peerscale --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+iac_app = typer.Typer(
+    help="Infrastructure as code: render a plan as Terraform and CloudFormation, check it, apply it.",
+    no_args_is_help=True,
+)
+
+console = Console()
+err = Console(stderr=True)
+
+PlanIdArg = typer.Argument(..., help="Plan to work on, e.g. plan-20260129T0000Z (see `peerscale plan show`).")
+LakeOption = typer.Option(None, "--lake", envvar="PEERSCALE_LAKE", help="Lake root: a directory or s3://bucket/prefix.")
+BuildOption = typer.Option(None, "--build", envvar="PEERSCALE_BUILD", help="Where rendered IaC goes (a local directory).")
+
+
+class Engine(str, Enum):
+    cloudformation = "cloudformation"
+    terraform = "terraform"
+
+
+def _settings(lake: str | None, build: str | None):
+    from pipeline.common.config import Settings
+
+    return Settings.from_env(lake_root=lake, build_root=build)
+
+
+def _fail(message: str, code: int = 2) -> None:
+    from pipeline.iac.safety import redact
+
+    err.print(f"[bold red]error:[/] {redact(message)}", soft_wrap=True, markup=True, highlight=False)
+    raise typer.Exit(code)
+
+
+@iac_app.command("render")
+def render(plan_id: str = PlanIdArg, lake: str | None = LakeOption, build: str | None = BuildOption) -> None:
+    """Render the plan into <build>/iac/PLAN_ID/{terraform,cloudformation}/."""
+    from pipeline.iac.render import render_plan
+    from pipeline.iac.safety import UnsafePlanValue, UnsafeRenderedOutput
+
+    try:
+        out = render_plan(plan_id, _settings(lake, build))
+    except (FileNotFoundError, ValueError, UnsafePlanValue, UnsafeRenderedOutput, OSError) as exc:
+        _fail(str(exc))
+    console.print(f"terraform:      {out['terraform_dir']}")
+    console.print(f"cloudformation: {out['cloudformation_dir']}")
+    console.print(f"peering:        {out['peered_pairs']} pair(s) — {out['peering']}")
+
+
+@iac_app.command("check")
+def check(
+    plan_id: str = PlanIdArg,
+    lake: str | None = LakeOption,
+    build: str | None = BuildOption,
+    render_first: bool = typer.Option(True, "--render/--no-render", help="Render the plan before checking it."),
+    allow_failed_checks: bool = typer.Option(False, help="Report failed checkov checks without failing (parse errors still fail)."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Parse every rendered file, then run checkov (--skip-download) on the Terraform and CloudFormation output."""
+    from pipeline.iac.check import CheckovMissing, check_rendered
+    from pipeline.iac.render import iac_dir, render_plan
+
+    settings = _settings(lake, build)
+    try:
+        if render_first:
+            render_plan(plan_id, settings)
+        report = check_rendered(iac_dir(settings, plan_id))
+    except CheckovMissing as exc:
+        _fail(str(exc))
+    except (FileNotFoundError, ValueError, OSError) as exc:
+        _fail(str(exc))
+    report.allow_failed_checks = allow_failed_checks
+    if json_out:
+        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+    else:
+        console.print(f"parsed {len(report.parsed_files)} file(s) in {report.directory}")
+        for problem in report.parse_errors + report.credential_errors:
+            console.print(f"[red]✗[/] {problem}", highlight=False)
+        table = Table(title="checkov", title_justify="left")
+        for col in ("framework", "version", "passed", "failed", "skipped", "parsing errors"):
+            table.add_column(col, justify="left" if col in ("framework", "version") else "right")
+        for run in report.checkov:
+            table.add_row(run.framework, run.version or "?", str(run.passed), str(run.failed), str(run.skipped),
+                          str(run.parsing_errors))
+        console.print(table)
+        for run in report.checkov:
+            for check in run.failed_checks:
+                console.print(f"[red]✗[/] {check['check_id']} {check['resource']} ({check['file']}): {check['name']}", highlight=False)
+            for line in run.errors:
+                console.print(f"[red]✗[/] {line}", highlight=False)
+    if not report.ok:
+        raise typer.Exit(1)
+    console.print("[green]ok[/]")
+
+
+@iac_app.command("apply")
+def apply(
+    plan_id: str = PlanIdArg,
+    engine: Engine = typer.Option(Engine.cloudformation, help="cloudformation (boto3 change sets) or terraform (needs terraform or tofu)."),
+    do_apply: bool = typer.Option(False, "--apply", help="Change infrastructure. Without it this is a dry run."),
+    yes: bool = typer.Option(False, "--yes", "-y", help="With --apply: do not ask for confirmation."),
+    stack_prefix: str = typer.Option("peerscale", help="CloudFormation stacks are named <prefix>-<region>."),
+    lake: str | None = LakeOption,
+    build: str | None = BuildOption,
+) -> None:
+    """Show what applying the plan would change (dry run, the default); with --apply (and --yes or a
+    confirmation) apply it. Records the outcome in the plan's manifest; plans/APPLIED moves on success only."""
+    from pipeline.iac.apply import ApplyFailed
+    from pipeline.iac.safety import UnsafePlanValue
+
+    settings = _settings(lake, build)
+    status = console.status(f"{engine.value}: planning")
+
+    def progress(message: str) -> None:
+        status.update(f"{engine.value}: {message}")
+
+    try:
+        with status:
+            preview = _run(engine, plan_id, settings, execute=False, stack_prefix=stack_prefix, progress=progress)
+        _print_result(preview)
+        if not do_apply:
+            console.print("dry run: nothing was changed. Re-run with [bold]--apply[/] to apply.")
+            return
+        if not yes:
+            if not sys.stdin.isatty():
+                _fail("refusing to apply without confirmation: pass --yes (no terminal to ask on)")
+            if not typer.confirm(f"Apply plan {plan_id} with {engine.value}? This changes infrastructure"):
+                console.print("aborted: nothing was changed")
+                raise typer.Exit(1)
+        with status:
+            result = _run(engine, plan_id, settings, execute=True, stack_prefix=stack_prefix, progress=progress)
+    except typer.Exit:
+        raise
+    except ApplyFailed as exc:
+        _fail(f"apply failed (recorded in the plan's manifest; plans/APPLIED unchanged): {exc}", code=1)
+    except (FileNotFoundError, ValueError, UnsafePlanValue, OSError, RuntimeError) as exc:
+        _fail(str(exc))
+    _print_result(result)
+    console.print(f"[green]applied[/] plan [bold]{plan_id}[/]; plans/APPLIED → {plan_id}")
+
+
+def _run(engine: Engine, plan_id: str, settings, execute: bool, stack_prefix: str, progress):
+    if engine is Engine.terraform:
+        from pipeline.iac.tfapply import apply_terraform
+
+        return apply_terraform(plan_id, settings, execute=execute, progress=progress)
+    from pipeline.iac.apply import apply_cloudformation
+
+    return apply_cloudformation(plan_id, settings, execute=execute, stack_prefix=stack_prefix, progress=progress)
+
+
+def _print_result(result) -> None:
+    if result.engine == "terraform":
+        counts = result.terraform_plan.get("counts", {})
+        console.print("terraform plan: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        for change in result.terraform_plan.get("changes", [])[:50]:
+            console.print(f"  {change['action']:>8} {change['address']}", highlight=False)
+        return
+    table = Table(title=f"{'preview' if result.dry_run else 'applied'}: plan {result.plan_id}", title_justify="left")
+    for col in ("region", "stack", "action", "add", "modify", "remove", "status"):
+        table.add_column(col, justify="right" if col in ("add", "modify", "remove") else "left")
+    for region, stack in sorted(result.stacks.items()):
+        table.add_row(region, stack.stack_name, stack.action, str(stack.changes.get("Add", 0)),
+                      str(stack.changes.get("Modify", 0)), str(stack.changes.get("Remove", 0)), stack.status)
+    console.print(table)
+    peering = result.peering
+    if peering:
+        console.print(f"peering ({peering.get('source')}): created {peering.get('created', 0)}, "
+                      f"removed {peering.get('removed', 0)}, unchanged {peering.get('unchanged', 0)}")
+    reservations = result.capacity_reservations
+    if reservations:
+        console.print(f"capacity reservations via {reservations.get('provider')}: created {reservations.get('created', 0)}, "
+                      f"modified {reservations.get('modified', 0)}, removed {reservations.get('removed', 0)}, "
+                      f"unchanged {reservations.get('unchanged', 0)}")

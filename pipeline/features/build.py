@@ -1,0 +1,116 @@
+"""Features: DuckDB runs `sql/*.sql` over the lake to build hourly series for forecasting.
+
+`pair_volume_hourly` counts requests per ordered region pair and hour; `region_demand_hourly`
+is the peak of resources held concurrently per region and hour (what capacity must cover);
+`region_carried_hourly` the part of it carried in from earlier hours, and `committed_profile`
+what sessions running at the interval end will still hold over the horizon (known, not forecast:
+see pipeline.forecast.committed).
+Only data strictly before the run's interval end is read: a run never sees its future.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
+from pipeline.common.schemas import PEERING_REQUESTS
+from pipeline.features.committed import carried_levels, committed_profile
+
+SQL_DIR = Path(__file__).resolve().parent / "sql"  # ships inside the package
+FEATURE_SETS = ("pair_volume_hourly", "region_demand_hourly")
+# Sessions that began up to this long before the window still hold resources inside it.
+SESSION_CARRY_IN = timedelta(days=3)
+
+
+@dataclass(frozen=True)
+class FeatureWindow:
+    """The hours a feature build covers: `history_days` ending at the run's interval end."""
+
+    start: datetime
+    end: datetime
+
+    @classmethod
+    def for_run(cls, interval_end: datetime, history_days: int) -> FeatureWindow:
+        return cls(interval_end - timedelta(days=history_days), interval_end)
+
+
+def sql_text(name: str) -> str:
+    return (SQL_DIR / f"{name}.sql").read_text()
+
+
+def compute_features(requests: pa.Table, regions: list[str], window: FeatureWindow) -> dict[str, pa.Table]:
+    """Run every feature query over an in-memory requests table (pure: no lake access)."""
+    hours = DataInterval(window.start, window.end).hours()
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("requests", requests)
+        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
+        con.register("hours", pa.table({"hour": pa.array(hours, pa.timestamp("us", tz="UTC"))}))
+        params = {"window_start": window.start, "window_end": window.end}
+        out = {}
+        for name in FEATURE_SETS:
+            table = con.sql(sql_text(name), params=params).to_arrow_table()
+            out[name] = _utc(table)
+    finally:
+        con.close()
+    carried = carried_levels(requests, regions, hours)
+    out["region_carried_hourly"] = _utc(pa.Table.from_pandas(carried, preserve_index=False))
+    return out
+
+
+def _utc(table: pa.Table) -> pa.Table:
+    """DuckDB returns TIMESTAMPTZ in its session zone; pin the lake's `timestamp[us, UTC]`."""
+    fields = []
+    for fld in table.schema:
+        if pa.types.is_timestamp(fld.type):
+            fld = fld.with_type(pa.timestamp("us", tz="UTC"))
+        fields.append(fld)
+    return table.cast(pa.schema(fields))
+
+
+def build_features(interval: DataInterval, settings: Settings) -> dict[str, str]:
+    """Build every feature set for the run ending at `interval.end`; returns lake paths."""
+    window = FeatureWindow.for_run(interval.end, settings.history_days)
+    requests = lake.read_time_range(
+        settings.lake_root, "peering_requests", window.start - SESSION_CARRY_IN, window.end, "requested_at"
+    )
+    if requests.num_rows == 0:
+        requests = PEERING_REQUESTS.empty_table()
+    pools = lake.read_reference(settings.lake_root, "resource_pools", interval.end)
+    regions = sorted(set(pools.column("region").to_pylist()))
+    requests = requests.select(PEERING_REQUESTS.names)
+    tables = compute_features(requests, regions, window)
+    profile = committed_profile(requests, regions, window.end, settings.horizon_hours)
+    tables["committed_profile"] = _utc(pa.Table.from_pandas(profile, preserve_index=False))
+    paths = {}
+    for name, table in tables.items():
+        path = lake.features_path(settings.lake_root, name, _run_token(interval, settings))
+        lake.write_parquet_atomic(table, path)
+        paths[name] = path
+    return paths
+
+
+def _run_token(interval: DataInterval, settings: Settings) -> str:
+    """Feature builds differ by history length (hourly 14 d, daily 28 d): both are in the key."""
+    return f"{interval.token}-{settings.history_days}d"
+
+
+
+def read_features(settings: Settings, name: str, interval: DataInterval) -> pa.Table:
+    path = lake.features_path(settings.lake_root, name, _run_token(interval, settings))
+    if not storage.exists(path):
+        raise FileNotFoundError(f"features {name!r} for run {interval.token} not found at {path}: run the features stage first")
+    fs, p = storage.filesystem(path)
+    return pq.read_table(p, filesystem=fs)
+
+
+__all__ = ["FEATURE_SETS", "FeatureWindow", "build_features", "compute_features", "read_features"]

@@ -1,0 +1,54 @@
+"""Committed demand as features: what running sessions hold at later times, from the request log.
+
+A peering request declares its duration, so at an origin t the resources that sessions begun
+before t still hold at t, t + 1 h, … are known exactly (`sql/committed_demand.sql`). The forecast
+stage uses these levels to forecast only what new arrivals add (`pipeline.forecast.committed`).
+
+- `carried_levels`: the level carried into each hour of a history (origin = target = hour).
+- `committed_profile`: at origin t, what running sessions still hold at t + k.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pyarrow as pa
+
+SQL = Path(__file__).resolve().parent / "sql" / "committed_demand.sql"
+
+
+def held_at(requests: pa.Table, regions: Sequence[str], points: Sequence[tuple[datetime, datetime]]) -> pd.DataFrame:
+    """Resources held at each `target` by sessions begun before its `origin`, per region (wide by resource)."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("requests", requests)
+        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
+        ts = pa.timestamp("us", tz="UTC")
+        con.register("points", pa.table({
+            "origin": pa.array([o for o, _ in points], ts),
+            "target": pa.array([t for _, t in points], ts),
+        }))
+        frame = con.sql(SQL.read_text()).df()
+    finally:
+        con.close()
+    for col in ("origin", "target"):
+        frame[col] = pd.to_datetime(frame[col], utc=True)
+    return frame
+
+
+def carried_levels(requests: pa.Table, regions: Sequence[str], hours: Sequence[datetime]) -> pd.DataFrame:
+    """`hour, region, <resources>`: the level carried into each hour by sessions begun before it."""
+    frame = held_at(requests, regions, [(h, h) for h in hours])
+    return frame.drop(columns=["target"]).rename(columns={"origin": "hour"})
+
+
+def committed_profile(requests: pa.Table, regions: Sequence[str], origin: datetime, steps: int) -> pd.DataFrame:
+    """`hour, region, <resources>`: what sessions running at `origin` still hold at origin + k h."""
+    points = [(origin, origin + timedelta(hours=k)) for k in range(steps)]
+    frame = held_at(requests, regions, points)
+    return frame.drop(columns=["origin"]).rename(columns={"target": "hour"})

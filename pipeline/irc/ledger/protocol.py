@@ -1,0 +1,94 @@
+"""Ledger of the pre-allocated capacity: atomic all-or-nothing reservations across windows.
+
+A plan pre-allocates capacity per (window, region, resource_type); a peering session holds its
+resources in its destination region from `requested_at` for `duration_s`, so a reservation
+debits **every ledger window the session overlaps**, atomically, or none of them. Three
+backends share one contract and one test-suite:
+
+* `InMemoryLedger` - one process (one lock, sub-10 µs);
+* `SQLiteLedger` (`pipeline.irc.ledger.sqlite`) - several processes on one host (WAL file);
+* `PostgresLedger` (`pipeline.irc.ledger.postgres`) - several IRC replicas (server functions).
+
+Contract (every backend):
+
+* `used(w, region, rt)` is the sum of the live allocations of that region which overlap window
+  `w` and request `rt`; a grant needs `used + q <= ceiling x capacity` in every overlapped window
+  for every requested resource (`ceiling` implements the priority rule, see coordinator).
+* Windows are keyed by their start (POSIX seconds). Loading a plan upserts its windows; a window
+  that appears for the first time is charged with the live allocations that already overlap it
+  ("carry-in"), so sessions that outlive the plan that granted them stay accounted for. A plan
+  with an older `plan_id` never overwrites a window loaded by a newer one (replicas converge).
+* Allocations expire at `requested_at + duration_s`: `sweep(now)` returns their capacity (leaked
+  allocations come back); explicit `release` still works and is exactly-once.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol, runtime_checkable
+
+from pipeline.irc.plan_source import CapacityRow
+
+# Float sums of fractional quantities must not refuse a request that exactly fills capacity.
+TOLERANCE = 1e-9
+DEFAULT_RETENTION_S = 86400.0  # windows that ended a day before "now" are dropped by sweep()
+
+
+@runtime_checkable
+class Ledger(Protocol):
+    """Atomic reservations against pre-allocated capacity (see the module docstring)."""
+
+    #: True when reserve() itself returns expired allocations (no separate sweep needed).
+    sweeps_inline: bool
+
+    def load_capacities(self, rows: Iterable[CapacityRow], plan_id: str) -> None:
+        """Upsert the plan's (window_start_s, window_end_s, region, resource_type, quantity) rows."""
+        ...
+
+    def reserve(
+        self,
+        allocation_id: str,
+        region: str,
+        requirements: Mapping[str, float],
+        start_s: float,
+        end_s: float,
+        ceiling: float = 1.0,
+        priority: str = "normal",
+        now_s: float | None = None,
+    ) -> tuple[str, ...]:
+        """Reserve in every window overlapping [start_s, end_s); () when granted, else the short resources.
+
+        `now_s` (default start_s) is the time up to which a ledger that sweeps inline may expire.
+        """
+        ...
+
+    def release(self, allocation_id: str) -> bool:
+        """Return an allocation's capacity; False if unknown or already released/expired."""
+        ...
+
+    def sweep(self, now_s: float) -> int:
+        """Release allocations that expired at or before `now_s`; returns how many."""
+        ...
+
+    def usage(self, window_start_s: int, region: str) -> dict[str, float]:
+        """Quantities currently reserved in one window (inspection, metrics, tests)."""
+        ...
+
+    def utilization(self, at_s: float) -> dict[tuple[str, str], tuple[float, float]]:
+        """{(region, resource_type): (capacity, used)} of the windows containing `at_s`."""
+        ...
+
+    def close(self) -> None:
+        """Release connections/files."""
+        ...
+
+
+def fits(
+    requirements: Mapping[str, float], used: Mapping[str, float], capacity: Mapping[str, float]
+) -> bool:
+    """True when every requirement fits in capacity - used (used by the on-demand pools)."""
+    for resource_type, quantity in requirements.items():
+        limit = capacity.get(resource_type, 0.0)
+        if used.get(resource_type, 0.0) + quantity > limit + TOLERANCE * max(1.0, limit):
+            return False
+    return True

@@ -1,0 +1,264 @@
+"""SQLite (WAL) ledger: several IRC processes on one host share one file.
+
+Every mutation is one `BEGIN IMMEDIATE` transaction: SQLite admits one writer at a time across
+all processes, so check-and-debit over every window a session overlaps is atomic without any
+row-level locking; readers (metrics) never block writers in WAL mode. `synchronous=NORMAL`
+keeps commits off fsync (a power cut may lose the last reservations, never corrupt the file),
+and the WAL is checkpointed by a background thread (PASSIVE, every `checkpoint_interval_s`)
+instead of by whichever request happens to cross SQLite's auto-checkpoint threshold - so no
+decision pays for a checkpoint's fsync.
+Same contract as `pipeline.irc.ledger` (carry-in, plan_id ordering, expiry).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import threading
+import weakref
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE
+from pipeline.irc.plan_source import CapacityRow
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS irc_capacity (
+    region        TEXT    NOT NULL,
+    window_start  INTEGER NOT NULL,
+    window_end    INTEGER NOT NULL,
+    resource_type TEXT    NOT NULL,
+    capacity      REAL    NOT NULL,
+    used          REAL    NOT NULL DEFAULT 0,
+    plan_id       TEXT    NOT NULL,
+    PRIMARY KEY (region, window_start, resource_type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS irc_allocations (
+    allocation_id TEXT PRIMARY KEY,
+    region        TEXT NOT NULL,
+    starts_at     REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    requirements  TEXT NOT NULL,
+    priority      TEXT
+);
+CREATE INDEX IF NOT EXISTS irc_allocations_expiry ON irc_allocations (expires_at);
+CREATE INDEX IF NOT EXISTS irc_allocations_region ON irc_allocations (region, starts_at);
+"""
+
+_OVERLAP = "region = ? AND window_start < ? AND window_end > ?"
+
+
+class SQLiteLedger:
+    """Ledger in one SQLite file; safe across threads (one connection + lock) and processes."""
+
+    sweeps_inline = False
+
+    def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 30.0,
+                 retention_s: float = DEFAULT_RETENTION_S, checkpoint_interval_s: float | None = 1.0) -> None:
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._retention_s = retention_s
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(
+            str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
+        )
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=NORMAL")
+        with self._lock:
+            self._write(lambda c: c.executescript(_SCHEMA) and None, begin=False)
+        self._stop = threading.Event()
+        if checkpoint_interval_s is not None:
+            self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the thread below checkpoints instead
+            threading.Thread(
+                target=_checkpointer,
+                args=(str(self.path), timeout_s, self._stop, checkpoint_interval_s),
+                name="irc-sqlite-checkpoint",
+                daemon=True,
+            ).start()
+            weakref.finalize(self, self._stop.set)
+
+    def __repr__(self) -> str:
+        return f"SQLiteLedger({str(self.path)!r})"
+
+    def _write(self, body, begin: bool = True):  # type: ignore[no-untyped-def]
+        """Run body(conn) in one IMMEDIATE transaction (caller holds self._lock)."""
+        conn = self._conn
+        if not begin:
+            return body(conn)
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            result = body(conn)
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        conn.execute("COMMIT")
+        return result
+
+    # -- plan loading --------------------------------------------------------------------------
+
+    def load_capacities(self, rows: Iterable[CapacityRow], plan_id: str) -> None:
+        rows = [(int(s), int(e), r, t, float(q)) for s, e, r, t, q in rows]
+
+        def body(conn: sqlite3.Connection) -> None:
+            existing = {
+                (r, s, t): p
+                for r, s, t, p in conn.execute("SELECT region, window_start, resource_type, plan_id FROM irc_capacity")
+            }
+            updates, inserts = [], []
+            for start, end, region, resource_type, quantity in rows:
+                owner = existing.get((region, start, resource_type))
+                if owner is None:
+                    inserts.append((region, start, end, resource_type, quantity))
+                elif owner <= plan_id:
+                    updates.append((quantity, end, plan_id, region, start, resource_type))
+            conn.executemany(
+                "UPDATE irc_capacity SET capacity = ?, window_end = ?, plan_id = ? "
+                "WHERE region = ? AND window_start = ? AND resource_type = ?",
+                updates,
+            )
+            if inserts:
+                live: dict[str, list[tuple[float, float, dict[str, float]]]] = {}
+                for region, starts_at, expires_at, requirements in conn.execute(
+                    "SELECT region, starts_at, expires_at, requirements FROM irc_allocations"
+                ):
+                    live.setdefault(region, []).append((starts_at, expires_at, json.loads(requirements)))
+                conn.executemany(
+                    "INSERT INTO irc_capacity (region, window_start, window_end, resource_type, capacity, used, plan_id) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    [
+                        (region, start, end, rt, quantity,
+                         sum(req.get(rt, 0.0) for s, e, req in live.get(region, ()) if s < end and e > start),
+                         plan_id)
+                        for region, start, end, rt, quantity in inserts
+                    ],
+                )
+
+        with self._lock:
+            self._write(body)
+
+    # -- request path --------------------------------------------------------------------------
+
+    def reserve(
+        self,
+        allocation_id: str,
+        region: str,
+        requirements: Mapping[str, float],
+        start_s: float,
+        end_s: float,
+        ceiling: float = 1.0,
+        priority: str = "normal",
+        now_s: float | None = None,
+    ) -> tuple[str, ...]:
+        def body(conn: sqlite3.Connection) -> tuple[str, ...]:
+            cells: dict[int, dict[str, tuple[float, float]]] = {}
+            for window_start, resource_type, capacity, used in conn.execute(
+                f"SELECT window_start, resource_type, capacity, used FROM irc_capacity WHERE {_OVERLAP}",
+                (region, end_s, start_s),
+            ):
+                cells.setdefault(window_start, {})[resource_type] = (capacity, used)
+            if not cells:
+                return tuple(sorted(requirements))
+            short = set()
+            for window in cells.values():
+                for resource_type, quantity in requirements.items():
+                    cell = window.get(resource_type)
+                    if cell is None:
+                        short.add(resource_type)
+                        continue
+                    limit = cell[0] * ceiling
+                    if cell[1] + quantity > limit + TOLERANCE * max(1.0, limit):
+                        short.add(resource_type)
+            if short:
+                return tuple(sorted(short))
+            conn.executemany(
+                "UPDATE irc_capacity SET used = used + ? WHERE region = ? AND window_start = ? AND resource_type = ?",
+                [(q, region, w, rt) for w in cells for rt, q in requirements.items()],
+            )
+            conn.execute(
+                "INSERT INTO irc_allocations (allocation_id, region, starts_at, expires_at, requirements, priority) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
+                (allocation_id, region, start_s, end_s, json.dumps(dict(requirements)), priority),
+            )
+            return ()
+
+        with self._lock:
+            return self._write(body)
+
+    @staticmethod
+    def _credit(conn: sqlite3.Connection, region: str, starts_at: float, expires_at: float, requirements: str) -> None:
+        conn.executemany(
+            f"UPDATE irc_capacity SET used = max(0.0, used - ?) WHERE {_OVERLAP} AND resource_type = ?",
+            [(q, region, expires_at, starts_at, rt) for rt, q in json.loads(requirements).items()],
+        )
+
+    def release(self, allocation_id: str) -> bool:
+        def body(conn: sqlite3.Connection) -> bool:
+            row = conn.execute(
+                "DELETE FROM irc_allocations WHERE allocation_id = ? RETURNING region, starts_at, expires_at, requirements",
+                (allocation_id,),
+            ).fetchone()
+            if row is None:
+                return False
+            self._credit(conn, *row)
+            return True
+
+        with self._lock:
+            return self._write(body)
+
+    def sweep(self, now_s: float) -> int:
+        def body(conn: sqlite3.Connection) -> int:
+            gone = conn.execute(
+                "DELETE FROM irc_allocations WHERE expires_at <= ? RETURNING region, starts_at, expires_at, requirements",
+                (now_s,),
+            ).fetchall()
+            for row in gone:
+                self._credit(conn, *row)
+            conn.execute("DELETE FROM irc_capacity WHERE window_end <= ?", (now_s - self._retention_s,))
+            return len(gone)
+
+        with self._lock:
+            return self._write(body)
+
+    # -- inspection ----------------------------------------------------------------------------
+
+    def usage(self, window_start_s: int, region: str) -> dict[str, float]:
+        with self._lock:
+            return dict(self._conn.execute(
+                "SELECT resource_type, used FROM irc_capacity WHERE region = ? AND window_start = ?",
+                (region, int(window_start_s)),
+            ).fetchall())
+
+    def utilization(self, at_s: float) -> dict[tuple[str, str], tuple[float, float]]:
+        with self._lock:
+            rows = self._conn.execute(
+                "SELECT region, resource_type, capacity, used FROM irc_capacity WHERE window_start <= ? AND window_end > ?",
+                (at_s, at_s),
+            ).fetchall()
+        return {(r, t): (c, u) for r, t, c, u in rows}
+
+    def live_allocations(self) -> int:
+        with self._lock:
+            return int(self._conn.execute("SELECT count(*) FROM irc_allocations").fetchone()[0])
+
+    def close(self) -> None:
+        self._stop.set()
+        with self._lock:
+            self._conn.close()
+
+
+def _checkpointer(path: str, timeout_s: float, stop: threading.Event, interval_s: float) -> None:
+    """Fold the WAL back into the database file now and then, off the request path."""
+    conn = sqlite3.connect(path, timeout=timeout_s, isolation_level=None, check_same_thread=False)
+    try:
+        while not stop.wait(interval_s):
+            try:
+                conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+            except sqlite3.Error:  # busy or gone: try again next time
+                continue
+        try:
+            conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
+        except sqlite3.Error:
+            pass
+    finally:
+        conn.close()

@@ -1,0 +1,396 @@
+"""Walk-forward replay of a request log: what each pre-allocation policy would have done.
+
+For every hour t in [T0, T1) each policy decides a pre-allocation for the hour using only data
+strictly before t, the real planner turns it into instances, and the real IRC serves that hour's
+requests (in time order, each session released when its duration ends) from the plan:
+
+- `reactive`: no pre-allocation: every request goes on demand;
+- `static`: the peak concurrent demand of the previous 7 days × (1 + headroom);
+- `predictive`: peerscale as configured: the τ-quantile of the forecast, τ from cost and then
+  moved per region by the hit-rate feedback controller (`pipeline.ops.feedback`) from the IRC's own
+  logged decisions of the hours already replayed, exactly as the hourly run does;
+- `oracle`: exactly the peak concurrent demand that will occur in the hour (the physical limit).
+
+Costs (USD) are made comparable across policies:
+
+- pre-allocation: the hourly price of the instances the planner chose, every hour;
+- on demand: a request served on demand pays the unit price of what it holds (`c_over`, the
+  price of an idle unit) for its duration, plus a cold-start penalty of `c_under − c_over` per
+  unit for the part of its session inside one planning window (at most an hour) — so a unit
+  missed in a window costs `c_under` for that window, the same price the newsvendor τ uses. The
+  wait is paid once, at the start: a ten-hour session that waited 60 s is not penalised ten
+  times (the accounting before 2026-11 did that, and overstated the cost of every miss);
+- failure: a request that is not served at all costs `c_under` per unit-hour as well (shortfall).
+
+Modeled setup latency: pre-allocated ≈ 0 s; on demand drawn from a lognormal with median 30 s
+and p95 90 s (a cold instance launch plus bootstrap), seeded so runs are repeatable.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.intervals import HOUR, DataInterval
+from pipeline.common.schemas import FORECAST, PEERING_REQUESTS, RESOURCE_TYPES, region_series_id
+from pipeline.features.build import FeatureWindow, compute_features
+
+POLICIES = ("predictive", "reactive", "static", "oracle")
+COLD_START_MEDIAN_S = 30.0
+COLD_START_P95_S = 90.0
+STATIC_LOOKBACK = timedelta(days=7)
+SESSION_CARRY_IN = timedelta(days=3)
+WINDOW_HOURS = 1.0  # a planning window: the cold-start penalty covers at most one
+
+
+@dataclass(frozen=True)
+class BacktestConfig:
+    """What to replay and how."""
+
+    start: datetime
+    end: datetime
+    policies: tuple[str, ...] = POLICIES
+    static_headroom: float = 0.2
+    history_days: int = 14
+    horizon_hours: int = 6  # predictive forecasts this far ahead at each refit (≥ refit_every_hours)
+    refit_every_hours: int = 6  # refit every N hours; between refits plan from the last forecast (older data only)
+    feedback: bool = True  # predictive: step the τ controller after every hour (as the hourly run does)
+    committed_demand: bool = True  # predictive: forecast only what new arrivals add to the committed level
+    seed: int = 7
+
+
+@dataclass
+class PolicyResult:
+    """Per-policy tallies, then the summary metrics."""
+
+    policy: str
+    requests: int = 0
+    preallocated: int = 0
+    on_demand: int = 0
+    failures: int = 0
+    invalid: int = 0
+    latencies_s: list[float] = field(default_factory=list)
+    preallocation_cost: float = 0.0
+    on_demand_cost: float = 0.0
+    penalty_cost: float = 0.0
+    failure_cost: float = 0.0
+    preallocated_unit_hours: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RESOURCE_TYPES, 0.0))
+    used_unit_hours: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RESOURCE_TYPES, 0.0))
+    hourly: list[dict] = field(default_factory=list)
+    capacity: list[dict] = field(default_factory=list)  # hour, region, resource_type, quantity pre-allocated
+    taus: list[dict] = field(default_factory=list)  # hour, region, resource_type, τ the feedback controller set
+
+    @property
+    def total_cost(self) -> float:
+        return self.preallocation_cost + self.on_demand_cost + self.penalty_cost + self.failure_cost
+
+    def summary(self) -> dict:
+        served = max(self.requests - self.invalid, 1)
+        lat = np.asarray(self.latencies_s or [0.0])
+        idle = {r: max(self.preallocated_unit_hours[r] - self.used_unit_hours[r], 0.0) for r in RESOURCE_TYPES}
+        return {
+            "requests": self.requests,
+            "hit_rate": self.preallocated / served,
+            "on_demand_share": self.on_demand / served,
+            "failures": self.failures,
+            "failure_share": self.failures / served,
+            "latency_p50_s": float(np.percentile(lat, 50)),
+            "latency_p95_s": float(np.percentile(lat, 95)),
+            "latency_p99_s": float(np.percentile(lat, 99)),
+            "idle_unit_hours": {r: round(v, 3) for r, v in idle.items()},
+            "idle_vcpu_hours": round(idle["vcpu"], 3),
+            "cost": {
+                "preallocation": round(self.preallocation_cost, 4),
+                "on_demand": round(self.on_demand_cost, 4),
+                "cold_start_penalty": round(self.penalty_cost, 4),
+                "shortfall_penalty": round(self.failure_cost, 4),
+                "total": round(self.total_cost, 4),
+            },
+        }
+
+
+@dataclass
+class BacktestResult:
+    config: BacktestConfig
+    results: dict[str, PolicyResult]
+    demand: pd.DataFrame  # hour, region, resources: actual peak concurrent demand
+    forecasts: pd.DataFrame  # predictive: series_id, ds, q50, lo/hi, q_tau
+
+    def summary(self) -> dict:
+        out = {name: r.summary() for name, r in self.results.items()}
+        oracle = out.get("oracle")
+        if oracle:
+            for name, s in out.items():
+                base = oracle["cost"]["total"]
+                s["cost_vs_oracle"] = round(s["cost"]["total"] / base, 4) if base > 0 else None
+                s["hit_rate_vs_oracle"] = round(s["hit_rate"] / oracle["hit_rate"], 4) if oracle["hit_rate"] > 0 else None
+        return {
+            "from": self.config.start.isoformat(),
+            "to": self.config.end.isoformat(),
+            "hours": int((self.config.end - self.config.start) / HOUR),
+            "policies": out,
+        }
+
+
+def lognormal_sigma() -> float:
+    """σ of the cold-start lognormal with the documented median and p95."""
+    return math.log(COLD_START_P95_S / COLD_START_MEDIAN_S) / 1.6448536269514722
+
+
+def _load_requests(source_root: str, start: datetime, end: datetime, scratch: Path) -> tuple[pa.Table, list[str]]:
+    """Requests in [start, end) through the real ingest (validated; bad rows quarantined)."""
+    from pipeline.run import backfill_ingest
+
+    settings = Settings(source_root=source_root, lake_root=str(scratch / "source-lake"), build_root=str(scratch / "build"))
+    backfill_ingest(start, end, settings)
+    requests = lake.read_time_range(settings.lake_root, "peering_requests", start, end, "requested_at")
+    pools = lake.read_reference(settings.lake_root, "resource_pools", end)
+    return requests.select(PEERING_REQUESTS.names), sorted(set(pools.column("region").to_pylist()))
+
+
+def _policy_settings(scratch: Path, name: str, base: Settings) -> Settings:
+    """Each policy plans into its own scratch lake (own plans, own churn history, own ledger)."""
+    return replace(base, lake_root=str(scratch / name / "lake"), build_root=str(scratch / name / "build"), plan_windows=1)
+
+
+def _seed_reference(source_lake: str, target: Settings, at: datetime) -> None:
+    """Copy the inventory snapshot the planner needs into a policy's lake."""
+    for dataset in ("resource_pools", "instance_catalog", "calendar"):
+        try:
+            table = lake.read_reference(source_lake, dataset, at + HOUR)
+        except FileNotFoundError:
+            continue
+        lake.write_hour_partitions(table, lake.raw_dir(target.lake_root, dataset), None, DataInterval.ending_at(at))
+
+
+def _write_target_forecast(settings: Settings, run_id: str, hour: datetime, targets: pd.DataFrame, model: str) -> None:
+    """A forecast whose quantiles all equal `targets` (static, oracle): the planner covers exactly it."""
+    rows = pd.DataFrame({
+        "series_id": [region_series_id(r, k) for r, k in zip(targets["region"], targets["resource_type"])],
+        "ds": pd.Timestamp(hour),
+        "model": model,
+    })
+    for col in ("mean", "q50", "q80", "q90", "q95", "q99", "lo_80", "hi_80", "lo_95", "hi_95"):
+        rows[col] = targets["value"].to_numpy(float)
+    _write_forecast(settings, run_id, rows)
+
+
+def _write_forecast(settings: Settings, run_id: str, rows: pd.DataFrame) -> None:
+    out_dir = lake.forecast_dir(settings.lake_root, run_id)
+    table = pa.Table.from_pandas(rows[FORECAST.names], schema=FORECAST, preserve_index=False)
+    lake.write_parquet_atomic(table, storage.join(out_dir, "forecast.parquet"))
+    selection = {sid: {"model": m} for sid, m in zip(rows["series_id"], rows["model"])}
+    lake.write_json_atomic(storage.join(out_dir, "manifest.json"), {"run_id": run_id, "selection": selection})
+
+
+def _long(demand: pd.DataFrame) -> pd.DataFrame:
+    return demand.melt(id_vars=["hour", "region"], value_vars=list(RESOURCE_TYPES), var_name="resource_type", value_name="value")
+
+
+def _predictive_forecasts(demand: pd.DataFrame, carried: pd.DataFrame | None, hour: datetime, config: BacktestConfig,
+                          tau: float, lake_root: str | None = None) -> pd.DataFrame:
+    """Forecast every region series (and, with `carried`, its fresh part) from data strictly before `hour`.
+
+    With `lake_root` the engine gets what the hourly run gives it: the event calendar's uplift
+    (a schedule, known ahead) and week-lagged telemetry regressors, both as of `hour`.
+    """
+    from pipeline.forecast.committed import fresh_history
+    from pipeline.forecast.engine import select_and_forecast
+    from pipeline.forecast.exog import calendar_uplift, telemetry_regressors
+
+    start = pd.Timestamp(hour - timedelta(days=config.history_days))
+    past = demand[(demand["hour"] >= start) & (demand["hour"] < pd.Timestamp(hour))]
+    history = _long(past).rename(columns={"hour": "ds", "value": "y"})
+    history["unique_id"] = [region_series_id(r, k) for r, k in zip(history["region"], history["resource_type"])]
+    history = history[["unique_id", "ds", "y"]]
+    if carried is not None:
+        history = pd.concat([history, fresh_history(past, carried)], ignore_index=True)
+    future = None
+    if lake_root is not None:
+        history, future = calendar_uplift(lake_root, hour, history, config.horizon_hours, "h")
+        history, telemetry = telemetry_regressors(lake_root, start.to_pydatetime(), hour, history, config.horizon_hours)
+        future = telemetry if future is None else future.merge(telemetry, on=["unique_id", "ds"], how="outer")
+    result = select_and_forecast(history, config.horizon_hours, 24, "h", tau, future=future)
+    return result.forecasts
+
+
+def run_backtest(
+    source_root: str,
+    config: BacktestConfig,
+    settings: Settings | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+    scratch_dir: str | None = None,
+) -> BacktestResult:
+    """Replay [config.start, config.end) under each policy (see the module docstring)."""
+    from pipeline.features.committed import carried_levels
+    from pipeline.forecast.committed import apply_committed
+    from pipeline.forecast.engine import planning_tau
+    from pipeline.irc import Coordinator, PeeringRequest
+    from pipeline.ops.feedback import load_tau_overrides, run_feedback
+    from pipeline.plan import build_plan, read_plan
+    from pipeline.plan.planner import plan_id_for
+    from pipeline.publish.pointer import publish
+
+    unknown = [p for p in config.policies if p not in POLICIES]
+    if unknown:
+        raise ValueError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
+    if config.end <= config.start:
+        raise ValueError(f"empty replay: --from {config.start.isoformat()} is not before --to {config.end.isoformat()}")
+    base = settings or Settings.from_env()
+    scratch = Path(scratch_dir or tempfile.mkdtemp(prefix="peerscale-backtest-"))
+    say = progress or (lambda _m, _i, _n: None)
+    try:
+        history_start = config.start - timedelta(days=config.history_days) - SESSION_CARRY_IN
+        requests, regions = _load_requests(source_root, history_start, config.end, scratch)
+        window = FeatureWindow(config.start - timedelta(days=max(config.history_days, 7)), config.end)
+        demand = compute_features(requests, regions, window)["region_demand_hourly"].to_pandas()
+        tau = planning_tau(base)
+        source_lake = str(scratch / "source-lake")
+        carried = None
+        if config.committed_demand and "predictive" in config.policies:
+            carried = carried_levels(requests, regions, DataInterval(window.start, config.end).hours())
+
+        replay = requests.to_pandas()
+        replay = replay[(replay["requested_at"] >= pd.Timestamp(config.start)) & (replay["requested_at"] < pd.Timestamp(config.end))]
+        replay = replay.sort_values(["requested_at", "request_id"], kind="stable").reset_index(drop=True)
+        rng = np.random.default_rng(config.seed)
+        cold_starts = rng.lognormal(math.log(COLD_START_MEDIAN_S), lognormal_sigma(), size=len(replay))
+        unit_price = dict(base.cost.c_over)
+        penalty = {r: base.cost.c_under[r] - base.cost.c_over[r] for r in RESOURCE_TYPES}
+
+        hours = DataInterval(config.start, config.end).hours()
+        results = {name: PolicyResult(policy=name) for name in config.policies}
+        lakes = {name: _policy_settings(scratch, name, base) for name in config.policies}
+        for name in config.policies:
+            _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
+        learns = {name: config.feedback and name == "predictive" for name in config.policies}
+        coordinators = {
+            name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name)
+            for name in config.policies
+        }
+        open_sessions: dict[str, list[tuple[float, str]]] = {name: [] for name in config.policies}
+        forecast_rows: list[pd.DataFrame] = []
+        cached_forecast: pd.DataFrame | None = None
+        demand_long = _long(demand)
+        try:
+            for i, hour in enumerate(hours):
+                say(f"{hour:%Y-%m-%dT%H:%M}", i, len(hours))
+                interval = DataInterval.ending_at(hour)
+                for name in config.policies:
+                    if name == "reactive":
+                        continue
+                    policy_settings = lakes[name]
+                    run_id = f"{name}-{interval.token}"
+                    if name == "predictive":
+                        if cached_forecast is None or i % config.refit_every_hours == 0:
+                            cached_forecast = _predictive_forecasts(demand, carried, hour, config, tau, source_lake)
+                        now = cached_forecast[cached_forecast["ds"] == pd.Timestamp(hour)]
+                        if carried is not None:  # what running sessions hold now is known at `hour`
+                            now = apply_committed(now, carried[carried["hour"] == pd.Timestamp(hour)], hour)
+                        forecast_rows.append(now)
+                        _write_forecast(policy_settings, run_id, now)
+                    elif name == "oracle":
+                        actual = demand_long[demand_long["hour"] == pd.Timestamp(hour)]
+                        _write_target_forecast(policy_settings, run_id, hour, actual, "oracle")
+                    else:  # static
+                        past = demand_long[(demand_long["hour"] >= pd.Timestamp(hour - STATIC_LOOKBACK))
+                                           & (demand_long["hour"] < pd.Timestamp(hour))]
+                        peak = past.groupby(["region", "resource_type"], as_index=False)["value"].max()
+                        peak["value"] = peak["value"] * (1 + config.static_headroom)
+                        _write_target_forecast(policy_settings, run_id, hour, peak, "static")
+                    overrides = load_tau_overrides(policy_settings.lake_root, hour) if learns[name] else None
+                    planned = build_plan(interval, policy_settings, run_id, tau_overrides=overrides)
+                    if overrides:
+                        results[name].taus.extend(
+                            {"hour": hour, "region": region, "resource_type": rt, "tau": t}
+                            for region, by_rt in overrides.items() for rt, t in by_rt.items())
+                    publish(plan_id_for(interval), policy_settings)
+                    coordinators[name].reload(force=True)
+                    plan, _ = read_plan(policy_settings, planned["plan_id"])
+                    results[name].preallocation_cost += float(plan["hourly_cost"].sum())
+                    held = plan.groupby("resource_type")["quantity"].sum()
+                    for r in RESOURCE_TYPES:
+                        results[name].preallocated_unit_hours[r] += float(held.get(r, 0.0))
+                    for (region, resource), qty in plan.groupby(["region", "resource_type"])["quantity"].sum().items():
+                        results[name].capacity.append({"hour": hour, "region": region, "resource_type": resource, "quantity": qty})
+                batch = replay[(replay["requested_at"] >= pd.Timestamp(hour)) & (replay["requested_at"] < pd.Timestamp(hour + HOUR))]
+                for name in config.policies:
+                    _serve_hour(batch, coordinators[name], results[name], open_sessions[name], cold_starts,
+                                unit_price, penalty, base, hour, PeeringRequest, config.end.timestamp())
+                    if learns[name]:  # the hourly run's feedback stage, on this hour's logged decisions
+                        coordinators[name].outcome_log.flush()
+                        run_feedback(DataInterval(hour, hour + HOUR), lakes[name])
+            say("done", len(hours), len(hours))
+        finally:
+            for coordinator in coordinators.values():
+                coordinator.close()
+        forecasts = pd.concat(forecast_rows, ignore_index=True) if forecast_rows else pd.DataFrame()
+        return BacktestResult(config=config, results=results, demand=demand, forecasts=forecasts)
+    finally:
+        if scratch_dir is None:
+            shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _serve_hour(batch, coordinator, result: PolicyResult, sessions: list, cold_starts, unit_price, penalty,
+                settings: Settings, hour: datetime, request_type, replay_end_s: float) -> None:
+    """Serve one hour of requests in time order; release sessions as their durations end."""
+    served_pre = 0
+    for index, row in zip(batch.index, batch.itertuples(index=False)):
+        at = row.requested_at.timestamp()
+        while sessions and sessions[0][0] <= at:
+            _, allocation_id = heapq.heappop(sessions)
+            coordinator.release(allocation_id)
+        need = {r: float(getattr(row, r)) for r in RESOURCE_TYPES}
+        request = request_type(
+            request_id=row.request_id, requested_at=row.requested_at.to_pydatetime(), source_region=row.source_region,
+            destination_region=row.destination_region, resource_requirements=need, duration_s=float(row.duration_s),
+            priority=row.priority,
+        )
+        response = coordinator.handle_peering_request(request)
+        result.requests += 1
+        hours_held = float(row.duration_s) / 3600.0
+        held_in_replay = max(min(at + float(row.duration_s), replay_end_s) - at, 0.0) / 3600.0
+        if response.status == "success" and response.path == "preallocated":
+            result.preallocated += 1
+            served_pre += 1
+            result.latencies_s.append(0.0)
+            heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
+            for r in RESOURCE_TYPES:
+                result.used_unit_hours[r] += need[r] * held_in_replay
+        elif response.status == "success":
+            result.on_demand += 1
+            result.latencies_s.append(float(cold_starts[index]))
+            if response.allocation_id:
+                heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
+            result.on_demand_cost += sum(need[r] * unit_price[r] for r in RESOURCE_TYPES) * hours_held
+            result.penalty_cost += sum(need[r] * penalty[r] for r in RESOURCE_TYPES) * min(hours_held, WINDOW_HOURS)
+        elif response.message.startswith("Invalid request"):
+            result.invalid += 1
+        else:
+            result.failures += 1
+            result.failure_cost += sum(need[r] * settings.cost.c_under[r] for r in RESOURCE_TYPES) * hours_held
+    total = len(batch)
+    result.hourly.append({"hour": hour.isoformat(), "requests": total, "hit_rate": served_pre / total if total else None})
+
+
+def parse_policies(text: str) -> tuple[str, ...]:
+    names = tuple(p.strip() for p in text.split(",") if p.strip())
+    unknown = [p for p in names if p not in POLICIES]
+    if unknown or not names:
+        raise ValueError(f"--policy takes a comma-separated subset of {','.join(POLICIES)}; got {text!r}")
+    return names
+
+
+__all__ = ["POLICIES", "BacktestConfig", "BacktestResult", "parse_policies", "run_backtest"]

@@ -1,0 +1,220 @@
+"""The analyst's report: one self-contained HTML page per plan (plots inlined as PNG).
+
+It answers at a glance: what will be held per region, against what demand, at what cost,
+and why — forecast vs recent actuals with intervals, pre-allocation vs the demand quantile,
+cost by region and purchase option, the data that was quarantined, and every line's reason.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from datetime import timedelta
+from pathlib import Path
+
+import pandas as pd
+from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+from pipeline.common import lake, storage
+from pipeline.common.config import Settings
+from pipeline.common.intervals import DataInterval
+from pipeline.common.schemas import region_series_id
+from pipeline.features.build import read_features
+from pipeline.forecast import read_forecast
+from pipeline.plan import read_plan
+
+TEMPLATES = str(Path(__file__).parent / "templates")
+
+
+def _png(fig) -> str:
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def _forecast_figure(history: pd.DataFrame, forecast: pd.DataFrame, plan: pd.DataFrame, regions: list[str], resource: str) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cols = 2
+    rows = (len(regions) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.6 * rows), squeeze=False, sharex=True)
+    for ax, region in zip(axes.flat, regions):
+        sid = region_series_id(region, resource)
+        h = history[history["region"] == region]
+        ax.plot(h["hour"], h[resource], color="#444", lw=1, label="actual (peak concurrent)")
+        f = forecast[forecast["series_id"] == sid]
+        if not f.empty:
+            ax.fill_between(f["ds"], f["lo_95"], f["hi_95"], color="#9ecae1", alpha=0.5, label="95% interval")
+            ax.fill_between(f["ds"], f["lo_80"], f["hi_80"], color="#4292c6", alpha=0.5, label="80% interval")
+            ax.plot(f["ds"], f["mean"], color="#08519c", lw=1.2, label=f"forecast ({f['model'].iloc[0]})")
+        p = plan[(plan["region"] == region) & (plan["resource_type"] == resource)]
+        if not p.empty:
+            held = p.groupby("valid_from")["quantity"].sum()
+            ax.step(held.index, held.values, where="post", color="#d94801", lw=2, label="pre-allocated")
+        ax.set_title(region, fontsize=10)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(regions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{resource}: recent demand, forecast with intervals, and the plan", fontsize=11)
+    fig.autofmt_xdate()
+    image = _png(fig)
+    plt.close(fig)
+    return image
+
+
+def _cost_figure(plan: pd.DataFrame) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    first = plan[plan["valid_from"] == plan["valid_from"].min()]
+    cost = first.groupby(["region", "purchase_option"])["hourly_cost"].sum().unstack(fill_value=0.0)
+    fig, ax = plt.subplots(figsize=(8, 3))
+    cost.plot(kind="bar", stacked=True, ax=ax, color={"on_demand": "#3182bd", "spot": "#fd8d3c"})
+    ax.set_ylabel("USD per hour")
+    ax.set_title("Hourly cost of the first window by region and purchase option", fontsize=10)
+    ax.tick_params(axis="x", rotation=0, labelsize=8)
+    image = _png(fig)
+    plt.close(fig)
+    return image
+
+
+def _quarantine_counts(settings: Settings, interval: DataInterval) -> list[dict]:
+    rows = []
+    for dataset in ("peering_requests", "region_telemetry", "app_telemetry"):
+        table = lake.read_partitioned(lake.quarantine_dir(settings.lake_root, dataset))
+        if table.num_rows:
+            frame = table.to_pandas()
+            frame["reason_kind"] = frame["reason"].str.split(":").str[0]
+            for reason, count in frame.groupby("reason_kind").size().items():
+                rows.append({"dataset": dataset, "reason": reason, "rows": int(count)})
+    return rows
+
+
+def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings) -> str:
+    """Render the report for `plan_id` to build/reports/<plan_id>.html and return its path."""
+    plan, manifest = read_plan(settings, plan_id)
+    forecast = read_forecast(settings, manifest["forecast_run_id"])
+    demand = read_features(settings, "region_demand_hourly", interval).to_pandas()
+    recent = demand[demand["hour"] >= pd.Timestamp(interval.end - timedelta(days=3))]
+    regions = sorted(demand["region"].unique())
+    horizon_end = pd.Timestamp(interval.end + timedelta(hours=24))
+    near = forecast[forecast["ds"] < horizon_end]
+
+    first = plan[plan["valid_from"] == plan["valid_from"].min()] if not plan.empty else plan
+    summary = (
+        first.groupby(["region", "resource_type"]).agg(pre_allocated=("quantity", "sum"), demand_quantile=("demand_quantile", "first"))
+        .reset_index() if not first.empty else pd.DataFrame(columns=["region", "resource_type", "pre_allocated", "demand_quantile"])
+    )
+    lines = (
+        first.drop_duplicates("line_id")[["region", "instance_type", "purchase_option", "count", "line_id"]]
+        .merge(first.groupby("line_id")["hourly_cost"].sum().rename("line_cost"), on="line_id")
+        if not first.empty else pd.DataFrame()
+    )
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    html = env.get_template("plan_report.html.j2").render(
+        manifest=manifest,
+        summary=summary.to_dict("records"),
+        lines=lines.to_dict("records") if not lines.empty else [],
+        reasons=first[["region", "resource_type", "reason"]].to_dict("records") if not first.empty else [],
+        quarantine=_quarantine_counts(settings, interval),
+        figures={
+            "vcpu": _forecast_figure(recent, near, plan, regions, "vcpu"),
+            "bandwidth_gbps": _forecast_figure(recent, near, plan, regions, "bandwidth_gbps"),
+            "cost": _cost_figure(plan) if not plan.empty else "",
+        },
+    )
+    path = storage.join(settings.build_root, "reports", f"{plan_id}.html")
+    storage.write_text_atomic(path, html)
+    return path
+
+
+def write_backtest_report(result, path: str) -> str:
+    """Render a backtest (pipeline.ops.backtest.BacktestResult) as one self-contained HTML page."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    summary = result.summary()
+    colors = {"predictive": "#08519c", "reactive": "#a50f15", "static": "#fd8d3c", "oracle": "#31a354"}
+    figures: dict[str, str] = {}
+
+    fig, ax = plt.subplots(figsize=(8, 3.2))
+    parts = ("preallocation", "on_demand", "cold_start_penalty", "shortfall_penalty")
+    bottom = [0.0] * len(summary["policies"])
+    names = list(summary["policies"])
+    for part, color in zip(parts, ("#3182bd", "#9ecae1", "#fd8d3c", "#de2d26")):
+        values = [summary["policies"][n]["cost"][part] for n in names]
+        ax.bar(names, values, bottom=bottom, label=part.replace("_", " "), color=color)
+        bottom = [b + v for b, v in zip(bottom, values)]
+    ax.set_ylabel("USD")
+    ax.legend(fontsize=8)
+    figures["cost"] = _png(fig)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(11, 3.2))
+    for name, res in result.results.items():
+        hourly = pd.DataFrame(res.hourly)
+        if not hourly.empty:
+            ax.plot(pd.to_datetime(hourly["hour"]), hourly["hit_rate"], label=name, color=colors.get(name), lw=1.2)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_ylabel("served pre-allocated")
+    ax.legend(fontsize=8, ncol=4)
+    fig.autofmt_xdate()
+    figures["hit_rate"] = _png(fig)
+    plt.close(fig)
+
+    demand = result.demand
+    regions = sorted(demand["region"].unique())
+    start, end = pd.Timestamp(result.config.start), pd.Timestamp(result.config.end)
+    shown = demand[(demand["hour"] >= start) & (demand["hour"] < end)]
+    cols = 2
+    rows = (len(regions) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), squeeze=False, sharex=True)
+    for ax, region in zip(axes.flat, regions):
+        d = shown[shown["region"] == region]
+        ax.plot(d["hour"], d["vcpu"], color="#222", lw=1, label="peak demand")
+        for name, res in result.results.items():
+            cap = pd.DataFrame(res.capacity)
+            if cap.empty:
+                continue
+            c = cap[(cap["region"] == region) & (cap["resource_type"] == "vcpu")]
+            ax.step(pd.to_datetime(c["hour"]), c["quantity"], where="post", lw=1, color=colors.get(name), label=name)
+        ax.set_title(region, fontsize=10)
+        ax.tick_params(labelsize=8)
+    for ax in list(axes.flat)[len(regions):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.autofmt_xdate()
+    figures["capacity"] = _png(fig)
+    plt.close(fig)
+
+    forecasts = result.forecasts
+    if forecasts is not None and not forecasts.empty:
+        top = demand.groupby("region")["vcpu"].mean().sort_values(ascending=False).index[:4]
+        fig, axes = plt.subplots(len(top), 1, figsize=(11, 2.3 * len(top)), squeeze=False, sharex=True)
+        for ax, region in zip(axes.flat, top):
+            f = forecasts[forecasts["series_id"] == region_series_id(region, "vcpu")].sort_values("ds")
+            d = shown[shown["region"] == region]
+            ax.fill_between(f["ds"], f["lo_95"], f["hi_95"], color="#9ecae1", alpha=0.5, label="95% interval")
+            ax.fill_between(f["ds"], f["lo_80"], f["hi_80"], color="#4292c6", alpha=0.5, label="80% interval")
+            ax.plot(f["ds"], f["mean"], color="#08519c", lw=1.1, label="forecast")
+            ax.plot(d["hour"], d["vcpu"], color="#222", lw=1, label="actual")
+            ax.set_title(region, fontsize=10)
+        axes.flat[0].legend(fontsize=7, ncol=4)
+        fig.autofmt_xdate()
+        figures["forecast"] = _png(fig)
+        plt.close(fig)
+    else:
+        figures["forecast"] = ""
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    html = env.get_template("backtest_report.html.j2").render(summary=summary, figures=figures)
+    storage.write_text_atomic(path, html)
+    return path
