@@ -1,15 +1,15 @@
-# peerscale — the two commands that matter: `make demo` and `make test`.
+# peerscale — the two commands that matter: `make demo` and `make test` (and `make lint` before a commit).
 PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools demo test test-distributed bench clean lock
+.PHONY: install tools demo test test-distributed lint bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade "pip>=24"
-	$(PY) -m pip install --quiet -c constraints.txt -e ".[test]"
+	$(PY) -m pip install --quiet -c constraints.txt -e ".[test,lint]"
 	@touch $(STAMP)
 
 install: $(STAMP)  ## create .venv if missing and install the locked stack
@@ -30,14 +30,23 @@ demo: install  ## run the whole pipeline on data_samples/ through Airflow, then 
 test: install tools  ## run the test suite
 	$(PY) -m pytest -q
 
+LINT_PATHS := pipeline dags bench tests scripts
+
+lint: install  ## ruff (all Python), mypy (pipeline/) and the layout rules (tests/test_layout.py); runs all three, fails if any fails
+	@status=0; \
+	$(PY) -m ruff check $(LINT_PATHS) || status=1; \
+	$(PY) -m mypy || status=1; \
+	$(PY) -m pytest -q tests/test_layout.py || status=1; \
+	exit $$status
+
 test-distributed: install  ## the hourly DAG on CeleryExecutor (api-server, scheduler, dag-processor, 2 workers; PostgreSQL + Redis on 127.0.0.1), then `airflow backfill create` vs `peerscale backfill`
 	PEERSCALE_DISTRIBUTED=1 $(PY) -m pytest -q tests/test_distributed.py::test_hourly_dag_runs_on_two_celery_workers tests/test_airflow_backfill.py
 
 lock:  ## re-resolve the stack and rewrite constraints.txt (needs a clean venv)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock
-	.venv-lock/bin/pip install --quiet --upgrade "pip>=24" && .venv-lock/bin/pip install --quiet -e ".[test]"
+	.venv-lock/bin/pip install --quiet --upgrade "pip>=24" && .venv-lock/bin/pip install --quiet -e ".[test,lint]"
 	.venv-lock/bin/pip freeze --exclude-editable | grep -v '^peerscale' > constraints.txt
 	rm -rf .venv-lock
 
 clean:
-	rm -rf build lake .pytest_cache
+	rm -rf build lake .pytest_cache .mypy_cache .ruff_cache

@@ -130,9 +130,11 @@ def scenario(regions: int, types: int, seed: int) -> tuple[PlanningProblem, Plan
         headroom = 1.6 if r % 7 == 3 else float(rng.uniform(2.5, 4.0))  # every 7th region is tight
         pools[region] = {k: float(peak[j] * headroom) for j, k in enumerate(RESOURCE_TYPES)}
         crit = float(rng.uniform(0.12, 0.22))
-        mix[region] = RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, crit / 4), "high": dict.fromkeys(RESOURCE_TYPES, 3 * crit / 4),
-                                             "normal": dict.fromkeys(RESOURCE_TYPES, 0.85 - crit), "low": dict.fromkeys(RESOURCE_TYPES, 0.15)},
-                                samples=sessions(rng, 2000), weights=rng.lognormal(7.6, 1.0, 2000), source="bench")
+        class_share = {"critical": dict.fromkeys(RESOURCE_TYPES, crit / 4),
+                       "high": dict.fromkeys(RESOURCE_TYPES, 3 * crit / 4),
+                       "normal": dict.fromkeys(RESOURCE_TYPES, 0.85 - crit),
+                       "low": dict.fromkeys(RESOURCE_TYPES, 0.15)}
+        mix[region] = RegionMix(class_share=class_share, samples=sessions(rng, 2000), weights=rng.lognormal(7.6, 1.0, 2000), source="bench")
     partners = {names[i]: names[i ^ 1] if (i ^ 1) < regions else names[0] for i in range(regions)}
     config = PlannerConfig(partners=partners)
     problem = PlanningProblem(windows=windows, regions=names, demand=demand, offers=offers, pools=pools, mix=mix,

@@ -16,6 +16,7 @@ session so ``stop()`` ends exactly the process groups it started.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import secrets
@@ -213,16 +214,12 @@ class CeleryCluster:
         for proc in self.processes:
             if proc.popen is None:
                 continue
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                pass
             # The group may outlive its leader (Celery pool children, uvicorn workers): kill what is left.
             _signal_group(proc.popen.pid, signal.SIGKILL)
-            try:
+            with contextlib.suppress(subprocess.TimeoutExpired):
                 proc.popen.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                pass
         self._release_redis_db()
         self._drop_database()
 
@@ -401,10 +398,8 @@ def _die_with_parent() -> None:
 
 
 def _signal_group(pgid: int, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(pgid, sig)
-    except (ProcessLookupError, PermissionError):
-        pass
 
 
 def main(argv: list[str] | None = None) -> int:

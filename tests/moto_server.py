@@ -23,7 +23,7 @@ import socket
 import threading
 import uuid
 from collections.abc import Iterator
-from contextlib import closing
+from contextlib import closing, suppress
 
 import pytest
 
@@ -156,10 +156,8 @@ class FlakyProxy:
 
     def __exit__(self, *exc: object) -> None:
         self._stopped.set()
-        try:
+        with suppress(OSError):
             self._sock.shutdown(socket.SHUT_RDWR)  # wakes the blocked accept()
-        except OSError:
-            pass
         self._sock.close()
         self._thread.join(timeout=5)
 
@@ -212,10 +210,8 @@ class FlakyProxy:
                 pass
             finally:
                 for sock in (src, dst):
-                    try:
+                    with suppress(OSError):
                         sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
 
         back = threading.Thread(target=pump, args=(upstream, client), daemon=True)
         back.start()

@@ -119,8 +119,9 @@ def test_compose_wires_celery_postgres_redis_and_the_execution_api(compose: dict
     env = {k: _default(str(v)) for k, v in compose["x-airflow-common"]["environment"].items()}
     services = compose["services"]
     assert env["AIRFLOW__CORE__EXECUTOR"] == "CeleryExecutor"
-    assert re.fullmatch(r"postgresql\+psycopg2://airflow:<POSTGRES_PASSWORD>@postgres:5432/airflow", env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"])
-    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("+psycopg2", "")
+    sql_alchemy_conn = env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
+    assert re.fullmatch(r"postgresql\+psycopg2://airflow:<POSTGRES_PASSWORD>@postgres:5432/airflow", sql_alchemy_conn)
+    assert env["AIRFLOW__CELERY__RESULT_BACKEND"] == "db+" + sql_alchemy_conn.replace("+psycopg2", "")
     assert env["AIRFLOW__CELERY__BROKER_URL"].startswith("redis://redis:6379/")
     # Airflow 3: workers run tasks through the api-server's execution API, reachable by service name.
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == "http://airflow-apiserver:8080/execution/"
@@ -234,7 +235,8 @@ def test_hourly_dag_runs_on_two_celery_workers(seeded_copy: Path, tmp_path: Path
     from pipeline.plan import latest_plan_id, read_plan
 
     settings = settings_for(seeded_copy)
-    cluster = CeleryCluster(workdir=tmp_path / "cluster", lake_root=settings.lake_root, build_root=settings.build_root, workers=2, worker_concurrency=1)
+    cluster = CeleryCluster(workdir=tmp_path / "cluster", lake_root=settings.lake_root, build_root=settings.build_root,
+                            workers=2, worker_concurrency=1)
     dag_id, run_id = "peerscale_hourly", f"celery__{RUN_END}"
     try:
         cluster.start()

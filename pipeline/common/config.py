@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the installed `pipeline` package
 # A source checkout (editable install) keeps its data next to the code; an installed package
@@ -69,5 +70,6 @@ class Settings:
             horizon_hours=int(_env("PEERSCALE_HORIZON_HOURS", str(cls.horizon_hours))),
             plan_windows=int(_env("PEERSCALE_PLAN_WINDOWS", str(cls.plan_windows))),
         )
-        clean = {k: v for k, v in overrides.items() if v is not None}
+        # Any: `replace` checks the field names; each override already has its field's type.
+        clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean) if clean else base

@@ -22,12 +22,12 @@ PER_MILLE = 1000  # CP-SAT works in integers: shares in thousandths
 
 def ceil_units(value: float, scale: float = 1.0) -> int:
     """Whole units needed to hold `value` (× `scale`), never rounding float noise up."""
-    return int(math.ceil(value * scale - ROUNDING_SLACK))
+    return math.ceil(value * scale - ROUNDING_SLACK)
 
 
 def floor_units(value: float, scale: float = 1.0) -> int:
     """Whole units `value` (× `scale`) provides, never rounding float noise down."""
-    return int(math.floor(value * scale + ROUNDING_SLACK))
+    return math.floor(value * scale + ROUNDING_SLACK)
 
 
 def exceeds(total: float, limit: float) -> bool:

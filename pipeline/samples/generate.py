@@ -432,7 +432,7 @@ def _calendar_events(
     slots = [(start + timedelta(days=days * i // n_campaigns), days // n_campaigns) for i in range(n_campaigns)]
     slots.append((end + timedelta(days=1), 14))
     for i, (slot_start, slot_len) in enumerate(slots):
-        length = int(min(rng.integers(2, 5), max(slot_len, 1)))
+        length = min(int(rng.integers(2, 5)), max(slot_len, 1))
         offset = int(rng.integers(0, max(slot_len - length, 0) + 1))
         s = slot_start + timedelta(days=offset)
         n_regs = int(rng.integers(1, min(2, len(regions)) + 1))
@@ -793,7 +793,7 @@ def _region_telemetry(
             held = _held_at(reqs, r_i, rt, grid)
             util[key] = np.clip(background + held / total + rng.normal(0.0, noise_sd[key], n), 0.0, 1.0)
         keep = _gap_mask(rng, n, 0.15, days, 3, 36)
-        for k in np.flatnonzero(keep):
+        for k in np.flatnonzero(keep).tolist():
             line = f"{ts[k]},{region},{util['cpu'][k]:.4f},{util['memory'][k]:.4f},{util['bandwidth'][k]:.4f}"
             per_day[k * step // _SECONDS_PER_DAY].append((k, line))
     return [[line for _, line in sorted(rows, key=lambda x: x[0])] for rows in per_day]
@@ -822,7 +822,7 @@ def _app_telemetry(
         users = np.round(120_000 * sizes[r_i] * intensity * np.exp(_ar_noise(rng, n, 0.04, 24)))
         tps = users * 0.011 * np.exp(rng.normal(0.0, 0.06, n))
         keep = _gap_mask(rng, n, 0.1, days, 1, 12)
-        for k in np.flatnonzero(keep):
+        for k in np.flatnonzero(keep).tolist():
             values = (str(ts[k]), region, int(users[k]), round(float(tps[k]), 2))
             row = dict(zip(APP_TELEMETRY.names, values, strict=True))
             per_day[k * step // _SECONDS_PER_DAY].append((k, json.dumps(row, separators=(",", ":"))))
