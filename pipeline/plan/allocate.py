@@ -36,7 +36,9 @@ import numpy as np
 from ortools.linear_solver import pywraplp
 from ortools.sat.python import cp_model
 
+from pipeline.common.numeric import EPS, PER_MILLE, ROUNDING_SLACK, ceil_units, floor_units
 from pipeline.common.schemas import RESOURCE_TYPES
+from pipeline.plan.policy import DEFAULT_PRIORITY_WEIGHTS
 
 CAPACITY_COLUMN = {"vcpu": "vcpu", "memory_gib": "memory_gib", "storage_gib": "storage_gib", "bandwidth_gbps": "network_gbps"}
 QTY_SCALE = 100  # hundredths of a unit
@@ -117,7 +119,7 @@ class WindowOptions:
     relocation: list[tuple[str, str]] = field(default_factory=list)  # allowed (from, to) moves
     relocation_cost: dict[str, float] = field(default_factory=dict)  # USD per unit-hour moved
     churn_penalty: float = 0.25
-    priority_weights: dict[str, float] = field(default_factory=lambda: {"critical": 1000.0, "high": 100.0, "normal": 10.0, "low": 1.0})
+    priority_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PRIORITY_WEIGHTS))
     unit_value: dict[str, float] = field(default_factory=dict)  # c_under per resource (budget mode)
     deterministic_time: float = 5.0  # CP-SAT's reproducible work limit per region of the model (≈ seconds on a fast core)
     relative_gap: float = 0.0  # stop once (objective − bound) / objective is at most this
@@ -159,11 +161,13 @@ class Allocation:
 
 
 def _scaled(value: float) -> int:
-    return int(math.ceil(max(value, 0.0) * QTY_SCALE - 1e-6))
+    """Hundredths needed to hold `value` (negative: none)."""
+    return ceil_units(max(value, 0.0), QTY_SCALE)
 
 
 def _floor_scaled(value: float) -> int:
-    return int(math.floor(max(value, 0.0) * QTY_SCALE + 1e-6))
+    """Hundredths `value` provides (negative: none)."""
+    return floor_units(max(value, 0.0), QTY_SCALE)
 
 
 def demand_penalty(max_price: float, churn_penalty: float = 0.0) -> float:
@@ -171,7 +175,10 @@ def demand_penalty(max_price: float, churn_penalty: float = 0.0) -> float:
     return max(SHORTFALL_PENALTY / QTY_SCALE, 8.0 * max_price * (1.0 + churn_penalty))
 
 
-def _sum(variables: list, coeffs: list[int] | None = None) -> cp_model.LinearExprT:
+LinearTerm = cp_model.LinearExpr | int  # what `_sum` builds: an expression, or 0 when every term is zero
+
+
+def _sum(variables: list, coeffs: list[int] | None = None) -> LinearTerm:
     """Σ coeffs·variables, zero terms dropped, built in one call (far cheaper than Python's `sum`)."""
     if coeffs is None:
         return cp_model.LinearExpr.sum(variables) if variables else 0
@@ -179,173 +186,271 @@ def _sum(variables: list, coeffs: list[int] | None = None) -> cp_model.LinearExp
     return cp_model.LinearExpr.weighted_sum([v for v, _ in pairs], [c for _, c in pairs]) if pairs else 0
 
 
+@dataclass(frozen=True)
+class _OfferCapacity:
+    """Capacity of each offer in hundredths (rows follow `keys`, columns RESOURCE_TYPES): `raw` is what
+    an instance holds (pools, the spot share, hosting), `counted` what counts toward demand."""
+
+    keys: list[OfferKey]
+    raw: np.ndarray
+    counted: np.ndarray
+
+    @property
+    def vcpu(self) -> list[int]:
+        return self.raw[:, 0].tolist()
+
+    @property
+    def spot(self) -> list[bool]:
+        return [k[1] == "spot" for k in self.keys]
+
+
+def _offer_capacity(offers: list[Offer]) -> _OfferCapacity:
+    keys = [o.key for o in offers]
+    raw = np.array([[o.capacity.get(r, 0.0) for r in RESOURCE_TYPES] for o in offers], float).reshape(len(keys), len(RESOURCE_TYPES))
+    counted = np.clip(np.array([o.counted for o in offers], float), 0.0, 1.0).reshape(-1, 1)
+    return _OfferCapacity(
+        keys=keys,
+        raw=np.rint(raw * QTY_SCALE).astype(np.int64),
+        counted=np.floor(np.maximum(raw * counted, 0.0) * QTY_SCALE + ROUNDING_SLACK).astype(np.int64),
+    )
+
+
+@dataclass(frozen=True)
+class _CoverTargets:
+    """What one region's plan covers, in hundredths: own demand and failover headroom. Storage and
+    bandwidth above the region's pool cannot be reserved: that part is a shortfall up front."""
+
+    need: dict[str, int]
+    fail: dict[str, int]
+    pool_short: dict[str, float]
+
+
+def _cover_targets(p: RegionProblem) -> _CoverTargets:
+    need: dict[str, int] = {}
+    fail: dict[str, int] = {}
+    pool_short: dict[str, float] = {}
+    for r in RESOURCE_TYPES:
+        wanted, headroom = max(p.demand.get(r, 0.0), 0.0), max(p.failover.get(r, 0.0), 0.0)
+        if r not in COMPUTE_POOL_RESOURCES and r in p.pool:
+            cap = max(p.pool[r], 0.0)
+            own = min(wanted, cap)
+            extra = min(headroom, cap - own)
+            if wanted - own > EPS:
+                pool_short[r] = round(wanted - own, 6)
+            wanted, headroom = own, extra
+        need[r], fail[r] = _scaled(wanted), _scaled(headroom)
+    return _CoverTargets(need=need, fail=fail, pool_short=pool_short)
+
+
+def _offer_bounds(p: RegionProblem, capacity: _OfferCapacity, *, target: dict[str, int], share: int) -> dict[OfferKey, int]:
+    """Upper bound on each offer's count: more than covers everything it contributes to is never
+    needed, except on-demand vCPU that makes room for spot under the share rule, and what the
+    previous plan had. Always within the pool and the per-type quota."""
+    types = [k[0] for k in capacity.keys]
+    eff = capacity.counted
+    with np.errstate(divide="ignore", invalid="ignore"):
+        need_m = np.array([target[r] for r in RESOURCE_TYPES], float)
+        tops = np.where(eff > 0, np.ceil(need_m / np.where(eff > 0, eff, 1)), 0).max(axis=1, initial=0)
+    top = tops.astype(np.int64).tolist()
+    for g in p.session_groups:
+        top = [max(b, g.sessions) if t in g.hosts else b for b, t in zip(top, types)]
+    for h in p.hosting:
+        top = [max(b, math.ceil(h.sessions * h.footprint.get(t, 0.0) - EPS)) for b, t in zip(top, types)]
+    vcpu, spot = capacity.vcpu, capacity.spot
+    spot_vcpu_max = sum(v * b for v, b, sp in zip(vcpu, top, spot) if sp)
+    pool_cap = [(j, _floor_scaled(p.pool[r])) for j, r in enumerate(RESOURCE_TYPES) if r in COMPUTE_POOL_RESOURCES and r in p.pool]
+    previous = p.previous or {}
+    bound: dict[OfferKey, int] = {}
+    for i, k in enumerate(capacity.keys):
+        b = top[i]
+        if not spot[i] and share > 0 and vcpu[i] > 0:
+            b = max(b, math.ceil(spot_vcpu_max * PER_MILLE / (share * vcpu[i])))
+        within_pool = min((limit // int(capacity.raw[i, j]) for j, limit in pool_cap if capacity.raw[i, j] > 0), default=None)
+        if within_pool is not None:
+            b = min(b, within_pool)
+        if k[0] in p.instance_quota:
+            b = min(b, max(int(p.instance_quota[k[0]]), 0))
+        b = max(b, 0)
+        if previous.get(k, 0) > b:  # keeping a previous line is always allowed, within the pool
+            b = previous[k] if within_pool is None else min(previous[k], within_pool)
+        bound[k] = b
+    return bound
+
+
+HallSlack = dict[str, cp_model.IntVar]  # resource (or "sessions") -> hundredths (sessions) a Hall group lacks
+HostingVars = tuple[HostingClass, dict[str, cp_model.IntVar], cp_model.IntVar]  # class, sessions per type, sessions left
+
+
 class _RegionModel:
-    """The variables and expressions of one region inside a window model."""
+    """The variables and expressions of one region inside a window model.
+
+    Built in a fixed order (instances, their limits, demand slack, Hall groups, footprint hosting,
+    churn, the start hint): CP-SAT's search follows the model's order, so the order is part of
+    what makes a plan reproducible."""
 
     def __init__(self, model: cp_model.CpModel, p: RegionProblem, steps: int, incoming_max: dict[str, int]) -> None:
         self.p = p
-        tag = p.region.replace("-", "_")
-        self.pool_short: dict[str, float] = {}
-        self.need: dict[str, int] = {}
-        self.fail: dict[str, int] = {}
-        for r in RESOURCE_TYPES:
-            wanted, headroom = max(p.demand.get(r, 0.0), 0.0), max(p.failover.get(r, 0.0), 0.0)
-            if r not in COMPUTE_POOL_RESOURCES and r in p.pool:
-                cap = max(p.pool[r], 0.0)
-                own = min(wanted, cap)
-                extra = min(headroom, cap - own)
-                if wanted - own > 1e-9:
-                    self.pool_short[r] = round(wanted - own, 6)
-                wanted, headroom = own, extra
-            self.need[r], self.fail[r] = _scaled(wanted), _scaled(headroom)
-        keys = [o.key for o in p.offers]
-        raw = np.array([[o.capacity.get(r, 0.0) for r in RESOURCE_TYPES] for o in p.offers], float).reshape(len(keys), len(RESOURCE_TYPES))
-        counted = np.clip(np.array([o.counted for o in p.offers], float), 0.0, 1.0).reshape(-1, 1)
-        cap_m = np.rint(raw * QTY_SCALE).astype(np.int64)
-        eff_m = np.floor(np.maximum(raw * counted, 0.0) * QTY_SCALE + 1e-6).astype(np.int64)
-        self.cap = {k: dict(zip(RESOURCE_TYPES, row)) for k, row in zip(keys, cap_m.tolist())}
-        self.eff = {k: dict(zip(RESOURCE_TYPES, row)) for k, row in zip(keys, eff_m.tolist())}
-        groups = [(g, {r: _scaled(g.required.get(r, 0.0)) for r in RESOURCE_TYPES}) for g in p.session_groups]
+        self.steps = steps
+        self.tag = p.region.replace("-", "_")
+        targets = _cover_targets(p)
+        self.need, self.fail, self.pool_short = targets.need, targets.fail, targets.pool_short
+        capacity = _offer_capacity(p.offers)
+        self.keys = capacity.keys
+        self.cap = {k: dict(zip(RESOURCE_TYPES, row)) for k, row in zip(capacity.keys, capacity.raw.tolist())}
+        share = round(p.max_spot_share * PER_MILLE)  # the spot share in thousandths
         target = {r: self.need[r] + self.fail[r] + incoming_max.get(r, 0) for r in RESOURCE_TYPES}
-        share = int(round(p.max_spot_share * 1000))
-        previous = p.previous or {}
+        self.bound = _offer_bounds(p, capacity, target=target, share=share)
+        self.x = {o.key: model.new_int_var(0, self.bound[o.key], f"x_{self.tag}_{o.instance_type}_{o.purchase_option}")
+                  for o in p.offers}
+        xs = [self.x[k] for k in self.keys]
+        self.effective = {r: _sum(xs, capacity.counted[:, j].tolist()) for j, r in enumerate(RESOURCE_TYPES)}
+        self._add_instance_limits(model, capacity, share)
+        self.short_fail, self.short_class, self.short_dem = self._new_demand_slack(model, incoming_max)
+        self.moves_in: dict[str, list] = {r: [] for r in RESOURCE_TYPES}  # filled by the window model
+        self.moves_out: dict[str, list] = {r: [] for r in RESOURCE_TYPES}
+        self.groups = self._add_hall_groups(model)
+        self.hosting = self._add_footprint_hosting(model)
+        self.change = self._add_churn(model)
+        self._hint_start(model)
 
-        # Bounds: more of an offer than covers everything it contributes to is never needed, except
-        # on-demand vCPU that makes room for spot under the share rule, and what the previous plan had.
-        types = [k[0] for k in keys]
-        spot = [k[1] == "spot" for k in keys]
-        with np.errstate(divide="ignore", invalid="ignore"):
-            need_m = np.array([target[r] for r in RESOURCE_TYPES], float)
-            tops = np.where(eff_m > 0, np.ceil(need_m / np.where(eff_m > 0, eff_m, 1)), 0).max(axis=1, initial=0)
-        top = tops.astype(np.int64).tolist()
-        for g, _ in groups:
-            top = [max(b, g.sessions) if t in g.hosts else b for b, t in zip(top, types)]
-        for h in p.hosting:
-            top = [max(b, math.ceil(h.sessions * h.footprint.get(t, 0.0) - 1e-9)) for b, t in zip(top, types)]
-        vcpu = cap_m[:, 0].tolist()
-        spot_vcpu_max = sum(v * b for v, b, sp in zip(vcpu, top, spot) if sp)
-        pool_cap = [(j, _floor_scaled(p.pool[r])) for j, r in enumerate(RESOURCE_TYPES) if r in COMPUTE_POOL_RESOURCES and r in p.pool]
-        bound: dict[OfferKey, int] = {}
-        for i, k in enumerate(keys):
-            b = top[i]
-            if not spot[i] and share > 0 and vcpu[i] > 0:
-                b = max(b, math.ceil(spot_vcpu_max * 1000 / (share * vcpu[i])))
-            within_pool = min((limit // int(cap_m[i, j]) for j, limit in pool_cap if cap_m[i, j] > 0), default=None)
-            if within_pool is not None:
-                b = min(b, within_pool)
-            if k[0] in p.instance_quota:
-                b = min(b, max(int(p.instance_quota[k[0]]), 0))
-            b = max(b, 0)
-            if previous.get(k, 0) > b:  # keeping a previous line is always allowed, within the pool
-                b = previous[k] if within_pool is None else min(previous[k], within_pool)
-            bound[k] = b
-        self.x = {o.key: model.new_int_var(0, bound[o.key], f"x_{tag}_{o.instance_type}_{o.purchase_option}") for o in p.offers}
-        xs = [self.x[k] for k in keys]
-
-        self.raw = {r: _sum(xs, cap_m[:, j].tolist()) for j, r in enumerate(RESOURCE_TYPES)}
-        self.effective = {r: _sum(xs, eff_m[:, j].tolist()) for j, r in enumerate(RESOURCE_TYPES)}
-        spot_vcpu = _sum(xs, [v if s else 0 for v, s in zip(vcpu, spot)])
-        od_vcpu = _sum(xs, [0 if s else v for v, s in zip(vcpu, spot)])
+    def _add_instance_limits(self, model: cp_model.CpModel, capacity: _OfferCapacity, share: int) -> None:
+        """Pools (raw vCPU and memory), the spot share of raw vCPU, vCPU quotas per purchase option, per-type caps."""
+        p = self.p
+        xs = [self.x[k] for k in self.keys]
+        vcpu, spot = capacity.vcpu, capacity.spot
         for r in COMPUTE_POOL_RESOURCES:
             if r in p.pool:
-                model.add(self.raw[r] <= _floor_scaled(p.pool[r]))
+                raw = capacity.raw[:, RESOURCE_TYPES.index(r)].tolist()
+                model.add(_sum(xs, raw) <= _floor_scaled(p.pool[r]))
         if any(spot):  # spot vCPU within the share: 1000·spot ≤ share·(spot + on-demand)
-            model.add(_sum(xs, [(1000 - share) * v if s else -share * v for v, s in zip(vcpu, spot)]) <= 0)
+            model.add(_sum(xs, [(PER_MILLE - share) * v if s else -share * v for v, s in zip(vcpu, spot)]) <= 0)
         if p.on_demand_vcpu_quota is not None:
-            model.add(od_vcpu <= _floor_scaled(p.on_demand_vcpu_quota))
+            model.add(_sum(xs, [0 if s else v for v, s in zip(vcpu, spot)]) <= _floor_scaled(p.on_demand_vcpu_quota))
         if p.spot_vcpu_quota is not None:
-            model.add(spot_vcpu <= _floor_scaled(p.spot_vcpu_quota))
+            model.add(_sum(xs, [v if s else 0 for v, s in zip(vcpu, spot)]) <= _floor_scaled(p.spot_vcpu_quota))
         for itype, limit in sorted(p.instance_quota.items()):
-            same = [self.x[k] for k in keys if k[0] == itype]
+            same = [self.x[k] for k in self.keys if k[0] == itype]
             if same:
                 model.add(_sum(same) <= max(int(limit), 0))
 
-        # Slack: own demand (split by priority class in budget mode), failover headroom, hosting.
-        self.short_fail = {r: model.new_int_var(0, self.fail[r], f"sf_{tag}_{r}") for r in RESOURCE_TYPES}
-        self.short_class: dict[str, dict[str, cp_model.IntVar]] = {}
-        if p.demand_by_class is not None:
-            total = {r: sum(max(c.get(r, 0.0), 0.0) for c in p.demand_by_class.values()) for r in RESOURCE_TYPES}
-            for cls in sorted(p.demand_by_class):
-                self.short_class[cls] = {}
-                for r in RESOURCE_TYPES:
-                    part = max(p.demand_by_class[cls].get(r, 0.0), 0.0)
-                    portion = int(math.ceil(self.need[r] * (part / total[r]) - 1e-9)) if total[r] > 0 else 0
-                    if cls == "low":
-                        portion += incoming_max.get(r, 0)
-                    self.short_class[cls][r] = model.new_int_var(0, portion, f"sd_{tag}_{cls}_{r}")
-            self.short_dem = {r: _sum([self.short_class[c][r] for c in self.short_class]) for r in RESOURCE_TYPES}
-        else:
-            self.short_dem = {r: model.new_int_var(0, self.need[r] + incoming_max.get(r, 0), f"sd_{tag}_{r}") for r in RESOURCE_TYPES}
-        self.steps = steps
-        self.moves_in: dict[str, list] = {r: [] for r in RESOURCE_TYPES}  # filled by the window model
-        self.moves_out: dict[str, list] = {r: [] for r in RESOURCE_TYPES}
-        self.groups = []
-        by_key = {o.key: o for o in p.offers}
-        for i, (g, req) in enumerate(groups):
-            slack = {}
-            hosts = [k for k in keys if k[0] in g.hosts]
-            for r in RESOURCE_TYPES:
-                if req[r] <= 0:
-                    continue
-                slack[r] = model.new_int_var(0, req[r], f"sh_{tag}_{i}_{r}")
-                # raw capacity (a session on a spot instance uses all of it), limited to what sessions of
-                # this shape can use of each type: a valid necessary condition for hosting them
-                use = [min(self.cap[k][r], _floor_scaled(g.usable[k[0]][r])) if k[0] in g.usable and r in g.usable[k[0]]
-                       else self.cap[k][r] for k in hosts]
-                model.add(_sum([self.x[k] for k in hosts] + [slack[r]], use + [1]) >= req[r])
-            if g.sessions > 0 and g.smallest:
-                # Each host instance takes at most m_o of the group's sessions (by its smallest session).
-                per = []
-                for k in hosts:
-                    fits = [int(by_key[k].capacity.get(r, 0.0) // v) for r, v in g.smallest.items() if v > 1e-9]
-                    per.append(min(min(fits, default=g.sessions), g.sessions))
-                slack["sessions"] = model.new_int_var(0, g.sessions, f"shn_{tag}_{i}")
-                model.add(_sum([self.x[k] for k in hosts] + [slack["sessions"]], per + [1]) >= g.sessions)
-            self.groups.append((g, slack))
+    def _new_demand_slack(self, model: cp_model.CpModel, incoming_max: dict[str, int]
+                          ) -> tuple[dict[str, cp_model.IntVar], dict[str, dict[str, cp_model.IntVar]], dict[str, LinearTerm]]:
+        """Uncovered failover headroom and own demand (split by priority class in budget mode): (failover, by class, demand)."""
+        short_fail = {r: model.new_int_var(0, self.fail[r], f"sf_{self.tag}_{r}") for r in RESOURCE_TYPES}
+        if self.p.demand_by_class is None:
+            short_dem: dict[str, LinearTerm] = {
+                r: model.new_int_var(0, self.need[r] + incoming_max.get(r, 0), f"sd_{self.tag}_{r}") for r in RESOURCE_TYPES}
+            return short_fail, {}, short_dem
+        short_class = self._new_class_slack(model, self.p.demand_by_class, incoming_max)
+        short_dem = {r: _sum([short_class[c][r] for c in short_class]) for r in RESOURCE_TYPES}
+        return short_fail, short_class, short_dem
 
-        # Footprint hosting (packing stage): z sessions of a class on a type take z·footprint instances of it.
-        self.hosting: list[tuple[HostingClass, dict[str, cp_model.IntVar], cp_model.IntVar]] = []
+    def _new_class_slack(self, model: cp_model.CpModel, by_class: dict[str, dict[str, float]], incoming_max: dict[str, int]
+                         ) -> dict[str, dict[str, cp_model.IntVar]]:
+        """Budget mode: each priority class may leave its share of the demand uncovered (the lowest also what moves in)."""
+        total = {r: sum(max(c.get(r, 0.0), 0.0) for c in by_class.values()) for r in RESOURCE_TYPES}
+        short_class: dict[str, dict[str, cp_model.IntVar]] = {}
+        for cls in sorted(by_class):
+            short_class[cls] = {}
+            for r in RESOURCE_TYPES:
+                part = max(by_class[cls].get(r, 0.0), 0.0)
+                portion = math.ceil(self.need[r] * (part / total[r]) - EPS) if total[r] > 0 else 0
+                if cls == "low":
+                    portion += incoming_max.get(r, 0)
+                short_class[cls][r] = model.new_int_var(0, portion, f"sd_{self.tag}_{cls}_{r}")
+        return short_class
+
+    def _add_hall_groups(self, model: cp_model.CpModel) -> list[tuple[SessionGroup, HallSlack]]:
+        """Sessions only some types can host need that much capacity (and that many instances) on those types."""
+        groups = []
+        for i, g in enumerate(self.p.session_groups):
+            hosts = [k for k in self.keys if k[0] in g.hosts]
+            slack = self._add_group_capacity(model, i, g, hosts)
+            if g.sessions > 0 and g.smallest:
+                slack["sessions"] = self._add_group_count(model, i, g, hosts)
+            groups.append((g, slack))
+        return groups
+
+    def _add_group_capacity(self, model: cp_model.CpModel, i: int, g: SessionGroup, hosts: list[OfferKey]) -> HallSlack:
+        """Σ usable capacity of the hosts ≥ what the group requires, per resource. Raw capacity (a session
+        on a spot instance uses all of it), limited to what sessions of this shape can use of each type:
+        a valid necessary condition for hosting them."""
+        required = {r: _scaled(g.required.get(r, 0.0)) for r in RESOURCE_TYPES}
+        slack: HallSlack = {}
+        for r in RESOURCE_TYPES:
+            if required[r] <= 0:
+                continue
+            slack[r] = model.new_int_var(0, required[r], f"sh_{self.tag}_{i}_{r}")
+            use = [min(self.cap[k][r], _floor_scaled(g.usable[k[0]][r])) if k[0] in g.usable and r in g.usable[k[0]]
+                   else self.cap[k][r] for k in hosts]
+            model.add(_sum([*(self.x[k] for k in hosts), slack[r]], [*use, 1]) >= required[r])
+        return slack
+
+    def _add_group_count(self, model: cp_model.CpModel, i: int, g: SessionGroup, hosts: list[OfferKey]) -> cp_model.IntVar:
+        """Each host instance takes at most m_o of the group's sessions (by its smallest session)."""
+        by_key = {o.key: o for o in self.p.offers}
+        per = []
+        for k in hosts:
+            fits = [int(by_key[k].capacity.get(r, 0.0) // v) for r, v in g.smallest.items() if v > EPS]
+            per.append(min(min(fits, default=g.sessions), g.sessions))
+        left = model.new_int_var(0, g.sessions, f"shn_{self.tag}_{i}")
+        model.add(_sum([*(self.x[k] for k in hosts), left], [*per, 1]) >= g.sessions)
+        return left
+
+    def _add_footprint_hosting(self, model: cp_model.CpModel) -> list[HostingVars]:
+        """Packing stage: z sessions of a class on a type take z·footprint instances of it."""
+        hosting: list[HostingVars] = []
         load: dict[str, tuple[list, list[int]]] = {}
-        for i, h in enumerate(p.hosting):
-            z = {t: model.new_int_var(0, h.sessions, f"z_{tag}_{i}_{t}") for t in sorted(h.footprint)
-                 if 0 < h.footprint[t] <= 1.0 and any(k[0] == t for k in keys)}
-            left = model.new_int_var(0, h.sessions, f"zu_{tag}_{i}")
-            model.add(_sum(list(z.values()) + [left]) >= h.sessions)
-            if p.hosting_hint is not None and i < len(p.hosting_hint):
-                start = {t: min(n, h.sessions) for t, n in p.hosting_hint[i].items() if t in z}
+        for i, h in enumerate(self.p.hosting):
+            z = {t: model.new_int_var(0, h.sessions, f"z_{self.tag}_{i}_{t}") for t in sorted(h.footprint)
+                 if 0 < h.footprint[t] <= 1.0 and any(k[0] == t for k in self.keys)}
+            left = model.new_int_var(0, h.sessions, f"zu_{self.tag}_{i}")
+            model.add(_sum([*z.values(), left]) >= h.sessions)
+            if self.p.hosting_hint is not None and i < len(self.p.hosting_hint):
+                start = {t: min(n, h.sessions) for t, n in self.p.hosting_hint[i].items() if t in z}
                 for t, v in z.items():
                     model.add_hint(v, start.get(t, 0))
                 model.add_hint(left, max(h.sessions - sum(start.values()), 0))
             for t, v in z.items():
                 terms, units = load.setdefault(t, ([], []))
                 terms.append(v)
-                units.append(int(math.ceil(h.footprint[t] * FOOTPRINT_SCALE - 1e-6)))
-            self.hosting.append((h, z, left))
+                units.append(ceil_units(h.footprint[t], FOOTPRINT_SCALE))
+            hosting.append((h, z, left))
         for t, (terms, units) in sorted(load.items()):
-            same = [self.x[k] for k in keys if k[0] == t]
+            same = [self.x[k] for k in self.keys if k[0] == t]
             model.add(_sum(terms + same, units + [-FOOTPRINT_SCALE] * len(same)) <= 0)
+        return hosting
 
-        # Churn against the previous plan.
-        self.change: dict[OfferKey, cp_model.IntVar] = {}
-        if p.previous is not None:
+    def _add_churn(self, model: cp_model.CpModel) -> dict[OfferKey, cp_model.IntVar]:
+        """|x − previous| for every line the previous plan had (what the churn penalty prices)."""
+        change: dict[OfferKey, cp_model.IntVar] = {}
+        if self.p.previous is None:
+            return change
+        for k, v in self.x.items():
+            before = self.p.previous.get(k, 0)
+            if before > 0:
+                d = model.new_int_var(0, max(before, self.bound[k]), f"d_{self.tag}_{k[0]}_{k[1]}")
+                model.add(d >= v - before)
+                model.add(d >= before - v)
+                change[k] = d
+        return change
+
+    def _hint_start(self, model: cp_model.CpModel) -> None:
+        """CP-SAT starts its search from the given hint, else from the previous plan."""
+        start = self.p.hint if self.p.hint is not None else self.p.previous
+        if start is not None:
             for k, v in self.x.items():
-                before = previous.get(k, 0)
-                if before > 0:
-                    d = model.new_int_var(0, max(before, bound[k]), f"d_{tag}_{k[0]}_{k[1]}")
-                    model.add(d >= v - before)
-                    model.add(d >= before - v)
-                    self.change[k] = d
-        start = p.hint if p.hint is not None else (previous if p.previous is not None else None)
-        if start is not None:  # CP-SAT starts its search from this plan
-            for k, v in self.x.items():
-                model.add_hint(v, min(start.get(k, 0), bound[k]))
+                model.add_hint(v, min(start.get(k, 0), self.bound[k]))
 
     def add_cover(self, model: cp_model.CpModel) -> None:
+        """Counted capacity + slack ≥ demand + failover headroom (+ flexible demand moved in − out), in 1/steps
+        of a hundredth; what moves in never exceeds what the storage/bandwidth pool has left."""
         s = self.steps
         for r in RESOURCE_TYPES:
             inflow = _sum(self.moves_in[r])
             outflow = _sum(self.moves_out[r])
-            model.add(s * (self.effective[r] + self.short_dem[r] + self.short_fail[r]) >= s * (self.need[r] + self.fail[r]) + inflow - outflow)
+            covered = self.effective[r] + self.short_dem[r] + self.short_fail[r]
+            model.add(s * covered >= s * (self.need[r] + self.fail[r]) + inflow - outflow)
             if self.moves_in[r] and r not in COMPUTE_POOL_RESOURCES and r in self.p.pool:
                 model.add(inflow - outflow <= s * max(_floor_scaled(self.p.pool[r]) - self.need[r] - self.fail[r], 0))
 
@@ -370,6 +475,25 @@ class _WindowModel:
     steps: int
 
 
+class _Objective:
+    """Σ coeff·var, collected term by term and handed to CP-SAT as one weighted sum."""
+
+    def __init__(self) -> None:
+        self.variables: list[LinearTerm] = []
+        self.coeffs: list[int] = []
+
+    def add(self, coeff: int, var: LinearTerm) -> None:
+        self.variables.append(var)
+        self.coeffs.append(coeff)
+
+    def expression(self) -> LinearTerm:
+        return _sum(self.variables, self.coeffs)
+
+
+def _micro_usd(usd_per_hour: float) -> int:
+    return round(usd_per_hour * PRICE_SCALE)
+
+
 def _window_model(problems: list[RegionProblem], options: WindowOptions) -> _WindowModel:
     """One window's CP-SAT model over `problems` (see the module docstring)."""
     model = _new_model()
@@ -379,7 +503,31 @@ def _window_model(problems: list[RegionProblem], options: WindowOptions) -> _Win
     flex = {p.region: {r: _scaled(p.flexible.get(r, 0.0)) for r in RESOURCE_TYPES} for p in problems}
     incoming_max = {p.region: {r: sum(flex[a][r] for a, b in moves if b == p.region) for r in RESOURCE_TYPES} for p in problems}
     regions = {p.region: _RegionModel(model, p, steps, incoming_max[p.region]) for p in problems}
+    move_vars = _add_relocation(model, regions, moves=moves, flex=flex, steps=steps)
+    for rm in regions.values():
+        rm.add_cover(model)
 
+    max_price = max((o.hourly_price for p in problems for o in p.offers), default=0.0)
+    p_dem = demand_penalty(max_price, options.churn_penalty)
+    objective = _Objective()
+    for rm in regions.values():
+        _add_instance_costs(objective, rm, options.churn_penalty)
+        _add_shortfall_costs(objective, rm, options, p_dem)
+    for (a, _), m in move_vars.items():
+        for r in RESOURCE_TYPES:
+            unit = options.relocation_cost.get(r, 0.0) / QTY_SCALE * PRICE_SCALE
+            if flex[a][r] and unit > 0:
+                objective.add(max(round(unit * flex[a][r] / steps), 1), m)
+    if options.budget is not None:
+        offers = [(rm.x[o.key], o.hourly_price) for rm in regions.values() for o in rm.p.offers]
+        model.add(_sum([x for x, _ in offers], [_micro_usd(price) for _, price in offers]) <= math.floor(options.budget * PRICE_SCALE))
+    model.minimize(objective.expression())
+    return _WindowModel(model, regions, move_vars, flex, steps)
+
+
+def _add_relocation(model: cp_model.CpModel, regions: dict[str, _RegionModel], *, moves: list[tuple[str, str]],
+                    flex: dict[str, dict[str, int]], steps: int) -> dict[tuple[str, str], cp_model.IntVar]:
+    """m_ab ∈ [0, steps]: the steps of a's flexible demand moved to b; a region moves at most all of it."""
     move_vars: dict[tuple[str, str], cp_model.IntVar] = {}
     for a, b in sorted(moves):
         if not any(flex[a].values()):
@@ -392,75 +540,81 @@ def _window_model(problems: list[RegionProblem], options: WindowOptions) -> _Win
                 regions[b].moves_in[r].append(flex[a][r] * m)
     for a in sorted({a for a, _ in move_vars}):
         model.add(_sum([v for (x, _), v in move_vars.items() if x == a]) <= steps)
-    for rm in regions.values():
-        rm.add_cover(model)
+    return move_vars
 
-    max_price = max((o.hourly_price for p in problems for o in p.offers), default=0.0)
-    p_dem = demand_penalty(max_price, options.churn_penalty)
-    budget_mode = options.budget is not None
-    variables: list = []
-    coeffs: list[int] = []
 
-    def term(coeff: int, var) -> None:
-        variables.append(var)
-        coeffs.append(coeff)
+def _add_instance_costs(objective: _Objective, rm: _RegionModel, churn_penalty: float) -> None:
+    """Instance prices, and the churn penalty on every change against the previous plan (on every
+    instance of a line the previous plan did not have)."""
+    for o in rm.p.offers:
+        objective.add(_micro_usd(o.hourly_price), rm.x[o.key])
+        if o.key in rm.change:
+            objective.add(_micro_usd(churn_penalty * o.hourly_price), rm.change[o.key])
+        elif rm.p.previous is not None:
+            objective.add(_micro_usd(churn_penalty * o.hourly_price), rm.x[o.key])
 
-    for rm in regions.values():
-        for o in rm.p.offers:
-            term(int(round(o.hourly_price * PRICE_SCALE)), rm.x[o.key])
-            if o.key in rm.change:
-                term(int(round(options.churn_penalty * o.hourly_price * PRICE_SCALE)), rm.change[o.key])
-            elif rm.p.previous is not None:
-                term(int(round(options.churn_penalty * o.hourly_price * PRICE_SCALE)), rm.x[o.key])
-        for r in RESOURCE_TYPES:
-            if budget_mode:
-                value = options.unit_value.get(r, 1.0) / QTY_SCALE * PRICE_SCALE
-                weights = options.priority_weights
-                if rm.short_class:
-                    for cls, vars_ in rm.short_class.items():
-                        term(max(int(round(weights.get(cls, 1.0) * value)), 1), vars_[r])
-                else:
-                    term(max(int(round(weights.get("normal", 10.0) * value)), 1), rm.short_dem[r])
-                term(max(int(round(weights.get("high", 100.0) * value)), 1), rm.short_fail[r])
-                host_w = max(int(round(weights.get("low", 1.0) * value / 2)), 1)
-            else:
-                term(int(round(p_dem * PRICE_SCALE)), rm.short_dem[r])
-                term(int(round(p_dem / 2 * PRICE_SCALE)), rm.short_fail[r])
-                host_w = int(round(p_dem / 4 * PRICE_SCALE))
-            for g, slack in rm.groups:
-                if r in slack:
-                    term(host_w, slack[r])
-                if r == "vcpu" and "sessions" in slack:  # a session left without a host costs like its vCPU uncovered
-                    term(host_w * max(_scaled(g.smallest.get("vcpu", 0.0)), 1), slack["sessions"])
-            if r == "vcpu":
-                for h, _, left in rm.hosting:
-                    term(host_w * max(_scaled(h.vcpu), 1), left)
 
-    for (a, b), m in move_vars.items():
-        for r in RESOURCE_TYPES:
-            unit = options.relocation_cost.get(r, 0.0) / QTY_SCALE * PRICE_SCALE
-            if flex[a][r] and unit > 0:
-                term(max(int(round(unit * flex[a][r] / steps)), 1), m)
-    if budget_mode:
-        model.add(_sum([rm.x[o.key] for rm in regions.values() for o in rm.p.offers],
-                       [int(round(o.hourly_price * PRICE_SCALE)) for rm in regions.values() for o in rm.p.offers])
-                  <= int(math.floor(options.budget * PRICE_SCALE)))
-    model.minimize(_sum(variables, coeffs))
-    return _WindowModel(model, regions, move_vars, flex, steps)
+def _add_shortfall_costs(objective: _Objective, rm: _RegionModel, options: WindowOptions, p_dem: float) -> None:
+    """Uncovered demand, failover headroom and hosting, per hundredth: above any instance price, own
+    demand first; in budget mode by priority value instead (a knapsack)."""
+    for r in RESOURCE_TYPES:
+        if options.budget is not None:
+            host_w = _add_valued_shortfall_costs(objective, rm, r, options)
+        else:
+            objective.add(_micro_usd(p_dem), rm.short_dem[r])
+            objective.add(_micro_usd(p_dem / 2), rm.short_fail[r])
+            host_w = _micro_usd(p_dem / 4)
+        for g, slack in rm.groups:
+            if r in slack:
+                objective.add(host_w, slack[r])
+            if r == "vcpu" and "sessions" in slack:  # a session left without a host costs like its vCPU uncovered
+                objective.add(host_w * max(_scaled(g.smallest.get("vcpu", 0.0)), 1), slack["sessions"])
+        if r == "vcpu":
+            for h, _, left in rm.hosting:
+                objective.add(host_w * max(_scaled(h.vcpu), 1), left)
+
+
+def _add_valued_shortfall_costs(objective: _Objective, rm: _RegionModel, r: str, options: WindowOptions) -> int:
+    """Budget mode: uncovered demand of class c costs weight_c × c_under; headroom as "high". Returns the
+    hosting slack's weight (half of "low")."""
+    value = options.unit_value.get(r, 1.0) / QTY_SCALE * PRICE_SCALE
+    weights = options.priority_weights
+    if rm.short_class:
+        for cls, vars_ in rm.short_class.items():
+            objective.add(max(round(weights.get(cls, 1.0) * value), 1), vars_[r])
+    else:
+        objective.add(max(round(weights.get("normal", DEFAULT_PRIORITY_WEIGHTS["normal"]) * value), 1), rm.short_dem[r])
+    objective.add(max(round(weights.get("high", DEFAULT_PRIORITY_WEIGHTS["high"]) * value), 1), rm.short_fail[r])
+    return max(round(weights.get("low", DEFAULT_PRIORITY_WEIGHTS["low"]) * value / 2), 1)
 
 
 def solve_window(problems: list[RegionProblem], options: WindowOptions | None = None) -> WindowSolution:
     """Solve one window's model over `problems` (one region, or several coupled by budget/relocation)."""
     options = options or WindowOptions()
     built = _window_model(problems, options)
-    model, regions, move_vars, flex, steps = built.model, built.regions, built.move_vars, built.flex, built.steps
-    by_region = {p.region: p for p in problems}
+    solver, status = _solve(built.model, options, regions=[p.region for p in problems])
+    results = {region: _region_result(solver, rm) for region, rm in built.regions.items()}
+    relocations = _read_relocations(solver, built, results)
+    return WindowSolution(
+        regions=results,
+        objective=solver.objective_value / PRICE_SCALE,
+        lower_bound=solver.best_objective_bound / PRICE_SCALE,
+        status=status,
+        cost=sum((result.cost for result in results.values()), 0.0),
+        relocations=relocations,
+    )
+
+
+def _solve(model: cp_model.CpModel, options: WindowOptions, *, regions: list[str]) -> tuple[cp_model.CpSolver, str]:
+    """CP-SAT on one thread with a fixed seed and a deterministic work limit, so the same input gives
+    the same plan on any machine; the limit grows only when there is no solution at all yet.
+    Returns the solver (to read values from) and its status name."""
     solver = cp_model.CpSolver()
-    solver.parameters.num_workers = 1  # deterministic: the same input gives the same plan
+    solver.parameters.num_workers = 1
     solver.parameters.random_seed = 0
     solver.parameters.relative_gap_limit = options.relative_gap
-    solver.parameters.cp_model_presolve = len(problems) > 1  # a one-region model is small: presolve costs more than it saves
-    limit = options.deterministic_time * len(problems)  # the work limit is per region of the model
+    solver.parameters.cp_model_presolve = len(regions) > 1  # a one-region model is small: presolve costs more than it saves
+    limit = options.deterministic_time * len(regions)  # the work limit is per region of the model
     while True:
         solver.parameters.max_deterministic_time = limit
         status = solver.solve(model)
@@ -470,39 +624,44 @@ def solve_window(problems: list[RegionProblem], options: WindowOptions | None = 
     name = solver.status_name(status)
     if status not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         raise RuntimeError(
-            f"CP-SAT returned {name} for regions {sorted(by_region)}: the model always has the empty plan as a "
+            f"CP-SAT returned {name} for regions {sorted(set(regions))}: the model always has the empty plan as a "
             "solution, so this means the solver stopped before finding one; raise solver_deterministic_time"
         )
-    results: dict[str, RegionResult] = {}
-    total_cost = 0.0
-    for region, rm in regions.items():
-        counts = {k: int(solver.value(v)) for k, v in rm.x.items() if solver.value(v) > 0}
-        cost = sum(o.hourly_price * counts.get(o.key, 0) for o in rm.p.offers)
-        total_cost += cost
-        short = {r: solver.value(rm.short_dem[r]) / QTY_SCALE for r in RESOURCE_TYPES if solver.value(rm.short_dem[r]) > 0}
-        for r, amount in rm.pool_short.items():
-            short[r] = round(short.get(r, 0.0) + amount, 6)
-        by_class = {
-            cls: {r: solver.value(v) / QTY_SCALE for r, v in vars_.items() if solver.value(v) > 0}
-            for cls, vars_ in rm.short_class.items()
-        }
-        hosting: dict[str, float] = {}
-        for _, slack in rm.groups:
-            for r, v in slack.items():
-                if solver.value(v) > 0:
-                    hosting[r] = hosting.get(r, 0.0) + solver.value(v) / (1 if r == "sessions" else QTY_SCALE)
-        results[region] = RegionResult(
-            counts=counts,
-            cost=cost,
-            shortfall=short,
-            failover_shortfall={r: solver.value(v) / QTY_SCALE for r, v in rm.short_fail.items() if solver.value(v) > 0},
-            hosting_shortfall=hosting,
-            uncovered_by_class={c: v for c, v in by_class.items() if v},
-            pool_shortfall=dict(rm.pool_short),
-            hosted=[{t: int(solver.value(v)) for t, v in z.items() if solver.value(v) > 0} for _, z, _ in rm.hosting],
-        )
+    return solver, name
+
+
+def _region_result(solver: cp_model.CpSolver, rm: _RegionModel) -> RegionResult:
+    """One region's counts, cost and every slack the solver left, back in units."""
+    counts = {k: int(solver.value(v)) for k, v in rm.x.items() if solver.value(v) > 0}
+    short = {r: solver.value(rm.short_dem[r]) / QTY_SCALE for r in RESOURCE_TYPES if solver.value(rm.short_dem[r]) > 0}
+    for r, amount in rm.pool_short.items():
+        short[r] = round(short.get(r, 0.0) + amount, 6)
+    by_class = {
+        cls: {r: solver.value(v) / QTY_SCALE for r, v in vars_.items() if solver.value(v) > 0}
+        for cls, vars_ in rm.short_class.items()
+    }
+    hosting: dict[str, float] = {}
+    for _, slack in rm.groups:
+        for r, v in slack.items():
+            if solver.value(v) > 0:
+                hosting[r] = hosting.get(r, 0.0) + solver.value(v) / (1 if r == "sessions" else QTY_SCALE)
+    return RegionResult(
+        counts=counts,
+        cost=sum(o.hourly_price * counts.get(o.key, 0) for o in rm.p.offers),
+        shortfall=short,
+        failover_shortfall={r: solver.value(v) / QTY_SCALE for r, v in rm.short_fail.items() if solver.value(v) > 0},
+        hosting_shortfall=hosting,
+        uncovered_by_class={c: v for c, v in by_class.items() if v},
+        pool_shortfall=dict(rm.pool_short),
+        hosted=[{t: int(solver.value(v)) for t, v in z.items() if solver.value(v) > 0} for _, z, _ in rm.hosting],
+    )
+
+
+def _read_relocations(solver: cp_model.CpSolver, built: _WindowModel, results: dict[str, RegionResult]) -> list[dict]:
+    """The moves the solver chose; each region's result records its net demand moved in (negative: out)."""
     relocations = []
-    for (a, b), m in sorted(move_vars.items()):
+    flex, steps = built.flex, built.steps
+    for (a, b), m in sorted(built.move_vars.items()):
         k = solver.value(m)
         if k <= 0:
             continue
@@ -511,14 +670,7 @@ def solve_window(problems: list[RegionProblem], options: WindowOptions | None = 
         for r, q in moved.items():
             results[a].relocated[r] = round(results[a].relocated.get(r, 0.0) - q, 6)
             results[b].relocated[r] = round(results[b].relocated.get(r, 0.0) + q, 6)
-    return WindowSolution(
-        regions=results,
-        objective=solver.objective_value / PRICE_SCALE,
-        lower_bound=solver.best_objective_bound / PRICE_SCALE,
-        status=name,
-        cost=total_cost,
-        relocations=relocations,
-    )
+    return relocations
 
 
 def _lp_values(model: cp_model.CpModel) -> list[float] | None:
@@ -564,13 +716,13 @@ def solve_hosting(problem: RegionProblem, options: WindowOptions) -> RegionResul
     narrowed, start = [], []
     for h, z, _ in rm.hosting:
         share = {t: values[v.index] for t, v in z.items()}
-        keep = [t for t in h.footprint if share.get(t, 0.0) > 1e-6] or list(h.footprint)[:1]
+        keep = [t for t in h.footprint if share.get(t, 0.0) > ROUNDING_SLACK] or list(h.footprint)[:1]
         narrowed.append(replace(h, footprint={t: h.footprint[t] for t in keep}))
-        whole = {t: int(math.floor(share.get(t, 0.0) + 1e-6)) for t in keep}
+        whole = {t: floor_units(share.get(t, 0.0)) for t in keep}
         for t in sorted(keep, key=lambda t: (whole[t] - share.get(t, 0.0), t))[: max(h.sessions - sum(whole.values()), 0)]:
             whole[t] += 1  # the largest fractional parts round up, so the class is hosted in full
         start.append(whole)
-    hint = {k: int(math.ceil(values[v.index] - 1e-6)) for k, v in rm.x.items()}
+    hint = {k: ceil_units(values[v.index]) for k, v in rm.x.items()}
     narrowed_problem = replace(problem, hosting=narrowed, hosting_hint=start, hint=hint)
     return solve_window([narrowed_problem], options).regions[problem.region]
 

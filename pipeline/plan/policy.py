@@ -18,6 +18,10 @@ from pipeline.common.schemas import PRIORITIES, REGION_PATTERN
 
 PLANNER_FILE = "inventory/planner.json"
 
+# What covering a unit of each priority class is worth, × c_under, when a budget cap binds: the
+# budget goes to critical demand first (a knapsack by value). The planner and its model share them.
+DEFAULT_PRIORITY_WEIGHTS: dict[str, float] = {"critical": 1000.0, "high": 100.0, "normal": 10.0, "low": 1.0}
+
 # Approximate locations of AWS regions (latitude, longitude, continent). Used only for defaults:
 # the failover partner and the latency estimate; both are overridable in planner.json.
 REGION_LOCATIONS: dict[str, tuple[float, float, str]] = {
@@ -125,7 +129,7 @@ class PlannerConfig:
     relocation_cost_fraction: float = 0.1
     churn_penalty: float = 0.25
     budget_usd_per_hour: float | None = None
-    priority_weights: dict[str, float] = field(default_factory=lambda: {"critical": 1000.0, "high": 100.0, "normal": 10.0, "low": 1.0})
+    priority_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PRIORITY_WEIGHTS))
     quotas: dict[str, Quota] = field(default_factory=dict)
     mix_lookback_days: int = 7
     packing_check: bool = True
@@ -293,6 +297,7 @@ def load_planner_config(source_root: str) -> tuple[PlannerConfig, dict[str, Any]
 
 
 __all__ = [
+    "DEFAULT_PRIORITY_WEIGHTS",
     "PLANNER_FILE",
     "REGION_LOCATIONS",
     "PlannerConfig",
