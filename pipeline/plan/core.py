@@ -31,14 +31,16 @@ import multiprocessing
 import os
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
+from pipeline.common.numeric import EPS, ROUNDING_SLACK, exceeds
 from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import (
     COMPUTE_POOL_RESOURCES,
@@ -232,22 +234,35 @@ def _cpu_seconds() -> float:
     return t.user + t.system + t.children_user + t.children_system
 
 
-def _draw_region(args: tuple) -> list[tuple[np.ndarray, list[SessionGroup]]]:
+@dataclass(frozen=True)
+class _DrawJob:
+    """The sessions of one region's windows are drawn together (in a worker process when there are many)."""
+
+    region: str
+    offers: list[Offer]
+    windows: list[tuple[pd.Timestamp, dict[str, float]]]  # (window, demand)
+    explicit: list[np.ndarray | None] | None  # given sessions per window (benchmark), else drawn from `mix`
+    mix: RegionMix | None
+    config: PlannerConfig
+
+
+def _draw_region(job: _DrawJob) -> list[tuple[np.ndarray, list[SessionGroup]]]:
     """Per window of one region: the sessions its demand stands for (explicit ones, or drawn from the
     request mix), split into workers that fit some type, and the Hall groups the allocation enforces
     (the `hall_groups` most restrictive: sessions only a strict subset of the types can host)."""
-    region, offers, windows, explicit, mix, config = args
-    _, caps = capacity_matrix(offers)
+    config = job.config
+    _, caps = capacity_matrix(job.offers)
     out = []
-    for k, (w, demand) in enumerate(windows):
-        if explicit is not None:
-            raw = explicit[k] if explicit[k] is not None else np.zeros((0, len(PACK_DIMS)))
-        elif mix is not None:
-            raw = sessions_for_demand(mix.samples, mix.weights, demand, config.max_sessions_per_window, region, w.isoformat())
+    for k, (w, demand) in enumerate(job.windows):
+        if job.explicit is not None:
+            given = job.explicit[k]
+            raw = given if given is not None else np.zeros((0, len(PACK_DIMS)))
+        elif job.mix is not None:
+            raw = sessions_for_demand(job.mix.samples, job.mix.weights, demand, config.max_sessions_per_window, job.region, w.isoformat())
         else:
             raw = np.zeros((0, len(PACK_DIMS)))
         cell_sessions = shard(np.asarray(raw, float).reshape(-1, len(PACK_DIMS)), caps, config.max_session_vcpu)
-        groups = session_groups(cell_sessions, offers, max_groups=config.hall_groups + 1)  # the all-types group comes last
+        groups = session_groups(cell_sessions, job.offers, max_groups=config.hall_groups + 1)  # the all-types group comes last
         groups = [g for g in groups if len(g.hosts) < len(caps)][: config.hall_groups]
         out.append((cell_sessions, groups))
     return out
@@ -299,6 +314,10 @@ class _PackTask:
     options: WindowOptions | None = None
     hosting_candidates: int = 10
 
+    def rules(self) -> Rules:
+        return Rules(need=self.need, pool=self.pool, max_spot_share=self.max_spot_share, on_demand_vcpu_quota=self.on_demand_vcpu_quota,
+                     spot_vcpu_quota=self.spot_vcpu_quota, instance_quota=self.instance_quota)
+
 
 def _hosting_plan(task: _PackTask, rules: Rules) -> tuple[dict[OfferKey, int], np.ndarray] | None:
     """The cell's allocation model re-solved with every session hosted by footprint (`HostingClass`,
@@ -317,109 +336,192 @@ def _hosting_plan(task: _PackTask, rules: Rules) -> tuple[dict[OfferKey, int], n
     return (got.counts, home) if (home >= 0).all() else None
 
 
+Repacked = tuple[dict[OfferKey, int], np.ndarray | None, str]  # counts, assignment (None: pack again), method
+
+
+def _repack_candidates(task: _PackTask, rules: Rules, unplaced: np.ndarray) -> list[Repacked]:
+    """Plans that host every session and keep the rules: 1. the cell re-planned with footprint hosting,
+    else 2. the cheapest single swap/add (only without a re-plan: each try packs the sessions again),
+    and 3. first-fit decreasing over the sessions (packable by construction, so a fixed cell never costs
+    more than the baseline)."""
+    candidates: list[Repacked] = []
+    hosted = _hosting_plan(task, rules)
+    if hosted is not None:
+        candidates.append((*hosted, "hosting_model"))
+    else:
+        fixed = swap_repair(task.sessions, dict(task.counts), task.offers, rules, unplaced, max_checks=8)
+        if fixed is not None:
+            candidates.append((fixed, None, "dot_product"))
+    baseline, home = ffd_plan(task.sessions, task.offers, task.pool, task.need, {}, task.max_spot_share, with_assignment=True)
+    if baseline and (home >= 0).all() and rules.allow(baseline, {o.key: o for o in task.offers}):
+        candidates.append((baseline, home, "first_fit_decreasing"))
+    return candidates
+
+
 def _pack_cell(task: _PackTask) -> dict:
     """The packing check of one cell: place the sessions (dot-product heuristics). If some do not fit,
-    take the cheaper of the cell re-planned with footprint hosting (or, where that is not available —
-    joint budget or relocation models — or breaks a rule, the best single swap/add) and first-fit
-    decreasing. Every candidate hosts every session and keeps coverage, pools, quotas and the spot
-    share; only if none does, open instances greedily (`repair`) and name what is left."""
+    take the cheapest of the plans that host them all within the rules (`_repack_candidates`); only if
+    none does, open instances greedily (`repair`) and name what is left."""
     result = pack(task.sessions, task.counts, task.offers, 0.0)
+    if result.ok:
+        return {"counts": dict(task.counts), "summary": result.summary(), "unplaced": result.unplaced, "rounds": 0, "added": {}}
     first = result.summary()
     counts = dict(task.counts)
-    rounds, added, left = 0, {}, result.unplaced
-    if not result.ok:
-        rules = Rules(need=task.need, pool=task.pool, max_spot_share=task.max_spot_share, on_demand_vcpu_quota=task.on_demand_vcpu_quota,
-                      spot_vcpu_quota=task.spot_vcpu_quota, instance_quota=task.instance_quota)
-        by_key = {o.key: o for o in task.offers}
-        price = lambda c: sum(by_key[k].hourly_price * n for k, n in c.items())  # noqa: E731
-        rounds = 1
-        candidates: list[tuple[dict[OfferKey, int], np.ndarray | None, str]] = []
-        hosted = _hosting_plan(task, rules)  # 1. re-plan with footprint hosting
-        if hosted is not None:
-            candidates.append((*hosted, "hosting_model"))
-        else:  # 2. the cheapest single move: only without a re-plan (each try packs the sessions again)
-            fixed = swap_repair(task.sessions, counts, task.offers, rules, result.unplaced, max_checks=8)
-            if fixed is not None:
-                candidates.append((fixed, None, "dot_product"))
-        # 3. first-fit decreasing over the sessions: packable by construction (its own assignment), so a
-        # fixed cell never costs more than the baseline
-        baseline, home = ffd_plan(task.sessions, task.offers, task.pool, task.need, {}, task.max_spot_share, with_assignment=True)
-        if baseline and (home >= 0).all() and rules.allow(baseline, by_key):
-            candidates.append((baseline, home, "first_fit_decreasing"))
-        if candidates:
-            counts, home, method = min(candidates, key=lambda c: (price(c[0]), c[2], sorted(c[0].items())))
-            result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
-                      else pack(task.sessions, counts, task.offers, 0.0))
-        else:  # nothing hosts everything within the rules: keep what the greedy repair manages
-            result = pack(task.sessions, counts, task.offers, task.deterministic_time)
-            added, _ = repair(result.unplaced, counts, task.offers, task.pool, task.on_demand_vcpu_quota, task.instance_quota)
-            for k, n in added.items():
-                counts[k] = counts.get(k, 0) + n
-            result = pack(task.sessions, counts, task.offers, task.deterministic_time)
-        left = result.unplaced
-    summary = result.summary()
-    if rounds:
-        summary = {**summary, "repacked": True, "repaired": {f"{k[0]}/{k[1]}": n for k, n in sorted(added.items())},
-                   "before": first}
-    return {"counts": counts, "summary": summary, "unplaced": left, "rounds": rounds, "added": added}
+    added: dict[OfferKey, int] = {}
+    by_key = {o.key: o for o in task.offers}
+    candidates = _repack_candidates(task, task.rules(), result.unplaced)
+    if candidates:
+        def price(c: Repacked) -> float:
+            return sum(by_key[k].hourly_price * n for k, n in c[0].items())
+
+        counts, home, method = min(candidates, key=lambda c: (price(c), c[2], sorted(c[0].items())))
+        result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
+                  else pack(task.sessions, counts, task.offers, 0.0))
+    else:  # nothing hosts everything within the rules: keep what the greedy repair manages
+        result = pack(task.sessions, counts, task.offers, task.deterministic_time)
+        added, _ = repair(result.unplaced, counts, task.offers, task.pool, task.on_demand_vcpu_quota, task.instance_quota)
+        for k, n in added.items():
+            counts[k] = counts.get(k, 0) + n
+        result = pack(task.sessions, counts, task.offers, task.deterministic_time)
+    summary = {**result.summary(), "repacked": True, "repaired": {f"{k[0]}/{k[1]}": n for k, n in sorted(added.items())},
+               "before": first}
+    return {"counts": counts, "summary": summary, "unplaced": result.unplaced, "rounds": 1, "added": added}
+
+
+class _StageClock:
+    """Wall and CPU seconds per stage (`<stage>`, `<stage>_cpu`): reported by the benchmark, never in a manifest."""
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = {}
+
+    @contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        clock, cpu = time.perf_counter(), _cpu_seconds()
+        yield
+        self.seconds[name], self.seconds[f"{name}_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
+
+
+@dataclass
+class _Cells:
+    """What the stages share: per cell with offers, its plan, its allocation model and its sessions;
+    and the shortfalls named so far."""
+
+    plans: dict[Cell, CellPlan] = field(default_factory=dict)
+    problems: dict[Cell, RegionProblem] = field(default_factory=dict)
+    sessions: dict[Cell, np.ndarray] = field(default_factory=dict)
+    shortfalls: list[dict] = field(default_factory=list)
+
+
+Solved = tuple[list[Cell], WindowSolution]  # the cells of one model, and its answer
+
+
+@dataclass
+class _Windows:
+    """Stage 2's outcome: per window the models' totals, and what the plan moves or leaves to on-demand."""
+
+    info: dict[pd.Timestamp, WindowInfo] = field(default_factory=dict)
+    relocations: list[dict] = field(default_factory=list)
+    left_to_on_demand: list[dict] = field(default_factory=list)
+
+    def totals(self) -> dict[str, float]:
+        return {"objective": sum(w.objective for w in self.info.values()), "lower_bound": sum(w.lower_bound for w in self.info.values()),
+                "cost": sum(w.cost for w in self.info.values())}
 
 
 def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | None = None) -> PlanResult:
     """Plan every window and region of `problem` (see the module docstring)."""
     workers = workers if workers is not None else int(os.environ.get("PEERSCALE_PLAN_WORKERS", "1"))
-    clock, cpu = time.perf_counter(), _cpu_seconds()
-    seconds: dict[str, float] = {}
-    partners = config.partners_for(problem.regions)
-    fail, fail_from = failover_needs(problem, config, partners)
-    usable: dict[str, tuple[list[Offer], dict[str, float]]] = {r: usable_offers(problem.offers.get(r, []), config) for r in problem.regions}
-    cells: dict[Cell, CellPlan] = {}
-    shortfalls: list[dict] = []
-    sessions: dict[Cell, np.ndarray] = {}
-    region_problems: dict[Cell, RegionProblem] = {}
+    clock = _StageClock()
+    with clock.stage("prepare"):
+        partners = config.partners_for(problem.regions)
+        cells = _prepare_cells(problem, config, partners=partners, workers=workers)
+    with clock.stage("allocation"):  # stage 1: one CP-SAT model per cell (per window when relocation couples regions)
+        options = _window_options(problem, config)
+        moves = relocation_pairs(problem.regions, config) if config.relocation_enabled else []
+        answers = _allocate(cells, problem=problem, options=options, moves=moves, workers=workers)
+    with clock.stage("budget"):  # stage 2: windows above the budget cap are re-planned jointly under it
+        windows = _settle_windows(answers, cells, problem=problem, config=config, options=options, moves=moves)
+        allocation = windows.totals()
+    with clock.stage("packing"):  # stage 3: can the chosen instances host the sessions? Fix what cannot be hosted
+        _packing_check(cells, windows, problem=problem, config=config, options=options, moves=moves, workers=workers)
+    _name_shortfalls(cells)
+    return PlanResult(cells=cells.plans, windows=windows.info, partners=partners, relocations=windows.relocations,
+                      shortfalls=cells.shortfalls, left_to_on_demand=windows.left_to_on_demand, allocation=allocation,
+                      seconds=clock.seconds)
 
+
+def _quota_fields(config: PlannerConfig, region: str) -> dict[str, Any]:
+    """The region's quotas as the keyword arguments `RegionProblem` and `_PackTask` take."""
+    quota = config.quotas.get(region)
+    return {"on_demand_vcpu_quota": quota.on_demand_vcpu if quota else None,
+            "spot_vcpu_quota": quota.spot_vcpu if quota else None,
+            "instance_quota": dict(quota.instances) if quota else {}}
+
+
+def _prepare_cells(problem: PlanningProblem, config: PlannerConfig, *, partners: dict[str, tuple[str | None, str]],
+                   workers: int) -> _Cells:
+    """Failover headroom, usable offers and sessions per cell, and each cell's allocation model; a cell
+    without offers is a shortfall right away."""
+    fail, fail_from = failover_needs(problem, config, partners)
+    usable = {r: usable_offers(problem.offers.get(r, []), config) for r in problem.regions}
     demands = {(w, region): {r: max(problem.demand.get((w, region), {}).get(r, 0.0), 0.0) for r in RESOURCE_TYPES}
                for w in problem.windows for region in problem.regions}
-    drawn: dict[Cell, tuple[np.ndarray, list[SessionGroup]]] = {}
-    if config.packing_check:  # the sessions each cell's demand stands for, drawn region by region in parallel
-        jobs = [(region, usable[region][0], [(w, demands[(w, region)]) for w in problem.windows],
-                 [problem.sessions.get((w, region)) for w in problem.windows] if problem.sessions is not None else None,
-                 problem.mix.get(region), config) for region in problem.regions if usable[region][0]]
-        for job, got in zip(jobs, parallel_map(_draw_region, jobs, workers)):
-            drawn.update({(w, job[0]): g for w, g in zip(problem.windows, got)})
+    drawn = _draw_sessions(problem, config, usable=usable, demands=demands, workers=workers) if config.packing_check else {}
+    cells = _Cells()
     for w in problem.windows:
         for region in problem.regions:
             cell = (w, region)
             demand = demands[cell]
             offers, unsafe = usable[region]
             if not offers:
-                for r, amount in demand.items():
-                    if amount > 0:
-                        shortfalls.append(_short(w, region, r, amount, "no_offers", "no instance types in the catalog for this region"))
+                cells.shortfalls.extend(_short(w, region, r, amount, "no_offers", "no instance types in the catalog for this region")
+                                        for r, amount in demand.items() if amount > 0)
                 continue
-            sessions[cell], groups = drawn.get(cell, (np.zeros((0, len(PACK_DIMS))), []))
-            quota = config.quotas.get(region)
+            cells.sessions[cell], groups = drawn.get(cell, (np.zeros((0, len(PACK_DIMS))), []))
             previous = problem.previous.get(cell) if problem.previous is not None else None
-            mix = problem.mix.get(region) or default_mix(config.critical_share_default)
-            region_problems[cell] = RegionProblem(
-                region=region, demand=demand, offers=offers, pool=dict(problem.pools.get(region, {})),
-                failover=fail.get(cell, {}), max_spot_share=config.spot_share(region),
-                on_demand_vcpu_quota=quota.on_demand_vcpu if quota else None,
-                spot_vcpu_quota=quota.spot_vcpu if quota else None,
-                instance_quota=dict(quota.instances) if quota else {},
-                previous=(dict(previous) if previous is not None else ({} if problem.previous is not None else None)),
-                session_groups=groups,
-                flexible={r: demand[r] * mix.share(config.flexible_priorities)[r] for r in RESOURCE_TYPES} if config.relocation_enabled else {},
-            )
-            cells[cell] = CellPlan(
+            cells.problems[cell] = _region_problem(problem, config, cell=cell, demand=demand, offers=offers,
+                                                   failover=fail.get(cell, {}), groups=groups)
+            cells.plans[cell] = CellPlan(
                 window=w, region=region, demand=demand, failover=fail.get(cell, {}), failover_from=fail_from.get(cell, []),
                 offers=offers, unsafe_spot=unsafe, counts={}, result=RegionResult(counts={}, cost=0.0), previous=previous,
                 groups=groups,
             )
-    seconds["prepare"], seconds["prepare_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
+    return cells
 
-    # Stage 1: allocation, one CP-SAT model per cell (per window when relocation couples regions).
-    clock, cpu = time.perf_counter(), _cpu_seconds()
-    options = WindowOptions(
+
+def _draw_sessions(problem: PlanningProblem, config: PlannerConfig, *, usable: dict[str, tuple[list[Offer], dict[str, float]]],
+                   demands: dict[Cell, dict[str, float]], workers: int) -> dict[Cell, tuple[np.ndarray, list[SessionGroup]]]:
+    """The sessions each cell's demand stands for and its Hall groups, drawn region by region in parallel."""
+    jobs = [_DrawJob(region=region, offers=usable[region][0], windows=[(w, demands[(w, region)]) for w in problem.windows],
+                     explicit=[problem.sessions.get((w, region)) for w in problem.windows] if problem.sessions is not None else None,
+                     mix=problem.mix.get(region), config=config)
+            for region in problem.regions if usable[region][0]]
+    drawn: dict[Cell, tuple[np.ndarray, list[SessionGroup]]] = {}
+    for job, got in zip(jobs, parallel_map(_draw_region, jobs, workers)):
+        drawn.update({(w, job.region): g for w, g in zip(problem.windows, got)})
+    return drawn
+
+
+def _region_problem(problem: PlanningProblem, config: PlannerConfig, *, cell: Cell, demand: dict[str, float], offers: list[Offer],
+                    failover: dict[str, float], groups: list[SessionGroup]) -> RegionProblem:
+    """One cell's allocation model: demand and headroom, offers, pool, spot share, quotas, the previous
+    plan (an empty one when there is a previous plan without this cell), Hall groups, flexible demand."""
+    region = cell[1]
+    previous = problem.previous.get(cell) if problem.previous is not None else None
+    mix = problem.mix.get(region) or default_mix(config.critical_share_default)
+    flexible = mix.share(config.flexible_priorities)
+    return RegionProblem(
+        region=region, demand=demand, offers=offers, pool=dict(problem.pools.get(region, {})),
+        failover=failover, max_spot_share=config.spot_share(region), **_quota_fields(config, region),
+        previous=(dict(previous) if previous is not None else ({} if problem.previous is not None else None)),
+        session_groups=groups,
+        flexible={r: demand[r] * flexible[r] for r in RESOURCE_TYPES} if config.relocation_enabled else {},
+    )
+
+
+def _window_options(problem: PlanningProblem, config: PlannerConfig) -> WindowOptions:
+    """What every allocation model shares: churn (only against a previous plan), budget values, relocation cost, work limits."""
+    return WindowOptions(
         churn_penalty=config.churn_penalty if problem.previous is not None else 0.0,
         priority_weights=dict(config.priority_weights),
         unit_value=dict(problem.c_under),
@@ -427,144 +529,163 @@ def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | N
         deterministic_time=config.solver_deterministic_time,
         relative_gap=config.solver_relative_gap,
     )
-    moves = relocation_pairs(problem.regions, config) if config.relocation_enabled else []
-    tasks: list[tuple[list[Cell], list[RegionProblem], WindowOptions]] = []
-    if moves:  # relocation couples the regions of a window: one joint model per window
-        for w in problem.windows:
-            in_window = [(w, r) for r in problem.regions if (w, r) in region_problems]
-            tasks.append((in_window, [region_problems[c] for c in in_window], replace(options, relocation=moves)))
-        solutions = parallel_map(_task, [(p, o) for _, p, o in tasks], workers)
-    else:  # one model per cell, a region's windows in order (hinted by the window before)
-        by_region = [[(w, r) for w in problem.windows if (w, r) in region_problems] for r in problem.regions]
-        by_region = [cl for cl in by_region if cl]
-        solved = parallel_map(_region_task, [([region_problems[c] for c in cl], options) for cl in by_region], workers)
-        tasks = [([c], [region_problems[c]], options) for cl in by_region for c in cl]
-        solutions = [s for region in solved for s in region]
-    seconds["allocation"], seconds["allocation_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
 
-    # Stage 2: windows above the budget cap are re-planned jointly under it.
-    clock, cpu = time.perf_counter(), _cpu_seconds()
-    windows: dict[pd.Timestamp, WindowInfo] = {}
-    relocations: list[dict] = []
-    per_window: dict[pd.Timestamp, list[tuple[list[Cell], WindowSolution]]] = {}
-    for (cell_list, _, _), solution in zip(tasks, solutions):
+
+def _allocate(cells: _Cells, *, problem: PlanningProblem, options: WindowOptions, moves: list[tuple[str, str]],
+              workers: int) -> list[Solved]:
+    """Stage 1. Relocation couples the regions of a window: one joint model per window. Otherwise one
+    model per cell, a region's windows in order (each hinted by the window before)."""
+    if moves:
+        per_window = [[(w, r) for r in problem.regions if (w, r) in cells.problems] for w in problem.windows]
+        jobs = [([cells.problems[c] for c in in_window], replace(options, relocation=moves)) for in_window in per_window]
+        return list(zip(per_window, parallel_map(_task, jobs, workers)))
+    by_region = [[(w, r) for w in problem.windows if (w, r) in cells.problems] for r in problem.regions]
+    by_region = [cl for cl in by_region if cl]
+    solved = parallel_map(_region_task, [([cells.problems[c] for c in cl], options) for cl in by_region], workers)
+    return [([c], solution) for cl, region in zip(by_region, solved) for c, solution in zip(cl, region)]
+
+
+def _settle_windows(answers: list[Solved], cells: _Cells, *, problem: PlanningProblem, config: PlannerConfig,
+                    options: WindowOptions, moves: list[tuple[str, str]]) -> _Windows:
+    """Stage 2: a window whose plan costs more than the budget cap is re-planned jointly under it; every
+    cell takes its model's answer, every window its models' totals."""
+    out = _Windows()
+    per_window: dict[pd.Timestamp, list[Solved]] = {}
+    for cell_list, solution in answers:
         per_window.setdefault(cell_list[0][0], []).append((cell_list, solution))
-    left: list[dict] = []
     for w in problem.windows:
         entries = per_window.get(w, [])
         mode = "joint (relocation)" if moves else "per-region"
         unconstrained = sum(s.cost for _, s in entries)
-        if config.budget_usd_per_hour is not None and unconstrained > config.budget_usd_per_hour + 1e-9:
-            entries, mode = _budget_window(w, entries, region_problems, cells, problem, config, options, moves, left), "joint (budget)"
-        objective = sum(s.objective for _, s in entries)
-        bound = sum(s.lower_bound for _, s in entries)
+        if config.budget_usd_per_hour is not None and exceeds(unconstrained, config.budget_usd_per_hour):
+            entries = _budget_window(w, entries, cells=cells, problem=problem, config=config, options=options, moves=moves,
+                                     left=out.left_to_on_demand)
+            mode = "joint (budget)"
         for cell_list, solution in entries:
-            for c in cell_list:
-                plan = cells[c]
-                plan.result = solution.regions[c[1]]
-                plan.counts = dict(plan.result.counts)
-                plan.model_status = solution.status
-                plan.model_gap = 0.0 if solution.objective <= 0 else max(solution.objective - solution.lower_bound, 0) / solution.objective
-            for move in solution.relocations:
-                relocations.append({"window": w.isoformat(), **move})
-        windows[w] = WindowInfo(objective=objective, lower_bound=bound, cost=sum(s.cost for _, s in entries),
-                                statuses=sorted({s.status for _, s in entries}), models=len(entries), mode=mode,
-                                budget_binding=mode == "joint (budget)", unconstrained_cost=unconstrained)
-    allocation = {"objective": sum(w.objective for w in windows.values()), "lower_bound": sum(w.lower_bound for w in windows.values()),
-                  "cost": sum(w.cost for w in windows.values())}
-    seconds["budget"], seconds["budget_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
-
-    # Stage 3: packing check — can the chosen instances host the sessions? Fix what cannot be hosted.
-    clock, cpu = time.perf_counter(), _cpu_seconds()
-    order = [c for c in sorted(cells) if len(sessions.get(c, ())) and cells[c].counts]
-    pack_tasks = []
-    for c in order:
-        quota = config.quotas.get(c[1])
-        plan = cells[c]
-        by_key = {o.key: o for o in plan.offers}
-        covered = {r: sum(by_key[k].capacity.get(r, 0.0) * by_key[k].counted * n for k, n in plan.counts.items()) for r in RESOURCE_TYPES}
-        wanted = {r: plan.demand.get(r, 0.0) + plan.failover.get(r, 0.0) + plan.result.relocated.get(r, 0.0) for r in RESOURCE_TYPES}
-        pack_tasks.append(_PackTask(sessions=sessions[c], counts=plan.counts, offers=plan.offers,
-                                    need={r: min(wanted[r], covered[r]) for r in RESOURCE_TYPES},
-                                    pool=problem.pools.get(c[1], {}), max_spot_share=config.spot_share(c[1]),
-                                    on_demand_vcpu_quota=quota.on_demand_vcpu if quota else None,
-                                    spot_vcpu_quota=quota.spot_vcpu if quota else None,
-                                    instance_quota=dict(quota.instances) if quota else {},
-                                    deterministic_time=config.packing_deterministic_time,
-                                    # re-planning with footprint hosting: a cell's own model (not a joint one)
-                                    problem=None if moves or plan.budget_binding else region_problems[c],
-                                    options=replace(options, deterministic_time=config.hosting_deterministic_time),
-                                    hosting_candidates=config.hosting_candidates))
-    for c, task, outcome in zip(order, pack_tasks, parallel_map(_pack_cell, pack_tasks, workers)):
-        plan = cells[c]
-        plan.sessions = len(sessions[c])
-        price = {o.key: o.hourly_price for o in plan.offers}
-        before = plan.cost
-        after = float(sum(price[k] * n for k, n in outcome["counts"].items()))
-        if plan.budget_binding and windows[c[0]].cost + (after - before) > (config.budget_usd_per_hour or 0.0) + 1e-9:
-            outcome = {**outcome, "counts": plan.counts, "added": {}}  # the budget cannot pay for hosting them: name them
-            outcome["unplaced"] = pack(task.sessions, plan.counts, plan.offers, config.packing_deterministic_time).unplaced
-            after = before
-        plan.counts = outcome["counts"]
-        plan.packing = outcome["summary"]
-        plan.repair_added = outcome["added"]
-        plan.resolved_rounds = outcome["rounds"]
-        windows[c[0]].objective += after - before
-        windows[c[0]].cost += after - before
-        still = outcome["unplaced"]
-        plan.unhosted_sessions = len(still)
-        if len(still):
-            size = still.sum(axis=0)
-            for j, r in enumerate(PACK_DIMS):
-                if size[j] > 1e-9 and r in COMPUTE_POOL_RESOURCES:
-                    shortfalls.append(_short(c[0], c[1], r, float(size[j]), "packing",
-                                             f"{len(still)} session(s) fit no instance the pool, quotas or budget allow"))
-    seconds["packing"], seconds["packing_cpu"] = time.perf_counter() - clock, _cpu_seconds() - cpu
-
-    for c, plan in sorted(cells.items()):
-        res = plan.result
-        for r, amount in sorted(res.shortfall.items()):
-            if plan.budget_binding:
-                pool_part = res.pool_shortfall.get(r, 0.0)
-                if pool_part > 1e-9:
-                    shortfalls.append(_short(c[0], c[1], r, pool_part, "pool", "demand quantile exceeds what the pool can provide"))
-                continue  # the rest is named in left_to_on_demand
-            shortfalls.append(_short(c[0], c[1], r, amount, *_shortfall_cause(plan, r)))
-        for r, amount in sorted(res.failover_shortfall.items()):
-            src = ", ".join(s for s, _ in plan.failover_from)
-            shortfalls.append(_short(c[0], c[1], r, amount, "failover", f"cannot keep N+1 headroom for {src} within the pool/quotas"))
-    return PlanResult(cells=cells, windows=windows, partners=partners, relocations=relocations,
-                      shortfalls=shortfalls, left_to_on_demand=left, allocation=allocation, seconds=seconds)
+            _take_answer(cells, cell_list, solution)
+            out.relocations.extend({"window": w.isoformat(), **move} for move in solution.relocations)
+        out.info[w] = WindowInfo(objective=sum(s.objective for _, s in entries), lower_bound=sum(s.lower_bound for _, s in entries),
+                                 cost=sum(s.cost for _, s in entries), statuses=sorted({s.status for _, s in entries}),
+                                 models=len(entries), mode=mode, budget_binding=mode == "joint (budget)",
+                                 unconstrained_cost=unconstrained)
+    return out
 
 
-def _budget_window(w: pd.Timestamp, entries: list, region_problems: dict, cells: dict, problem: PlanningProblem,
-                   config: PlannerConfig, options: WindowOptions, moves: list, left: list) -> list:
+def _take_answer(cells: _Cells, cell_list: list[Cell], solution: WindowSolution) -> None:
+    for c in cell_list:
+        plan = cells.plans[c]
+        plan.result = solution.regions[c[1]]
+        plan.counts = dict(plan.result.counts)
+        plan.model_status = solution.status
+        plan.model_gap = 0.0 if solution.objective <= 0 else max(solution.objective - solution.lower_bound, 0) / solution.objective
+
+
+def _budget_window(w: pd.Timestamp, entries: list[Solved], *, cells: _Cells, problem: PlanningProblem, config: PlannerConfig,
+                   options: WindowOptions, moves: list[tuple[str, str]], left: list[dict]) -> list[Solved]:
     """Re-plan window `w` jointly under the budget cap; record what is left to on-demand by priority."""
     in_window = [c for cl, _ in entries for c in cl]
     budget_problems = []
     for c in in_window:
         mix = problem.mix.get(c[1]) or default_mix(config.critical_share_default)
-        demand = region_problems[c].demand
-        budget_problems.append(replace(region_problems[c], demand_by_class={
+        demand = cells.problems[c].demand
+        budget_problems.append(replace(cells.problems[c], demand_by_class={
             p: {r: demand[r] * mix.class_share.get(p, {}).get(r, 0.0) for r in RESOURCE_TYPES} for p in PRIORITIES}))
     joint = solve_window(budget_problems, replace(options, budget=config.budget_usd_per_hour, relocation=moves))
     for c in in_window:
         base = next(s for cl, s in entries if c in cl).regions[c[1]]
         got = joint.regions[c[1]]
-        cells[c].budget_binding = True
+        cells.plans[c].budget_binding = True
         got.pool_shortfall = dict(base.shortfall)  # what even an unlimited budget leaves
-        for r in RESOURCE_TYPES:
-            extra = got.shortfall.get(r, 0.0) - base.shortfall.get(r, 0.0)
-            by_class = {p: v.get(r, 0.0) for p, v in got.uncovered_by_class.items() if v.get(r, 0.0) > 0}
-            total = sum(by_class.values())
-            if extra <= 1e-6 or total <= 0:
-                continue
-            for p in PRIORITIES:
-                if p in by_class:
-                    left.append({"window": w.isoformat(), "region": c[1], "priority": p, "resource_type": r,
-                                 "quantity": round(extra * by_class[p] / total, 4),
-                                 "why": f"budget cap ${config.budget_usd_per_hour:.2f}/h: pre-allocated by priority value first"})
+        left.extend(_left_to_on_demand(w, c[1], base=base, got=got, budget=config.budget_usd_per_hour))
     return [(in_window, joint)]
+
+
+def _left_to_on_demand(w: pd.Timestamp, region: str, *, base: RegionResult, got: RegionResult, budget: float | None) -> list[dict]:
+    """What the budget leaves uncovered beyond what the pool already did, split by priority class."""
+    out = []
+    for r in RESOURCE_TYPES:
+        extra = got.shortfall.get(r, 0.0) - base.shortfall.get(r, 0.0)
+        by_class = {p: v.get(r, 0.0) for p, v in got.uncovered_by_class.items() if v.get(r, 0.0) > 0}
+        total = sum(by_class.values())
+        if extra <= ROUNDING_SLACK or total <= 0:
+            continue
+        for p in PRIORITIES:
+            if p in by_class:
+                out.append({"window": w.isoformat(), "region": region, "priority": p, "resource_type": r,
+                            "quantity": round(extra * by_class[p] / total, 4),
+                            "why": f"budget cap ${budget:.2f}/h: pre-allocated by priority value first"})
+    return out
+
+
+def _packing_check(cells: _Cells, windows: _Windows, *, problem: PlanningProblem, config: PlannerConfig, options: WindowOptions,
+                   moves: list[tuple[str, str]], workers: int) -> None:
+    """Stage 3: pack each cell's sessions on its instances, in parallel; what a fix costs is counted in
+    its window's objective, and sessions that still fit nowhere are named as shortfalls."""
+    order = [c for c in sorted(cells.plans) if len(cells.sessions.get(c, ())) and cells.plans[c].counts]
+    tasks = [_pack_task(c, cells, problem=problem, config=config, options=options, joint=bool(moves)) for c in order]
+    for c, task, outcome in zip(order, tasks, parallel_map(_pack_cell, tasks, workers)):
+        _take_packing(c, task, outcome, cells=cells, window=windows.info[c[0]], config=config)
+
+
+def _pack_task(c: Cell, cells: _Cells, *, problem: PlanningProblem, config: PlannerConfig, options: WindowOptions,
+               joint: bool) -> _PackTask:
+    """A cell's packing check: its sessions and plan, the rules a fix must keep, and its own allocation
+    model for the footprint-hosting re-plan (not a joint one: relocation or budget)."""
+    plan = cells.plans[c]
+    by_key = {o.key: o for o in plan.offers}
+    covered = {r: sum(by_key[k].capacity.get(r, 0.0) * by_key[k].counted * n for k, n in plan.counts.items()) for r in RESOURCE_TYPES}
+    wanted = {r: plan.demand.get(r, 0.0) + plan.failover.get(r, 0.0) + plan.result.relocated.get(r, 0.0) for r in RESOURCE_TYPES}
+    return _PackTask(sessions=cells.sessions[c], counts=plan.counts, offers=plan.offers,
+                     need={r: min(wanted[r], covered[r]) for r in RESOURCE_TYPES},
+                     pool=problem.pools.get(c[1], {}), max_spot_share=config.spot_share(c[1]), **_quota_fields(config, c[1]),
+                     deterministic_time=config.packing_deterministic_time,
+                     problem=None if joint or plan.budget_binding else cells.problems[c],
+                     options=replace(options, deterministic_time=config.hosting_deterministic_time),
+                     hosting_candidates=config.hosting_candidates)
+
+
+def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, window: WindowInfo, config: PlannerConfig) -> None:
+    """A cell takes its packing outcome unless, under a binding budget, the fix would break the cap:
+    then it keeps its plan and names the sessions it cannot host."""
+    plan = cells.plans[c]
+    plan.sessions = len(cells.sessions[c])
+    price = {o.key: o.hourly_price for o in plan.offers}
+    before = plan.cost
+    after = float(sum(price[k] * n for k, n in outcome["counts"].items()))
+    if plan.budget_binding and exceeds(window.cost + (after - before), config.budget_usd_per_hour or 0.0):
+        outcome = {**outcome, "counts": plan.counts, "added": {}}  # the budget cannot pay for hosting them: name them
+        outcome["unplaced"] = pack(task.sessions, plan.counts, plan.offers, config.packing_deterministic_time).unplaced
+        after = before
+    plan.counts = outcome["counts"]
+    plan.packing = outcome["summary"]
+    plan.repair_added = outcome["added"]
+    plan.resolved_rounds = outcome["rounds"]
+    window.objective += after - before
+    window.cost += after - before
+    still = outcome["unplaced"]
+    plan.unhosted_sessions = len(still)
+    if len(still):
+        size = still.sum(axis=0)
+        cells.shortfalls.extend(_short(c[0], c[1], r, float(size[j]), "packing",
+                                       f"{len(still)} session(s) fit no instance the pool, quotas or budget allow")
+                                for j, r in enumerate(PACK_DIMS) if size[j] > EPS and r in COMPUTE_POOL_RESOURCES)
+
+
+def _name_shortfalls(cells: _Cells) -> None:
+    """Demand and failover headroom the plan does not cover, with the reason (a binding budget's share
+    is named in left_to_on_demand instead)."""
+    for c, plan in sorted(cells.plans.items()):
+        res = plan.result
+        for r, amount in sorted(res.shortfall.items()):
+            if plan.budget_binding:
+                pool_part = res.pool_shortfall.get(r, 0.0)
+                if pool_part > EPS:
+                    cells.shortfalls.append(_short(c[0], c[1], r, pool_part, "pool", "demand quantile exceeds what the pool can provide"))
+                continue
+            cells.shortfalls.append(_short(c[0], c[1], r, amount, *_shortfall_cause(plan, r)))
+        for r, amount in sorted(res.failover_shortfall.items()):
+            src = ", ".join(s for s, _ in plan.failover_from)
+            cells.shortfalls.append(_short(c[0], c[1], r, amount, "failover", f"cannot keep N+1 headroom for {src} within the pool/quotas"))
 
 
 def relocation_pairs(regions: list[str], config: PlannerConfig) -> list[tuple[str, str]]:
