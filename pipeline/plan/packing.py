@@ -23,12 +23,14 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
+from typing import Literal, overload
 
 import numpy as np
 from ortools.sat.python import cp_model
 
+from pipeline.common.numeric import EPS, ROUNDING_SLACK, exceeds
 from pipeline.common.schemas import RESOURCE_TYPES
-from pipeline.plan.allocate import HostingClass, Offer, OfferKey, SessionGroup
+from pipeline.plan.allocate import QTY_SCALE, HostingClass, Offer, OfferKey, SessionGroup
 
 DIMS = RESOURCE_TYPES  # request samples and demand: all four resources
 # What a session needs on the instance hosting it. Storage is not packed: EBS volumes (the
@@ -37,6 +39,7 @@ DIMS = RESOURCE_TYPES  # request samples and demand: all four resources
 PACK_DIMS: tuple[str, ...] = ("vcpu", "memory_gib", "bandwidth_gbps")
 PACK_INDEX = [DIMS.index(d) for d in PACK_DIMS]
 MAX_SHARDS = 64
+NONZERO = 1e-12  # floor of a capacity or total that sizes are normalised by (it may be 0)
 
 
 def _seed(*parts: object) -> int:
@@ -59,9 +62,9 @@ def shard(sizes: np.ndarray, type_caps: np.ndarray, max_vcpu: float | None = Non
         return sizes.reshape(-1, len(PACK_DIMS))
     out = []
     for s in sizes:
-        first = max(1, int(math.ceil(s[0] / max_vcpu - 1e-9))) if max_vcpu and s[0] > 0 else 1
+        first = max(1, math.ceil(s[0] / max_vcpu - EPS)) if max_vcpu and s[0] > 0 else 1
         for k in range(first, MAX_SHARDS + 1):
-            if (type_caps >= s / k - 1e-9).all(axis=1).any():
+            if (type_caps >= s / k - EPS).all(axis=1).any():
                 out.extend([s / k] * k)
                 break
         else:
@@ -85,7 +88,7 @@ def sessions_for_demand(samples: np.ndarray, weights: np.ndarray, demand: dict[s
     rng = np.random.default_rng(_seed(*seed_parts))
     draws = rng.choice(len(samples), size=max(64, 8 * max_sessions), p=p)
     samples = np.asarray(samples, float)
-    limit = [t + 1e-9 for t in target.tolist()]
+    limit = [t + EPS for t in target.tolist()]
     total = [0.0] * len(DIMS)
     chosen: list[list[float]] = []
     misses = 0
@@ -132,7 +135,7 @@ def session_groups(sessions: np.ndarray, offers: list[Offer], max_groups: int = 
     names, caps = capacity_matrix(offers)
     if len(sessions) == 0 or not names:
         return []
-    fits = (caps[None, :, :] >= sessions[:, None, :] - 1e-9).all(axis=2)  # session × type
+    fits = np.all(caps[None, :, :] >= sessions[:, None, :] - EPS, axis=2)  # session × type
     hosted = fits.any(axis=1)
     host_sets = {tuple(row): None for row in np.unique(fits[hosted], axis=0).tolist()}
     host_sets[(True,) * len(names)] = None
@@ -181,7 +184,7 @@ def hosting_classes(sessions: np.ndarray, offers: list[Offer], candidates: int =
     with np.errstate(divide="ignore", invalid="ignore"):
         share = np.where(caps[None, :, :] > 0, sessions[:, None, :] / np.where(caps > 0, caps, 1.0)[None, :, :],
                          np.where(sessions[:, None, :] > 0, np.inf, 0.0)).max(axis=2)  # session × type
-    units = np.where(share <= 1.0 + 1e-9, np.ceil(np.minimum(share, 1.0) * grid - 1e-6), grid + 1).astype(int)
+    units = np.where(share <= 1.0 + EPS, np.ceil(np.minimum(share, 1.0) * grid - ROUNDING_SLACK), grid + 1).astype(int)
     rows_of: dict[tuple[int, ...], list[int]] = {}
     for i, key in enumerate(map(tuple, units.tolist())):
         rows_of.setdefault(key, []).append(i)
@@ -210,11 +213,11 @@ def hosted_assignment(sessions: np.ndarray, counts: dict[OfferKey, int], offers:
         for itype, n in sorted(per_type.items()):
             by_type.setdefault(itype, []).extend(int(i) for i in rows[start:start + n])
             start += n
-    for itype, rows in by_type.items():
+    for itype, type_rows in by_type.items():
         own = np.array([b for b, k in enumerate(keys) if k[0] == itype], int)
         if len(own) == 0:
             continue
-        rows_a = np.array(rows, int)
+        rows_a = np.array(type_rows, int)
         got = _first_fit_decreasing(sessions[rows_a], bins[own])
         assignment[rows_a[got >= 0]] = own[got[got >= 0]]
     return assignment
@@ -261,14 +264,14 @@ def _bin_centric(sessions: np.ndarray, bins: np.ndarray) -> np.ndarray:
     fitting session whose size (normalised by the bin) best aligns with the bin's free space."""
     n = len(sessions)
     assignment = np.full(n, -1, int)
-    order = np.lexsort((np.arange(len(bins)), -(bins / np.maximum(bins.max(axis=0), 1e-12)).sum(axis=1)))
+    order = np.lexsort((np.arange(len(bins)), -(bins / np.maximum(bins.max(axis=0), NONZERO)).sum(axis=1)))
     free_items = np.ones(n, bool)
     for b in order:
         cap = bins[b]
         scale = np.where(cap > 0, cap, 1.0)
         residual = cap.copy()
         while free_items.any():
-            fits = free_items & (sessions <= residual + 1e-9).all(axis=1)
+            fits = free_items & (sessions <= residual + EPS).all(axis=1)
             if not fits.any():
                 break
             score = np.where(fits, (sessions / scale) @ (residual / scale), -np.inf)
@@ -282,13 +285,13 @@ def _bin_centric(sessions: np.ndarray, bins: np.ndarray) -> np.ndarray:
 def _item_centric(sessions: np.ndarray, bins: np.ndarray) -> np.ndarray:
     """Item-centric dot product: largest sessions first, each into the bin whose free space, after
     placing it, is smallest along the session's direction (best fit by normalised dot product)."""
-    scale = np.maximum(bins.max(axis=0), 1e-12)
+    scale = np.maximum(bins.max(axis=0), NONZERO)
     order = np.lexsort((np.arange(len(sessions)), -(sessions / scale).sum(axis=1)))
     residual = bins.copy()
     assignment = np.full(len(sessions), -1, int)
     for i in order:
         s = sessions[i]
-        fits = (residual >= s - 1e-9).all(axis=1)
+        fits = (residual >= s - EPS).all(axis=1)
         if not fits.any():
             continue
         after = (residual - s) / scale
@@ -302,13 +305,13 @@ def _item_centric(sessions: np.ndarray, bins: np.ndarray) -> np.ndarray:
 def _first_fit_decreasing(sessions: np.ndarray, bins: np.ndarray) -> np.ndarray:
     """Largest sessions first (normalised size), each into the first bin with room, bins in the
     order FFD opens them (largest first)."""
-    scale = np.maximum(bins.max(axis=0), 1e-12)
+    scale = np.maximum(bins.max(axis=0), NONZERO)
     order = np.lexsort((np.arange(len(sessions)), -(sessions / scale).sum(axis=1)))
     bin_order = np.lexsort((np.arange(len(bins)), -(bins / scale).sum(axis=1)))
     residual = bins.copy()
     assignment = np.full(len(sessions), -1, int)
     for i in order:
-        fits = (residual[bin_order] >= sessions[i] - 1e-9).all(axis=1)
+        fits = (residual[bin_order] >= sessions[i] - EPS).all(axis=1)
         if fits.any():
             b = int(bin_order[int(np.argmax(fits))])
             assignment[i] = b
@@ -321,23 +324,22 @@ def dot_product_pack(sessions: np.ndarray, bins: np.ndarray) -> np.ndarray:
     with first-fit decreasing as a third opinion; the first that places everything, else the best."""
     if len(sessions) == 0 or len(bins) == 0:
         return np.full(len(sessions), -1, int)
-    best = None
+    tried = []
     for heuristic in (_item_centric, _bin_centric, _first_fit_decreasing):
         got = heuristic(sessions, bins)
         if (got >= 0).all():
             return got
-        if best is None or (got >= 0).sum() > (best >= 0).sum():
-            best = got
-    return best
+        tried.append(got)
+    return max(tried, key=lambda got: (got >= 0).sum())  # the first that places the most
 
 
 def _cp_sat_pack(sessions: np.ndarray, bins: np.ndarray, hint: np.ndarray, deterministic_time: float) -> tuple[np.ndarray, str]:
     """Maximise the (normalised) size placed; hinted with the heuristic's assignment."""
     model = cp_model.CpModel()
-    total = np.maximum(sessions.sum(axis=0), 1e-12)
+    total = np.maximum(sessions.sum(axis=0), NONZERO)
     weight = np.rint((sessions / total).sum(axis=1) * 1e6).astype(int) + 1
-    scaled_s = np.ceil(sessions * 100 - 1e-6).astype(int)
-    scaled_b = np.floor(bins * 100 + 1e-6).astype(int)
+    scaled_s = np.ceil(sessions * QTY_SCALE - ROUNDING_SLACK).astype(int)
+    scaled_b = np.floor(bins * QTY_SCALE + ROUNDING_SLACK).astype(int)
     a: dict[tuple[int, int], cp_model.IntVar] = {}
     for i in range(len(sessions)):
         for b in range(len(bins)):
@@ -378,8 +380,8 @@ def _fragmentation(sessions: np.ndarray, bins: np.ndarray, assignment: np.ndarra
             used[b] += sessions[i]
     residual = bins - used
     typical = np.median(sessions, axis=0) if len(sessions) else np.zeros(len(PACK_DIMS))
-    stranded = ~(residual >= typical - 1e-9).all(axis=1)  # bins that cannot take one more median session
-    total = np.maximum(bins.sum(axis=0), 1e-12)
+    stranded = ~(residual >= typical - EPS).all(axis=1)  # bins that cannot take one more median session
+    total = np.maximum(bins.sum(axis=0), NONZERO)
     frag = (residual * stranded[:, None]).sum(axis=0) / total
     util = used.sum(axis=0) / total
     return ({d: float(frag[j]) if bins[:, j].sum() > 0 else 0.0 for j, d in enumerate(PACK_DIMS)},
@@ -432,19 +434,20 @@ def repair(unplaced: np.ndarray, counts: dict[OfferKey, int], offers: list[Offer
     for s in sorted(unplaced.tolist(), key=lambda v: (-sum(v), v)):
         s = np.array(s)
         for i, (key, residual) in enumerate(opened):
-            if (s <= residual + 1e-9).all():
+            if (s <= residual + EPS).all():
                 opened[i] = (key, residual - s)
                 break
         else:
             for o in candidates:
                 cap = np.array([o.capacity.get(d, 0.0) for d in PACK_DIMS])
-                if not (s <= cap + 1e-9).all():
+                if not (s <= cap + EPS).all():
                     continue
-                if any(r in pool and held[r] + o.capacity.get(r, 0.0) > pool[r] + 1e-9 for r in held):
+                if any(r in pool and exceeds(held[r] + o.capacity.get(r, 0.0), pool[r]) for r in held):
                     continue
-                if on_demand_vcpu_quota is not None and od_vcpu + o.capacity["vcpu"] > on_demand_vcpu_quota + 1e-9:
+                if on_demand_vcpu_quota is not None and exceeds(od_vcpu + o.capacity["vcpu"], on_demand_vcpu_quota):
                     continue
-                if instance_quota and o.instance_type in instance_quota and per_type.get(o.instance_type, 0) + 1 > instance_quota[o.instance_type]:
+                type_limit = instance_quota.get(o.instance_type) if instance_quota else None
+                if type_limit is not None and per_type.get(o.instance_type, 0) + 1 > type_limit:
                     continue
                 opened.append((o.key, cap - s))
                 added[o.key] = added.get(o.key, 0) + 1
@@ -484,15 +487,15 @@ class Rules:
             else:
                 od += o.capacity["vcpu"] * n
             per_type[k[0]] = per_type.get(k[0], 0) + n
-        if any(eff[r] < amount - 1e-6 for r, amount in self.need.items()):
+        if any(eff[r] < amount - ROUNDING_SLACK for r, amount in self.need.items()):
             return False
-        if any(r in self.pool and raw[r] > self.pool[r] + 1e-6 for r in ("vcpu", "memory_gib")):
+        if any(r in self.pool and raw[r] > self.pool[r] + ROUNDING_SLACK for r in ("vcpu", "memory_gib")):
             return False
-        if spot > self.max_spot_share * raw["vcpu"] + 1e-6:
+        if spot > self.max_spot_share * raw["vcpu"] + ROUNDING_SLACK:
             return False
-        if self.on_demand_vcpu_quota is not None and od > self.on_demand_vcpu_quota + 1e-6:
+        if self.on_demand_vcpu_quota is not None and od > self.on_demand_vcpu_quota + ROUNDING_SLACK:
             return False
-        if self.spot_vcpu_quota is not None and spot > self.spot_vcpu_quota + 1e-6:
+        if self.spot_vcpu_quota is not None and spot > self.spot_vcpu_quota + ROUNDING_SLACK:
             return False
         return all(per_type.get(t, 0) <= n for t, n in self.instance_quota.items())
 
@@ -512,7 +515,7 @@ def swap_repair(sessions: np.ndarray, counts: dict[OfferKey, int], offers: list[
     for b in offers:
         if unplaced is not None and len(unplaced):
             cap = np.array([b.capacity.get(d, 0.0) for d in PACK_DIMS])
-            if not (unplaced <= cap + 1e-9).all(axis=1).any():
+            if not (unplaced <= cap + EPS).all(axis=1).any():
                 continue
         moves.append((b.hourly_price, ("+", b.key), {b.key: 1}))
         for a in sorted(counts):
@@ -540,94 +543,162 @@ def swap_repair(sessions: np.ndarray, counts: dict[OfferKey, int], offers: list[
 # ------------------------------------------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class _FfdTypes:
+    """The on-demand types first-fit decreasing buys, by instance type: capacity over DIMS, the
+    normalisation it ranks sizes by, and the raw vCPU/memory the pool allows."""
+
+    on_demand: list[Offer]
+    caps: dict[str, np.ndarray]
+    scale: np.ndarray
+    pool_cap: np.ndarray
+
+    def fits_pool(self, raw: np.ndarray, itype: str) -> bool:
+        return bool((raw + self.caps[itype] <= self.pool_cap + EPS).all())
+
+    def held(self, counts: dict[str, int]) -> np.ndarray:
+        return sum((self.caps[t] * n for t, n in counts.items()), np.zeros(len(DIMS)))
+
+
+@dataclass
+class _FfdBins:
+    """Instances first-fit decreasing opened: (type, residual over PACK_DIMS) each, the bin of every
+    session (−1: none), and the raw capacity bought so far (over DIMS, against the pool)."""
+
+    bins: list[tuple[str, np.ndarray]]
+    home: np.ndarray
+    raw: np.ndarray
+
+    def counts(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for itype, _ in self.bins:
+            counts[itype] = counts.get(itype, 0) + 1
+        return counts
+
+
+@overload
 def ffd_plan(sessions: np.ndarray, offers: list[Offer], pool: dict[str, float], demand: dict[str, float],
-             failover: dict[str, float] | None = None, max_spot_share: float = 0.3, with_assignment: bool = False):
+             failover: dict[str, float] | None = None, max_spot_share: float = 0.3,
+             with_assignment: Literal[False] = False) -> dict[OfferKey, int]: ...
+
+
+@overload
+def ffd_plan(sessions: np.ndarray, offers: list[Offer], pool: dict[str, float], demand: dict[str, float],
+             failover: dict[str, float] | None = None, max_spot_share: float = 0.3, *,
+             with_assignment: Literal[True]) -> tuple[dict[OfferKey, int], np.ndarray]: ...
+
+
+def ffd_plan(sessions: np.ndarray, offers: list[Offer], pool: dict[str, float], demand: dict[str, float],
+             failover: dict[str, float] | None = None, max_spot_share: float = 0.3, with_assignment: bool = False
+             ) -> dict[OfferKey, int] | tuple[dict[OfferKey, int], np.ndarray]:
     """First-fit decreasing over sessions (largest normalised size first, into the first open instance
     with room, else a new instance of the on-demand type with the most normalised capacity per dollar
     that holds it), then the best-value type until demand + failover headroom are covered in every
     resource, then the biggest savings moved to spot within the spot share while coverage holds.
     With `with_assignment`, also the instance index (in `expand_bins` order) hosting each session."""
-    failover = failover or {}
     on_demand = sorted((o for o in offers if o.purchase_option == "on_demand"), key=lambda o: o.instance_type)
     if not on_demand:
         return ({}, np.full(len(sessions), -1, int)) if with_assignment else {}
     caps = {o.instance_type: np.array([o.capacity.get(d, 0.0) for d in DIMS]) for o in on_demand}
-    scale = np.maximum(np.max(list(caps.values()), axis=0), 1e-12)
-    value = {o.instance_type: (caps[o.instance_type] / scale).sum() / o.hourly_price for o in on_demand}
-    pool_cap = np.array([pool.get(d, np.inf) if d in ("vcpu", "memory_gib") else np.inf for d in DIMS])
-    bins: list[tuple[str, np.ndarray]] = []
-    raw = np.zeros(len(DIMS))
-    packed = {t: c[PACK_INDEX] for t, c in caps.items()}
-    pscale = scale[PACK_INDEX]
+    types = _FfdTypes(on_demand=on_demand, caps=caps, scale=np.maximum(np.max(list(caps.values()), axis=0), NONZERO),
+                      pool_cap=np.array([pool.get(d, np.inf) if d in ("vcpu", "memory_gib") else np.inf for d in DIMS]))
+    opened = _ffd_open(sessions, types)
+    counts = opened.counts()
+    need = _ffd_need(demand, failover or {}, pool)
+    _ffd_top_up(counts, opened.raw, need=need, types=types)
+    final = _ffd_to_spot(counts, need=need, types=types, offers=offers, max_spot_share=max_spot_share)
+    if not with_assignment:
+        return final
+    return final, _ffd_assignment(final, offers, opened)
+
+
+def _ffd_open(sessions: np.ndarray, types: _FfdTypes) -> _FfdBins:
+    """Each session (largest normalised size first) into the first open instance with room, else into a
+    new instance of the best-value type that holds it within the pool."""
+    value = {o.instance_type: (types.caps[o.instance_type] / types.scale).sum() / o.hourly_price for o in types.on_demand}
+    packed = {t: c[PACK_INDEX] for t, c in types.caps.items()}
+    pscale = types.scale[PACK_INDEX]
     order = sorted(range(len(sessions)), key=lambda i: (-(sessions[i] / pscale).sum(), i))
-    home = np.full(len(sessions), -1, int)  # FFD bin of each session
+    opened = _FfdBins(bins=[], home=np.full(len(sessions), -1, int), raw=np.zeros(len(DIMS)))
+    bins = opened.bins
     for i in order:
         s = sessions[i]
         for j, (itype, residual) in enumerate(bins):
-            if (s <= residual + 1e-9).all():
+            if (s <= residual + EPS).all():
                 bins[j] = (itype, residual - s)
-                home[i] = j
+                opened.home[i] = j
                 break
         else:
-            fitting = [o for o in on_demand if (s <= packed[o.instance_type] + 1e-9).all()
-                       and (raw + caps[o.instance_type] <= pool_cap + 1e-9).all()]
+            fitting = [o for o in types.on_demand
+                       if (s <= packed[o.instance_type] + EPS).all() and types.fits_pool(opened.raw, o.instance_type)]
             if fitting:
                 best = max(fitting, key=lambda o: (value[o.instance_type], o.instance_type))
                 bins.append((best.instance_type, packed[best.instance_type] - s))
-                home[i] = len(bins) - 1
-                raw += caps[best.instance_type]
-    counts: dict[str, int] = {}
-    for itype, _ in bins:
-        counts[itype] = counts.get(itype, 0) + 1
+                opened.home[i] = len(bins) - 1
+                opened.raw += types.caps[best.instance_type]
+    return opened
+
+
+def _ffd_need(demand: dict[str, float], failover: dict[str, float], pool: dict[str, float]) -> np.ndarray:
+    """Demand + failover headroom over DIMS; storage and bandwidth no more than their pool."""
     need = np.array([max(demand.get(d, 0.0), 0.0) + max(failover.get(d, 0.0), 0.0) for d in DIMS])
     cover_cap = np.array([pool.get(d, np.inf) for d in DIMS])
-    need = np.minimum(need, np.where(np.isin(DIMS, ("storage_gib", "bandwidth_gbps")), cover_cap, np.inf))
+    return np.minimum(need, np.where(np.isin(DIMS, ("storage_gib", "bandwidth_gbps")), cover_cap, np.inf))
 
-    def held(c: dict[str, int]) -> np.ndarray:
-        return sum((caps[t] * n for t, n in c.items()), np.zeros(len(DIMS)))
 
-    while (deficit := need - held(counts)).max() > 1e-9:
-        options = [o for o in on_demand if (raw + caps[o.instance_type] <= pool_cap + 1e-9).all()]
+def _ffd_top_up(counts: dict[str, int], raw: np.ndarray, *, need: np.ndarray, types: _FfdTypes) -> None:
+    """Add the type with the most normalised deficit covered per dollar until `need` is covered (or the pool is full)."""
+    while (deficit := need - types.held(counts)).max() > EPS:
+        options = [o for o in types.on_demand if types.fits_pool(raw, o.instance_type)]
         if not options:
             break
-        gain = {o.instance_type: (np.minimum(caps[o.instance_type], np.maximum(deficit, 0)) / scale).sum() / o.hourly_price for o in options}
+        gain = {o.instance_type: (np.minimum(types.caps[o.instance_type], np.maximum(deficit, 0)) / types.scale).sum() / o.hourly_price
+                for o in options}
         best = max(options, key=lambda o: (gain[o.instance_type], o.instance_type))
         if gain[best.instance_type] <= 0:
             break
         counts[best.instance_type] = counts.get(best.instance_type, 0) + 1
-        raw += caps[best.instance_type]
+        raw += types.caps[best.instance_type]
+
+
+def _ffd_to_spot(counts: dict[str, int], *, need: np.ndarray, types: _FfdTypes, offers: list[Offer],
+                 max_spot_share: float) -> dict[OfferKey, int]:
+    """On-demand instances moved to spot, biggest saving first, while spot vCPU stays within the share
+    and the risk-discounted capacity still covers `need`."""
+    caps = types.caps
     result: dict[OfferKey, int] = {(t, "on_demand"): n for t, n in counts.items() if n}
     spot = {o.instance_type: o for o in offers if o.purchase_option == "spot"}
-    od_price = {o.instance_type: o.hourly_price for o in on_demand}
+    od_price = {o.instance_type: o.hourly_price for o in types.on_demand}
     total_vcpu = sum(caps[t][0] * n for t, n in counts.items())
     spot_vcpu = 0.0
-    eff = held(counts)
+    eff = types.held(counts)
     for itype in sorted(counts, key=lambda t: (-(od_price[t] - spot[t].hourly_price) if t in spot else 0.0, t)):
         if itype not in spot or spot[itype].hourly_price >= od_price[itype]:
             continue
         loss = caps[itype] * (1.0 - spot[itype].counted)
         while result.get((itype, "on_demand"), 0) > 0:
-            if spot_vcpu + caps[itype][0] > max_spot_share * total_vcpu + 1e-9:
+            if spot_vcpu + caps[itype][0] > max_spot_share * total_vcpu + EPS:
                 break
-            if ((eff - loss) < need - 1e-9).any():
+            if ((eff - loss) < need - EPS).any():
                 break
             result[(itype, "on_demand")] -= 1
             result[(itype, "spot")] = result.get((itype, "spot"), 0) + 1
             spot_vcpu += caps[itype][0]
             eff = eff - loss
-    final = {k: n for k, n in result.items() if n > 0}
-    if not with_assignment:
-        return final
-    # Instances of one type are interchangeable: the k-th FFD bin of a type is its k-th instance.
+    return {k: n for k, n in result.items() if n > 0}
+
+
+def _ffd_assignment(final: dict[OfferKey, int], offers: list[Offer], opened: _FfdBins) -> np.ndarray:
+    """Instances of one type are interchangeable: the k-th FFD bin of a type is its k-th instance in `expand_bins` order."""
     slot: dict[str, list[int]] = {}
     for index, key in enumerate(expand_bins(final, offers)[0]):
         slot.setdefault(key[0], []).append(index)
     seen: dict[str, int] = {}
     ffd_to_slot = []
-    for itype, _ in bins:
+    for itype, _ in opened.bins:
         ffd_to_slot.append(slot[itype][seen.get(itype, 0)])
         seen[itype] = seen.get(itype, 0) + 1
-    return final, np.array([ffd_to_slot[h] if h >= 0 else -1 for h in home], int)
+    return np.array([ffd_to_slot[h] if h >= 0 else -1 for h in opened.home], int)
 
 
 def plan_cost(counts: dict[OfferKey, int], offers: list[Offer]) -> float:
@@ -777,8 +848,8 @@ def solve_bin_packing(sizes: list[int], capacity: int, time_limit_s: float = 2.0
     model, _ = _bin_model(s, capacity, len(ffd) - 1, lower, exact=False)
     status = solver.solve(model)
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
-        bound = max(lower, int(math.ceil(solver.best_objective_bound - 1e-9)))
-        return BinPackingResult(int(round(solver.objective_value)), bound, solver.status_name(status), len(ffd))
+        bound = max(lower, math.ceil(solver.best_objective_bound - EPS))
+        return BinPackingResult(round(solver.objective_value), bound, solver.status_name(status), len(ffd))
     if status == cp_model.INFEASIBLE:  # nothing better than FFD exists
         return BinPackingResult(len(ffd), len(ffd), "OPTIMAL", len(ffd))
     return BinPackingResult(len(ffd), lower, solver.status_name(status), len(ffd))
