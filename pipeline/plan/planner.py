@@ -7,7 +7,9 @@ contract in pipeline.common.schemas.PLAN; `manifest.json` records where every nu
 from __future__ import annotations
 
 import hashlib
+from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
@@ -19,17 +21,21 @@ from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import PLAN, RESOURCE_POOLS, RESOURCE_TYPES
 from pipeline.forecast.engine import read_forecast
 from pipeline.plan.allocate import CAPACITY_COLUMN, COMPUTE_POOL_RESOURCES, Offer
-from pipeline.plan.core import PlanningProblem, PlanResult, solve_plan
+from pipeline.plan.core import CellPlan, PlanningProblem, PlanResult, RegionMix, solve_plan
 from pipeline.plan.explain import held, row_reason
 from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
 from pipeline.plan.policy import PlannerConfig, load_planner_config
 from pipeline.plan.quantile import region_demand_quantiles, tau_by_resource
 
-# plan.parquet: the PLAN contract plus the planner's own columns (readers select PLAN's by name).
-PLAN_FILE_SCHEMA = PLAN.append(pa.field("effective_quantity", pa.float64()))  # capacity counted toward demand (spot: risk-discounted)
-PLAN_FILE_SCHEMA = PLAN_FILE_SCHEMA.append(pa.field("failover_quantity", pa.float64()))  # N+1 headroom the region keeps (per region/window/resource)
-PLAN_FILE_SCHEMA = PLAN_FILE_SCHEMA.append(pa.field("relocated_quantity", pa.float64()))  # flexible demand moved in (+) or out (−)
-PLAN_FILE_SCHEMA = PLAN_FILE_SCHEMA.append(pa.field("previous_count", pa.int64()))  # the line's count in the previous plan (null: none)
+# plan.parquet: the PLAN contract plus the planner's own columns (readers select PLAN's by name):
+#   effective_quantity  capacity counted toward demand (spot: risk-discounted)
+#   failover_quantity   N+1 headroom the region keeps (per region/window/resource)
+#   relocated_quantity  flexible demand moved in (+) or out (−)
+#   previous_count      the line's count in the previous plan (null: none)
+PLAN_FILE_SCHEMA = (PLAN.append(pa.field("effective_quantity", pa.float64()))
+                    .append(pa.field("failover_quantity", pa.float64()))
+                    .append(pa.field("relocated_quantity", pa.float64()))
+                    .append(pa.field("previous_count", pa.int64())))
 
 
 def plan_id_for(interval: DataInterval) -> str:
@@ -61,6 +67,26 @@ def _cell_offers(catalog: pd.DataFrame) -> dict[str, list[Offer]]:
     return {region: offers_for(catalog, region) for region in sorted(catalog["region"].unique())}
 
 
+@dataclass
+class _PlanInputs:
+    """What the plan stage read for one interval, and the planning problem made of it."""
+
+    plan_id: str
+    windows: list[pd.Timestamp]
+    forecast: pd.DataFrame
+    catalog: pd.DataFrame
+    pools_table: pa.Table
+    pools: pd.DataFrame
+    config: PlannerConfig
+    config_source: dict[str, Any]
+    taus: dict[str, float]
+    demand: pd.DataFrame  # window, region, resource_type, demand, tau, model
+    meta: dict[tuple[pd.Timestamp, str, str], tuple[float, float, str]]  # (window, region, resource) -> (demand, τ, model)
+    pool_map: dict[str, dict[str, float]]  # region -> resource -> available quantity
+    mix: dict[str, RegionMix]
+    problem: PlanningProblem
+
+
 def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None = None,
                tau_overrides: dict[str, dict[str, float]] | None = None) -> dict:
     """Plan the windows after `interval.end` and write plan.parquet, pools and manifest.json.
@@ -68,6 +94,24 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     `config` defaults to `<source_root>/inventory/planner.json` over the built-in defaults;
     `tau_overrides` ({region: {resource_type: τ}}) replace the cost-derived τ where given.
     """
+    inputs = _read_inputs(interval, settings, forecast_run_id, config=config, tau_overrides=tau_overrides)
+    result = solve_plan(inputs.problem, inputs.config)
+    rows = _plan_rows(result, inputs)
+    plan = pa.Table.from_pylist(rows, schema=PLAN_FILE_SCHEMA) if rows else PLAN_FILE_SCHEMA.empty_table()
+    manifest = _manifest(inputs, result, interval=interval, settings=settings, forecast_run_id=forecast_run_id,
+                         tau_overrides=tau_overrides, rows=plan.num_rows)
+    out_dir = lake.plan_dir(settings.lake_root, inputs.plan_id)
+    for name, table in (("plan.parquet", plan), ("resource_pools.parquet", _remaining_pools(inputs.pools, plan))):
+        lake.write_parquet_atomic(table, storage.join(out_dir, name))
+    lake.write_json_atomic(storage.join(out_dir, "manifest.json"), manifest)
+    return {"plan_id": inputs.plan_id, "path": storage.join(out_dir, "plan.parquet"), "rows": plan.num_rows,
+            "hourly_cost_total": manifest["hourly_cost_total"], "shortfall": len(result.shortfalls)}
+
+
+def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None,
+                 tau_overrides: dict[str, dict[str, float]] | None) -> _PlanInputs:
+    """The forecast's τ-quantile demand per region and window, the catalog, pools, request mix and
+    previous plan as of `interval.end`, and the planner config (with where it came from)."""
     forecast = read_forecast(settings, forecast_run_id)
     catalog = lake.read_reference(settings.lake_root, "instance_catalog", interval.end).to_pandas()
     pools_table = lake.read_reference(settings.lake_root, "resource_pools", interval.end)
@@ -80,7 +124,6 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     windows = [pd.Timestamp(interval.end + timedelta(hours=k)) for k in range(settings.plan_windows)]
     demand = region_demand_quantiles(forecast, taus, windows, overrides=tau_overrides)
     demand["window"] = pd.to_datetime(demand["window"], utc=True)
-    plan_id = plan_id_for(interval)
     regions = sorted(demand["region"].unique())
     meta = {(w, r, k): (d, t, m) for w, r, k, d, t, m in demand[["window", "region", "resource_type", "demand", "tau", "model"]]
             .itertuples(index=False)}
@@ -95,63 +138,94 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
         previous=previous_counts(prev[1], windows, regions) if prev else None,
         previous_plan_id=prev[0] if prev else None,
     )
-    result = solve_plan(problem, config)
+    return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, forecast=forecast, catalog=catalog, pools_table=pools_table,
+                       pools=pools, config=config, config_source=config_source, taus=taus, demand=demand, meta=meta,
+                       pool_map=pool_map, mix=mix, problem=problem)
 
+
+def _plan_rows(result: PlanResult, inputs: _PlanInputs) -> list[dict]:
+    """One row per (cell, instance line, resource), in cell and line order (the PLAN contract plus the planner's columns)."""
     rows: list[dict] = []
-    for (window, region), cell in sorted(result.cells.items()):
+    for (_, region), cell in sorted(result.cells.items()):
         by_key = {o.key: o for o in cell.offers}
-        provided = held(cell, effective=False)
-        pool = pool_map.get(region, {})
-        # Storage and bandwidth come with the instances but are reserved only as far as the demand quantile plus
-        # failover headroom needs (and the pool allows): what instances bring beyond that stays in the pool for
-        # on-demand requests instead of being held idle.
-        scale = {}
-        for r in RESOURCE_TYPES:
-            if r in COMPUTE_POOL_RESOURCES or provided[r] <= 0:
-                scale[r] = 1.0
-                continue
-            target = cell.demand.get(r, 0.0) + cell.failover.get(r, 0.0)
-            if r in pool:
-                target = min(target, pool[r])
-            scale[r] = min(1.0, max(target, 0.0) / provided[r])
+        scale = _reserved_share(cell, inputs.pool_map.get(region, {}))
         for (itype, option), count in sorted(cell.counts.items()):
-            offer = by_key[(itype, option)]
-            line_id = f"{region}/{window:%Y%m%dT%H%MZ}/{itype}/{option}"
-            for resource in RESOURCE_TYPES:
-                qty = round(offer.capacity[resource] * count * scale[resource], 6)
-                d, tau, model = meta.get((window, region, resource), (0.0, taus[resource], "none"))
-                rows.append({
-                    "plan_id": plan_id,
-                    "valid_from": window.to_pydatetime(),
-                    "valid_to": (window + pd.Timedelta(hours=1)).to_pydatetime(),
-                    "region": region,
-                    "resource_type": resource,
-                    "quantity": qty,
-                    "instance_type": itype,
-                    "purchase_option": option,
-                    "count": count,
-                    "hourly_cost": round(offer.hourly_price * count / len(RESOURCE_TYPES), 8),
-                    "demand_quantile": round(float(d), 6),
-                    "line_id": line_id,
-                    "reason": row_reason(cell, offer, count, resource, qty, float(tau), str(model), result, config, problem.previous_plan_id),
-                    "effective_quantity": round(qty * offer.counted, 6),
-                    "failover_quantity": round(cell.failover.get(resource, 0.0), 6),
-                    "relocated_quantity": round(cell.result.relocated.get(resource, 0.0), 6),
-                    "previous_count": None if cell.previous is None else int(cell.previous.get((itype, option), 0)),
-                })
+            rows.extend(_line_rows(cell, by_key[(itype, option)], count, scale=scale, result=result, inputs=inputs))
+    return rows
 
-    plan = pa.Table.from_pylist(rows, schema=PLAN_FILE_SCHEMA) if rows else PLAN_FILE_SCHEMA.empty_table()
-    held_q = plan.to_pandas().groupby(["valid_from", "region", "resource_type"])["quantity"].sum() if rows else pd.Series(dtype=float)
-    peak_held = held_q.groupby(level=["region", "resource_type"]).max().to_dict() if rows else {}
+
+def _reserved_share(cell: CellPlan, pool: dict[str, float]) -> dict[str, float]:
+    """Share of what the instances bring that the plan reserves, per resource. Storage and bandwidth come
+    with the instances but are reserved only as far as the demand quantile plus failover headroom needs
+    (and the pool allows): what instances bring beyond that stays in the pool for on-demand requests
+    instead of being held idle."""
+    provided = held(cell, effective=False)
+    scale = {}
+    for r in RESOURCE_TYPES:
+        if r in COMPUTE_POOL_RESOURCES or provided[r] <= 0:
+            scale[r] = 1.0
+            continue
+        target = cell.demand.get(r, 0.0) + cell.failover.get(r, 0.0)
+        if r in pool:
+            target = min(target, pool[r])
+        scale[r] = min(1.0, max(target, 0.0) / provided[r])
+    return scale
+
+
+def _line_rows(cell: CellPlan, offer: Offer, count: int, *, scale: dict[str, float], result: PlanResult,
+               inputs: _PlanInputs) -> list[dict]:
+    """The rows of one instance line (`count` instances of one offer in one cell), one per resource."""
+    window, region, (itype, option) = cell.window, cell.region, offer.key
+    line_id = f"{region}/{window:%Y%m%dT%H%MZ}/{itype}/{option}"
+    rows = []
+    for resource in RESOURCE_TYPES:
+        qty = round(offer.capacity[resource] * count * scale[resource], 6)
+        d, tau, model = inputs.meta.get((window, region, resource), (0.0, inputs.taus[resource], "none"))
+        reason = row_reason(plan=cell, offer=offer, count=count, resource=resource, quantity=qty, tau=float(tau), model=str(model),
+                            result=result, config=inputs.config, previous_plan_id=inputs.problem.previous_plan_id)
+        rows.append({
+            "plan_id": inputs.plan_id,
+            "valid_from": window.to_pydatetime(),
+            "valid_to": (window + pd.Timedelta(hours=1)).to_pydatetime(),
+            "region": region,
+            "resource_type": resource,
+            "quantity": qty,
+            "instance_type": itype,
+            "purchase_option": option,
+            "count": count,
+            "hourly_cost": round(offer.hourly_price * count / len(RESOURCE_TYPES), 8),
+            "demand_quantile": round(float(d), 6),
+            "line_id": line_id,
+            "reason": reason,
+            "effective_quantity": round(qty * offer.counted, 6),
+            "failover_quantity": round(cell.failover.get(resource, 0.0), 6),
+            "relocated_quantity": round(cell.result.relocated.get(resource, 0.0), 6),
+            "previous_count": None if cell.previous is None else int(cell.previous.get((itype, option), 0)),
+        })
+    return rows
+
+
+def _remaining_pools(pools: pd.DataFrame, plan: pa.Table) -> pa.Table:
+    """The pools less the most the plan holds of each resource in any window (what on-demand requests can still use)."""
+    peak_held: dict = {}
+    if plan.num_rows:
+        held_q = plan.to_pandas().groupby(["valid_from", "region", "resource_type"])["quantity"].sum()
+        peak_held = held_q.groupby(level=["region", "resource_type"]).max().to_dict()
     remaining = pools.assign(
         available_quantity=[max(a - peak_held.get((r, t), 0.0), 0.0) for r, t, a in
                             zip(pools["region"], pools["resource_type"], pools["available_quantity"])]
     )
-    remaining_table = pa.Table.from_pandas(remaining[RESOURCE_POOLS.names], schema=RESOURCE_POOLS, preserve_index=False)
+    return pa.Table.from_pandas(remaining[RESOURCE_POOLS.names], schema=RESOURCE_POOLS, preserve_index=False)
 
+
+def _manifest(inputs: _PlanInputs, result: PlanResult, *, interval: DataInterval, settings: Settings, forecast_run_id: str,
+              tau_overrides: dict[str, dict[str, float]] | None, rows: int) -> dict:
+    """Where every number of the plan came from: inputs and their fingerprints, τ, config, the solver's
+    objective and bound, shortfalls, redundancy, relocations, churn, packing."""
     forecast_manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, forecast_run_id), "manifest.json"))
-    manifest = {
-        "plan_id": plan_id,
+    windows, config, mix = inputs.windows, inputs.config, inputs.mix
+    return {
+        "plan_id": inputs.plan_id,
         "created_at": interval.end.isoformat(),
         "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
         "valid_from": windows[0].isoformat(),
@@ -159,22 +233,52 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
         "windows": len(windows),
         "forecast_run_id": forecast_run_id,
         "model_per_series": {sid: sel["model"] for sid, sel in forecast_manifest["selection"].items()},
-        "tau": taus,
-        "tau_by_region": {r: {k: round(float(demand[(demand["region"] == r) & (demand["resource_type"] == k)]["tau"].iloc[0]), 6)
-                              for k in RESOURCE_TYPES if ((demand["region"] == r) & (demand["resource_type"] == k)).any()}
-                          for r in regions},
+        "tau": inputs.taus,
+        "tau_by_region": _tau_by_region(inputs.demand, inputs.problem.regions),
         "tau_overrides": {r: dict(v) for r, v in sorted((tau_overrides or {}).items())},
         "cost_model": {"c_over": settings.cost.c_over, "c_under": settings.cost.c_under,
                        "tau_rule": "tau = c_under / (c_under + c_over) per resource"},
         "max_spot_share": config.max_spot_share,
-        "planner_config": {**config.to_dict(), **{"_source": config_source["source"], "_fingerprint": config_source["fingerprint"]}},
+        "planner_config": {**config.to_dict(), **{"_source": inputs.config_source["source"],
+                                                  "_fingerprint": inputs.config_source["fingerprint"]}},
+        **_solver_summary(result),
+        "shortfall": result.shortfalls,
+        "left_to_on_demand": result.left_to_on_demand,
+        "redundancy": _redundancy_summary(result, mix, config),
+        "relocations": result.relocations,
+        "churn": _churn_summary(result, inputs.problem.previous_plan_id),
+        "packing": [
+            {"window": w.isoformat(), "region": r, **c.packing, "unhosted_sessions": c.unhosted_sessions}
+            for (w, r), c in sorted(result.cells.items()) if c.packing
+        ],
+        "request_mix": {r: {"source": m.source, "requests": m.requests} for r, m in sorted(mix.items())},
+        "input_fingerprints": {
+            "forecast": _table_fingerprint(pa.Table.from_pandas(inputs.forecast, preserve_index=False)),
+            "instance_catalog": _table_fingerprint(pa.Table.from_pandas(inputs.catalog, preserve_index=False)),
+            "resource_pools": _table_fingerprint(inputs.pools_table),
+        },
+        "rows": rows,
+        "status": "planned",
+    }
+
+
+def _tau_by_region(demand: pd.DataFrame, regions: list[str]) -> dict[str, dict[str, float]]:
+    return {r: {k: round(float(demand[(demand["region"] == r) & (demand["resource_type"] == k)]["tau"].iloc[0]), 6)
+                for k in RESOURCE_TYPES if ((demand["region"] == r) & (demand["resource_type"] == k)).any()}
+            for r in regions}
+
+
+def _solver_summary(result: PlanResult) -> dict[str, Any]:
+    """Objective, bound and gap of the plan (and of the allocation before the packing check), cost, per-window detail."""
+    allocation = result.allocation
+    return {
         "objective": round(result.objective, 6),
         "lower_bound": round(result.lower_bound, 6),
         "gap": round(result.gap, 6),
         "bound_source": "sum over the window models of CP-SAT's proven objective bound (valid for packable plans too)",
-        "allocation": {"objective": round(result.allocation["objective"], 6), "lower_bound": round(result.allocation["lower_bound"], 6),
-                       "gap": round(result.allocation_gap, 6), "cost": round(result.allocation["cost"], 6),
-                       "packing_premium": round(result.cost / result.allocation["cost"] - 1, 6) if result.allocation["cost"] > 0 else 0.0},
+        "allocation": {"objective": round(allocation["objective"], 6), "lower_bound": round(allocation["lower_bound"], 6),
+                       "gap": round(result.allocation_gap, 6), "cost": round(allocation["cost"], 6),
+                       "packing_premium": round(result.cost / allocation["cost"] - 1, 6) if allocation["cost"] > 0 else 0.0},
         "hourly_cost_total": round(result.cost, 6),
         "solver_status": sorted({s for w in result.windows.values() for s in w.statuses}),
         "windows_detail": [
@@ -184,30 +288,7 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
              "unconstrained_cost": None if info.unconstrained_cost is None else round(info.unconstrained_cost, 6)}
             for w, info in sorted(result.windows.items())
         ],
-        "shortfall": result.shortfalls,
-        "left_to_on_demand": result.left_to_on_demand,
-        "redundancy": _redundancy_summary(result, mix, config),
-        "relocations": result.relocations,
-        "churn": _churn_summary(result, problem.previous_plan_id),
-        "packing": [
-            {"window": w.isoformat(), "region": r, **c.packing, "unhosted_sessions": c.unhosted_sessions}
-            for (w, r), c in sorted(result.cells.items()) if c.packing
-        ],
-        "request_mix": {r: {"source": m.source, "requests": m.requests} for r, m in sorted(mix.items())},
-        "input_fingerprints": {
-            "forecast": _table_fingerprint(pa.Table.from_pandas(forecast, preserve_index=False)),
-            "instance_catalog": _table_fingerprint(pa.Table.from_pandas(catalog, preserve_index=False)),
-            "resource_pools": _table_fingerprint(pools_table),
-        },
-        "rows": plan.num_rows,
-        "status": "planned",
     }
-    out_dir = lake.plan_dir(settings.lake_root, plan_id)
-    for name, table in (("plan.parquet", plan), ("resource_pools.parquet", remaining_table)):
-        lake.write_parquet_atomic(table, storage.join(out_dir, name))
-    lake.write_json_atomic(storage.join(out_dir, "manifest.json"), manifest)
-    return {"plan_id": plan_id, "path": storage.join(out_dir, "plan.parquet"), "rows": plan.num_rows,
-            "hourly_cost_total": manifest["hourly_cost_total"], "shortfall": len(result.shortfalls)}
 
 
 def _redundancy_summary(result: PlanResult, mix: dict, config: PlannerConfig) -> dict:
@@ -219,8 +300,8 @@ def _redundancy_summary(result: PlanResult, mix: dict, config: PlannerConfig) ->
     for region, (partner, how) in sorted(result.partners.items()):
         m = mix.get(region)
         critical = m.share(config.critical_priorities) if m else {}
-        headroom = {}
-        for (w, r), cell in result.cells.items():
+        headroom: dict[str, float] = {}
+        for (_, r), cell in result.cells.items():
             if r == region:
                 for k, v in cell.failover.items():
                     headroom[k] = max(headroom.get(k, 0.0), v)

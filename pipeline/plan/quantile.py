@@ -52,7 +52,7 @@ def region_demand_quantiles(forecast: pd.DataFrame, taus: dict[str, float], wind
             f"the forecast does not cover plan windows {[w.isoformat() for w in missing]}: "
             "make the forecast horizon at least as long as plan_windows"
         )
-    quantiles = {q: region_rows[f"q{int(round(q * 100))}"].to_numpy(float) for q in FORECAST_QUANTILES}
+    quantiles = {q: region_rows[f"q{round(q * 100)}"].to_numpy(float) for q in FORECAST_QUANTILES}
     tau = np.array([overrides.get(region, {}).get(resource, taus[resource])
                     for region, resource in zip(region_rows["region"], region_rows["resource_type"])], float)
     demand = np.empty(len(region_rows))
