@@ -80,7 +80,7 @@ def test_hosting_classes_group_sessions_by_footprint_on_the_cheapest_types() -> 
 def test_hosted_assignment_places_every_session_within_its_instances() -> None:
     offers = catalog()
     sessions = np.array([[4.0, 8.0, 0.2]] * 4 + [[2.0, 16.0, 0.2]] * 2)
-    classes, members = hosting_classes(sessions, offers)
+    _, members = hosting_classes(sessions, offers)
     counts = {("c6i.2xlarge", "on_demand"): 2, ("r6i.2xlarge", "spot"): 1}
     hosted = [{"c6i.2xlarge": 4} if len(m) == 4 else {"r6i.2xlarge": 2} for m in members]
     home = hosted_assignment(sessions, counts, offers, members, hosted)

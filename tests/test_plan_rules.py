@@ -57,8 +57,10 @@ def offers(region_multiplier: float = 1.0, spot_rate: float = 0.005, risky_rate:
 
 
 def mix(critical: float, low: float = 0.1) -> RegionMix:
-    return RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, critical / 2), "high": dict.fromkeys(RESOURCE_TYPES, critical / 2),
-                                  "normal": dict.fromkeys(RESOURCE_TYPES, 1 - critical - low), "low": dict.fromkeys(RESOURCE_TYPES, low)})
+    return RegionMix(class_share={"critical": dict.fromkeys(RESOURCE_TYPES, critical / 2),
+                                  "high": dict.fromkeys(RESOURCE_TYPES, critical / 2),
+                                  "normal": dict.fromkeys(RESOURCE_TYPES, 1 - critical - low),
+                                  "low": dict.fromkeys(RESOURCE_TYPES, low)})
 
 
 def problem(demand: dict, regions: list[str], windows=(W0,), pools=None, catalog=None, **kw) -> PlanningProblem:
@@ -94,7 +96,8 @@ def test_default_partners_are_the_nearest_region_on_the_same_continent() -> None
     lone = PlannerConfig().partner_of("sa-east-1", ["sa-east-1", "us-east-1", "eu-west-1"])
     assert lone[0] == "us-east-1" and "none on the same continent" in lone[1]
     assert PlannerConfig().partner_of("zz-nowhere-1", ["zz-nowhere-1", "us-east-1"])[0] is None
-    assert PlannerConfig(partners={"us-east-1": "eu-west-1"}).partner_of("us-east-1", SAMPLE_REGIONS) == ("eu-west-1", "configured in planner.json")
+    configured = PlannerConfig(partners={"us-east-1": "eu-west-1"})
+    assert configured.partner_of("us-east-1", SAMPLE_REGIONS) == ("eu-west-1", "configured in planner.json")
     assert 10 < PlannerConfig().latency("eu-west-1", "eu-central-1") < PlannerConfig().latency("eu-west-1", "us-east-1")
 
 
@@ -116,7 +119,7 @@ def test_planner_json_overlays_the_defaults_and_rejects_mistakes(tmp_path: Path)
     loaded, source = load_planner_config(str(tmp_path))
     assert loaded.failover_share == 0.5 and source["fingerprint"].startswith("sha256:")
     (tmp_path / "inventory" / "planner.json").write_text("{not json")
-    with pytest.raises(ValueError, match="planner.json is not valid JSON"):
+    with pytest.raises(ValueError, match=r"planner\.json is not valid JSON"):
         load_planner_config(str(tmp_path))
 
 
@@ -162,7 +165,7 @@ def test_failover_headroom_follows_the_n_plus_1_rule_on_the_produced_plan() -> N
     result = solve_plan(p, config)
     partners = {r: q for r, (q, _) in result.partners.items()}
     assert partners == {"eu-central-1": "eu-west-2", "eu-west-1": "eu-west-2", "eu-west-2": "eu-west-1"}
-    for (w, region), cell in result.cells.items():
+    for (_, region), cell in result.cells.items():
         # headroom = max over the regions that fail over here of share × critical × their demand
         expected = {r: max([config.failover_share * p.mix[src].share(config.critical_priorities)[r] * demand[src][r]
                             for src, dst in partners.items() if dst == region] or [0.0]) for r in RESOURCE_TYPES}
@@ -460,7 +463,7 @@ def test_published_plan_rows_satisfy_redundancy_spot_and_explain(published_root:
             assert row.eff >= row.need + row.headroom - 1e-6, (w, region, resource)
     assert (cells["headroom"] > 0).any()
     vcpu = plan[plan["resource_type"] == "vcpu"]
-    for (w, region), group in vcpu.groupby(["valid_from", "region"]):
+    for _, group in vcpu.groupby(["valid_from", "region"]):
         spot = group[group["purchase_option"] == "spot"]["quantity"].sum()
         assert spot <= manifest["planner_config"]["max_spot_share"] * group["quantity"].sum() + 1e-6
     assert manifest["redundancy"]["eu-west-1"]["partner"] == "eu-central-1"
