@@ -358,6 +358,10 @@ def _repack_candidates(task: _PackTask, rules: Rules, unplaced: np.ndarray) -> l
     return candidates
 
 
+def _hourly_cost(counts: dict[OfferKey, int], by_key: dict[OfferKey, Offer]) -> float:
+    return sum(by_key[k].hourly_price * n for k, n in counts.items())
+
+
 def _pack_cell(task: _PackTask) -> dict:
     """The packing check of one cell: place the sessions (dot-product heuristics). If some do not fit,
     take the cheapest of the plans that host them all within the rules (`_repack_candidates`); only if
@@ -370,11 +374,8 @@ def _pack_cell(task: _PackTask) -> dict:
     added: dict[OfferKey, int] = {}
     by_key = {o.key: o for o in task.offers}
     candidates = _repack_candidates(task, task.rules(), result.unplaced)
-    if candidates:
-        def price(c: Repacked) -> float:
-            return sum(by_key[k].hourly_price * n for k, n in c[0].items())
-
-        counts, home, method = min(candidates, key=lambda c: (price(c), c[2], sorted(c[0].items())))
+    if candidates:  # the cheapest; ties by method name, then by the counts themselves
+        counts, home, method = min(candidates, key=lambda c: (_hourly_cost(c[0], by_key), c[2], sorted(c[0].items())))
         result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
                   else pack(task.sessions, counts, task.offers, 0.0))
     else:  # nothing hosts everything within the rules: keep what the greedy repair manages
