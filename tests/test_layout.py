@@ -39,10 +39,6 @@ LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset({
     "pipeline/irc/coordinator.py::Coordinator._decide",
     "pipeline/irc/plan_source.py::_read_windows",
     "pipeline/ops/backtest.py::run_backtest",
-    "pipeline/plan/allocate.py::_RegionModel.__init__",
-    "pipeline/plan/core.py::solve_plan",
-    "pipeline/plan/packing.py::ffd_plan",
-    "pipeline/plan/planner.py::build_plan",
     "pipeline/report/html.py::write_backtest_report",
 })
 
