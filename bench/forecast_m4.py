@@ -98,7 +98,7 @@ def main() -> int:
     logging.getLogger("cmdstanpy").setLevel(logging.ERROR)
 
     from pipeline.common.config import Settings
-    from pipeline.forecast.engine import planning_tau, select_and_forecast
+    from pipeline.forecast.engine import EngineOptions, planning_tau, run_engine
     from pipeline.forecast.models import MODELS
 
     ids, train, test = load(path)
@@ -146,7 +146,9 @@ def main() -> int:
     # 2. the default engine on all series
     frame = long_frame(ids, train, everything)
     t0 = time.perf_counter()
-    result = select_and_forecast(frame, H, M, "h", tau, ("auto",), model_params={"global_gbm": {"calendar": False}})
+    options = EngineOptions(horizon=H, season_length=M, freq="h", tau=tau, models=("auto",),
+                            model_params={"global_gbm": {"calendar": False}})
+    result = run_engine(frame, options)
     engine_s = time.perf_counter() - t0
     fc = result.forecasts
     get = lambda col: wide(fc, ids, everything, col, "series_id")  # noqa: E731
@@ -190,8 +192,8 @@ def main() -> int:
             t0 = time.perf_counter()
             out = factory(M, "h", n_jobs=-1, **params).fit(data).predict(H)
             seconds = time.perf_counter() - t0
-            g = lambda col: wide(out, ids, sub, col)  # noqa: E731
-            report(name, sub, g("mean"), g("lo_80"), g("hi_80"), g("lo_95"), g("hi_95"), seconds)
+            cols = {col: wide(out, ids, sub, col) for col in ("mean", "lo_80", "hi_80", "lo_95", "hi_95")}
+            report(name, sub, cols["mean"], cols["lo_80"], cols["hi_80"], cols["lo_95"], cols["hi_95"], seconds)
 
     snaive = official_scores["sNaive"]
     print(f"{'reference':>16}: sNaive OWA {owa(*snaive, naive2_all):.4f}; best M4 entry 0.410; Prophet (issue) 0.833")
@@ -201,7 +203,8 @@ def main() -> int:
         "series_per_s": engine["series_per_s"], "seconds": engine["seconds"],
         "prophet_owa": prophet_row["owa"], "prophet_series_per_s": prophet_row["series_per_s"],
         "speedup_vs_prophet": round(engine["series_per_s"] / prophet_row["series_per_s"], 3),
-        "models": {r["model"]: {k: r[k] for k in ("series", "owa", "smape", "mase", "coverage_80", "coverage_95", "series_per_s")} for r in rows},
+        "models": {r["model"]: {k: r[k] for k in ("series", "owa", "smape", "mase", "coverage_80", "coverage_95", "series_per_s")}
+                   for r in rows},
     }
     print(json.dumps(headline, sort_keys=True))
     return 0

@@ -254,7 +254,7 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         elif line.startswith("@result "):
             result = json.loads(line[8:])
         else:
-            tail = (tail + [line])[-40:]
+            tail = [*tail, line][-40:]
     proc.wait()
     load.stop.set()
     load.join()

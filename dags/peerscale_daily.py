@@ -47,7 +47,8 @@ def peerscale_daily():
         from pipeline.common.config import Settings
         from pipeline.run import stage_forecast
 
-        return stage_forecast(_interval(data_interval_start, data_interval_end), Settings.from_env(history_days=DAILY_HISTORY_DAYS), kind="daily")
+        settings = Settings.from_env(history_days=DAILY_HISTORY_DAYS)
+        return stage_forecast(_interval(data_interval_start, data_interval_end), settings, kind="daily")
 
     retrain_daily(features())
 

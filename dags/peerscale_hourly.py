@@ -3,7 +3,7 @@
 Wiring only: every task calls one stage in `pipeline.run` with the run's data interval and
 passes lake paths (never data) through XCom. Heavy imports live inside the tasks.
 
-The forecast fans out (pipeline.forecast.shards): `forecast_plan` splits the series into shards,
+The forecast fans out (pipeline.forecast.shards): `forecast_split` splits the series into shards,
 `forecast_shard` is mapped over them while `forecast_fit_global` fits the global model once, and
 `forecast` reduces the parts into the run's forecast. Model fitting runs in the model-fit pool,
 the plan in the solver pool; failures and a late run are recorded as alerts (peerscale_callbacks).
@@ -59,14 +59,14 @@ def peerscale_hourly():
         return stage_features(_interval(data_interval_start, data_interval_end), Settings.from_env())
 
     @task
-    def forecast_plan(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> list[dict]:
+    def forecast_split(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> list[dict]:
         from airflow.sdk.configuration import conf
 
         from pipeline.common.config import Settings
-        from pipeline.run import stage_forecast_plan
+        from pipeline.run import stage_forecast_split
 
-        return stage_forecast_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly",
-                                   max_map_length=conf.getint("core", "max_map_length"))
+        return stage_forecast_split(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly",
+                                    max_map_length=conf.getint("core", "max_map_length"))
 
     @task(pool=MODEL_FIT_POOL)
     def forecast_fit_global(shards: list[dict]) -> dict:
@@ -134,7 +134,7 @@ def peerscale_hourly():
     ingested = [
         ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
     ]
-    shards = forecast_plan(features(ingested))
+    shards = forecast_split(features(ingested))
     forecast_run = forecast()
     [forecast_fit_global(shards), forecast_shard.expand(shard=shards)] >> forecast_run
     planned = plan(forecast_run, feedback())

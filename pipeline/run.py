@@ -35,11 +35,16 @@ def stage_forecast(interval: DataInterval, settings: Settings, kind: str = "hour
     return run_forecast(interval, settings, kind=kind)
 
 
-def stage_forecast_plan(interval: DataInterval, settings: Settings, kind: str = "hourly", max_map_length: int = 1024) -> list[dict]:
-    """Fan-out, step 1: prepare the forecast inputs once and split the series into shards (one descriptor each)."""
-    from pipeline.forecast.shards import plan_shards
+def stage_forecast_split(interval: DataInterval, settings: Settings, kind: str = "hourly",
+                         max_map_length: int | None = None) -> list[dict]:
+    """Fan-out, step 1: prepare the forecast inputs once and split the series into shards (one descriptor each).
 
-    return plan_shards(interval, settings, kind, max_map_length=max_map_length)
+    max_map_length: Airflow's [core] max_map_length (default: Airflow's default), the most shards a run can map over.
+    """
+    from pipeline.forecast.shards import MAX_MAP_LENGTH, split_shards
+
+    limit = MAX_MAP_LENGTH if max_map_length is None else max_map_length
+    return split_shards(interval, settings, kind, max_map_length=limit)
 
 
 def stage_forecast_fit_global(run_id: str, settings: Settings) -> dict:

@@ -46,12 +46,12 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     tasks = {t.task_id: t for t in dag.tasks}
     ingest_ids = {f"ingest_{name}" for name in ("peering_requests", "region_telemetry", "app_telemetry", "calendar",
                                                   "resource_pools", "instance_catalog")}
-    forecast_ids = {"forecast_plan", "forecast_fit_global", "forecast_shard", "forecast"}
+    forecast_ids = {"forecast_split", "forecast_fit_global", "forecast_shard", "forecast"}
     assert set(tasks) == ingest_ids | forecast_ids | {"features", "feedback", "plan", "render_iac", "report", "publish", "monitor"}
     assert tasks["features"].upstream_task_ids == ingest_ids
-    assert tasks["forecast_plan"].upstream_task_ids == {"features"}
-    assert tasks["forecast_fit_global"].upstream_task_ids == {"forecast_plan"}
-    assert tasks["forecast_shard"].upstream_task_ids == {"forecast_plan"}
+    assert tasks["forecast_split"].upstream_task_ids == {"features"}
+    assert tasks["forecast_fit_global"].upstream_task_ids == {"forecast_split"}
+    assert tasks["forecast_shard"].upstream_task_ids == {"forecast_split"}
     assert tasks["forecast"].upstream_task_ids == {"forecast_fit_global", "forecast_shard"}
     assert tasks["plan"].upstream_task_ids == {"forecast", "feedback"}
     assert tasks["publish"].upstream_task_ids == {"plan", "render_iac", "report"}
@@ -250,10 +250,11 @@ def test_callbacks_never_raise(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
 
 def test_dag_files_only_wire_tasks() -> None:
     """Heavy libraries are imported inside task bodies, never at DAG-parse time."""
+    heavy = ("pandas", "pipeline", "prophet", "statsforecast", "ortools", "great_expectations", "duckdb")
     for path in DAGS.glob("*.py"):
         top_level = [line for line in path.read_text().splitlines() if line.startswith(("import ", "from "))]
         for line in top_level:
-            assert not any(lib in line for lib in ("pandas", "pipeline", "prophet", "statsforecast", "ortools", "great_expectations", "duckdb")), (path.name, line)
+            assert not any(lib in line for lib in heavy), (path.name, line)
 
 
 @pytest.mark.slow
@@ -293,6 +294,6 @@ def test_hourly_dag_runs_end_to_end_with_airflow_dags_test(seeded_copy: Path, tm
     assert (Path(manifest["artifacts"]["terraform"]) / "main.tf").exists()
     # The forecast ran fanned out: four mapped shards (60 + 24 fresh series, 25 a shard) and the reduce step.
     assert all(f"task_id=forecast_shard map_index={i}" in log for i in range(4)), "mapped shard tasks ran"
-    forecast_work = Path(settings.lake_root) / "forecasts" / "run=hourly-20260129T0000Z" / "_work" / "plan.json"
+    forecast_work = Path(settings.lake_root) / "forecasts" / "run=hourly-20260129T0000Z" / "_work" / "shards.json"
     assert len(json.loads(forecast_work.read_text())["shards"]) == 4
     shutil.rmtree(airflow_home, ignore_errors=True)

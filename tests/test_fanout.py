@@ -68,7 +68,7 @@ def test_shard_count_reads_the_environment(monkeypatch: pytest.MonkeyPatch) -> N
 
 def test_split_is_contiguous_balanced_and_complete() -> None:
     ids = [f"s{i:03d}" for i in reversed(range(61))]
-    parts = shards.split(ids, 4)
+    parts = shards.contiguous_chunks(ids, 4)
     assert [len(p) for p in parts] == [16, 15, 15, 15]
     assert [sid for p in parts for sid in p] == sorted(ids)
 
@@ -87,11 +87,11 @@ def test_sharded_forecast_equals_the_single_process_forecast(featured_root: Path
     assert table_b.equals(table_a), "sharded forecast rows differ from the single-process forecast"
     assert manifest_b == manifest_a
     assert manifest_b["engine"]["models"] == ["seasonal_naive", "seasonal_mean", "global_gbm"]
-    # The plan of the split is kept as the run's record; the bulky intermediates are gone.
+    # The split is kept as the run's record; the bulky intermediates are gone.
     work = Path(shards.work_dir(sharded, RUN_ID))
-    recorded = json.loads((work / "plan.json").read_text())
+    recorded = json.loads((work / "shards.json").read_text())
     assert [len(s) for s in recorded["shards"]] == [21, 21, 21, 21] and recorded["published"] == out
-    assert sorted(p.name for p in work.iterdir()) == ["plan.json"]
+    assert sorted(p.name for p in work.iterdir()) == ["shards.json"]
 
 
 def test_a_failed_shard_retries_alone_and_the_run_is_complete(featured_root: Path, tmp_path: Path,
@@ -99,12 +99,12 @@ def test_a_failed_shard_retries_alone_and_the_run_is_complete(featured_root: Pat
     single = _lake_copy(featured_root, tmp_path / "single")
     engine.run_forecast(INTERVAL, single, models=CHEAP)
     settings = _lake_copy(featured_root, tmp_path / "sharded")
-    planned = shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=30)  # 84 series
-    assert [s["shard"] for s in planned] == [0, 1, 2] and {s["shards"] for s in planned} == {3}
+    descriptors = shards.split_shards(INTERVAL, settings, models=CHEAP, series_per_shard=30)  # 84 series
+    assert [s["shard"] for s in descriptors] == [0, 1, 2] and {s["shards"] for s in descriptors} == {3}
 
     # Shard 1 dies once in the middle of its work (worker lost); the others are unaffected.
-    plan = json.loads((Path(shards.work_dir(settings, RUN_ID)) / "plan.json").read_text())
-    doomed, real = set(plan["shards"][1]), engine.cross_validate_model
+    split = json.loads((Path(shards.work_dir(settings, RUN_ID)) / "shards.json").read_text())
+    doomed, real = set(split["shards"][1]), engine.cross_validate_model
     failures: list[str] = []
 
     def flaky(p, name):
@@ -140,19 +140,19 @@ def test_a_failed_shard_retries_alone_and_the_run_is_complete(featured_root: Pat
     assert shards.reduce_shards(INTERVAL, settings, models=CHEAP) == out, "a retried reduce returns what it published"
 
 
-def test_parts_of_an_earlier_plan_are_rejected(featured_root: Path, tmp_path: Path) -> None:
+def test_parts_of_an_earlier_split_are_rejected(featured_root: Path, tmp_path: Path) -> None:
     settings = _lake_copy(featured_root, tmp_path)
-    shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=42)  # 84 series: 2 shards
+    shards.split_shards(INTERVAL, settings, models=CHEAP, series_per_shard=42)  # 84 series: 2 shards
     shards.forecast_shard(RUN_ID, 0, settings)
     data = Path(shards.work_dir(settings, RUN_ID)) / "data"
     stale = (data / "part-00000-of-00002.pkl").read_bytes()
 
-    shards.plan_shards(INTERVAL, settings, models=CHEAP, series_per_shard=42)  # the run is planned again
-    assert not (data / "part-00000-of-00002.pkl").exists(), "re-planning starts from nothing"
+    shards.split_shards(INTERVAL, settings, models=CHEAP, series_per_shard=42)  # the run is split again
+    assert not (data / "part-00000-of-00002.pkl").exists(), "splitting again starts from nothing"
     shards.fit_global(RUN_ID, settings)
     shards.forecast_shard(RUN_ID, 1, settings)
-    (data / "part-00000-of-00002.pkl").write_bytes(stale)  # a slow shard of the old plan finishing late
-    with pytest.raises(shards.MissingShards, match="from another plan"):
+    (data / "part-00000-of-00002.pkl").write_bytes(stale)  # a slow shard of the old split finishing late
+    with pytest.raises(shards.MissingShards, match="from another split"):
         shards.reduce_shards(INTERVAL, settings, models=CHEAP)
     shards.forecast_shard(RUN_ID, 0, settings)
     assert shards.reduce_shards(INTERVAL, settings, models=CHEAP)["series"] == 84

@@ -77,7 +77,7 @@ def random_sessions(seed: int = 20250301, n: int = 300) -> list[dict]:
     for _ in range(30):
         frac = float(rng.choice([0.0, 0.5, 0.123456]))  # sub-second ends, exact in microseconds
         first = add(int(rng.integers(start_us - 6 * 3600 * US_PER_S, end_us)), float(rng.integers(1, 7200)) + frac)
-        t_next = _us(first["requested_at"]) + int(round(first["duration_s"] * US_PER_S))
+        t_next = _us(first["requested_at"]) + round(first["duration_s"] * US_PER_S)
         if t_next < end_us:
             add(t_next, duration(), dst=first["destination_region"])
     # 4) long sessions (> 1 day) starting before the window
@@ -93,6 +93,16 @@ def requests_table(rows: list[dict]) -> pa.Table:
     return pa.Table.from_pylist(rows, schema=PEERING_REQUESTS)
 
 
+def _level_at(deltas: dict[int, np.ndarray], times: list[int], t: int) -> np.ndarray:
+    """The level at `t`: every event at or before t, all events at t netted."""
+    total = np.zeros(len(RESOURCE_TYPES))
+    for et in times:
+        if et > t:
+            break
+        total += deltas[et]
+    return total
+
+
 def brute_force_demand(rows: list[dict]) -> dict[tuple[datetime, str], dict[str, float]]:
     """Exact peak per (hour, region): level after netting every event at the same instant."""
     start_us, end_us = _us(WINDOW.start), _us(WINDOW.end)
@@ -102,7 +112,7 @@ def brute_force_demand(rows: list[dict]) -> dict[tuple[datetime, str], dict[str,
         t0 = _us(row["requested_at"])
         if t0 >= end_us:
             continue
-        t1 = t0 + int(round(row["duration_s"] * US_PER_S))
+        t1 = t0 + round(row["duration_s"] * US_PER_S)
         vec = np.array([row[r] for r in RESOURCE_TYPES], float)
         region = row["destination_region"]
         events[region][t0] += vec
@@ -114,23 +124,13 @@ def brute_force_demand(rows: list[dict]) -> dict[tuple[datetime, str], dict[str,
     out = {}
     for region in REGIONS:
         times = sorted(events[region])
-
-        def level_at(t: int) -> np.ndarray:
-            # every event at or before t, all events at t netted
-            total = np.zeros(len(RESOURCE_TYPES))
-            for et in times:
-                if et > t:
-                    break
-                total += events[region][et]
-            return total
-
         for k in range(n_hours):
             h0 = start_us + k * 3600 * US_PER_S
             h1 = h0 + 3600 * US_PER_S
-            peak = level_at(h0)
+            peak = _level_at(events[region], times, h0)
             for et in times:
                 if h0 < et < h1:
-                    peak = np.maximum(peak, level_at(et))
+                    peak = np.maximum(peak, _level_at(events[region], times, et))
             out[(_dt(h0), region)] = {
                 **{r: max(float(v), 0.0) for r, v in zip(RESOURCE_TYPES, peak)},
                 "arrivals": arrivals[(k, region)],
@@ -151,7 +151,7 @@ def features(sessions: list[dict]) -> dict[str, pa.Table]:
 def test_sessions_cover_the_awkward_cases(sessions: list[dict]) -> None:
     """Guard the generator: the cases the reference is meant to exercise are really there."""
     starts = [_us(r["requested_at"]) for r in sessions]
-    ends = {(r["destination_region"], _us(r["requested_at"]) + int(round(r["duration_s"] * US_PER_S))) for r in sessions}
+    ends = {(r["destination_region"], _us(r["requested_at"]) + round(r["duration_s"] * US_PER_S)) for r in sessions}
     assert any(s < _us(WINDOW.start) for s in starts)
     assert any(s % (3600 * US_PER_S) == 0 for s in starts)
     assert any((r["destination_region"], _us(r["requested_at"])) in ends for r in sessions)
@@ -242,7 +242,7 @@ def test_no_look_ahead(sessions: list[dict], features: dict[str, pa.Table]) -> N
 
     # ... while a request one microsecond before the end does show up (the check can fail)
     just_before = {**future[0], "request_id": "b0", "requested_at": WINDOW.end - timedelta(microseconds=1)}
-    changed = compute_features(requests_table(sessions + [just_before]), REGIONS, WINDOW)
+    changed = compute_features(requests_table([*sessions, just_before]), REGIONS, WINDOW)
     assert not changed["region_demand_hourly"].equals(features["region_demand_hourly"])
     assert not changed["pair_volume_hourly"].equals(features["pair_volume_hourly"])
 

@@ -7,6 +7,7 @@ exactly where they should be equal.
 from __future__ import annotations
 
 import json
+from dataclasses import FrozenInstanceError, replace
 
 import numpy as np
 import pandas as pd
@@ -14,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.common.schemas import FORECAST
-from pipeline.forecast.engine import ENSEMBLE, POOLED, select_and_forecast, to_daily
+from pipeline.forecast.engine import ENSEMBLE, POOLED, EngineOptions, run_engine, select_and_forecast, to_daily
 from pipeline.forecast.models import MODELS, OUTPUT_COLUMNS
 from pipeline.forecast.prep import InputError, clean_outliers, validate_long_format
 from pipeline.forecast.quantiles import interpolate_quantile, pinball_loss
@@ -51,6 +52,8 @@ def make_history(n_noisy: int = 6) -> pd.DataFrame:
 
 
 FAST = ("seasonal_naive", "seasonal_mean", "global_gbm")
+LOCAL = ("seasonal_naive", "seasonal_mean")
+OPTIONS = EngineOptions(horizon=HORIZON, season_length=SEASON, freq="h", tau=TAU, models=FAST)
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +63,7 @@ def history() -> pd.DataFrame:
 
 @pytest.fixture(scope="module")
 def result(history: pd.DataFrame):
-    return select_and_forecast(history, HORIZON, SEASON, "h", TAU, FAST)
+    return run_engine(history, OPTIONS)
 
 
 def _check_contract(fc: pd.DataFrame, horizon: int) -> None:
@@ -89,9 +92,18 @@ def test_output_follows_the_forecast_contract(result, history: pd.DataFrame) -> 
 
 
 def test_deterministic_and_independent_of_row_order(result, history: pd.DataFrame) -> None:
-    again = select_and_forecast(history.sample(frac=1.0, random_state=3), HORIZON, SEASON, "h", TAU, FAST)
+    again = run_engine(history.sample(frac=1.0, random_state=3), OPTIONS)
     pd.testing.assert_frame_equal(result.forecasts, again.forecasts)
     assert result.selection == again.selection
+
+
+def test_plain_arguments_give_the_same_forecast(result, history: pd.DataFrame) -> None:
+    """`select_and_forecast` (plain arguments, for the CLI and the backtests) is `run_engine` with those options."""
+    plain = select_and_forecast(history, HORIZON, SEASON, "h", TAU, FAST)
+    pd.testing.assert_frame_equal(plain.forecasts, result.forecasts)
+    assert plain.selection == result.selection
+    with pytest.raises(FrozenInstanceError):
+        OPTIONS.tau = 0.5  # type: ignore[misc]  # one run, one set of options
 
 
 def test_selection_is_consistent_with_scores(result) -> None:
@@ -182,7 +194,7 @@ def test_conformal_intervals_are_calibrated() -> None:
         frames.append(pd.DataFrame({"unique_id": f"s{j}", "ds": pd.date_range(START, periods=len(k), freq="h"), "y": y}))
     panel = pd.concat(frames, ignore_index=True)
     train, test = panel.groupby("unique_id").head(len(k) - 24), panel.groupby("unique_id").tail(24)
-    out = select_and_forecast(train, 24, SEASON, "h", TAU, ("seasonal_naive", "seasonal_mean")).forecasts
+    out = run_engine(train, replace(OPTIONS, horizon=24, models=LOCAL)).forecasts
     merged = test.merge(out.rename(columns={"series_id": "unique_id"}), on=["unique_id", "ds"])
     cover80 = np.mean((merged["y"] >= merged["lo_80"]) & (merged["y"] <= merged["hi_80"]))
     cover95 = np.mean((merged["y"] >= merged["lo_95"]) & (merged["y"] <= merged["hi_95"]))
@@ -211,7 +223,7 @@ def test_intermittent_series_does_not_crash() -> None:
     ds = pd.date_range(START, periods=N, freq="h")
     y = np.zeros(N)
     y[[5, 60, 61, 130, 200]] = [1.0, 2.0, 1.0, 3.0, 1.0]
-    out = select_and_forecast(pd.DataFrame({"unique_id": ZERO, "ds": ds, "y": y}), HORIZON, SEASON, "h", TAU, FAST)
+    out = run_engine(pd.DataFrame({"unique_id": ZERO, "ds": ds, "y": y}), OPTIONS)
     _check_contract(out.forecasts, HORIZON)
     assert out.forecasts["q50"].max() <= 3.0
 
@@ -224,10 +236,24 @@ def test_gaps_and_bursts_are_handled() -> None:
     cleaned, counts = clean_outliers(frame, SEASON)
     assert counts == {"s": 1} and cleaned["y"].max() < 45
     gappy = frame.drop(index=[100, 101, 102, 150])
-    out = select_and_forecast(gappy, HORIZON, SEASON, "h", TAU, ("seasonal_naive", "seasonal_mean"))
+    out = run_engine(gappy, replace(OPTIONS, models=LOCAL))
     assert out.info["gaps_filled"] == {"s": 4} and out.info["outliers_cleaned"] == {"s": 1}
     _check_contract(out.forecasts, HORIZON)
     assert out.forecasts["mean"].max() < 60  # the burst is not repeated
+
+
+def test_without_cross_validation_the_models_own_bands_are_kept() -> None:
+    """One model, no ensemble: nothing is cross-validated, so there is nothing to calibrate on."""
+    rng = np.random.default_rng(5)
+    k = np.arange(24 * 4)
+    frame = pd.DataFrame({"unique_id": "s", "ds": pd.date_range(START, periods=len(k), freq="h"),
+                          "y": 30 + 10 * _daily(k) + rng.normal(0, 1, len(k))})
+    out = run_engine(frame, replace(OPTIONS, models=("seasonal_naive",), combine=False))
+    assert out.info["calibration"]["n_errors"] == 0 and out.selection["s"]["model"] == "seasonal_naive"
+    own = MODELS["seasonal_naive"](SEASON, "h").fit(frame).predict(HORIZON)
+    for col in ("mean", "lo_80", "hi_80", "lo_95", "hi_95", "q90"):
+        np.testing.assert_allclose(out.forecasts[col].to_numpy(), own[col].to_numpy(), rtol=1e-9, err_msg=col)
+    _check_contract(out.forecasts, HORIZON)
 
 
 def test_calendar_uplift_moves_the_forecast() -> None:
@@ -238,7 +264,7 @@ def test_calendar_uplift_moves_the_forecast() -> None:
     frame = pd.DataFrame({"unique_id": "s", "ds": ds, "y": y, "event_uplift": uplift})
     fut_ds = pd.date_range(ds[-1] + pd.Timedelta(hours=1), periods=48, freq="h")
     future = pd.DataFrame({"unique_id": "s", "ds": fut_ds, "event_uplift": np.where(np.arange(48) >= 24, 0.5, 0.0)})
-    out = select_and_forecast(frame, 48, SEASON, "h", TAU, ("seasonal_naive", "seasonal_mean"), future=future).forecasts
+    out = run_engine(frame, replace(OPTIONS, horizon=48, models=LOCAL), future=future).forecasts
     first, second = out["mean"].to_numpy()[:24], out["mean"].to_numpy()[24:]
     np.testing.assert_allclose(second, 1.5 * first, rtol=1e-6)
     np.testing.assert_allclose(first, 30 + 10 * _daily(np.arange(N, N + 24)), atol=1e-6)  # the past uplift was divided out
@@ -249,7 +275,7 @@ def test_hierarchy_is_reconciled(history: pd.DataFrame) -> None:
     total = pairs.groupby("ds", as_index=False)["y"].sum().assign(unique_id="inbound:us-east-1:requests")
     frame = pd.concat([pairs, total], ignore_index=True)
     hierarchy = {"inbound:us-east-1:requests": sorted(pairs["unique_id"].unique())}
-    out = select_and_forecast(frame, HORIZON, SEASON, "h", TAU, FAST, hierarchy=hierarchy)
+    out = run_engine(frame, OPTIONS, hierarchy=hierarchy)
     fc = out.forecasts
     bottom = fc[fc["series_id"].str.startswith("pair:")].groupby("ds")["mean"].sum()
     top = fc[fc["series_id"] == "inbound:us-east-1:requests"].set_index("ds")["mean"]
@@ -264,17 +290,19 @@ def test_daily_horizon() -> None:
                            "y": 100 + 30 * _daily(k) + 20 * ((k // 24) % 7 < 5)})
     daily = to_daily(hourly)
     assert len(daily) == 28 and daily["y"].max() <= 150 + 1e-9
-    out = select_and_forecast(daily, 14, 7, "D", TAU, ("auto",))
+    out = run_engine(daily, EngineOptions(horizon=14, season_length=7, freq="D", tau=TAU, models=("auto",)))
     _check_contract(out.forecasts, 14)
     weekday = out.forecasts["ds"].dt.dayofweek < 5
     assert out.forecasts.loc[weekday, "mean"].mean() > out.forecasts.loc[~weekday, "mean"].mean()
 
 
 def test_bad_input_is_rejected_clearly(history: pd.DataFrame) -> None:
-    with pytest.raises(ValueError, match="unknown models.*prophet_xl"):
-        select_and_forecast(history, HORIZON, SEASON, "h", TAU, models=("seasonal_naive", "prophet_xl"))
+    with pytest.raises(ValueError, match=r"unknown models.*prophet_xl"):
+        run_engine(history, replace(OPTIONS, models=("seasonal_naive", "prophet_xl")))
     with pytest.raises(ValueError, match="empty"):
-        select_and_forecast(history.iloc[:0], HORIZON, SEASON, "h", TAU)
+        run_engine(history.iloc[:0], OPTIONS)
+    with pytest.raises(TypeError, match="n_window"):  # a misspelt option fails loudly
+        select_and_forecast(history, HORIZON, SEASON, "h", TAU, n_window=1)
     model = MODELS["auto_ets"](SEASON, "h")
     with pytest.raises(ValueError, match="empty"):
         model.fit(history.iloc[:0])
@@ -283,7 +311,7 @@ def test_bad_input_is_rejected_clearly(history: pd.DataFrame) -> None:
     with pytest.raises(RuntimeError, match="fit"):
         MODELS["seasonal_naive"](SEASON, "h").predict(3)
     good = history[history["unique_id"] == NOISY]
-    with pytest.raises(InputError, match="lacks column.*'y'"):
+    with pytest.raises(InputError, match=r"lacks column.*'y'"):
         validate_long_format(good.drop(columns="y"), "h")
     with pytest.raises(InputError, match="numeric"):
         validate_long_format(good.astype({"y": object}).assign(y=lambda f: f["y"].where(f.index != f.index[3], "n/a")), "h")

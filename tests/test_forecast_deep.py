@@ -8,7 +8,7 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from pipeline.forecast.engine import select_and_forecast  # noqa: E402
+from pipeline.forecast.engine import EngineOptions, run_engine  # noqa: E402
 from pipeline.forecast.models import MODELS, OUTPUT_COLUMNS  # noqa: E402
 
 
@@ -31,7 +31,8 @@ def test_lstm_fits_small_data_deterministically() -> None:
 
 
 def test_lstm_in_the_engine() -> None:
-    res = select_and_forecast(_panel(), 24, 24, "h", 0.9, ("seasonal_naive", "lstm"),
-                              model_params={"lstm": {"epochs": 2, "hidden": 8, "max_windows": 300}})
+    options = EngineOptions(horizon=24, season_length=24, freq="h", tau=0.9, models=("seasonal_naive", "lstm"),
+                            model_params={"lstm": {"epochs": 2, "hidden": 8, "max_windows": 300}})
+    res = run_engine(_panel(), options)
     assert "lstm" in res.info["overall_score"]
     assert len(res.forecasts) == 4 * 24

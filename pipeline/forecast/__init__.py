@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["ForecastResult", "read_forecast", "run_forecast", "select_and_forecast"]
+__all__ = ["EngineOptions", "ForecastResult", "read_forecast", "run_engine", "run_forecast", "select_and_forecast"]
 
 
 def __getattr__(name: str) -> Any:

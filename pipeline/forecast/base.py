@@ -27,6 +27,10 @@ OUTPUT_COLUMNS = [
 ]
 QUANTILE_COLUMNS = [quantile_column(q) for q in FORECAST_QUANTILES]
 KEY_COLUMNS = ("unique_id", "ds", "y")
+#: Models that divide a window by its scale keep that scale at least this share of the window's
+#: level and at least MIN_SCALE, so that flat (constant or all-zero) windows do not blow up.
+RELATIVE_SCALE_FLOOR = 1e-3
+MIN_SCALE = 1e-8
 
 
 class NotEnoughData(ValueError):
@@ -108,6 +112,13 @@ class Forecaster(ABC):
         frame["ds"] = ds
         frame["y"] = frame["y"].astype(float)
         return frame.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
+
+    @property
+    def fitted_history(self) -> pd.DataFrame:
+        """The history `fit` stored, for `_predict` (which `predict` calls only after `fit`)."""
+        if self._history is None:
+            raise RuntimeError(f"{self.name}: call fit() before predict()")
+        return self._history
 
     def fit(self, history: pd.DataFrame) -> Forecaster:
         self._history = self._validated(history)

@@ -19,8 +19,8 @@ from pipeline.common import lake
 from pipeline.common.config import Settings
 from pipeline.common.schemas import FORECAST_QUANTILES, PEERING_REQUESTS, parse_series_id
 from pipeline.features.build import SESSION_CARRY_IN, FeatureWindow, compute_features
-from pipeline.forecast.engine import pipeline_inputs, planning_tau, select_and_forecast, series_from_features
-from pipeline.forecast.quantiles import interpolate_quantile
+from pipeline.forecast.engine import pipeline_inputs, run_engine, series_from_features
+from pipeline.forecast.quantiles import interpolate_quantile, quantile_column
 
 
 @dataclass
@@ -66,7 +66,8 @@ def walk_forward(settings: Settings, origins: Sequence[datetime], horizon: int =
     for origin in origins:
         start = origin - timedelta(days=settings.history_days)
         hist = actual_all[(actual_all["ds"] >= start) & (actual_all["ds"] < origin)]
-        _, hist, future, hierarchy, params, _, _, _ = pipeline_inputs(replace(settings, horizon_hours=horizon), origin, hist, "hourly", models)
+        inputs = pipeline_inputs(replace(settings, horizon_hours=horizon), origin, hist, "hourly", models)
+        hist = inputs.engine_input
         actual = actual_all[(actual_all["ds"] >= origin) & (actual_all["ds"] < origin + timedelta(hours=horizon))]
         actual = actual[actual["unique_id"].str.startswith("region:")]
         for variant, kwargs in chosen.items():
@@ -85,15 +86,15 @@ def walk_forward(settings: Settings, origins: Sequence[datetime], horizon: int =
                 seconds = time.perf_counter() - t0
             else:
                 t0 = time.perf_counter()
-                result = select_and_forecast(hist, horizon, 24, "h", planning_tau(settings), kw["models"], future=future,
-                                             hierarchy=hierarchy, combine=kw.get("combine", True), model_params=params)
+                options = replace(inputs.options, models=kw["models"], combine=kw.get("combine", True))
+                result = run_engine(hist, options, future=inputs.future, hierarchy=inputs.hierarchy)
                 pred = result.forecasts
                 seconds = time.perf_counter() - t0
             merged = actual.rename(columns={"unique_id": "series_id"}).merge(pred, on=["series_id", "ds"], how="inner")
             for sid, group in merged.groupby("series_id"):
                 resource = parse_series_id(sid)["measure"]
                 tau = settings.cost.tau(resource)
-                q = interpolate_quantile({p: group[f"q{int(round(p * 100))}"].to_numpy(float) for p in FORECAST_QUANTILES}, tau)
+                q = interpolate_quantile({p: group[quantile_column(p)].to_numpy(float) for p in FORECAST_QUANTILES}, tau)
                 y = group["y"].to_numpy(float)
                 diff = y - q
                 rows.append(BacktestRow(origin.isoformat(), variant, sid, resource, tau,

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pipeline.forecast.base import Forecaster, NotEnoughData, future_index, gaussian_bands
+from pipeline.forecast.base import MIN_SCALE, RELATIVE_SCALE_FLOOR, Forecaster, NotEnoughData, future_index, gaussian_bands
 
 
 def torch_available() -> bool:
@@ -24,13 +24,14 @@ def torch_available() -> bool:
     return True
 
 
-def _windows(series: list[np.ndarray], lookback: int, h: int, m: int, stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+def _windows(series: list[np.ndarray], lookback: int, h: int, m: int,
+             stride: int = 1) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     X, Y, C, S = [], [], [], []
     for y in series:
         for t in range(lookback, len(y) - h + 1, stride):
             w = y[t - lookback:t]
             c = w[-m:].mean()
-            s = max(np.mean(np.abs(w[m:] - w[:-m])) if lookback > m else np.std(w), 1e-3 * abs(c), 1e-8)
+            s = max(np.mean(np.abs(w[m:] - w[:-m])) if lookback > m else np.std(w), RELATIVE_SCALE_FLOOR * abs(c), MIN_SCALE)
             X.append((w - c) / s)
             Y.append((y[t:t + h] - c) / s - np.resize((w[-m:] - c) / s, h))
             C.append(c)
@@ -51,7 +52,8 @@ class LSTMModel(Forecaster):
         except ImportError as exc:  # pragma: no cover - exercised only without the extra
             raise NotEnoughData("lstm needs PyTorch: pip install 'peerscale[deep]'") from exc
         m = self.season_length
-        groups = [(uid, g["y"].to_numpy(float)) for uid, g in self._history.groupby("unique_id", sort=True)]
+        history = self.fitted_history
+        groups = [(uid, g["y"].to_numpy(float)) for uid, g in history.groupby("unique_id", sort=True)]
         n_max = max(len(y) for _, y in groups)
         lookback = int(self.params.get("lookback", 0)) or next((k * m for k in (7, 3, 2, 1) if k * m + h + 1 <= n_max), 0)
         if not lookback:
@@ -99,10 +101,10 @@ class LSTMModel(Forecaster):
             for _, y in groups:
                 w = y[-lookback:] if len(y) >= lookback else np.concatenate([np.resize(y[:m] if len(y) >= m else y, lookback - len(y)), y])
                 c = w[-m:].mean()
-                s = max(np.mean(np.abs(w[m:] - w[:-m])) if lookback > m else np.std(w), 1e-3 * abs(c), 1e-8)
+                s = max(np.mean(np.abs(w[m:] - w[:-m])) if lookback > m else np.std(w), RELATIVE_SCALE_FLOOR * abs(c), MIN_SCALE)
                 z = torch.tensor(np.clip((w - c) / s, -50, 50)[None, :], dtype=torch.float32)
                 pred = net(z).numpy()[0] + np.resize((w[-m:] - c) / s, h)
                 means.append(c + s * pred)
                 sigmas.append(s * sigma_u)
-        out = future_index(self._history, h, self.freq).assign(mean=np.concatenate(means))
+        out = future_index(history, h, self.freq).assign(mean=np.concatenate(means))
         return gaussian_bands(out, np.concatenate(sigmas), levels)

@@ -1,7 +1,8 @@
 """The Predictive Demand Engine: cross-validate, select or combine, calibrate, reconcile.
 
-`select_and_forecast` turns long-format history (`unique_id, ds, y` + optional exogenous columns)
-into forecasts in the forecast contract:
+`run_engine(history, EngineOptions(...))` (or `select_and_forecast` with the same options as plain
+arguments) turns long-format history (`unique_id, ds, y` + optional exogenous columns) into
+forecasts in the forecast contract:
 
 1. **Prepare**: a regular grid per series (gaps interpolated), one-off bursts cleaned for the
    models (scores use raw actuals), known calendar uplifts divided out (and multiplied back into
@@ -23,6 +24,7 @@ The choice, its scores and the calibration are returned for the run manifest.
 from __future__ import annotations
 
 import functools
+import itertools
 import time
 import warnings
 from collections.abc import Sequence
@@ -56,7 +58,50 @@ DEFAULT_MODELS: tuple[str, ...] = ("auto",)
 ENSEMBLE = "ensemble"
 POOLED = "pooled_profile"
 BASELINE = "seasonal_naive"
-N_BUCKETS = 4
+HOURS_PER_DAY, DAYS_PER_WEEK = 24, 7  # the seasons of the hourly and the daily run
+N_BUCKETS = 4  # horizon buckets the calibration sizes its bands for (errors grow with the step)
+
+#: a series leaves the run's best model only for one whose relative score is this much lower on it
+#: (per-series choices on a few windows are noisy)
+DEFAULT_SWITCH_MARGIN = 0.15
+DEFAULT_ENSEMBLE_SIZE = 2  # the ensemble averages this many of the best non-naive models
+#: series shorter than this many seasons cannot be cross-validated: they get the pooled profile
+SHORT_SERIES_SEASONS = 2
+#: two cross-validation windows once the longest series holds two windows and this many seasons
+TWO_WINDOW_SEASONS = 3
+CALIBRATION_SHRINK = 48.0  # pseudo-errors pulling a series' own error size towards the pool's
+MIN_ERROR_SIZE = 1e-12  # floor on a series' error size: a perfect series must not divide by zero
+ZERO_LOSS = 1e-12  # a loss this small is a perfect forecast (relative scores divide by it)
+WORSE_THAN_PERFECT = 2.0  # relative score of an imperfect model where seasonal naive is perfect
+SCORE_DECIMALS = 12  # scores equal to this many decimals tie (the earlier model wins)
+PPF_CLAMP = 1e-6  # the normal quantile is taken this far inside (0, 1): it is infinite at the ends
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine forecasts: horizon, season, τ, the candidate models and how one is chosen.
+
+    One value for `prepare`, `run_engine` and the sharded forecast, so the settings are declared
+    once and every step of one run sees the same ones.
+    """
+
+    horizon: int
+    season_length: int
+    freq: str
+    tau: float  # the quantile the selection scores (pinball loss at τ)
+    models: Sequence[str] | str = DEFAULT_MODELS  # names from MODELS, or "auto"
+    holdout: int | None = None  # length of each cross-validation window (default: the horizon)
+    n_windows: int | None = None  # cross-validation windows (default: 2 on long enough history, else 1)
+    levels: Sequence[int] = FORECAST_LEVELS  # interval levels wanted besides the contract's
+    n_jobs: int = -1
+    model_params: dict[str, dict] | None = None  # keyword arguments per model name
+    clean: bool = True  # clean one-off bursts from the models' input (scores use the raw actuals)
+    combine: bool = True  # also score the ensemble of the best models
+    #: refit global models on the full history after cross-validation ("auto": only for small
+    #: problems; otherwise the cross-validated model forecasts from the latest origin)
+    refit_global: bool | str = "auto"
+    switch_margin: float = DEFAULT_SWITCH_MARGIN
+    ensemble_size: int = DEFAULT_ENSEMBLE_SIZE
 
 
 @dataclass
@@ -129,7 +174,7 @@ class Calibration:
     n_errors: int
 
     @classmethod
-    def fit(cls, errors: pd.DataFrame, scale: pd.Series, horizon: int, shrink: float = 48.0) -> Calibration:
+    def fit(cls, errors: pd.DataFrame, scale: pd.Series, horizon: int, shrink: float = CALIBRATION_SHRINK) -> Calibration:
         """errors: unique_id, step (0-based), error (actual - forecast)."""
         probs = _calibration_probs()
         if errors.empty:
@@ -144,7 +189,7 @@ class Calibration:
         frame = pd.DataFrame({"uid": errors["unique_id"].to_numpy(), "abs": abs_u / g[bucket]})
         stats = frame.groupby("uid")["abs"].agg(["mean", "size"])
         sigma = (stats["mean"] * stats["size"] + pooled * shrink) / (stats["size"] + shrink)
-        sigma = sigma.clip(lower=1e-12)
+        sigma = sigma.clip(lower=MIN_ERROR_SIZE)
         denom = sigma.reindex(errors["unique_id"]).to_numpy() * g[bucket]
         z = u / np.where(denom > 0, denom, 1.0)
         n = len(z)
@@ -185,7 +230,7 @@ def _calibration_probs(levels: Sequence[int] = ()) -> list[float]:
 def _normal_ppf(p: float) -> float:
     from statistics import NormalDist
 
-    return NormalDist().inv_cdf(min(max(p, 1e-6), 1 - 1e-6))
+    return NormalDist().inv_cdf(min(max(p, PPF_CLAMP), 1 - PPF_CLAMP))
 
 
 def _z_ratio(z: dict[float, float]) -> float:
@@ -240,8 +285,8 @@ class Prepared:
     params: dict[str, dict] = field(default_factory=dict)
     n_jobs: int = -1
     combine: bool = True
-    switch_margin: float = 0.15
-    ensemble_size: int = 2
+    switch_margin: float = DEFAULT_SWITCH_MARGIN
+    ensemble_size: int = DEFAULT_ENSEMBLE_SIZE
     info: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -262,7 +307,8 @@ class Prepared:
 
     def eligible(self, name: str) -> list[str]:
         """Series long enough to cross-validate `name` on."""
-        need = self.n_windows * self.window + max(2 * self.season_length, int(MODEL_MIN_SEASONS.get(name, 1) * self.season_length))
+        seasons = max(SHORT_SERIES_SEASONS * self.season_length, int(MODEL_MIN_SEASONS.get(name, 1) * self.season_length))
+        need = self.n_windows * self.window + seasons
         return [u for u in self.cv_ok if self.lengths[u] >= need]
 
     def subset(self, ids: Sequence[str]) -> Prepared:
@@ -313,40 +359,22 @@ class Selection:
         return out
 
 
-def prepare(
-    history: pd.DataFrame,
-    horizon: int,
-    season_length: int,
-    freq: str,
-    tau: float,
-    models: Sequence[str] | str = DEFAULT_MODELS,
-    holdout: int | None = None,
-    *,
-    n_windows: int | None = None,
-    future: pd.DataFrame | None = None,
-    levels: Sequence[int] = FORECAST_LEVELS,
-    hierarchy: dict[str, list[str]] | None = None,
-    n_jobs: int = -1,
-    model_params: dict[str, dict] | None = None,
-    clean: bool = True,
-    combine: bool = True,
-    refit_global: bool | str = "auto",
-    switch_margin: float = 0.15,
-    ensemble_size: int = 2,
-) -> Prepared:
-    """Step 1 of `select_and_forecast` (same arguments): regular grids, uplifts, cleaning, run-wide parameters."""
+def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFrame | None = None,
+            hierarchy: dict[str, list[str]] | None = None) -> Prepared:
+    """Step 1 of `run_engine`: regular grids, uplifts, cleaning, run-wide parameters."""
     if history.empty:
         raise ValueError("history is empty: nothing to forecast (no feature rows for this run?)")
-    freq = prep.parse_freq(freq)
-    levels = tuple(sorted({*FORECAST_LEVELS, *levels}))
-    names = resolve_models(models, history["unique_id"].nunique())
-    params = model_params or {}
+    horizon, season_length, tau = options.horizon, options.season_length, options.tau
+    freq = prep.parse_freq(options.freq)
+    levels = tuple(sorted({*FORECAST_LEVELS, *options.levels}))
+    names = resolve_models(options.models, history["unique_id"].nunique())
+    params = options.model_params or {}
     history = _naive_ds(history).sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
     history, gaps = prep.regularize(history, freq)
     if future is not None and len(future):
         future = _naive_ds(future)
     m = season_length
-    window = int(holdout or horizon)
+    window = int(options.holdout or horizon)
     lengths = history.groupby("unique_id", sort=True).size()
     ids = list(lengths.index)
 
@@ -356,28 +384,31 @@ def prepare(
     raw_input = model_input
     raw_adjusted = model_input.assign(y=model_input["y"] / history["_factor"].to_numpy())
     cleaned: dict[str, int] = {}
-    if clean:
+    if options.clean:
         model_input, cleaned = prep.clean_outliers(model_input, m)
     adjusted = model_input.copy()
     adjusted["y"] = adjusted["y"] / history["_factor"].to_numpy()
     scale = prep.mase_scale(history, m)
 
-    short = [u for u in ids if lengths[u] < 2 * m]
-    long_ids = [u for u in ids if lengths[u] >= 2 * m]
+    min_points = SHORT_SERIES_SEASONS * m
+    short = [u for u in ids if lengths[u] < min_points]
+    long_ids = [u for u in ids if lengths[u] >= min_points]
+    n_windows = options.n_windows
     if n_windows is None:
-        n_windows = 2 if lengths.max() >= 2 * window + 3 * m else 1
-    cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + 2 * m]
+        n_windows = 2 if lengths.max() >= 2 * window + TWO_WINDOW_SEASONS * m else 1
+    cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
     info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
                             "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
+    refit_global = options.refit_global
     if refit_global == "auto":
         refit_global = len(history) <= AUTO_POINT_BUDGET
     return Prepared(
         history=history, model_input=model_input, raw_input=raw_input, adjusted=adjusted, raw_adjusted=raw_adjusted,
         scale=scale, lengths=lengths, ids=ids, short=short, long_ids=long_ids, cv_ok=cv_ok, names=names,
         horizon=horizon, season_length=season_length, freq=freq, tau=tau, window=window, n_windows=n_windows,
-        levels=levels, refit_global=bool(refit_global), run_cv=bool(cv_ok) and (len(names) > 1 or combine),
-        future=future, hierarchy=hierarchy, params=params, n_jobs=n_jobs, combine=combine,
-        switch_margin=switch_margin, ensemble_size=ensemble_size, info=info,
+        levels=levels, refit_global=bool(refit_global), run_cv=bool(cv_ok) and (len(names) > 1 or options.combine),
+        future=future, hierarchy=hierarchy, params=params, n_jobs=options.n_jobs, combine=options.combine,
+        switch_margin=options.switch_margin, ensemble_size=options.ensemble_size, info=info,
     )
 
 
@@ -421,7 +452,7 @@ def choose(p: Prepared, cv_frames: dict[str, pd.DataFrame], info: dict[str, Any]
 
     # the best model overall, unless another is clearly better on this series
     fallback = next((n for n in names if n not in info["dropped"]), names[0])
-    default = min(overall, key=lambda n: (round(overall[n], 12), candidates.index(n))) if overall else fallback
+    default = min(overall, key=lambda n: (round(overall[n], SCORE_DECIMALS), candidates.index(n))) if overall else fallback
     info["overall_score"] = {k: round(v, 6) for k, v in overall.items()}
     info["default_choice"] = default
     choice: dict[str, str] = {}
@@ -434,7 +465,7 @@ def choose(p: Prepared, cv_frames: dict[str, pd.DataFrame], info: dict[str, Any]
         if not usable:
             choice[uid] = default if default in cv_frames or not cv_frames else fallback
             continue
-        best = min(usable, key=lambda k: (round(usable[k]["score"], 12), candidates.index(k)))
+        best = min(usable, key=lambda k: (round(usable[k]["score"], SCORE_DECIMALS), candidates.index(k)))
         if default in usable and usable[best]["score"] >= usable[default]["score"] * (1 - p.switch_margin):
             best = default
         choice[uid] = best
@@ -472,15 +503,12 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     fut_factor = _future_factor(idx, p.history, p.future)
     frames = []
     by_model = {n: {u: g["mean"].to_numpy() for u, g in pr.groupby("unique_id", sort=False)} for n, pr in point.items()}
-    rows_by_id = {u: g for u, g in idx.groupby("unique_id", sort=False)}
+    rows_by_id = dict(iter(idx.groupby("unique_id", sort=False)))  # iter(): dict() would take a GroupBy for a mapping
     for uid in ids:
         c = choice[uid]
         if c == POOLED:
             continue
-        if c == ENSEMBLE:
-            means = np.mean([by_model[n][uid] for n in members], axis=0)
-        else:
-            means = by_model[c][uid]
+        means = np.mean([by_model[n][uid] for n in members], axis=0) if c == ENSEMBLE else by_model[c][uid]
         frames.append(rows_by_id[uid].assign(mean=means, model=c))
     if p.short:
         frames.append(_pooled_forecasts(p.history, p.short, p.long_ids, idx, p.season_length, p.freq))
@@ -498,16 +526,17 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     if uncalibrated and errors.empty:
         # nothing to calibrate on (e.g. a single model on short history): keep the model's own bands
         for name, pred in own.items():
-            sel = out["unique_id"].isin(pred["unique_id"]) & (out["model"] == name)
-            if sel.any():
-                own_rows = pred.set_index(["unique_id", "ds"]).reindex(pd.MultiIndex.from_frame(out.loc[sel, ["unique_id", "ds"]]))
+            rows = out["unique_id"].isin(pred["unique_id"]) & (out["model"] == name)
+            if rows.any():
+                own_rows = pred.set_index(["unique_id", "ds"]).reindex(pd.MultiIndex.from_frame(out.loc[rows, ["unique_id", "ds"]]))
                 for col in output_columns(levels)[3:]:
-                    out.loc[sel, col] = own_rows[col].to_numpy() * factor[sel.to_numpy()]
+                    out.loc[rows, col] = own_rows[col].to_numpy() * factor[rows.to_numpy()]
     if p.hierarchy:
         from pipeline.forecast.reconcile import reconcile_wls
 
         variance = errors.groupby("unique_id")["error"].var().to_dict() if not errors.empty else {}
-        out = reconcile_wls(out.rename(columns={"unique_id": "series_id"}), p.hierarchy, variance).rename(columns={"series_id": "unique_id"})
+        reconciled = reconcile_wls(out.rename(columns={"unique_id": "series_id"}), p.hierarchy, variance)
+        out = reconciled.rename(columns={"series_id": "unique_id"})
         info["reconciliation"] = {"method": "wls (MinT diagonal, out-of-sample error variances)", "aggregates": sorted(p.hierarchy)}
 
     cols = output_columns(levels)
@@ -516,8 +545,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     out[QUANTILE_COLUMNS] = np.maximum.accumulate(out[QUANTILE_COLUMNS].to_numpy(), axis=1)
     for level in levels:
         out[f"hi_{level}"] = np.maximum(out[f"hi_{level}"], out[f"lo_{level}"])
-    wider = [lv for lv in levels]
-    for a, b in zip(wider, wider[1:]):  # nested intervals: wider levels contain narrower ones
+    for a, b in itertools.pairwise(levels):  # nested intervals: wider levels contain narrower ones
         out[f"lo_{b}"] = np.minimum(out[f"lo_{b}"], out[f"lo_{a}"])
         out[f"hi_{b}"] = np.maximum(out[f"hi_{b}"], out[f"hi_{a}"])
     forecasts = out.rename(columns={"unique_id": "series_id"})
@@ -542,66 +570,59 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
 
 
-def select_and_forecast(
-    history: pd.DataFrame,
-    horizon: int,
-    season_length: int,
-    freq: str,
-    tau: float,
-    models: Sequence[str] | str = DEFAULT_MODELS,
-    holdout: int | None = None,
-    *,
-    n_windows: int | None = None,
-    future: pd.DataFrame | None = None,
-    levels: Sequence[int] = FORECAST_LEVELS,
-    hierarchy: dict[str, list[str]] | None = None,
-    n_jobs: int = -1,
-    model_params: dict[str, dict] | None = None,
-    clean: bool = True,
-    combine: bool = True,
-    refit_global: bool | str = "auto",
-    switch_margin: float = 0.15,
-    ensemble_size: int = 2,
-) -> ForecastResult:
-    """Cross-validate `models` per series, pick or combine, calibrate, forecast `horizon` steps.
+def run_engine(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFrame | None = None,
+               hierarchy: dict[str, list[str]] | None = None) -> ForecastResult:
+    """Cross-validate the models per series, pick or combine, calibrate, forecast `options.horizon` steps.
 
     history: long format `unique_id, ds, y` (+ numeric exogenous columns; `event_uplift` is the
     known multiplicative calendar uplift). future: the exogenous columns over the horizon.
-    holdout: the length of each cross-validation window (default: the horizon).
-    switch_margin: a series leaves the overall best model only for one whose relative score is
-    this much lower on it (per-series choices on a few windows are noisy).
-    refit_global: refit global models on the full history after cross-validation ("auto": only
-    for small problems; otherwise the cross-validated model forecasts from the latest origin).
+    hierarchy: aggregate series id → the ids it sums (reconciled after forecasting).
 
     The steps are public (`prepare`, `cross_validate_model`, `choose`, `final_forecast`,
     `assemble`) so that pipeline.forecast.shards can run the per-series ones on shards of series
     and get exactly this function's result.
     """
     t_start = time.perf_counter()
-    p = prepare(history, horizon, season_length, freq, tau, models, holdout, n_windows=n_windows, future=future,
-                levels=levels, hierarchy=hierarchy, n_jobs=n_jobs, model_params=model_params, clean=clean,
-                combine=combine, refit_global=refit_global, switch_margin=switch_margin, ensemble_size=ensemble_size)
+    p = prepare(history, options, future=future, hierarchy=hierarchy)
     info = p.info
+    cv_frames, cv_models = _cross_validate_all(p, info)
+    sel = choose(p, cv_frames, info)
+    point = _final_forecasts(p, sel, cv_models, info)
+    result = assemble(p, sel, point, cv_frames, info)
+    info["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
+    return result
 
-    # 2. rolling-origin cross-validation
+
+def select_and_forecast(history: pd.DataFrame, horizon: int, season_length: int, freq: str, tau: float,
+                        models: Sequence[str] | str = DEFAULT_MODELS, *, future: pd.DataFrame | None = None,
+                        hierarchy: dict[str, list[str]] | None = None, **options: Any) -> ForecastResult:
+    """`run_engine` for callers holding plain values (CLI, backtests): any other `EngineOptions`
+    field by keyword, e.g. `select_and_forecast(history, 48, 24, "h", 0.9, combine=False)`."""
+    engine_options = EngineOptions(horizon=horizon, season_length=season_length, freq=freq, tau=tau, models=models, **options)
+    return run_engine(history, engine_options, future=future, hierarchy=hierarchy)
+
+
+def _cross_validate_all(p: Prepared, info: dict[str, Any]) -> tuple[dict[str, pd.DataFrame], dict[str, Any]]:
+    """Step 2, every scored model: its cross-validation frames, and the global models it trained."""
     cv_frames: dict[str, pd.DataFrame] = {}
     cv_models: dict[str, Any] = {}
-    if p.run_cv:
-        for name in p.scored_names:
-            run = cross_validate_model(p, name)
-            if run.cv is None:
-                if name in p.names:
-                    info["dropped"][name] = run.error
-                continue
-            if run.trained is not None:
-                cv_models[name] = run.trained
-            cv_frames[name] = run.cv
-            info["timings_s"][f"cv:{name}"] = run.seconds
+    if not p.run_cv:
+        return cv_frames, cv_models
+    for name in p.scored_names:
+        run = cross_validate_model(p, name)
+        if run.cv is None:
+            if name in p.names:
+                info["dropped"][name] = run.error
+            continue
+        if run.trained is not None:
+            cv_models[name] = run.trained
+        cv_frames[name] = run.cv
+        info["timings_s"][f"cv:{name}"] = run.seconds
+    return cv_frames, cv_models
 
-    # 3. choice
-    sel = choose(p, cv_frames, info)
 
-    # 4. final fits: every model some series needs
+def _final_forecasts(p: Prepared, sel: Selection, cv_models: dict[str, Any], info: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Step 4, every model some series needs: fitted on the full history (or moved on from cross-validation)."""
     point: dict[str, pd.DataFrame] = {}
     for name, need_ids in sel.needed().items():
         t0 = time.perf_counter()
@@ -609,10 +630,7 @@ def select_and_forecast(
         if error:
             info["dropped"][name] = error
         info["timings_s"][f"fit:{name}"] = round(time.perf_counter() - t0, 3)
-
-    result = assemble(p, sel, point, cv_frames, info)
-    info["timings_s"]["total"] = round(time.perf_counter() - t_start, 3)
-    return result
+    return point
 
 
 @functools.cache
@@ -673,11 +691,18 @@ def _scores(cv_frames: dict[str, pd.DataFrame], candidates: list[str], scale: pd
         for uid, row in agg.iterrows():
             ref_p = base.at[uid, "pinball"] if base is not None and uid in base.index else np.nan
             ref_m = base.at[uid, "mase"] if base is not None and uid in base.index else np.nan
-            rel_p = row["pinball"] / ref_p if np.isfinite(ref_p) and ref_p > 1e-12 else (1.0 if row["pinball"] <= 1e-12 else 2.0)
-            rel_m = row["mase"] / ref_m if np.isfinite(ref_m) and ref_m > 1e-12 else (1.0 if row["mase"] <= 1e-12 else 2.0)
+            rel_p = _relative(row["pinball"], ref_p)
+            rel_m = _relative(row["mase"], ref_m)
             out.setdefault(uid, {})[name] = {"pinball": float(row["pinball"]), "mase": float(row["mase"]),
                                              "score": float(0.5 * (rel_p + rel_m))}
     return out
+
+
+def _relative(loss: float, reference: float) -> float:
+    """`loss` relative to seasonal naive's; where that is perfect (or missing): 1 if this is too, else worse."""
+    if np.isfinite(reference) and reference > ZERO_LOSS:
+        return loss / reference
+    return 1.0 if loss <= ZERO_LOSS else WORSE_THAN_PERFECT
 
 
 def _overall(scores: dict[str, dict[str, dict]], candidates: list[str]) -> dict[str, float]:
@@ -757,36 +782,54 @@ def planning_tau(settings: Settings) -> float:
     return max(settings.cost.tau(r) for r in RESOURCE_TYPES)
 
 
-def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind: str, models: Sequence[str]) -> tuple:
+@dataclass
+class ForecastInputs:
+    """What the forecast stage feeds the engine for one run (shared by `run_forecast` and the sharded forecast)."""
+
+    #: the hourly feature series (pairs, regions, inbound totals) as read: summarised in the manifest
+    feature_history: pd.DataFrame
+    #: what the engine forecasts from: the series at the run's frequency (daily peaks for the daily
+    #: run) with the calendar-uplift and lagged-telemetry columns
+    engine_input: pd.DataFrame
+    options: EngineOptions
+    future: pd.DataFrame | None  # the exogenous columns over the horizon
+    hierarchy: dict[str, list[str]]  # inbound totals → the pair series they sum
+
+    def summary(self) -> dict[str, Any]:
+        return history_summary(self.feature_history)
+
+
+def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind: str, models: Sequence[str]) -> ForecastInputs:
     """What the pipeline feeds the engine: the inbound hierarchy (pairs → destination totals),
     the calendar uplift (history and horizon), lagged telemetry regressors (hourly), and Prophet's
-    holidays. Returns (history with aggregates, model input, future, hierarchy, model params,
-    horizon, season length, freq)."""
-    from pipeline.forecast.exog import calendar_uplift, inbound_hierarchy, prophet_holidays, telemetry_regressors
+    holidays, with the engine options of a `kind` ("hourly" or "daily") run."""
+    from pipeline.forecast.exog import TELEMETRY_LAG_HOURS, calendar_uplift, inbound_hierarchy, prophet_holidays, telemetry_regressors
 
     history, hierarchy = inbound_hierarchy(history)
     if kind == "hourly":
-        horizon, season, freq = settings.horizon_hours, 24, "h"
+        horizon, season, freq = settings.horizon_hours, HOURS_PER_DAY, "h"
         hist = history
     elif kind == "daily":
-        horizon, season, freq = settings.daily_horizon_days, 7, "D"
+        horizon, season, freq = settings.daily_horizon_days, DAYS_PER_WEEK, "D"
         hist = to_daily(history)
     else:
         raise ValueError(f"kind must be 'hourly' or 'daily', got {kind!r}")
     hist, future = calendar_uplift(settings.lake_root, as_of, hist, horizon, freq)
-    if kind == "hourly" and horizon <= 168:
+    if kind == "hourly" and horizon <= TELEMETRY_LAG_HOURS:  # lagged a week: known over the horizon
         start = pd.to_datetime(hist["ds"]).min().to_pydatetime()
         hist, tel_future = telemetry_regressors(settings.lake_root, start, as_of, hist, horizon)
         future = tel_future if future is None else future.merge(tel_future, on=["unique_id", "ds"], how="outer")
     params: dict[str, dict] = {}
     if "prophet" in resolve_models(models, hist["unique_id"].nunique()):
         params["prophet"] = {"holidays": prophet_holidays(settings.lake_root, as_of, sorted(hist["unique_id"].unique()))}
-    return history, hist, future, hierarchy, params, horizon, season, freq
+    options = EngineOptions(horizon=horizon, season_length=season, freq=freq, tau=planning_tau(settings), models=models,
+                            model_params=params)
+    return ForecastInputs(feature_history=history, engine_input=hist, options=options, future=future, hierarchy=hierarchy)
 
 
-def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict[str, Any]:
-    """The forecast stage's inputs for the run ending at `interval.end`: feature series, τ, the
-    engine's arguments (shared by `run_forecast` and the sharded forecast)."""
+def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> ForecastInputs:
+    """The forecast stage's inputs for the run ending at `interval.end`: the feature series and the
+    engine's input and options (shared by `run_forecast` and the sharded forecast)."""
     pair_volume = read_features(settings, "pair_volume_hourly", interval).to_pandas()
     region_demand = read_features(settings, "region_demand_hourly", interval).to_pandas()
     history = series_from_features(pair_volume, region_demand)
@@ -795,19 +838,19 @@ def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly"
     if kind == "hourly":  # forecast what arrivals add; write_forecast adds the committed level back
         carried = read_features(settings, "region_carried_hourly", interval).to_pandas()
         history = pd.concat([history, fresh_history(region_demand, carried)], ignore_index=True)
-    tau = planning_tau(settings)
-    history, hist, future, hierarchy, params, horizon, season, freq = pipeline_inputs(settings, interval.end, history, kind, models)
-    return {"history": history, "hist": hist, "future": future, "hierarchy": hierarchy, "params": params,
-            "horizon": horizon, "season": season, "freq": freq, "tau": tau}
+    return pipeline_inputs(settings, interval.end, history, kind, models)
 
 
 def history_summary(history: pd.DataFrame) -> dict[str, Any]:
     return {"start": str(history["ds"].min()), "end": str(history["ds"].max()), "series": int(history["unique_id"].nunique())}
 
 
-def write_forecast(interval: DataInterval, settings: Settings, kind: str, models: Sequence[str], result: ForecastResult,
-                   history: dict[str, Any], horizon: int, season: int, tau: float) -> dict:
-    """Publish `result` as lake/forecasts/run=<run_id>/{forecast.parquet, manifest.json} (data first, manifest last)."""
+def write_forecast(interval: DataInterval, settings: Settings, result: ForecastResult, *, kind: str, models: Sequence[str],
+                   history: dict[str, Any], horizon: int, season_length: int, tau: float) -> dict:
+    """Publish `result` as lake/forecasts/run=<run_id>/{forecast.parquet, manifest.json} (data first, manifest last).
+
+    history: `history_summary` of the feature series; the other keywords are recorded in the manifest.
+    """
     run_id = forecast_run_id(kind, interval)
     out_dir = lake.forecast_dir(settings.lake_root, run_id)
     forecasts = result.forecasts
@@ -823,7 +866,7 @@ def write_forecast(interval: DataInterval, settings: Settings, kind: str, models
         "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
         "history": history,
         "horizon": horizon,
-        "season_length": season,
+        "season_length": season_length,
         "tau": tau,
         "models": list(result.info.get("models", models)),
         "engine": info,
@@ -836,9 +879,9 @@ def write_forecast(interval: DataInterval, settings: Settings, kind: str, models
 def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
     """Forecast every series for the run ending at `interval.end`; writes forecast + manifest."""
     x = load_inputs(interval, settings, kind, models)
-    result = select_and_forecast(x["hist"], x["horizon"], x["season"], x["freq"], x["tau"], models, future=x["future"],
-                                 hierarchy=x["hierarchy"], model_params=x["params"])
-    return write_forecast(interval, settings, kind, models, result, history_summary(x["history"]), x["horizon"], x["season"], x["tau"])
+    result = run_engine(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy)
+    return write_forecast(interval, settings, result, kind=kind, models=models, history=x.summary(),
+                          horizon=x.options.horizon, season_length=x.options.season_length, tau=x.options.tau)
 
 
 def read_forecast(settings: Settings, run_id: str) -> pd.DataFrame:
@@ -849,7 +892,27 @@ def read_forecast(settings: Settings, run_id: str) -> pd.DataFrame:
     return pq.read_table(p, filesystem=fs).to_pandas()
 
 
-__all__ = ["ForecastResult", "run_forecast", "read_forecast", "select_and_forecast", "series_from_features", "resolve_models",
-           # the steps of select_and_forecast and run_forecast, for the sharded forecast (pipeline.forecast.shards)
-           "Prepared", "ModelRun", "Selection", "prepare", "cross_validate_model", "choose", "final_forecast", "assemble",
-           "load_inputs", "history_summary", "write_forecast"]
+# The steps of run_engine and run_forecast (Prepared … write_forecast) are public for the sharded
+# forecast (pipeline.forecast.shards).
+__all__ = [
+    "EngineOptions",
+    "ForecastInputs",
+    "ForecastResult",
+    "ModelRun",
+    "Prepared",
+    "Selection",
+    "assemble",
+    "choose",
+    "cross_validate_model",
+    "final_forecast",
+    "history_summary",
+    "load_inputs",
+    "prepare",
+    "read_forecast",
+    "resolve_models",
+    "run_engine",
+    "run_forecast",
+    "select_and_forecast",
+    "series_from_features",
+    "write_forecast",
+]

@@ -68,7 +68,8 @@ def uplift_table(events: pd.DataFrame, uids: list[str], stamps: pd.DatetimeIndex
     return pd.concat(rows, ignore_index=True)
 
 
-def calendar_uplift(lake_root: str, as_of: datetime, history: pd.DataFrame, horizon: int, freq: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+def calendar_uplift(lake_root: str, as_of: datetime, history: pd.DataFrame, horizon: int,
+                    freq: str) -> tuple[pd.DataFrame, pd.DataFrame | None]:
     """History with an `event_uplift` column and the future frame for the horizon.
 
     Without a calendar snapshot in the lake the history is returned unchanged (and no future).
@@ -109,7 +110,8 @@ def prophet_holidays(lake_root: str, as_of: datetime, uids: list[str]) -> pd.Dat
     return pd.concat(rows, ignore_index=True) if rows else None
 
 
-def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history: pd.DataFrame, horizon_hours: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history: pd.DataFrame,
+                         horizon_hours: int) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Add `cpu_util_lag168` and `active_users_lag168` (hourly means of the region's telemetry one
     week earlier) to region-level series; returns (history, future) for a horizon ≤ 168 h."""
     if horizon_hours > TELEMETRY_LAG_HOURS:

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
-from pipeline.forecast.base import Forecaster, NotEnoughData, exog_columns, future_index
+from pipeline.forecast.base import MIN_SCALE, RELATIVE_SCALE_FLOOR, Forecaster, NotEnoughData, exog_columns, future_index
 from pipeline.forecast.quantiles import quantile_column
 
 N_BUCKETS = 4  # horizon buckets of the model's own residual quantiles
@@ -182,7 +182,8 @@ class GlobalGBMModel(Forecaster):
             frames.append((uid, y, dts, np.nan_to_num(x)))
         return frames
 
-    def _features(self, flat: _Flat, series: np.ndarray, base: np.ndarray, h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    def _features(self, flat: _Flat, series: np.ndarray, base: np.ndarray,
+                  h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
         """Feature matrix for rows (series index, flat index of origin t, step h); also c, s, anchor."""
         m, lookback = self.season_length, self._lookback
         y = np.nan_to_num(flat.y)
@@ -191,7 +192,7 @@ class GlobalGBMModel(Forecaster):
         first_diff = np.maximum(base - lookback + m, start + m)
         n_diff = np.maximum(base - first_diff, 1)
         s = (flat.cd[base] - flat.cd[first_diff]) / n_diff
-        s = np.maximum(s, np.maximum(1e-3 * np.abs(c), 1e-8))
+        s = np.maximum(s, np.maximum(RELATIVE_SCALE_FLOOR * np.abs(c), MIN_SCALE))
         cols = [(y[base[:, None] - m + np.arange(m)[None, :]] - c[:, None]) / s[:, None]]
         k = (h // m + 1) * m
         n_profile = min(7, max(1, (lookback - self._horizon_seasons * m) // m + 1))
@@ -204,7 +205,7 @@ class GlobalGBMModel(Forecaster):
         n_means = min(7, lookback // m)
         means = [((flat.cy[base - m * j] - flat.cy[base - m * (j + 1)]) / m - c) / s for j in range(n_means)]
         cols.append(np.stack(means, axis=1))
-        cols.append(np.stack([h, h % m, c / s, np.log(s / np.maximum(np.abs(c), 1e-8))], axis=1))
+        cols.append(np.stack([h, h % m, c / s, np.log(s / np.maximum(np.abs(c), MIN_SCALE))], axis=1))
         if self._p("calendar", True):
             target = base + h
             cols.append(np.stack([flat.hour[target], flat.dow[target]], axis=1))
@@ -312,7 +313,7 @@ class GlobalGBMModel(Forecaster):
                      hour=np.concatenate([f[2] for f in frames]), dow=np.concatenate([f[3] for f in frames]),
                      exog=np.concatenate([f[4] for f in frames]))
 
-    def _forecast_at(self, flat: _Flat, origins: np.ndarray, h: int, levels: Sequence[int]) -> dict[str, np.ndarray]:
+    def _forecast_at(self, flat: _Flat, origins: np.ndarray, h: int, levels: Sequence[int]) -> dict[str | float, np.ndarray]:
         """Forecasts for steps 0..h-1 after `origins` (per series, in-series index of t)."""
         n = len(flat.ids)
         series = np.repeat(np.arange(n), h)
@@ -321,7 +322,7 @@ class GlobalGBMModel(Forecaster):
         X, c, s, anchor = self._features(flat, series, base, step)
         with _threads(self._p("n_threads", 1)):
             pred = self._model.predict(X)
-        out = {"mean": c + s * (pred + anchor)}
+        out: dict[str | float, np.ndarray] = {"mean": c + s * (pred + anchor)}  # "mean" and one entry per quantile
         bucket = np.minimum(step * N_BUCKETS // h, N_BUCKETS - 1)
         for p, qs in self._resid_q.items():
             out[p] = c + s * (pred + anchor + qs[bucket])
@@ -368,7 +369,8 @@ class GlobalGBMModel(Forecaster):
             origin = lengths - held_out + window * step
             values = self._forecast_at(flat, origin + pad, h, ())
             ok = np.repeat(origin >= 1, h)
-            ds = np.concatenate([d[o:o + h] if o >= 1 else np.full(h, np.datetime64("NaT"), dtype="datetime64[ns]") for d, o in zip(ds_by_series, origin)])
+            missing = np.full(h, np.datetime64("NaT"), dtype="datetime64[ns]")
+            ds = np.concatenate([d[o:o + h] if o >= 1 else missing for d, o in zip(ds_by_series, origin)])
             frames.append(pd.DataFrame({"unique_id": np.repeat(flat.ids, h)[ok], "ds": ds[ok],
                                         "mean": values["mean"][ok], "window": window}))
         out = pd.concat(frames, ignore_index=True)

@@ -67,7 +67,7 @@ class StatsForecastModel(Forecaster):
     def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
         sf, alias = self._sf()
         all_levels = sorted({*INTERVAL_LEVELS, *levels})
-        raw = sf.forecast(h=h, df=self._history[list(KEY_COLUMNS)], level=all_levels)
+        raw = sf.forecast(h=h, df=self.fitted_history[list(KEY_COLUMNS)], level=all_levels)
         out = pd.DataFrame({"unique_id": raw["unique_id"].astype(str), "ds": raw["ds"], "mean": raw[alias]})
         out["q50"] = raw[alias]
         for q, level in QUANTILE_LEVELS.items():
@@ -165,9 +165,10 @@ class SeasonalMeanModel(Forecaster):
 
     def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
         m, k = self.season_length, int(self.params.get("window", 4))
-        idx = future_index(self._history, h, self.freq)
+        history = self.fitted_history
+        idx = future_index(history, h, self.freq)
         means, sigmas = [], []
-        for _, group in self._history.groupby("unique_id", sort=True):
+        for _, group in history.groupby("unique_id", sort=True):
             y = group["y"].to_numpy(float)
             n_seasons = max(1, min(k, len(y) // m))
             if len(y) < m:
@@ -246,7 +247,7 @@ class ProphetModel(Forecaster):
     def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
         from joblib import Parallel, delayed
 
-        hist = self._history
+        hist = self.fitted_history
         regressors = exog_columns(hist)
         idx = future_index(hist, h, self.freq)
         if regressors:

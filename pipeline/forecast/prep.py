@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 
 EVENT_COLUMN = "event_uplift"  # multiplicative: 0.3 means +30 % over the normal level
+FLAT_SERIES_SCALE = 1e-8  # the MASE scale of a series that never moves (its errors are then huge, not infinite)
 
 
 class InputError(ValueError):
@@ -37,7 +38,7 @@ def season_for(freq: str) -> int:
         return 24
     if step == pd.Timedelta(days=1):
         return 7
-    return max(1, int(round(pd.Timedelta(days=1) / step))) if step < pd.Timedelta(days=1) else 1
+    return max(1, round(pd.Timedelta(days=1) / step)) if step < pd.Timedelta(days=1) else 1
 
 
 def validate_long_format(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
@@ -179,7 +180,7 @@ def mase_scale(frame: pd.DataFrame, season_length: int) -> pd.Series:
             scale = np.mean(np.abs(np.diff(y))) if len(y) > 1 else np.nan
         if not np.isfinite(scale) or scale <= 0:
             scale = np.mean(np.abs(y)) if len(y) else 0.0
-        out[uid] = float(scale) if np.isfinite(scale) and scale > 0 else 1e-8
+        out[uid] = float(scale) if np.isfinite(scale) and scale > 0 else FLAT_SERIES_SCALE
     return pd.Series(out)
 
 
@@ -219,7 +220,10 @@ class PooledProfile:
             stacked = np.nanmedian(np.vstack(profs), axis=0)
             self.profiles[g] = np.nan_to_num(stacked, nan=1.0)
         all_profiles = [p for profs in by_group.values() for p in profs]
-        self.profiles["*"] = np.nan_to_num(np.nanmedian(np.vstack(all_profiles), axis=0), nan=1.0) if all_profiles else np.ones(self.season_length)
+        if all_profiles:
+            self.profiles["*"] = np.nan_to_num(np.nanmedian(np.vstack(all_profiles), axis=0), nan=1.0)
+        else:
+            self.profiles["*"] = np.ones(self.season_length)
         return self
 
     def predict(self, uid: str, recent_y: np.ndarray, recent_ds: pd.Series, ds: pd.DatetimeIndex) -> np.ndarray:

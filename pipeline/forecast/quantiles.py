@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from pipeline.common.schemas import FORECAST_QUANTILES
 
 # Central interval level whose upper bound is the quantile q: level = (2q - 1) * 100.
-QUANTILE_LEVELS: dict[float, int] = {q: int(round((2 * q - 1) * 100)) for q in FORECAST_QUANTILES if q > 0.5}
+QUANTILE_LEVELS: dict[float, int] = {q: round((2 * q - 1) * 100) for q in FORECAST_QUANTILES if q > 0.5}
 INTERVAL_LEVELS: tuple[int, ...] = tuple(sorted({*QUANTILE_LEVELS.values(), 80, 95}))
 
 
 def quantile_column(q: float) -> str:
-    return f"q{int(round(q * 100))}"
+    return f"q{round(q * 100)}"
 
 
 def interpolate_quantile(columns: dict[float, np.ndarray], tau: float) -> np.ndarray:
@@ -23,7 +25,7 @@ def interpolate_quantile(columns: dict[float, np.ndarray], tau: float) -> np.nda
     """
     levels = sorted(columns)
     tau = float(np.clip(tau, levels[0], levels[-1]))
-    for low, high in zip(levels, levels[1:]):
+    for low, high in itertools.pairwise(levels):
         if low <= tau <= high:
             weight = 0.0 if high == low else (tau - low) / (high - low)
             return (1 - weight) * columns[low] + weight * columns[high]

@@ -48,7 +48,9 @@ def reconcile_wls(forecast: pd.DataFrame, hierarchy: dict[str, list[str]], varia
     else:
         structural = S.sum(axis=1)
         w = np.array([float(variance.get(s, np.nan)) if variance else np.nan for s in order])
-        w = np.where(np.isfinite(w) & (w > 0), w, structural * np.nanmedian(np.where(w > 0, w / structural, np.nan)) if np.isfinite(w).any() else structural)
+        # series without an error variance: their structural weight, scaled like the others
+        fallback = structural * np.nanmedian(np.where(w > 0, w / structural, np.nan)) if np.isfinite(w).any() else structural
+        w = np.where(np.isfinite(w) & (w > 0), w, fallback)
         w = np.where(np.isfinite(w) & (w > 0), w, structural)
         StWinv = S.T * (1.0 / w)  # S.T @ diag(1/w) without the dense (series × series) diagonal
         G = np.linalg.solve(StWinv @ S, StWinv)

@@ -1,10 +1,10 @@
-"""The forecast stage fanned out over shards of series: plan → (fit global models ‖ forecast shards) → reduce.
+"""The forecast stage fanned out over shards of series: split → (fit global models ‖ forecast shards) → reduce.
 
 `run_forecast` does everything in one process. With thousands of series the per-series work
 (cross-validating and fitting the local models) dominates, so the hourly DAG maps it over shards
 of series, while the work that is not per-series runs once:
 
-- `plan_shards` reads the features, prepares the engine's inputs once over all series
+- `split_shards` reads the features, prepares the engine's inputs once over all series
   (`engine.prepare`: regular grids, calendar uplifts, outlier cleaning and the run-wide
   parameters) and splits the sorted series ids into contiguous shards. The shard count follows
   the number of series: ceil(series / series_per_shard), at most `max_shards` and `max_map_length`.
@@ -22,9 +22,9 @@ of series, while the work that is not per-series runs once:
 The result equals `run_forecast`'s for the same inputs (tests/test_fanout.py). Intermediates live
 in the lake under `forecasts/run=<run_id>/_work/` (shared by every worker; pickles written and read
 by the same code for the same run); each part is written atomically under a fixed name, so a
-retried shard overwrites its own part and nothing else, and parts carry the plan's token so a part
-left by an earlier plan of the run is rejected. After publishing, the reduce step deletes the
-intermediates and keeps `_work/plan.json` (the split, and what was published: a retried reduce
+retried shard overwrites its own part and nothing else, and parts carry the split's token so a part
+left by an earlier split of the run is rejected. After publishing, the reduce step deletes the
+intermediates and keeps `_work/shards.json` (the split, and what was published: a retried reduce
 returns it). Differences from the single-process run are on failure paths only: a local model
 whose final fit fails falls back to seasonal naive for the series of its shard rather than of the
 whole run, and the GBM's final fit runs even when no series ends up choosing it.
@@ -52,10 +52,11 @@ SERIES_PER_SHARD = 25  # a shard task costs ~3 s of start-up; local models ~0.05
 MAX_SHARDS = 16
 MAX_MAP_LENGTH = 1024  # Airflow's [core] max_map_length default
 GLOBAL_PART = "global"
+SPLIT_FILE = "shards.json"  # under _work/: the run's split into shards, kept after publishing
 
 
 class MissingShards(RuntimeError):
-    """The reduce step found parts missing or from another plan: the run's shards did not all finish."""
+    """The reduce step found parts missing or from another split: the run's shards did not all finish."""
 
 
 @dataclass
@@ -70,17 +71,22 @@ class Part:
     final_errors: dict[str, str] = field(default_factory=dict)
 
 
+def _env_int(name: str, default: int) -> int:
+    """An integer setting from the environment; unset or blank means `default`."""
+    return int(os.environ.get(name, "").strip() or default)
+
+
 def shard_count(n_series: int, series_per_shard: int | None = None, max_shards: int | None = None,
                 max_map_length: int = MAX_MAP_LENGTH) -> int:
     """ceil(series / series_per_shard), at least 1, at most max_shards and Airflow's max_map_length."""
-    per = series_per_shard if series_per_shard is not None else int(os.environ.get("PEERSCALE_FORECAST_SERIES_PER_SHARD", "").strip() or SERIES_PER_SHARD)
-    cap = max_shards if max_shards is not None else int(os.environ.get("PEERSCALE_FORECAST_MAX_SHARDS", "").strip() or MAX_SHARDS)
+    per = series_per_shard if series_per_shard is not None else _env_int("PEERSCALE_FORECAST_SERIES_PER_SHARD", SERIES_PER_SHARD)
+    cap = max_shards if max_shards is not None else _env_int("PEERSCALE_FORECAST_MAX_SHARDS", MAX_SHARDS)
     if per < 1 or cap < 1:
         raise ValueError(f"series per shard and max shards must be positive, got {per} and {cap}")
     return max(1, min(math.ceil(n_series / per), cap, max_map_length))
 
 
-def split(ids: Sequence[str], n: int) -> list[list[str]]:
+def contiguous_chunks(ids: Sequence[str], n: int) -> list[list[str]]:
     """Contiguous, near-equal chunks of the sorted ids (concatenated they are the sorted ids again)."""
     ordered = sorted(ids)
     size, extra = divmod(len(ordered), n)
@@ -120,35 +126,37 @@ def _load(uri: str) -> Any:
     return pickle.loads(storage.read_bytes(uri))
 
 
-def _read_plan(settings: Settings, run_id: str) -> dict:
-    path = storage.join(work_dir(settings, run_id), "plan.json")
+def _split_path(settings: Settings, run_id: str) -> str:
+    return storage.join(work_dir(settings, run_id), SPLIT_FILE)
+
+
+def _read_split(settings: Settings, run_id: str) -> dict:
+    path = _split_path(settings, run_id)
     if not storage.exists(path):
-        raise MissingShards(f"no shard plan at {path}: run plan_shards for {run_id} first")
+        raise MissingShards(f"no shard split at {path}: run split_shards for {run_id} first")
     return lake.read_json(path)
 
 
 # ---- the steps -------------------------------------------------------------------------------------
 
-def plan_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS, *,
-                series_per_shard: int | None = None, max_shards: int | None = None,
-                max_map_length: int = MAX_MAP_LENGTH) -> list[dict]:
+def split_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS, *,
+                 series_per_shard: int | None = None, max_shards: int | None = None,
+                 max_map_length: int = MAX_MAP_LENGTH) -> list[dict]:
     """Prepare the run's inputs once and split its series; returns one small descriptor per shard (for `expand`)."""
     x = engine.load_inputs(interval, settings, kind, models)
-    p = engine.prepare(x["hist"], x["horizon"], x["season"], x["freq"], x["tau"], models, future=x["future"],
-                       hierarchy=x["hierarchy"], model_params=x["params"])
+    p = engine.prepare(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy)
     run_id = engine.forecast_run_id(kind, interval)
-    shards = split(p.ids, shard_count(len(p.ids), series_per_shard, max_shards, max_map_length))
-    token = uuid.uuid4().hex  # identifies this plan: parts of an earlier plan of the same run are rejected
-    work = work_dir(settings, run_id)
-    storage.delete_dir(work)  # a re-planned run starts from nothing
+    shards = contiguous_chunks(p.ids, shard_count(len(p.ids), series_per_shard, max_shards, max_map_length))
+    token = uuid.uuid4().hex  # identifies this split: parts of an earlier split of the same run are rejected
+    storage.delete_dir(work_dir(settings, run_id))  # a run split again starts from nothing
     _dump(_data(settings, run_id, "prepared.pkl"), p)
     for i, ids in enumerate(shards):
         _dump(_data(settings, run_id, f"input-{_shard_name(i, len(shards))}.pkl"), p.subset(ids))
-    plan = {"run_id": run_id, "kind": kind, "token": token, "models": list(models),
-            "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
-            "history": engine.history_summary(x["history"]), "horizon": x["horizon"], "season_length": x["season"],
-            "tau": x["tau"], "shards": shards}
-    lake.write_json_atomic(storage.join(work, "plan.json"), plan)  # last: the plan exists only when its inputs do
+    split = {"run_id": run_id, "kind": kind, "token": token, "models": list(models),
+             "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
+             "history": x.summary(), "horizon": x.options.horizon, "season_length": x.options.season_length,
+             "tau": x.options.tau, "shards": shards}
+    lake.write_json_atomic(_split_path(settings, run_id), split)  # last: the split exists only when its inputs do
     return [{"run_id": run_id, "shard": i, "shards": len(shards), "series": len(ids)} for i, ids in enumerate(shards)]
 
 
@@ -180,9 +188,9 @@ def _run_models(p: Prepared, names: list[str], token: str, part_name: str) -> Pa
 
 def fit_global(run_id: str, settings: Settings) -> dict:
     """Cross-validate and fit every global model once on all series (as the single-process run does)."""
-    plan = _read_plan(settings, run_id)
+    split = _read_split(settings, run_id)
     p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
-    part = _run_models(p, _global_names(p), plan["token"], GLOBAL_PART)
+    part = _run_models(p, _global_names(p), split["token"], GLOBAL_PART)
     path = _part_path(settings, run_id, GLOBAL_PART)
     _dump(path, part)
     return {"run_id": run_id, "part": path, "models": _global_names(p)}
@@ -190,20 +198,20 @@ def fit_global(run_id: str, settings: Settings) -> dict:
 
 def forecast_shard(run_id: str, shard: int, settings: Settings) -> dict:
     """Cross-validate and forecast the local models on one shard's series; writes the shard's part atomically."""
-    plan = _read_plan(settings, run_id)
-    total = len(plan["shards"])
+    split = _read_split(settings, run_id)
+    total = len(split["shards"])
     if not 0 <= shard < total:
-        raise ValueError(f"shard {shard} out of range: the plan of {run_id} has {total} shards")
+        raise ValueError(f"shard {shard} out of range: the split of {run_id} has {total} shards")
     name = _shard_name(shard, total)
     p: Prepared = _load(_data(settings, run_id, f"input-{name}.pkl"))
-    part = _run_models(p, _local_names(p), plan["token"], name)
+    part = _run_models(p, _local_names(p), split["token"], name)
     path = _part_path(settings, run_id, name)
     _dump(path, part)
     return {"run_id": run_id, "shard": shard, "part": path, "series": len(p.ids)}
 
 
-def _read_parts(settings: Settings, run_id: str, plan: dict) -> list[Part]:
-    names = [GLOBAL_PART, *(_shard_name(i, len(plan["shards"])) for i in range(len(plan["shards"])))]
+def _read_parts(settings: Settings, run_id: str, split: dict) -> list[Part]:
+    names = [GLOBAL_PART, *(_shard_name(i, len(split["shards"])) for i in range(len(split["shards"])))]
     parts, missing = [], []
     for name in names:
         path = _part_path(settings, run_id, name)
@@ -211,16 +219,16 @@ def _read_parts(settings: Settings, run_id: str, plan: dict) -> list[Part]:
             missing.append(name)
             continue
         part: Part = _load(path)
-        if part.token != plan["token"]:
-            missing.append(f"{name} (from another plan)")
+        if part.token != split["token"]:
+            missing.append(f"{name} (from another split)")
             continue
         parts.append(part)
     if missing:
         raise MissingShards(f"forecast run {run_id}: parts missing: {', '.join(missing)}; rerun those tasks, then reduce")
-    expected = [sid for ids in plan["shards"] for sid in ids]
+    expected = [sid for ids in split["shards"] for sid in ids]
     covered = [sid for part in parts[1:] for sid in part.series]
     if covered != expected:
-        raise MissingShards(f"forecast run {run_id}: the shard parts cover {len(covered)} series, the plan {len(expected)}")
+        raise MissingShards(f"forecast run {run_id}: the shard parts cover {len(covered)} series, the split {len(expected)}")
     return parts
 
 
@@ -236,56 +244,67 @@ def _merge_cv(name: str, runs: list[ModelRun]) -> tuple[pd.DataFrame | None, str
     return cv.sort_values(["unique_id", "window", "ds"], kind="stable").reset_index(drop=True), None
 
 
-def reduce_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
-    """Check every part is present, choose, calibrate and reconcile over all series, publish like `run_forecast`."""
-    run_id = engine.forecast_run_id(kind, interval)
-    plan = _read_plan(settings, run_id)
-    if list(plan["models"]) != list(models):
-        raise ValueError(f"forecast run {run_id} was planned for models {plan['models']}, not {list(models)}")
-    if "published" in plan:  # a retry after this step had already published: nothing left to do
-        return plan["published"]
-    p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
-    parts = _read_parts(settings, run_id, plan)
-    info = p.info
-    info["timings_s"] = {}
-
-    # 2. cross-validation, merged in the engine's model order
+def _merged_cv(p: Prepared, parts: list[Part], info: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Step 2 over all parts: each model's cross-validation, merged in the engine's model order."""
     cv_frames: dict[str, pd.DataFrame] = {}
-    if p.run_cv:
-        for name in p.scored_names:
-            cv, error = _merge_cv(name, [part.cv[name] for part in parts if name in part.cv])
-            if cv is None:
-                if name in p.names:
-                    info["dropped"][name] = error
-                continue
-            cv_frames[name] = cv
+    if not p.run_cv:
+        return cv_frames
+    for name in p.scored_names:
+        cv, error = _merge_cv(name, [part.cv[name] for part in parts if name in part.cv])
+        if cv is None:
+            if name in p.names:
+                info["dropped"][name] = error
+            continue
+        cv_frames[name] = cv
+    return cv_frames
 
-    # 3. choice (run-wide) and 4. the final forecasts each series needs
-    sel = engine.choose(p, cv_frames, info)
+
+def _gathered_forecasts(run_id: str, sel: engine.Selection, parts: list[Part], info: dict[str, Any]) -> dict[str, pd.DataFrame]:
+    """Step 4 from the parts: every model's final forecast of the series that need it."""
     point: dict[str, pd.DataFrame] = {}
     for name, need_ids in sel.needed().items():
         need = set(need_ids)
         holders = [part for part in parts if name in part.final and need & set(part.final[name]["unique_id"])]
         pred = pd.concat([part.final[name] for part in holders], ignore_index=True) if holders else pd.DataFrame(columns=["unique_id"])
         point[name] = pred[pred["unique_id"].isin(need)].reset_index(drop=True)
-        if set(point[name]["unique_id"]) != need:
-            raise MissingShards(f"forecast run {run_id}: no {name} forecast for {len(need - set(point[name]['unique_id']))} series that chose it")
+        lacking = need - set(point[name]["unique_id"])
+        if lacking:
+            raise MissingShards(f"forecast run {run_id}: no {name} forecast for {len(lacking)} series that chose it")
         errors = [part.final_errors[name] for part in holders if name in part.final_errors]
         if errors:
             info["dropped"][name] = errors[0]
+    return point
+
+
+def reduce_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
+    """Check every part is present, choose, calibrate and reconcile over all series, publish like `run_forecast`."""
+    run_id = engine.forecast_run_id(kind, interval)
+    split = _read_split(settings, run_id)
+    if list(split["models"]) != list(models):
+        raise ValueError(f"forecast run {run_id} was split for models {split['models']}, not {list(models)}")
+    if "published" in split:  # a retry after this step had already published: nothing left to do
+        return split["published"]
+    p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
+    parts = _read_parts(settings, run_id, split)
+    info = p.info
+    info["timings_s"] = {}
+    cv_frames = _merged_cv(p, parts, info)
+    sel = engine.choose(p, cv_frames, info)  # step 3, run-wide
+    point = _gathered_forecasts(run_id, sel, parts, info)
     result = engine.assemble(p, sel, point, cv_frames, info)
-    out = {**engine.write_forecast(interval, settings, kind, models, result, plan["history"], plan["horizon"],
-                                   plan["season_length"], plan["tau"]), "shards": len(plan["shards"])}
-    # Keep the (small) plan as the record of how the run was split; drop the bulky intermediates.
-    lake.write_json_atomic(storage.join(work_dir(settings, run_id), "plan.json"), {**plan, "published": out})
+    published = engine.write_forecast(interval, settings, result, kind=kind, models=models, history=split["history"],
+                                      horizon=split["horizon"], season_length=split["season_length"], tau=split["tau"])
+    out = {**published, "shards": len(split["shards"])}
+    # Keep the (small) split as the record of the run; drop the bulky intermediates.
+    lake.write_json_atomic(_split_path(settings, run_id), {**split, "published": out})
     storage.delete_dir(_data(settings, run_id, ""))
     return out
 
 
 def run_sharded(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS,
-                **plan_options: Any) -> dict:
+                **split_options: Any) -> dict:
     """All steps in this process, shard after shard (what the DAG runs as separate tasks)."""
-    shards = plan_shards(interval, settings, kind, models, **plan_options)
+    shards = split_shards(interval, settings, kind, models, **split_options)
     run_id = engine.forecast_run_id(kind, interval)
     fit_global(run_id, settings)
     for shard in shards:
@@ -293,4 +312,5 @@ def run_sharded(interval: DataInterval, settings: Settings, kind: str = "hourly"
     return reduce_shards(interval, settings, kind, models)
 
 
-__all__ = ["MissingShards", "fit_global", "forecast_shard", "plan_shards", "reduce_shards", "run_sharded", "shard_count", "split"]
+__all__ = ["MissingShards", "contiguous_chunks", "fit_global", "forecast_shard", "reduce_shards", "run_sharded", "shard_count",
+           "split_shards"]
