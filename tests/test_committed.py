@@ -1,4 +1,4 @@
-"""Committed demand (pipeline.features.committed + pipeline.forecast.committed) against brute force.
+"""Committed demand (pipeline.features.committed_levels + pipeline.forecast.committed) against brute force.
 
 What running sessions will still hold is known at the origin (durations are declared); the hour's
 peak = carried + fresh. Checked on the same awkward sessions the feature SQL is tested on.
@@ -15,7 +15,7 @@ import pytest
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import RESOURCE_TYPES, region_series_id
 from pipeline.features.build import compute_features
-from pipeline.features.committed import carried_levels, committed_profile
+from pipeline.features.committed_levels import carried_levels, committed_profile
 from pipeline.forecast.committed import apply_committed, fresh_history, fresh_series_id
 from tests.test_features import REGIONS, WINDOW, random_sessions, requests_table
 

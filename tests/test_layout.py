@@ -43,9 +43,7 @@ LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset({
 })
 
 # Module file names that still appear in more than one package of pipeline/.
-REPEATED_NAMES_ALLOWED: frozenset[str] = frozenset({
-    "committed.py",  # pipeline/features/committed.py and pipeline/forecast/committed.py
-})
+REPEATED_NAMES_ALLOWED: frozenset[str] = frozenset()
 
 NEVER_IN_PIPELINE = frozenset({"airflow"})
 NOT_AT_IRC_MODULE_LEVEL = frozenset({"pandas", "airflow", "ortools", "great_expectations", "duckdb"})

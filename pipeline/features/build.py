@@ -22,7 +22,7 @@ from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import PEERING_REQUESTS
-from pipeline.features.committed import carried_levels, committed_profile
+from pipeline.features.committed_levels import carried_levels, committed_profile
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"  # ships inside the package
 FEATURE_SETS = ("pair_volume_hourly", "region_demand_hourly")

@@ -8,7 +8,7 @@ throws that knowledge away; peerscale forecasts only what new arrivals add:
     peak(h) = carried(h) + fresh(h)       carried(h): held at h's start by sessions begun before h
                                           fresh(h) ≥ 0: what the hour's arrivals add on top
 
-- `carried_levels`, `committed_profile` (`pipeline.features.committed`): carried(h), and the
+- `carried_levels`, `committed_profile` (`pipeline.features.committed_levels`): carried(h), and the
   levels running sessions hold at t + k.
 - `fresh_history`: the region-demand series minus carried, as series `fresh:<region>:<resource>`,
   forecast by the engine next to the peak series.

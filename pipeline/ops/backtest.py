@@ -234,7 +234,7 @@ def run_backtest(
     scratch_dir: str | None = None,
 ) -> BacktestResult:
     """Replay [config.start, config.end) under each policy (see the module docstring)."""
-    from pipeline.features.committed import carried_levels
+    from pipeline.features.committed_levels import carried_levels
     from pipeline.forecast.committed import apply_committed
     from pipeline.forecast.engine import planning_tau
     from pipeline.irc import Coordinator, PeeringRequest
