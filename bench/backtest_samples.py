@@ -55,12 +55,14 @@ def main() -> int:
     print(per_resource.to_string(float_format=lambda v: f"{v:.4f}"))
     engine = table.loc["engine"]
     naive = table.loc[[v for v in table.index if v.startswith("seasonal_naive")]]["scaled_pinball"].min()
-    out = {"engine_scaled_pinball": round(float(engine["scaled_pinball"]), 5),
-           "seasonal_naive_scaled_pinball": round(float(naive), 5),
-           "ratio_vs_seasonal_naive": round(float(engine["scaled_pinball"] / naive), 4),
-           "engine_coverage_80": round(float(engine["coverage_80"]), 4),
-           "engine_seconds_per_run": round(float(engine["seconds"]), 2),
-           "beats_seasonal_naive": bool(engine["scaled_pinball"] < naive)}
+    out = {
+        "engine_scaled_pinball": round(float(engine["scaled_pinball"]), 5),
+        "seasonal_naive_scaled_pinball": round(float(naive), 5),
+        "ratio_vs_seasonal_naive": round(float(engine["scaled_pinball"] / naive), 4),
+        "engine_coverage_80": round(float(engine["coverage_80"]), 4),
+        "engine_seconds_per_run": round(float(engine["seconds"]), 2),
+        "beats_seasonal_naive": bool(engine["scaled_pinball"] < naive),
+    }
     print(json.dumps(out, sort_keys=True))
     return 0
 

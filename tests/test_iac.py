@@ -207,7 +207,7 @@ def test_capacity_reservations_for_on_demand_lines(
     for line_id, (region, instance_type, count) in FIRST_WINDOW_ON_DEMAND.items():
         name, body = by_line[line_id]
         assert re.fullmatch(r"[a-z0-9_]+", name)
-        assert body["provider"] == "${aws.%s}" % region.replace("-", "_")
+        assert body["provider"] == f"${{aws.{region.replace('-', '_')}}}"
         assert body["instance_type"] == instance_type
         assert body["instance_platform"] == "Linux/UNIX"
         assert body["instance_count"] == count
@@ -236,7 +236,7 @@ def test_spot_lines_become_spot_only_autoscaling_groups(
     for line_id, (region, instance_type, count) in FIRST_WINDOW_SPOT.items():
         name, body = by_line[line_id]
         alias = region.replace("-", "_")
-        assert body["provider"] == "${aws.%s}" % alias
+        assert body["provider"] == f"${{aws.{alias}}}"
         assert body["desired_capacity"] == count
         assert body["max_size"] == count
         assert body["min_size"] == 0
@@ -254,10 +254,10 @@ def test_spot_lines_become_spot_only_autoscaling_groups(
         launch = policy["launch_template"][0]
         assert launch["override"][0]["instance_type"] == instance_type
         spec = launch["launch_template_specification"][0]
-        assert spec["launch_template_id"] == "${aws_launch_template.%s.id}" % name
+        assert spec["launch_template_id"] == f"${{aws_launch_template.{name}.id}}"
 
         template = templates[name]
-        assert template["provider"] == "${aws.%s}" % alias
+        assert template["provider"] == f"${{aws.{alias}}}"
         assert template["instance_type"] == instance_type
         assert template["tags"]["plan_id"] == PLAN_ID
         assert template["metadata_options"][0]["http_tokens"] == "required"
@@ -295,7 +295,7 @@ def test_on_demand_lines_run_in_their_reservation_with_a_warm_pool(
         assert body["max_size"] == count + warm["min_size"] == warm["max_group_prepared_capacity"]
         assert warm["pool_state"] == "${var.warm_pool_state}"
         assert "mixed_instances_policy" not in body
-        assert body["launch_template"][0]["id"] == "${aws_launch_template.%s.id}" % name
+        assert body["launch_template"][0]["id"] == f"${{aws_launch_template.{name}.id}}"
         template = templates[name]
         assert template["instance_type"] == instance_type
         assert template["capacity_reservation_specification"][0]["capacity_reservation_preference"] == "open"
@@ -529,7 +529,7 @@ def test_unsafe_value_in_a_later_window_is_refused(manifest: dict, tmp_path: Pat
 def test_manifest_plan_id_must_match_rows(plan_df: pd.DataFrame, tmp_path: Path) -> None:
     with pytest.raises(UnsafePlanValue, match="plan_id"):
         _render(plan_df, {"plan_id": "another-plan"}, tmp_path / "tf")
-    with pytest.raises(UnsafePlanValue, match="manifest.plan_id"):
+    with pytest.raises(UnsafePlanValue, match=r"manifest\.plan_id"):
         _render(plan_df, {"plan_id": "bad id ${x}"}, tmp_path / "tf")
     assert not (tmp_path / "tf").exists()
 

@@ -119,9 +119,9 @@ def _peerings(prefix: str) -> dict[str, str]:
         items = boto3.client("ec2", region_name=region).describe_transit_gateway_peering_attachments()
         for item in items["TransitGatewayPeeringAttachments"]:
             tags = {t["Key"]: t["Value"] for t in item.get("Tags", [])}
-            if tags.get("peerscale-stack") == prefix and item["RequesterTgwInfo"]["Region"] == region:
-                if item["State"] not in ("deleted", "deleting"):
-                    out[tags["peerscale-pair"]] = item["State"]
+            ours = tags.get("peerscale-stack") == prefix and item["RequesterTgwInfo"]["Region"] == region
+            if ours and item["State"] not in ("deleted", "deleting"):
+                out[tags["peerscale-pair"]] = item["State"]
     return out
 
 

@@ -82,7 +82,7 @@ def test_groups_launch_templates_warm_pools_and_gateways(manifest: dict, tmp_pat
             props = group["Properties"]
             tags = {t["Key"]: t["Value"] for t in props["Tags"]}
             key = tags["line_key"]
-            line_id = next(l for l in lines if l.startswith(key.split("/")[0]) and l.endswith(key.split("/", 1)[1]))
+            line_id = next(lid for lid in lines if lid.startswith(key.split("/")[0]) and lid.endswith(key.split("/", 1)[1]))
             seen.add(line_id)
             _, instance_type, count = lines[line_id]
             assert props["DesiredCapacity"] == str(count)

@@ -94,7 +94,7 @@ def test_monitor_records_notifies_and_fails_when_configured(published_root: Path
         settings = settings_for(_copy(published_root, tmp_path))
         late = DataInterval.ending_at("2026-01-29T06:00")
         rules = AlertRules(webhook_url=url, fail_on="critical")
-        with pytest.raises(AlertsRaised, match="stale_plan|valid only until"):
+        with pytest.raises(AlertsRaised, match=r"stale_plan|valid only until"):
             monitor(late, settings, rules)
     recorded = json.loads((tmp_path / "lake" / "alerts" / f"{late.token}.json").read_text())
     assert any(a["rule"] == "stale_plan" for a in recorded["alerts"])

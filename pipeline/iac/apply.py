@@ -36,10 +36,11 @@ from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
+from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.iac.cloudformation import DEPLOYMENT_FILE, TRANSIT_GATEWAY
 from pipeline.iac.providers import (
     AwsClients,
@@ -72,6 +73,7 @@ _NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 _STACK_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"}
 _STACK_EMPTY = {"REVIEW_IN_PROGRESS", "ROLLBACK_COMPLETE"}  # hold no resources: safe to delete
 _MAX_ERROR = 2000
+_APPLY_HISTORY_KEPT = 20  # finished applies the manifest remembers under apply_history
 
 Progress = Callable[[str], None]
 
@@ -148,7 +150,7 @@ def record_apply(settings: Settings, plan_id: str, payload: Mapping[str, Any], k
         history = list(manifest.get("apply_history", []))
         entry = {k: payload.get(k) for k in ("status", "engine", "finished_at", "error") if payload.get(k) is not None}
         history.append(entry)
-        manifest["apply_history"] = history[-20:]
+        manifest["apply_history"] = history[-_APPLY_HISTORY_KEPT:]
     lake.write_json_atomic(path, manifest)
     return manifest
 
@@ -294,7 +296,8 @@ def _execute(cfn: Any, pending: _Pending, timeout_s: float) -> None:
     result.stack_id = final["StackId"]
     if result.status not in _STACK_OK:
         reasons = _failure_reasons(cfn, pending.stack_name)
-        raise ApplyFailed(f"stack {pending.stack_name} in {pending.region} ended {result.status}: {reasons or final.get('StackStatusReason', '')}")
+        reason = reasons or final.get("StackStatusReason", "")
+        raise ApplyFailed(f"stack {pending.stack_name} in {pending.region} ended {result.status}: {reason}")
 
 
 def _discard(cfn: Any, pending: _Pending, timeout_s: float) -> None:
@@ -340,6 +343,55 @@ def _previous_regions(settings: Settings, plan_id: str, prefix: str) -> list[str
     return sorted(applied.get("stacks", {}))
 
 
+@dataclass
+class _CfnApply:
+    """What the steps of one CloudFormation apply share: the rendered deployment, the AWS clients
+    and the result being filled in."""
+
+    plan_id: str
+    settings: Settings
+    execute: bool
+    stack_prefix: str
+    clients: AwsClients
+    capacity: CapacityReservationProvider
+    peering: TransitGatewayPeering
+    deployment: dict[str, Any]
+    cfn_dir: Path
+    regions: list[str]  # regions of this plan, in deployment order
+    gone: list[str]  # regions the previously applied plan had and this one has not
+    tags: dict[str, str]
+    timeout_s: float
+    say: Progress
+    started: str
+    result: ApplyResult
+    prepared: list[_Pending] = field(default_factory=list)
+
+    @property
+    def pairs(self) -> Any:
+        return self.deployment["peering"]["pairs"]
+
+    @property
+    def search(self) -> list[str]:
+        """Regions to look for stale peering attachments in."""
+        return sorted(set(self.regions) | set(self.gone))
+
+    def cfn(self, region: str) -> Any:
+        return self.clients.client("cloudformation", region)
+
+    def stack(self, region: str) -> str:
+        return stack_name(self.stack_prefix, region)
+
+    def template(self, region: str) -> str:
+        return (self.cfn_dir / next(s["template"] for s in self.deployment["stacks"] if s["region"] == region)).read_text()
+
+    def record(self, status: str, **extra: Any) -> None:
+        """Record the apply's progress in the manifest; a dry run records nothing here."""
+        if self.execute:
+            payload = {**self.result.to_dict(), "status": status, "started_at": self.started, **extra}
+            payload.pop("dry_run", None)
+            record_apply(self.settings, self.plan_id, payload)
+
+
 def apply_cloudformation(
     plan_id: str,
     settings: Settings,
@@ -347,7 +399,7 @@ def apply_cloudformation(
     stack_prefix: str = DEFAULT_STACK_PREFIX,
     clients: AwsClients | None = None,
     capacity: CapacityReservationProvider | None = None,
-    timeout_s: float = 3600.0,
+    timeout_s: float = SECONDS_PER_HOUR,
     progress: Progress | None = None,
 ) -> ApplyResult:
     """Render ``plan_id`` and apply it through CloudFormation (a dry run unless ``execute``).
@@ -355,7 +407,42 @@ def apply_cloudformation(
     Raises :class:`ApplyFailed` when an executed apply fails (after recording ``apply_failed`` in
     the manifest); a failed dry run raises too but records nothing.
     """
-    say = progress or (lambda _msg: None)
+    run = _open_apply(
+        plan_id,
+        settings,
+        execute=execute,
+        stack_prefix=stack_prefix,
+        clients=clients,
+        capacity=capacity,
+        timeout_s=timeout_s,
+        say=progress or (lambda _msg: None),
+    )
+    try:
+        run.record("applying")
+        _prepare_change_sets(run)
+        if not execute:
+            return _preview(run)
+        return _apply(run)
+    except Exception as exc:
+        _fail(run, exc)
+    finally:
+        for pending in run.prepared:
+            if pending.change_set_id is not None:
+                _discard(run.cfn(pending.region), pending, run.timeout_s)
+
+
+def _open_apply(
+    plan_id: str,
+    settings: Settings,
+    *,
+    execute: bool,
+    stack_prefix: str,
+    clients: AwsClients | None,
+    capacity: CapacityReservationProvider | None,
+    timeout_s: float,
+    say: Progress,
+) -> _CfnApply:
+    """Check the arguments, render the plan and read its deployment; nothing in AWS changes yet."""
     check_plan_id(plan_id)
     if not _PREFIX.fullmatch(stack_prefix):
         raise UnsafePlanValue("stack_prefix", stack_prefix, "use lowercase letters, digits and dashes (max 40)")
@@ -369,86 +456,115 @@ def apply_cloudformation(
     clients = clients or AwsClients()
     capacity = capacity or capacity_provider_from_env(clients, settings.lake_root, stack_prefix)
     peering = TransitGatewayPeering(clients)
-    pairs = deployment["peering"]["pairs"]
     regions = [s["region"] for s in deployment["stacks"]]
     gone = [r for r in _previous_regions(settings, plan_id, stack_prefix) if r not in regions]
-    tags = {**deployment["stack_tags"], "peerscale-stack": stack_prefix}
+    return _CfnApply(
+        plan_id=plan_id,
+        settings=settings,
+        execute=execute,
+        stack_prefix=stack_prefix,
+        clients=clients,
+        capacity=capacity,
+        peering=peering,
+        deployment=deployment,
+        cfn_dir=cfn_dir,
+        regions=regions,
+        gone=gone,
+        tags={**deployment["stack_tags"], "peerscale-stack": stack_prefix},
+        timeout_s=timeout_s,
+        say=say,
+        started=started,
+        result=result,
+    )
 
-    def record(status: str, **extra: Any) -> None:
-        if execute:
-            payload = {**result.to_dict(), "status": status, "started_at": started, **extra}
-            payload.pop("dry_run", None)
-            record_apply(settings, plan_id, payload)
 
-    prepared: list[_Pending] = []
-    try:
-        record("applying")
-        for region in regions:
-            say(f"change set {stack_name(stack_prefix, region)}")
-            template = (cfn_dir / next(s["template"] for s in deployment["stacks"] if s["region"] == region)).read_text()
-            pending = _prepare(clients.client("cloudformation", region), region, stack_name(stack_prefix, region),
-                               template, tags, plan_id, timeout_s)
-            prepared.append(pending)
-            result.stacks[region] = pending.result
+def _prepare_change_sets(run: _CfnApply) -> None:
+    """Create and describe every region's change set first, so a template AWS rejects stops the
+    apply before any stack changed."""
+    for region in run.regions:
+        run.say(f"change set {run.stack(region)}")
+        pending = _prepare(run.cfn(region), region, run.stack(region), run.template(region), run.tags,
+                           run.plan_id, run.timeout_s)
+        run.prepared.append(pending)
+        run.result.stacks[region] = pending.result
 
-        search = sorted(set(regions) | set(gone))
-        if not execute:
-            for region in gone:
-                result.stacks[region] = StackResult(region=region, stack_name=stack_name(stack_prefix, region), action="delete")
-            removed = peering.remove_unplanned(pairs, {}, search, stack_prefix, dry_run=True)
-            ensured = peering.ensure(pairs, {}, stack_prefix, plan_id, dry_run=True)
-            removed.merge(ensured)
-            result.peering = {"source": deployment["peering"]["source"], **removed.to_dict()}
-            result.capacity_reservations = _reconcile_capacity(capacity, deployment, regions + gone, stack_prefix, True)
-            result.status = "planned"
-            preview = {**result.to_dict(), "previewed_at": _now()}
-            preview.pop("dry_run", None)
-            record_apply(settings, plan_id, preview, key="apply_preview")
-            return result
 
-        say("peering: remove unplanned")
-        removed = peering.remove_unplanned(pairs, {}, search, stack_prefix, dry_run=False)
-        for pending in prepared:
-            say(f"execute {pending.stack_name}")
-            _execute(clients.client("cloudformation", pending.region), pending, timeout_s)
-            pending.change_set_id = None
-        for region in gone:
-            say(f"delete stack {stack_name(stack_prefix, region)}")
-            _delete_stack(clients.client("cloudformation", region), stack_name(stack_prefix, region), timeout_s)
-            result.stacks[region] = StackResult(region=region, stack_name=stack_name(stack_prefix, region),
+def _preview(run: _CfnApply) -> ApplyResult:
+    """A dry run: report what the apply would do and record it as ``apply_preview``."""
+    result = run.result
+    for region in run.gone:
+        result.stacks[region] = StackResult(region=region, stack_name=run.stack(region), action="delete")
+    removed = run.peering.remove_unplanned(run.pairs, {}, run.search, run.stack_prefix, dry_run=True)
+    ensured = run.peering.ensure(run.pairs, {}, run.stack_prefix, run.plan_id, dry_run=True)
+    removed.merge(ensured)
+    result.peering = {"source": run.deployment["peering"]["source"], **removed.to_dict()}
+    result.capacity_reservations = _reconcile_capacity(run.capacity, run.deployment, run.regions + run.gone,
+                                                       run.stack_prefix, True)
+    result.status = "planned"
+    preview = {**result.to_dict(), "previewed_at": _now()}
+    preview.pop("dry_run", None)
+    record_apply(run.settings, run.plan_id, preview, key="apply_preview")
+    return result
+
+
+def _apply(run: _CfnApply) -> ApplyResult:
+    """Execute the prepared change sets and the steps around them, in the order the module states."""
+    result = run.result
+    run.say("peering: remove unplanned")
+    removed = run.peering.remove_unplanned(run.pairs, {}, run.search, run.stack_prefix, dry_run=False)
+    for pending in run.prepared:
+        run.say(f"execute {pending.stack_name}")
+        _execute(run.cfn(pending.region), pending, run.timeout_s)
+        pending.change_set_id = None
+    _delete_gone_stacks(run)
+    tgw_ids = _transit_gateway_ids(run)
+    run.say("peering: create planned")
+    stale = run.peering.remove_unplanned(run.pairs, tgw_ids, run.search, run.stack_prefix, dry_run=False)
+    ensured = run.peering.ensure(run.pairs, tgw_ids, run.stack_prefix, run.plan_id, dry_run=False)
+    removed.merge(stale)
+    removed.merge(ensured)
+    result.peering = {"source": run.deployment["peering"]["source"], **removed.to_dict()}
+    run.say(f"capacity reservations ({run.capacity.name})")
+    result.capacity_reservations = _reconcile_capacity(run.capacity, run.deployment, run.regions + run.gone,
+                                                       run.stack_prefix, False)
+    result.status = "applied"
+    run.record("applied", finished_at=_now())
+    storage.write_text_atomic(applied_pointer(run.settings.lake_root), run.plan_id + "\n")
+    return result
+
+
+def _delete_gone_stacks(run: _CfnApply) -> None:
+    """Delete the stacks of regions the previously applied plan had and this one has not."""
+    for region in run.gone:
+        run.say(f"delete stack {run.stack(region)}")
+        _delete_stack(run.cfn(region), run.stack(region), run.timeout_s)
+        run.result.stacks[region] = StackResult(region=region, stack_name=run.stack(region),
                                                 action="delete", status="DELETE_COMPLETE")
-        tgw_ids = {}
-        for region in regions:
-            tgw = _transit_gateway_id(clients.client("cloudformation", region), stack_name(stack_prefix, region))
-            if tgw:
-                tgw_ids[region] = tgw
-        say("peering: create planned")
-        stale = peering.remove_unplanned(pairs, tgw_ids, search, stack_prefix, dry_run=False)
-        ensured = peering.ensure(pairs, tgw_ids, stack_prefix, plan_id, dry_run=False)
-        removed.merge(stale)
-        removed.merge(ensured)
-        result.peering = {"source": deployment["peering"]["source"], **removed.to_dict()}
-        say(f"capacity reservations ({capacity.name})")
-        result.capacity_reservations = _reconcile_capacity(capacity, deployment, regions + gone, stack_prefix, False)
-        result.status = "applied"
-        record("applied", finished_at=_now())
-        storage.write_text_atomic(applied_pointer(settings.lake_root), plan_id + "\n")
-        return result
-    except Exception as exc:
-        result.status = "apply_failed"
-        result.error = redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
-        if execute:
-            try:
-                record("apply_failed", finished_at=_now())
-            except Exception as record_exc:
-                log.error("could not record apply_failed for %s: %s", plan_id, redact(str(record_exc)))
-        if isinstance(exc, ApplyFailed):
-            raise ApplyFailed(result.error) from None
-        raise ApplyFailed(result.error) from exc
-    finally:
-        for pending in prepared:
-            if pending.change_set_id is not None:
-                _discard(clients.client("cloudformation", pending.region), pending, timeout_s)
+
+
+def _transit_gateway_ids(run: _CfnApply) -> dict[str, str]:
+    """Transit gateway id per region whose stack has one (read after the stacks settled)."""
+    tgw_ids = {}
+    for region in run.regions:
+        tgw = _transit_gateway_id(run.cfn(region), run.stack(region))
+        if tgw:
+            tgw_ids[region] = tgw
+    return tgw_ids
+
+
+def _fail(run: _CfnApply, exc: Exception) -> NoReturn:
+    """Record ``apply_failed`` (an executed apply only) and raise :class:`ApplyFailed`, redacted."""
+    result = run.result
+    result.status = "apply_failed"
+    result.error = redact(f"{type(exc).__name__}: {exc}")[:_MAX_ERROR]
+    if run.execute:
+        try:
+            run.record("apply_failed", finished_at=_now())
+        except Exception as record_exc:
+            log.error("could not record apply_failed for %s: %s", run.plan_id, redact(str(record_exc)))
+    if isinstance(exc, ApplyFailed):
+        raise ApplyFailed(result.error) from None
+    raise ApplyFailed(result.error) from exc
 
 
 def _reconcile_capacity(capacity: CapacityReservationProvider, deployment: Mapping[str, Any], regions: list[str],

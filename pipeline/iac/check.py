@@ -64,10 +64,9 @@ class CheckReport:
     def ok(self) -> bool:
         if self.parse_errors or self.credential_errors:
             return False
-        for run in self.checkov:
-            if run.parsing_errors or run.errors or (run.failed and not self.allow_failed_checks):
-                return False
-        return True
+        return not any(
+            run.parsing_errors or run.errors or (run.failed and not self.allow_failed_checks) for run in self.checkov
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "ok": self.ok}

@@ -166,7 +166,7 @@ def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
             + (" and the region's peering transit gateway" if region.has_transit_gateway else "")
             + ". Capacity reservations and peering attachments are managed by the peerscale applier."
         ),
-        "Metadata": {"peerscale": {"region": region.name, "lines": [l.key for l in lines]}},
+        "Metadata": {"peerscale": {"region": region.name, "lines": [line.key for line in lines]}},
         "Parameters": {
             "ImageId": {
                 "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
 
+from pipeline.common.numeric import EPS
 from pipeline.iac.safety import (
     UnsafePlanValue,
     check_count,
@@ -311,6 +312,30 @@ def pairs_from_forecast(
     return [(a, b, round(total, 3)) for (a, b), total in sorted(totals.items()) if total >= min_requests]
 
 
+@dataclass(frozen=True)
+class _FirstWindow:
+    """The plan's earliest window: the only one provisioned now."""
+
+    start: datetime
+    end: datetime
+    rows: list[dict[str, Any]]
+
+
+@dataclass
+class _LineRows:
+    """What a line's resource rows in the first window agree on, plus the storage they reserve."""
+
+    region: str
+    instance_type: str
+    purchase_option: str
+    count: int
+    storage: float = 0.0
+
+    @property
+    def shape(self) -> tuple[str, str, str, int]:
+        return (self.region, self.instance_type, self.purchase_option, self.count)
+
+
 def build_model(
     plan: pd.DataFrame | pa.Table,
     manifest: Mapping[str, Any],
@@ -329,6 +354,25 @@ def build_model(
     """
     plan_id = check_plan_id(manifest.get("plan_id"), "manifest.plan_id")
     tau = _tau(manifest)
+    window = _first_window(_checked_rows(plan, plan_id=plan_id))
+    lines, skipped = _infra_lines(_rows_by_line(window.rows), window=window)
+    active = sorted({line.region for line in lines})
+    pairs, source = _peering_pairs(active, peering=peering, peering_source=peering_source)
+    return InfraModel(
+        plan_id=plan_id,
+        tau=tau,
+        valid_from=_format_ts(window.start),
+        valid_to=_format_ts(window.end),
+        regions=_infra_regions(window, lines=lines, pairs=pairs),
+        lines=tuple(lines),
+        skipped_line_ids=tuple(sorted(skipped)),
+        peering=tuple(pairs),
+        peering_source=check_tag_value(source, "peering_source"),
+    )
+
+
+def _checked_rows(plan: pd.DataFrame | pa.Table, *, plan_id: str) -> list[dict[str, Any]]:
+    """Every row validated and carrying the manifest's plan id: one bad row condemns the plan."""
     checked = [_validate_row(row) for row in _records(plan)]
     if not checked:
         raise ValueError("plan has no rows; nothing to render")
@@ -337,6 +381,11 @@ def build_model(
             raise UnsafePlanValue(
                 "plan_id", row["plan_id"], f"every row must carry the manifest's plan_id {plan_id!r}"
             )
+    return checked
+
+
+def _first_window(checked: list[dict[str, Any]]) -> _FirstWindow:
+    """The rows of the earliest window, which must share one end."""
     start = min(row["valid_from"] for row in checked)
     window_rows = [row for row in checked if row["valid_from"] == start]
     ends = {row["valid_to"] for row in window_rows}
@@ -345,60 +394,77 @@ def build_model(
             f"first window starting {_format_ts(start)} has several valid_to values "
             f"{sorted(_format_ts(e) for e in ends)}; a window must have one end"
         )
-    end = ends.pop()
+    return _FirstWindow(start=start, end=ends.pop(), rows=window_rows)
 
-    by_line: dict[str, dict[str, Any]] = {}
+
+def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
+    """Group the window's resource rows by line id; a line's rows must agree on its shape."""
+    by_line: dict[str, _LineRows] = {}
     for row in window_rows:
-        shape = (row["region"], row["instance_type"], row["purchase_option"], row["count"])
-        seen = by_line.setdefault(row["line_id"], {"shape": shape, "storage": 0.0})
-        if seen["shape"] != shape:
+        current = _LineRows(row["region"], row["instance_type"], row["purchase_option"], row["count"])
+        seen = by_line.setdefault(row["line_id"], current)
+        if seen.shape != current.shape:
             raise ValueError(
                 f"line {row['line_id']!r} has inconsistent (region, instance_type, "
-                f"purchase_option, count) across its resource rows: {seen['shape']} vs {shape}"
+                f"purchase_option, count) across its resource rows: {seen.shape} vs {current.shape}"
             )
         if row["resource_type"] == STORAGE_RESOURCE:
-            seen["storage"] += row["quantity"]
+            seen.storage += row["quantity"]
+    return by_line
 
+
+def _infra_lines(by_line: dict[str, _LineRows], *, window: _FirstWindow) -> tuple[list[InfraLine], list[str]]:
+    """The lines with instances (sorted, with unique resource names) and the zero-count line ids."""
     lines: list[InfraLine] = []
     skipped: list[str] = []
     keys: dict[str, str] = {}
     for line_id, info in by_line.items():
-        region, instance_type, purchase_option, count = info["shape"]
-        if count == 0:
+        if info.count == 0:
             skipped.append(line_id)
             continue
-        key = line_key(region, instance_type, purchase_option)
+        key = line_key(info.region, info.instance_type, info.purchase_option)
         if key in keys:
             raise ValueError(f"lines {keys[key]!r} and {line_id!r} both hold {key} in the first window")
         keys[key] = line_id
-        per_instance = math.ceil(info["storage"] / count - 1e-9) if info["storage"] > 0 else 0
-        if per_instance > MAX_VOLUME_GIB:
-            raise UnsafePlanValue(
-                "quantity", info["storage"],
-                f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
-            )
-        warm = math.ceil(count * WARM_POOL_FRACTION) if purchase_option == "on_demand" else 0
-        lines.append(
-            InfraLine(
-                key=key,
-                line_id=line_id,
-                name=resource_name(key),
-                logical_id=logical_id(key),
-                region=region,
-                provider_alias=provider_alias(region),
-                instance_type=instance_type,
-                purchase_option=purchase_option,
-                count=count,
-                warm_pool=warm,
-                storage_gib=per_instance,
-                valid_from=_format_ts(start),
-                valid_to=_format_ts(end),
-            )
-        )
-    lines.sort(key=lambda l: (l.region, l.purchase_option, l.instance_type, l.line_id))
-    _check_unique([l.name for l in lines] + [l.logical_id for l in lines])
+        lines.append(_infra_line(line_id, info, key=key, window=window))
+    lines.sort(key=lambda line: (line.region, line.purchase_option, line.instance_type, line.line_id))
+    _check_unique([line.name for line in lines] + [line.logical_id for line in lines])
+    return lines, skipped
 
-    active = sorted({l.region for l in lines})
+
+def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow) -> InfraLine:
+    """One line with its warm pool and per-instance data volume sized."""
+    per_instance = math.ceil(info.storage / info.count - EPS) if info.storage > 0 else 0
+    if per_instance > MAX_VOLUME_GIB:
+        raise UnsafePlanValue(
+            "quantity", info.storage,
+            f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
+        )
+    warm = math.ceil(info.count * WARM_POOL_FRACTION) if info.purchase_option == "on_demand" else 0
+    return InfraLine(
+        key=key,
+        line_id=line_id,
+        name=resource_name(key),
+        logical_id=logical_id(key),
+        region=info.region,
+        provider_alias=provider_alias(info.region),
+        instance_type=info.instance_type,
+        purchase_option=info.purchase_option,
+        count=info.count,
+        warm_pool=warm,
+        storage_gib=per_instance,
+        valid_from=_format_ts(window.start),
+        valid_to=_format_ts(window.end),
+    )
+
+
+def _peering_pairs(
+    active: list[str],
+    *,
+    peering: Sequence[tuple[str, str, float | None]] | None,
+    peering_source: str | None,
+) -> tuple[list[PeeringPair], str]:
+    """The pairs to peer among the regions with lines, and where that list came from."""
     if peering is None:
         wanted = all_pairs(active)
         source = peering_source or "all plan regions"
@@ -411,12 +477,17 @@ def build_model(
         if a == b or a not in active or b not in active:
             continue
         pairs.append(PeeringPair(a, b, None if expected is None else float(expected)))
-    pairs = sorted(set(pairs), key=lambda p: p.key)
-    peered = {p.requester for p in pairs} | {p.accepter for p in pairs}
+    return sorted(set(pairs), key=lambda p: p.key), source
 
-    spot_regions = {l.region for l in lines if l.purchase_option == "spot"}
-    # A region whose lines are all zero still gets a provider: the plan names it.
-    regions = tuple(
+
+def _infra_regions(
+    window: _FirstWindow, *, lines: list[InfraLine], pairs: list[PeeringPair]
+) -> tuple[InfraRegion, ...]:
+    """Every region of the first window; one whose lines are all zero still gets a provider: the plan names it."""
+    active = {line.region for line in lines}
+    spot_regions = {line.region for line in lines if line.purchase_option == "spot"}
+    peered = {p.requester for p in pairs} | {p.accepter for p in pairs}
+    return tuple(
         InfraRegion(
             name=region,
             provider_alias=provider_alias(region),
@@ -425,18 +496,7 @@ def build_model(
             has_lines=region in active,
             has_transit_gateway=region in peered,
         )
-        for region in sorted({row["region"] for row in window_rows})
-    )
-    return InfraModel(
-        plan_id=plan_id,
-        tau=tau,
-        valid_from=_format_ts(start),
-        valid_to=_format_ts(end),
-        regions=regions,
-        lines=tuple(lines),
-        skipped_line_ids=tuple(sorted(skipped)),
-        peering=tuple(pairs),
-        peering_source=check_tag_value(source, "peering_source"),
+        for region in sorted({row["region"] for row in window.rows})
     )
 
 

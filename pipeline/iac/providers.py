@@ -167,7 +167,7 @@ class CapacityReservationProvider(ABC):
     @abstractmethod
     def _cancel(self, region: str, have: Mapping[str, Any]) -> None: ...
 
-    def _commit(self, dry_run: bool) -> None:
+    def _commit(self, dry_run: bool) -> None:  # noqa: B027 - an optional hook: only the ledger has something to persist
         """Persist pending changes (the ledger writes its document here)."""
 
 

@@ -13,6 +13,7 @@ rendered files say so.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -63,7 +64,7 @@ def _instant(text: Any) -> datetime | None:
 
 def planned_pairs(
     settings: Settings, manifest: dict[str, Any], regions: list[str]
-) -> tuple[list[tuple[str, str, float | None]], str]:
+) -> tuple[Sequence[tuple[str, str, float | None]], str]:
     """Region pairs to peer and a sentence saying where they come from."""
     run_id = manifest.get("forecast_run_id")
     start, end = _instant(manifest.get("valid_from")), _instant(manifest.get("valid_to"))

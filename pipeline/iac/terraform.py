@@ -150,8 +150,8 @@ def render_terraform_model(model: InfraModel, out_dir: Path, templates_dir: Path
         "tau": model.tau,
         "window": {"valid_from": model.valid_from, "valid_to": model.valid_to},
         "regions": [asdict(r) for r in model.regions],
-        "on_demand_lines": [l for l in lines if l["purchase_option"] == "on_demand"],
-        "spot_lines": [l for l in lines if l["purchase_option"] == "spot"],
+        "on_demand_lines": [line for line in lines if line["purchase_option"] == "on_demand"],
+        "spot_lines": [line for line in lines if line["purchase_option"] == "spot"],
         "skipped_line_ids": list(model.skipped_line_ids),
         "peering": [
             asdict(p) | {"key": p.key, "name": p.name, "requester_alias": p.requester_alias,

@@ -23,6 +23,7 @@ from typing import Any
 
 from pipeline.common import storage
 from pipeline.common.config import Settings
+from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.iac.apply import ApplyFailed, ApplyResult, Progress, _now, applied_pointer, record_apply
 from pipeline.iac.render import iac_dir, render_plan
 from pipeline.iac.safety import check_plan_id, redact
@@ -33,6 +34,7 @@ TERRAFORM_ENV = "PEERSCALE_TERRAFORM"
 STATE_ENV = "PEERSCALE_TF_STATE"
 PLAN_FILE = "tfplan"
 _MAX_OUTPUT = 4000
+_STEP_TIMEOUT_S = SECONDS_PER_HOUR  # one terraform command (init, plan, show or apply)
 
 
 class TerraformNotInstalled(RuntimeError):
@@ -68,7 +70,7 @@ def summarize_plan(show: dict[str, Any]) -> dict[str, Any]:
 
 def _run(binary: str, args: list[str], cwd: Path, env: dict[str, str], step: str) -> str:
     try:
-        done = subprocess.run([binary, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=3600)
+        done = subprocess.run([binary, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=_STEP_TIMEOUT_S)
     except OSError as exc:
         raise ApplyFailed(f"terraform {step}: cannot run {binary}: {exc}") from exc
     if done.returncode != 0:

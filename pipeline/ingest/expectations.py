@@ -15,13 +15,14 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
+from pipeline.common.numeric import SECONDS_PER_DAY
 from pipeline.common.schemas import INSTANCE_TYPE_PATTERN, PRIORITIES, REGION_PATTERN, RESOURCE_TYPES
 
 if TYPE_CHECKING:
     import pandas as pd
 
 ROW_KEY = "_row"
-MAX_DURATION_S = 30 * 24 * 3600.0
+MAX_DURATION_S = 30.0 * SECONDS_PER_DAY  # longest plausible peering request; longer ones are quarantined
 
 
 def _expectations(dataset: str, known_regions: Sequence[str]) -> list[Any]:
@@ -188,7 +189,7 @@ def failing_rows(dataset: str, frame: pd.DataFrame, known_regions: Sequence[str]
         column = outcome.expectation_config.kwargs.get("column")
         for item in outcome.result.get("unexpected_index_list") or []:
             key = item[ROW_KEY] if isinstance(item, dict) else item
-            value = item.get(column) if isinstance(item, dict) else None
+            value: Any = item.get(column) if isinstance(item, dict) else None
             if hasattr(value, "item"):
                 value = value.item()  # numpy scalar → plain Python for a readable repr
             reasons[int(key)].append(_describe(outcome.expectation_config, value))

@@ -118,7 +118,7 @@ def _read_lines(uri: str, dataset: str) -> tuple[list[dict], list[dict]]:
     try:
         header = next(reader)
     except StopIteration:
-        raise SourceUnreadable(f"{uri} is empty: expected a header row {','.join(columns)}")
+        raise SourceUnreadable(f"{uri} is empty: expected a header row {','.join(columns)}") from None
     header = [h.strip() for h in header]
     missing = [c for c in columns if c not in header]
     if missing:
@@ -166,92 +166,159 @@ def _raw_json(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
     return frame[list(columns)].apply(lambda r: json.dumps({c: r[c] for c in columns}, default=str), axis=1)
 
 
+@dataclass(frozen=True)
+class _Ingest:
+    """What every source file of one ingest shares."""
+
+    dataset: str
+    interval: DataInterval
+    regions: list[str]
+    columns: list[str]
+    time_column: str | None
+
+
+@dataclass(frozen=True)
+class _Placement:
+    """Where one file's rows land: the hour each belongs to (NaT when its time is unknown), and
+    whether this run is the one that quarantines the rows that belong to no hour."""
+
+    hour: pd.Series
+    unattributable_hour: pd.Timestamp
+    owns_unattributable: bool
+
+
+@dataclass
+class _FileOutcome:
+    """One source file split into rows to land and rows to quarantine."""
+
+    valid: pd.DataFrame
+    quarantine: list[pd.DataFrame] = field(default_factory=list)
+
+
 def ingest(dataset: str, interval: DataInterval, settings: Settings, regions: Sequence[str] | None = None) -> IngestReport:
     """Ingest `dataset` for `interval` into the lake; idempotent for the interval."""
     if dataset not in SOURCES:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(SOURCES)}")
     spec = SOURCES[dataset]
-    time_column: str | None = spec["time_column"]
-    regions = list(regions) if regions is not None else known_regions(settings.source_root)
+    run = _Ingest(
+        dataset=dataset,
+        interval=interval,
+        regions=list(regions) if regions is not None else known_regions(settings.source_root),
+        columns=spec["schema"].names,
+        time_column=spec["time_column"],
+    )
     files = source_files_for(dataset, interval, settings.source_root)
     report = IngestReport(dataset=dataset, interval=str(interval), source_files=files)
-    columns = spec["schema"].names
 
     valid_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
     for uri in files:
-        records, bad_lines = _read_lines(uri, dataset)
-        report.rows_read += len(records) + len(bad_lines)
-        file_day = _file_day(uri) if time_column else None
-        frame = pd.DataFrame.from_records(records, columns=[*columns, "line_number"])
-        frame.insert(0, ROW_KEY, range(len(frame)))
-        typed, reasons = _coerce(dataset, frame)
+        outcome = _ingest_file(uri, run, report)
+        valid_parts.append(outcome.valid)
+        quarantine_parts.extend(outcome.quarantine)
 
-        dup_cols = DUPLICATE_KEYS[dataset]
-        dup = typed.duplicated(subset=dup_cols, keep="first") & typed[dup_cols].notna().all(axis=1)
-        for key in typed.loc[dup, ROW_KEY]:
-            reasons.setdefault(int(key), []).append(f"duplicate {'+'.join(dup_cols)} (an earlier row in the file has it)")
-
-        # Placement: the hour a row belongs to, or None when its time is unknown.
-        if time_column:
-            ts = typed[time_column]
-            day_start = pd.Timestamp(file_day, tz="UTC")
-            out_of_day = ts.notna() & ((ts < day_start) | (ts >= day_start + pd.Timedelta(days=1)))
-            for key, value in zip(typed.loc[out_of_day, ROW_KEY], ts[out_of_day]):
-                reasons.setdefault(int(key), []).append(
-                    f"{time_column} {value.isoformat()} is outside the file's day {file_day} (clock skew or misfiled row)"
-                )
-            placement = ts.where(ts.notna() & ~out_of_day).dt.floor("h")
-        else:
-            placement = pd.Series(pd.Timestamp(interval.end - timedelta(hours=1)), index=typed.index)
-
-        unattributable_hour = pd.Timestamp(file_day, tz="UTC") if time_column else pd.Timestamp(interval.start)
-        owns_unattributable = interval.start <= unattributable_hour.to_pydatetime() < interval.end
-        in_interval = placement.notna() & (placement >= pd.Timestamp(interval.start)) & (placement < pd.Timestamp(interval.end))
-
-        candidates = typed[in_interval & ~typed[ROW_KEY].isin(list(reasons))]
-        reasons.update(failing_rows(dataset, candidates.drop(columns=["line_number"]), regions) if len(candidates) else {})
-
-        bad_keys = set(reasons)
-        is_bad = typed[ROW_KEY].isin(bad_keys)
-        take_bad = is_bad & (in_interval | (placement.isna() & owns_unattributable))
-        valid_parts.append(typed[in_interval & ~is_bad])
-
-        if take_bad.any():
-            rows = frame.loc[take_bad.values]
-            quarantine_parts.append(pd.DataFrame({
-                "dataset": dataset,
-                "source_file": uri,
-                "line_number": rows["line_number"].astype("int64").values,
-                "reason": ["; ".join(reasons[int(k)]) for k in rows[ROW_KEY]],
-                "raw": _raw_json(rows, columns).values,
-                "partition_hour": list(placement[take_bad].fillna(unattributable_hour)),
-            }))
-        if bad_lines and owns_unattributable:
-            quarantine_parts.append(pd.DataFrame({
-                "dataset": dataset,
-                "source_file": uri,
-                "line_number": [b["line_number"] for b in bad_lines],
-                "reason": [b["reason"] for b in bad_lines],
-                "raw": [b["raw"] for b in bad_lines],
-                "partition_hour": [unattributable_hour] * len(bad_lines),
-            }))
-
-    valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else pd.DataFrame(columns=columns)
-    valid = valid.sort_values([c for c in (time_column, *DUPLICATE_KEYS[dataset]) if c], kind="stable") if len(valid) else valid
-    table = _to_arrow(valid[columns] if len(valid) else spec["schema"].empty_table().to_pandas(), spec["schema"])
-    write_interval = interval if time_column else DataInterval(interval.end - timedelta(hours=1), interval.end)
-    report.rows_valid = lake.write_hour_partitions(table, lake.raw_dir(settings.lake_root, dataset), time_column, write_interval)
-
+    report.rows_valid = _write_valid(valid_parts, run, settings)
     quarantined = pd.concat(quarantine_parts, ignore_index=True) if quarantine_parts else None
     report.rows_quarantined = _write_quarantine(quarantined, dataset, interval, settings)
     if quarantined is not None:
-        for text in quarantined["reason"]:
-            for reason in text.split("; "):
-                key = _reason_kind(reason)
-                report.quarantine_reasons[key] = report.quarantine_reasons.get(key, 0) + 1
+        _count_reasons(quarantined, report)
     lake.write_json_atomic(lake.ingest_manifest_path(settings.lake_root, dataset, interval), report.to_dict())
     return report
+
+
+def _ingest_file(uri: str, run: _Ingest, report: IngestReport) -> _FileOutcome:
+    """Read, type and check one source file; count what was read in `report`."""
+    records, bad_lines = _read_lines(uri, run.dataset)
+    report.rows_read += len(records) + len(bad_lines)
+    file_day = _file_day(uri) if run.time_column else None
+    frame = pd.DataFrame.from_records(records, columns=[*run.columns, "line_number"])
+    frame.insert(0, ROW_KEY, range(len(frame)))
+    typed, reasons = _coerce(run.dataset, frame)
+    _flag_duplicates(typed, DUPLICATE_KEYS[run.dataset], reasons)
+    placement = _place_rows(typed, run, file_day=file_day, reasons=reasons)
+    in_interval = (
+        placement.hour.notna()
+        & (placement.hour >= pd.Timestamp(run.interval.start))
+        & (placement.hour < pd.Timestamp(run.interval.end))
+    )
+
+    candidates = typed[in_interval & ~typed[ROW_KEY].isin(list(reasons))]
+    reasons.update(failing_rows(run.dataset, candidates.drop(columns=["line_number"]), run.regions) if len(candidates) else {})
+
+    is_bad = typed[ROW_KEY].isin(set(reasons))
+    take_bad = is_bad & (in_interval | (placement.hour.isna() & placement.owns_unattributable))
+    outcome = _FileOutcome(valid=typed[in_interval & ~is_bad])
+    if take_bad.any():
+        rows = frame.loc[take_bad.values]
+        outcome.quarantine.append(pd.DataFrame({
+            "dataset": run.dataset,
+            "source_file": uri,
+            "line_number": rows["line_number"].astype("int64").values,
+            "reason": ["; ".join(reasons[int(k)]) for k in rows[ROW_KEY]],
+            "raw": _raw_json(rows, run.columns).values,
+            "partition_hour": list(placement.hour[take_bad].fillna(placement.unattributable_hour)),
+        }))
+    if bad_lines and placement.owns_unattributable:
+        outcome.quarantine.append(pd.DataFrame({
+            "dataset": run.dataset,
+            "source_file": uri,
+            "line_number": [b["line_number"] for b in bad_lines],
+            "reason": [b["reason"] for b in bad_lines],
+            "raw": [b["raw"] for b in bad_lines],
+            "partition_hour": [placement.unattributable_hour] * len(bad_lines),
+        }))
+    return outcome
+
+
+def _flag_duplicates(typed: pd.DataFrame, dup_cols: list[str], reasons: dict[int, list[str]]) -> None:
+    """A row repeating an earlier row's key (all key columns present) is a reason; the first one stays."""
+    dup = typed.duplicated(subset=dup_cols, keep="first") & typed[dup_cols].notna().all(axis=1)
+    for key in typed.loc[dup, ROW_KEY]:
+        reasons.setdefault(int(key), []).append(f"duplicate {'+'.join(dup_cols)} (an earlier row in the file has it)")
+
+
+def _place_rows(typed: pd.DataFrame, run: _Ingest, *, file_day: date | None, reasons: dict[int, list[str]]) -> _Placement:
+    """The hour each row belongs to; a timestamp outside the file's day is a reason and places nowhere.
+
+    Reference data (no time column) belongs to the interval's last hour.
+    """
+    interval = run.interval
+    if run.time_column:
+        ts = typed[run.time_column]
+        day_start = pd.Timestamp(file_day, tz="UTC")
+        out_of_day = ts.notna() & ((ts < day_start) | (ts >= day_start + pd.Timedelta(days=1)))
+        for key, value in zip(typed.loc[out_of_day, ROW_KEY], ts[out_of_day]):
+            reasons.setdefault(int(key), []).append(
+                f"{run.time_column} {value.isoformat()} is outside the file's day {file_day} (clock skew or misfiled row)"
+            )
+        hour = ts.where(ts.notna() & ~out_of_day).dt.floor("h")
+    else:
+        hour = pd.Series(pd.Timestamp(interval.end - timedelta(hours=1)), index=typed.index)
+    unattributable_hour = pd.Timestamp(file_day, tz="UTC") if run.time_column else pd.Timestamp(interval.start)
+    return _Placement(
+        hour=hour,
+        unattributable_hour=unattributable_hour,
+        owns_unattributable=interval.start <= unattributable_hour.to_pydatetime() < interval.end,
+    )
+
+
+def _write_valid(valid_parts: list[pd.DataFrame], run: _Ingest, settings: Settings) -> int:
+    """Land the valid rows in their hour partitions (sorted for stable files); returns the row count."""
+    spec = SOURCES[run.dataset]
+    columns, time_column, interval = run.columns, run.time_column, run.interval
+    valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else pd.DataFrame(columns=columns)
+    valid = valid.sort_values([c for c in (time_column, *DUPLICATE_KEYS[run.dataset]) if c], kind="stable") if len(valid) else valid
+    table = _to_arrow(valid[columns] if len(valid) else spec["schema"].empty_table().to_pandas(), spec["schema"])
+    write_interval = interval if time_column else DataInterval(interval.end - timedelta(hours=1), interval.end)
+    return lake.write_hour_partitions(table, lake.raw_dir(settings.lake_root, run.dataset), time_column, write_interval)
+
+
+def _count_reasons(quarantined: pd.DataFrame, report: IngestReport) -> None:
+    """Tally quarantine reasons by kind for the report."""
+    for text in quarantined["reason"]:
+        for reason in text.split("; "):
+            key = _reason_kind(reason)
+            report.quarantine_reasons[key] = report.quarantine_reasons.get(key, 0) + 1
 
 
 def _reason_kind(reason: str) -> str:

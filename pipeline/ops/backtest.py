@@ -36,6 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
@@ -44,8 +45,12 @@ import pyarrow as pa
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import HOUR, DataInterval
+from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.common.schemas import FORECAST, PEERING_REQUESTS, RESOURCE_TYPES, region_series_id
 from pipeline.features.build import FeatureWindow, compute_features
+
+if TYPE_CHECKING:
+    from pipeline.irc import Coordinator
 
 POLICIES = ("predictive", "reactive", "static", "oracle")
 COLD_START_MEDIAN_S = 30.0
@@ -53,6 +58,8 @@ COLD_START_P95_S = 90.0
 STATIC_LOOKBACK = timedelta(days=7)
 SESSION_CARRY_IN = timedelta(days=3)
 WINDOW_HOURS = 1.0  # a planning window: the cold-start penalty covers at most one
+_Z_95 = 1.6448536269514722  # the standard normal's 95th percentile
+_SEASON_LENGTH = 24  # hourly demand: one season is a day
 
 
 @dataclass(frozen=True)
@@ -132,7 +139,7 @@ class BacktestResult:
         out = {name: r.summary() for name, r in self.results.items()}
         oracle = out.get("oracle")
         if oracle:
-            for name, s in out.items():
+            for s in out.values():
                 base = oracle["cost"]["total"]
                 s["cost_vs_oracle"] = round(s["cost"]["total"] / base, 4) if base > 0 else None
                 s["hit_rate_vs_oracle"] = round(s["hit_rate"] / oracle["hit_rate"], 4) if oracle["hit_rate"] > 0 else None
@@ -146,7 +153,7 @@ class BacktestResult:
 
 def lognormal_sigma() -> float:
     """σ of the cold-start lognormal with the documented median and p95."""
-    return math.log(COLD_START_P95_S / COLD_START_MEDIAN_S) / 1.6448536269514722
+    return math.log(COLD_START_P95_S / COLD_START_MEDIAN_S) / _Z_95
 
 
 def _load_requests(source_root: str, start: datetime, end: datetime, scratch: Path) -> tuple[pa.Table, list[str]]:
@@ -222,8 +229,51 @@ def _predictive_forecasts(demand: pd.DataFrame, carried: pd.DataFrame | None, ho
         history, future = calendar_uplift(lake_root, hour, history, config.horizon_hours, "h")
         history, telemetry = telemetry_regressors(lake_root, start.to_pydatetime(), hour, history, config.horizon_hours)
         future = telemetry if future is None else future.merge(telemetry, on=["unique_id", "ds"], how="outer")
-    result = select_and_forecast(history, config.horizon_hours, 24, "h", tau, future=future)
+    result = select_and_forecast(history, config.horizon_hours, _SEASON_LENGTH, "h", tau, future=future)
     return result.forecasts
+
+
+@dataclass(frozen=True)
+class _Pricing:
+    """USD per unit-hour of a request not served from pre-allocation (see the module docstring)."""
+
+    on_demand: dict[str, float]  # c_over: the unit price of what an on-demand request holds
+    cold_start_penalty: dict[str, float]  # c_under − c_over, for at most one planning window
+    shortfall: dict[str, float]  # c_under: a request not served at all
+
+
+@dataclass(frozen=True)
+class _ReplayInputs:
+    """What every policy replays against, prepared once."""
+
+    demand: pd.DataFrame  # hour, region, resources: actual peak concurrent demand
+    demand_long: pd.DataFrame  # the same, one row per (hour, region, resource_type)
+    carried: pd.DataFrame | None  # committed levels of running sessions (predictive, committed_demand)
+    tau: float
+    source_lake: str
+    requests: pd.DataFrame  # the requests of [start, end), in time order
+    cold_starts: np.ndarray  # modeled on-demand setup latency, one per row of `requests`
+    pricing: _Pricing
+
+
+@dataclass
+class _PolicyRun:
+    """One policy's own lake, IRC and open sessions."""
+
+    name: str
+    settings: Settings
+    learns: bool  # steps the τ feedback controller after every hour
+    coordinator: Coordinator
+    result: PolicyResult
+    sessions: list[tuple[float, str]] = field(default_factory=list)  # heap of (ends at, allocation id)
+
+
+@dataclass
+class _PredictiveForecasts:
+    """The predictive policy's last refit, and the rows it planned from (for the report)."""
+
+    cached: pd.DataFrame | None = None
+    planned: list[pd.DataFrame] = field(default_factory=list)
 
 
 def run_backtest(
@@ -234,15 +284,6 @@ def run_backtest(
     scratch_dir: str | None = None,
 ) -> BacktestResult:
     """Replay [config.start, config.end) under each policy (see the module docstring)."""
-    from pipeline.features.committed_levels import carried_levels
-    from pipeline.forecast.committed import apply_committed
-    from pipeline.forecast.engine import planning_tau
-    from pipeline.irc import Coordinator, PeeringRequest
-    from pipeline.ops.feedback import load_tau_overrides, run_feedback
-    from pipeline.plan import build_plan, read_plan
-    from pipeline.plan.planner import plan_id_for
-    from pipeline.publish.pointer import publish
-
     unknown = [p for p in config.policies if p not in POLICIES]
     if unknown:
         raise ValueError(f"unknown policies {unknown}; choose from {', '.join(POLICIES)}")
@@ -252,100 +293,159 @@ def run_backtest(
     scratch = Path(scratch_dir or tempfile.mkdtemp(prefix="peerscale-backtest-"))
     say = progress or (lambda _m, _i, _n: None)
     try:
-        history_start = config.start - timedelta(days=config.history_days) - SESSION_CARRY_IN
-        requests, regions = _load_requests(source_root, history_start, config.end, scratch)
-        window = FeatureWindow(config.start - timedelta(days=max(config.history_days, 7)), config.end)
-        demand = compute_features(requests, regions, window)["region_demand_hourly"].to_pandas()
-        tau = planning_tau(base)
-        source_lake = str(scratch / "source-lake")
-        carried = None
-        if config.committed_demand and "predictive" in config.policies:
-            carried = carried_levels(requests, regions, DataInterval(window.start, config.end).hours())
-
-        replay = requests.to_pandas()
-        replay = replay[(replay["requested_at"] >= pd.Timestamp(config.start)) & (replay["requested_at"] < pd.Timestamp(config.end))]
-        replay = replay.sort_values(["requested_at", "request_id"], kind="stable").reset_index(drop=True)
-        rng = np.random.default_rng(config.seed)
-        cold_starts = rng.lognormal(math.log(COLD_START_MEDIAN_S), lognormal_sigma(), size=len(replay))
-        unit_price = dict(base.cost.c_over)
-        penalty = {r: base.cost.c_under[r] - base.cost.c_over[r] for r in RESOURCE_TYPES}
-
+        inputs = _prepare_replay(source_root, config, base, scratch)
         hours = DataInterval(config.start, config.end).hours()
-        results = {name: PolicyResult(policy=name) for name in config.policies}
-        lakes = {name: _policy_settings(scratch, name, base) for name in config.policies}
-        for name in config.policies:
-            _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
-        learns = {name: config.feedback and name == "predictive" for name in config.policies}
-        coordinators = {
-            name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name)
-            for name in config.policies
-        }
-        open_sessions: dict[str, list[tuple[float, str]]] = {name: [] for name in config.policies}
-        forecast_rows: list[pd.DataFrame] = []
-        cached_forecast: pd.DataFrame | None = None
-        demand_long = _long(demand)
+        runs = _open_policies(config, base, scratch)
+        predictive = _PredictiveForecasts()
         try:
             for i, hour in enumerate(hours):
                 say(f"{hour:%Y-%m-%dT%H:%M}", i, len(hours))
-                interval = DataInterval.ending_at(hour)
-                for name in config.policies:
-                    if name == "reactive":
-                        continue
-                    policy_settings = lakes[name]
-                    run_id = f"{name}-{interval.token}"
-                    if name == "predictive":
-                        if cached_forecast is None or i % config.refit_every_hours == 0:
-                            cached_forecast = _predictive_forecasts(demand, carried, hour, config, tau, source_lake)
-                        now = cached_forecast[cached_forecast["ds"] == pd.Timestamp(hour)]
-                        if carried is not None:  # what running sessions hold now is known at `hour`
-                            now = apply_committed(now, carried[carried["hour"] == pd.Timestamp(hour)], hour)
-                        forecast_rows.append(now)
-                        _write_forecast(policy_settings, run_id, now)
-                    elif name == "oracle":
-                        actual = demand_long[demand_long["hour"] == pd.Timestamp(hour)]
-                        _write_target_forecast(policy_settings, run_id, hour, actual, "oracle")
-                    else:  # static
-                        past = demand_long[(demand_long["hour"] >= pd.Timestamp(hour - STATIC_LOOKBACK))
-                                           & (demand_long["hour"] < pd.Timestamp(hour))]
-                        peak = past.groupby(["region", "resource_type"], as_index=False)["value"].max()
-                        peak["value"] = peak["value"] * (1 + config.static_headroom)
-                        _write_target_forecast(policy_settings, run_id, hour, peak, "static")
-                    overrides = load_tau_overrides(policy_settings.lake_root, hour) if learns[name] else None
-                    planned = build_plan(interval, policy_settings, run_id, tau_overrides=overrides)
-                    if overrides:
-                        results[name].taus.extend(
-                            {"hour": hour, "region": region, "resource_type": rt, "tau": t}
-                            for region, by_rt in overrides.items() for rt, t in by_rt.items())
-                    publish(plan_id_for(interval), policy_settings)
-                    coordinators[name].reload(force=True)
-                    plan, _ = read_plan(policy_settings, planned["plan_id"])
-                    results[name].preallocation_cost += float(plan["hourly_cost"].sum())
-                    held = plan.groupby("resource_type")["quantity"].sum()
-                    for r in RESOURCE_TYPES:
-                        results[name].preallocated_unit_hours[r] += float(held.get(r, 0.0))
-                    for (region, resource), qty in plan.groupby(["region", "resource_type"])["quantity"].sum().items():
-                        results[name].capacity.append({"hour": hour, "region": region, "resource_type": resource, "quantity": qty})
-                batch = replay[(replay["requested_at"] >= pd.Timestamp(hour)) & (replay["requested_at"] < pd.Timestamp(hour + HOUR))]
-                for name in config.policies:
-                    _serve_hour(batch, coordinators[name], results[name], open_sessions[name], cold_starts,
-                                unit_price, penalty, base, hour, PeeringRequest, config.end.timestamp())
-                    if learns[name]:  # the hourly run's feedback stage, on this hour's logged decisions
-                        coordinators[name].outcome_log.flush()
-                        run_feedback(DataInterval(hour, hour + HOUR), lakes[name])
+                _replay_hour(hour, index=i, runs=runs, inputs=inputs, config=config, predictive=predictive)
             say("done", len(hours), len(hours))
         finally:
-            for coordinator in coordinators.values():
-                coordinator.close()
-        forecasts = pd.concat(forecast_rows, ignore_index=True) if forecast_rows else pd.DataFrame()
-        return BacktestResult(config=config, results=results, demand=demand, forecasts=forecasts)
+            for run in runs:
+                run.coordinator.close()
+        forecasts = pd.concat(predictive.planned, ignore_index=True) if predictive.planned else pd.DataFrame()
+        results = {run.name: run.result for run in runs}
+        return BacktestResult(config=config, results=results, demand=inputs.demand, forecasts=forecasts)
     finally:
         if scratch_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
 
 
-def _serve_hour(batch, coordinator, result: PolicyResult, sessions: list, cold_starts, unit_price, penalty,
-                settings: Settings, hour: datetime, request_type, replay_end_s: float) -> None:
+def _prepare_replay(source_root: str, config: BacktestConfig, base: Settings, scratch: Path) -> _ReplayInputs:
+    """Ingest the requests, derive hourly demand and put the replay window in time order."""
+    from pipeline.features.committed_levels import carried_levels
+    from pipeline.forecast.engine import planning_tau
+
+    history_start = config.start - timedelta(days=config.history_days) - SESSION_CARRY_IN
+    requests, regions = _load_requests(source_root, history_start, config.end, scratch)
+    window = FeatureWindow(config.start - max(timedelta(days=config.history_days), STATIC_LOOKBACK), config.end)  # static looks back a week
+    demand = compute_features(requests, regions, window)["region_demand_hourly"].to_pandas()
+    tau = planning_tau(base)
+    carried = None
+    if config.committed_demand and "predictive" in config.policies:
+        carried = carried_levels(requests, regions, DataInterval(window.start, config.end).hours())
+
+    replay = requests.to_pandas()
+    replay = replay[(replay["requested_at"] >= pd.Timestamp(config.start)) & (replay["requested_at"] < pd.Timestamp(config.end))]
+    replay = replay.sort_values(["requested_at", "request_id"], kind="stable").reset_index(drop=True)
+    rng = np.random.default_rng(config.seed)
+    cold_starts = rng.lognormal(math.log(COLD_START_MEDIAN_S), lognormal_sigma(), size=len(replay))
+    pricing = _Pricing(
+        on_demand=dict(base.cost.c_over),
+        cold_start_penalty={r: base.cost.c_under[r] - base.cost.c_over[r] for r in RESOURCE_TYPES},
+        shortfall=dict(base.cost.c_under),
+    )
+    return _ReplayInputs(
+        demand=demand,
+        demand_long=_long(demand),
+        carried=carried,
+        tau=tau,
+        source_lake=str(scratch / "source-lake"),
+        requests=replay,
+        cold_starts=cold_starts,
+        pricing=pricing,
+    )
+
+
+def _open_policies(config: BacktestConfig, base: Settings, scratch: Path) -> list[_PolicyRun]:
+    """Each policy's lake (seeded with the inventory) and its own IRC."""
+    from pipeline.irc import Coordinator
+
+    lakes = {name: _policy_settings(scratch, name, base) for name in config.policies}
+    for name in config.policies:
+        _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
+    learns = {name: config.feedback and name == "predictive" for name in config.policies}
+    coordinators = {
+        name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name)
+        for name in config.policies
+    }
+    return [
+        _PolicyRun(name=name, settings=lakes[name], learns=learns[name], coordinator=coordinators[name],
+                   result=PolicyResult(policy=name))
+        for name in config.policies
+    ]
+
+
+def _replay_hour(hour: datetime, *, index: int, runs: list[_PolicyRun], inputs: _ReplayInputs, config: BacktestConfig,
+                 predictive: _PredictiveForecasts) -> None:
+    """Plan the hour under every policy, then serve its requests (and learn from them)."""
+    from pipeline.ops.feedback import run_feedback
+
+    interval = DataInterval.ending_at(hour)
+    for run in runs:
+        if run.name != "reactive":
+            _plan_hour(run, hour=hour, interval=interval, index=index, inputs=inputs, config=config, predictive=predictive)
+    requests = inputs.requests
+    batch = requests[(requests["requested_at"] >= pd.Timestamp(hour)) & (requests["requested_at"] < pd.Timestamp(hour + HOUR))]
+    for run in runs:
+        _serve_hour(batch, run, inputs=inputs, hour=hour, replay_end_s=config.end.timestamp())
+        if run.learns:  # the hourly run's feedback stage, on this hour's logged decisions
+            outcomes = run.coordinator.outcome_log
+            assert outcomes is not None, "a learning policy's IRC logs its decisions (outcomes=True)"
+            outcomes.flush()
+            run_feedback(DataInterval(hour, hour + HOUR), run.settings)
+
+
+def _plan_hour(run: _PolicyRun, *, hour: datetime, interval: DataInterval, index: int, inputs: _ReplayInputs,
+               config: BacktestConfig, predictive: _PredictiveForecasts) -> None:
+    """Write the policy's forecast for the hour, plan and publish it, and load it into the policy's IRC."""
+    from pipeline.ops.feedback import load_tau_overrides
+    from pipeline.plan import build_plan, read_plan
+    from pipeline.plan.planner import plan_id_for
+    from pipeline.publish.pointer import publish
+
+    run_id = f"{run.name}-{interval.token}"
+    _write_policy_forecast(run, run_id=run_id, hour=hour, index=index, inputs=inputs, config=config, predictive=predictive)
+    overrides = load_tau_overrides(run.settings.lake_root, hour) if run.learns else None
+    planned = build_plan(interval, run.settings, run_id, tau_overrides=overrides)
+    if overrides:
+        run.result.taus.extend(
+            {"hour": hour, "region": region, "resource_type": rt, "tau": t}
+            for region, by_rt in overrides.items() for rt, t in by_rt.items())
+    publish(plan_id_for(interval), run.settings)
+    run.coordinator.reload(force=True)
+    plan, _ = read_plan(run.settings, planned["plan_id"])
+    result = run.result
+    result.preallocation_cost += float(plan["hourly_cost"].sum())
+    held = plan.groupby("resource_type")["quantity"].sum()
+    for r in RESOURCE_TYPES:
+        result.preallocated_unit_hours[r] += float(held.get(r, 0.0))
+    for (region, resource), qty in plan.groupby(["region", "resource_type"])["quantity"].sum().items():
+        result.capacity.append({"hour": hour, "region": region, "resource_type": resource, "quantity": qty})
+
+
+def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, index: int, inputs: _ReplayInputs,
+                           config: BacktestConfig, predictive: _PredictiveForecasts) -> None:
+    """The forecast the policy plans the hour from, written as the forecast run `run_id`."""
+    from pipeline.forecast.committed import apply_committed
+
+    demand_long = inputs.demand_long
+    if run.name == "predictive":
+        if predictive.cached is None or index % config.refit_every_hours == 0:
+            predictive.cached = _predictive_forecasts(inputs.demand, inputs.carried, hour, config, inputs.tau, inputs.source_lake)
+        now = predictive.cached[predictive.cached["ds"] == pd.Timestamp(hour)]
+        if inputs.carried is not None:  # what running sessions hold now is known at `hour`
+            now = apply_committed(now, inputs.carried[inputs.carried["hour"] == pd.Timestamp(hour)], hour)
+        predictive.planned.append(now)
+        _write_forecast(run.settings, run_id, now)
+    elif run.name == "oracle":
+        actual = demand_long[demand_long["hour"] == pd.Timestamp(hour)]
+        _write_target_forecast(run.settings, run_id, hour, actual, "oracle")
+    else:  # static
+        past = demand_long[(demand_long["hour"] >= pd.Timestamp(hour - STATIC_LOOKBACK))
+                           & (demand_long["hour"] < pd.Timestamp(hour))]
+        peak = past.groupby(["region", "resource_type"], as_index=False)["value"].max()
+        peak["value"] = peak["value"] * (1 + config.static_headroom)
+        _write_target_forecast(run.settings, run_id, hour, peak, "static")
+
+
+def _serve_hour(batch: pd.DataFrame, run: _PolicyRun, *, inputs: _ReplayInputs, hour: datetime, replay_end_s: float) -> None:
     """Serve one hour of requests in time order; release sessions as their durations end."""
+    from pipeline.irc import PeeringRequest
+
+    result, sessions, coordinator, pricing = run.result, run.sessions, run.coordinator, inputs.pricing
     served_pre = 0
     for index, row in zip(batch.index, batch.itertuples(index=False)):
         at = row.requested_at.timestamp()
@@ -353,34 +453,35 @@ def _serve_hour(batch, coordinator, result: PolicyResult, sessions: list, cold_s
             _, allocation_id = heapq.heappop(sessions)
             coordinator.release(allocation_id)
         need = {r: float(getattr(row, r)) for r in RESOURCE_TYPES}
-        request = request_type(
+        request = PeeringRequest(
             request_id=row.request_id, requested_at=row.requested_at.to_pydatetime(), source_region=row.source_region,
             destination_region=row.destination_region, resource_requirements=need, duration_s=float(row.duration_s),
             priority=row.priority,
         )
         response = coordinator.handle_peering_request(request)
         result.requests += 1
-        hours_held = float(row.duration_s) / 3600.0
-        held_in_replay = max(min(at + float(row.duration_s), replay_end_s) - at, 0.0) / 3600.0
+        hours_held = float(row.duration_s) / SECONDS_PER_HOUR
+        held_in_replay = max(min(at + float(row.duration_s), replay_end_s) - at, 0.0) / SECONDS_PER_HOUR
         if response.status == "success" and response.path == "preallocated":
             result.preallocated += 1
             served_pre += 1
             result.latencies_s.append(0.0)
-            heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
+            if response.allocation_id:  # always set on a pre-allocated success
+                heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
             for r in RESOURCE_TYPES:
                 result.used_unit_hours[r] += need[r] * held_in_replay
         elif response.status == "success":
             result.on_demand += 1
-            result.latencies_s.append(float(cold_starts[index]))
+            result.latencies_s.append(float(inputs.cold_starts[index]))
             if response.allocation_id:
                 heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
-            result.on_demand_cost += sum(need[r] * unit_price[r] for r in RESOURCE_TYPES) * hours_held
-            result.penalty_cost += sum(need[r] * penalty[r] for r in RESOURCE_TYPES) * min(hours_held, WINDOW_HOURS)
+            result.on_demand_cost += sum(need[r] * pricing.on_demand[r] for r in RESOURCE_TYPES) * hours_held
+            result.penalty_cost += sum(need[r] * pricing.cold_start_penalty[r] for r in RESOURCE_TYPES) * min(hours_held, WINDOW_HOURS)
         elif response.message.startswith("Invalid request"):
             result.invalid += 1
         else:
             result.failures += 1
-            result.failure_cost += sum(need[r] * settings.cost.c_under[r] for r in RESOURCE_TYPES) * hours_held
+            result.failure_cost += sum(need[r] * pricing.shortfall[r] for r in RESOURCE_TYPES) * hours_held
     total = len(batch)
     result.hourly.append({"hour": hour.isoformat(), "requests": total, "hit_rate": served_pre / total if total else None})
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -44,6 +44,7 @@ from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval, parse_utc
 from pipeline.irc.contract import RESOURCE_TYPES
 from pipeline.irc.coordinator import CAPACITY_MISSES
+from pipeline.ops import HIT_RATE_TARGET
 
 OUTCOMES_DATASET = "irc_outcomes"
 EXCLUDED_MISSES = frozenset({"no_plan", "plan_expired", "plan_not_yet_valid", "ledger_error"})
@@ -53,7 +54,7 @@ EXCLUDED_MISSES = frozenset({"no_plan", "plan_expired", "plan_not_yet_valid", "l
 class ControllerConfig:
     """Gains and bounds of the τ controller (see module docstring)."""
 
-    target_hit_rate: float = 0.90
+    target_hit_rate: float = HIT_RATE_TARGET
     kp: float = 0.5
     ki: float = 1.0
     n0: float = 20.0
@@ -74,7 +75,7 @@ class RegionOutcomes:
 
     hits: int = 0
     misses: int = 0
-    short: dict[str, int] | None = None
+    short: dict[str, int] = field(default_factory=dict)  # resource type -> misses short on it
 
     @property
     def requests(self) -> int:
@@ -144,13 +145,13 @@ def summarize(outcomes: Any) -> dict[str, RegionOutcomes]:
         if not region:
             continue
         if row["path"] == "preallocated":
-            regions.setdefault(region, RegionOutcomes(short={})).hits += 1
+            regions.setdefault(region, RegionOutcomes()).hits += 1
         elif row["miss_reason"] in CAPACITY_MISSES:
-            stats = regions.setdefault(region, RegionOutcomes(short={}))
+            stats = regions.setdefault(region, RegionOutcomes())
             stats.misses += 1
             for rt in (row["short_resources"] or "").split(","):
                 if rt:
-                    stats.short[rt] = stats.short.get(rt, 0) + 1  # type: ignore[index]
+                    stats.short[rt] = stats.short.get(rt, 0) + 1
     return regions
 
 
@@ -186,10 +187,11 @@ def controller_step(
         region_stats = stats.get(region)
         prior = previous.get(region, {})
         n = region_stats.requests if region_stats is not None else 0
-        error = config.target_hit_rate - region_stats.hit_rate if n else None  # type: ignore[operator, union-attr]
+        hit_rate = region_stats.hit_rate if region_stats is not None else None  # None exactly when n == 0
+        error = config.target_hit_rate - hit_rate if hit_rate is not None else None
         errors[region] = error
         confidence = n / (n + config.n0) if n else 0.0
-        short = (region_stats.short or {}) if region_stats is not None else {}
+        short = region_stats.short if region_stats is not None else {}
         most = max(short.values(), default=0)
         integrals[region], taus[region] = {}, {}
         for rt, base in sorted(base_tau.items()):
@@ -227,6 +229,10 @@ def _tokens(lake_root: str) -> list[str]:
     )
 
 
+def _round6(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
 def run_feedback(
     interval: DataInterval, settings: Settings, config: ControllerConfig | None = None
 ) -> dict[str, Any]:
@@ -252,9 +258,9 @@ def run_feedback(
             region: {
                 "requests": stats[region].requests if region in stats else 0,
                 "hits": stats[region].hits if region in stats else 0,
-                "hit_rate": round(stats[region].hit_rate, 6) if region in stats and stats[region].hit_rate is not None else None,
-                "error": round(errors[region], 6) if errors[region] is not None else None,
-                "short": dict(sorted((stats[region].short or {}).items())) if region in stats else {},
+                "hit_rate": _round6(stats[region].hit_rate) if region in stats else None,
+                "error": _round6(errors[region]),
+                "short": dict(sorted(stats[region].short.items())) if region in stats else {},
                 "integral": integrals[region],
                 "tau": taus[region],
             }
@@ -277,7 +283,6 @@ def load_tau_overrides(lake_root: str, as_of: str | datetime) -> dict[str, dict[
         return {}
     document = lake.read_json(storage.join(tau_dir(str(lake_root)), f"{max(tokens)}.json"))
     return {region: {rt: float(t) for rt, t in taus.items()} for region, taus in document.get("tau", {}).items()}
-
 
 
 def stage_feedback(interval: DataInterval, settings: Settings) -> dict[str, Any]:

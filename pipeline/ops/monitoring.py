@@ -34,16 +34,18 @@ from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval, parse_utc
 from pipeline.common.schemas import RESOURCE_TYPES, region_series_id
+from pipeline.ops import HIT_RATE_TARGET
 
 log = logging.getLogger(__name__)
 SEVERITIES = ("info", "warning", "critical")
+CRITICAL_HIT_RATE_SHORTFALL = 0.2  # a region this far below the hit-rate target is critical, not a warning
 
 
 @dataclass(frozen=True)
 class AlertRules:
     """Thresholds; defaults suit hourly capacity planning, all overridable from the environment."""
 
-    hit_rate_target: float = 0.90
+    hit_rate_target: float = HIT_RATE_TARGET
     max_forecast_wape: float = 0.50
     min_utilization: float = 0.30
     max_quarantine_share: float = 0.01
@@ -184,9 +186,9 @@ def check_hit_rate(settings: Settings, interval: DataInterval, rules: AlertRules
     by_region = frame.groupby(region_column)["path"].apply(lambda p: float((p == "preallocated").mean()))
     for region, rate in by_region.items():
         if rate < rules.hit_rate_target:
+            severity = "critical" if rate < rules.hit_rate_target - CRITICAL_HIT_RATE_SHORTFALL else "warning"
             report.alerts.append(Alert(
-                "hit_rate", "critical" if rate < rules.hit_rate_target - 0.2 else "warning", str(region), round(rate, 4),
-                rules.hit_rate_target,
+                "hit_rate", severity, str(region), round(rate, 4), rules.hit_rate_target,
                 f"{region}: {rate:.0%} of requests served from pre-allocation (target {rules.hit_rate_target:.0%})",
             ))
     report.checked["hit_rate"] = "ok"

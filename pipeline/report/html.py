@@ -9,8 +9,11 @@ from __future__ import annotations
 
 import base64
 import io
-from datetime import timedelta
+from collections.abc import Mapping
+from datetime import datetime, timedelta
 from pathlib import Path
+from types import ModuleType
+from typing import Any, Protocol
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
@@ -26,7 +29,17 @@ from pipeline.plan import read_plan
 TEMPLATES = str(Path(__file__).parent / "templates")
 
 
-def _png(fig) -> str:
+def _pyplot() -> ModuleType:
+    """matplotlib.pyplot on the headless Agg backend, imported only when a figure is drawn."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _png(fig: Any) -> str:
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -134,17 +147,66 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings) 
     return path
 
 
-def write_backtest_report(result, path: str) -> str:
+class _ReplayWindow(Protocol):
+    @property
+    def start(self) -> datetime: ...
+
+    @property
+    def end(self) -> datetime: ...
+
+
+class _PolicyReplay(Protocol):
+    @property
+    def hourly(self) -> list[dict]: ...  # hour, requests, hit_rate
+
+    @property
+    def capacity(self) -> list[dict]: ...  # hour, region, resource_type, quantity
+
+
+class BacktestView(Protocol):
+    """What the report reads of a `pipeline.ops.backtest.BacktestResult` (a protocol, so that the
+    report does not import the replay machinery)."""
+
+    @property
+    def config(self) -> _ReplayWindow: ...
+
+    @property
+    def results(self) -> Mapping[str, _PolicyReplay]: ...
+
+    @property
+    def demand(self) -> pd.DataFrame: ...
+
+    @property
+    def forecasts(self) -> pd.DataFrame | None: ...
+
+    def summary(self) -> dict: ...
+
+
+_POLICY_COLORS = {"predictive": "#08519c", "reactive": "#a50f15", "static": "#fd8d3c", "oracle": "#31a354"}
+
+
+def write_backtest_report(result: BacktestView, path: str) -> str:
     """Render a backtest (pipeline.ops.backtest.BacktestResult) as one self-contained HTML page."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    _pyplot()
     summary = result.summary()
-    colors = {"predictive": "#08519c", "reactive": "#a50f15", "static": "#fd8d3c", "oracle": "#31a354"}
-    figures: dict[str, str] = {}
+    demand = result.demand
+    start, end = pd.Timestamp(result.config.start), pd.Timestamp(result.config.end)
+    shown = demand[(demand["hour"] >= start) & (demand["hour"] < end)]
+    figures = {
+        "cost": _policy_cost_figure(summary),
+        "hit_rate": _hit_rate_figure(result),
+        "capacity": _capacity_figure(result, shown),
+        "forecast": _forecast_vs_actual_figure(result, shown),
+    }
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
+    html = env.get_template("backtest_report.html.j2").render(summary=summary, figures=figures)
+    storage.write_text_atomic(path, html)
+    return path
 
+
+def _policy_cost_figure(summary: dict) -> str:
+    """Total cost per policy, stacked by what it paid for."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 3.2))
     parts = ("preallocation", "on_demand", "cold_start_penalty", "shortfall_penalty")
     bottom = [0.0] * len(summary["policies"])
@@ -155,25 +217,32 @@ def write_backtest_report(result, path: str) -> str:
         bottom = [b + v for b, v in zip(bottom, values)]
     ax.set_ylabel("USD")
     ax.legend(fontsize=8)
-    figures["cost"] = _png(fig)
+    image = _png(fig)
     plt.close(fig)
+    return image
 
+
+def _hit_rate_figure(result: BacktestView) -> str:
+    """Share of each hour's requests served from pre-allocation, per policy."""
+    plt = _pyplot()
     fig, ax = plt.subplots(figsize=(11, 3.2))
     for name, res in result.results.items():
         hourly = pd.DataFrame(res.hourly)
         if not hourly.empty:
-            ax.plot(pd.to_datetime(hourly["hour"]), hourly["hit_rate"], label=name, color=colors.get(name), lw=1.2)
+            ax.plot(pd.to_datetime(hourly["hour"]), hourly["hit_rate"], label=name, color=_POLICY_COLORS.get(name), lw=1.2)
     ax.set_ylim(-0.02, 1.02)
     ax.set_ylabel("served pre-allocated")
     ax.legend(fontsize=8, ncol=4)
     fig.autofmt_xdate()
-    figures["hit_rate"] = _png(fig)
+    image = _png(fig)
     plt.close(fig)
+    return image
 
-    demand = result.demand
-    regions = sorted(demand["region"].unique())
-    start, end = pd.Timestamp(result.config.start), pd.Timestamp(result.config.end)
-    shown = demand[(demand["hour"] >= start) & (demand["hour"] < end)]
+
+def _capacity_figure(result: BacktestView, shown: pd.DataFrame) -> str:
+    """Per region: peak vCPU demand against what each policy pre-allocated."""
+    plt = _pyplot()
+    regions = sorted(result.demand["region"].unique())
     cols = 2
     rows = (len(regions) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.4 * rows), squeeze=False, sharex=True)
@@ -185,36 +254,36 @@ def write_backtest_report(result, path: str) -> str:
             if cap.empty:
                 continue
             c = cap[(cap["region"] == region) & (cap["resource_type"] == "vcpu")]
-            ax.step(pd.to_datetime(c["hour"]), c["quantity"], where="post", lw=1, color=colors.get(name), label=name)
+            ax.step(pd.to_datetime(c["hour"]), c["quantity"], where="post", lw=1, color=_POLICY_COLORS.get(name), label=name)
         ax.set_title(region, fontsize=10)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(regions):]:
         ax.axis("off")
     axes.flat[0].legend(fontsize=7)
     fig.autofmt_xdate()
-    figures["capacity"] = _png(fig)
+    image = _png(fig)
     plt.close(fig)
+    return image
 
+
+def _forecast_vs_actual_figure(result: BacktestView, shown: pd.DataFrame) -> str:
+    """The predictive policy's vCPU forecasts against actual demand in the four busiest regions ("" without forecasts)."""
     forecasts = result.forecasts
-    if forecasts is not None and not forecasts.empty:
-        top = demand.groupby("region")["vcpu"].mean().sort_values(ascending=False).index[:4]
-        fig, axes = plt.subplots(len(top), 1, figsize=(11, 2.3 * len(top)), squeeze=False, sharex=True)
-        for ax, region in zip(axes.flat, top):
-            f = forecasts[forecasts["series_id"] == region_series_id(region, "vcpu")].sort_values("ds")
-            d = shown[shown["region"] == region]
-            ax.fill_between(f["ds"], f["lo_95"], f["hi_95"], color="#9ecae1", alpha=0.5, label="95% interval")
-            ax.fill_between(f["ds"], f["lo_80"], f["hi_80"], color="#4292c6", alpha=0.5, label="80% interval")
-            ax.plot(f["ds"], f["mean"], color="#08519c", lw=1.1, label="forecast")
-            ax.plot(d["hour"], d["vcpu"], color="#222", lw=1, label="actual")
-            ax.set_title(region, fontsize=10)
-        axes.flat[0].legend(fontsize=7, ncol=4)
-        fig.autofmt_xdate()
-        figures["forecast"] = _png(fig)
-        plt.close(fig)
-    else:
-        figures["forecast"] = ""
-
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-    html = env.get_template("backtest_report.html.j2").render(summary=summary, figures=figures)
-    storage.write_text_atomic(path, html)
-    return path
+    if forecasts is None or forecasts.empty:
+        return ""
+    plt = _pyplot()
+    top = result.demand.groupby("region")["vcpu"].mean().sort_values(ascending=False).index[:4]
+    fig, axes = plt.subplots(len(top), 1, figsize=(11, 2.3 * len(top)), squeeze=False, sharex=True)
+    for ax, region in zip(axes.flat, top):
+        f = forecasts[forecasts["series_id"] == region_series_id(region, "vcpu")].sort_values("ds")
+        d = shown[shown["region"] == region]
+        ax.fill_between(f["ds"], f["lo_95"], f["hi_95"], color="#9ecae1", alpha=0.5, label="95% interval")
+        ax.fill_between(f["ds"], f["lo_80"], f["hi_80"], color="#4292c6", alpha=0.5, label="80% interval")
+        ax.plot(f["ds"], f["mean"], color="#08519c", lw=1.1, label="forecast")
+        ax.plot(d["hour"], d["vcpu"], color="#222", lw=1, label="actual")
+        ax.set_title(region, fontsize=10)
+    axes.flat[0].legend(fontsize=7, ncol=4)
+    fig.autofmt_xdate()
+    image = _png(fig)
+    plt.close(fig)
+    return image
