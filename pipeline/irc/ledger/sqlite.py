@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, short_resources
 from pipeline.irc.plan_source import CapacityRow
 
 _SCHEMA = """
@@ -157,20 +157,9 @@ class SQLiteLedger:
                 (region, end_s, start_s),
             ):
                 cells.setdefault(window_start, {})[resource_type] = (capacity, used)
-            if not cells:
-                return tuple(sorted(requirements))
-            short = set()
-            for window in cells.values():
-                for resource_type, quantity in requirements.items():
-                    cell = window.get(resource_type)
-                    if cell is None:
-                        short.add(resource_type)
-                        continue
-                    limit = cell[0] * ceiling
-                    if cell[1] + quantity > limit + TOLERANCE * max(1.0, limit):
-                        short.add(resource_type)
+            short = short_resources(cells.values(), requirements, ceiling)
             if short:
-                return tuple(sorted(short))
+                return short
             conn.executemany(
                 "UPDATE irc_capacity SET used = used + ? WHERE region = ? AND window_start = ? AND resource_type = ?",
                 [(q, region, w, rt) for w in cells for rt, q in requirements.items()],
