@@ -276,8 +276,9 @@ class Coordinator:
                 log.exception("IRC: could not queue the outcome of %r", response.request_id)
         return response
 
-    def release(self, allocation_id: str) -> bool:
-        """Give an allocation's capacity back to where it came from; False if unknown/released/expired."""
+    def release(self, allocation_id: str | None) -> bool:
+        """Give an allocation's capacity back to where it came from; False if unknown/released/expired
+        (or not an allocation id at all: the HTTP service passes on whatever the client sent)."""
         try:
             if not isinstance(allocation_id, str):
                 return False
@@ -591,14 +592,14 @@ class Coordinator:
         except Exception:
             utilization = {}
         for (region, resource_type), (capacity, used) in sorted(utilization.items()):
-            labels = {"region": region, "resource_type": resource_type}
+            labels: dict[str, object] = {"region": region, "resource_type": resource_type}
             gauges.append(("peerscale_irc_preallocation_utilization", "gauge",
                            "Used share of the pre-allocation in the window of the latest request time.",
                            labels, used / capacity if capacity > 0 else float("nan")))
-        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+        for (region, resource_type), (capacity, _used) in sorted(utilization.items()):
             gauges.append(("peerscale_irc_preallocation_capacity", "gauge", "Pre-allocated quantity in that window.",
                            {"region": region, "resource_type": resource_type}, capacity))
-        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+        for (region, resource_type), (_capacity, used) in sorted(utilization.items()):
             gauges.append(("peerscale_irc_preallocation_used", "gauge", "Reserved quantity in that window.",
                            {"region": region, "resource_type": resource_type}, used))
         if self._outcomes is not None:

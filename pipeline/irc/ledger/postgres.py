@@ -19,6 +19,7 @@ psycopg is imported only here, so only deployments that use PostgreSQL need it
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterable, Mapping
@@ -318,8 +319,6 @@ class PostgresLedger:
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
         self._local = threading.local()
