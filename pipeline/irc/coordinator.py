@@ -92,11 +92,8 @@ class _PlanState:
     signature: tuple[str, float | None] | None  # LATEST (plan_id, mtime) the plan came from
 
 
-class _Located(NamedTuple):
-    """The plan serving a request time and its window containing it."""
-
-    plan: LoadedPlan
-    window: PlanWindow
+# The plan serving a request time and its window containing it (a plain tuple: built per request).
+_Located = tuple[LoadedPlan, PlanWindow]
 
 
 class _Miss(NamedTuple):
@@ -110,13 +107,14 @@ class _Miss(NamedTuple):
 
 def _unplanned(valid: ValidRequest, located: _Located) -> _Miss | None:
     """A miss when the window pre-allocates nothing of some requested resource in the region."""
-    region, requirements, window = valid.destination_region, valid.requirements, located.window
+    plan, window = located
+    region, requirements = valid.destination_region, valid.requirements
     planned = window.allocation.get(region, _EMPTY)
     for rt in requirements:
         if planned.get(rt, 0.0) <= 0.0:
             unplanned = tuple(sorted(r for r in requirements if planned.get(r, 0.0) <= 0.0))
             detail = f"nothing pre-allocated for {', '.join(unplanned)} in {region}, window {window.key}"
-            return _Miss("not_planned", detail, located.plan.plan_id, unplanned)
+            return _Miss("not_planned", detail, plan.plan_id, unplanned)
     return None
 
 
@@ -422,7 +420,7 @@ class Coordinator:
         if window is None:
             detail = f"plan {plan.plan_id} has no window covering {valid.requested_at.isoformat()}"
             return _Miss("no_window", detail, plan.plan_id)
-        return _Located(plan, window)
+        return plan, window
 
     def _serve_preallocated(self, valid: ValidRequest, located: _Located, now_s: float) -> PeeringResponse | _Miss:
         """Reserve the planned capacity within the priority's ceiling: a success, or why not."""
@@ -431,7 +429,7 @@ class Coordinator:
         unplanned = _unplanned(valid, located)
         if unplanned is not None:
             return unplanned
-        allocation_id = self._new_allocation_id(PREALLOCATED_PREFIX)
+        allocation_id = f"{PREALLOCATED_PREFIX}{self._id_prefix}{next(self._ids):x}"
         ceiling = self._ceilings.get(valid.priority, 1.0)
         try:
             short = self._reserve(allocation_id, valid, ceiling, now_s)
@@ -475,7 +473,7 @@ class Coordinator:
     def _serve_on_demand(self, valid: ValidRequest, miss: _Miss, now_s: float) -> PeeringResponse | None:
         """Grant the request from the region's on-demand pool, or None when the pool cannot."""
         region, requirements = valid.destination_region, valid.requirements
-        allocation_id = self._new_allocation_id(ON_DEMAND_PREFIX)
+        allocation_id = f"{ON_DEMAND_PREFIX}{self._id_prefix}{next(self._ids):x}"
         on_demand = self._on_demand
         on_demand.sweep(now_s)
         if not on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
@@ -505,9 +503,6 @@ class Coordinator:
             region=region,
             miss=miss,
         )
-
-    def _new_allocation_id(self, path_prefix: str) -> str:
-        return f"{path_prefix}{self._id_prefix}{next(self._ids):x}"
 
     def _shortfall(self, region: str, requirements: Mapping[str, float]) -> str:
         available = self._on_demand.available(region)

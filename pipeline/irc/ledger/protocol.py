@@ -94,7 +94,7 @@ def over_capacity(used: float, quantity: float, capacity: float, ceiling: float 
     stay the same expression); the tolerance is `TOLERANCE x max(1, limit)`.
     """
     limit = capacity * ceiling
-    return used + quantity > limit + TOLERANCE * (limit if limit > 1.0 else 1.0)  # max() inlined: hot path
+    return used + quantity > limit + TOLERANCE * max(1.0, limit)
 
 
 def over_capacity_sql(used: str, quantity: str, capacity: str, ceiling: str) -> str:
@@ -112,17 +112,21 @@ def short_resources(
     With no window at all every requested resource is short; otherwise a resource is short when
     some window has no cell for it or the cell is `over_capacity`.
     """
-    short: set[str] = set()
+    short: set[str] | None = None
     overlapped = False
     for cells in windows:
         overlapped = True
         for resource_type, quantity in requirements.items():
             cell = cells.get(resource_type)
-            if cell is None or over_capacity(cell[1], quantity, cell[0], ceiling):
-                short.add(resource_type)
+            # Within the limit itself a cell always fits (the tolerance only widens it), so the rule is
+            # only evaluated near or above the limit: the in-memory ledger's hot path skips the call.
+            if cell is None or (
+                cell[1] + quantity > cell[0] * ceiling and over_capacity(cell[1], quantity, cell[0], ceiling)
+            ):
+                short = (short or set()) | {resource_type}
     if not overlapped:
         return tuple(sorted(requirements))
-    return tuple(sorted(short))
+    return tuple(sorted(short)) if short else ()
 
 
 def fits(
