@@ -19,6 +19,7 @@ import pytest
 
 from pipeline.irc import stress
 from pipeline.irc.ledger import InMemoryLedger, Ledger, open_ledger
+from pipeline.irc.ledger.protocol import TOLERANCE, fits, over_capacity, over_capacity_sql
 from pipeline.irc.ledger.sqlite import SQLiteLedger
 
 REPO = Path(__file__).resolve().parents[1]
@@ -99,6 +100,68 @@ def test_exact_fill_is_granted_and_ceiling_is_respected(ledger: Ledger) -> None:
     assert ledger.reserve("pre-2", EU, {"vcpu": 7.2}, T, T + 60, 0.9) == ()  # = 0.9 × 8 (float sum)
     assert ledger.reserve("pre-3", EU, {"vcpu": 0.8}, T, T + 60, 1.0) == ()  # fills it exactly
     assert ledger.reserve("pre-4", EU, {"vcpu": 1e-6}, T, T + 60, 1.0) == ("vcpu",)
+
+
+# -- one capacity rule: used + q <= ceiling x capacity, up to TOLERANCE x max(1, limit) ------------
+
+# (capacity, ceiling): tolerance relative to the limit, with a priority ceiling, absolute below 1 unit.
+BOUNDARY_LIMITS = [(8.0, 1.0), (8.0, 0.95), (0.25, 1.0)]
+# Excess over an exactly full window, in tolerances, and whether it is granted.
+BOUNDARY_EXCESS = [(0.0, True), (0.5, True), (2.0, False)]
+
+
+def _boundary_cases() -> list[tuple[float, float, float, float, bool]]:
+    """(capacity, ceiling, half, tail, granted): a window half full, then `tail` more."""
+    cases = []
+    for capacity, ceiling in BOUNDARY_LIMITS:
+        limit = capacity * ceiling
+        for excess, granted in BOUNDARY_EXCESS:
+            cases.append((capacity, ceiling, limit / 2, limit / 2 + excess * TOLERANCE * max(1.0, limit), granted))
+    return cases
+
+
+def test_capacity_rule_boundary_is_the_same_on_every_backend(url: str) -> None:
+    """Exactly full and full + tolerance/2 are granted, full + 2 x tolerance is refused - as `over_capacity` says."""
+    cases = _boundary_cases()
+    store = open_ledger(url)
+    store.load_capacities([(T + k * H, T + (k + 1) * H, EU, "vcpu", c[0]) for k, c in enumerate(cases)], "plan-a")
+    try:
+        for k, (capacity, ceiling, half, tail, granted) in enumerate(cases):
+            start = T + k * H
+            assert store.reserve(f"pre-{k}-half", EU, {"vcpu": half}, start, start + 60, ceiling) == ()
+            decision = store.reserve(f"pre-{k}-tail", EU, {"vcpu": tail}, start, start + 60, ceiling) == ()
+            assert decision is granted, (capacity, ceiling, tail)
+            assert over_capacity(half, tail, capacity, ceiling) is not granted
+    finally:
+        store.close()
+
+
+def test_on_demand_fits_applies_the_same_rule() -> None:
+    for capacity, ceiling, half, tail, granted in _boundary_cases():
+        if ceiling == 1.0:
+            assert fits({"vcpu": tail}, {"vcpu": half}, {"vcpu": capacity}) is granted, (capacity, tail)
+
+
+def test_postgres_rule_fragment_evaluates_like_the_python_rule() -> None:
+    """The SQL the PostgreSQL ledger embeds gives `over_capacity`'s answer on and around the boundary."""
+    postgres_url()  # fails loudly when the server is not there
+    import psycopg
+
+    cases = []
+    for capacity in (0.0, 0.25, 1.0, 8.0, 1e6):
+        for ceiling in (0.85, 0.95, 1.0):
+            limit = capacity * ceiling
+            for excess in (-1.0, 0.0, 0.5, 2.0):
+                cases.append((limit / 2, limit / 2 + excess * TOLERANCE * max(1.0, limit), capacity, ceiling))
+    expression = over_capacity_sql(used="v.u", quantity="v.q", capacity="v.c", ceiling="v.k")
+    with psycopg.connect(PG_URL, connect_timeout=5) as conn:
+        rows = conn.execute(
+            f"SELECT {expression} FROM unnest(%s::float8[], %s::float8[], %s::float8[], %s::float8[]) "
+            "WITH ORDINALITY AS v(u, q, c, k, i) ORDER BY v.i",
+            [list(column) for column in zip(*cases, strict=True)],
+        ).fetchall()
+    assert [row[0] for row in rows] == [over_capacity(*case) for case in cases]
+    assert {row[0] for row in rows} == {True, False}
 
 
 def test_release_is_exactly_once_and_capacity_is_reusable(ledger: Ledger) -> None:

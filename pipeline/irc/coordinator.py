@@ -37,6 +37,7 @@ The coordinator never raises to its caller (DESIGN principle 4).
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import logging
 import os
@@ -46,9 +47,9 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
-from pipeline.irc.ledger import InMemoryLedger, Ledger
+from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
 from pipeline.irc.messages import PeeringRequest, PeeringResponse
 from pipeline.irc.metrics import DecisionMetrics
 from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator
@@ -56,11 +57,12 @@ from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
 from pipeline.irc.plan_source import (
     LoadedPlan,
     PlanUnavailable,
+    PlanWindow,
     latest_signature,
     load_plan,
     load_pools,
 )
-from pipeline.irc.validation import InvalidRequest, validate_request
+from pipeline.irc.validation import InvalidRequest, ValidRequest, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +71,13 @@ ON_DEMAND_PREFIX = "od-"
 DEFAULT_PRIORITY_CEILINGS: Mapping[str, float] = {"low": 0.85, "normal": 0.95, "high": 1.0, "critical": 1.0}
 # Misses the planner's τ is responsible for (the feedback controller counts only these).
 CAPACITY_MISSES = frozenset({"exhausted", "not_planned", "no_window"})
+# A shared ledger that refuses a request sweeps expired sessions and retries, at most this often
+# (in request time), so that a run of refusals does not turn into a run of sweeps.
+EXHAUSTION_SWEEP_INTERVAL_S = 1.0
+# A reload keeps the previous plan for late requests unless it ended this long before the new one
+# starts: the ledgers drop windows after the same horizon, so it could serve nothing more.
+PREVIOUS_PLAN_HORIZON_S = DEFAULT_RETENTION_S
+NS_PER_US = 1000.0  # decision latencies are measured in ns, logged in µs
 _EMPTY: Mapping[str, float] = {}
 
 
@@ -81,6 +90,50 @@ class _PlanState:
     error: str | None  # why there is no usable plan / why the last reload failed
     known_regions: frozenset[str] | None  # None: nothing loaded, check the name pattern only
     signature: tuple[str, float | None] | None  # LATEST (plan_id, mtime) the plan came from
+
+
+# The plan serving a request time and its window containing it (a plain tuple: built per request).
+_Located = tuple[LoadedPlan, PlanWindow]
+
+
+class _Miss(NamedTuple):
+    """Why the pre-allocation did not serve a request; the on-demand and failure steps report it."""
+
+    reason: str  # PeeringResponse.miss_reason
+    detail: str  # readable, quoted in the response message
+    plan_id: str | None  # the plan the decision was taken under
+    short: tuple[str, ...] = ()  # resources the pre-allocation lacked
+
+
+def _unplanned(valid: ValidRequest, located: _Located) -> _Miss | None:
+    """A miss when the window pre-allocates nothing of some requested resource in the region."""
+    plan, window = located
+    region, requirements = valid.destination_region, valid.requirements
+    planned = window.allocation.get(region, _EMPTY)
+    for rt in requirements:
+        if planned.get(rt, 0.0) <= 0.0:
+            unplanned = tuple(sorted(r for r in requirements if planned.get(r, 0.0) <= 0.0))
+            detail = f"nothing pre-allocated for {', '.join(unplanned)} in {region}, window {window.key}"
+            return _Miss("not_planned", detail, plan.plan_id, unplanned)
+    return None
+
+
+def _failure(
+    request_id: Any, message: str, *, region: str | None = None, miss: _Miss | None = None
+) -> PeeringResponse:
+    """A failure response; `request_id` is whatever the request carried (an invalid one may hold anything)."""
+    return PeeringResponse(
+        request_id=request_id if isinstance(request_id, str) else ("" if request_id is None else str(request_id)),
+        status="failure",
+        path="none",
+        latency_class=None,
+        allocation_id=None,
+        message=message,
+        region=region,
+        plan_id=None if miss is None else miss.plan_id,
+        miss_reason=None if miss is None else miss.reason,
+        short_resources=() if miss is None else miss.short,
+    )
 
 
 class Coordinator:
@@ -210,10 +263,8 @@ class Coordinator:
         except Exception as exc:
             log.exception("IRC internal error on request %r", getattr(request, "request_id", None))
             self._metrics.count("internal_errors")
-            response, valid, failure = self._response(
-                getattr(request, "request_id", ""), "failure", "none", None, None,
-                f"Internal error: {type(exc).__name__}: {exc}", None, None,
-            ), None, "internal"
+            response = _failure(getattr(request, "request_id", ""), f"Internal error: {type(exc).__name__}: {exc}")
+            valid, failure = None, "internal"
         elapsed = time.perf_counter_ns() - started
         self._metrics.observe(response.path, response.status, response.miss_reason, failure, elapsed)
         if self._outcomes is not None:
@@ -223,8 +274,9 @@ class Coordinator:
                 log.exception("IRC: could not queue the outcome of %r", response.request_id)
         return response
 
-    def release(self, allocation_id: str) -> bool:
-        """Give an allocation's capacity back to where it came from; False if unknown/released/expired."""
+    def release(self, allocation_id: str | None) -> bool:
+        """Give an allocation's capacity back to where it came from; False if unknown/released/expired
+        (or not an allocation id at all: the HTTP service passes on whatever the client sent)."""
         try:
             if not isinstance(allocation_id, str):
                 return False
@@ -281,9 +333,11 @@ class Coordinator:
                 self._on_demand.load_pools(plan.pools)
             current = self._state.plan
             previous = current if current is not None and current.plan_id != plan.plan_id else self._state.previous
-            if previous is not None and previous.valid_to_s <= plan.valid_from_s - 86400:
+            if previous is not None and previous.valid_to_s <= plan.valid_from_s - PREVIOUS_PLAN_HORIZON_S:
                 previous = None
-            self._state = _PlanState(plan, previous, None, plan.regions, signature)
+            self._state = _PlanState(
+                plan=plan, previous=previous, error=None, known_regions=plan.regions, signature=signature
+            )
             self._failed_signature = None
             self._metrics.count("plan_reloads")
             log.info("IRC: serving plan %s (%d windows)", plan.plan_id, len(plan.windows))
@@ -309,20 +363,29 @@ class Coordinator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    # -- decision ------------------------------------------------------------------------------
+    # -- decision: validate → plan window → pre-allocated → on demand → failure ----------------
 
-    def _decide(self, request: Any) -> tuple[PeeringResponse, Any]:
+    def _decide(self, request: Any) -> tuple[PeeringResponse, ValidRequest | None]:
+        """The decision of the module docstring, one named step per line; (response, valid request)."""
         state = self._state
         try:
             valid = validate_request(request, state.known_regions)
         except InvalidRequest as exc:
-            return self._response(
-                getattr(request, "request_id", ""), "failure", "none", None, None,
-                f"Invalid request: {exc}", None, None,
-            ), None
+            return _failure(getattr(request, "request_id", ""), f"Invalid request: {exc}"), None
+        now_s = self._advance_time(valid.start_s)
+        located = self._plan_window(state, valid)
+        outcome = located if isinstance(located, _Miss) else self._serve_preallocated(valid, located, now_s)
+        if isinstance(outcome, PeeringResponse):
+            return outcome, valid
+        return self._serve_on_demand(valid, outcome, now_s) or self._insufficient(valid, outcome), valid
 
-        at_s = valid.start_s
-        now_s = at_s  # how far expiry may run (bounded by the wall clock in live services)
+    def _advance_time(self, at_s: float) -> float:
+        """Move request time to `at_s` and sweep when due; returns how far expiry may run.
+
+        A live service's wall clock (plus `max_clock_skew_s`) bounds it, so that a request dated in
+        the future cannot expire sessions early.
+        """
+        now_s = at_s
         if self._clock is not None:
             limit = self._clock() + self._max_clock_skew_s
             if now_s > limit:
@@ -332,88 +395,114 @@ class Coordinator:
         if now_s >= self._next_sweep_s:
             self._next_sweep_s = now_s + self._sweep_interval_s
             self.sweep(now_s)
+        return now_s
 
-        region = valid.destination_region
-        requirements = valid.requirements
+    def _plan_window(self, state: _PlanState, valid: ValidRequest) -> _Located | _Miss:
+        """The plan that serves the request time and its window there, or why there is none.
+
+        Before the current plan starts, the previous plan serves the times it covers.
+        """
+        at_s = valid.start_s
         plan = state.plan
-        short: tuple[str, ...] = ()
-        window = None
         if plan is None:
-            reason, detail = "no_plan", f"no plan loaded ({state.error})"
             self._metrics.count("served_without_plan")
-        elif at_s >= plan.valid_to_s:
-            reason, detail = "plan_expired", f"plan {plan.plan_id} expired at {plan.valid_to.isoformat()}"
+            return _Miss("no_plan", f"no plan loaded ({state.error})", plan_id=None)
+        if at_s >= plan.valid_to_s:
             self._metrics.count("plan_expired")
-        else:
-            if at_s < plan.valid_from_s:
-                previous = state.previous
-                if previous is not None and previous.valid_from_s <= at_s < previous.valid_to_s:
-                    plan = previous
-            window = plan.window_at_s(at_s)
-            if at_s < plan.valid_from_s:
-                reason, detail = "plan_not_yet_valid", f"plan {plan.plan_id} not valid before {plan.valid_from.isoformat()}"
-            elif window is None:
-                reason, detail = "no_window", f"plan {plan.plan_id} has no window covering {valid.requested_at.isoformat()}"
-            else:
-                planned = window.allocation.get(region, _EMPTY)
-                unplanned: tuple[str, ...] = ()
-                for rt in requirements:
-                    if planned.get(rt, 0.0) <= 0.0:
-                        unplanned = tuple(sorted(r for r in requirements if planned.get(r, 0.0) <= 0.0))
-                        break
-                if unplanned:
-                    short = unplanned
-                    reason = "not_planned"
-                    detail = f"nothing pre-allocated for {', '.join(unplanned)} in {region}, window {window.key}"
-                else:
-                    allocation_id = f"{PREALLOCATED_PREFIX}{self._id_prefix}{next(self._ids):x}"
-                    ceiling = self._ceilings.get(valid.priority, 1.0)
-                    try:
-                        short = self._ledger.reserve(
-                            allocation_id, region, requirements, at_s, valid.end_s, ceiling, valid.priority, now_s
-                        )
-                        if short and not self._ledger.sweeps_inline and now_s - self._last_exhaustion_sweep_s >= 1.0:
-                            self._last_exhaustion_sweep_s = now_s
-                            if self.sweep(now_s):
-                                short = self._ledger.reserve(
-                                    allocation_id, region, requirements, at_s, valid.end_s, ceiling, valid.priority,
-                                    now_s,
-                                )
-                    except Exception as exc:
-                        log.warning("IRC ledger error: %s: %s", type(exc).__name__, exc)
-                        self._metrics.count("ledger_errors")
-                        short, reason = (), "ledger_error"
-                        detail = f"ledger unavailable ({type(exc).__name__}: {exc})"
-                    else:
-                        if not short:
-                            return self._response(
-                                valid.request_id, "success", "preallocated", "low", allocation_id,
-                                f"Pre-allocated in {region} from plan {plan.plan_id}, window {window.key}",
-                                region, plan.plan_id, provisioning_s=0.0,
-                            ), valid
-                        reason = "exhausted"
-                        detail = (f"pre-allocation exhausted in {region} for {', '.join(short)}, window {window.key}"
-                                  + (f" ({valid.priority} priority may use {ceiling:.0%} of it)" if ceiling < 1.0 else ""))
+            return _Miss("plan_expired", f"plan {plan.plan_id} expired at {plan.valid_to.isoformat()}", plan.plan_id)
+        if at_s < plan.valid_from_s:
+            previous = state.previous
+            if previous is None or not previous.valid_from_s <= at_s < previous.valid_to_s:
+                detail = f"plan {plan.plan_id} not valid before {plan.valid_from.isoformat()}"
+                return _Miss("plan_not_yet_valid", detail, plan.plan_id)
+            plan = previous
+        window = plan.window_at_s(at_s)
+        if window is None:
+            detail = f"plan {plan.plan_id} has no window covering {valid.requested_at.isoformat()}"
+            return _Miss("no_window", detail, plan.plan_id)
+        return plan, window
 
-        plan_id = plan.plan_id if plan is not None else None
+    def _serve_preallocated(self, valid: ValidRequest, located: _Located, now_s: float) -> PeeringResponse | _Miss:
+        """Reserve the planned capacity within the priority's ceiling: a success, or why not."""
+        plan, window = located
+        region = valid.destination_region
+        unplanned = _unplanned(valid, located)
+        if unplanned is not None:
+            return unplanned
+        allocation_id = f"{PREALLOCATED_PREFIX}{self._id_prefix}{next(self._ids):x}"
+        ceiling = self._ceilings.get(valid.priority, 1.0)
+        try:
+            short = self._reserve(allocation_id, valid, ceiling, now_s)
+            if short and self._exhaustion_sweep_due(now_s) and self.sweep(now_s):
+                short = self._reserve(allocation_id, valid, ceiling, now_s)  # expired sessions gave some back
+        except Exception as exc:
+            log.warning("IRC ledger error: %s: %s", type(exc).__name__, exc)
+            self._metrics.count("ledger_errors")
+            return _Miss("ledger_error", f"ledger unavailable ({type(exc).__name__}: {exc})", plan.plan_id)
+        if short:
+            detail = f"pre-allocation exhausted in {region} for {', '.join(short)}, window {window.key}"
+            if ceiling < 1.0:
+                detail += f" ({valid.priority} priority may use {ceiling:.0%} of it)"
+            return _Miss("exhausted", detail, plan.plan_id, short)
+        return PeeringResponse(
+            request_id=valid.request_id,
+            status="success",
+            path="preallocated",
+            latency_class="low",
+            allocation_id=allocation_id,
+            message=f"Pre-allocated in {region} from plan {plan.plan_id}, window {window.key}",
+            region=region,
+            plan_id=plan.plan_id,
+            provisioning_s=0.0,
+        )
+
+    def _reserve(self, allocation_id: str, valid: ValidRequest, ceiling: float, now_s: float) -> tuple[str, ...]:
+        """One ledger reservation of the request's session; () when granted, else the short resources."""
+        return self._ledger.reserve(
+            allocation_id, valid.destination_region, valid.requirements, valid.start_s, valid.end_s,
+            ceiling=ceiling, priority=valid.priority, now_s=now_s,
+        )
+
+    def _exhaustion_sweep_due(self, now_s: float) -> bool:
+        """A shared ledger that refuses a request sweeps expired sessions first - at most once per interval."""
+        if self._ledger.sweeps_inline or now_s - self._last_exhaustion_sweep_s < EXHAUSTION_SWEEP_INTERVAL_S:
+            return False
+        self._last_exhaustion_sweep_s = now_s
+        return True
+
+    def _serve_on_demand(self, valid: ValidRequest, miss: _Miss, now_s: float) -> PeeringResponse | None:
+        """Grant the request from the region's on-demand pool, or None when the pool cannot."""
+        region, requirements = valid.destination_region, valid.requirements
         allocation_id = f"{ON_DEMAND_PREFIX}{self._id_prefix}{next(self._ids):x}"
         on_demand = self._on_demand
         on_demand.sweep(now_s)
-        if on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
-            caveat = "" if on_demand.checks_capacity else " (no pool snapshot: capacity not verified)"
-            return self._response(
-                valid.request_id, "success", "on_demand", "medium", allocation_id,
-                f"Served on demand in {region}: {detail}{caveat}", region, plan_id, reason, short,
-                on_demand.provisioning_s(region, requirements),
-            ), valid
+        if not on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
+            return None
+        caveat = "" if on_demand.checks_capacity else " (no pool snapshot: capacity not verified)"
+        return PeeringResponse(
+            request_id=valid.request_id,
+            status="success",
+            path="on_demand",
+            latency_class="medium",
+            allocation_id=allocation_id,
+            message=f"Served on demand in {region}: {miss.detail}{caveat}",
+            region=region,
+            plan_id=miss.plan_id,
+            miss_reason=miss.reason,
+            short_resources=miss.short,
+            provisioning_s=on_demand.provisioning_s(region, requirements),
+        )
 
-        lacking = self._shortfall(region, requirements)
-        return self._response(
-            valid.request_id, "failure", "none", None, None,
-            f"Insufficient resources in {region}: {lacking or 'on-demand pool taken by concurrent requests'}; "
-            f"pre-allocation: {detail}",
-            region, plan_id, reason, short,
-        ), valid
+    def _insufficient(self, valid: ValidRequest, miss: _Miss) -> PeeringResponse:
+        """The failure when neither the pre-allocation nor the on-demand pool can serve the request."""
+        region = valid.destination_region
+        lacking = self._shortfall(region, valid.requirements) or "on-demand pool taken by concurrent requests"
+        return _failure(
+            valid.request_id,
+            f"Insufficient resources in {region}: {lacking}; pre-allocation: {miss.detail}",
+            region=region,
+            miss=miss,
+        )
 
     def _shortfall(self, region: str, requirements: Mapping[str, float]) -> str:
         available = self._on_demand.available(region)
@@ -423,35 +512,9 @@ class Coordinator:
             if q > available.get(rt, 0.0)
         )
 
-    @staticmethod
-    def _response(
-        request_id: Any,
-        status: str,
-        path: str,
-        latency_class: str | None,
-        allocation_id: str | None,
-        message: str,
-        region: str | None,
-        plan_id: str | None,
-        miss_reason: str | None = None,
-        short: tuple[str, ...] = (),
-        provisioning_s: float | None = None,
-    ) -> PeeringResponse:
-        return PeeringResponse(
-            request_id=request_id if isinstance(request_id, str) else ("" if request_id is None else str(request_id)),
-            status=status,  # type: ignore[arg-type]
-            path=path,  # type: ignore[arg-type]
-            latency_class=latency_class,  # type: ignore[arg-type]
-            allocation_id=allocation_id,
-            message=message,
-            region=region,
-            plan_id=plan_id,
-            miss_reason=miss_reason,
-            short_resources=short,
-            provisioning_s=provisioning_s,
-        )
-
-    def _outcome(self, request: Any, valid: Any, response: PeeringResponse, elapsed_ns: int) -> tuple[Any, ...]:
+    def _outcome(
+        self, request: Any, valid: ValidRequest | None, response: PeeringResponse, elapsed_ns: int
+    ) -> tuple[Any, ...]:
         """One `raw/irc_outcomes` record (column order: pipeline.irc.outcomes.COLUMNS)."""
         if valid is not None:
             req = valid.requirements
@@ -460,7 +523,7 @@ class Coordinator:
                 valid.priority, req.get("vcpu", 0.0), req.get("memory_gib", 0.0), req.get("storage_gib", 0.0),
                 req.get("bandwidth_gbps", 0.0), valid.duration_s, response.status, response.path,
                 response.latency_class, response.miss_reason, ",".join(response.short_resources) or None,
-                response.allocation_id, response.plan_id, elapsed_ns / 1000.0, response.provisioning_s,
+                response.allocation_id, response.plan_id, elapsed_ns / NS_PER_US, response.provisioning_s,
                 self._instance,
             )
         raw = getattr(request, "resource_requirements", None)
@@ -470,7 +533,7 @@ class Coordinator:
             getattr(request, "source_region", None), getattr(request, "destination_region", None),
             getattr(request, "priority", None), raw.get("vcpu"), raw.get("memory_gib"), raw.get("storage_gib"),
             raw.get("bandwidth_gbps"), getattr(request, "duration_s", None), response.status, response.path,
-            response.latency_class, response.miss_reason, None, None, response.plan_id, elapsed_ns / 1000.0,
+            response.latency_class, response.miss_reason, None, None, response.plan_id, elapsed_ns / NS_PER_US,
             None, self._instance,
         ))
 
@@ -489,7 +552,9 @@ class Coordinator:
         if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
             self._on_demand.load_pools(pools)
         state = self._state
-        self._state = _PlanState(None, None, state.error, frozenset(pools) or None, None)
+        self._state = _PlanState(
+            plan=None, previous=None, error=state.error, known_regions=frozenset(pools) or None, signature=None
+        )
 
     def _reload_failed(self, exc: BaseException, signature: tuple[str, float | None] | None) -> None:
         message = str(exc) if isinstance(exc, PlanUnavailable) else f"{type(exc).__name__}: {exc}"
@@ -500,8 +565,7 @@ class Coordinator:
                 log.warning("IRC: plan not adopted, keeping the current one: %s", message)
             else:
                 log.exception("IRC: unexpected error loading a plan, keeping the current one")
-        state = self._state
-        self._state = _PlanState(state.plan, state.previous, message, state.known_regions, state.signature)
+        self._state = dataclasses.replace(self._state, error=message)
 
     def _gauges(self) -> list[tuple[str, str, str, dict[str, object], float]]:
         state = self._state
@@ -523,14 +587,14 @@ class Coordinator:
         except Exception:
             utilization = {}
         for (region, resource_type), (capacity, used) in sorted(utilization.items()):
-            labels = {"region": region, "resource_type": resource_type}
+            labels: dict[str, object] = {"region": region, "resource_type": resource_type}
             gauges.append(("peerscale_irc_preallocation_utilization", "gauge",
                            "Used share of the pre-allocation in the window of the latest request time.",
                            labels, used / capacity if capacity > 0 else float("nan")))
-        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+        for (region, resource_type), (capacity, _used) in sorted(utilization.items()):
             gauges.append(("peerscale_irc_preallocation_capacity", "gauge", "Pre-allocated quantity in that window.",
                            {"region": region, "resource_type": resource_type}, capacity))
-        for (region, resource_type), (capacity, used) in sorted(utilization.items()):
+        for (region, resource_type), (_capacity, used) in sorted(utilization.items()):
             gauges.append(("peerscale_irc_preallocation_used", "gauge", "Reserved quantity in that window.",
                            {"region": region, "resource_type": resource_type}, used))
         if self._outcomes is not None:

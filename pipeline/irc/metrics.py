@@ -137,9 +137,9 @@ class DecisionMetrics:
             header(name, "counter", text)
             lines.append(f"{name} {events.get(event, 0)}")
         seen: set[str] = set()
-        for name, kind, text, labels, value in gauges:
+        for name, kind, text, gauge_labels, value in gauges:
             if name not in seen:
                 header(name, kind, text)
                 seen.add(name)
-            lines.append(f"{name}{_labels(**labels)} {_number(value) if value == value else 'NaN'}")
+            lines.append(f"{name}{_labels(**gauge_labels)} {_number(value) if value == value else 'NaN'}")
         return "\n".join(lines) + "\n"

@@ -17,6 +17,7 @@ pyarrow is imported by the writer thread, not by `import pipeline.irc`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import logging
 import math
 import numbers
@@ -30,9 +31,12 @@ from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
+from pipeline.common.numeric import SECONDS_PER_HOUR
+
 log = logging.getLogger(__name__)
 
 DATASET = "irc_outcomes"
+_US_PER_HOUR = SECONDS_PER_HOUR * 1_000_000  # outcome timestamps are µs since the epoch
 _CHUNK = 256  # records converted to Arrow per GIL hold
 _YIELD_S = 0.0002
 
@@ -158,13 +162,13 @@ class _Sink:
         if table.num_rows == 0:
             return 0
         stamp = pc.coalesce(table["requested_at"], table["decided_at"])
-        hours = pc.divide(stamp.cast("int64"), 3_600_000_000)  # whole hours since the epoch (1970 onwards)
+        hours = pc.divide(stamp.cast("int64"), _US_PER_HOUR)  # whole hours since the epoch (1970 onwards)
         fs, base = storage.filesystem(self.base)
         local = not storage.is_s3(self.base)
         total = 0
         for hour in sorted(pc.unique(hours).to_pylist()):
             part = table.filter(pc.equal(hours, hour))
-            moment = datetime.fromtimestamp(hour * 3600, tz=UTC)
+            moment = datetime.fromtimestamp(hour * SECONDS_PER_HOUR, tz=UTC)
             directory = f"{base}/date={moment:%Y-%m-%d}/hour={moment:%H}"
             name = f"part-{uuid.uuid4().hex}.parquet"
             fs.create_dir(directory, recursive=True)
@@ -321,7 +325,5 @@ _live_sinks: set[_Sink] = set()
 @atexit.register
 def _flush_all_at_exit() -> None:
     for sink in list(_live_sinks):
-        try:
+        with contextlib.suppress(Exception):
             sink.flush()
-        except Exception:
-            pass

@@ -14,6 +14,7 @@ AWS_ENDPOINT_URL / PEERSCALE_S3_ENDPOINT).
 from __future__ import annotations
 
 import bisect
+import itertools
 import json
 import math
 import os
@@ -23,6 +24,7 @@ from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.irc.contract import PLAN_ID_PATTERN, REGION_PATTERN, RESOURCE_TYPES
 
 # PreAllocationTable (DESIGN): {region: {resource_type: quantity}}, read-only.
@@ -34,6 +36,8 @@ LATEST_FILE = "LATEST"
 PLAN_FILE = "plan.parquet"
 MANIFEST_FILE = "manifest.json"
 POOLS_FILE = "resource_pools.parquet"
+_US_PER_SECOND = 1_000_000  # plan timestamps are read as µs since the epoch
+_US_PER_HOUR = SECONDS_PER_HOUR * _US_PER_SECOND
 
 
 class PlanUnavailable(Exception):
@@ -138,7 +142,7 @@ class LoadedPlan:
         for w in self.windows:
             overlap = min(end_s, w.end_s) - max(start_s, w.start_s)
             if overlap > 0:
-                total += w.cost_per_hour * overlap / 3600.0
+                total += w.cost_per_hour * overlap / SECONDS_PER_HOUR
         return total
 
 
@@ -310,11 +314,34 @@ def _check_names(values: list[Any], what: str, where: str, pattern: Any = None) 
 
 
 def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...]:
+    """plan.parquet → the plan's windows: rows checked, then summed per (window, region, resource)."""
+    where = f"plan {plan_id}"
+    table = _read_plan_table(fs, plan_dir)
+    if table.num_rows == 0:
+        return ()
+    start_us, end_us = _check_plan_rows(table, plan_id, where)
+    bounds, totals, costs = _sum_per_window(table, start_us, end_us, where)
+    windows = tuple(
+        PlanWindow(
+            valid_from=_us_to_dt(start),
+            valid_to=_us_to_dt(bounds[start]),
+            allocation=_freeze(totals[start]),
+            cost_per_hour=costs[start] * _US_PER_HOUR / (bounds[start] - start),
+        )
+        for start in sorted(bounds)
+    )
+    for earlier, later in itertools.pairwise(windows):
+        if earlier.valid_to > later.valid_from:
+            raise PlanCorrupt(f"{where}: windows {earlier.key} and {later.key} overlap")
+    return windows
+
+
+def _read_plan_table(fs: Any, plan_dir: str) -> Any:
+    """The PLAN columns the IRC needs (hourly_cost when present), cast to their contract types."""
     import pyarrow as pa
-    import pyarrow.compute as pc
 
     utc_us = pa.timestamp("us", tz="UTC")
-    table = _read_table(
+    return _read_table(
         fs,
         f"{plan_dir}/{PLAN_FILE}",
         {
@@ -327,9 +354,13 @@ def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...
         },
         {"hourly_cost": pa.float64()},
     )
-    where = f"plan {plan_id}"
-    if table.num_rows == 0:
-        return ()
+
+
+def _check_plan_rows(table: Any, plan_id: str, where: str) -> tuple[Any, Any]:
+    """Raise PlanCorrupt naming the first bad row; returns the window bounds in µs (int64 columns)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
     wrong_id = pc.fill_null(pc.not_equal(table["plan_id"], plan_id), True)
     if pc.any(wrong_id).as_py():
         row = _first_bad(table, wrong_id)
@@ -347,16 +378,25 @@ def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...
         raise PlanCorrupt(f"{where} row {row}: invalid quantity {quantity[row].as_py()!r}")
     _check_names(pc.unique(table["region"]).to_pylist(), "region", where, REGION_PATTERN)
     _check_names(pc.unique(table["resource_type"]).to_pylist(), "resource_type", where)
+    return start_us, end_us
+
+
+def _sum_per_window(
+    table: Any, start_us: Any, end_us: Any, where: str
+) -> tuple[dict[int, int], dict[int, dict[str, dict[str, float]]], dict[int, float]]:
+    """Per window start (µs): its end, {region: {resource_type: quantity}} and the summed hourly cost."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
 
     cost = table["hourly_cost"] if "hourly_cost" in table.column_names else pa.nulls(table.num_rows, pa.float64())
-    cost = pc.if_else(pc.is_finite(pc.fill_null(cost, 0.0)), pc.fill_null(cost, 0.0), 0.0)
+    cost = pc.if_else(pc.is_finite(pc.fill_null(cost, 0.0)), pc.fill_null(cost, 0.0), 0.0)  # missing/bad: 0
     keyed = pa.table(
         {
             "start": start_us,
             "end": end_us,
             "region": table["region"],
             "resource_type": table["resource_type"],
-            "quantity": quantity,
+            "quantity": table["quantity"],
             "cost": cost,
         }
     )
@@ -373,29 +413,17 @@ def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...
         grouped["resource_type"].to_pylist(),
         grouped["quantity_sum"].to_pylist(),
         grouped["cost_sum"].to_pylist(),
+        strict=True,
     ):
         if bounds.setdefault(start, end) != end:
             raise PlanCorrupt(f"{where}: window starting {_us_to_dt(start).isoformat()} has two different ends")
         totals.setdefault(start, {}).setdefault(region, {})[resource_type] = float(q)
         costs[start] = costs.get(start, 0.0) + float(c)
-
-    windows = tuple(
-        PlanWindow(
-            valid_from=_us_to_dt(start),
-            valid_to=_us_to_dt(bounds[start]),
-            allocation=_freeze(totals[start]),
-            cost_per_hour=costs[start] * 3_600_000_000 / (bounds[start] - start),
-        )
-        for start in sorted(bounds)
-    )
-    for earlier, later in zip(windows, windows[1:]):
-        if earlier.valid_to > later.valid_from:
-            raise PlanCorrupt(f"{where}: windows {earlier.key} and {later.key} overlap")
-    return windows
+    return bounds, totals, costs
 
 
 def _us_to_dt(us: int) -> datetime:
-    return datetime.fromtimestamp(us / 1_000_000, tz=UTC)
+    return datetime.fromtimestamp(us / _US_PER_SECOND, tz=UTC)
 
 
 def _read_pools(fs: Any, plan_dir: str) -> PreAllocationTable:

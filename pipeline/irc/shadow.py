@@ -31,6 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.irc.coordinator import Coordinator
 from pipeline.irc.ledger import Ledger
 from pipeline.irc.messages import PeeringRequest, PeeringResponse
@@ -78,7 +79,7 @@ class SideStats:
             self.preallocated += 1
         elif response.path == "on_demand":
             self.on_demand += 1
-            hours = _number(getattr(request, "duration_s", 0.0)) / 3600.0
+            hours = _number(getattr(request, "duration_s", 0.0)) / SECONDS_PER_HOUR
             requirements = getattr(request, "resource_requirements", {}) or {}
             self.on_demand_cost_usd += hours * sum(
                 _number(q) * unit_costs.get(rt, 0.0) for rt, q in requirements.items()
@@ -297,10 +298,9 @@ def load_requests(path: str | os.PathLike[str]) -> list[PeeringRequest]:
     elif suffix in (".jsonl", ".json", ".ndjson"):
         text = file.read_text(encoding="utf-8")
         stripped = text.lstrip()
-        if stripped.startswith("["):
-            rows = json.loads(text)
-        else:
-            rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+        rows = json.loads(text) if stripped.startswith("[") else [
+            json.loads(line) for line in text.splitlines() if line.strip()
+        ]
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 

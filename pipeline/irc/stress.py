@@ -20,6 +20,7 @@ import sys
 import threading
 from typing import Any
 
+from pipeline.common.numeric import SECONDS_PER_HOUR as H
 from pipeline.irc.ledger import open_ledger
 
 T0 = 1_767_225_600  # 2026-01-01T00:00Z: window starts are whole hours
@@ -32,7 +33,7 @@ SWEEP_AT = T0 + 5400  # short-lived sessions end by then, long ones after (no wi
 def ledger_fixture_rows() -> list[tuple[int, int, str, str, float]]:
     """The capacity the stress runs against: WINDOWS hourly windows x REGIONS x CAPACITY."""
     return [
-        (T0 + w * 3600, T0 + (w + 1) * 3600, region, rt, q)
+        (T0 + w * H, T0 + (w + 1) * H, region, rt, q)
         for w in range(WINDOWS)
         for region in REGIONS
         for rt, q in CAPACITY.items()
@@ -45,10 +46,10 @@ def _session(rng: random.Random) -> tuple[str, dict[str, float], float, float, b
     requirements = {rt: round(rng.uniform(0.05, 0.08) * CAPACITY[rt], 3) for rt in types}
     short_lived = rng.random() < 0.5
     if short_lived:  # starts in the first window, ends by SWEEP_AT
-        start = T0 + rng.uniform(0, 3599)
+        start = T0 + rng.uniform(0, H - 1)
         end = start + rng.uniform(60, 1800)
     else:  # anywhere in the plan, ends after SWEEP_AT (overlapping one to three windows)
-        start = T0 + rng.uniform(0, WINDOWS * 3600 - 1)
+        start = T0 + rng.uniform(0, WINDOWS * H - 1)
         end = max(start, SWEEP_AT) + rng.uniform(60, 5400)
     return region, requirements, start, end, short_lived
 

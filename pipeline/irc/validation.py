@@ -67,7 +67,7 @@ def validate_request(request: Any, known_regions: Set[str] | None) -> ValidReque
 
     requirements = _check_requirements(raw_requirements)
 
-    duration = getattr(request, "duration_s", None)
+    duration: Any = getattr(request, "duration_s", None)
     if not _is_number(duration) or not math.isfinite(duration) or duration <= 0:
         raise InvalidRequest(f"duration_s must be a positive number of seconds, got {duration!r}")
 

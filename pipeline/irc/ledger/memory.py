@@ -7,8 +7,11 @@ import heapq
 import threading
 from collections.abc import Iterable, Mapping
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE, short_resources
 from pipeline.irc.plan_source import CapacityRow
+
+# utilization(at_s) reads the windows overlapping [at_s, at_s + _INSTANT_S): those containing at_s.
+_INSTANT_S = 1e-6
 
 
 class _RegionWindows:
@@ -126,21 +129,10 @@ class InMemoryLedger:
             if allocation_id in self._allocations:
                 raise ValueError(f"allocation_id {allocation_id!r} already in use")
             windows = self._regions.get(region)
-            overlapped = windows.overlapping(start_s, end_s) if windows is not None else None
-            if not overlapped:
-                return tuple(sorted(requirements))
-            short: set[str] | None = None
-            for cells in overlapped:
-                for resource_type, quantity in requirements.items():
-                    cell = cells.get(resource_type)
-                    if cell is None:
-                        short = (short or set()) | {resource_type}
-                        continue
-                    limit = cell[0] * ceiling
-                    if cell[1] + quantity > limit + TOLERANCE * (limit if limit > 1.0 else 1.0):
-                        short = (short or set()) | {resource_type}
+            overlapped = windows.overlapping(start_s, end_s) if windows is not None else []
+            short = short_resources(overlapped, requirements, ceiling)
             if short:
-                return tuple(sorted(short))
+                return short
             for cells in overlapped:
                 for resource_type, quantity in requirements.items():
                     cells[resource_type][1] += quantity
@@ -205,7 +197,7 @@ class InMemoryLedger:
         out: dict[tuple[str, str], tuple[float, float]] = {}
         with self._lock:
             for region, windows in self._regions.items():
-                for cells in windows.overlapping(at_s, at_s + 1e-6):
+                for cells in windows.overlapping(at_s, at_s + _INSTANT_S):
                     for resource_type, (capacity, used) in cells.items():
                         out[(region, resource_type)] = (capacity, used)
         return out

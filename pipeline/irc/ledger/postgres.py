@@ -19,17 +19,21 @@ psycopg is imported only here, so only deployments that use PostgreSQL need it
 
 from __future__ import annotations
 
+import contextlib
 import re
 import threading
 from collections.abc import Iterable, Mapping
 from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, over_capacity_sql
 from pipeline.irc.plan_source import CapacityRow
 
 DEFAULT_SCHEMA = "peerscale_irc"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# The capacity rule of `reserve`, generated from the one Python definition (ledger.protocol).
+_OVER_CAPACITY = over_capacity_sql(used="c.used", quantity="r.q", capacity="c.capacity", ceiling="p_ceiling")
 
 _DDL = """
 CREATE SCHEMA IF NOT EXISTS {s};
@@ -78,7 +82,7 @@ BEGIN
     LEFT JOIN {s}.capacity c
         ON c.region = p_region AND c.window_start = w.ws AND c.resource_type = r.t
     WHERE c.capacity IS NULL
-       OR c.used + r.q > c.capacity * p_ceiling + {tol} * greatest(1.0, c.capacity * p_ceiling);
+       OR {over_capacity};
     IF v_short IS NOT NULL THEN
         RETURN v_short;
     END IF;
@@ -240,7 +244,7 @@ class PostgresLedger:
         with conn.transaction():
             # Replicas may start together: serialise DDL (CREATE OR REPLACE FUNCTION is not concurrent-safe).
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"peerscale-irc-ddl:{self.schema}",))
-            conn.execute(_DDL.format(s=self.schema, tol=repr(TOLERANCE)))
+            conn.execute(_DDL.format(s=self.schema, over_capacity=_OVER_CAPACITY))
 
     def drop(self) -> None:
         """Drop the ledger's schema and everything in it (tests, decommissioning)."""
@@ -315,8 +319,6 @@ class PostgresLedger:
         with self._connections_lock:
             connections, self._connections = self._connections, []
         for conn in connections:
-            try:
+            with contextlib.suppress(Exception):
                 conn.close()
-            except Exception:
-                pass
         self._local = threading.local()

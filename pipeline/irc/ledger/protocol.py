@@ -12,8 +12,10 @@ backends share one contract and one test-suite:
 Contract (every backend):
 
 * `used(w, region, rt)` is the sum of the live allocations of that region which overlap window
-  `w` and request `rt`; a grant needs `used + q <= ceiling x capacity` in every overlapped window
-  for every requested resource (`ceiling` implements the priority rule, see coordinator).
+  `w` and request `rt`; a grant needs `used + q <= ceiling x capacity` (up to `TOLERANCE`, see
+  `over_capacity`) in every overlapped window for every requested resource (`ceiling`
+  implements the priority rule, see coordinator). The rule is written once, here: the in-memory
+  and SQLite backends call `short_resources`, the PostgreSQL one embeds `over_capacity_sql`.
 * Windows are keyed by their start (POSIX seconds). Loading a plan upserts its windows; a window
   that appears for the first time is charged with the live allocations that already overlap it
   ("carry-in"), so sessions that outlive the plan that granted them stay accounted for. A plan
@@ -24,14 +26,16 @@ Contract (every backend):
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol, runtime_checkable
 
+from pipeline.common.numeric import EPS, SECONDS_PER_DAY
 from pipeline.irc.plan_source import CapacityRow
 
-# Float sums of fractional quantities must not refuse a request that exactly fills capacity.
-TOLERANCE = 1e-9
-DEFAULT_RETENTION_S = 86400.0  # windows that ended a day before "now" are dropped by sweep()
+# Float sums of fractional quantities must not refuse a request that exactly fills capacity:
+# the capacity rule allows `TOLERANCE x max(1, limit)` above the limit (relative above 1 unit).
+TOLERANCE = EPS
+DEFAULT_RETENTION_S = float(SECONDS_PER_DAY)  # windows that ended a day before "now" are dropped by sweep()
 
 
 @runtime_checkable
@@ -83,12 +87,53 @@ class Ledger(Protocol):
         ...
 
 
+def over_capacity(used: float, quantity: float, capacity: float, ceiling: float = 1.0) -> bool:
+    """The capacity rule: True when `used + quantity` exceeds `ceiling x capacity` by more than float error.
+
+    The one definition every backend applies (PostgreSQL through `over_capacity_sql`, which must
+    stay the same expression); the tolerance is `TOLERANCE x max(1, limit)`.
+    """
+    limit = capacity * ceiling
+    return used + quantity > limit + TOLERANCE * max(1.0, limit)
+
+
+def over_capacity_sql(used: str, quantity: str, capacity: str, ceiling: str) -> str:
+    """`over_capacity` as a SQL boolean expression over the given column/parameter names."""
+    limit = f"{capacity} * {ceiling}"
+    return f"{used} + {quantity} > {limit} + {TOLERANCE!r} * greatest(1.0, {limit})"
+
+
+def short_resources(
+    windows: Iterable[Mapping[str, Sequence[float]]], requirements: Mapping[str, float], ceiling: float = 1.0
+) -> tuple[str, ...]:
+    """Requested resources the pre-allocation cannot grant, sorted; () when the reservation fits.
+
+    `windows` holds one {resource_type: (capacity, used)} mapping per window the session overlaps.
+    With no window at all every requested resource is short; otherwise a resource is short when
+    some window has no cell for it or the cell is `over_capacity`.
+    """
+    short: set[str] | None = None
+    overlapped = False
+    for cells in windows:
+        overlapped = True
+        for resource_type, quantity in requirements.items():
+            cell = cells.get(resource_type)
+            # Within the limit itself a cell always fits (the tolerance only widens it), so the rule is
+            # only evaluated near or above the limit: the in-memory ledger's hot path skips the call.
+            if cell is None or (
+                cell[1] + quantity > cell[0] * ceiling and over_capacity(cell[1], quantity, cell[0], ceiling)
+            ):
+                short = (short or set()) | {resource_type}
+    if not overlapped:
+        return tuple(sorted(requirements))
+    return tuple(sorted(short)) if short else ()
+
+
 def fits(
     requirements: Mapping[str, float], used: Mapping[str, float], capacity: Mapping[str, float]
 ) -> bool:
     """True when every requirement fits in capacity - used (used by the on-demand pools)."""
     for resource_type, quantity in requirements.items():
-        limit = capacity.get(resource_type, 0.0)
-        if used.get(resource_type, 0.0) + quantity > limit + TOLERANCE * max(1.0, limit):
+        if over_capacity(used.get(resource_type, 0.0), quantity, capacity.get(resource_type, 0.0)):
             return False
     return True

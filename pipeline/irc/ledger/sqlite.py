@@ -12,15 +12,17 @@ Same contract as `pipeline.irc.ledger` (carry-in, plan_id ordering, expiry).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sqlite3
 import threading
 import weakref
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
+from typing import TypeVar
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, short_resources
 from pipeline.irc.plan_source import CapacityRow
 
 _SCHEMA = """
@@ -47,6 +49,7 @@ CREATE INDEX IF NOT EXISTS irc_allocations_region ON irc_allocations (region, st
 """
 
 _OVERLAP = "region = ? AND window_start < ? AND window_end > ?"
+_T = TypeVar("_T")
 
 
 class SQLiteLedger:
@@ -81,7 +84,7 @@ class SQLiteLedger:
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self.path)!r})"
 
-    def _write(self, body, begin: bool = True):  # type: ignore[no-untyped-def]
+    def _write(self, body: Callable[[sqlite3.Connection], _T], begin: bool = True) -> _T:
         """Run body(conn) in one IMMEDIATE transaction (caller holds self._lock)."""
         conn = self._conn
         if not begin:
@@ -157,20 +160,9 @@ class SQLiteLedger:
                 (region, end_s, start_s),
             ):
                 cells.setdefault(window_start, {})[resource_type] = (capacity, used)
-            if not cells:
-                return tuple(sorted(requirements))
-            short = set()
-            for window in cells.values():
-                for resource_type, quantity in requirements.items():
-                    cell = window.get(resource_type)
-                    if cell is None:
-                        short.add(resource_type)
-                        continue
-                    limit = cell[0] * ceiling
-                    if cell[1] + quantity > limit + TOLERANCE * max(1.0, limit):
-                        short.add(resource_type)
+            short = short_resources(cells.values(), requirements, ceiling)
             if short:
-                return tuple(sorted(short))
+                return short
             conn.executemany(
                 "UPDATE irc_capacity SET used = used + ? WHERE region = ? AND window_start = ? AND resource_type = ?",
                 [(q, region, w, rt) for w in cells for rt, q in requirements.items()],
@@ -256,9 +248,7 @@ def _checkpointer(path: str, timeout_s: float, stop: threading.Event, interval_s
                 conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
             except sqlite3.Error:  # busy or gone: try again next time
                 continue
-        try:
+        with contextlib.suppress(sqlite3.Error):
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchall()
-        except sqlite3.Error:
-            pass
     finally:
         conn.close()
