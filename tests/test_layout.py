@@ -30,16 +30,6 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = REPO_ROOT / "pipeline"
 MAX_FUNCTION_LINES = 80
 
-# Functions over MAX_FUNCTION_LINES, as "path::qualified name", that are being split in parallel
-# branches. Empty this at merge time; the stale check below says which entries can go.
-LONG_FUNCTIONS_ALLOWED: frozenset[str] = frozenset({
-    "pipeline/irc/coordinator.py::Coordinator._decide",
-    "pipeline/irc/plan_source.py::_read_windows",
-})
-
-# Module file names that still appear in more than one package of pipeline/.
-REPEATED_NAMES_ALLOWED: frozenset[str] = frozenset()
-
 NEVER_IN_PIPELINE = frozenset({"airflow"})
 NOT_AT_IRC_MODULE_LEVEL = frozenset({"pandas", "airflow", "ortools", "great_expectations", "duckdb"})
 NAME_MAY_REPEAT = frozenset({"__init__.py", "__main__.py"})
@@ -276,14 +266,9 @@ def test_no_import_cycle() -> None:
 
 
 def test_no_function_over_80_lines() -> None:
-    over = {key: n for key, n in long_functions().items() if key not in LONG_FUNCTIONS_ALLOWED}
+    over = long_functions()
     listing = "\n  ".join(f"{key} ({n} lines)" for key, n in sorted(over.items()))
     assert not over, f"functions over {MAX_FUNCTION_LINES} lines:\n  {listing}"
-
-
-def test_long_function_allowlist_is_not_stale() -> None:
-    stale = sorted(LONG_FUNCTIONS_ALLOWED - set(long_functions()))
-    assert not stale, f"no longer over {MAX_FUNCTION_LINES} lines (or gone): remove from LONG_FUNCTIONS_ALLOWED: {stale}"
 
 
 def test_pipeline_never_imports_airflow() -> None:
@@ -326,14 +311,9 @@ def test_irc_loads_no_batch_stack_at_module_level() -> None:
 
 
 def test_module_names_do_not_repeat_across_packages() -> None:
-    repeated = {name: paths for name, paths in repeated_names().items() if name not in REPEATED_NAMES_ALLOWED}
+    repeated = repeated_names()
     listing = "\n  ".join(f"{name}: {', '.join(paths)}" for name, paths in sorted(repeated.items()))
     assert not repeated, f"module names repeat across packages of pipeline/ (name each for what it holds):\n  {listing}"
-
-
-def test_repeated_name_allowlist_is_not_stale() -> None:
-    stale = sorted(REPEATED_NAMES_ALLOWED - set(repeated_names()))
-    assert not stale, f"no longer repeated: remove from REPEATED_NAMES_ALLOWED: {stale}"
 
 
 # --- the checker checks itself on small trees, so a rule cannot pass by finding nothing --------
