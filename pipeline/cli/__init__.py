@@ -1,1 +1,2 @@
-"""The `peerscale` command line: one module per command group, all registered in `app`."""
+"""The `peerscale` command line: `app` builds the root and registers every group; one
+`*_commands.py` module per command group; `options` holds what they share."""

@@ -1,5 +1,5 @@
 """`python -m pipeline.cli …` runs the `peerscale` command."""
 
-from pipeline.cli.app import app
+from pipeline.cli.app import main
 
-app(prog_name="peerscale")
+main()

@@ -1,7 +1,7 @@
-"""`peerscale irc …` commands beyond `request`: shadow, replay, serve.
+"""`peerscale irc request | shadow | replay | serve`: the Inter-Region Coordinator from the shell.
 
-Registered onto the main CLI's `irc_app` by `register()`; Typer is imported here (the CLI
-already has it) but nothing heavy: the coordinator and rich are imported inside the commands.
+The coordinator and rich tables are imported inside the commands: `peerscale irc request` must not
+drag the batch stack (pandas, Airflow, solvers) into the request path.
 """
 
 from __future__ import annotations
@@ -9,26 +9,91 @@ from __future__ import annotations
 import json
 import signal
 import time
+import uuid
+from datetime import UTC, datetime
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 
-LakeOption = typer.Option(None, "--lake", envvar="PEERSCALE_LAKE", help="Lake root: a directory or s3://bucket/prefix.")
+from pipeline.cli.options import HOW_TO_PUBLISH, LakeOption, fail, note, print_json, settings
+
+if TYPE_CHECKING:
+    from pipeline.irc.plan_source import LoadedPlan
+
 RequestsOption = typer.Option(
     ..., "--requests", exists=True, dir_okay=False, readable=True,
     help="Request stream: a peering_requests file (.csv like data_samples/peering_requests, .jsonl or .parquet).",
 )
+AT_HELP = ("Request time, UTC ISO-8601 (naive times are UTC), or 'now'. Default: now while the published plan is valid; "
+           "when now is outside the plan's validity (a historical plan, e.g. the one `make demo` publishes for 2026-01-29) "
+           "the start of the plan's first window, so the request is served from the plan, and a note on stderr says so. "
+           "Pass --at now to see how the IRC serves the current time (on demand when the plan has expired).")
 
 
 def _lake(lake: str | None) -> str:
-    from pipeline.common.config import Settings
-
-    return Settings.from_env(lake_root=lake).lake_root
+    return settings(lake).lake_root
 
 
-def _fail(message: str, code: int = 2) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(code)
+def request(
+    source_region: str = typer.Option(..., "--from", help="Source region of the peering."),
+    destination_region: str = typer.Option(..., "--to", help="Destination region (where the resources are held)."),
+    vcpu: float = typer.Option(0.0, help="vCPUs."),
+    memory_gib: float = typer.Option(0.0, "--memory-gib", help="Memory in GiB."),
+    storage_gib: float = typer.Option(0.0, "--storage-gib", help="Storage in GiB."),
+    bandwidth_gbps: float = typer.Option(0.0, "--bandwidth-gbps", help="Bandwidth in Gbit/s."),
+    duration_s: float = typer.Option(3600.0, "--duration-s", help="How long the peering holds its resources."),
+    priority: str = typer.Option("normal", help="low | normal | high | critical."),
+    at: str | None = typer.Option(None, help=AT_HELP),
+    request_id: str | None = typer.Option(None, help="Request id (default: a new UUID)."),
+    lake: str | None = LakeOption,
+) -> None:
+    """Send one peering request through the IRC (the published plan, an in-memory ledger) and print its
+    decision as JSON (exit 1 on failure)."""
+    from pipeline.irc import Coordinator, PeeringRequest
+
+    asked_at = _parse_at(at)
+    root = _lake(lake)
+    with Coordinator(root) as irc:
+        requested_at = asked_at or _default_request_time(irc.plan, irc.plan_error, root)
+        response = irc.handle_peering_request(PeeringRequest(
+            request_id=request_id or uuid.uuid4().hex,
+            requested_at=requested_at,
+            source_region=source_region,
+            destination_region=destination_region,
+            resource_requirements={"vcpu": vcpu, "memory_gib": memory_gib, "storage_gib": storage_gib, "bandwidth_gbps": bandwidth_gbps},
+            duration_s=duration_s,
+            priority=priority,
+        ))
+    print_json(response.to_dict())
+    raise typer.Exit(0 if response.ok else 1)
+
+
+def _parse_at(at: str | None) -> datetime | None:
+    """--at as an aware UTC time; None when not given (the default depends on the plan)."""
+    if at is None:
+        return None
+    if at.strip().lower() == "now":
+        return datetime.now(UTC)
+    try:
+        parsed = datetime.fromisoformat(at.replace("Z", "+00:00"))
+    except ValueError:
+        fail(f"--at {at!r} is not an ISO-8601 time; use e.g. 2026-01-29T00:30Z, or now")
+    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+
+
+def _default_request_time(plan: LoadedPlan | None, plan_error: str | None, lake_root: str) -> datetime:
+    """Now, unless now is outside the plan's validity: then the start of its first window (see AT_HELP)."""
+    now = datetime.now(UTC)
+    if plan is None:
+        note(f"no plan to serve from in {lake_root} ({plan_error}): the request is served on demand only; {HOW_TO_PUBLISH}")
+        return now
+    if plan.valid_from <= now < plan.valid_to:
+        return now
+    note(f"--at not given and now ({now:%Y-%m-%dT%H:%MZ}) is outside plan {plan.plan_id}'s validity "
+         f"[{plan.valid_from:%Y-%m-%dT%H:%MZ}, {plan.valid_to:%Y-%m-%dT%H:%MZ}): requesting at {plan.valid_from:%Y-%m-%dT%H:%MZ}, "
+         "the start of its first window (pass --at now for the current time)")
+    return plan.valid_from
 
 
 def _ceilings(text: str | None) -> dict[str, float] | None:
@@ -43,7 +108,7 @@ def _ceilings(text: str | None) -> dict[str, float] | None:
                 raise ValueError
             out[name.strip()] = float(value)
         except ValueError:
-            _fail(f"--candidate-ceilings {text!r}: use priority=share pairs, e.g. low=0.8,normal=0.9")
+            fail(f"--candidate-ceilings {text!r}: use priority=share pairs, e.g. low=0.8,normal=0.9")
     return out
 
 
@@ -54,14 +119,17 @@ def _fmt(value: object) -> str:
 
 
 def shadow(
-    candidate: str | None = typer.Option(None, "--candidate", help="Candidate PLAN_ID (default: the production plan, to compare configurations)."),
+    candidate: str | None = typer.Option(None, "--candidate", help="Candidate PLAN_ID "
+                                         "(default: the production plan, to compare configurations)."),
     requests: Path = RequestsOption,
     production: str | None = typer.Option(None, "--production", help="Production plan (default: the published LATEST)."),
-    candidate_ceilings: str | None = typer.Option(None, "--candidate-ceilings", help="Candidate priority ceilings, e.g. low=0.8,normal=0.9."),
-    as_json: bool = typer.Option(False, "--json", help="Print only the report as JSON."),
+    candidate_ceilings: str | None = typer.Option(None, "--candidate-ceilings",
+                                                  help="Candidate priority ceilings, e.g. low=0.8,normal=0.9."),
+    as_json: bool = typer.Option(False, "--json", help="Print only the report, as one JSON object (without it: a table, then the JSON)."),
     lake: str | None = LakeOption,
 ) -> None:
-    """Replay a request stream through production and a candidate side by side (separate in-memory ledgers; production state is never touched)."""
+    """Replay a request stream through production and a candidate side by side (separate in-memory
+    ledgers; production state is never touched)."""
     from pipeline.irc.plan_source import PlanUnavailable, read_latest_plan_id
     from pipeline.irc.shadow import candidate_coordinator, load_requests, replay_shadow
 
@@ -69,16 +137,16 @@ def shadow(
     try:
         production_id = production or read_latest_plan_id(root)
     except PlanUnavailable as exc:
-        _fail(f"no production plan: {exc}; publish one (peerscale run) or pass --production")
+        fail(f"no production plan: {exc}; publish one (peerscale run) or pass --production")
     try:
         stream = load_requests(requests)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     prod = candidate_coordinator(root, production_id, name="production")
     cand = candidate_coordinator(root, candidate or production_id, priority_ceilings=_ceilings(candidate_ceilings))
     for side, coordinator, pid in (("production", prod, production_id), ("candidate", cand, candidate or production_id)):
         if coordinator.plan is None:
-            _fail(f"{side} plan {pid} is not usable: {coordinator.plan_error}")
+            fail(f"{side} plan {pid} is not usable: {coordinator.plan_error}")
     report = replay_shadow(stream, prod, cand)
     if not as_json:
         from rich.console import Console
@@ -94,14 +162,15 @@ def shadow(
         console = Console()
         console.print(table)
         console.print(f"requests decided differently: {report.disagreements}")
-    typer.echo(json.dumps(report.to_dict(), sort_keys=True, default=str))
+    print_json(report.to_dict())
 
 
 def replay(
     requests: Path = RequestsOption,
     ledger: str = typer.Option("memory", "--ledger", envvar="PEERSCALE_IRC_LEDGER", help="memory | sqlite:///path | postgresql://…[?schema=…]"),
     plan_id: str | None = typer.Option(None, "--plan-id", help="Plan to serve from (default: the published LATEST)."),
-    log_outcomes: bool = typer.Option(False, "--log-outcomes/--no-log-outcomes", help="Write the decisions to lake/raw/irc_outcomes (feeds the τ controller)."),
+    log_outcomes: bool = typer.Option(False, "--log-outcomes/--no-log-outcomes",
+                                      help="Write the decisions to lake/raw/irc_outcomes (feeds the τ controller)."),
     metrics: bool = typer.Option(False, "--metrics", help="Print the Prometheus metrics after the replay."),
     lake: str | None = LakeOption,
 ) -> None:
@@ -116,7 +185,7 @@ def replay(
         stream = load_requests(requests)
         store = open_ledger(ledger)
     except (OSError, ValueError, ImportError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     with Coordinator(root, store, plan_id=plan_id, reload_interval_s=None, outcomes=log_outcomes) as irc:
         paths = Counter(irc.handle_peering_request(r).path for r in stream)
         text = irc.metrics_text()
@@ -143,10 +212,12 @@ def serve(
     try:
         store = open_ledger(ledger)
     except (OSError, ValueError, ImportError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     irc = Coordinator(root, store, reload_interval_s=reload_interval, outcomes=log_outcomes, clock=time.time)
     server = make_server(irc, host, port)
     bound_host, bound_port = server.server_address[:2]
+    if isinstance(bound_host, bytes):
+        bound_host = bound_host.decode()
     signal.signal(signal.SIGTERM, _interrupt)
     typer.echo(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "plan_id": irc.plan.plan_id if irc.plan else None,
                            "ledger": repr(store)}), err=False)
@@ -162,10 +233,3 @@ def serve(
 
 def _interrupt(*_: object) -> None:
     raise KeyboardInterrupt  # SIGTERM stops serve_forever like Ctrl-C: flush outcomes, close the ledger
-
-
-def register(irc_app: typer.Typer) -> None:
-    """Add these commands to the main CLI's `peerscale irc` group."""
-    irc_app.command("shadow")(shadow)
-    irc_app.command("replay")(replay)
-    irc_app.command("serve")(serve)

@@ -1,112 +1,104 @@
-"""``peerscale iac render|check|apply PLAN_ID``.
+"""`peerscale iac render | check | apply PLAN_ID`: a plan as Terraform and CloudFormation.
 
 Imports stay light at module level (typer, rich): boto3, hcl2 and pyarrow load inside commands so
-``peerscale --help`` stays fast.
+`peerscale --help` stays fast.
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from enum import Enum
+from enum import StrEnum
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
-from rich.console import Console
 from rich.table import Table
 
-iac_app = typer.Typer(
-    help="Infrastructure as code: render a plan as Terraform and CloudFormation, check it, apply it.",
-    no_args_is_help=True,
-)
+from pipeline.cli import options
+from pipeline.cli.options import BuildOption, JsonOption, LakeOption, console, err, print_json, settings
 
-console = Console()
-err = Console(stderr=True)
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from pipeline.common.config import Settings
 
 PlanIdArg = typer.Argument(..., help="Plan to work on, e.g. plan-20260129T0000Z (see `peerscale plan show`).")
-LakeOption = typer.Option(None, "--lake", envvar="PEERSCALE_LAKE", help="Lake root: a directory or s3://bucket/prefix.")
-BuildOption = typer.Option(None, "--build", envvar="PEERSCALE_BUILD", help="Where rendered IaC goes (a local directory).")
 
 
-class Engine(str, Enum):
+class Engine(StrEnum):
     cloudformation = "cloudformation"
     terraform = "terraform"
 
 
-def _settings(lake: str | None, build: str | None):
-    from pipeline.common.config import Settings
-
-    return Settings.from_env(lake_root=lake, build_root=build)
-
-
-def _fail(message: str, code: int = 2) -> None:
+def fail(message: str, code: int = 2) -> NoReturn:
+    """options.fail, with any credential-looking text redacted first (messages may quote AWS errors)."""
     from pipeline.iac.safety import redact
 
-    err.print(f"[bold red]error:[/] {redact(message)}", soft_wrap=True, markup=True, highlight=False)
-    raise typer.Exit(code)
+    options.fail(redact(message), code)
 
 
-@iac_app.command("render")
 def render(plan_id: str = PlanIdArg, lake: str | None = LakeOption, build: str | None = BuildOption) -> None:
     """Render the plan into <build>/iac/PLAN_ID/{terraform,cloudformation}/."""
     from pipeline.iac.render import render_plan
     from pipeline.iac.safety import UnsafePlanValue, UnsafeRenderedOutput
 
     try:
-        out = render_plan(plan_id, _settings(lake, build))
+        out = render_plan(plan_id, settings(lake, build=build))
     except (FileNotFoundError, ValueError, UnsafePlanValue, UnsafeRenderedOutput, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     console.print(f"terraform:      {out['terraform_dir']}")
     console.print(f"cloudformation: {out['cloudformation_dir']}")
     console.print(f"peering:        {out['peered_pairs']} pair(s) — {out['peering']}")
 
 
-@iac_app.command("check")
 def check(
     plan_id: str = PlanIdArg,
     lake: str | None = LakeOption,
     build: str | None = BuildOption,
     render_first: bool = typer.Option(True, "--render/--no-render", help="Render the plan before checking it."),
     allow_failed_checks: bool = typer.Option(False, help="Report failed checkov checks without failing (parse errors still fail)."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    json_out: bool = JsonOption,
 ) -> None:
     """Parse every rendered file, then run checkov (--skip-download) on the Terraform and CloudFormation output."""
     from pipeline.iac.check import CheckovMissing, check_rendered
     from pipeline.iac.render import iac_dir, render_plan
 
-    settings = _settings(lake, build)
+    config = settings(lake, build=build)
     try:
         if render_first:
-            render_plan(plan_id, settings)
-        report = check_rendered(iac_dir(settings, plan_id))
+            render_plan(plan_id, config)
+        report = check_rendered(iac_dir(config, plan_id))
     except CheckovMissing as exc:
-        _fail(str(exc))
+        fail(str(exc))
     except (FileNotFoundError, ValueError, OSError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     report.allow_failed_checks = allow_failed_checks
     if json_out:
-        typer.echo(json.dumps(report.to_dict(), indent=2, sort_keys=True))
+        print_json(report.to_dict(), indent=2)
     else:
-        console.print(f"parsed {len(report.parsed_files)} file(s) in {report.directory}")
-        for problem in report.parse_errors + report.credential_errors:
-            console.print(f"[red]✗[/] {problem}", highlight=False)
-        table = Table(title="checkov", title_justify="left")
-        for col in ("framework", "version", "passed", "failed", "skipped", "parsing errors"):
-            table.add_column(col, justify="left" if col in ("framework", "version") else "right")
-        for run in report.checkov:
-            table.add_row(run.framework, run.version or "?", str(run.passed), str(run.failed), str(run.skipped),
-                          str(run.parsing_errors))
-        console.print(table)
-        for run in report.checkov:
-            for check in run.failed_checks:
-                console.print(f"[red]✗[/] {check['check_id']} {check['resource']} ({check['file']}): {check['name']}", highlight=False)
-            for line in run.errors:
-                console.print(f"[red]✗[/] {line}", highlight=False)
+        _print_check(report)
     if not report.ok:
         raise typer.Exit(1)
-    console.print("[green]ok[/]")
+    (err if json_out else console).print("[green]ok[/]")
 
 
-@iac_app.command("apply")
+def _print_check(report: Any) -> None:
+    console.print(f"parsed {len(report.parsed_files)} file(s) in {report.directory}")
+    for problem in report.parse_errors + report.credential_errors:
+        console.print(f"[red]✗[/] {problem}", highlight=False)
+    table = Table(title="checkov", title_justify="left")
+    for col in ("framework", "version", "passed", "failed", "skipped", "parsing errors"):
+        table.add_column(col, justify="left" if col in ("framework", "version") else "right")
+    for run in report.checkov:
+        table.add_row(run.framework, run.version or "?", str(run.passed), str(run.failed), str(run.skipped),
+                      str(run.parsing_errors))
+    console.print(table)
+    for run in report.checkov:
+        for failed in run.failed_checks:
+            console.print(f"[red]✗[/] {failed['check_id']} {failed['resource']} ({failed['file']}): {failed['name']}", highlight=False)
+        for line in run.errors:
+            console.print(f"[red]✗[/] {line}", highlight=False)
+
+
 def apply(
     plan_id: str = PlanIdArg,
     engine: Engine = typer.Option(Engine.cloudformation, help="cloudformation (boto3 change sets) or terraform (needs terraform or tofu)."),
@@ -121,7 +113,7 @@ def apply(
     from pipeline.iac.apply import ApplyFailed
     from pipeline.iac.safety import UnsafePlanValue
 
-    settings = _settings(lake, build)
+    config = settings(lake, build=build)
     status = console.status(f"{engine.value}: planning")
 
     def progress(message: str) -> None:
@@ -129,40 +121,41 @@ def apply(
 
     try:
         with status:
-            preview = _run(engine, plan_id, settings, execute=False, stack_prefix=stack_prefix, progress=progress)
+            preview = _run(engine, plan_id, config, execute=False, stack_prefix=stack_prefix, progress=progress)
         _print_result(preview)
         if not do_apply:
             console.print("dry run: nothing was changed. Re-run with [bold]--apply[/] to apply.")
             return
         if not yes:
             if not sys.stdin.isatty():
-                _fail("refusing to apply without confirmation: pass --yes (no terminal to ask on)")
+                fail("refusing to apply without confirmation: pass --yes (no terminal to ask on)")
             if not typer.confirm(f"Apply plan {plan_id} with {engine.value}? This changes infrastructure"):
                 console.print("aborted: nothing was changed")
                 raise typer.Exit(1)
         with status:
-            result = _run(engine, plan_id, settings, execute=True, stack_prefix=stack_prefix, progress=progress)
+            result = _run(engine, plan_id, config, execute=True, stack_prefix=stack_prefix, progress=progress)
     except typer.Exit:
         raise
     except ApplyFailed as exc:
-        _fail(f"apply failed (recorded in the plan's manifest; plans/APPLIED unchanged): {exc}", code=1)
+        fail(f"apply failed (recorded in the plan's manifest; plans/APPLIED unchanged): {exc}", code=1)
     except (FileNotFoundError, ValueError, UnsafePlanValue, OSError, RuntimeError) as exc:
-        _fail(str(exc))
+        fail(str(exc))
     _print_result(result)
     console.print(f"[green]applied[/] plan [bold]{plan_id}[/]; plans/APPLIED → {plan_id}")
 
 
-def _run(engine: Engine, plan_id: str, settings, execute: bool, stack_prefix: str, progress):
+def _run(engine: Engine, plan_id: str, config: Settings, *, execute: bool, stack_prefix: str, progress: Callable[[str], None]) -> Any:
+    """Dry run or apply with the chosen engine; returns its ApplyResult."""
     if engine is Engine.terraform:
         from pipeline.iac.tfapply import apply_terraform
 
-        return apply_terraform(plan_id, settings, execute=execute, progress=progress)
+        return apply_terraform(plan_id, config, execute=execute, progress=progress)
     from pipeline.iac.apply import apply_cloudformation
 
-    return apply_cloudformation(plan_id, settings, execute=execute, stack_prefix=stack_prefix, progress=progress)
+    return apply_cloudformation(plan_id, config, execute=execute, stack_prefix=stack_prefix, progress=progress)
 
 
-def _print_result(result) -> None:
+def _print_result(result: Any) -> None:
     if result.engine == "terraform":
         counts = result.terraform_plan.get("counts", {})
         console.print("terraform plan: " + ", ".join(f"{k} {v}" for k, v in counts.items()))

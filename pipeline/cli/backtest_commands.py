@@ -1,0 +1,133 @@
+"""`peerscale backtest`: replay a request log under each allocation policy and compare them.
+
+With no `--from/--to` it replays the last 7 days of the source (`default_window`), so a newcomer
+can run it right after `make demo`.
+"""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, list_names, note, print_json, settings
+
+if TYPE_CHECKING:
+    from pipeline.common.config import Settings
+    from pipeline.ops.backtest import BacktestConfig, BacktestResult
+
+DEFAULT_DAYS = 7
+_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.[A-Za-z0-9.]+$")  # peering_requests/YYYY-MM-DD.csv
+
+
+def last_source_day(source_root: str) -> date:
+    """The last UTC day with a `peering_requests/YYYY-MM-DD.*` file under a local or s3:// source."""
+    from pipeline.common import storage
+
+    folder = storage.join(source_root, "peering_requests")
+    days = sorted(date.fromisoformat(m.group(1)) for name in list_names(folder) if (m := _DAY_FILE.match(name)))
+    if not days:
+        raise FileNotFoundError(f"no peering_requests/YYYY-MM-DD files under {source_root}: pass --requests/--source, or --from and --to")
+    return days[-1]
+
+
+def default_window(source_root: str, start: str | None, end: str | None, days: int = DEFAULT_DAYS) -> tuple[datetime, datetime]:
+    """[start, end) of the replay: what was given; a missing end is the end of the source's last
+    day, a missing start is `days` days before the end."""
+    from pipeline.common.intervals import parse_utc
+
+    start_at = parse_utc(start) if start else None
+    if end:
+        end_at = parse_utc(end)
+    elif start_at is not None:
+        end_at = start_at + timedelta(days=days)
+    else:
+        last = last_source_day(source_root)
+        end_at = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    return (start_at if start_at is not None else end_at - timedelta(days=days)), end_at
+
+
+def backtest(
+    requests: str | None = typer.Option(
+        None, "--requests", "--source", envvar="PEERSCALE_SOURCE",
+        help="Source root holding peering_requests/ and inventory/, a directory or s3:// URI "
+             "(default: the configured source, PEERSCALE_SOURCE, else data_samples/ in the checkout).",
+    ),
+    start: str | None = typer.Option(None, "--from", help="First hour to replay, UTC, e.g. 2026-01-29T00:00 "
+                                     "(default: 7 days before --to)."),
+    end: str | None = typer.Option(None, "--to", help="End of the replay, UTC, exclusive "
+                                   "(default: the end of the last day in <source>/peering_requests/)."),
+    policy: str = typer.Option("predictive,reactive,static,oracle", help="Comma-separated policies to compare."),
+    refit_every: int = typer.Option(6, min=1, help="Refit the predictive forecast every N hours "
+                                    "(between refits it plans from older data only)."),
+    headroom: float = typer.Option(0.2, help="Static policy headroom over last week's peak."),
+    report_path: Path | None = typer.Option(None, "--report", help="Write the HTML report here "
+                                            "(default: <build>/reports/backtest-<from>-<to>.html)."),
+    as_json: bool = JsonOption,
+    build: str | None = BuildOption,
+) -> None:
+    """Replay a request log hour by hour under each policy and compare hit rate, latency and cost to the oracle."""
+    from pipeline.common.storage import join
+    from pipeline.report.html import write_backtest_report
+
+    config = settings(None, requests, build)
+    backtest_config = _config(config.source_root, start, end, policy=policy, refit_every=refit_every, headroom=headroom)
+    if not (start and end):
+        note(f"replaying [{backtest_config.start:%Y-%m-%dT%H:%M}, {backtest_config.end:%Y-%m-%dT%H:%M}) of {config.source_root} "
+             "(pass --from/--to to choose)")
+    result = _replay(backtest_config, config, transient=as_json)
+    summary = result.summary()
+    window = f"{backtest_config.start:%Y%m%dT%H%M}-{backtest_config.end:%Y%m%dT%H%M}"
+    path = str(report_path) if report_path else join(config.build_root, "reports", f"backtest-{window}.html")
+    write_backtest_report(result, path)
+    summary["report"] = path
+    if as_json:
+        print_json(summary)
+        return
+    _print_summary(summary)
+    console.print(f"report: {path}")
+
+
+def _config(source_root: str, start: str | None, end: str | None, *, policy: str, refit_every: int, headroom: float) -> BacktestConfig:
+    from pipeline.ops.backtest import BacktestConfig, parse_policies
+
+    try:
+        first, last = default_window(source_root, start, end)
+        return BacktestConfig(start=first, end=last, policies=parse_policies(policy), static_headroom=headroom,
+                              refit_every_hours=refit_every, horizon_hours=max(refit_every, 1))
+    except (FileNotFoundError, ValueError) as exc:
+        fail(str(exc))
+
+
+def _replay(backtest_config: BacktestConfig, config: Settings, *, transient: bool) -> BacktestResult:
+    """run_backtest over the configured source, with a progress bar on stderr."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from pipeline.ops.backtest import run_backtest
+
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=err, transient=transient) as progress:
+        task = progress.add_task("replay", total=None)
+
+        def step(message: str, done: int, total: int) -> None:
+            progress.update(task, description=f"replay {message}", completed=done, total=total)
+
+        try:
+            return run_backtest(config.source_root, backtest_config, config, progress=step)
+        except (FileNotFoundError, ValueError) as exc:
+            fail(str(exc))
+
+
+def _print_summary(summary: dict) -> None:
+    table = Table(title=f"backtest {summary['from'][:16]} → {summary['to'][:16]} ({summary['hours']} h)", title_justify="left")
+    for col in ("policy", "hit rate", "on demand", "failures", "p95 latency", "idle vCPU-h", "total cost", "vs oracle"):
+        table.add_column(col, justify="left" if col == "policy" else "right")
+    for name, s in summary["policies"].items():
+        ratio = s.get("cost_vs_oracle")
+        table.add_row(name, f"{s['hit_rate']:.1%}", f"{s['on_demand_share']:.1%}", str(s["failures"]), f"{s['latency_p95_s']:.0f} s",
+                      f"{s['idle_vcpu_hours']:.0f}", f"${s['cost']['total']:.2f}", f"{ratio:.3f}" if ratio is not None else "—")
+    console.print(table)

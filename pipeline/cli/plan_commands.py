@@ -1,0 +1,111 @@
+"""`peerscale plan show | explain`: read a published plan (the LATEST one unless told otherwise)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import typer
+from rich.table import Table
+
+from pipeline.cli.options import JsonOption, LakeOption, console, fail, load_plan, print_json, settings
+
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from pipeline.plan.explain import RegionExplanation
+
+
+def show(
+    plan_id: str | None = typer.Option(None, help="Plan to show (default: the published LATEST)."),
+    window: int = typer.Option(0, help="Which hourly window of the plan (0 = first)."),
+    as_json: bool = JsonOption,
+    lake: str | None = LakeOption,
+) -> None:
+    """The plan as a table: per region and resource, what is pre-allocated and on which instances."""
+    pid, plan, manifest = load_plan(settings(lake), plan_id)
+    starts = sorted(plan["valid_from"].unique())
+    if starts and not 0 <= window < len(starts):
+        fail(f"window {window} out of range: the plan has {len(starts)} windows (0..{len(starts) - 1})")
+    rows = plan[plan["valid_from"] == starts[window]] if starts else plan
+    cover = _cover(rows)
+    instances = _instances(rows)
+    if as_json:
+        print_json(_show_json(pid, manifest, [str(s) for s in starts], window, cover, instances))
+        return
+    if not starts:
+        console.print(f"plan {pid} pre-allocates nothing (status {manifest['status']})")
+        return
+    _print_show(pid, manifest, str(starts[window]), cover, instances)
+
+
+def _cover(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per region and resource: the demand quantile to cover and the quantity pre-allocated."""
+    out = []
+    for (region, resource), group in rows.groupby(["region", "resource_type"], sort=True):
+        need, held = float(group["demand_quantile"].iloc[0]), float(group["quantity"].sum())
+        out.append({"region": region, "resource_type": resource, "demand_quantile": need, "preallocated": held,
+                    "cover": held / need if need > 0 else None})
+    return out
+
+
+def _instances(rows: pd.DataFrame) -> list[dict[str, Any]]:
+    """Per region, instance type and purchase option: how many instances and what they cost per hour."""
+    per_line = rows.groupby(["region", "instance_type", "purchase_option"], sort=True).agg(
+        count=("count", "first"), cost=("hourly_cost", "sum"))
+    return [{"region": region, "instance_type": itype, "purchase_option": option, "count": int(line["count"]),
+             "hourly_cost": float(line["cost"])} for (region, itype, option), line in per_line.iterrows()]
+
+
+def _show_json(pid: str, manifest: dict, starts: list[str], window: int, cover: list[dict], instances: list[dict]) -> dict[str, Any]:
+    keys = ("status", "valid_from", "valid_to", "tau", "objective", "lower_bound", "gap", "hourly_cost_total", "shortfall")
+    return {"plan_id": pid, "windows": starts, "window": window, "window_start": starts[window] if starts else None,
+            **{k: manifest.get(k) for k in keys}, "cover": cover, "instances": instances,
+            "window_cost": sum(i["hourly_cost"] for i in instances)}
+
+
+def _print_show(pid: str, manifest: dict, start: str, cover: list[dict], instances: list[dict]) -> None:
+    title = f"plan {pid} [{manifest['status']}] · window {start[:16]} · τ(vcpu) {manifest['tau']['vcpu']:.3f}"
+    table = Table(title=title, title_justify="left")
+    for col in ("region", "resource", "demand q(τ)", "pre-allocated", "cover"):
+        table.add_column(col, justify="left" if col in ("region", "resource") else "right")
+    for c in cover:
+        ratio = f"{c['cover']:.0%}" if c["cover"] is not None else "—"
+        table.add_row(c["region"], c["resource_type"], f"{c['demand_quantile']:.1f}", f"{c['preallocated']:.1f}", ratio)
+    console.print(table)
+    lines = Table(title="instances", title_justify="left")
+    for col in ("region", "instance type", "option", "count", "USD/h"):
+        lines.add_column(col, justify="right" if col in ("count", "USD/h") else "left")
+    for i in instances:
+        lines.add_row(i["region"], i["instance_type"], i["purchase_option"], str(i["count"]), f"{i['hourly_cost']:.4f}")
+    console.print(lines)
+    console.print(f"window cost ${sum(i['hourly_cost'] for i in instances):.2f}/h · objective {manifest['objective']:.2f} · "
+                  f"bound {manifest['lower_bound']:.2f} · gap {100 * manifest['gap']:.2f} %")
+    if manifest.get("shortfall"):
+        console.print(f"[red]shortfall[/] in {len(manifest['shortfall'])} region/resource windows — see manifest.json")
+
+
+def explain(
+    region: str | None = typer.Argument(None, help="Region to explain, e.g. us-east-1 (without it: the plan's regions are listed)."),
+    plan_id: str | None = typer.Option(None, help="Plan (default: the published LATEST)."),
+    as_json: bool = JsonOption,
+    lake: str | None = LakeOption,
+) -> None:
+    """Why the plan holds what it holds in one region: each reason once, with the windows and lines it applies to."""
+    from pipeline.plan.explain import explain_region
+
+    pid, plan, manifest = load_plan(settings(lake), plan_id)
+    known = ", ".join(sorted(plan["region"].unique())) or "none"
+    if region is None:
+        fail(f"name a region to explain: peerscale plan explain REGION; regions in plan {pid}: {known}")
+    if not (plan["region"] == region).any():
+        fail(f"plan {pid} has no lines in region {region!r}; regions in the plan: {known}")
+    explanation = explain_region(plan, manifest, region)
+    if as_json:
+        print_json(explanation.to_dict())
+        return
+    _print_explanation(explanation)
+
+
+def _print_explanation(explanation: RegionExplanation) -> None:
+    for text in explanation.text_lines():
+        console.print(text, markup=False, highlight=False, soft_wrap=True)
