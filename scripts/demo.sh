@@ -2,20 +2,29 @@
 # The demo behind `make demo`: seed the lake with four weeks of history, run the hourly DAG once
 # through Airflow (`airflow dags test`, throw-away SQLite home, no scheduler or webserver), show
 # the plan, then send a few peering requests through the IRC.
+#
+# It writes where every `peerscale` command looks by default — lake/ and build/ of this checkout,
+# reading data_samples/ — so `peerscale plan show`, `plan explain REGION`, `report`, `irc request …`,
+# `forecast summary` and `backtest` work right after it with no flags. PEERSCALE_LAKE,
+# PEERSCALE_BUILD and PEERSCALE_SOURCE move all of them together. Nothing is deleted: ingest
+# replaces the hour partitions it writes and the DAG re-publishes the same plan, so running the
+# demo again gives the same plan; other data in the lake is left alone.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 BIN="$ROOT/.venv/bin"
 
 export PEERSCALE_SOURCE="${PEERSCALE_SOURCE:-$ROOT/data_samples}"
-export PEERSCALE_LAKE="${PEERSCALE_LAKE:-$ROOT/build/demo/lake}"
-export PEERSCALE_BUILD="${PEERSCALE_BUILD:-$ROOT/build/demo}"
+export PEERSCALE_LAKE="${PEERSCALE_LAKE:-$ROOT/lake}"
+export PEERSCALE_BUILD="${PEERSCALE_BUILD:-$ROOT/build}"
 HISTORY_FROM="${HISTORY_FROM:-2026-01-01T00:00}"
 RUN_HOUR="${RUN_HOUR:-2026-01-28T23:00}"        # the hour the DAG run covers; its plan starts at RUN_HOUR + 1 h
 INTERVAL_END="${INTERVAL_END:-2026-01-29T00:00}"
+PLAN_ID="plan-$(echo "$INTERVAL_END" | tr -d ':-')Z"   # plan-20260129T0000Z: plans are named after their interval end
+mkdir -p "$PEERSCALE_BUILD"
+echo "lake: $PEERSCALE_LAKE · build: $PEERSCALE_BUILD · source: $PEERSCALE_SOURCE"
 
 echo "== 1/4 seed the lake with history [$HISTORY_FROM, $RUN_HOUR) from $PEERSCALE_SOURCE"
-rm -rf "$PEERSCALE_LAKE"
 "$BIN/peerscale" ingest --from "$HISTORY_FROM" --to "$RUN_HOUR"
 
 echo "== 2/4 run the hourly DAG through Airflow for the hour [$RUN_HOUR, $INTERVAL_END)"
@@ -34,17 +43,17 @@ export AIRFLOW__LOGGING__LOGGING_LEVEL=WARNING
 # dags/peerscale_callbacks.py): run the demo without it; a scheduler handles it.
 export PEERSCALE_DEADLINE_MINUTES=0
 # With an interval timetable the date given is when the run happens: it covers the hour before it.
-"$BIN/airflow" dags test peerscale_hourly "${INTERVAL_END}:00+00:00" > "$PEERSCALE_BUILD/dag_run.log" 2>&1 || {
-  tail -n 60 "$PEERSCALE_BUILD/dag_run.log"; echo "DAG run failed; full log: $PEERSCALE_BUILD/dag_run.log"; exit 1; }
-grep -E "state=|DagRun Finished" "$PEERSCALE_BUILD/dag_run.log" | tail -n 3 || true
+DAG_LOG="$PEERSCALE_BUILD/demo_dag_run.log"
+"$BIN/airflow" dags test peerscale_hourly "${INTERVAL_END}:00+00:00" > "$DAG_LOG" 2>&1 || {
+  tail -n 60 "$DAG_LOG"; echo "DAG run failed; full log: $DAG_LOG"; exit 1; }
+grep -E "state=|DagRun Finished" "$DAG_LOG" | tail -n 3 || true
 
 echo "== 3/4 the published plan"
-PLAN_ID=$(cat "$PEERSCALE_LAKE/plans/LATEST")
-"$BIN/peerscale" plan show
+"$BIN/peerscale" plan show --plan-id "$PLAN_ID"
 echo "  plan:      $PEERSCALE_LAKE/plans/plan_id=$PLAN_ID/"
 echo "  terraform: $PEERSCALE_BUILD/iac/$PLAN_ID/terraform/"
 echo "  report:    $PEERSCALE_BUILD/reports/$PLAN_ID.html"
-echo "  DAG log:   $PEERSCALE_BUILD/dag_run.log"
+echo "  DAG log:   $DAG_LOG"
 
 echo "== 4/4 peering requests through the IRC (inside the plan window, ${INTERVAL_END})"
 AT="${INTERVAL_END}:30Z"
@@ -59,4 +68,14 @@ echo "-- a request larger than the whole pool:"
 irc --from us-west-2 --to ap-southeast-1 --vcpu 1000000 --memory-gib 16 --bandwidth-gbps 1
 echo "-- an invalid request (unknown region):"
 irc --from mars-north-1 --to eu-west-1 --vcpu 4 --memory-gib 16
-echo "demo finished: open $PEERSCALE_BUILD/reports/$PLAN_ID.html"
+
+cat <<EOF
+demo finished: open $PEERSCALE_BUILD/reports/$PLAN_ID.html
+next, with no flags (the demo wrote to the lake and build directories peerscale reads by default):
+  peerscale plan show
+  peerscale plan explain eu-west-1
+  peerscale report
+  peerscale irc request --from us-east-1 --to eu-west-1 --vcpu 4 --memory-gib 16
+  peerscale forecast summary
+  peerscale backtest            # the last 7 days of $PEERSCALE_SOURCE, under each allocation policy
+EOF

@@ -206,7 +206,8 @@ def _print_summary(result: dict[str, Any], *, per_series: bool) -> None:
     interval = result.get("data_interval") or {}
     console.print(f"forecast run [bold]{result['run_id']}[/] · {result['series']} series × {result['horizon']} steps · "
                   f"τ {result['tau']} · data up to {str(interval.get('end', '?'))[:16]}")
-    table = Table(title="models (score: mean of CV pinball and MASE relative to seasonal_naive; lower is better)", title_justify="left")
+    table = Table(title="models", title_justify="left", caption_justify="left",
+                  caption="score: mean of CV pinball loss and MASE relative to seasonal_naive (lower is better)")
     for col in ("model", "series chosen", "overall score"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for model in sorted(set(result["overall_score"]) | set(result["chosen"])):

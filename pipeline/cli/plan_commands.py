@@ -64,7 +64,7 @@ def _show_json(pid: str, manifest: dict, starts: list[str], window: int, cover: 
 
 
 def _print_show(pid: str, manifest: dict, start: str, cover: list[dict], instances: list[dict]) -> None:
-    title = f"plan {pid} [{manifest['status']}] · window {start[:16]} · τ(vcpu) {manifest['tau']['vcpu']:.3f}"
+    title = f"plan {pid} \\[{manifest['status']}] · window {start[:16]} · τ(vcpu) {manifest['tau']['vcpu']:.3f}"
     table = Table(title=title, title_justify="left")
     for col in ("region", "resource", "demand q(τ)", "pre-allocated", "cover"):
         table.add_column(col, justify="left" if col in ("region", "resource") else "right")

@@ -228,7 +228,7 @@ class RegionExplanation:
     def text_lines(self) -> list[str]:
         """Plain text: header and rules, the instance table, then the reasons by topic."""
         label = _window_labeller(self.windows)
-        out = [f"plan {self.plan_id} · region {self.region} · {len(self.windows)} window(s) from {label(self.windows[0])}"
+        out = [f"plan {self.plan_id} · region {self.region} · {len(self.windows)} window(s) from {self.windows[0]}"
                if self.windows else f"plan {self.plan_id} · region {self.region} · no windows"]
         out += list(self.rules)
         if self.instances:
