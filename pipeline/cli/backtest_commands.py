@@ -31,7 +31,8 @@ def last_source_day(source_root: str) -> date:
     folder = storage.join(source_root, "peering_requests")
     days = sorted(date.fromisoformat(m.group(1)) for name in list_names(folder) if (m := _DAY_FILE.match(name)))
     if not days:
-        raise FileNotFoundError(f"no peering_requests/YYYY-MM-DD files under {source_root}: pass --requests/--source, or --from and --to")
+        raise FileNotFoundError(f"no peering_requests/YYYY-MM-DD.* files under {source_root}: point --source (or PEERSCALE_SOURCE) "
+                                "at a source root in the documented layout (see data_samples/README.md)")
     return days[-1]
 
 
