@@ -127,7 +127,8 @@ def _day_files(folder: Path, days: list[str]) -> None:
 
 
 def test_backtest_defaults_to_the_last_seven_days_of_its_source(tmp_path: Path) -> None:
-    from pipeline.cli.backtest_commands import default_window, last_source_day
+    from pipeline.ingest.loader import last_source_day
+    from pipeline.ops.backtest import default_window
 
     _day_files(tmp_path, ["2026-02-01", "2026-02-10", "2026-02-09"])
     assert last_source_day(str(tmp_path)) == date(2026, 2, 10)
@@ -159,8 +160,8 @@ def test_backtest_source_and_window_default_to_the_configured_source(
 
 
 def test_last_source_day_on_s3(s3_bucket: str) -> None:
-    from pipeline.cli.backtest_commands import last_source_day
     from pipeline.common import storage
+    from pipeline.ingest.loader import last_source_day
 
     source = f"s3://{s3_bucket}/source"
     for day in ("2026-01-30", "2026-02-04", "2026-02-02"):

@@ -1,56 +1,22 @@
 """`peerscale backtest`: replay a request log under each allocation policy and compare them.
 
-With no `--from/--to` it replays the last 7 days of the source (`default_window`), so a newcomer
+With no `--from/--to` it replays the last 7 days of the source (`pipeline.ops.backtest.default_window`), so a newcomer
 can run it right after `make demo`.
 """
 
 from __future__ import annotations
 
-import re
-from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import typer
 from rich.table import Table
 
-from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, list_names, note, print_json, settings
+from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, note, print_json, settings
 
 if TYPE_CHECKING:
     from pipeline.common.config import Settings
     from pipeline.ops.backtest import BacktestConfig, BacktestResult
-
-DEFAULT_DAYS = 7
-_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.[A-Za-z0-9.]+$")  # peering_requests/YYYY-MM-DD.csv
-
-
-def last_source_day(source_root: str) -> date:
-    """The last UTC day with a `peering_requests/YYYY-MM-DD.*` file under a local or s3:// source."""
-    from pipeline.common import storage
-
-    folder = storage.join(source_root, "peering_requests")
-    days = sorted(date.fromisoformat(m.group(1)) for name in list_names(folder) if (m := _DAY_FILE.match(name)))
-    if not days:
-        raise FileNotFoundError(f"no peering_requests/YYYY-MM-DD.* files under {source_root}: point --source (or PEERSCALE_SOURCE) "
-                                "at a source root in the documented layout (see data_samples/README.md)")
-    return days[-1]
-
-
-def default_window(source_root: str, start: str | None, end: str | None, days: int = DEFAULT_DAYS) -> tuple[datetime, datetime]:
-    """[start, end) of the replay: what was given; a missing end is the end of the source's last
-    day, a missing start is `days` days before the end."""
-    from pipeline.common.intervals import parse_utc
-
-    start_at = parse_utc(start) if start else None
-    if end:
-        end_at = parse_utc(end)
-    elif start_at is not None:
-        end_at = start_at + timedelta(days=days)
-    else:
-        last = last_source_day(source_root)
-        end_at = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
-    return (start_at if start_at is not None else end_at - timedelta(days=days)), end_at
-
 
 def backtest(
     requests: str | None = typer.Option(
@@ -97,6 +63,8 @@ def _config(source_root: str, start: str | None, end: str | None, *, policy: str
     from pipeline.ops.backtest import BacktestConfig, parse_policies
 
     try:
+        from pipeline.ops.backtest import default_window
+
         first, last = default_window(source_root, start, end)
         return BacktestConfig(start=first, end=last, policies=parse_policies(policy), static_headroom=headroom,
                               refit_every_hours=refit_every, horizon_hours=max(refit_every, 1))

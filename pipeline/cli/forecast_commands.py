@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from pipeline.cli.options import JsonOption, LakeOption, console, fail, list_names, print_json, settings
+from pipeline.cli.options import JsonOption, LakeOption, console, fail, print_json, settings
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -167,7 +167,7 @@ def forecast_run_ids(config: Settings) -> list[str]:
     from pipeline.common import storage
 
     prefix = "run="
-    return [name[len(prefix):] for name in list_names(storage.join(config.lake_root, "forecasts")) if name.startswith(prefix)]
+    return [name[len(prefix):] for name in storage.list_names(storage.join(config.lake_root, "forecasts")) if name.startswith(prefix)]
 
 
 def newest_run_id(config: Settings, kind: str) -> str:

@@ -57,23 +57,12 @@ def print_json(payload: Any, *, indent: int | None = None) -> None:
     typer.echo(json.dumps(payload, sort_keys=True, indent=indent, default=str))
 
 
-def list_names(uri: str) -> list[str]:
-    """Names directly under a local or s3:// directory, sorted ([] when it does not exist)."""
-    import pyarrow.fs as pafs
-
-    from pipeline.common import storage
-
-    fs, path = storage.filesystem(uri)
-    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
-    return sorted(info.base_name for info in infos)
-
-
 def published_plan_ids(config: Settings) -> list[str]:
     """Ids of the plans in the lake's plans/ directory, oldest first (plan ids sort by time)."""
-    from pipeline.common import lake
+    from pipeline.common import lake, storage
 
     prefix = "plan_id="
-    return [name[len(prefix):] for name in list_names(lake.plans_root(config.lake_root)) if name.startswith(prefix)]
+    return [name[len(prefix):] for name in storage.list_names(lake.plans_root(config.lake_root)) if name.startswith(prefix)]
 
 
 def resolve_plan_id(config: Settings, plan_id: str | None) -> str:

@@ -273,6 +273,13 @@ def delete_dir(uri: str) -> None:
     with_retries("delete", uri, delete)
 
 
+def list_names(uri: str) -> list[str]:
+    """Names directly under a local or s3:// directory, sorted ([] when it does not exist)."""
+    fs, path = filesystem(uri)
+    infos = fs.get_file_info(pafs.FileSelector(path, allow_not_found=True, recursive=False))
+    return sorted(info.base_name for info in infos)
+
+
 def make_dirs(uri: str) -> None:
     def create() -> None:
         fs, path = filesystem(uri)

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
@@ -35,6 +36,8 @@ DUPLICATE_KEYS: dict[str, list[str]] = {
     "resource_pools": ["region", "resource_type"],
     "instance_catalog": ["region", "instance_type"],
 }
+# A daily source file: peering_requests/YYYY-MM-DD.csv (or .jsonl, .parquet, .csv.gz).
+_DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.[A-Za-z0-9.]+$")
 
 
 class SourceFileMissing(FileNotFoundError):
@@ -76,6 +79,16 @@ def source_files_for(dataset: str, interval: DataInterval, source_root: str) -> 
                 f"Expected layout under the source root: {layout}; see data_samples/README.md."
             )
     return paths
+
+
+def last_source_day(source_root: str) -> date:
+    """The last UTC day with a `peering_requests/YYYY-MM-DD.*` file under a local or s3:// source."""
+    folder = storage.join(source_root, "peering_requests")
+    days = sorted(date.fromisoformat(m.group(1)) for name in storage.list_names(folder) if (m := _DAY_FILE.match(name)))
+    if not days:
+        raise FileNotFoundError(f"no peering_requests/YYYY-MM-DD.* files under {source_root}: point --source (or PEERSCALE_SOURCE) "
+                                "at a source root in the documented layout (see data_samples/README.md)")
+    return days[-1]
 
 
 def known_regions(source_root: str) -> list[str]:

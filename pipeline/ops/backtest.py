@@ -34,7 +34,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -60,6 +60,7 @@ SESSION_CARRY_IN = timedelta(days=3)
 WINDOW_HOURS = 1.0  # a planning window: the cold-start penalty covers at most one
 _Z_95 = 1.6448536269514722  # the standard normal's 95th percentile
 _SEASON_LENGTH = 24  # hourly demand: one season is a day
+DEFAULT_REPLAY_DAYS = 7  # `peerscale backtest` with no dates replays the last week of the source
 
 
 @dataclass(frozen=True)
@@ -76,6 +77,24 @@ class BacktestConfig:
     feedback: bool = True  # predictive: step the τ controller after every hour (as the hourly run does)
     committed_demand: bool = True  # predictive: forecast only what new arrivals add to the committed level
     seed: int = 7
+
+
+def default_window(source_root: str, start: str | None, end: str | None, days: int = DEFAULT_REPLAY_DAYS) -> tuple[datetime, datetime]:
+    """[start, end) of the replay: what was given; a missing end is the end of the source's last
+    day, a missing start is `days` days before the end."""
+    from pipeline.common.intervals import parse_utc
+
+    start_at = parse_utc(start) if start else None
+    if end:
+        end_at = parse_utc(end)
+    elif start_at is not None:
+        end_at = start_at + timedelta(days=days)
+    else:
+        from pipeline.ingest.loader import last_source_day
+
+        last = last_source_day(source_root)
+        end_at = datetime(last.year, last.month, last.day, tzinfo=UTC) + timedelta(days=1)
+    return (start_at if start_at is not None else end_at - timedelta(days=days)), end_at
 
 
 @dataclass
