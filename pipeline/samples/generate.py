@@ -63,6 +63,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pipeline.common.numeric import EPS, SECONDS_PER_DAY
 from pipeline.common.schemas import (
     APP_TELEMETRY,
     CALENDAR,
@@ -166,7 +167,7 @@ _VCPU_PROBS = np.array([0.20, 0.27, 0.23, 0.15, 0.09, 0.045, 0.015])
 _MEM_PER_VCPU = np.array([2, 4, 8])
 _MEM_PER_VCPU_PROBS = np.array([0.30, 0.50, 0.20])
 _PRIORITY_PROBS = {"low": 0.15, "normal": 0.68, "high": 0.14, "critical": 0.03}
-_MAX_DURATION_S = 2 * 86400
+_MAX_DURATION_S = 2 * SECONDS_PER_DAY
 
 # Instance types (us-east-1 Linux on-demand prices): vcpu, memory GiB, storage GiB, network Gbps,
 # $/h. storage_gib is the instance store for *d/i4i types and a bundled gp3 volume of 16 GiB/vCPU for
@@ -188,7 +189,6 @@ _BASE_CATALOG: dict[str, tuple[float, float, float, float, float]] = {
 }
 _CORE_TYPES = ("m6i.large", "m6i.2xlarge", "c6i.4xlarge", "r6i.2xlarge", "i4i.2xlarge")
 
-_SECONDS_PER_DAY = 86400
 
 
 @dataclass(frozen=True)
@@ -590,7 +590,7 @@ def _request_files(t0: int, days: int, regions: tuple[str, ...], reqs: _Requests
         f"{reqs.bandwidth_gbps[i]:.2f},{reqs.duration_s[i]},{prio[i]}"
         for i in range(n)
     ]
-    bounds = np.searchsorted(reqs.t, t0 + np.arange(days + 1) * _SECONDS_PER_DAY)
+    bounds = np.searchsorted(reqs.t, t0 + np.arange(days + 1) * SECONDS_PER_DAY)
     return [lines[bounds[d] : bounds[d + 1]] for d in range(days)]
 
 
@@ -686,7 +686,7 @@ def _round_sig(x: float, digits: int = 3) -> float:
     if x <= 0:
         return 0.0
     scale = 10.0 ** (np.floor(np.log10(x)) - digits + 1)
-    return float(np.ceil(x / scale - 1e-9) * scale)
+    return float(np.ceil(x / scale - EPS) * scale)
 
 
 def _fmt(x: float, decimals: int = 2) -> str:
@@ -774,7 +774,7 @@ def _region_telemetry(
 ) -> list[list[str]]:
     """5-minute utilisation = background (already used share, daily cycle) + peering demand."""
     step = 300
-    n = days * _SECONDS_PER_DAY // step
+    n = days * SECONDS_PER_DAY // step
     grid = t0 + np.arange(n, dtype=np.int64) * step
     ts = _epoch_to_iso(grid)
     quantities = _pool_quantities(pools)
@@ -795,7 +795,7 @@ def _region_telemetry(
         keep = _gap_mask(rng, n, 0.15, days, 3, 36)
         for k in np.flatnonzero(keep).tolist():
             line = f"{ts[k]},{region},{util['cpu'][k]:.4f},{util['memory'][k]:.4f},{util['bandwidth'][k]:.4f}"
-            per_day[k * step // _SECONDS_PER_DAY].append((k, line))
+            per_day[k * step // SECONDS_PER_DAY].append((k, line))
     return [[line for _, line in sorted(rows, key=lambda x: x[0])] for rows in per_day]
 
 
@@ -811,7 +811,7 @@ def _app_telemetry(
 ) -> list[list[str]]:
     """15-minute active users and transactions following the region's demand intensity."""
     step = 900
-    n = days * _SECONDS_PER_DAY // step
+    n = days * SECONDS_PER_DAY // step
     grid = t0 + np.arange(n, dtype=np.int64) * step
     ts = _epoch_to_iso(grid)
     hours_f = (grid - t0) / 3600.0
@@ -825,7 +825,7 @@ def _app_telemetry(
         for k in np.flatnonzero(keep).tolist():
             values = (str(ts[k]), region, int(users[k]), round(float(tps[k]), 2))
             row = dict(zip(APP_TELEMETRY.names, values, strict=True))
-            per_day[k * step // _SECONDS_PER_DAY].append((k, json.dumps(row, separators=(",", ":"))))
+            per_day[k * step // SECONDS_PER_DAY].append((k, json.dumps(row, separators=(",", ":"))))
     return [[line for _, line in sorted(rows, key=lambda x: x[0])] for rows in per_day]
 
 
