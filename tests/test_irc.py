@@ -524,8 +524,8 @@ def test_expired_on_demand_grants_return_to_the_pool(irc: Coordinator) -> None:
     assert_preallocated(irc.handle_peering_request(request(vcpu=7.5, priority="high", duration_s=3600)))
     od = irc.handle_peering_request(request(vcpu=8.0, duration_s=300))
     assert_on_demand(od)
-    assert_failure(irc.handle_peering_request(request(at=T0 + timedelta(minutes=6), vcpu=8.0)), "Insufficient")
-    assert_on_demand(irc.handle_peering_request(request(at=T0 + timedelta(minutes=11), vcpu=8.0)))
+    assert_failure(irc.handle_peering_request(request(at=T0 + timedelta(minutes=6), vcpu=7.0)), "Insufficient")
+    assert_on_demand(irc.handle_peering_request(request(at=T0 + timedelta(minutes=11), vcpu=7.0)))
 
 
 def test_priority_ceilings_keep_the_last_of_the_window_for_urgent_requests(irc: Coordinator) -> None:
@@ -543,7 +543,7 @@ def test_priority_ceilings_keep_the_last_of_the_window_for_urgent_requests(irc: 
 
 def test_priority_ceilings_are_configurable_and_checked(lake: Path) -> None:
     irc = coordinator(lake, priority_ceilings={"normal": 1.0})
-    assert_preallocated(irc.handle_peering_request(request(vcpu=8.0)))
+    assert_preallocated(irc.handle_peering_request(request(vcpu=7.0)))
     with pytest.raises(ValueError, match="ceiling"):
         coordinator(lake, priority_ceilings={"low": 1.5})
 
@@ -586,13 +586,51 @@ def test_metrics_text_is_prometheus_exposition(irc: Coordinator) -> None:
 
 def test_a_clock_keeps_future_dated_requests_from_expiring_live_sessions(lake: Path) -> None:
     now = [T0.timestamp() + 60]
-    irc = coordinator(lake, clock=lambda: now[0], max_clock_skew_s=60)
+    irc = coordinator(lake, clock=lambda: now[0], max_clock_skew_s=3600)
     held = irc.handle_peering_request(request(at=T0 + timedelta(minutes=1), duration_s=600, vcpu=7.0))
     assert_preallocated(held)
-    # A request dated 30 minutes ahead of the clock does not expire the 10-minute session.
+    # A request dated 30 minutes ahead of the clock (within the allowed skew) does not expire the
+    # 10-minute session: expiry runs at min(requested_at, clock), not at the claimed time.
     assert irc.handle_peering_request(request(at=T0 + timedelta(minutes=31), vcpu=7.0)).path == "on_demand"
+    assert irc.sweep(T0.timestamp() + 3600) == 0  # nor does an explicit sweep ahead of the clock
     now[0] = T0.timestamp() + 12 * 60  # the clock passes the session's end: it comes back
     assert_preallocated(irc.handle_peering_request(request(at=T0 + timedelta(minutes=12), vcpu=7.0)))
+
+
+def test_a_request_dated_beyond_the_skew_bound_is_invalid_and_frees_nothing(lake: Path) -> None:
+    now = [T0.timestamp() + 60]
+    irc = coordinator(lake, clock=lambda: now[0], max_clock_skew_s=60)
+    assert_preallocated(irc.handle_peering_request(request(at=T0 + timedelta(minutes=1), duration_s=600, vcpu=7.0)))
+    ahead = irc.handle_peering_request(request(at=T0 + timedelta(minutes=31), request_id="ahead", vcpu=7.0))
+    assert_failure(ahead, "Invalid request: requested_at 2025-01-01T10:31:00+00:00 is 1,800 s ahead of this coordinator's clock",
+                   "at most 60 s of clock skew")
+    assert ahead.request_id == "ahead" and ahead.region is None
+    assert irc.ledger.usage(int(T0.timestamp()), EU)["vcpu"] == 7.0
+    assert irc.metrics()["failed_invalid"] == 1
+    # Within the bound a request dated ahead is served (and held from its own start).
+    assert irc.handle_peering_request(request(at=T0 + timedelta(minutes=1, seconds=50), vcpu=0.5)).path == "preallocated"
+
+
+def test_the_default_clock_is_the_wall_clock_and_replays_pass_their_own(tmp_path: Path) -> None:
+    """Default: far-future requests are refused, past ones decided as of their date; REQUEST_TIME
+    replays a future-dated stream deterministically, expiring by the stream's own times."""
+    from pipeline.irc.coordinator import REQUEST_TIME
+
+    future = datetime(2090, 6, 1, 10, tzinfo=UTC)
+    publish_plan(tmp_path / "future", "plan-future", future)
+    live = coordinator(tmp_path / "future")
+    assert_failure(live.handle_peering_request(request(at=future + timedelta(minutes=5))), "ahead of this coordinator's clock")
+    replay = coordinator(tmp_path / "future", clock=REQUEST_TIME)
+    first = replay.handle_peering_request(request(at=future + timedelta(minutes=5), duration_s=600, vcpu=7.0))
+    assert first.path == "preallocated"
+    assert replay.handle_peering_request(request(at=future + timedelta(minutes=10), vcpu=7.0)).path == "on_demand"
+    assert replay.handle_peering_request(request(at=future + timedelta(minutes=16), vcpu=7.0)).path == "preallocated"
+    # A historical plan under the default clock: requests dated in its windows are served from it.
+    publish_plan(tmp_path / "past", "plan-past", T0)
+    past = coordinator(tmp_path / "past")
+    assert past.handle_peering_request(request(at=T0 + timedelta(minutes=5), vcpu=7.0)).path == "preallocated"
+    assert past.handle_peering_request(request(at=T0 + timedelta(minutes=6), vcpu=7.0)).path == "on_demand"
+    assert past.handle_peering_request(request(at=T0 + timedelta(minutes=16), vcpu=7.0)).path == "preallocated"
 
 
 # -- contract and import hygiene ------------------------------------------------------------------

@@ -9,7 +9,12 @@ from __future__ import annotations
 
 import re
 
+from pipeline.common.numeric import SECONDS_PER_DAY
+
 RESOURCE_TYPES: tuple[str, ...] = ("vcpu", "memory_gib", "storage_gib", "bandwidth_gbps")
 PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
 REGION_PATTERN = re.compile(r"^[a-z]{2}(?:-[a-z]+)+-\d{1,2}$")
 PLAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+# The longest session the peering_requests contract admits (ingest quarantines longer ones, the IRC
+# refuses them): a session held "forever" would be carried into every later plan.
+MAX_DURATION_S = 30.0 * SECONDS_PER_DAY

@@ -19,12 +19,24 @@ critical 1.0 - the last 5 % of each window's pre-allocation is kept for high/cri
 capacity an urgent one needs. Below those levels every priority is served first come, first
 served. A request refused by its ceiling goes on demand like any other miss.
 
-**Time** is the request's `requested_at`: reservations span [requested_at, requested_at +
-duration_s) and expire then; expiry runs as request time advances (inline in the in-memory
-ledger, every `sweep_interval_s` of request time and on exhaustion for the shared ledgers).
-The same code therefore replays a historical request stream exactly (shadow mode). A live
-service passes `clock=time.time`: expiry then never runs ahead of the wall clock (plus
-`max_clock_skew_s`), so a request dated in the future cannot expire live sessions early.
+**Time.** A session spans [requested_at, requested_at + duration_s) and is reserved in every
+plan window it overlaps; it expires at its end. *When* it expires is decided by a trusted clock,
+never by what a request claims: expiry runs at min(requested_at, clock()) as requests arrive
+(inline in the in-memory ledger, every `sweep_interval_s` and on exhaustion for the shared
+ledgers), so a request dated in 2099 cannot free a session that is still running, and a request
+dated in the past can only free sessions that ended before its date - which the clock has passed
+too. `clock` is the wall clock (`time.time`) by default. Beyond that:
+
+* a request dated more than `max_clock_skew_s` (default 300 s) ahead of the clock is invalid
+  ("Invalid request: requested_at ... is ... ahead of this coordinator's clock"): its session
+  could only be held on demand, for as long as the client pretends;
+* a request dated in the past is decided as of its date (a late delivery, `peerscale irc request
+  --at`, a replay of a historical stream against the default clock): the plan valid then, if any;
+* replays pass their own clock: `clock=REQUEST_TIME` lets the replayed requests' own times drive
+  expiry (deterministic, whatever the wall clock says). It is meant for private ledgers; the
+  shared ones (SQLite, PostgreSQL) never expire a session before *their* clock (the host's, the
+  server's) says it ended, whichever clock a replica passes, so a skewed or replaying replica
+  cannot free another replica's live sessions either.
 
 **Plans** come from `plans/LATEST` (or are pinned with `plan_id=`). A watcher thread polls the
 pointer every `reload_interval_s`; a new plan is loaded beside the current one and swapped in
@@ -47,6 +59,7 @@ import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
@@ -78,6 +91,11 @@ EXHAUSTION_SWEEP_INTERVAL_S = 1.0
 # starts: the ledgers drop windows after the same horizon, so it could serve nothing more.
 PREVIOUS_PLAN_HORIZON_S = DEFAULT_RETENTION_S
 NS_PER_US = 1000.0  # decision latencies are measured in ns, logged in µs
+# `clock=REQUEST_TIME`: a replay's clock - the requests' own times drive expiry (see the module doc).
+REQUEST_TIME = None
+# How far ahead of the clock a request may be dated (client clocks drift; NTP keeps them within
+# seconds, so five minutes is generous): beyond it the request is invalid.
+DEFAULT_MAX_CLOCK_SKEW_S = 300.0
 _EMPTY: Mapping[str, float] = {}
 
 
@@ -151,8 +169,10 @@ class Coordinator:
     outcomes: True logs decisions to `<lake>/raw/irc_outcomes`; an `OutcomeLog` logs there; False
         disables logging.
     priority_ceilings: share of pre-allocated capacity each priority may fill (see module doc).
-    sweep_interval_s: request-time period of expiry sweeps for shared ledgers.
-    clock: wall clock (POSIX seconds) bounding expiry in live services; None: request time only.
+    sweep_interval_s: period of expiry sweeps for shared ledgers (in the time expiry runs at).
+    clock: the trusted clock (POSIX seconds) expiry never runs past, `time.time` by default;
+        `REQUEST_TIME` (None) for replays: the requests' own times (see the module doc).
+    max_clock_skew_s: how far ahead of `clock` a request may be dated before it is invalid.
     """
 
     def __init__(
@@ -166,8 +186,8 @@ class Coordinator:
         outcomes: bool | OutcomeLog = True,
         priority_ceilings: Mapping[str, float] | None = None,
         sweep_interval_s: float = 5.0,
-        clock: Callable[[], float] | None = None,
-        max_clock_skew_s: float = 300.0,
+        clock: Callable[[], float] | None = time.time,
+        max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         instance: str | None = None,
         name: str = "production",
     ) -> None:
@@ -183,6 +203,8 @@ class Coordinator:
                 if not 0.0 < float(ceiling) <= 1.0:
                     raise ValueError(f"priority ceiling for {priority!r} must be in (0, 1], got {ceiling!r}")
                 self._ceilings[priority] = float(ceiling)
+        if not 0.0 <= max_clock_skew_s < float("inf"):
+            raise ValueError(f"max_clock_skew_s must be a finite number of seconds >= 0, got {max_clock_skew_s!r}")
         self._pinned = plan_id
         self._sweep_interval_s = sweep_interval_s
         self._clock = clock
@@ -294,9 +316,13 @@ class Coordinator:
             return False
 
     def sweep(self, now_s: float | None = None) -> int:
-        """Return every allocation that expired by `now_s` (default: the latest request time seen,
-        bounded by the clock when there is one)."""
+        """Return every allocation that expired by `now_s` (default: the latest time expiry ran at),
+        never past the clock."""
         now = self._last_at_s if now_s is None else now_s
+        if self._clock is not None:
+            trusted = self._clock()
+            if not now <= trusted:  # also a NaN
+                now = trusted
         released = 0
         try:
             released += self._ledger.sweep(now)
@@ -370,26 +396,31 @@ class Coordinator:
         state = self._state
         try:
             valid = validate_request(request, state.known_regions)
+            now_s = self._advance_time(valid)
         except InvalidRequest as exc:
             return _failure(getattr(request, "request_id", ""), f"Invalid request: {exc}"), None
-        now_s = self._advance_time(valid.start_s)
         located = self._plan_window(state, valid)
         outcome = located if isinstance(located, _Miss) else self._serve_preallocated(valid, located, now_s)
         if isinstance(outcome, PeeringResponse):
             return outcome, valid
         return self._serve_on_demand(valid, outcome, now_s) or self._insufficient(valid, outcome), valid
 
-    def _advance_time(self, at_s: float) -> float:
-        """Move request time to `at_s` and sweep when due; returns how far expiry may run.
+    def _advance_time(self, valid: ValidRequest) -> float:
+        """The time expiry may run to for this request - min(requested_at, clock) - sweeping when due.
 
-        A live service's wall clock (plus `max_clock_skew_s`) bounds it, so that a request dated in
-        the future cannot expire sessions early.
+        Raises InvalidRequest for a request dated more than `max_clock_skew_s` ahead of the clock.
         """
-        now_s = at_s
+        now_s = at_s = valid.start_s
         if self._clock is not None:
-            limit = self._clock() + self._max_clock_skew_s
-            if now_s > limit:
-                now_s = limit
+            trusted = self._clock()
+            if at_s > trusted + self._max_clock_skew_s:
+                raise InvalidRequest(
+                    f"requested_at {valid.requested_at.isoformat()} is {at_s - trusted:,.0f} s ahead of this "
+                    f"coordinator's clock ({_iso(trusted)}); at most {self._max_clock_skew_s:g} s of clock skew is "
+                    "accepted - check the client's clock"
+                )
+            if now_s > trusted:
+                now_s = trusted
         if now_s > self._last_at_s:
             self._last_at_s = now_s
         if now_s >= self._next_sweep_s:
@@ -606,6 +637,14 @@ class Coordinator:
                 ("peerscale_irc_outcomes_pending", "gauge", "Decisions queued for the lake.", {}, stats["pending"]),
             ]
         return gauges
+
+
+def _iso(at_s: float) -> str:
+    """A clock reading as UTC ISO-8601 for messages (a broken clock reads as itself)."""
+    try:
+        return datetime.fromtimestamp(at_s, UTC).isoformat()
+    except (OverflowError, ValueError, OSError):
+        return repr(at_s)
 
 
 def _watch(ref: weakref.ref[Coordinator], stop: threading.Event, interval_s: float) -> None:

@@ -7,6 +7,10 @@ in the function's implicit transaction. A plan load takes an EXCLUSIVE lock on t
 table for its single upsert statement (reads stay possible), so a reservation either sees the
 new windows or is charged to them by the load's carry-in - never neither.
 
+Expiry runs on the **server's clock**: `sweep(now)` returns only what ended by the earlier of `now`
+and the server's `clock_timestamp()`, so replicas whose clocks disagree (or a replica replaying
+history, or a request dated 2099) can never free a session another replica still holds.
+
 Commits are durable by default (`synchronous_commit` on: one WAL flush per decision, amortised
 across concurrent replicas by group commit). `synchronous_commit=False` (URL
 `?synchronous_commit=off`) trades that for speed: after a *server* crash the last fraction of a
@@ -118,6 +122,8 @@ $fn$;
 CREATE OR REPLACE FUNCTION {s}.sweep(p_now float8, p_retention float8) RETURNS integer
 LANGUAGE plpgsql AS $fn$
 DECLARE
+    -- Never past the server's clock: the one clock every replica shares (see the module docstring).
+    v_now    float8 := least(p_now, extract(epoch FROM clock_timestamp())::float8);
     v_n      integer;
     v_region text[];
     v_start  float8[];
@@ -128,7 +134,7 @@ BEGIN
     -- SKIP LOCKED: a sweep never waits for (or deadlocks with) a release or another replica's sweep.
     WITH victims AS (
         SELECT allocation_id FROM {s}.allocations
-        WHERE expires_at <= p_now
+        WHERE expires_at <= v_now
         ORDER BY allocation_id
         LIMIT 100000
         FOR UPDATE SKIP LOCKED
@@ -159,7 +165,7 @@ BEGIN
     END IF;
     DELETE FROM {s}.capacity c USING (
         SELECT region, window_start, resource_type FROM {s}.capacity
-        WHERE window_end <= p_now - p_retention
+        WHERE window_end <= v_now - p_retention
         FOR UPDATE SKIP LOCKED
     ) old
     WHERE c.region = old.region AND c.window_start = old.window_start AND c.resource_type = old.resource_type;

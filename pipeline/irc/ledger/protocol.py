@@ -22,6 +22,10 @@ Contract (every backend):
   with an older `plan_id` never overwrites a window loaded by a newer one (replicas converge).
 * Allocations expire at `requested_at + duration_s`: `sweep(now)` returns their capacity (leaked
   allocations come back); explicit `release` still works and is exactly-once.
+* A shared ledger trusts no caller's `now`: SQLite and PostgreSQL sweep up to the earlier of `now`
+  and their own clock (the host's wall clock; the server's `clock_timestamp()`), so no replica -
+  skewed, replaying, or fed a request dated 2099 - can free a session that is still running. The
+  in-memory ledger belongs to one coordinator and follows its clock (`Coordinator(clock=...)`).
 """
 
 from __future__ import annotations
@@ -71,7 +75,7 @@ class Ledger(Protocol):
         ...
 
     def sweep(self, now_s: float) -> int:
-        """Release allocations that expired at or before `now_s`; returns how many."""
+        """Release allocations that expired at or before `now_s` (shared ledgers: and by their own clock); how many."""
         ...
 
     def usage(self, window_start_s: int, region: str) -> dict[str, float]:

@@ -7,7 +7,8 @@ keeps commits off fsync (a power cut may lose the last reservations, never corru
 and the WAL is checkpointed by a background thread (PASSIVE, every `checkpoint_interval_s`)
 instead of by whichever request happens to cross SQLite's auto-checkpoint threshold - so no
 decision pays for a checkpoint's fsync.
-Same contract as `pipeline.irc.ledger` (carry-in, plan_id ordering, expiry).
+Same contract as `pipeline.irc.ledger` (carry-in, plan_id ordering, expiry - bounded by the host's
+wall clock, which every process sharing the file reads).
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -199,6 +201,13 @@ class SQLiteLedger:
             return self._write(body)
 
     def sweep(self, now_s: float) -> int:
+        """Expire what ended by `now_s` - but never past this host's clock: every process sharing the
+        file reads the same clock, so no caller (a skewed replica, a replay, a request dated 2099)
+        can free a session another process still holds."""
+        wall = time.time()
+        if not now_s <= wall:  # also a NaN
+            now_s = wall
+
         def body(conn: sqlite3.Connection) -> int:
             gone = conn.execute(
                 "DELETE FROM irc_allocations WHERE expires_at <= ? RETURNING region, starts_at, expires_at, requirements",
