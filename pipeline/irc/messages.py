@@ -50,6 +50,8 @@ class PeeringRequest:
             if resource_type in row:
                 requirements[resource_type] = _coerce_number(row[resource_type])
         priority = row.get("priority")
+        if priority is None or (isinstance(priority, str) and not priority.strip()):
+            priority = "normal"  # a blank cell: the contract's default
         return cls(
             request_id=_coerce_str(row.get("request_id")),
             requested_at=_coerce_datetime(row.get("requested_at")),
@@ -57,7 +59,7 @@ class PeeringRequest:
             destination_region=_coerce_str(row.get("destination_region")),
             resource_requirements=requirements,
             duration_s=_coerce_number(row.get("duration_s")),
-            priority=priority.strip() if isinstance(priority, str) and priority.strip() else "normal",
+            priority=priority.strip() if isinstance(priority, str) else priority,  # anything else: validation names it
         )
 
 
@@ -105,7 +107,10 @@ def _coerce_number(value: Any) -> Any:
         except ValueError:
             return value  # kept so validation can say "non-numeric"
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:
+            return math.inf  # an integer beyond any float (JSON allows 4,300 digits): validation says non-finite
         return None if math.isnan(number) else number
     return value
 

@@ -70,21 +70,32 @@ def default_instance() -> str:
 def _as_str(value: Any) -> str | None:
     if value is None:
         return None
-    return value if isinstance(value, str) else repr(value)[:200]
+    if isinstance(value, str):
+        return value
+    try:
+        return repr(value)[:200]
+    except ValueError:  # an int past repr()'s 4,300 digits
+        return f"<{type(value).__name__} too large to show>"
 
 
 def _as_float(value: Any) -> float | None:
     if isinstance(value, numbers.Real) and not isinstance(value, bool):
-        number = float(value)
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond any float: logged as missing, like inf
+            return None
         return number if math.isfinite(number) else None
     return None
 
 
 def _as_time(value: Any) -> datetime | None:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return datetime.fromtimestamp(value, tz=UTC)
-    if isinstance(value, datetime) and value.tzinfo is not None and value.utcoffset() is not None:
-        return value.astimezone(UTC)
+    try:
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+            return datetime.fromtimestamp(value, tz=UTC)
+        if isinstance(value, datetime) and value.tzinfo is not None and value.utcoffset() is not None:
+            return value.astimezone(UTC)
+    except (OverflowError, ValueError, OSError):  # outside the calendar: logged as missing
+        return None
     return None
 
 

@@ -12,10 +12,11 @@ from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from pipeline.irc.contract import PRIORITIES, REGION_PATTERN, RESOURCE_TYPES
+from pipeline.irc.contract import MAX_DURATION_S, PRIORITIES, REGION_PATTERN, RESOURCE_TYPES
 
 _PRIORITY_SET = frozenset(PRIORITIES)
 _RESOURCE_SET = frozenset(RESOURCE_TYPES)
+_SHOWN_CHARS = 60  # a hostile value is quoted in the message, but never at length
 
 
 class InvalidRequest(ValueError):
@@ -56,7 +57,7 @@ def validate_request(request: Any, known_regions: Set[str] | None) -> ValidReque
         raise InvalidRequest("request_id must be a non-empty string")
 
     if not isinstance(requested_at, datetime):
-        raise InvalidRequest(f"requested_at must be a datetime, got {requested_at!r}")
+        raise InvalidRequest(f"requested_at must be a datetime, got {_show(requested_at)}")
     if requested_at.tzinfo is None or requested_at.utcoffset() is None:
         raise InvalidRequest("requested_at is a naive datetime; give it a timezone (UTC)")
 
@@ -67,29 +68,41 @@ def validate_request(request: Any, known_regions: Set[str] | None) -> ValidReque
 
     requirements = _check_requirements(raw_requirements)
 
-    duration: Any = getattr(request, "duration_s", None)
-    if not _is_number(duration) or not math.isfinite(duration) or duration <= 0:
-        raise InvalidRequest(f"duration_s must be a positive number of seconds, got {duration!r}")
+    duration_s = _check_duration(getattr(request, "duration_s", None))
 
     priority = getattr(request, "priority", "normal")
     if type(priority) is not str or priority not in _PRIORITY_SET:
-        raise InvalidRequest(f"unknown priority {priority!r}; expected one of {', '.join(PRIORITIES)}")
+        raise InvalidRequest(f"unknown priority {_show(priority)}; expected one of {', '.join(PRIORITIES)}")
 
     start_s = requested_at.timestamp()
-    duration_s = float(duration)
-    utc = requested_at if requested_at.tzinfo is UTC else requested_at.astimezone(UTC)
+    try:
+        utc = requested_at if requested_at.tzinfo is UTC else requested_at.astimezone(UTC)
+    except OverflowError:  # year 1 or 9999 with an offset that leaves the calendar
+        raise InvalidRequest(f"requested_at {requested_at.isoformat()} is outside the calendar in UTC") from None
     return ValidRequest(
         request_id, utc, source, destination, requirements, duration_s, priority, start_s, start_s + duration_s
     )
+
+
+def _check_duration(duration: Any) -> float:
+    """A positive, finite number of seconds up to the contract's longest session."""
+    value = _as_float(duration) if _is_number(duration) else None
+    if value is None or not 0 < value < math.inf:
+        raise InvalidRequest(f"duration_s must be a positive, finite number of seconds, got {_show(duration)}")
+    if value > MAX_DURATION_S:
+        raise InvalidRequest(
+            f"duration_s {value:g} is longer than the longest session the contract admits ({MAX_DURATION_S:,.0f} s, 30 days)"
+        )
+    return value
 
 
 def _check_region(field: str, value: Any, known_regions: Set[str] | None) -> str:
     if known_regions is not None and type(value) is str and value in known_regions:
         return value  # fast path: the plan's region names were checked against the pattern at load
     if not isinstance(value, str) or not REGION_PATTERN.match(value):
-        raise InvalidRequest(f"{field} {value!r} is not a valid region name")
+        raise InvalidRequest(f"{field} {_show(value)} is not a valid region name")
     if known_regions is not None and value not in known_regions:
-        raise InvalidRequest(f"unknown region {value!r} in {field}")
+        raise InvalidRequest(f"unknown region {_show(value)} in {field}")
     return value
 
 
@@ -100,26 +113,42 @@ def _check_requirements(raw: Any) -> dict[str, float]:
     for resource_type, quantity in raw.items():
         if resource_type not in _RESOURCE_SET:
             raise InvalidRequest(
-                f"unknown resource type {resource_type!r}; expected one of {', '.join(RESOURCE_TYPES)}"
+                f"unknown resource type {_show(resource_type)}; expected one of {', '.join(RESOURCE_TYPES)}"
             )
         kind = type(quantity)
-        if (kind is float or kind is int) and 0 < quantity < math.inf:  # fast path: a plain positive number
-            clean[resource_type] = float(quantity)
+        if kind is float and 0 < quantity < math.inf:  # fast path: a plain positive number
+            clean[resource_type] = quantity
             continue
         if quantity is None or (isinstance(quantity, float) and math.isnan(quantity)):
             raise InvalidRequest(f"missing quantity for {resource_type}")
         if not _is_number(quantity):
-            raise InvalidRequest(f"non-numeric quantity for {resource_type}: {quantity!r}")
-        value = float(quantity)
-        if not math.isfinite(value):
-            raise InvalidRequest(f"non-finite quantity for {resource_type}: {quantity!r}")
+            raise InvalidRequest(f"non-numeric quantity for {resource_type}: {_show(quantity)}")
+        value = _as_float(quantity)
+        if value is None or not math.isfinite(value):
+            raise InvalidRequest(f"non-finite quantity for {resource_type}: {_show(quantity)}")
         if value < 0:
-            raise InvalidRequest(f"negative quantity for {resource_type}: {quantity!r}")
+            raise InvalidRequest(f"negative quantity for {resource_type}: {_show(quantity)}")
         if value > 0:
             clean[resource_type] = value
     if not clean:
         raise InvalidRequest("resource_requirements requests no resources (all quantities are 0)")
     return clean
+
+
+def _as_float(value: Any) -> float | None:
+    """float(value), or None when it does not fit a float (an int of 400 digits)."""
+    try:
+        return float(value)
+    except (OverflowError, ValueError, TypeError):
+        return None
+
+
+def _show(value: Any) -> str:
+    """repr() for a message, cut short: the caller sent it, the caller may have sent megabytes."""
+    if isinstance(value, int) and value.bit_length() > _SHOWN_CHARS * 3:  # repr() refuses ints past 4300 digits
+        return f"<int of {value.bit_length()} bits>"
+    text = repr(value)
+    return text if len(text) <= _SHOWN_CHARS else text[: _SHOWN_CHARS - 1] + "…"
 
 
 def _is_number(value: Any) -> bool:
