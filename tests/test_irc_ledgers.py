@@ -8,23 +8,32 @@ server is unreachable they fail with the reason - they are never skipped.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
+import threading
+import time
 import uuid
+from collections import Counter, defaultdict
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
-from pipeline.irc import stress
+from pipeline.common import schemas
+from pipeline.irc import Coordinator, PeeringRequest, stress
 from pipeline.irc.ledger import InMemoryLedger, Ledger, open_ledger
 from pipeline.irc.ledger.protocol import TOLERANCE, fits, over_capacity, over_capacity_sql
 from pipeline.irc.ledger.sqlite import SQLiteLedger
+from tests.test_irc import publish_plan
 
 REPO = Path(__file__).resolve().parents[1]
 PG_URL = os.environ.get("PEERSCALE_TEST_POSTGRES", "postgresql://postgres@127.0.0.1:5432/test")
-EU = "eu-west-1"
+EU, US = "eu-west-1", "us-east-1"
 H = 3600
 T = 1_767_225_600  # 2026-01-01T00:00Z
 ROWS = [
@@ -318,3 +327,264 @@ def test_open_ledger_urls(tmp_path: Path) -> None:
     store.close()
     with pytest.raises(ValueError, match="unknown ledger URL"):
         open_ledger("redis://localhost")
+
+
+# -- time safety: a request's claimed time never frees a live session in a shared ledger ----------
+
+
+def _shared_url(backend: str, tmp_path: Path) -> str:
+    return f"sqlite://{tmp_path / 'shared.db'}" if backend == "sqlite" else postgres_url()
+
+
+def _this_hour() -> datetime:
+    now = time.time()
+    return datetime.fromtimestamp(now - now % H, UTC)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_shared_ledgers_never_sweep_past_their_own_clock(backend: str, tmp_path: Path) -> None:
+    """sweep(2099) on SQLite / PostgreSQL returns only what ended by the host's / server's clock."""
+    url = _shared_url(backend, tmp_path)
+    store = open_ledger(url)
+    try:
+        start = int(_this_hour().timestamp())
+        store.load_capacities([(start + w * H, start + (w + 1) * H, EU, "vcpu", 8.0) for w in (-1, 0, 1)], "plan-a")
+        now = time.time()
+        assert store.reserve("pre-ended", EU, {"vcpu": 2.0}, now - 120, now - 60) == ()
+        assert store.reserve("pre-live", EU, {"vcpu": 5.0}, now - 60, now + 3600) == ()
+        assert store.sweep(4_102_444_800.0) == 1  # 2100-01-01: only the session that really ended
+        assert store.sweep(float("nan")) == 0
+        assert store.usage(start, EU)["vcpu"] == 5.0  # the live one, and every window, are still there
+        assert store.usage(start - H, EU) == {"vcpu": 0.0} and store.usage(start + H, EU)["vcpu"] == 5.0
+        assert store.reserve("pre-more", EU, {"vcpu": 4.0}, now, now + 60) == ("vcpu",)
+        assert store.release("pre-live") is True
+    finally:
+        store.close()
+        if backend == "postgres":
+            drop_postgres(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_request_dated_2099_cannot_make_replicas_grant_twice(backend: str, tmp_path: Path) -> None:
+    """Issue #14's finding: two coordinators, default clock, one request dated 2099, a replica restarts.
+    On the old code the 2099 request expired every live session and the new replica granted the
+    whole window again (276 vCPU live against 138 planned)."""
+    lake, url = tmp_path / "lake", _shared_url(backend, tmp_path)
+    start = _this_hour()
+    publish_plan(lake, "plan-now", start, hours=2, capacity={EU: {"vcpu": 138.0}})
+    now = datetime.now(UTC)
+    replicas: list[Coordinator] = []
+
+    def replica() -> Coordinator:
+        replicas.append(Coordinator(lake, open_ledger(url), reload_interval_s=None, outcomes=False))
+        return replicas[-1]
+
+    def fill(irc: Coordinator, tag: str) -> int:
+        return sum(
+            irc.handle_peering_request(PeeringRequest(f"{tag}{i}", now, US, EU, {"vcpu": 1.0}, 3600.0, "critical")).path
+            == "preallocated"
+            for i in range(150)
+        )
+
+    try:
+        first, second = replica(), replica()
+        assert fill(first, "a") == 138
+        late = datetime(2099, 1, 1, tzinfo=UTC)
+        decision = second.handle_peering_request(PeeringRequest("evil", late, US, EU, {"vcpu": 1.0}, 60.0, "critical"))
+        assert decision.status == "failure" and "ahead of this coordinator's clock" in decision.message
+        second.sweep(late.timestamp())  # even an explicit sweep at 2099 frees nothing
+        assert fill(replica(), "c") == 0
+        assert first.ledger.usage(int(start.timestamp()), EU)["vcpu"] == pytest.approx(138.0)
+        assert first.ledger.live_allocations() == 138  # type: ignore[attr-defined]
+    finally:
+        for irc in replicas:
+            irc.close()
+            irc.ledger.close()
+        if backend == "postgres":
+            drop_postgres(url)
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_a_replaying_or_skewed_replica_cannot_free_another_replicas_sessions(backend: str, tmp_path: Path) -> None:
+    """A replica replaying by request time, or whose clock runs an hour fast, shares the ledger with
+    a live one: its requests dated ahead are served, but expire nothing the live replica holds."""
+    from pipeline.irc.coordinator import REQUEST_TIME
+
+    lake, url = tmp_path / "lake", _shared_url(backend, tmp_path)
+    start = _this_hour()
+    publish_plan(lake, "plan-now", start, hours=3, capacity={EU: {"vcpu": 10.0}})
+    now = datetime.now(UTC)
+    live = Coordinator(lake, open_ledger(url), reload_interval_s=None, outcomes=False)
+    replay = Coordinator(lake, open_ledger(url), reload_interval_s=None, outcomes=False, clock=REQUEST_TIME)
+    fast = Coordinator(lake, open_ledger(url), reload_interval_s=None, outcomes=False,
+                       clock=lambda: time.time() + H)
+    try:
+        held = live.handle_peering_request(PeeringRequest("held", now, US, EU, {"vcpu": 6.0}, 600.0, "critical"))
+        assert held.path == "preallocated"
+        for n, irc in enumerate((replay, fast)):
+            ahead = now + timedelta(minutes=45)  # past the held session's end by their clocks, not by the wall's
+            decision = irc.handle_peering_request(PeeringRequest(f"x{n}", ahead, US, EU, {"vcpu": 1.0}, 1.0, "critical"))
+            assert decision.status == "success", decision.message
+            irc.sweep(ahead.timestamp())
+        assert live.ledger.usage(int(start.timestamp()), EU)["vcpu"] == pytest.approx(6.0)
+        refused = live.handle_peering_request(PeeringRequest("more", now, US, EU, {"vcpu": 5.0}, 60.0, "critical"))
+        assert refused.path != "preallocated"
+    finally:
+        for irc in (live, replay, fast):
+            irc.close()
+            irc.ledger.close()
+        if backend == "postgres":
+            drop_postgres(url)
+
+
+# -- concurrency fuzz: hostile replicas on one ledger never grant more than the plan ----------------
+
+FUZZ_CAPACITY = {"eu-west-1": {"vcpu": 24.0, "memory_gib": 96.0}, "us-east-1": {"vcpu": 16.0, "memory_gib": 64.0}}
+FUZZ_POOLS = {region: {"vcpu": 8.0, "memory_gib": 32.0} for region in (*FUZZ_CAPACITY, "ap-southeast-2")}
+# (seed, clock offset in seconds): two replicas on the default clock, one 15 minutes fast, one 15 slow.
+FUZZ_REPLICAS = ((101, 0.0), (102, 0.0), (103, 900.0), (104, -900.0))
+FUZZ_THREADS, FUZZ_OPS = 3, 90
+
+
+class LedgerMonitor:
+    """Reads every capacity row of a shared ledger while replicas run: no row may vanish, none go over."""
+
+    def __init__(self, backend: str, url: str, rows: int) -> None:
+        self.backend, self.url, self.rows = backend, url, rows
+        self.violations: list[str] = []
+        self.polls = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+
+    def _read(self, conn: Any) -> list[tuple[str, int, str, float, float]]:
+        if self.backend == "sqlite":
+            return conn.execute("SELECT region, window_start, resource_type, capacity, used FROM irc_capacity").fetchall()
+        schema = dict(parse_qsl(urlsplit(self.url).query))["schema"]
+        return conn.execute(f"SELECT region, window_start, resource_type, capacity, used FROM {schema}.capacity").fetchall()
+
+    def _run(self) -> None:
+        if self.backend == "sqlite":
+            import sqlite3
+
+            conn: Any = sqlite3.connect(self.url[len("sqlite://"):], timeout=30)
+        else:
+            import psycopg
+
+            conn = psycopg.connect(PG_URL, autocommit=True)
+        try:
+            while not self._stop.wait(0.05):
+                self._check(conn)
+        finally:
+            conn.close()
+
+    def _check(self, conn: Any) -> None:
+        try:
+            rows = self._read(conn)
+        except Exception:  # the first replica has not created the tables yet
+            return
+        if len(rows) == self.rows:
+            self.polls += 1  # the plan is loaded: from here on every row must stay
+        elif self.polls:
+            self.violations.append(f"{len(rows)} capacity rows instead of {self.rows}")
+        for region, window_start, rt, capacity, used in rows:
+            if over_capacity(used, 0.0, capacity):
+                self.violations.append(f"{region} {window_start} {rt}: {used} used of {capacity}")
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=30)
+
+
+def _certainly_held(grants: list[list[Any]], cells: dict[tuple[str, int, int, str], float]) -> list[str]:
+    """Sweep the instants each grant was certainly held (granted → released or ended) in wall time:
+    at no instant may what is held in a window exceed its capacity. Returns the violations."""
+    events = []
+    for grant in grants:
+        held_from, held_to = grant[5], min(grant[6] or math.inf, grant[3])
+        if held_to > held_from:
+            events += [(held_from, 1, grant), (held_to, 0, grant)]
+    events.sort(key=lambda e: (e[0], e[1]))  # at one instant, what ends goes before what starts
+    held: dict[tuple[str, int, int, str], float] = defaultdict(float)
+    violations = []
+    for _, starts, grant in events:
+        _, region, start_s, end_s, requirements = grant[:5]
+        for cell, capacity in cells.items():
+            if cell[0] == region and cell[1] < end_s and cell[2] > start_s and cell[3] in requirements:
+                held[cell] += requirements[cell[3]] if starts else -requirements[cell[3]]
+                if starts and over_capacity(held[cell], 0.0, capacity) and held[cell] - capacity > 1e-6:
+                    violations.append(f"{cell}: {held[cell]:.3f} held at once, {capacity} planned")
+    return violations
+
+
+@pytest.mark.parametrize("backend", ["sqlite", "postgres"])
+def test_hostile_replicas_never_overgrant(backend: str, tmp_path: Path) -> None:
+    """Four replica processes x three threads (two on the wall clock, one 15 min fast, one 15 min slow),
+    random priorities and durations, 15 % hostile requests (dated 2099 / 1970, naive, NaN strings over
+    JSON, bad quantities and durations, bodies that are not JSON), releases, double releases and plan
+    reloads: the ledger never holds more than the plan in any window, during the run or after, and
+    what it holds is exactly what the clients were granted and still hold."""
+    from pipeline.irc import fuzz
+
+    lake, url = tmp_path / "lake", _shared_url(backend, tmp_path)
+    start = _this_hour() - timedelta(hours=1)
+    publish_plan(lake, "plan-fuzz", start, hours=4, capacity=FUZZ_CAPACITY, pools=FUZZ_POOLS)
+    cells = {(region, int((start + timedelta(hours=h)).timestamp()), int((start + timedelta(hours=h + 1)).timestamp()), rt): q
+             for h in range(4) for region, quantities in FUZZ_CAPACITY.items() for rt, q in quantities.items()}
+    monitor = LedgerMonitor(backend, url, rows=4 * len(FUZZ_CAPACITY) * len(schemas.RESOURCE_TYPES))  # explicit zeros too
+    try:
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "pipeline.irc.fuzz", "--lake", str(lake), "--ledger", url,
+                              "--threads", str(FUZZ_THREADS), "--ops", str(FUZZ_OPS), "--seed", str(seed),
+                              "--clock-offset", str(offset)],
+                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for seed, offset in FUZZ_REPLICAS
+        ]
+        runs = []
+        for proc in procs:
+            out, err = proc.communicate(timeout=300)
+            assert proc.returncode == 0, err[-2000:]
+            runs.append(json.loads(out))
+        monitor.stop()
+        assert monitor.polls > 0 and monitor.violations[:5] == []
+        assert [e for run in runs for e in run["errors"]][:5] == []
+        grants = [g for run in runs for g in run["granted"]]
+        assert len(grants) > 50 and sum(1 for g in grants if g[6] is not None) > 10
+        assert _certainly_held(grants, cells)[:5] == []
+        _assert_hostile_refused(runs, fuzz)
+        _assert_ledger_holds_exactly_the_live_grants(url, grants, cells)
+    finally:
+        monitor.stop()
+        if backend == "postgres":
+            drop_postgres(url)
+
+
+def _assert_hostile_refused(runs: list[dict[str, Any]], fuzz: Any) -> None:
+    hostile: Counter[str] = Counter()
+    for run in runs:
+        hostile.update(run["hostile"])
+        assert run["released_twice"] == 0
+    assert sum(hostile.values()) > 50 and len({key.split(":")[0] for key in hostile}) == len(fuzz.HOSTILE)
+    for key, count in hostile.items():
+        kind, outcome = key.split(":")
+        assert outcome != "preallocated", (key, count)
+        if kind in fuzz.INVALID_KINDS:
+            assert outcome == "invalid", (key, count)
+        elif kind == "not_json":
+            assert outcome == "http_400", (key, count)
+
+
+def _assert_ledger_holds_exactly_the_live_grants(url: str, grants: list[list[Any]],
+                                                 cells: dict[tuple[str, int, int, str], float]) -> None:
+    store = open_ledger(url)
+    try:
+        now = time.time()
+        store.sweep(now)
+        for (region, window_start, window_end, rt), capacity in cells.items():
+            expected = sum(g[4].get(rt, 0.0) for g in grants
+                           if g[6] is None and g[3] > now and g[1] == region and g[2] < window_end and g[3] > window_start)
+            used = store.usage(window_start, region).get(rt, 0.0)
+            assert used == pytest.approx(expected, abs=1e-6), (region, window_start, rt)
+            assert not over_capacity(used, 0.0, capacity)
+    finally:
+        store.close()
