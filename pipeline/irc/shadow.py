@@ -18,18 +18,20 @@ price of demand that misses the pre-allocation).
 
 from __future__ import annotations
 
+import codecs
 import csv
 import json
 import logging
 import math
 import os
 import threading
+import time
 from collections import Counter, deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.irc.coordinator import Coordinator
@@ -167,9 +169,14 @@ def candidate_coordinator(
     priority_ceilings: Mapping[str, float] | None = None,
     ledger: Ledger | None = None,
     name: str = "candidate",
+    clock: Callable[[], float] | None = time.time,
 ) -> Coordinator:
     """A coordinator that can never touch production state: own ledger (default in-memory), own
-    pool copy, no outcome logging; pinned to `plan_id` when given, else following LATEST."""
+    pool copy, no outcome logging; pinned to `plan_id` when given, else following LATEST.
+
+    `clock` as for `Coordinator`: the wall clock beside a live production (`ShadowMirror`);
+    `REQUEST_TIME` to replay a stream deterministically (`replay_shadow`).
+    """
     return Coordinator(
         lake_root,
         ledger=ledger,
@@ -178,6 +185,7 @@ def candidate_coordinator(
         outcomes=False,
         priority_ceilings=priority_ceilings,
         name=name,
+        clock=clock,
     )
 
 
@@ -283,40 +291,207 @@ class ShadowMirror:
 # Request files
 # ---------------------------------------------------------------------------------------------
 
+# Columns a `peering_requests` file must have (resource columns and priority may be left out).
+REQUIRED_COLUMNS = ("request_id", "requested_at", "source_region", "destination_region", "duration_s")
+MAX_RAW_CHARS = 500  # of a rejected line kept in its report
+_LOGGED_REJECTS = 20  # rejected lines logged one by one; the rest are counted
 
-def load_requests(path: str | os.PathLike[str]) -> list[PeeringRequest]:
+
+@dataclass(frozen=True)
+class RejectedLine:
+    """A line of a request file that is not a row at all (it is not replayed; every other line is)."""
+
+    line: int  # 1-based line in the file (a JSON array: the item's position; Parquet: the row)
+    reason: str
+    raw: str  # the line as read, undecodable bytes escaped, cut at MAX_RAW_CHARS
+
+
+@dataclass(frozen=True)
+class RequestFile(Sequence[PeeringRequest]):
+    """The requests of one file in request-time order, with the lines that could not be read.
+
+    A sequence of its requests, so it replays as a list does; `lines[i]` is where `requests[i]`
+    came from. Rows whose *values* are wrong (a bad time, a NaN) are requests like any other: the
+    coordinator decides them invalid and says why.
+    """
+
+    path: str
+    requests: tuple[PeeringRequest, ...]
+    lines: tuple[int, ...]
+    rejected: tuple[RejectedLine, ...] = ()
+
+    def __len__(self) -> int:
+        return len(self.requests)
+
+    @overload
+    def __getitem__(self, index: int) -> PeeringRequest: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> Sequence[PeeringRequest]: ...
+
+    def __getitem__(self, index: int | slice) -> PeeringRequest | Sequence[PeeringRequest]:
+        return self.requests[index]
+
+    def __iter__(self) -> Iterator[PeeringRequest]:
+        return iter(self.requests)
+
+
+def load_requests(path: str | os.PathLike[str]) -> RequestFile:
     """Peering requests from a file in the `peering_requests` format: .csv, .jsonl/.json or .parquet.
 
-    Rows are parsed leniently (`PeeringRequest.from_row`) so that bad rows come back as failure
-    decisions, and sorted by requested_at (unparseable times last, in file order).
+    Every line is read on its own: a line that is not a row (an unclosed quote, a byte that is not
+    UTF-8, a NUL, the wrong number of fields, a JSON line that is not an object) is reported in
+    `rejected` with its line number and reason - and logged - while every other line is kept. Rows
+    are parsed leniently (`PeeringRequest.from_row`) so that bad values come back as failure
+    decisions, and sorted by requested_at (unparseable times last, in file order). A file that
+    cannot be read at all (missing, no header, a broken JSON array) raises OSError/ValueError.
     """
     file = Path(path)
     suffix = file.suffix.lower()
     if suffix == ".csv":
-        with file.open(newline="", encoding="utf-8") as handle:
-            rows: list[Mapping[str, Any]] = list(csv.DictReader(handle))
+        rows, rejected = _read_csv(file.read_bytes())
     elif suffix in (".jsonl", ".json", ".ndjson"):
-        text = file.read_text(encoding="utf-8")
-        stripped = text.lstrip()
-        rows = json.loads(text) if stripped.startswith("[") else [
-            json.loads(line) for line in text.splitlines() if line.strip()
-        ]
+        rows, rejected = _read_json(file.read_bytes())
     elif suffix == ".parquet":
         import pyarrow.parquet as pq
 
-        rows = pq.read_table(file).to_pylist()
+        rows, rejected = list(enumerate(pq.read_table(file).to_pylist(), start=1)), []
     else:
         raise ValueError(f"{file}: unsupported request file type {suffix!r} (use .csv, .jsonl or .parquet)")
-    requests = [PeeringRequest.from_row(row) for row in rows]
+    for bad in rejected[:_LOGGED_REJECTS]:
+        log.warning("%s line %d skipped: %s", file, bad.line, bad.reason)
+    if len(rejected) > _LOGGED_REJECTS:
+        log.warning("%s: %d more lines skipped", file, len(rejected) - _LOGGED_REJECTS)
+    parsed = [(line, PeeringRequest.from_row(row)) for line, row in rows]
 
-    def key(item: tuple[int, PeeringRequest]) -> tuple[float, int]:
-        index, request = item
+    def key(item: tuple[int, tuple[int, PeeringRequest]]) -> tuple[float, int]:
+        index, (_, request) = item
         at = request.requested_at
-        if isinstance(at, datetime) and at.tzinfo is not None:
+        if isinstance(at, datetime) and at.tzinfo is not None and at.utcoffset() is not None:
             return (at.timestamp(), index)
         return (math.inf, index)
 
-    return [request for _, request in sorted(enumerate(requests), key=key)]
+    ordered = [entry for _, entry in sorted(enumerate(parsed), key=key)]
+    return RequestFile(
+        path=str(file),
+        requests=tuple(request for _, request in ordered),
+        lines=tuple(line for line, _ in ordered),
+        rejected=tuple(rejected),
+    )
+
+
+def _physical_lines(data: bytes) -> list[bytes]:
+    """The file's lines without their terminators (\n or \r\n), a UTF-8 BOM dropped."""
+    if data.startswith(codecs.BOM_UTF8):
+        data = data[len(codecs.BOM_UTF8):]
+    lines = data.split(b"\n")
+    if lines and not lines[-1]:
+        lines.pop()
+    return [line[:-1] if line.endswith(b"\r") else line for line in lines]
+
+
+def _reject(line: int, reason: str, raw: bytes) -> RejectedLine:
+    return RejectedLine(line, reason, raw.decode("utf-8", "backslashreplace")[:MAX_RAW_CHARS])
+
+
+def _decode(raw: bytes, line: int) -> str | RejectedLine:
+    """The line as text, or why it is not: undecodable bytes and NULs are refused, never guessed."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return _reject(line, f"not UTF-8: byte 0x{raw[exc.start]:02x} at column {exc.start + 1}", raw)
+    if "\x00" in text:
+        return _reject(line, f"NUL byte at column {text.index(chr(0)) + 1}", raw)
+    return text
+
+
+def _csv_fields(text: str) -> list[str]:
+    """One line's fields; csv.Error when the line is not a CSV record on its own."""
+    try:
+        return next(csv.reader([text], strict=True))
+    except csv.Error as exc:
+        hint = " (an unclosed quote)" if "unexpected end of data" in str(exc) else ""
+        raise csv.Error(f"not a CSV record: {exc}{hint}") from None
+
+
+def _read_csv(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[RejectedLine]]:
+    """Rows of a CSV file, each physical line parsed alone (no field of the format spans lines)."""
+    lines = _physical_lines(data)
+    header = _decode(lines[0], 1) if lines else None
+    if not isinstance(header, str):
+        raise ValueError(f"no readable header line ({header.reason if header else 'the file is empty'})")
+    try:
+        names = [name.strip() for name in _csv_fields(header)]
+    except csv.Error as exc:
+        raise ValueError(f"line 1 (header): {exc}") from None
+    missing = [column for column in REQUIRED_COLUMNS if column not in names]
+    if missing or len(set(names)) != len(names):
+        problem = f"missing column(s) {', '.join(missing)}" if missing else "a column name repeats"
+        raise ValueError(f"line 1 (header): {problem}; expected the peering_requests columns {', '.join(REQUIRED_COLUMNS)}, ...")
+    rows: list[tuple[int, dict[str, Any]]] = []
+    rejected: list[RejectedLine] = []
+    for number, raw in enumerate(lines[1:], start=2):
+        if not raw.strip():
+            continue  # a blank line holds no row
+        text = _decode(raw, number)
+        if isinstance(text, RejectedLine):
+            rejected.append(text)
+            continue
+        try:
+            fields = _csv_fields(text)
+        except csv.Error as exc:
+            rejected.append(_reject(number, str(exc), raw))
+            continue
+        if len(fields) != len(names):
+            rejected.append(_reject(number, f"{len(fields)} fields where the header has {len(names)}", raw))
+            continue
+        rows.append((number, dict(zip(names, fields, strict=True))))
+    return rows, rejected
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON (write null for a missing value)")
+
+
+def _read_json(data: bytes) -> tuple[list[tuple[int, dict[str, Any]]], list[RejectedLine]]:
+    """Rows of a JSON Lines file, each line parsed alone; or of one JSON array (one document)."""
+    lines = _physical_lines(data)
+    rows: list[tuple[int, dict[str, Any]]] = []
+    rejected: list[RejectedLine] = []
+    if b"".join(lines).lstrip().startswith(b"["):  # one JSON array: it parses whole or not at all
+        try:
+            items = json.loads(b"\n".join(lines).decode("utf-8"), parse_constant=_no_constant)
+        except (ValueError, RecursionError) as exc:
+            raise ValueError(f"not a JSON array of request objects: {exc}") from None
+        for position, item in enumerate(items, start=1):
+            if isinstance(item, dict):
+                rows.append((position, item))
+            else:
+                rejected.append(_reject(position, f"item {position} is not a JSON object", json.dumps(item).encode()))
+        return rows, rejected
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        text = _decode(raw, number)
+        if isinstance(text, RejectedLine):
+            rejected.append(text)
+            continue
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except json.JSONDecodeError as exc:
+            rejected.append(_reject(number, f"not JSON: {exc.msg} at column {exc.colno}", raw))
+            continue
+        except RecursionError:
+            rejected.append(_reject(number, "not JSON: nested too deep", raw))
+            continue
+        except ValueError as exc:  # NaN/Infinity, ints over 4300 digits
+            rejected.append(_reject(number, f"not JSON: {exc}", raw))
+            continue
+        if isinstance(value, dict):
+            rows.append((number, value))
+        else:
+            rejected.append(_reject(number, f"not a JSON object but {type(value).__name__}", raw))
+    return rows, rejected
 
 
 def _number(value: Any) -> float:
