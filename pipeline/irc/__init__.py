@@ -8,9 +8,12 @@ without pulling the batch stack (pandas, Airflow, Prophet, OR-Tools, GE, DuckDB)
     irc = Coordinator("lake/")                       # follows lake/plans/LATEST, logs outcomes
     response = irc.handle_peering_request(request)   # never raises
     irc.release(response.allocation_id)              # when the peering ends (or let it expire)
+
+Sessions expire by the wall clock, never by the time a request claims; a replay of a recorded
+stream passes `clock=REQUEST_TIME` (see `pipeline.irc.coordinator`).
 """
 
-from pipeline.irc.coordinator import DEFAULT_PRIORITY_CEILINGS, Coordinator
+from pipeline.irc.coordinator import DEFAULT_PRIORITY_CEILINGS, REQUEST_TIME, Coordinator
 from pipeline.irc.ledger import InMemoryLedger, Ledger, open_ledger
 from pipeline.irc.messages import PeeringRequest, PeeringResponse
 from pipeline.irc.ondemand import LatencyModel, OnDemandAllocator, PoolAllocator
@@ -19,6 +22,7 @@ from pipeline.irc.shadow import ShadowMirror, ShadowReport, replay_shadow
 
 __all__ = [
     "DEFAULT_PRIORITY_CEILINGS",
+    "REQUEST_TIME",
     "Coordinator",
     "InMemoryLedger",
     "LatencyModel",
