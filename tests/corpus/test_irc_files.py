@@ -211,7 +211,8 @@ def test_irc_replay_skips_only_the_bad_line_and_says_where(lake: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     clean = clean_decisions(lake, tmp_path)
-    assert summary == {"requests": GOOD_ROWS, **{f"path_{k}": v for k, v in sorted(clean.items())}}
+    replayed = {k: v for k, v in summary.items() if k == "requests" or k.startswith("path_")}
+    assert replayed == {"requests": GOOD_ROWS, **{f"path_{k}": v for k, v in sorted(clean.items())}}
     assert f"line {BAD_LINE} skipped: not a CSV record: unexpected end of data (an unclosed quote)" in result.stderr
 
 
