@@ -9,6 +9,13 @@ lake - on a synthetic stream of requests over a 6-region, 6-window plan. It also
 reload of a 100k-line plan and `import pipeline.irc` (fresh interpreter). The last line printed
 is one JSON object with every figure (floors: inmem p99 <= 100 µs and >= 20k decisions/s,
 sqlite p99 <= 2 ms, postgres >= 1000 decisions/s with 8 threads, reload of 100k lines <= 1 s).
+
+Wall-clock figures move with the load of the machine; CPU instructions do not. `--instructions N`
+runs only N decisions on one thread (outcome log off) so that callgrind can count them:
+
+    valgrind --tool=callgrind --callgrind-out-file=cg.0 .venv/bin/python bench/irc.py --instructions 0
+    valgrind --tool=callgrind --callgrind-out-file=cg.N .venv/bin/python bench/irc.py --instructions 20000
+    # instructions per decision = (total of cg.N - total of cg.0) / 20000   (--ledger sqlite for SQLite)
 """
 
 from __future__ import annotations
@@ -170,11 +177,33 @@ def bench_import() -> float:
     return statistics.median(times)
 
 
+def count_instructions(decisions: int, ledger: str, generated: int = 20_000) -> None:
+    """Only `decisions` decisions, one thread, no outcome log: run under callgrind with 0 and N and subtract.
+    The same `generated` requests are built either way, so the setup costs the same."""
+    with tempfile.TemporaryDirectory() as tmp:
+        lake = Path(tmp) / "lake"
+        write_plan(lake, "plan-bench", 6 * len(REGIONS) * len(RESOURCES), REGIONS)
+        requests = make_requests(generated, seed=1)[:decisions]
+        store = open_ledger("memory" if ledger == "memory" else f"sqlite://{tmp}/ledger.db")
+        irc = Coordinator(lake, store, reload_interval_s=None, outcomes=False)
+        handle = irc.handle_peering_request
+        for request in requests:
+            handle(request)
+        print(json.dumps({"decisions": decisions, "ledger": ledger, **irc.metrics()}, sort_keys=True))
+        irc.close()
+        store.close()
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--quick", action="store_true", help="fewer decisions (smoke run)")
+    parser.add_argument("--instructions", type=int, metavar="N", help="only N decisions, for callgrind (see above)")
+    parser.add_argument("--ledger", choices=("memory", "sqlite"), default="memory", help="with --instructions")
     args = parser.parse_args()
+    if args.instructions is not None:
+        count_instructions(args.instructions, args.ledger)
+        return 0
     scale = 0.1 if args.quick else 1.0
     figures: dict[str, float | None] = {}
     load_before = os.getloadavg()[0]
