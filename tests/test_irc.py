@@ -643,6 +643,9 @@ def test_contract_matches_schemas() -> None:
     assert contract.PRIORITIES == schemas.PRIORITIES
     assert contract.REGION_PATTERN.pattern == schemas.REGION_PATTERN.pattern
     assert contract.PLAN_ID_PATTERN.pattern == schemas.PLAN_ID_PATTERN.pattern
+    from pipeline.ingest import expectations  # GE itself is imported only when a suite is built
+
+    assert contract.MAX_DURATION_S == expectations.MAX_DURATION_S  # the IRC refuses what ingest quarantines
 
 
 def test_import_pulls_no_batch_stack() -> None:
