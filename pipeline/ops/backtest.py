@@ -370,14 +370,15 @@ def _prepare_replay(source_root: str, config: BacktestConfig, base: Settings, sc
 
 def _open_policies(config: BacktestConfig, base: Settings, scratch: Path) -> list[_PolicyRun]:
     """Each policy's lake (seeded with the inventory) and its own IRC."""
-    from pipeline.irc import Coordinator
+    from pipeline.irc import REQUEST_TIME, Coordinator
 
     lakes = {name: _policy_settings(scratch, name, base) for name in config.policies}
     for name in config.policies:
         _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
     learns = {name: config.feedback and name == "predictive" for name in config.policies}
     coordinators = {
-        name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name)
+        name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name,
+                          clock=REQUEST_TIME)  # a replay: the log's own times drive expiry
         for name in config.policies
     }
     return [
