@@ -60,8 +60,8 @@ def test_bad_rows_are_quarantined_with_reasons_and_nothing_is_lost(source: Path,
     assert kinds["vcpu: cannot parse"] == 1
 
     quarantined = lake.read_partitioned(lake.quarantine_dir(settings.lake_root, "peering_requests")).to_pandas()
-    by_id = {raw.split('"request_id": "')[1].split('"')[0] if raw.startswith("{") else raw.split(",")[0]: reason
-             for raw, reason in zip(quarantined["raw"], quarantined["reason"])}
+    by_id = {raw.split(",")[0]: f"{kind} | {reason}"
+             for raw, reason, kind in zip(quarantined["raw"], quarantined["reason"], quarantined["reason_kind"])}
     assert "mars-north-1" in by_id["r-5"]
     assert "out of range" in by_id["r-6"]
     assert "source_region equals destination_region" in by_id["r-7"]

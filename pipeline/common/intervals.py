@@ -2,10 +2,28 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 HOUR = timedelta(hours=1)
+
+# A source timestamp: date, time to the minute, optional seconds and fraction, optional zone.
+_SOURCE_TS = re.compile(
+    r"^(\d{4})-(\d{2})-(\d{2})[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.(\d+))?)?(Z|z|[+-]\d{2}:?\d{2})?$",
+    re.ASCII,
+)
+_SHOWN_CHARS = 64  # how much of a rejected value an error message repeats
+_UTC_OFFSETS = frozenset({"Z", "z", "+00:00", "-00:00", "+0000", "-0000"})
+MAX_FRACTION_DIGITS = 6  # the lake stores microseconds
+
+
+class TimestampRejected(ValueError):
+    """A source timestamp that breaks the contract; `kind` names the rule for grouping."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 def parse_utc(value: str | datetime) -> datetime:
@@ -21,6 +39,36 @@ def parse_utc(value: str | datetime) -> datetime:
     if dt.tzinfo is None:
         return dt.replace(tzinfo=UTC)
     return dt.astimezone(UTC)
+
+
+def parse_explicit_utc(text: str) -> datetime:
+    """Parse a *source* timestamp strictly: ISO-8601 with an explicit UTC designator, at most µs.
+
+    Unlike `parse_utc` (operator input, where a naive time means UTC), data must say it is UTC:
+    a naive time's zone would be a guess, and another offset means the exporter is not writing
+    the documented UTC (files are cut at UTC midnight), so both are rejected rather than
+    converted. Digits beyond microseconds are rejected unless they are zeros, because the lake
+    cannot hold them and rounding would move a row across an hour boundary.
+    """
+    match = _SOURCE_TS.match(text.strip())
+    shown = repr(text if len(text) <= _SHOWN_CHARS else text[:_SHOWN_CHARS] + "…")
+    if match is None:
+        raise TimestampRejected("cannot parse", f"{shown} is not an ISO-8601 timestamp like 2026-01-05T13:04:22Z")
+    year, month, day, hour, minute, second, fraction, zone = match.groups()
+    if zone is None:
+        raise TimestampRejected("no time zone", f"{shown} has no time zone; write UTC explicitly, e.g. {text.strip()}Z")
+    if zone not in _UTC_OFFSETS:
+        raise TimestampRejected("not UTC", f"{shown} has offset {zone}; source timestamps must be UTC (Z or +00:00)")
+    digits = fraction or ""
+    if len(digits) > MAX_FRACTION_DIGITS and digits[MAX_FRACTION_DIGITS:].strip("0"):
+        raise TimestampRejected(
+            "finer than microseconds", f"{shown} has {len(digits)} fractional digits; at most {MAX_FRACTION_DIGITS} (microseconds)"
+        )
+    micros = int(digits[:MAX_FRACTION_DIGITS].ljust(MAX_FRACTION_DIGITS, "0")) if digits else 0
+    try:
+        return datetime(int(year), int(month), int(day), int(hour), int(minute), int(second or 0), micros, tzinfo=UTC)
+    except ValueError as exc:
+        raise TimestampRejected("cannot parse", f"{shown} is not a valid time ({exc})") from None
 
 
 @dataclass(frozen=True)

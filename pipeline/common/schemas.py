@@ -1,14 +1,17 @@
 """Data contracts shared by every stage: source formats, lake layout, forecast and plan schemas.
 
-This module is the single source of truth for column names and types. It imports only
-pyarrow so that the request-time IRC can use it too.
+This module is the single source of truth for column names, types and the bounds ingest
+enforces. It imports only pyarrow (and `common.numeric`) so that the request-time IRC can use it too.
 """
 
 from __future__ import annotations
 
 import re
+from datetime import date
 
 import pyarrow as pa
+
+from pipeline.common.numeric import SECONDS_PER_DAY
 
 RESOURCE_TYPES: tuple[str, ...] = ("vcpu", "memory_gib", "storage_gib", "bandwidth_gbps")
 PRIORITIES: tuple[str, ...] = ("low", "normal", "high", "critical")
@@ -95,6 +98,26 @@ INSTANCE_CATALOG = pa.schema(
     ]
 )
 
+# ---------------------------------------------------------------------------------------------
+# Bounds enforced at ingest (poison containment). Each is about 1000 × the largest value in the
+# committed samples, rounded up to a power of ten: generous for any real estate, but finite, so a
+# typo such as 1e300 is quarantined with the bound's name instead of reaching the forecasters and
+# the planner. A row beyond a bound is quarantined; data_samples/*/README.md lists them.
+# ---------------------------------------------------------------------------------------------
+
+# One request, and one resource pool, per resource type (largest sample pool total × 1000).
+MAX_QUANTITY: dict[str, float] = {"vcpu": 1e7, "memory_gib": 1e7, "storage_gib": 1e8, "bandwidth_gbps": 1e6}
+MAX_DURATION_S = 30.0 * SECONDS_PER_DAY  # longest plausible peering session (the samples' longest is 2 days)
+# One instance type of the catalog (largest sample type × 1000).
+MAX_INSTANCE_SIZE: dict[str, float] = {"vcpu": 1e5, "memory_gib": 1e6, "storage_gib": 1e7, "network_gbps": 1e5}
+MAX_HOURLY_PRICE_USD = 1e4  # on-demand or spot price of one instance-hour
+MAX_ACTIVE_USERS = 1e9  # app telemetry, per region and 15 minutes
+MAX_TRANSACTIONS_PER_S = 1e7
+MAX_UPLIFT = 10.0  # calendar: +1000 %; the lower end is > -1 (demand cannot fall below zero)
+MAX_EVENT_DAYS = 366  # a calendar event spans at most a year
+CALENDAR_DATES = (date(2000, 1, 1), date(2099, 12, 31))  # what the forecasters' time axis holds
+MAX_TEXT_LENGTH = 256  # characters of an id, a name or a region list
+
 # dataset name -> (schema, time column or None, file extension, partitioned by day?)
 SOURCES: dict[str, dict] = {
     "peering_requests": {"schema": PEERING_REQUESTS, "time_column": "requested_at", "ext": "csv"},
@@ -116,8 +139,9 @@ QUARANTINE = pa.schema(
         ("dataset", pa.string()),
         ("source_file", pa.string()),
         ("line_number", pa.int64()),
-        ("reason", pa.string()),
-        ("raw", pa.string()),  # the original row as JSON (or raw text for unparseable lines)
+        ("reason", pa.string()),  # what is wrong, with the offending values ("; "-separated)
+        ("raw", pa.string()),  # the line as read (bytes that are not UTF-8 as \xNN), at most 4 KiB with a note of its length
+        ("reason_kind", pa.string()),  # the rules broken, without values ("; "-separated): what reports group by
     ]
 )
 

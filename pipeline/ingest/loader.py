@@ -1,32 +1,40 @@
 """Ingest: read one data interval of a source dataset, validate it, land it in the lake.
 
 Valid rows go to `lake/raw/<dataset>/date=/hour=/`; every other row goes to
-`lake/quarantine/<dataset>/...` with its line number, its raw text and the reason, and is
-counted in the report. Nothing is dropped silently.
+`lake/quarantine/<dataset>/...` with its true line number, its raw text, the reason and the
+rule it broke (`reason_kind`), and is counted in the report. Nothing is dropped silently.
 
-Where a bad row lands: a row with a readable timestamp is quarantined in its own hour; a row
-whose time cannot be read (malformed line, unparseable or out-of-day timestamp) belongs to no
-hour, so the run whose interval contains the file's first hour (00:00 UTC) quarantines it.
+Each line is read and typed alone (`lines`, `cells`), so one bad line never costs another.
+Every line of a file is checked on every run, whichever hour the run covers: whether a row is the
+first valid occurrence of its key depends on the rows before it, and invalid rows never count as
+occurrences. A `request_id` is unique across the whole dataset: the lake's earlier days count.
+
+Where a bad row lands: a row with a readable timestamp in the file's day is quarantined in its own
+hour; a row whose time cannot be read (malformed line, unparseable or out-of-day timestamp)
+belongs to no hour, so the run whose interval contains the file's first hour (00:00 UTC)
+quarantines it. Reference data (calendar, pools, catalog) all belongs to the interval's last hour.
 """
 
 from __future__ import annotations
 
-import csv
-import io
-import json
 import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date, timedelta
+from datetime import date
+from typing import Any
 
 import pandas as pd
 import pyarrow as pa
 
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
-from pipeline.common.intervals import DataInterval
+from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.common.schemas import QUARANTINE, REFERENCE_SOURCES, SOURCES, UTC_TS
+from pipeline.ingest.cells import shown, type_row
 from pipeline.ingest.expectations import ROW_KEY, failing_rows
+from pipeline.ingest.lines import Problem, SourceLine, SourceUnreadable, read_lines
+
+__all__ = ["IngestReport", "SourceFileMissing", "SourceUnreadable", "ingest", "ingest_all", "known_regions"]
 
 DUPLICATE_KEYS: dict[str, list[str]] = {
     "peering_requests": ["request_id"],
@@ -36,6 +44,9 @@ DUPLICATE_KEYS: dict[str, list[str]] = {
     "resource_pools": ["region", "resource_type"],
     "instance_catalog": ["region", "instance_type"],
 }
+# Keys unique across the whole dataset, not only within a file: earlier days in the lake count.
+# (Telemetry keys hold their time, which pins them to one day file; reference data is one file.)
+DATASET_WIDE_KEYS: dict[str, str] = {"peering_requests": "request_id"}
 # A daily source file: peering_requests/YYYY-MM-DD.csv (or .jsonl, .parquet, .csv.gz).
 _DAY_FILE = re.compile(r"^(\d{4}-\d{2}-\d{2})\.[A-Za-z0-9.]+$")
 
@@ -44,13 +55,9 @@ class SourceFileMissing(FileNotFoundError):
     """A source file the interval needs does not exist."""
 
 
-class SourceUnreadable(ValueError):
-    """A source file exists but cannot be read at all (not one row could be recovered)."""
-
-
 @dataclass
 class IngestReport:
-    """What one ingest did: counts per outcome and quarantine reasons."""
+    """What one ingest did: counts per outcome and quarantine reasons (by rule broken)."""
 
     dataset: str
     interval: str
@@ -92,91 +99,124 @@ def last_source_day(source_root: str) -> date:
 
 
 def known_regions(source_root: str) -> list[str]:
-    """Regions peerscale knows: those in the resource pool inventory (anything else is 'unknown')."""
+    """Regions peerscale knows: those with a *valid* row in the resource pool inventory.
+
+    A pool row that is quarantined (an infinite quantity, a bad resource type) does not make its
+    region known, or requests to a region without a usable pool would pass ingest.
+    """
     path = storage.join(source_root, SOURCES["resource_pools"]["path"])
     if not storage.exists(path):
         raise SourceFileMissing(f"source file not found: {path} — the resource pool inventory defines the known regions.")
-    rows = list(csv.DictReader(io.StringIO(storage.read_text(path))))
-    return sorted({(r.get("region") or "").strip() for r in rows if (r.get("region") or "").strip()})
+    checked = _check_file(path, dataset="resource_pools", regions=[], seen={})
+    valid = checked.rows[~checked.rows[ROW_KEY].isin(list(checked.problems))]
+    return sorted(set(valid["region"].dropna()))
 
 
-def _read_lines(uri: str, dataset: str) -> tuple[list[dict], list[dict]]:
-    """Parse a CSV or JSONL file into string records (with line numbers) and unparseable lines."""
+@dataclass(frozen=True)
+class _CheckedFile:
+    """Every non-blank line of one source file, typed, with the problems of the bad ones.
+
+    `rows` holds one row per line (ROW_KEY, line_number, raw, the schema's columns; a value that
+    could not be typed is None), `problems` maps a row key to what is wrong with it.
+    """
+
+    uri: str
+    rows: pd.DataFrame
+    problems: dict[int, list[Problem]]
+
+
+def _check_file(uri: str, *, dataset: str, regions: Sequence[str], seen: dict[Any, str]) -> _CheckedFile:
+    """Read, type and validate every line of one file; `seen` (key → where) gains its valid keys."""
     spec = SOURCES[dataset]
-    columns = spec["schema"].names
-    try:
-        text = storage.read_bytes(uri).decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise SourceUnreadable(f"{uri} is not UTF-8 text ({exc}); re-export it as UTF-8 CSV/JSONL.") from exc
-    records: list[dict] = []
-    bad: list[dict] = []
-    if spec["ext"] == "jsonl":
-        for number, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-                if not isinstance(obj, dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as exc:
-                bad.append({"line_number": number, "reason": f"malformed JSON line: {exc}", "raw": line})
-                continue
-            missing = [c for c in columns if c not in obj]
-            if missing:
-                bad.append({"line_number": number, "reason": f"malformed row: missing fields {missing}", "raw": line})
-                continue
-            records.append({c: None if obj[c] is None else str(obj[c]) for c in columns} | {"line_number": number})
-        return records, bad
-    reader = csv.reader(io.StringIO(text, newline=""))
-    try:
-        header = next(reader)
-    except StopIteration:
-        raise SourceUnreadable(f"{uri} is empty: expected a header row {','.join(columns)}") from None
-    header = [h.strip() for h in header]
-    missing = [c for c in columns if c not in header]
-    if missing:
-        raise SourceUnreadable(f"{uri}: header lacks columns {missing}; expected {','.join(columns)}")
-    index = [header.index(c) for c in columns]
-    for row in reader:
-        number = reader.line_num
-        if not row or all(not cell.strip() for cell in row):
-            continue
-        if len(row) != len(header):
-            bad.append({
-                "line_number": number,
-                "reason": f"malformed row: expected {len(header)} fields, got {len(row)}",
-                "raw": ",".join(row),
-            })
-            continue
-        records.append({c: row[i].strip() for c, i in zip(columns, index)} | {"line_number": number})
-    return records, bad
+    schema: pa.Schema = spec["schema"]
+    lines = read_lines(storage.read_bytes(uri), uri=uri, columns=schema.names, ext=spec["ext"])
+    day = _file_day(uri) if spec["time_column"] else None
+    records: list[dict[str, Any]] = []
+    problems: dict[int, list[Problem]] = {}
+    for key, line in enumerate(lines):
+        typed, found = _type_line(line, schema, from_json=spec["ext"] == "jsonl")
+        if day is not None:
+            found += _check_day(typed, spec["time_column"], day)
+        if found:
+            problems[key] = found
+        records.append({ROW_KEY: key, "line_number": line.number, "raw": line.raw, **typed})
+    rows = _frame(records, schema)
+    candidates = rows[~rows[ROW_KEY].isin(list(problems))]
+    if len(candidates):
+        for key, found in failing_rows(dataset, candidates.drop(columns=["line_number", "raw"]), regions).items():
+            problems.setdefault(key, []).extend(found)
+    _flag_duplicates(rows, dataset=dataset, problems=problems, seen=seen)
+    return _CheckedFile(uri=uri, rows=rows, problems=problems)
 
 
-def _coerce(dataset: str, frame: pd.DataFrame) -> tuple[pd.DataFrame, dict[int, list[str]]]:
-    """Type every column by the dataset schema; non-empty values that do not parse are reasons."""
-    schema = SOURCES[dataset]["schema"]
-    typed = frame[[ROW_KEY, "line_number"]].copy()
-    problems: dict[int, list[str]] = {}
+def _type_line(line: SourceLine, schema: pa.Schema, *, from_json: bool) -> tuple[dict[str, Any], list[Problem]]:
+    if line.fields is None:
+        return dict.fromkeys(schema.names), [line.problem] if line.problem else []
+    return type_row(line.fields, schema, from_json=from_json)
+
+
+def _check_day(typed: dict[str, Any], time_column: str, day: date) -> list[Problem]:
+    """A day file holds its UTC day only; a row outside it is misfiled (or its clock is skewed)."""
+    ts = typed[time_column]
+    if ts is None or ts.date() == day:
+        return []
+    typed[time_column] = None  # it places nowhere (and may lie outside what pandas can hold)
+    return [Problem(f"{time_column}: outside the file's day",
+                    f"{time_column} {ts.isoformat()} is outside the file's day {day} (clock skew or misfiled row)")]
+
+
+def _frame(records: list[dict[str, Any]], schema: pa.Schema) -> pd.DataFrame:
+    """The typed rows as a frame: floats as float64, timestamps as UTC datetimes, the rest as objects."""
+    rows = pd.DataFrame.from_records(records, columns=[ROW_KEY, "line_number", "raw", *schema.names])
     for fld in schema:
-        raw = frame[fld.name].where(frame[fld.name].notna(), None)
-        blank = raw.isna() | (raw.astype("string").str.strip() == "")
         if pa.types.is_timestamp(fld.type):
-            values = pd.to_datetime(raw.where(~blank), utc=True, format="ISO8601", errors="coerce")
-        elif pa.types.is_floating(fld.type) or pa.types.is_integer(fld.type):
-            values = pd.to_numeric(raw.where(~blank), errors="coerce")
-        elif pa.types.is_date(fld.type):
-            values = pd.to_datetime(raw.where(~blank), format="%Y-%m-%d", errors="coerce").dt.date
+            rows[fld.name] = pd.to_datetime(rows[fld.name], utc=True)
+        elif pa.types.is_floating(fld.type):
+            rows[fld.name] = pd.to_numeric(rows[fld.name]).astype("float64")
+    return rows
+
+
+def _flag_duplicates(rows: pd.DataFrame, *, dataset: str, problems: dict[int, list[Problem]], seen: dict[Any, str]) -> None:
+    """A valid row repeating the key of an earlier *valid* row is a duplicate; the first one stays.
+
+    Rows that already failed are no occurrence at all, so a broken row never turns the corrected
+    row after it into a "duplicate". `seen` holds the keys of earlier files and of the lake.
+    """
+    columns = DUPLICATE_KEYS[dataset]
+    kind = f"duplicate {'+'.join(columns)}"
+    for key, line_number, *values in rows[[ROW_KEY, "line_number", *columns]].itertuples(index=False):
+        if key in problems or any(v is None or v != v for v in values):
+            continue
+        identity = tuple(values)
+        if identity in seen:
+            shown_key = shown(values[0] if len(values) == 1 else identity)
+            problems[key] = [Problem(kind, f"{kind}: {shown_key} already seen ({seen[identity]})")]
         else:
-            values = raw.where(~blank, None)
-        failed = values.isna() & ~blank
-        for key, value in zip(frame.loc[failed, ROW_KEY], raw[failed]):
-            problems.setdefault(int(key), []).append(f"{fld.name}: cannot parse {value!r} as {fld.type}")
-        typed[fld.name] = values
-    return typed, problems
+            seen[identity] = f"line {line_number}"
 
 
-def _raw_json(frame: pd.DataFrame, columns: Sequence[str]) -> pd.Series:
-    return frame[list(columns)].apply(lambda r: json.dumps({c: r[c] for c in columns}, default=str), axis=1)
+def _earlier_keys(settings: Settings, dataset: str, before: date) -> dict[Any, str]:
+    """Dataset-wide keys already in the lake on days before `before` (their day says where)."""
+    column = DATASET_WIDE_KEYS.get(dataset)
+    if column is None:
+        return {}
+    import pyarrow.dataset as ds
+    import pyarrow.fs as pafs
+
+    base = lake.raw_dir(settings.lake_root, dataset)
+    fs, path = storage.filesystem(base)
+
+    def read() -> pa.Table:
+        if fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return pa.table({column: pa.array([], pa.string()), "date": pa.array([], pa.string())})
+        found = ds.dataset(path, filesystem=fs, format="parquet", partitioning=lake.HIVE)
+        return found.to_table(columns=[column, "date"], filter=ds.field("date") < f"{before:%Y-%m-%d}")
+
+    table = storage.with_retries("read dataset", base, read)
+    keys: dict[Any, str] = {}
+    for value, day in zip(table.column(column).to_pylist(), table.column("date").to_pylist()):
+        keys.setdefault((value,), f"ingested from the day file of {day}")
+    return keys
 
 
 @dataclass(frozen=True)
@@ -186,170 +226,77 @@ class _Ingest:
     dataset: str
     interval: DataInterval
     regions: list[str]
-    columns: list[str]
     time_column: str | None
-
-
-@dataclass(frozen=True)
-class _Placement:
-    """Where one file's rows land: the hour each belongs to (NaT when its time is unknown), and
-    whether this run is the one that quarantines the rows that belong to no hour."""
-
-    hour: pd.Series
-    unattributable_hour: pd.Timestamp
-    owns_unattributable: bool
-
-
-@dataclass
-class _FileOutcome:
-    """One source file split into rows to land and rows to quarantine."""
-
-    valid: pd.DataFrame
-    quarantine: list[pd.DataFrame] = field(default_factory=list)
 
 
 def ingest(dataset: str, interval: DataInterval, settings: Settings, regions: Sequence[str] | None = None) -> IngestReport:
     """Ingest `dataset` for `interval` into the lake; idempotent for the interval."""
     if dataset not in SOURCES:
         raise ValueError(f"unknown dataset {dataset!r}; choose one of {sorted(SOURCES)}")
-    spec = SOURCES[dataset]
     run = _Ingest(
         dataset=dataset,
         interval=interval,
         regions=list(regions) if regions is not None else known_regions(settings.source_root),
-        columns=spec["schema"].names,
-        time_column=spec["time_column"],
+        time_column=SOURCES[dataset]["time_column"],
     )
     files = source_files_for(dataset, interval, settings.source_root)
     report = IngestReport(dataset=dataset, interval=str(interval), source_files=files)
+    seen = _earlier_keys(settings, dataset, interval.start.date())
 
     valid_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
     for uri in files:
-        outcome = _ingest_file(uri, run, report)
-        valid_parts.append(outcome.valid)
-        quarantine_parts.extend(outcome.quarantine)
+        checked = _check_file(uri, dataset=dataset, regions=run.regions, seen=seen)
+        report.rows_read += len(checked.rows)
+        valid, bad = _split(checked, run)
+        valid_parts.append(valid)
+        quarantine_parts.append(bad)
 
     report.rows_valid = _write_valid(valid_parts, run, settings)
-    quarantined = pd.concat(quarantine_parts, ignore_index=True) if quarantine_parts else None
+    quarantined = pd.concat(quarantine_parts, ignore_index=True)
     report.rows_quarantined = _write_quarantine(quarantined, dataset, interval, settings)
-    if quarantined is not None:
-        _count_reasons(quarantined, report)
+    for kinds in quarantined["reason_kind"]:
+        for kind in kinds.split("; "):
+            report.quarantine_reasons[kind] = report.quarantine_reasons.get(kind, 0) + 1
     lake.write_json_atomic(lake.ingest_manifest_path(settings.lake_root, dataset, interval), report.to_dict())
     return report
 
 
-def _ingest_file(uri: str, run: _Ingest, report: IngestReport) -> _FileOutcome:
-    """Read, type and check one source file; count what was read in `report`."""
-    records, bad_lines = _read_lines(uri, run.dataset)
-    report.rows_read += len(records) + len(bad_lines)
-    file_day = _file_day(uri) if run.time_column else None
-    frame = pd.DataFrame.from_records(records, columns=[*run.columns, "line_number"])
-    frame.insert(0, ROW_KEY, range(len(frame)))
-    typed, reasons = _coerce(run.dataset, frame)
-    _flag_duplicates(typed, DUPLICATE_KEYS[run.dataset], reasons)
-    placement = _place_rows(typed, run, file_day=file_day, reasons=reasons)
-    in_interval = (
-        placement.hour.notna()
-        & (placement.hour >= pd.Timestamp(run.interval.start))
-        & (placement.hour < pd.Timestamp(run.interval.end))
-    )
-
-    candidates = typed[in_interval & ~typed[ROW_KEY].isin(list(reasons))]
-    reasons.update(failing_rows(run.dataset, candidates.drop(columns=["line_number"]), run.regions) if len(candidates) else {})
-
-    is_bad = typed[ROW_KEY].isin(set(reasons))
-    take_bad = is_bad & (in_interval | (placement.hour.isna() & placement.owns_unattributable))
-    outcome = _FileOutcome(valid=typed[in_interval & ~is_bad])
-    if take_bad.any():
-        rows = frame.loc[take_bad.values]
-        outcome.quarantine.append(pd.DataFrame({
-            "dataset": run.dataset,
-            "source_file": uri,
-            "line_number": rows["line_number"].astype("int64").values,
-            "reason": ["; ".join(reasons[int(k)]) for k in rows[ROW_KEY]],
-            "raw": _raw_json(rows, run.columns).values,
-            "partition_hour": list(placement.hour[take_bad].fillna(placement.unattributable_hour)),
-        }))
-    if bad_lines and placement.owns_unattributable:
-        outcome.quarantine.append(pd.DataFrame({
-            "dataset": run.dataset,
-            "source_file": uri,
-            "line_number": [b["line_number"] for b in bad_lines],
-            "reason": [b["reason"] for b in bad_lines],
-            "raw": [b["raw"] for b in bad_lines],
-            "partition_hour": [placement.unattributable_hour] * len(bad_lines),
-        }))
-    return outcome
-
-
-def _flag_duplicates(typed: pd.DataFrame, dup_cols: list[str], reasons: dict[int, list[str]]) -> None:
-    """A row repeating an earlier row's key (all key columns present) is a reason; the first one stays."""
-    dup = typed.duplicated(subset=dup_cols, keep="first") & typed[dup_cols].notna().all(axis=1)
-    for key in typed.loc[dup, ROW_KEY]:
-        reasons.setdefault(int(key), []).append(f"duplicate {'+'.join(dup_cols)} (an earlier row in the file has it)")
-
-
-def _place_rows(typed: pd.DataFrame, run: _Ingest, *, file_day: date | None, reasons: dict[int, list[str]]) -> _Placement:
-    """The hour each row belongs to; a timestamp outside the file's day is a reason and places nowhere.
-
-    Reference data (no time column) belongs to the interval's last hour.
-    """
-    interval = run.interval
+def _split(checked: _CheckedFile, run: _Ingest) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The file's valid rows inside the interval, and the bad rows this run quarantines."""
+    rows, interval = checked.rows, run.interval
     if run.time_column:
-        ts = typed[run.time_column]
-        day_start = pd.Timestamp(file_day, tz="UTC")
-        out_of_day = ts.notna() & ((ts < day_start) | (ts >= day_start + pd.Timedelta(days=1)))
-        for key, value in zip(typed.loc[out_of_day, ROW_KEY], ts[out_of_day]):
-            reasons.setdefault(int(key), []).append(
-                f"{run.time_column} {value.isoformat()} is outside the file's day {file_day} (clock skew or misfiled row)"
-            )
-        hour = ts.where(ts.notna() & ~out_of_day).dt.floor("h")
+        hour = rows[run.time_column].dt.floor("h")
+        unplaced_hour = pd.Timestamp(_file_day(checked.uri), tz="UTC")
     else:
-        hour = pd.Series(pd.Timestamp(interval.end - timedelta(hours=1)), index=typed.index)
-    unattributable_hour = pd.Timestamp(file_day, tz="UTC") if run.time_column else pd.Timestamp(interval.start)
-    return _Placement(
-        hour=hour,
-        unattributable_hour=unattributable_hour,
-        owns_unattributable=interval.start <= unattributable_hour.to_pydatetime() < interval.end,
-    )
+        hour = pd.Series(pd.Timestamp(interval.end - HOUR), index=rows.index)
+        unplaced_hour = pd.Timestamp(interval.end - HOUR)
+    owns_unplaced = interval.start <= unplaced_hour.to_pydatetime() < interval.end
+    in_interval = hour.notna() & (hour >= pd.Timestamp(interval.start)) & (hour < pd.Timestamp(interval.end))
+    is_bad = rows[ROW_KEY].isin(list(checked.problems))
+    take_bad = is_bad & (in_interval | (hour.isna() & owns_unplaced))
+    bad = rows[take_bad]
+    quarantined = pd.DataFrame({
+        "dataset": run.dataset,
+        "source_file": checked.uri,
+        "line_number": bad["line_number"].astype("int64").to_numpy(),
+        "reason": ["; ".join(p.message for p in checked.problems[int(k)]) for k in bad[ROW_KEY]],
+        "raw": bad["raw"].to_numpy(),
+        "reason_kind": ["; ".join(dict.fromkeys(p.kind for p in checked.problems[int(k)])) for k in bad[ROW_KEY]],
+        "partition_hour": hour[take_bad].fillna(unplaced_hour).to_numpy(),
+    })
+    return rows[in_interval & ~is_bad], quarantined
 
 
 def _write_valid(valid_parts: list[pd.DataFrame], run: _Ingest, settings: Settings) -> int:
     """Land the valid rows in their hour partitions (sorted for stable files); returns the row count."""
     spec = SOURCES[run.dataset]
-    columns, time_column, interval = run.columns, run.time_column, run.interval
+    columns, time_column, interval = spec["schema"].names, run.time_column, run.interval
     valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else pd.DataFrame(columns=columns)
     valid = valid.sort_values([c for c in (time_column, *DUPLICATE_KEYS[run.dataset]) if c], kind="stable") if len(valid) else valid
     table = _to_arrow(valid[columns] if len(valid) else spec["schema"].empty_table().to_pandas(), spec["schema"])
-    write_interval = interval if time_column else DataInterval(interval.end - timedelta(hours=1), interval.end)
+    write_interval = interval if time_column else DataInterval(interval.end - HOUR, interval.end)
     return lake.write_hour_partitions(table, lake.raw_dir(settings.lake_root, run.dataset), time_column, write_interval)
-
-
-def _count_reasons(quarantined: pd.DataFrame, report: IngestReport) -> None:
-    """Tally quarantine reasons by kind for the report."""
-    for text in quarantined["reason"]:
-        for reason in text.split("; "):
-            key = _reason_kind(reason)
-            report.quarantine_reasons[key] = report.quarantine_reasons.get(key, 0) + 1
-
-
-def _reason_kind(reason: str) -> str:
-    """Group reasons for the report: keep what was wrong, drop the offending values."""
-    column, _, detail = reason.partition(": ")
-    for marker, label in (
-        ("unknown region", "unknown region"),
-        ("cannot parse", "cannot parse"),
-        ("out of range", "out of range"),
-        ("missing value", "missing value"),
-        ("expected", "wrong number of fields"),
-        ("is outside the file's day", "outside the file's day"),
-    ):
-        if marker in detail or (marker in reason and not detail):
-            return f"{column}: {label}"
-    if reason.startswith("duplicate"):
-        return reason.split(" (")[0]
-    return reason if not detail else f"{column}: {detail.split(' ')[0]}…"
 
 
 def _file_day(uri: str) -> date:
@@ -374,15 +321,14 @@ def _to_arrow(frame: pd.DataFrame, schema: pa.Schema) -> pa.Table:
     return pa.Table.from_arrays(arrays, schema=schema)
 
 
-def _write_quarantine(frame: pd.DataFrame | None, dataset: str, interval: DataInterval, settings: Settings) -> int:
+def _write_quarantine(frame: pd.DataFrame, dataset: str, interval: DataInterval, settings: Settings) -> int:
     base = lake.quarantine_dir(settings.lake_root, dataset)
     schema = QUARANTINE.append(pa.field("partition_hour", UTC_TS))
-    if frame is None or frame.empty:
+    if frame.empty:
         return lake.write_hour_partitions(schema.empty_table(), base, "partition_hour", interval)
     frame = frame.assign(partition_hour=pd.to_datetime(frame["partition_hour"], utc=True))
     frame = frame.sort_values(["partition_hour", "source_file", "line_number"], kind="stable")
-    table = _to_arrow(frame, schema)
-    return lake.write_hour_partitions(table, base, "partition_hour", interval)
+    return lake.write_hour_partitions(_to_arrow(frame, schema), base, "partition_hour", interval)
 
 
 def ingest_all(interval: DataInterval, settings: Settings, datasets: Sequence[str] | None = None) -> list[IngestReport]:
@@ -390,4 +336,3 @@ def ingest_all(interval: DataInterval, settings: Settings, datasets: Sequence[st
     names = list(datasets) if datasets else [*REFERENCE_SOURCES, *[d for d in SOURCES if d not in REFERENCE_SOURCES]]
     regions = known_regions(settings.source_root)
     return [ingest(name, interval, settings, regions) for name in names]
-
