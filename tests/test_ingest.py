@@ -119,14 +119,35 @@ def test_header_without_required_columns_is_a_clear_error(source: Path, tmp_path
         ingest("peering_requests", DataInterval.ending_at("2026-01-05T01:00"), settings_for(tmp_path, source))
 
 
+# The 11 dirty lines data_samples/README.md documents, with the rule each breaks.
+SAMPLE_DIRTY_ROWS = {
+    ("2026-01-07", 39): "duplicate request_id",
+    ("2026-01-07", 388): "destination_region: unknown region",
+    ("2026-01-07", 433): "malformed row: wrong number of fields",
+    ("2026-01-10", 95): "storage_gib: out of range",
+    ("2026-01-10", 677): "source_region: unknown region",
+    ("2026-01-10", 909): "malformed row: wrong number of fields",
+    ("2026-01-22", 111): "vcpu: out of range",
+    ("2026-01-22", 1067): "duplicate request_id",
+    ("2026-01-22", 1491): "vcpu: cannot parse",
+    ("2026-02-01", 259): "source_region: unknown region",
+    ("2026-02-01", 565): "duplicate request_id",
+}
+
+
 def test_sample_data_dirty_rows_are_all_caught(tmp_path: Path) -> None:
-    """The committed samples inject 11 dirty request lines; ingesting their days finds all 11."""
+    """The committed samples inject 11 dirty request lines; ingesting their days finds exactly those."""
     settings = settings_for(tmp_path)
-    total = 0
-    for day in ("2026-01-07", "2026-01-10", "2026-01-22", "2026-02-01"):
+    valid, days = 0, sorted({d for d, _ in SAMPLE_DIRTY_ROWS})
+    for day in days:
         start = parse_utc(f"{day}T00:00")
-        total += ingest("peering_requests", DataInterval(start, start + timedelta(days=1)), settings).rows_quarantined
-    assert total == 11
+        valid += ingest("peering_requests", DataInterval(start, start + timedelta(days=1)), settings).rows_valid
+    quarantined = lake.read_partitioned(lake.quarantine_dir(settings.lake_root, "peering_requests")).to_pandas()
+    found = {(Path(f).stem, n): kind
+             for f, n, kind in zip(quarantined["source_file"], quarantined["line_number"], quarantined["reason_kind"])}
+    assert found == SAMPLE_DIRTY_ROWS
+    lines = sum((SAMPLES / "peering_requests" / f"{day}.csv").read_text().count("\n") - 1 for day in days)
+    assert valid == lines - len(SAMPLE_DIRTY_ROWS)
 
 
 def test_reference_data_and_telemetry_validate(tmp_path: Path) -> None:

@@ -116,7 +116,7 @@ MAX_TRANSACTIONS_PER_S = 1e7
 MAX_UPLIFT = 10.0  # calendar: +1000 %; the lower end is > -1 (demand cannot fall below zero)
 MAX_EVENT_DAYS = 366  # a calendar event spans at most a year
 CALENDAR_DATES = (date(2000, 1, 1), date(2099, 12, 31))  # what the forecasters' time axis holds
-MAX_TEXT_LENGTH = 256  # characters of an id, a name or a region list
+MAX_TEXT_LENGTH = 1024  # characters of an id, a name or a region list (every AWS region fits)
 
 # dataset name -> (schema, time column or None, file extension, partitioned by day?)
 SOURCES: dict[str, dict] = {
@@ -140,7 +140,7 @@ QUARANTINE = pa.schema(
         ("source_file", pa.string()),
         ("line_number", pa.int64()),
         ("reason", pa.string()),  # what is wrong, with the offending values ("; "-separated)
-        ("raw", pa.string()),  # the line as read (bytes that are not UTF-8 as \xNN), at most 4 KiB with a note of its length
+        ("raw", pa.string()),  # the line as read (bytes that are not UTF-8, and NULs, as \xNN), at most 4 KiB with a note of its length
         ("reason_kind", pa.string()),  # the rules broken, without values ("; "-separated): what reports group by
     ]
 )

@@ -23,6 +23,7 @@ from pipeline.common.schemas import MAX_TEXT_LENGTH
 from pipeline.ingest.lines import Problem
 
 _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$", re.ASCII)
+_NON_FINITE = frozenset({"inf", "infinity", "nan"})  # what float() and pandas would read as non-finite
 _DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$", re.ASCII)
 _SHOWN_CHARS = 64  # how much of a rejected value a reason repeats (the raw line keeps it all)
 
@@ -67,6 +68,8 @@ def _type_cell(fld: pa.Field, value: Any, *, from_json: bool) -> tuple[Any, Prob
 def _number(name: str, value: Any, *, from_json: bool) -> tuple[float | None, Problem | None]:
     if from_json and (isinstance(value, bool) or not isinstance(value, int | float)):
         return None, Problem(f"{name}: not a JSON number", f"{name}: {shown(value)} must be a JSON number")
+    if not from_json and value.lstrip("+-").lower() in _NON_FINITE:
+        return None, Problem(f"{name}: not finite", f"{name}: {shown(value)} is not a finite number")
     if not from_json and not _NUMBER.match(value):
         return None, Problem(f"{name}: cannot parse", f"{name}: cannot parse {shown(value)} as a number")
     try:

@@ -44,8 +44,8 @@ class SourceLine:
 
 
 def raw_text(line: bytes) -> str:
-    """The line for the quarantine: bytes that are not UTF-8 escaped as \\xNN, at most MAX_RAW_BYTES."""
-    text = line[:MAX_RAW_BYTES].decode("utf-8", "backslashreplace")
+    """The line for the quarantine: bytes that are not UTF-8 and NULs escaped as \\xNN, at most MAX_RAW_BYTES."""
+    text = line[:MAX_RAW_BYTES].decode("utf-8", "backslashreplace").replace("\x00", "\\x00")
     if len(line) > MAX_RAW_BYTES:
         text += f" …[truncated: the line is {len(line)} bytes]"
     return text

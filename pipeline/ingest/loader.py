@@ -253,7 +253,8 @@ def ingest(dataset: str, interval: DataInterval, settings: Settings, regions: Se
         quarantine_parts.append(bad)
 
     report.rows_valid = _write_valid(valid_parts, run, settings)
-    quarantined = pd.concat(quarantine_parts, ignore_index=True)
+    non_empty = [part for part in quarantine_parts if len(part)]
+    quarantined = pd.concat(non_empty, ignore_index=True) if non_empty else quarantine_parts[0]
     report.rows_quarantined = _write_quarantine(quarantined, dataset, interval, settings)
     for kinds in quarantined["reason_kind"]:
         for kind in kinds.split("; "):
@@ -292,7 +293,8 @@ def _write_valid(valid_parts: list[pd.DataFrame], run: _Ingest, settings: Settin
     """Land the valid rows in their hour partitions (sorted for stable files); returns the row count."""
     spec = SOURCES[run.dataset]
     columns, time_column, interval = spec["schema"].names, run.time_column, run.interval
-    valid = pd.concat(valid_parts, ignore_index=True) if valid_parts else pd.DataFrame(columns=columns)
+    parts = [part for part in valid_parts if len(part)]
+    valid = pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=columns)
     valid = valid.sort_values([c for c in (time_column, *DUPLICATE_KEYS[run.dataset]) if c], kind="stable") if len(valid) else valid
     table = _to_arrow(valid[columns] if len(valid) else spec["schema"].empty_table().to_pandas(), spec["schema"])
     write_interval = interval if time_column else DataInterval(interval.end - HOUR, interval.end)
