@@ -145,7 +145,7 @@ def _check_file(uri: str, *, dataset: str, regions: Sequence[str], seen: dict[An
     if len(candidates):
         for key, found in failing_rows(dataset, candidates.drop(columns=["line_number", "raw"]), regions).items():
             problems.setdefault(key, []).extend(found)
-    _flag_duplicates(rows, dataset=dataset, problems=problems, seen=seen)
+    _flag_duplicates(rows, dataset=dataset, problems=problems, seen=seen, file_name=uri.rsplit("/", 1)[-1])
     return _CheckedFile(uri=uri, rows=rows, problems=problems)
 
 
@@ -176,7 +176,9 @@ def _frame(records: list[dict[str, Any]], schema: pa.Schema) -> pd.DataFrame:
     return rows
 
 
-def _flag_duplicates(rows: pd.DataFrame, *, dataset: str, problems: dict[int, list[Problem]], seen: dict[Any, str]) -> None:
+def _flag_duplicates(
+    rows: pd.DataFrame, *, dataset: str, problems: dict[int, list[Problem]], seen: dict[Any, str], file_name: str
+) -> None:
     """A valid row repeating the key of an earlier *valid* row is a duplicate; the first one stays.
 
     Rows that already failed are no occurrence at all, so a broken row never turns the corrected
@@ -192,11 +194,15 @@ def _flag_duplicates(rows: pd.DataFrame, *, dataset: str, problems: dict[int, li
             shown_key = shown(values[0] if len(values) == 1 else identity)
             problems[key] = [Problem(kind, f"{kind}: {shown_key} already seen ({seen[identity]})")]
         else:
-            seen[identity] = f"line {line_number}"
+            seen[identity] = f"line {line_number} of {file_name}"
 
 
 def _earlier_keys(settings: Settings, dataset: str, before: date) -> dict[Any, str]:
-    """Dataset-wide keys already in the lake on days before `before` (their day says where)."""
+    """Dataset-wide keys already in the lake on days before `before` (their day says where).
+
+    Only earlier days count, so re-running a day gives the verdicts of its first run. This reads
+    one column of every earlier hour partition, so its cost grows with the lake's history.
+    """
     column = DATASET_WIDE_KEYS.get(dataset)
     if column is None:
         return {}
