@@ -645,7 +645,8 @@ def test_contract_matches_schemas() -> None:
     assert contract.PLAN_ID_PATTERN.pattern == schemas.PLAN_ID_PATTERN.pattern
     from pipeline.ingest import expectations  # GE itself is imported only when a suite is built
 
-    assert contract.MAX_DURATION_S == expectations.MAX_DURATION_S  # the IRC refuses what ingest quarantines
+    assert contract.MAX_DURATION_S == schemas.MAX_DURATION_S == expectations.MAX_DURATION_S  # the IRC refuses what ingest quarantines
+    assert contract.MAX_QUANTITY == schemas.MAX_QUANTITY
 
 
 def test_import_pulls_no_batch_stack() -> None:

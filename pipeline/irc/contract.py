@@ -18,3 +18,5 @@ PLAN_ID_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
 # The longest session the peering_requests contract admits (ingest quarantines longer ones, the IRC
 # refuses them): a session held "forever" would be carried into every later plan.
 MAX_DURATION_S = 30.0 * SECONDS_PER_DAY
+# The largest quantity one request may ask for (ingest quarantines larger ones, the IRC refuses them).
+MAX_QUANTITY: dict[str, float] = {"vcpu": 1e7, "memory_gib": 1e7, "storage_gib": 1e8, "bandwidth_gbps": 1e6}

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Set
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from pipeline.irc.contract import MAX_DURATION_S, PRIORITIES, REGION_PATTERN, RESOURCE_TYPES
+from pipeline.irc.contract import MAX_DURATION_S, MAX_QUANTITY, PRIORITIES, REGION_PATTERN, RESOURCE_TYPES
 
 _PRIORITY_SET = frozenset(PRIORITIES)
 _RESOURCE_SET = frozenset(RESOURCE_TYPES)
@@ -116,7 +116,7 @@ def _check_requirements(raw: Any) -> dict[str, float]:
                 f"unknown resource type {_show(resource_type)}; expected one of {', '.join(RESOURCE_TYPES)}"
             )
         kind = type(quantity)
-        if kind is float and 0 < quantity < math.inf:  # fast path: a plain positive number
+        if kind is float and 0 < quantity <= MAX_QUANTITY[resource_type]:  # fast path: a plain positive number
             clean[resource_type] = quantity
             continue
         if quantity is None or (isinstance(quantity, float) and math.isnan(quantity)):
@@ -128,6 +128,10 @@ def _check_requirements(raw: Any) -> dict[str, float]:
             raise InvalidRequest(f"non-finite quantity for {resource_type}: {_show(quantity)}")
         if value < 0:
             raise InvalidRequest(f"negative quantity for {resource_type}: {_show(quantity)}")
+        if value > MAX_QUANTITY[resource_type]:
+            raise InvalidRequest(
+                f"{resource_type} {value:g} is above the largest request the contract admits ({MAX_QUANTITY[resource_type]:g})"
+            )
         if value > 0:
             clean[resource_type] = value
     if not clean:
