@@ -22,10 +22,14 @@ from pipeline.cli import (
     run_commands,
     samples_commands,
 )
+from pipeline.cli.guard import EXIT_CODES_EPILOG, GuardedGroup
+from pipeline.cli.options import DEBUG_ENV
 
 app = typer.Typer(
     help="peerscale — forecast inter-region peering demand, pre-allocate capacity, serve requests fast.",
     no_args_is_help=True,
+    cls=GuardedGroup,  # every command's failure becomes a one-line error and an exit code
+    epilog=EXIT_CODES_EPILOG,
 )
 
 
@@ -40,6 +44,7 @@ def _print_version(value: bool) -> None:
 @app.callback()
 def _root(
     version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True, help="Print the installed version and exit."),
+    debug: bool = typer.Option(False, "--debug", envvar=DEBUG_ENV, help="Print the traceback of a failure as well as its one-line error."),
 ) -> None:
     """peerscale — forecast inter-region peering demand, pre-allocate capacity, serve requests fast."""
 
@@ -47,20 +52,21 @@ def _root(
 def group(help: str, commands: dict[str, Callable[..., Any]], *, default: Callable[..., Any] | None = None,
           cls: type[typer.core.TyperGroup] | None = None) -> typer.Typer:
     """A command group; `default` runs when no subcommand is named (`peerscale forecast --input …`)."""
-    sub = typer.Typer(help=help, no_args_is_help=True, invoke_without_command=default is not None, cls=cls)
+    sub = typer.Typer(help=help, no_args_is_help=True, invoke_without_command=default is not None, cls=cls,
+                      epilog=EXIT_CODES_EPILOG)
     if default is not None:
-        sub.callback()(default)
+        sub.callback(epilog=EXIT_CODES_EPILOG)(default)
     for name, command in commands.items():
-        sub.command(name)(command)
+        sub.command(name, epilog=EXIT_CODES_EPILOG)(command)
     return sub
 
 
 # -- every command, in the order `peerscale --help` lists them -----------------------------
-app.command("run")(run_commands.run)
-app.command("ingest")(run_commands.ingest)
-app.command("backfill")(run_commands.backfill)
-app.command("report")(run_commands.report)
-app.command("backtest")(backtest_commands.backtest)
+app.command("run", epilog=EXIT_CODES_EPILOG)(run_commands.run)
+app.command("ingest", epilog=EXIT_CODES_EPILOG)(run_commands.ingest)
+app.command("backfill", epilog=EXIT_CODES_EPILOG)(run_commands.backfill)
+app.command("report", epilog=EXIT_CODES_EPILOG)(run_commands.report)
+app.command("backtest", epilog=EXIT_CODES_EPILOG)(backtest_commands.backtest)
 app.add_typer(group("Inspect published plans.", {
     "show": plan_commands.show,
     "explain": plan_commands.explain,

@@ -12,11 +12,16 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, note, print_json, settings
+from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, note, print_json, progress_columns, safe, settings, styled
 
 if TYPE_CHECKING:
     from pipeline.common.config import Settings
     from pipeline.ops.backtest import BacktestConfig, BacktestResult
+
+# Bounds of the replay knobs (documented in --help): the refit interval is also the forecast horizon.
+MAX_REFIT_EVERY_HOURS = 168
+MAX_HEADROOM = 10.0
+
 
 def backtest(
     requests: str | None = typer.Option(
@@ -29,9 +34,10 @@ def backtest(
     end: str | None = typer.Option(None, "--to", help="End of the replay, UTC, exclusive "
                                    "(default: the end of the last day in <source>/peering_requests/)."),
     policy: str = typer.Option("predictive,reactive,static,oracle", help="Comma-separated policies to compare."),
-    refit_every: int = typer.Option(6, min=1, help="Refit the predictive forecast every N hours "
-                                    "(between refits it plans from older data only)."),
-    headroom: float = typer.Option(0.2, help="Static policy headroom over last week's peak."),
+    refit_every: int = typer.Option(6, min=1, max=MAX_REFIT_EVERY_HOURS, help="Refit the predictive forecast every N hours, "
+                                    f"1 to {MAX_REFIT_EVERY_HOURS} (between refits it plans from older data only)."),
+    headroom: float = typer.Option(0.2, min=0.0, max=MAX_HEADROOM, help="Static policy headroom over last week's peak "
+                                   f"(0.2 = 20 %; 0 to {MAX_HEADROOM:g})."),
     report_path: Path | None = typer.Option(None, "--report", help="Write the HTML report here "
                                             "(default: <build>/reports/backtest-<from>-<to>.html)."),
     as_json: bool = JsonOption,
@@ -56,7 +62,7 @@ def backtest(
         print_json(summary)
         return
     _print_summary(summary)
-    console.print(f"report: {path}")
+    console.print(styled(f"report: {path}"))
 
 
 def _config(source_root: str, start: str | None, end: str | None, *, policy: str, refit_every: int, headroom: float) -> BacktestConfig:
@@ -74,16 +80,15 @@ def _config(source_root: str, start: str | None, end: str | None, *, policy: str
 
 def _replay(backtest_config: BacktestConfig, config: Settings, *, transient: bool) -> BacktestResult:
     """run_backtest over the configured source, with a progress bar on stderr."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from pipeline.ops.backtest import run_backtest
 
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=err, transient=transient) as progress:
+    with Progress(*progress_columns(), console=err, transient=transient) as progress:
         task = progress.add_task("replay", total=None)
 
         def step(message: str, done: int, total: int) -> None:
-            progress.update(task, description=f"replay {message}", completed=done, total=total)
+            progress.update(task, description=safe(f"replay {message}"), completed=done, total=total)
 
         try:
             return run_backtest(config.source_root, backtest_config, config, progress=step)
@@ -92,11 +97,11 @@ def _replay(backtest_config: BacktestConfig, config: Settings, *, transient: boo
 
 
 def _print_summary(summary: dict) -> None:
-    table = Table(title=f"backtest {summary['from'][:16]} → {summary['to'][:16]} ({summary['hours']} h)", title_justify="left")
+    table = Table(title=safe(f"backtest {summary['from'][:16]} → {summary['to'][:16]} ({summary['hours']} h)"), title_justify="left")
     for col in ("policy", "hit rate", "on demand", "failures", "p95 latency", "idle vCPU-h", "total cost", "vs oracle"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, s in summary["policies"].items():
         ratio = s.get("cost_vs_oracle")
-        table.add_row(name, f"{s['hit_rate']:.1%}", f"{s['on_demand_share']:.1%}", str(s["failures"]), f"{s['latency_p95_s']:.0f} s",
+        table.add_row(safe(name), f"{s['hit_rate']:.1%}", f"{s['on_demand_share']:.1%}", str(s["failures"]), f"{s['latency_p95_s']:.0f} s",
                       f"{s['idle_vcpu_hours']:.0f}", f"${s['cost']['total']:.2f}", f"{ratio:.3f}" if ratio is not None else "—")
     console.print(table)

@@ -16,7 +16,7 @@ import typer
 from rich.table import Table
 from typer.core import TyperGroup
 
-from pipeline.cli.options import JsonOption, LakeOption, console, fail, print_json, settings
+from pipeline.cli.options import JsonOption, LakeOption, check_id, console, fail, print_json, safe, settings, styled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -24,6 +24,13 @@ if TYPE_CHECKING:
     from pipeline.common.config import Settings
 
 MODEL_NAMES = "seasonal_naive, seasonal_mean, auto_ets, arima, mstl, prophet, global_gbm, lstm"
+# Bounds of `peerscale forecast` (documented in --help): a horizon of 10⁹ steps is a typo, not a
+# request, and would die of MemoryError long after reading the input.
+MAX_HORIZON_STEPS = 10_000  # more than a year of hours, 27 years of days
+MAX_SEASON_LENGTH = 10_000
+MAX_FORECAST_ROWS = 10_000_000  # series × horizon: one output row each (~1.3 GB of float columns in memory)
+PARQUET_SUFFIXES = (".parquet", ".pq")
+CSV_SUFFIXES = (".csv", ".txt", ".gz")
 
 
 class LevelsGroup(TyperGroup):
@@ -52,41 +59,69 @@ def spread_levels(args: list[str]) -> list[str]:
 
 
 def read_input(path: Path) -> pd.DataFrame:
-    """A CSV or Parquet file in long format (`unique_id, ds, y` + optional exogenous columns)."""
+    """A CSV or Parquet file in long format (`unique_id, ds, y` + optional exogenous columns);
+    an unreadable file is an InputError naming it (empty, corrupt, not UTF-8, a directory)."""
     import pandas as pd
 
+    from pipeline.forecast.prep import InputError
+
     suffix = path.suffix.lower()
-    if suffix in (".parquet", ".pq"):
-        return pd.read_parquet(path)
-    if suffix in (".csv", ".txt", ".gz"):
-        return pd.read_csv(path)
-    raise ValueError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet")
+    if suffix not in PARQUET_SUFFIXES + CSV_SUFFIXES:
+        raise InputError(f"{path}: unknown file type {suffix!r}; use .csv or .parquet")
+    kind = "Parquet" if suffix in PARQUET_SUFFIXES else "CSV"
+    try:
+        return pd.read_parquet(path) if kind == "Parquet" else pd.read_csv(path)
+    except pd.errors.EmptyDataError as exc:
+        raise InputError(f"{path} is empty: expected a header unique_id,ds,y and one row per observation") from exc
+    except (ValueError, OSError) as exc:  # corrupt Parquet, bad CSV quoting, not UTF-8, a directory
+        raise InputError(f"{path} cannot be read as {kind}: {exc}") from exc
+
+
+def check_values(raw: pd.DataFrame, frame: pd.DataFrame) -> None:
+    """What `prep.validate_long_format` does not check yet: ids present, no infinite y, and every
+    series with at least one finite y (an all-NaN series would be "forecast" as zeros).
+
+    `raw` is the file as read, `frame` the validated frame (ids as strings, y as floats).
+    """
+    import numpy as np
+
+    from pipeline.forecast.prep import InputError
+
+    missing_ids = raw["unique_id"].isna()
+    if missing_ids.any():
+        raise InputError(f"column unique_id is empty in {int(missing_ids.sum())} row(s), e.g. row {int(missing_ids.idxmax()) + 1}; "
+                         "every row needs a series id")
+    y = frame["y"].to_numpy(dtype=float)
+    infinite = np.isinf(y)
+    if infinite.any():
+        first = frame.loc[infinite].iloc[0]
+        raise InputError(f"column y has {int(infinite.sum())} infinite value(s), e.g. {first['unique_id']!r} at {first['ds']}; "
+                         "remove them or leave them empty (missing values are interpolated)")
+    has_finite = frame.assign(finite=np.isfinite(y)).groupby("unique_id", sort=True)["finite"].any()
+    empty = has_finite.index[~has_finite.to_numpy()]
+    if len(empty):
+        raise InputError(f"{len(empty)} series {'has' if len(empty) == 1 else 'have'} no finite y value, e.g. {empty[0]!r}: "
+                         "there is nothing to forecast them from; "
+                         "fill in y or drop those series")
 
 
 def write_output(frame: pd.DataFrame, path: Path) -> None:
-    """Parquet (the forecast contract's types) or CSV by suffix; written atomically."""
-    import os
-    import tempfile
+    """Parquet (the forecast contract's types) or CSV by suffix; written atomically, mode per the umask."""
+    from pipeline.common.storage import atomic_local_file
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        if path.suffix.lower() in (".parquet", ".pq"):
+    with atomic_local_file(path) as tmp:
+        if path.suffix.lower() in PARQUET_SUFFIXES:
             frame.to_parquet(tmp, index=False)
         else:
             frame.to_csv(tmp, index=False, date_format="%Y-%m-%dT%H:%M:%SZ")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def forecast(
     ctx: typer.Context,
     input: Path | None = typer.Option(None, "--input", "-i", help="CSV or Parquet in long format: unique_id, ds, y "
                                       "(+ numeric exogenous columns)."),
-    horizon: int = typer.Option(48, "--horizon", min=1, help="Steps to forecast."),
+    horizon: int = typer.Option(48, "--horizon", min=1, max=MAX_HORIZON_STEPS, help=f"Steps to forecast (1 to {MAX_HORIZON_STEPS}; "
+                                f"series × horizon at most {MAX_FORECAST_ROWS:,})."),
     freq: str = typer.Option("h", "--freq", help="h (hourly) or D (daily)."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Where to write the forecast (.parquet or .csv)."),
     levels: list[int] = typer.Option([80, 95], "--levels", help="Interval levels in %: --levels 80 95 "
@@ -94,7 +129,8 @@ def forecast(
     models: str = typer.Option("auto", "--models", help=f"auto, or a comma-separated list of: {MODEL_NAMES}."),
     tau: float = typer.Option(0.9, "--tau", min=0.5, max=0.99, help="Quantile the selection scores pinball loss at."),
     future: Path | None = typer.Option(None, "--future", help="Exogenous columns over the horizon (unique_id, ds, ...)."),
-    season_length: int | None = typer.Option(None, "--season-length", help="Season in steps (default: 24 hourly, 7 daily)."),
+    season_length: int | None = typer.Option(None, "--season-length", min=1, max=MAX_SEASON_LENGTH,
+                                             help="Season in steps (default: 24 hourly, 7 daily)."),
     manifest: Path | None = typer.Option(None, "--manifest", help="Also write the selection, scores and calibration as JSON."),
 ) -> None:
     """Forecast every series of a long-format file with the Predictive Demand Engine (needs --input and --output);
@@ -109,19 +145,26 @@ def forecast(
 
 def _forecast_file(input: Path, output: Path, *, horizon: int, freq: str, levels: list[int], models: str, tau: float,
                    future: Path | None, season_length: int | None, manifest: Path | None) -> None:
+    from pipeline.common.storage import write_text_atomic
     from pipeline.forecast.engine import select_and_forecast
-    from pipeline.forecast.prep import InputError, parse_freq, season_for, validate_long_format
+    from pipeline.forecast.prep import InputError, parse_freq, season_for
 
     if not input.exists():
         fail(f"input file {input} does not exist")
+    if output.suffix.lower() not in PARQUET_SUFFIXES + CSV_SUFFIXES:
+        fail(f"--output {output}: unknown file type {output.suffix!r}; use .csv or .parquet")
     levels = sorted(set(levels))
     bad_levels = [lv for lv in levels if not 0 < lv < 100]
     if bad_levels:
         fail(f"--levels must be between 0 and 100 (exclusive), got {bad_levels}")
     try:
         freq = parse_freq(freq)
-        frame = validate_long_format(read_input(input), freq)
-        fut = validate_long_format(read_input(future).assign(y=0.0), freq) if future else None
+        frame = _read_long(input, freq)
+        fut = _read_long(future, freq, future=True) if future else None
+        series = frame["unique_id"].nunique()
+        if series * horizon > MAX_FORECAST_ROWS:
+            fail(f"{series} series × --horizon {horizon} = {series * horizon:,} forecast rows, more than {MAX_FORECAST_ROWS:,}: "
+                 "forecast fewer series per call or a shorter horizon")
         result = select_and_forecast(frame, horizon, season_length or season_for(freq), freq, tau, models,
                                      future=fut, levels=tuple(levels))
     except (InputError, ValueError) as exc:
@@ -129,12 +172,25 @@ def _forecast_file(input: Path, output: Path, *, horizon: int, freq: str, levels
     write_output(result.forecasts, output)
     if manifest:
         info = {k: v for k, v in result.info.items() if k != "timings_s"}
-        manifest.write_text(json.dumps({"engine": info, "selection": result.selection}, indent=2, sort_keys=True, default=str) + "\n")
+        text = json.dumps({"engine": info, "selection": result.selection}, indent=2, sort_keys=True, default=str)
+        write_text_atomic(str(manifest), text + "\n")
     chosen: dict[str, int] = {}
     for sel in result.selection.values():
         chosen[sel["model"]] = chosen.get(sel["model"], 0) + 1
     summary = ", ".join(f"{k} ×{v}" for k, v in sorted(chosen.items()))
-    console.print(f"forecast {len(result.selection)} series × {horizon} steps → {output} ({summary})")
+    console.print(styled(f"forecast {len(result.selection)} series × {horizon} steps → {output} ({summary})"))
+
+
+def _read_long(path: Path, freq: str, *, future: bool = False) -> pd.DataFrame:
+    """`path` read and checked as long format (`future`: exogenous values over the horizon, no y)."""
+    from pipeline.forecast.prep import validate_long_format
+
+    raw = read_input(path)
+    if future:
+        return validate_long_format(raw.assign(y=0.0), freq)
+    frame = validate_long_format(raw, freq)
+    check_values(raw, frame)
+    return frame
 
 
 def summary(
@@ -149,13 +205,18 @@ def summary(
     from pipeline.common import lake as lake_paths
     from pipeline.common import storage
 
+    if kind not in ("hourly", "daily"):
+        fail(f"--kind {kind!r}: use hourly or daily")
     config = settings(lake)
-    rid = run_id or newest_run_id(config, kind)
+    rid = check_id(run_id, "--run-id", kind="forecast run id", example="hourly-20260129T0000Z") if run_id else newest_run_id(config, kind)
     path = storage.join(lake_paths.forecast_dir(config.lake_root, rid), "manifest.json")
     if not storage.exists(path):
         known = ", ".join(forecast_run_ids(config)) or "none"
         fail(f"forecast run {rid!r} has no manifest at {path}; runs in {config.lake_root}: {known}")
-    result = summarise(lake_paths.read_json(path))
+    try:
+        result = summarise(lake_paths.read_json(path))
+    except (ValueError, AttributeError, KeyError, TypeError) as exc:  # not JSON, or JSON of another shape
+        fail(f"{path} is corrupt ({type(exc).__name__}: {exc}): re-run the forecast stage for that interval", code=1)
     if as_json:
         print_json(result)
         return
@@ -204,24 +265,24 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
 
 def _print_summary(result: dict[str, Any], *, per_series: bool) -> None:
     interval = result.get("data_interval") or {}
-    console.print(f"forecast run [bold]{result['run_id']}[/] · {result['series']} series × {result['horizon']} steps · "
-                  f"τ {result['tau']} · data up to {str(interval.get('end', '?'))[:16]}")
+    console.print(styled("forecast run ", (str(result["run_id"]), "bold"), f" · {result['series']} series × {result['horizon']} steps · "
+                         f"τ {result['tau']} · data up to {str(interval.get('end', '?'))[:16]}"))
     table = Table(title="models", title_justify="left", caption_justify="left",
                   caption="score: mean of CV pinball loss and MASE relative to seasonal_naive (lower is better)")
     for col in ("model", "series chosen", "overall score"):
         table.add_column(col, justify="left" if col == "model" else "right")
     for model in sorted(set(result["overall_score"]) | set(result["chosen"])):
         score = result["overall_score"].get(model)
-        table.add_row(model, str(result["chosen"].get(model, 0)), f"{score:.3f}" if score is not None else "—")
+        table.add_row(safe(model), str(result["chosen"].get(model, 0)), f"{score:.3f}" if score is not None else "—")
     console.print(table)
     coverage = ", ".join(f"{level}%: {share:.1%}" for level, share in sorted(result["cv_coverage"].items(), key=lambda kv: float(kv[0])))
-    console.print(f"interval coverage in cross-validation ({result['cv_windows']} windows): {coverage or '—'}")
+    console.print(styled(f"interval coverage in cross-validation ({result['cv_windows']} windows): {coverage or '—'}"))
     if result["dropped"]:
-        console.print(f"[yellow]dropped models:[/] {', '.join(f'{k} ({v})' for k, v in result['dropped'].items())}")
+        console.print(styled(("dropped models:", "yellow"), " ", ", ".join(f"{k} ({v})" for k, v in result["dropped"].items())))
     if per_series:
         rows = Table(title="series", title_justify="left")
         for col in ("series", "model", "score"):
             rows.add_column(col, justify="right" if col == "score" else "left")
         for sid, s in result["per_series"].items():
-            rows.add_row(sid, s["model"], f"{s['score']:.3f}" if s["score"] is not None else "—")
+            rows.add_row(safe(sid), safe(s["model"]), f"{s['score']:.3f}" if s["score"] is not None else "—")
         console.print(rows)

@@ -14,7 +14,7 @@ import typer
 from rich.table import Table
 
 from pipeline.cli import options
-from pipeline.cli.options import BuildOption, JsonOption, LakeOption, console, err, print_json, settings
+from pipeline.cli.options import BuildOption, JsonOption, LakeOption, console, err, print_json, safe, settings, styled
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -29,11 +29,9 @@ class Engine(StrEnum):
     terraform = "terraform"
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """options.fail, with any credential-looking text redacted first (messages may quote AWS errors)."""
-    from pipeline.iac.safety import redact
-
-    options.fail(redact(message), code)
+def fail(message: str, code: int = options.EXIT_USAGE) -> NoReturn:
+    """options.fail (which redacts secret values: messages may quote AWS errors)."""
+    options.fail(message, code)
 
 
 def render(plan_id: str = PlanIdArg, lake: str | None = LakeOption, build: str | None = BuildOption) -> None:
@@ -45,9 +43,9 @@ def render(plan_id: str = PlanIdArg, lake: str | None = LakeOption, build: str |
         out = render_plan(plan_id, settings(lake, build=build))
     except (FileNotFoundError, ValueError, UnsafePlanValue, UnsafeRenderedOutput, OSError) as exc:
         fail(str(exc))
-    console.print(f"terraform:      {out['terraform_dir']}")
-    console.print(f"cloudformation: {out['cloudformation_dir']}")
-    console.print(f"peering:        {out['peered_pairs']} pair(s) — {out['peering']}")
+    console.print(styled(f"terraform:      {out['terraform_dir']}"))
+    console.print(styled(f"cloudformation: {out['cloudformation_dir']}"))
+    console.print(styled(f"peering:        {out['peered_pairs']} pair(s) — {out['peering']}"))
 
 
 def check(
@@ -78,25 +76,25 @@ def check(
         _print_check(report)
     if not report.ok:
         raise typer.Exit(1)
-    (err if json_out else console).print("[green]ok[/]")
+    (err if json_out else console).print(styled(("ok", "green")))
 
 
 def _print_check(report: Any) -> None:
-    console.print(f"parsed {len(report.parsed_files)} file(s) in {report.directory}")
+    console.print(styled(f"parsed {len(report.parsed_files)} file(s) in {report.directory}"))
     for problem in report.parse_errors + report.credential_errors:
-        console.print(f"[red]✗[/] {problem}", highlight=False)
+        console.print(styled(("✗", "red"), f" {problem}"))
     table = Table(title="checkov", title_justify="left")
     for col in ("framework", "version", "passed", "failed", "skipped", "parsing errors"):
         table.add_column(col, justify="left" if col in ("framework", "version") else "right")
     for run in report.checkov:
-        table.add_row(run.framework, run.version or "?", str(run.passed), str(run.failed), str(run.skipped),
+        table.add_row(safe(run.framework), safe(run.version or "?"), str(run.passed), str(run.failed), str(run.skipped),
                       str(run.parsing_errors))
     console.print(table)
     for run in report.checkov:
         for failed in run.failed_checks:
-            console.print(f"[red]✗[/] {failed['check_id']} {failed['resource']} ({failed['file']}): {failed['name']}", highlight=False)
+            console.print(styled(("✗", "red"), f" {failed['check_id']} {failed['resource']} ({failed['file']}): {failed['name']}"))
         for line in run.errors:
-            console.print(f"[red]✗[/] {line}", highlight=False)
+            console.print(styled(("✗", "red"), f" {line}"))
 
 
 def apply(
@@ -114,23 +112,23 @@ def apply(
     from pipeline.iac.safety import UnsafePlanValue
 
     config = settings(lake, build=build)
-    status = console.status(f"{engine.value}: planning")
+    status = console.status(styled(f"{engine.value}: planning"))
 
     def progress(message: str) -> None:
-        status.update(f"{engine.value}: {message}")
+        status.update(styled(f"{engine.value}: {message}"))
 
     try:
         with status:
             preview = _run(engine, plan_id, config, execute=False, stack_prefix=stack_prefix, progress=progress)
         _print_result(preview)
         if not do_apply:
-            console.print("dry run: nothing was changed. Re-run with [bold]--apply[/] to apply.")
+            console.print(styled("dry run: nothing was changed. Re-run with ", ("--apply", "bold"), " to apply."))
             return
         if not yes:
             if not sys.stdin.isatty():
                 fail("refusing to apply without confirmation: pass --yes (no terminal to ask on)")
             if not typer.confirm(f"Apply plan {plan_id} with {engine.value}? This changes infrastructure"):
-                console.print("aborted: nothing was changed")
+                console.print(styled("aborted: nothing was changed"))
                 raise typer.Exit(1)
         with status:
             result = _run(engine, plan_id, config, execute=True, stack_prefix=stack_prefix, progress=progress)
@@ -141,7 +139,7 @@ def apply(
     except (FileNotFoundError, ValueError, UnsafePlanValue, OSError, RuntimeError) as exc:
         fail(str(exc))
     _print_result(result)
-    console.print(f"[green]applied[/] plan [bold]{plan_id}[/]; plans/APPLIED → {plan_id}")
+    console.print(styled(("applied", "green"), " plan ", (plan_id, "bold"), f"; plans/APPLIED → {plan_id}"))
 
 
 def _run(engine: Engine, plan_id: str, config: Settings, *, execute: bool, stack_prefix: str, progress: Callable[[str], None]) -> Any:
@@ -158,23 +156,23 @@ def _run(engine: Engine, plan_id: str, config: Settings, *, execute: bool, stack
 def _print_result(result: Any) -> None:
     if result.engine == "terraform":
         counts = result.terraform_plan.get("counts", {})
-        console.print("terraform plan: " + ", ".join(f"{k} {v}" for k, v in counts.items()))
+        console.print(styled("terraform plan: " + ", ".join(f"{k} {v}" for k, v in counts.items())))
         for change in result.terraform_plan.get("changes", [])[:50]:
-            console.print(f"  {change['action']:>8} {change['address']}", highlight=False)
+            console.print(styled(f"  {change['action']:>8} {change['address']}"))
         return
-    table = Table(title=f"{'preview' if result.dry_run else 'applied'}: plan {result.plan_id}", title_justify="left")
+    table = Table(title=safe(f"{'preview' if result.dry_run else 'applied'}: plan {result.plan_id}"), title_justify="left")
     for col in ("region", "stack", "action", "add", "modify", "remove", "status"):
         table.add_column(col, justify="right" if col in ("add", "modify", "remove") else "left")
     for region, stack in sorted(result.stacks.items()):
-        table.add_row(region, stack.stack_name, stack.action, str(stack.changes.get("Add", 0)),
-                      str(stack.changes.get("Modify", 0)), str(stack.changes.get("Remove", 0)), stack.status)
+        table.add_row(safe(region), safe(stack.stack_name), safe(stack.action), str(stack.changes.get("Add", 0)),
+                      str(stack.changes.get("Modify", 0)), str(stack.changes.get("Remove", 0)), safe(stack.status))
     console.print(table)
     peering = result.peering
     if peering:
-        console.print(f"peering ({peering.get('source')}): created {peering.get('created', 0)}, "
-                      f"removed {peering.get('removed', 0)}, unchanged {peering.get('unchanged', 0)}")
+        console.print(styled(f"peering ({peering.get('source')}): created {peering.get('created', 0)}, "
+                             f"removed {peering.get('removed', 0)}, unchanged {peering.get('unchanged', 0)}"))
     reservations = result.capacity_reservations
     if reservations:
-        console.print(f"capacity reservations via {reservations.get('provider')}: created {reservations.get('created', 0)}, "
-                      f"modified {reservations.get('modified', 0)}, removed {reservations.get('removed', 0)}, "
-                      f"unchanged {reservations.get('unchanged', 0)}")
+        console.print(styled(f"capacity reservations via {reservations.get('provider')}: created {reservations.get('created', 0)}, "
+                             f"modified {reservations.get('modified', 0)}, removed {reservations.get('removed', 0)}, "
+                             f"unchanged {reservations.get('unchanged', 0)}"))

@@ -16,7 +16,20 @@ from typing import TYPE_CHECKING
 
 import typer
 
-from pipeline.cli.options import HOW_TO_PUBLISH, LakeOption, fail, note, print_json, settings
+from pipeline.cli.options import (
+    EXIT_FAILED,
+    EXIT_USAGE,
+    HOW_TO_PUBLISH,
+    LakeOption,
+    check_id,
+    console,
+    fail,
+    note,
+    print_json,
+    safe,
+    settings,
+    styled,
+)
 
 if TYPE_CHECKING:
     from pipeline.irc.plan_source import LoadedPlan
@@ -25,6 +38,7 @@ RequestsOption = typer.Option(
     ..., "--requests", exists=True, dir_okay=False, readable=True,
     help="Request stream: a peering_requests file (.csv like data_samples/peering_requests, .jsonl or .parquet).",
 )
+INVALID_PREFIX = "Invalid request:"  # how the IRC words a request it can never serve (architecture.md)
 AT_HELP = ("Request time, UTC ISO-8601 (naive times are UTC), or 'now'. Default: now while the published plan is valid; "
            "when now is outside the plan's validity (a historical plan, e.g. the one `make demo` publishes for 2026-01-29) "
            "the start of the plan's first window, so the request is served from the plan, and a note on stderr says so. "
@@ -49,7 +63,7 @@ def request(
     lake: str | None = LakeOption,
 ) -> None:
     """Send one peering request through the IRC (the published plan, an in-memory ledger) and print its
-    decision as JSON (exit 1 on failure)."""
+    decision as JSON (exit 1 when it cannot be served, 2 when the request is invalid)."""
     from pipeline.irc import Coordinator, PeeringRequest
 
     asked_at = _parse_at(at)
@@ -66,7 +80,8 @@ def request(
             priority=priority,
         ))
     print_json(response.to_dict())
-    raise typer.Exit(0 if response.ok else 1)
+    if not response.ok:
+        raise typer.Exit(EXIT_USAGE if response.message.startswith(INVALID_PREFIX) else EXIT_FAILED)
 
 
 def _parse_at(at: str | None) -> datetime | None:
@@ -134,6 +149,9 @@ def shadow(
     from pipeline.irc.shadow import candidate_coordinator, load_requests, replay_shadow
 
     root = _lake(lake)
+    for where, given in (("--candidate", candidate), ("--production", production)):
+        if given:
+            check_id(given, where)
     try:
         production_id = production or read_latest_plan_id(root)
     except PlanUnavailable as exc:
@@ -149,19 +167,17 @@ def shadow(
             fail(f"{side} plan {pid} is not usable: {coordinator.plan_error}")
     report = replay_shadow(stream, prod, cand)
     if not as_json:
-        from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=f"shadow: {len(stream)} requests from {requests.name}", title_justify="left")
+        table = Table(title=safe(f"shadow: {len(stream)} requests from {requests.name}"), title_justify="left")
         table.add_column("metric")
-        table.add_column(f"production\n{production_id}", justify="right")
-        table.add_column(f"candidate\n{candidate or production_id}", justify="right")
+        table.add_column(f"production\n{safe(production_id)}", justify="right")
+        table.add_column(f"candidate\n{safe(candidate or production_id)}", justify="right")
         table.add_column("Δ", justify="right")
         for metric, p, c, delta in report.rows():
-            table.add_row(metric, _fmt(p), _fmt(c), _fmt(delta))
-        console = Console()
+            table.add_row(safe(metric), safe(_fmt(p)), safe(_fmt(c)), safe(_fmt(delta)))
         console.print(table)
-        console.print(f"requests decided differently: {report.disagreements}")
+        console.print(styled(f"requests decided differently: {report.disagreements}"))
     print_json(report.to_dict())
 
 
@@ -181,6 +197,8 @@ def replay(
     from pipeline.irc.shadow import load_requests
 
     root = _lake(lake)
+    if plan_id:
+        check_id(plan_id, "--plan-id")
     try:
         stream = load_requests(requests)
         store = open_ledger(ledger)
@@ -198,9 +216,10 @@ def replay(
 
 def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    port: int = typer.Option(8787, help="Port (0 picks a free one; the bound address is printed)."),
+    port: int = typer.Option(8787, min=0, max=65535, help="Port (0 picks a free one; the bound address is printed)."),
     ledger: str = typer.Option("memory", "--ledger", envvar="PEERSCALE_IRC_LEDGER", help="memory | sqlite:///path | postgresql://…[?schema=…]"),
-    reload_interval: float = typer.Option(10.0, "--reload-interval", help="Seconds between polls of plans/LATEST."),
+    reload_interval: float = typer.Option(10.0, "--reload-interval", min=0.1, max=86400.0,
+                                          help="Seconds between polls of plans/LATEST (0.1 to 86400)."),
     log_outcomes: bool = typer.Option(True, "--log-outcomes/--no-log-outcomes", help="Write every decision to lake/raw/irc_outcomes."),
     lake: str | None = LakeOption,
 ) -> None:
@@ -214,7 +233,12 @@ def serve(
     except (OSError, ValueError, ImportError) as exc:
         fail(str(exc))
     irc = Coordinator(root, store, reload_interval_s=reload_interval, outcomes=log_outcomes, clock=time.time)
-    server = make_server(irc, host, port)
+    try:
+        server = make_server(irc, host, port)
+    except OSError as exc:  # the port is taken, the host is not an address of this machine
+        irc.close()
+        store.close()
+        fail(f"cannot listen on {host}:{port}: {exc}; choose another --port (0 picks a free one) or --host")
     bound_host, bound_port = server.server_address[:2]
     if isinstance(bound_host, bytes):
         bound_host = bound_host.decode()

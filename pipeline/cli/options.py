@@ -1,6 +1,11 @@
 """What every command group shares: the `--lake/--source/--build/--json` options, the settings
-they resolve to, one way to fail, one way to print JSON, and the published-plan lookup whose
-errors tell a newcomer what to run.
+they resolve to, one way to fail, one way to print data, one way to print JSON, and the
+published-plan lookup whose errors tell a newcomer what to run.
+
+Output never interprets data: both consoles run with Rich markup and emoji codes off, so a region
+named `[/]` or `[link=…]` prints as those characters, and `safe` shows control characters
+(escape sequences, newlines) as visible escapes. Styled text is built with `styled`, which styles
+our own words and never parses the values between them.
 
 Only typer and rich are imported here; anything heavier is imported inside the helper that
 needs it, so `peerscale --help` stays fast.
@@ -9,18 +14,29 @@ needs it, so `peerscale --help` stays fast.
 from __future__ import annotations
 
 import json
+import os
+import re
+import sys
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from pipeline.common.config import Settings
 
 if TYPE_CHECKING:
     import pandas as pd
 
-console = Console()  # results
-err = Console(stderr=True)  # progress, notes and errors: stdout stays parseable under --json
+# Markup and emoji off: data (region names, reasons, ids, paths) is printed as it is.
+console = Console(markup=False, emoji=False)  # results
+err = Console(stderr=True, markup=False, emoji=False)  # progress, notes and errors: stdout stays parseable under --json
+
+# Exit codes, documented in `peerscale --help`.
+EXIT_FAILED = 1  # the operation failed: storage outage, planner/solver failure, a bug
+EXIT_USAGE = 2  # the input or the usage is wrong: the user can fix it and re-run
+DEBUG_ENV = "PEERSCALE_DEBUG"
+MAX_MESSAGE_CHARS = 2000  # an error quoting a 99 KB raw line stays one readable line
 
 LakeOption = typer.Option(None, "--lake", envvar="PEERSCALE_LAKE",
                           help="Lake root: a directory or s3://bucket/prefix (default: lake/ in the checkout).")
@@ -35,26 +51,84 @@ HOW_TO_PUBLISH = ("run `make demo` in a checkout, or `peerscale ingest --from 20
                   "then `peerscale run --interval-end 2026-01-29T00:00` (the samples), "
                   "or point --lake / PEERSCALE_LAKE at a lake that has one")
 
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f]")
+_LINE_BREAKS = re.compile(r"[ \t]*(?:\r\n|[\r\n\v\f\x85\u2028\u2029])[ \t]*")
+
 
 def settings(lake: str | None = None, source: str | None = None, build: str | None = None) -> Settings:
     """Settings from the environment, with the command line's `--lake/--source/--build` on top."""
     return Settings.from_env(lake_root=lake, source_root=source, build_root=build)
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
-    """Print `error: message` on stderr and exit (2: the user can fix it; 1: the operation failed)."""
-    err.print(f"[bold red]error:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+def safe(value: object) -> str:
+    """`value` as text a terminal shows literally: control characters (ESC, BEL, NUL…) become
+    visible `\\xNN` escapes, so data cannot move the cursor, clear the screen or forge a link."""
+    return _CONTROL.sub(lambda m: m.group(0).encode("unicode_escape").decode("ascii"), str(value))
+
+
+def one_line(message: object) -> str:
+    """`message` on one line: line breaks become ' ', the rest as `safe`, cut at MAX_MESSAGE_CHARS."""
+    text = safe(_LINE_BREAKS.sub(" ", str(message)).strip())
+    return text if len(text) <= MAX_MESSAGE_CHARS else text[:MAX_MESSAGE_CHARS] + f"… ({len(text) - MAX_MESSAGE_CHARS} more characters)"
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """Text from plain parts and (text, style) parts; no part is parsed as markup (see `safe`)."""
+    out = Text()
+    for part in parts:
+        if isinstance(part, tuple):
+            out.append(safe(part[0]), style=part[1])
+        else:
+            out.append(safe(part))
+    return out
+
+
+def debug_enabled() -> bool:
+    """`peerscale --debug …` or PEERSCALE_DEBUG=1: show tracebacks as well as the one-line error."""
+    from typer._click.globals import get_current_context  # Typer runs on its own copy of click
+
+    ctx = get_current_context(silent=True)
+    if ctx is not None and "debug" in ctx.find_root().params:
+        return bool(ctx.find_root().params["debug"])
+    return os.environ.get(DEBUG_ENV, "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def _redact(message: str) -> str:
+    """Secret environment values never reach the terminal (messages may quote AWS errors)."""
+    from pipeline.iac.safety import redact
+
+    return redact(message)
+
+
+def fail(message: str, code: int = EXIT_USAGE) -> NoReturn:
+    """Print `error: message` as one line on stderr and exit (2: the user can fix it; 1: the operation
+    failed). Under --debug, the exception being handled (if any) is printed first, as a traceback."""
+    if debug_enabled() and sys.exc_info()[1] is not None:
+        from rich.traceback import Traceback
+
+        err.print(Traceback(show_locals=False))
+    err.print(styled(("error:", "bold red"), " ", one_line(_redact(str(message)))), soft_wrap=True, highlight=False)
     raise typer.Exit(code)
 
 
 def note(message: str) -> None:
     """A remark on stderr that does not change the result (e.g. which default was picked)."""
-    err.print(f"[yellow]note:[/] {message}", soft_wrap=True, markup=True, highlight=False)
+    err.print(styled(("note:", "yellow"), " ", one_line(message)), soft_wrap=True, highlight=False)
 
 
 def print_json(payload: Any, *, indent: int | None = None) -> None:
     """One JSON object on stdout, keys sorted; non-JSON values (timestamps) as strings."""
     typer.echo(json.dumps(payload, sort_keys=True, indent=indent, default=str))
+
+
+def check_id(value: str, where: str, *, kind: str = "plan id", example: str = "plan-20260129T0000Z") -> str:
+    """`value` if it is an id (PLAN_ID_PATTERN: no '/', no '..', nothing a path could escape with);
+    otherwise fail naming `where` it came from."""
+    from pipeline.common.schemas import PLAN_ID_PATTERN
+
+    if not PLAN_ID_PATTERN.fullmatch(value):
+        fail(f"{where} {value[:200]!r} is not a {kind}: use letters, digits and _.- only, e.g. {example}")
+    return value
 
 
 def published_plan_ids(config: Settings) -> list[str]:
@@ -65,16 +139,31 @@ def published_plan_ids(config: Settings) -> list[str]:
     return [name[len(prefix):] for name in storage.list_names(lake.plans_root(config.lake_root)) if name.startswith(prefix)]
 
 
+def _known_plans(config: Settings) -> str:
+    known = published_plan_ids(config)
+    return f"plans in {config.lake_root}: {', '.join(known) if known else 'none'}"
+
+
 def resolve_plan_id(config: Settings, plan_id: str | None) -> str:
     """`plan_id`, or the one plans/LATEST points at; fails with what to run when there is none."""
     from pipeline.common import lake, storage
 
     if plan_id:
-        return plan_id
+        return check_id(plan_id, "--plan-id")
     pointer = lake.latest_pointer(config.lake_root)
     if not storage.exists(pointer):
         fail(f"no published plan in {config.lake_root} ({pointer} does not exist yet): {HOW_TO_PUBLISH}")
-    return storage.read_text(pointer).strip()
+    try:
+        latest = storage.read_text(pointer).strip()
+    except UnicodeDecodeError:
+        fail(f"{pointer} is corrupt (not text): re-publish a plan (peerscale run) or pass --plan-id; {_known_plans(config)}",
+             EXIT_FAILED)
+    from pipeline.common.schemas import PLAN_ID_PATTERN
+
+    if not PLAN_ID_PATTERN.fullmatch(latest):
+        fail(f"{pointer} is corrupt: it holds {latest[:200]!r}, not a plan id; re-publish a plan (peerscale run) "
+             f"or pass --plan-id; {_known_plans(config)}", EXIT_FAILED)
+    return latest
 
 
 def load_plan(config: Settings, plan_id: str | None) -> tuple[str, pd.DataFrame, dict]:
@@ -85,6 +174,18 @@ def load_plan(config: Settings, plan_id: str | None) -> tuple[str, pd.DataFrame,
     try:
         rows, manifest = read_plan(config, pid)
     except FileNotFoundError as exc:
-        known = published_plan_ids(config)
-        fail(f"{exc}; plans in {config.lake_root}: {', '.join(known) if known else 'none'}")
+        fail(f"{exc}; {_known_plans(config)}")
+    except ValueError as exc:  # a corrupt plan.parquet or manifest.json (not Parquet, not JSON, not UTF-8)
+        fail(f"plan {pid} in {config.lake_root} is corrupt ({exc}): re-run the hour that wrote it, or pick another with --plan-id; "
+             f"{_known_plans(config)}", EXIT_FAILED)
+    if not isinstance(manifest, dict):
+        fail(f"plan {pid} in {config.lake_root} is corrupt (its manifest.json is not a JSON object): re-run the hour that wrote it",
+             EXIT_FAILED)
     return pid, rows, manifest
+
+
+def progress_columns() -> tuple[Any, ...]:
+    """Columns of a progress bar whose description is shown literally (never parsed as markup)."""
+    from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+    return (TextColumn("{task.description}", markup=False), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())

@@ -7,7 +7,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.table import Table
 
-from pipeline.cli.options import JsonOption, LakeOption, console, fail, load_plan, print_json, settings
+from pipeline.cli.options import JsonOption, LakeOption, console, fail, load_plan, print_json, safe, settings, styled
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 def show(
     plan_id: str | None = typer.Option(None, help="Plan to show (default: the published LATEST)."),
-    window: int = typer.Option(0, help="Which hourly window of the plan (0 = first)."),
+    window: int = typer.Option(0, min=0, help="Which hourly window of the plan (0 = first)."),
     as_json: bool = JsonOption,
     lake: str | None = LakeOption,
 ) -> None:
@@ -33,7 +33,7 @@ def show(
         print_json(_show_json(pid, manifest, [str(s) for s in starts], window, cover, instances))
         return
     if not starts:
-        console.print(f"plan {pid} pre-allocates nothing (status {manifest['status']})")
+        console.print(styled(f"plan {pid} pre-allocates nothing (status {manifest.get('status')})"))
         return
     _print_show(pid, manifest, str(starts[window]), cover, instances)
 
@@ -64,24 +64,24 @@ def _show_json(pid: str, manifest: dict, starts: list[str], window: int, cover: 
 
 
 def _print_show(pid: str, manifest: dict, start: str, cover: list[dict], instances: list[dict]) -> None:
-    title = f"plan {pid} \\[{manifest['status']}] · window {start[:16]} · τ(vcpu) {manifest['tau']['vcpu']:.3f}"
-    table = Table(title=title, title_justify="left")
+    title = f"plan {pid} [{manifest['status']}] · window {start[:16]} · τ(vcpu) {manifest['tau']['vcpu']:.3f}"
+    table = Table(title=safe(title), title_justify="left")
     for col in ("region", "resource", "demand q(τ)", "pre-allocated", "cover"):
         table.add_column(col, justify="left" if col in ("region", "resource") else "right")
     for c in cover:
         ratio = f"{c['cover']:.0%}" if c["cover"] is not None else "—"
-        table.add_row(c["region"], c["resource_type"], f"{c['demand_quantile']:.1f}", f"{c['preallocated']:.1f}", ratio)
+        table.add_row(safe(c["region"]), safe(c["resource_type"]), f"{c['demand_quantile']:.1f}", f"{c['preallocated']:.1f}", ratio)
     console.print(table)
     lines = Table(title="instances", title_justify="left")
     for col in ("region", "instance type", "option", "count", "USD/h"):
         lines.add_column(col, justify="right" if col in ("count", "USD/h") else "left")
     for i in instances:
-        lines.add_row(i["region"], i["instance_type"], i["purchase_option"], str(i["count"]), f"{i['hourly_cost']:.4f}")
+        lines.add_row(safe(i["region"]), safe(i["instance_type"]), safe(i["purchase_option"]), str(i["count"]), f"{i['hourly_cost']:.4f}")
     console.print(lines)
-    console.print(f"window cost ${sum(i['hourly_cost'] for i in instances):.2f}/h · objective {manifest['objective']:.2f} · "
-                  f"bound {manifest['lower_bound']:.2f} · gap {100 * manifest['gap']:.2f} %")
+    console.print(styled(f"window cost ${sum(i['hourly_cost'] for i in instances):.2f}/h · objective {manifest['objective']:.2f} · "
+                         f"bound {manifest['lower_bound']:.2f} · gap {100 * manifest['gap']:.2f} %"))
     if manifest.get("shortfall"):
-        console.print(f"[red]shortfall[/] in {len(manifest['shortfall'])} region/resource windows — see manifest.json")
+        console.print(styled(("shortfall", "red"), f" in {len(manifest['shortfall'])} region/resource windows — see manifest.json"))
 
 
 def explain(
@@ -108,4 +108,4 @@ def explain(
 
 def _print_explanation(explanation: RegionExplanation) -> None:
     for text in explanation.text_lines():
-        console.print(text, markup=False, highlight=False, soft_wrap=True)
+        console.print(safe(text), highlight=False, soft_wrap=True)

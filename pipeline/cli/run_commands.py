@@ -12,7 +12,18 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from pipeline.cli.options import BuildOption, LakeOption, SourceOption, console, fail, load_plan, settings
+from pipeline.cli.options import (
+    BuildOption,
+    LakeOption,
+    SourceOption,
+    console,
+    fail,
+    load_plan,
+    progress_columns,
+    safe,
+    settings,
+    styled,
+)
 
 
 def run(
@@ -26,17 +37,17 @@ def run(
 
     config = settings(lake, source, build)
     try:
-        with console.status("running") as status:
-            summary = run_hourly(interval_end, config, progress=lambda msg: status.update(f"[bold]{msg}"))
+        with console.status(styled("running")) as status:
+            summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))))
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     print_ingest(summary.ingest)
-    console.print(f"[green]published[/] plan [bold]{summary.plan['plan_id']}[/] "
-                  f"({summary.plan['rows']} rows, ${summary.plan['hourly_cost_total']:.2f} over its windows)")
-    console.print(f"  plan:      {Path(summary.plan['path']).parent}")
-    console.print(f"  terraform: {summary.terraform_dir}")
-    console.print(f"  report:    {summary.report}")
-    console.print(f"  pointer:   {summary.pointer}")
+    console.print(styled(("published", "green"), " plan ", (summary.plan["plan_id"], "bold"),
+                         f" ({summary.plan['rows']} rows, ${summary.plan['hourly_cost_total']:.2f} over its windows)"))
+    console.print(styled(f"  plan:      {Path(summary.plan['path']).parent}"))
+    console.print(styled(f"  terraform: {summary.terraform_dir}"))
+    console.print(styled(f"  report:    {summary.report}"))
+    console.print(styled(f"  pointer:   {summary.pointer}"))
 
 
 def backfill(
@@ -48,7 +59,7 @@ def backfill(
     build: str | None = BuildOption,
 ) -> None:
     """Backfill historical hourly runs in-process, hour by hour; resumable (published hours are skipped)."""
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+    from rich.progress import Progress
 
     from pipeline.ops.backfill import backfill as run_backfill
     from pipeline.ops.backfill import hour_ends
@@ -58,19 +69,18 @@ def backfill(
         total = len(hour_ends(start, end))
     except ValueError as exc:
         fail(str(exc))
-    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with Progress(*columns, console=console) as progress:
+    with Progress(*progress_columns(), console=console) as progress:
         task = progress.add_task("backfill", total=total)
 
         def advance(hour: datetime, outcome: str) -> None:
-            progress.update(task, description=f"{hour:%Y-%m-%dT%H:%M} {outcome}")
+            progress.update(task, description=safe(f"{hour:%Y-%m-%dT%H:%M} {outcome}"))
             progress.advance(task)
 
         try:
             summary = run_backfill(start, end, config, force=force, on_hour=advance)
         except (FileNotFoundError, ValueError) as exc:
             fail(f"{exc} (completed hours are kept: run the same command again to resume)")
-    console.print(f"backfill done: {len(summary.ran)} hours ran, {len(summary.skipped)} already published")
+    console.print(styled(f"backfill done: {len(summary.ran)} hours ran, {len(summary.skipped)} already published"))
 
 
 def ingest(
@@ -90,11 +100,11 @@ def ingest(
         whole = DataInterval.between(start, end)
     except ValueError as exc:
         fail(str(exc))
-    with Progress(console=console, transient=True) as progress:
+    with Progress(*progress_columns(), console=console, transient=True) as progress:
         task = progress.add_task("ingest", total=len(whole.days()))
 
         def step(msg: str) -> None:
-            progress.update(task, description=msg)
+            progress.update(task, description=safe(msg))
             progress.advance(task)
 
         try:
@@ -119,7 +129,7 @@ def print_ingest(reports: list[dict]) -> None:
         table.add_column(col, justify="right" if col in ("rows read", "valid", "quarantined") else "left")
     for name, t in totals.items():
         reasons = ", ".join(f"{k} ×{v}" for k, v in sorted(t["reasons"].items()))
-        table.add_row(name, str(t["read"]), str(t["valid"]), str(t["quarantined"]), reasons)
+        table.add_row(safe(name), str(t["read"]), str(t["valid"]), str(t["quarantined"]), safe(reasons))
     console.print(table)
 
 

@@ -18,9 +18,29 @@ _CHECKOUT = PACKAGE_ROOT.parent
 REPO_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT / "dags").is_dir() else Path.cwd()
 
 
+# Bounds of the numeric settings: a typo (PEERSCALE_HORIZON_HOURS=4800000) fails at start-up with
+# the variable's name, instead of as a MemoryError deep inside the forecast.
+HISTORY_DAYS_RANGE = (1, 366)
+HORIZON_HOURS_RANGE = (1, 24 * 366)
+PLAN_WINDOWS_RANGE = (1, 24 * 14)
+
+
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name, "").strip()
     return value or default
+
+
+def _int_env(name: str, default: int, bounds: tuple[int, int]) -> int:
+    """A whole-number environment variable within `bounds`; ValueError naming the variable otherwise."""
+    text = _env(name, str(default))
+    low, high = bounds
+    try:
+        value = int(text)
+    except ValueError:
+        raise ValueError(f"{name}={text[:100]!r} is not a whole number; use {low} to {high} (default {default})") from None
+    if not low <= value <= high:
+        raise ValueError(f"{name}={value} is out of range; use {low} to {high} (default {default})")
+    return value
 
 
 @dataclass(frozen=True)
@@ -66,10 +86,13 @@ class Settings:
             source_root=_env("PEERSCALE_SOURCE", cls.source_root),
             lake_root=_env("PEERSCALE_LAKE", cls.lake_root),
             build_root=_env("PEERSCALE_BUILD", cls.build_root),
-            history_days=int(_env("PEERSCALE_HISTORY_DAYS", str(cls.history_days))),
-            horizon_hours=int(_env("PEERSCALE_HORIZON_HOURS", str(cls.horizon_hours))),
-            plan_windows=int(_env("PEERSCALE_PLAN_WINDOWS", str(cls.plan_windows))),
+            history_days=_int_env("PEERSCALE_HISTORY_DAYS", cls.history_days, HISTORY_DAYS_RANGE),
+            horizon_hours=_int_env("PEERSCALE_HORIZON_HOURS", cls.horizon_hours, HORIZON_HOURS_RANGE),
+            plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
         )
+        if base.plan_windows > base.horizon_hours:
+            raise ValueError(f"PEERSCALE_PLAN_WINDOWS={base.plan_windows} is more than PEERSCALE_HORIZON_HOURS={base.horizon_hours}: "
+                             "every window of a plan needs a forecast; lower the windows or raise the horizon")
         # Any: `replace` checks the field names; each override already has its field's type.
         clean: dict[str, Any] = {k: v for k, v in overrides.items() if v is not None}
         return replace(base, **clean) if clean else base

@@ -25,11 +25,11 @@ import logging
 import os
 import random
 import re
-import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
@@ -229,12 +229,38 @@ def read_text(uri: str) -> str:
     return read_bytes(uri).decode("utf-8")
 
 
+# New files get this mode minus the process umask (0644 under umask 022), like any file a tool writes.
+NEW_FILE_MODE = 0o666
+
+
+@contextmanager
+def atomic_local_file(target: str | Path) -> Iterator[Path]:
+    """A temporary path beside ``target`` to write to; renamed onto ``target`` when the block ends
+    without an error, removed when it raises.
+
+    The temporary file is created empty with :data:`NEW_FILE_MODE` so the kernel applies the
+    process umask (``tempfile.mkstemp`` would make every lake file 0600, unreadable to the other
+    users of a shared volume); writers that open it by name keep that mode.
+    """
+    final = Path(target)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.parent / f".{final.name}.{uuid.uuid4().hex[:12]}.tmp"
+    os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), NEW_FILE_MODE))
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def write_bytes_atomic(uri: str, data: bytes) -> None:
     """Write so that a reader sees the old or the new content, never a half-written file.
 
-    Locally: a temporary file in the same directory, fsync, then os.replace. On S3 an object
-    becomes visible only when its upload completes, so one PUT is already atomic per object;
-    publishers order their writes (data, then manifest, then pointer) to keep sets consistent.
+    Locally: a temporary file in the same directory (mode per the umask), fsync, then os.replace.
+    On S3 an object becomes visible only when its upload completes, so one PUT is already atomic
+    per object; publishers order their writes (data, then manifest, then pointer) to keep sets
+    consistent.
     """
     if is_s3(uri):
         def put() -> None:
@@ -244,18 +270,10 @@ def write_bytes_atomic(uri: str, data: bytes) -> None:
 
         with_retries("write", uri, put)
         return
-    target = Path(uri)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".{uuid.uuid4().hex[:6]}.tmp", dir=target.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, target)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_local_file(uri) as tmp, open(tmp, "wb") as handle:
+        handle.write(data)
+        handle.flush()
+        os.fsync(handle.fileno())
 
 
 def write_text_atomic(uri: str, text: str) -> None:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import tempfile
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
@@ -56,6 +57,7 @@ TEMPLATES_ENV_VAR = "PEERSCALE_TEMPLATES_DIR"
 DEFAULT_AMI_SSM_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
 TFVARS_FILE = "terraform.tfvars.json"
+NEW_DIR_MODE = 0o777  # minus the umask: rendered directories are readable like any the user creates
 
 
 def default_templates_dir() -> Path:
@@ -105,11 +107,12 @@ def publish_dir(files: Mapping[str, str], out_dir: Path) -> list[Path]:
         assert_no_credentials(text, name)
     out_dir = Path(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    # os.mkdir with 0o777 lets the umask decide (0755 under 022), where mkdtemp + chmod 0755 ignored it.
+    staging = out_dir.parent / f".{out_dir.name}.tmp-{uuid.uuid4().hex[:12]}"
+    staging.mkdir(mode=NEW_DIR_MODE)
     try:
         for name in sorted(files):
             (staging / name).write_bytes(files[name].encode("utf-8"))
-        staging.chmod(0o755)
         _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

@@ -3,6 +3,7 @@
 Each rule looks at the hour the run just covered, `[start, end)`, with data that exists by `end`:
 
 - `hit_rate`: share of IRC requests served from pre-allocation (raw/irc_outcomes) below target;
+  invalid requests (refused before capacity was looked at) are counted apart, never as misses;
 - `forecast_error`: weighted absolute error of the previous run's 1-step-ahead forecast of region
   demand against what happened (WAPE of q50) above a threshold;
 - `utilization`: peak demand / pre-allocated capacity of the plan that was live in the hour, below
@@ -39,6 +40,7 @@ from pipeline.ops import HIT_RATE_TARGET
 log = logging.getLogger(__name__)
 SEVERITIES = ("info", "warning", "critical")
 CRITICAL_HIT_RATE_SHORTFALL = 0.2  # a region this far below the hit-rate target is critical, not a warning
+NO_REGION = "(no region)"  # how an invalid request without a destination region is counted
 
 
 @dataclass(frozen=True)
@@ -88,9 +90,11 @@ class MonitoringReport:
     interval_end: str
     alerts: list[Alert] = field(default_factory=list)
     checked: dict[str, str] = field(default_factory=dict)  # rule -> "ok" | "no data: why"
+    invalid_requests: dict[str, int] = field(default_factory=dict)  # destination region (or NO_REGION) -> invalid requests
 
     def to_dict(self) -> dict:
-        return {"interval_end": self.interval_end, "alerts": [asdict(a) for a in self.alerts], "checked": self.checked}
+        return {"interval_end": self.interval_end, "alerts": [asdict(a) for a in self.alerts], "checked": self.checked,
+                "invalid_requests": self.invalid_requests}
 
 
 class AlertsRaised(RuntimeError):
@@ -175,14 +179,31 @@ def check_utilization(settings: Settings, interval: DataInterval, rules: AlertRu
     report.checked["utilization"] = "ok"
 
 
+def invalid_requests(frame: pd.DataFrame) -> pd.Series:
+    """Which outcomes answer an invalid request: a failure the IRC decided before it looked at capacity
+    (no miss reason: "Invalid request: …", or an internal error). They say nothing about the plan, so
+    they are neither hits nor misses."""
+    if "status" not in frame.columns or "miss_reason" not in frame.columns:
+        return pd.Series(False, index=frame.index)
+    return (frame["status"] == "failure") & frame["miss_reason"].isna()
+
+
 def check_hit_rate(settings: Settings, interval: DataInterval, rules: AlertRules, report: MonitoringReport) -> None:
+    """Share of capacity decisions served pre-allocated, per region; invalid requests are counted apart
+    (`report.invalid_requests`), never as capacity misses."""
     outcomes = lake.read_time_range(settings.lake_root, "irc_outcomes", interval.start, interval.end, "requested_at")
     frame = outcomes.to_pandas()
     if frame.empty or "path" not in frame.columns:
         report.checked["hit_rate"] = "no data: no IRC requests in the hour"
         return
     region_column = "region" if "region" in frame.columns else "destination_region"
-    frame = frame[frame[region_column].notna()]
+    invalid = invalid_requests(frame)
+    counts = frame.loc[invalid, region_column].fillna(NO_REGION).astype(str).value_counts().sort_index()
+    report.invalid_requests = {str(region): int(count) for region, count in counts.items()}
+    frame = frame[frame[region_column].notna() & ~invalid]
+    if frame.empty:
+        report.checked["hit_rate"] = "no data: only invalid IRC requests in the hour"
+        return
     by_region = frame.groupby(region_column)["path"].apply(lambda p: float((p == "preallocated").mean()))
     for region, rate in by_region.items():
         if rate < rules.hit_rate_target:

@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import pandas as pd
 from jinja2 import Environment, FileSystemLoader, select_autoescape
+from markupsafe import Markup
 
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
@@ -29,6 +30,12 @@ from pipeline.plan import read_plan
 TEMPLATES = str(Path(__file__).parent / "templates")
 
 
+def _templates() -> Environment:
+    """The report templates, every value HTML-escaped: a region, reason or id holding `<script>` is
+    shown as text. `select_autoescape(["html"])` alone missed them (they end in `.html.j2`)."""
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "html.j2"], default=True))
+
+
 def _pyplot() -> ModuleType:
     """matplotlib.pyplot on the headless Agg backend, imported only when a figure is drawn."""
     import matplotlib
@@ -39,10 +46,11 @@ def _pyplot() -> ModuleType:
     return plt
 
 
-def _png(fig: Any) -> str:
+def _png(fig: Any) -> Markup:
+    """The figure as a data: URI, marked safe on purpose: base64 of our own PNG, the only raw HTML value."""
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=90, bbox_inches="tight")
-    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+    return Markup("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
 
 
 def _forecast_figure(history: pd.DataFrame, forecast: pd.DataFrame, plan: pd.DataFrame, regions: list[str], resource: str) -> str:
@@ -129,8 +137,7 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings) 
         .merge(first.groupby("line_id")["hourly_cost"].sum().rename("line_cost"), on="line_id")
         if not first.empty else pd.DataFrame()
     )
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-    html = env.get_template("plan_report.html.j2").render(
+    html = _templates().get_template("plan_report.html.j2").render(
         manifest=manifest,
         summary=summary.to_dict("records"),
         lines=lines.to_dict("records") if not lines.empty else [],
@@ -198,8 +205,7 @@ def write_backtest_report(result: BacktestView, path: str) -> str:
         "capacity": _capacity_figure(result, shown),
         "forecast": _forecast_vs_actual_figure(result, shown),
     }
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html"]))
-    html = env.get_template("backtest_report.html.j2").render(summary=summary, figures=figures)
+    html = _templates().get_template("backtest_report.html.j2").render(summary=summary, figures=figures)
     storage.write_text_atomic(path, html)
     return path
 
