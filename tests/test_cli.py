@@ -72,3 +72,15 @@ def test_irc_import_is_light() -> None:
             "'great_expectations', 'duckdb', 'statsforecast') if m in sys.modules]; print(heavy)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+def test_a_storage_failure_in_run_is_one_line_not_a_traceback(tmp_path: Path) -> None:
+    """--lake under a regular file: the write fails deep in ingest; the user sees one line and exit 2."""
+    (tmp_path / "a-file").write_text("not a directory\n")
+    result = runner.invoke(app, ["run", "--interval-end", "2026-01-05T01:00", "--lake", str(tmp_path / "a-file" / "lake"),
+                                 "--build", str(tmp_path / "build")])
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: [Errno 20] Cannot create directory"), result.stderr
+    assert lines[0].endswith("check the path and its permissions") and "Traceback" not in result.output
+    assert (tmp_path / "a-file").read_text() == "not a directory\n" and not (tmp_path / "build").exists()

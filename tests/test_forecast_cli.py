@@ -75,3 +75,20 @@ def test_missing_file_and_unknown_model(tmp_path: Path) -> None:
     _panel(1, 3).to_csv(src, index=False)
     result = runner.invoke(app, ["forecast", "--input", str(src), "--output", str(tmp_path / "o.csv"), "--models", "magic"])
     assert result.exit_code == 2 and "unknown models" in " ".join(result.output.split())
+
+
+def test_outputs_respect_the_umask(tmp_path: Path) -> None:
+    """The forecast and its manifest are written like any new file (0644 under umask 022), not 0600."""
+    import os
+    import stat
+
+    src, out, manifest = tmp_path / "in.csv", tmp_path / "out" / "fc.csv", tmp_path / "out" / "manifest.json"
+    _panel(1, 3).to_csv(src, index=False)
+    previous = os.umask(0o022)
+    try:
+        result = runner.invoke(app, ["forecast", "-i", str(src), "-o", str(out), "--horizon", "6", "--models", "seasonal_naive",
+                                     "--manifest", str(manifest)])
+    finally:
+        os.umask(previous)
+    assert result.exit_code == 0, result.output
+    assert {p.name: oct(stat.S_IMODE(p.stat().st_mode)) for p in out.parent.iterdir()} == {"fc.csv": "0o644", "manifest.json": "0o644"}

@@ -42,6 +42,25 @@ def test_render(cli_env) -> None:
     assert "1 pair(s)" in result.output
 
 
+def test_rendered_files_respect_the_umask(cli_env) -> None:
+    """Rendered directories and files get the umask's modes (the staging directory was chmod 0755 whatever the umask)."""
+    import os
+    import stat
+
+    settings, where, _ = cli_env
+    modes: dict[int, set[str]] = {}
+    for mask in (0o022, 0o077):
+        previous = os.umask(mask)
+        try:
+            result = runner.invoke(app, ["iac", "render", "plan-a", *where])
+        finally:
+            os.umask(previous)
+        assert result.exit_code == 0, result.output
+        root = Path(settings.build_root) / "iac" / "plan-a"
+        modes[mask] = {oct(stat.S_IMODE(p.stat().st_mode)) for p in (root / "terraform", *(root / "terraform").iterdir())}
+    assert modes == {0o022: {"0o755", "0o644"}, 0o077: {"0o700", "0o600"}}
+
+
 def test_render_refuses_an_unsafe_plan_id(cli_env) -> None:
     _, where, _ = cli_env
     result = runner.invoke(app, ["iac", "render", 'plan-a"${x}', *where])

@@ -112,3 +112,24 @@ def test_rules_come_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setenv("PEERSCALE_ALERT_FAIL_ON", "sometimes")
     with pytest.raises(ValueError, match="PEERSCALE_ALERT_FAIL_ON"):
         AlertRules.from_env()
+
+
+def test_invalid_requests_are_their_own_category_not_capacity_misses(tmp_path: Path) -> None:
+    """An invalid request (refused before capacity was looked at: failure, no miss reason) says nothing
+    about the plan: it must not pull a region's hit rate down. Capacity failures still do."""
+    settings = settings_for(tmp_path)
+    hour = DataInterval.ending_at("2026-01-29T01:00")
+    n = 20
+    outcomes = pa.table({
+        "requested_at": pa.array([hour.start] * n, pa.timestamp("us", tz="UTC")),
+        "destination_region": ["eu-west-1"] * 12 + ["us-east-1"] * 6 + [None, "us-east-1"],
+        "status": ["success"] * 9 + ["failure"] * 3 + ["success"] * 5 + ["failure"] + ["failure"] * 2,
+        "path": ["preallocated"] * 9 + ["none"] * 3 + ["preallocated"] * 5 + ["none"] + ["none"] * 2,
+        "miss_reason": [None] * 12 + [None] * 5 + ["exhausted"] + [None] * 2,
+    })
+    lake.write_hour_partitions(outcomes, lake.raw_dir(settings.lake_root, "irc_outcomes"), "requested_at", hour)
+    report = evaluate(hour, settings, AlertRules(hit_rate_target=0.9))
+    hits = [(a.subject, a.value) for a in report.alerts if a.rule == "hit_rate"]
+    assert hits == [("us-east-1", round(5 / 6, 4))], hits  # eu-west-1: 9 of 9 capacity decisions pre-allocated
+    assert report.invalid_requests == {"(no region)": 1, "eu-west-1": 3, "us-east-1": 1}
+    assert report.to_dict()["invalid_requests"] == report.invalid_requests

@@ -24,3 +24,74 @@ def test_plan_report_renders_in_chromium(published_root: Path, tmp_path: Path) -
     assert check.tables["summary"] == 1 + 6 * 4  # header + every region × resource
     assert check.tables["reasons"] > 1
     assert (tmp_path / "report.png").stat().st_size > 10_000
+
+
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+
+
+def test_plan_report_escapes_data_and_keeps_its_figures(published_root: Path, tmp_path: Path) -> None:
+    """A quarantine reason (source data) holding HTML is shown as text; the figures are still inline PNGs."""
+    import shutil
+
+    import pyarrow as pa
+
+    from pipeline.common import lake
+    from pipeline.common.intervals import DataInterval
+    from pipeline.common.schemas import QUARANTINE
+    from pipeline.report.html import write_plan_report
+
+    shutil.copytree(published_root / "lake", tmp_path / "lake")
+    settings = settings_for(tmp_path)
+    plan_id = latest_plan_id(settings)
+    _, manifest = read_plan(settings, plan_id)
+    interval = DataInterval.between(manifest["data_interval"]["start"], manifest["data_interval"]["end"])
+    row = {"dataset": "peering_requests", "source_file": "x.csv", "line_number": 7, "reason": f"{HOSTILE}: bad", "raw": HOSTILE}
+    quarantined = pa.Table.from_pylist([row], schema=QUARANTINE)
+    lake.write_hour_partitions(quarantined, lake.quarantine_dir(settings.lake_root, "peering_requests"), None, interval)
+
+    html = Path(write_plan_report(plan_id, interval, settings)).read_text()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "<td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>" in html
+    assert html.count('src="data:image/png;base64,') == 3
+
+
+def test_backtest_report_escapes_policy_names(tmp_path: Path) -> None:
+    from dataclasses import dataclass, field
+    from datetime import UTC, datetime
+
+    import pandas as pd
+
+    from pipeline.report.html import write_backtest_report
+
+    start, end = datetime(2026, 1, 29, tzinfo=UTC), datetime(2026, 1, 29, 2, tzinfo=UTC)
+    hours = pd.date_range(start, periods=2, freq="h")
+    costs = {"preallocation": 1.0, "on_demand": 0.5, "cold_start_penalty": 0.1, "shortfall_penalty": 0.0, "total": 1.6}
+    policy = {"requests": 10, "hit_rate": 0.9, "on_demand_share": 0.1, "failures": 0, "latency_p50_s": 1.0, "latency_p95_s": 2.0,
+              "latency_p99_s": 3.0, "idle_vcpu_hours": 4.0, "cost": costs, "cost_vs_oracle": 1.1}
+
+    @dataclass
+    class Replay:
+        hourly: list[dict] = field(default_factory=lambda: [{"hour": str(h), "requests": 5, "hit_rate": 0.9} for h in hours])
+        capacity: list[dict] = field(default_factory=lambda: [
+            {"hour": str(h), "region": "eu-west-1", "resource_type": "vcpu", "quantity": 8.0} for h in hours])
+
+    @dataclass
+    class Window:
+        start: datetime
+        end: datetime
+
+    @dataclass
+    class Result:
+        config: Window
+        results: dict
+        demand: pd.DataFrame
+        forecasts: pd.DataFrame | None = None
+
+        def summary(self) -> dict:
+            return {"from": f"{HOSTILE}2026", "to": end.isoformat(), "hours": 2, "policies": {HOSTILE: policy}}
+
+    result = Result(Window(start, end), {HOSTILE: Replay()}, pd.DataFrame({"hour": hours, "region": "eu-west-1", "vcpu": [4.0, 6.0]}))
+    html = Path(write_backtest_report(result, str(tmp_path / "backtest.html"))).read_text()
+    assert "<script>" not in html and "<img src=x" not in html
+    assert "<td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>" in html
+    assert html.count('src="data:image/png;base64,') == 3

@@ -135,3 +135,52 @@ def test_a_server_restart_is_ridden_out(
 )
 def test_error_classification(text: str, transient: bool) -> None:
     assert storage.is_transient(OSError(text)) is transient
+
+
+@pytest.fixture()
+def umask():
+    """Run a test under a chosen process umask, restoring the previous one after."""
+    import os
+
+    previous = os.umask(0o022)
+    os.umask(previous)
+    yield lambda mask: os.umask(mask)
+    os.umask(previous)
+
+
+@pytest.mark.parametrize("mask, mode", [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_local_writes_respect_the_umask(tmp_path, umask, mask: int, mode: int) -> None:
+    """Lake, plan, forecast and report files all go through write_bytes_atomic: they get the mode any
+    tool would give a new file (mkstemp made them all 0600), and a rewrite keeps atomicity."""
+    import stat
+
+    umask(mask)
+    targets = {
+        "json": tmp_path / "lake" / "plans" / "plan_id=p" / "manifest.json",
+        "parquet": tmp_path / "lake" / "plans" / "plan_id=p" / "plan.parquet",
+        "text": tmp_path / "lake" / "plans" / "LATEST",
+    }
+    lake.write_json_atomic(str(targets["json"]), {"a": 1})
+    lake.write_parquet_atomic(pa.table({"v": [1]}), str(targets["parquet"]))
+    storage.write_text_atomic(str(targets["text"]), "p\n")
+    storage.write_text_atomic(str(targets["text"]), "q\n")  # a rewrite: same mode, new content
+    for path in targets.values():
+        assert stat.S_IMODE(path.stat().st_mode) == mode, (path.name, oct(path.stat().st_mode))
+    assert targets["text"].read_text() == "q\n"
+    assert sorted(p.name for p in targets["text"].parent.iterdir()) == ["LATEST", "plan_id=p"]  # no temporary file left
+
+
+def test_a_failed_local_write_leaves_the_old_file_and_no_temporary(tmp_path) -> None:
+    target = tmp_path / "LATEST"
+    storage.write_text_atomic(str(target), "old\n")
+    with pytest.raises(RuntimeError), storage.atomic_local_file(target) as tmp:
+        tmp.write_text("half")
+        raise RuntimeError("killed mid-write")
+    assert target.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["LATEST"]
+
+
+def test_a_missing_bucket_is_named(aws_env: MotoServer, s3_bucket: str) -> None:
+    storage.check_bucket(f"s3://{s3_bucket}/lake")  # exists: no error
+    storage.check_bucket("/a/local/path")
+    with pytest.raises(storage.StoragePermanentError, match="bucket s3://peerscale-no-such-bucket does not exist"):
+        storage.check_bucket("s3://peerscale-no-such-bucket/lake")

@@ -211,6 +211,7 @@ def summary(
     rid = check_id(run_id, "--run-id", kind="forecast run id", example="hourly-20260129T0000Z") if run_id else newest_run_id(config, kind)
     path = storage.join(lake_paths.forecast_dir(config.lake_root, rid), "manifest.json")
     if not storage.exists(path):
+        storage.check_bucket(config.lake_root)
         known = ", ".join(forecast_run_ids(config)) or "none"
         fail(f"forecast run {rid!r} has no manifest at {path}; runs in {config.lake_root}: {known}")
     try:
@@ -234,9 +235,11 @@ def forecast_run_ids(config: Settings) -> list[str]:
 def newest_run_id(config: Settings, kind: str) -> str:
     """The newest `<kind>-<interval token>` run (tokens sort by time); fails with what to run."""
     from pipeline.cli.options import HOW_TO_PUBLISH
+    from pipeline.common import storage
 
     runs = [r for r in forecast_run_ids(config) if r.startswith(f"{kind}-")]
     if not runs:
+        storage.check_bucket(config.lake_root)
         fail(f"no {kind} forecast run in {config.lake_root}/forecasts: {HOW_TO_PUBLISH}")
     return runs[-1]
 

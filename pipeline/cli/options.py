@@ -152,6 +152,7 @@ def resolve_plan_id(config: Settings, plan_id: str | None) -> str:
         return check_id(plan_id, "--plan-id")
     pointer = lake.latest_pointer(config.lake_root)
     if not storage.exists(pointer):
+        storage.check_bucket(config.lake_root)
         fail(f"no published plan in {config.lake_root} ({pointer} does not exist yet): {HOW_TO_PUBLISH}")
     try:
         latest = storage.read_text(pointer).strip()
@@ -174,6 +175,9 @@ def load_plan(config: Settings, plan_id: str | None) -> tuple[str, pd.DataFrame,
     try:
         rows, manifest = read_plan(config, pid)
     except FileNotFoundError as exc:
+        from pipeline.common import storage
+
+        storage.check_bucket(config.lake_root)
         fail(f"{exc}; {_known_plans(config)}")
     except ValueError as exc:  # a corrupt plan.parquet or manifest.json (not Parquet, not JSON, not UTF-8)
         fail(f"plan {pid} in {config.lake_root} is corrupt ({exc}): re-run the hour that wrote it, or pick another with --plan-id; "

@@ -216,6 +216,29 @@ def exists(uri: str) -> bool:
     return with_retries("exists", uri, probe)
 
 
+def check_bucket(uri: str) -> None:
+    """Raise :class:`StoragePermanentError` when ``uri`` is on S3 and its bucket does not exist.
+
+    A key in a missing bucket reads as "not found", like a key not written yet; callers about to
+    say "X does not exist yet" call this first, so a mistyped bucket is named as such.
+    """
+    if not is_s3(uri):
+        return
+    bucket = uri[len("s3://"):].split("/", 1)[0]
+
+    def probe() -> pafs.FileType:
+        fs, _ = filesystem(uri)
+        return fs.get_file_info(bucket).type
+
+    if with_retries("check bucket", f"s3://{bucket}", probe) == pafs.FileType.NotFound:
+        raise StoragePermanentError(
+            f"bucket s3://{bucket} does not exist (or these credentials cannot see it): check the lake or source URI "
+            "and the S3 endpoint (AWS_ENDPOINT_URL / PEERSCALE_S3_ENDPOINT)",
+            f"s3://{bucket}",
+            "check bucket",
+        )
+
+
 def read_bytes(uri: str) -> bytes:
     def read() -> bytes:
         fs, path = filesystem(uri)
