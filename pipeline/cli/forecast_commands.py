@@ -101,8 +101,8 @@ def check_values(raw: pd.DataFrame, frame: pd.DataFrame) -> None:
     empty = has_finite.index[~has_finite.to_numpy()]
     if len(empty):
         raise InputError(f"{len(empty)} series {'has' if len(empty) == 1 else 'have'} no finite y value, e.g. {empty[0]!r}: "
-                         "there is nothing to forecast them from; "
-                         "fill in y or drop those series")
+                         "there is nothing to forecast from; "
+                         "fill in y or drop such series")
 
 
 def write_output(frame: pd.DataFrame, path: Path) -> None:

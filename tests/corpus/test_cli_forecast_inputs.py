@@ -66,7 +66,7 @@ CASES: dict[str, tuple[Callable[[Path], Path], list[str], str]] = {
     "unparseable-ds": (_csv(lambda: panel().astype({"ds": object}).assign(ds=lambda f: f["ds"].where(f.index != 3, "yesterday"))),
                        [], "column ds has values that are not timestamps"),
     "all-nan-y": (_csv(_with_y(lambda f: pd.Series(np.nan, index=f.index))), [],
-                  "2 series have no finite y value, e.g. 's0': there is nothing to forecast them from; fill in y or drop those series"),
+                  "2 series have no finite y value, e.g. 's0': there is nothing to forecast from; fill in y or drop such series"),
     "one-series-all-nan": (_csv(_with_y(lambda f: f["y"].where(f["unique_id"] != "s1"))), [],
                            "1 series has no finite y value, e.g. 's1'"),
     "infinite-y": (_csv(_with_y(lambda f: f["y"].where(f.index != 7, np.inf))), [],
