@@ -93,8 +93,10 @@ class MonitoringReport:
     invalid_requests: dict[str, int] = field(default_factory=dict)  # destination region (or NO_REGION) -> invalid requests
 
     def to_dict(self) -> dict:
-        return {"interval_end": self.interval_end, "alerts": [asdict(a) for a in self.alerts], "checked": self.checked,
-                "invalid_requests": self.invalid_requests}
+        out = {"interval_end": self.interval_end, "alerts": [asdict(a) for a in self.alerts], "checked": self.checked}
+        if self.invalid_requests:  # only when there were some: callback records keep their format
+            out["invalid_requests"] = self.invalid_requests
+        return out
 
 
 class AlertsRaised(RuntimeError):
