@@ -122,7 +122,7 @@ def print_json(payload: Any, *, indent: int | None = None) -> None:
 
 
 def check_id(value: str, where: str, *, kind: str = "plan id", example: str = "plan-20260129T0000Z") -> str:
-    """`value` if it is an id (PLAN_ID_PATTERN: no '/', no '..', nothing a path could escape with);
+    """`value` if it is an id (PLAN_ID_PATTERN: no '/', no leading '.', nothing a path could escape with);
     otherwise fail naming `where` it came from."""
     from pipeline.common.schemas import PLAN_ID_PATTERN
 
