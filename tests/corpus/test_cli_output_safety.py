@@ -77,9 +77,12 @@ def test_forecast_summary_prints_model_names_literally(tmp_path: Path, clean_env
     assert "region:[/]:vcpu" in result.stdout and "[link=https://evil.example]x[/link] ([bold]boom[/])" in result.stdout
 
 
-def test_ingest_prints_markup_in_quarantine_reasons_and_keeps_every_good_row(tmp_path: Path, clean_env: None) -> None:
-    """The issue's crash: `[/]` in a quarantined value made `peerscale ingest` fail after it had written."""
-    source = tmp_path / "source"
+def test_ingest_with_markup_in_values_and_paths_keeps_every_row_and_prints_literally(tmp_path: Path, clean_env: None) -> None:
+    """The issue's crash: `[/]` in data made `peerscale ingest` fail after it had written. Hostile values
+    are quarantined whole and the good rows kept; a hostile source path is quoted literally in the error."""
+    import pandas as pd
+
+    source = tmp_path / f"src-{CLOSE_TAG}-{LINK}".replace("/", "_")
     for dataset in ("inventory", "calendar"):
         shutil.copytree(SAMPLES / dataset, source / dataset)
     for dataset in ("region_telemetry", "app_telemetry"):
@@ -91,13 +94,17 @@ def test_ingest_prints_markup_in_quarantine_reasons_and_keeps_every_good_row(tmp
                for i, priority in enumerate([CLOSE_TAG, LINK, "[bold]normal"])]
     (source / "peering_requests").mkdir()
     (source / "peering_requests" / "2026-01-05.csv").write_text("\n".join(good + hostile) + "\n")
-    result = runner.invoke(app, ["ingest", "--from", "2026-01-05T00:00", "--to", "2026-01-05T01:00",
-                                 "--source", str(source), "--lake", str(tmp_path / "lake")], env=WIDE)
+    args = ["ingest", "--from", "2026-01-05T00:00", "--to", "2026-01-05T01:00", "--source", str(source), "--lake", str(tmp_path / "lake")]
+    result = runner.invoke(app, args, env=WIDE)
     assert result.exit_code == 0, result.output
-    row = next(line for line in result.stdout.splitlines() if "peering_requests" in line)
-    assert f"priority: '{CLOSE_TAG}'" in row and f"priority: '{LINK}'" in row and "priority: '[bold]normal'" in row
     report = json.loads(next((tmp_path / "lake" / "_ingest" / "peering_requests").glob("*.json")).read_text())
     assert (report["rows_read"], report["rows_valid"], report["rows_quarantined"]) == (33, 30, 3)
+    raw = pd.read_parquet(tmp_path / "lake" / "quarantine" / "peering_requests")["raw"].str.cat()
+    assert CLOSE_TAG in raw and LINK in raw and "[bold]normal" in raw
+
+    (source / "region_telemetry" / "2026-01-05.csv").unlink()
+    line = one_line_error(runner.invoke(app, args, env=WIDE), 2)
+    assert f"{source}/region_telemetry/2026-01-05.csv" in line, line
 
 
 def test_a_failed_command_on_a_hostile_lake_changes_nothing(hostile_lake: Path, clean_env: None) -> None:
