@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import signal
-import time
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -42,7 +41,8 @@ INVALID_PREFIX = "Invalid request:"  # how the IRC words a request it can never 
 AT_HELP = ("Request time, UTC ISO-8601 (naive times are UTC), or 'now'. Default: now while the published plan is valid; "
            "when now is outside the plan's validity (a historical plan, e.g. the one `make demo` publishes for 2026-01-29) "
            "the start of the plan's first window, so the request is served from the plan, and a note on stderr says so. "
-           "Pass --at now to see how the IRC serves the current time (on demand when the plan has expired).")
+           "Pass --at now to see how the IRC serves the current time (on demand when the plan has expired). "
+           "A time more than 5 minutes ahead of this machine's clock is an invalid request.")
 
 
 def _lake(lake: str | None) -> str:
@@ -145,6 +145,7 @@ def shadow(
 ) -> None:
     """Replay a request stream through production and a candidate side by side (separate in-memory
     ledgers; production state is never touched)."""
+    from pipeline.irc import REQUEST_TIME
     from pipeline.irc.plan_source import PlanUnavailable, read_latest_plan_id
     from pipeline.irc.shadow import candidate_coordinator, load_requests, replay_shadow
 
@@ -160,8 +161,8 @@ def shadow(
         stream = load_requests(requests)
     except (OSError, ValueError) as exc:
         fail(str(exc))
-    prod = candidate_coordinator(root, production_id, name="production")
-    cand = candidate_coordinator(root, candidate or production_id, priority_ceilings=_ceilings(candidate_ceilings))
+    prod = candidate_coordinator(root, production_id, name="production", clock=REQUEST_TIME)  # a replay of a file
+    cand = candidate_coordinator(root, candidate or production_id, priority_ceilings=_ceilings(candidate_ceilings), clock=REQUEST_TIME)
     for side, coordinator, pid in (("production", prod, production_id), ("candidate", cand, candidate or production_id)):
         if coordinator.plan is None:
             fail(f"{side} plan {pid} is not usable: {coordinator.plan_error}")
@@ -193,7 +194,7 @@ def replay(
     """Send a request stream through the IRC in request-time order and print a summary (or metrics)."""
     from collections import Counter
 
-    from pipeline.irc import Coordinator, open_ledger
+    from pipeline.irc import REQUEST_TIME, Coordinator, open_ledger
     from pipeline.irc.shadow import load_requests
 
     root = _lake(lake)
@@ -204,14 +205,16 @@ def replay(
         store = open_ledger(ledger)
     except (OSError, ValueError, ImportError) as exc:
         fail(str(exc))
-    with Coordinator(root, store, plan_id=plan_id, reload_interval_s=None, outcomes=log_outcomes) as irc:
+    # A replay: the file's own request times drive expiry (its clock), not this machine's.
+    with Coordinator(root, store, plan_id=plan_id, reload_interval_s=None, outcomes=log_outcomes, clock=REQUEST_TIME) as irc:
         paths = Counter(irc.handle_peering_request(r).path for r in stream)
         text = irc.metrics_text()
     store.close()
     if metrics:
         typer.echo(text, nl=False)
     else:
-        typer.echo(json.dumps({"requests": len(stream), **{f"path_{k}": v for k, v in sorted(paths.items())}}, sort_keys=True))
+        summary = {"requests": len(stream), "rejected_lines": len(stream.rejected), **{f"path_{k}": v for k, v in sorted(paths.items())}}
+        typer.echo(json.dumps(summary, sort_keys=True))
 
 
 def serve(
@@ -232,7 +235,7 @@ def serve(
         store = open_ledger(ledger)
     except (OSError, ValueError, ImportError) as exc:
         fail(str(exc))
-    irc = Coordinator(root, store, reload_interval_s=reload_interval, outcomes=log_outcomes, clock=time.time)
+    irc = Coordinator(root, store, reload_interval_s=reload_interval, outcomes=log_outcomes)  # the wall clock
     try:
         server = make_server(irc, host, port)
     except OSError as exc:  # the port is taken, the host is not an address of this machine
