@@ -108,21 +108,23 @@ def peerscale_hourly():
         from pipeline.common.config import Settings
         from pipeline.run import stage_render
 
-        return stage_render(planned["plan_id"], Settings.from_env())
+        return stage_render(planned["plan_id"], Settings.from_env(), planned.get("attempt"))
 
     @task
     def report(planned: dict, data_interval_start=None, data_interval_end=None) -> str:
         from pipeline.common.config import Settings
         from pipeline.run import stage_report
 
-        return stage_report(planned["plan_id"], _interval(data_interval_start, data_interval_end), Settings.from_env())
+        return stage_report(planned["plan_id"], _interval(data_interval_start, data_interval_end), Settings.from_env(),
+                            planned.get("attempt"))
 
     @task(outlets=[PLAN_ASSET])
     def publish(planned: dict, rendered: dict, report_path: str) -> str:
         from pipeline.common.config import Settings
         from pipeline.run import stage_publish
 
-        return stage_publish(planned["plan_id"], Settings.from_env(), {"terraform": rendered["terraform_dir"], "report": report_path})
+        return stage_publish(planned["plan_id"], Settings.from_env(), {"terraform": rendered["terraform_dir"], "report": report_path},
+                             planned.get("attempt"))
 
     @task
     def monitor(pointer: str, data_interval_start=None, data_interval_end=None) -> dict:

@@ -83,23 +83,24 @@ def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str)
     return build_plan(interval, settings, forecast_run_id, tau_overrides=load_tau_overrides(settings.lake_root, interval.end))
 
 
-def stage_render(plan_id: str, settings: Settings) -> dict[str, str]:
-    """Render the plan into build/iac/<plan_id>/{terraform,cloudformation} (see pipeline.iac.render)."""
+def stage_render(plan_id: str, settings: Settings, attempt: int | None = None) -> dict[str, str]:
+    """Render the plan (its `attempt`, as the plan stage returned it) into build/iac/<plan_id>/{terraform,cloudformation}."""
     from pipeline.iac.render import render_plan
 
-    return render_plan(plan_id, settings)
+    return render_plan(plan_id, settings, attempt)
 
 
-def stage_report(plan_id: str, interval: DataInterval, settings: Settings) -> str:
+def stage_report(plan_id: str, interval: DataInterval, settings: Settings, attempt: int | None = None) -> str:
     from pipeline.report.html import write_plan_report
 
-    return write_plan_report(plan_id, interval, settings)
+    return write_plan_report(plan_id, interval, settings, attempt=attempt)
 
 
-def stage_publish(plan_id: str, settings: Settings, artifacts: dict[str, str]) -> str:
+def stage_publish(plan_id: str, settings: Settings, artifacts: dict[str, str], attempt: int | None = None) -> str:
+    """Verify the attempt's hashes, mark it published, move LATEST to it last (see pipeline.publish.pointer)."""
     from pipeline.publish.pointer import publish
 
-    return publish(plan_id, settings, artifacts)
+    return publish(plan_id, settings, artifacts, attempt=attempt)
 
 
 def stage_monitor(interval: DataInterval, settings: Settings) -> dict:
@@ -140,13 +141,13 @@ def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progr
     summary.feedback = stage_feedback(interval, settings)
     say("plan")
     summary.plan = stage_plan(interval, settings, summary.forecast["run_id"])
-    plan_id = summary.plan["plan_id"]
+    plan_id, attempt = summary.plan["plan_id"], summary.plan["attempt"]
     say("render IaC")
-    summary.terraform_dir = stage_render(plan_id, settings)["terraform_dir"]
+    summary.terraform_dir = stage_render(plan_id, settings, attempt)["terraform_dir"]
     say("report")
-    summary.report = stage_report(plan_id, interval, settings)
+    summary.report = stage_report(plan_id, interval, settings, attempt)
     say("publish")
-    summary.pointer = stage_publish(plan_id, settings, {"terraform": summary.terraform_dir, "report": summary.report})
+    summary.pointer = stage_publish(plan_id, settings, {"terraform": summary.terraform_dir, "report": summary.report}, attempt)
     say("monitor")
     summary.monitoring = stage_monitor(interval, settings)
     return summary

@@ -154,17 +154,18 @@ def resolve_plan_id(config: Settings, plan_id: str | None) -> str:
     if not storage.exists(pointer):
         storage.check_bucket(config.lake_root)
         fail(f"no published plan in {config.lake_root} ({pointer} does not exist yet): {HOW_TO_PUBLISH}")
-    try:
-        latest = storage.read_text(pointer).strip()
-    except UnicodeDecodeError:
-        fail(f"{pointer} is corrupt (not text): re-publish a plan (peerscale run) or pass --plan-id; {_known_plans(config)}",
-             EXIT_FAILED)
-    from pipeline.common.schemas import PLAN_ID_PATTERN
+    from pipeline.common import plan_files
 
-    if not PLAN_ID_PATTERN.fullmatch(latest):
-        fail(f"{pointer} is corrupt: it holds {latest[:200]!r}, not a plan id; re-publish a plan (peerscale run) "
-             f"or pass --plan-id; {_known_plans(config)}", EXIT_FAILED)
-    return latest
+    try:
+        return plan_files.read_latest(config.lake_root)[0]
+    except plan_files.PlanIntegrityError:
+        try:
+            latest = storage.read_text(pointer).strip()
+        except UnicodeDecodeError:
+            fail(f"{pointer} is corrupt (not text): re-publish a plan (peerscale run) or pass --plan-id; {_known_plans(config)}",
+                 EXIT_FAILED)
+        fail(f"{pointer} is corrupt: it holds {latest[:200]!r}, not plan_id=<id>/attempt=<n>; re-publish a plan "
+             f"(peerscale run) or pass --plan-id; {_known_plans(config)}", EXIT_FAILED)
 
 
 def load_plan(config: Settings, plan_id: str | None) -> tuple[str, pd.DataFrame, dict]:

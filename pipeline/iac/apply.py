@@ -62,6 +62,7 @@ __all__ = [
     "applied_plan_id",
     "applied_pointer",
     "apply_cloudformation",
+    "read_apply_records",
     "record_apply",
     "stack_name",
 ]
@@ -73,6 +74,7 @@ _NO_CHANGES = ("didn't contain changes", "No updates are to be performed")
 _STACK_OK = {"CREATE_COMPLETE", "UPDATE_COMPLETE", "IMPORT_COMPLETE"}
 _STACK_EMPTY = {"REVIEW_IN_PROGRESS", "ROLLBACK_COMPLETE"}  # hold no resources: safe to delete
 _MAX_ERROR = 2000
+APPLY_RECORDS_FILE = "apply.json"  # plans/plan_id=<id>/apply.json
 _APPLY_HISTORY_KEPT = 20  # finished applies the manifest remembers under apply_history
 
 Progress = Callable[[str], None]
@@ -141,18 +143,28 @@ def _now() -> str:
     return datetime.now(UTC).replace(microsecond=0).isoformat()
 
 
+def apply_records_path(settings: Settings, plan_id: str) -> str:
+    """Where applies of a plan are recorded: beside its attempts, never inside a published (immutable) attempt."""
+    return storage.join(lake.plan_dir(settings.lake_root, plan_id), APPLY_RECORDS_FILE)
+
+
+def read_apply_records(settings: Settings, plan_id: str) -> dict[str, Any]:
+    """The apply records of a plan ({} before its first apply or preview)."""
+    path = apply_records_path(settings, plan_id)
+    return lake.read_json(path) if storage.exists(path) else {}
+
+
 def record_apply(settings: Settings, plan_id: str, payload: Mapping[str, Any], key: str = "apply") -> dict[str, Any]:
-    """Atomically rewrite the plan's manifest with ``payload`` under ``key`` (and a short history)."""
-    path = storage.join(lake.plan_dir(settings.lake_root, plan_id), "manifest.json")
-    manifest = lake.read_json(path)
-    manifest[key] = dict(payload)
+    """Atomically rewrite the plan's apply records with ``payload`` under ``key`` (and a short history)."""
+    records = read_apply_records(settings, plan_id)
+    records[key] = dict(payload)
     if key == "apply" and payload.get("status") in ("applied", "apply_failed"):
-        history = list(manifest.get("apply_history", []))
+        history = list(records.get("apply_history", []))
         entry = {k: payload.get(k) for k in ("status", "engine", "finished_at", "error") if payload.get(k) is not None}
         history.append(entry)
-        manifest["apply_history"] = history[-_APPLY_HISTORY_KEPT:]
-    lake.write_json_atomic(path, manifest)
-    return manifest
+        records["apply_history"] = history[-_APPLY_HISTORY_KEPT:]
+    lake.write_json_atomic(apply_records_path(settings, plan_id), records)
+    return records
 
 
 # ---------------------------------------------------------------------------------------------
@@ -333,9 +345,8 @@ def _previous_regions(settings: Settings, plan_id: str, prefix: str) -> list[str
     previous = applied_plan_id(settings)
     if previous is None or previous == plan_id:
         return []
-    path = storage.join(lake.plan_dir(settings.lake_root, previous), "manifest.json")
     try:
-        applied = lake.read_json(path).get("apply", {})
+        applied = read_apply_records(settings, previous).get("apply", {})
     except (OSError, ValueError):
         return []
     if applied.get("engine") != "cloudformation" or applied.get("stack_prefix") != prefix:

@@ -21,7 +21,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.common import lake, storage
+from pipeline.common import lake, plan_files, storage
 from pipeline.common.config import Settings
 from pipeline.iac.cloudformation import render_cloudformation_model
 from pipeline.iac.model import MIN_PAIR_REQUESTS, all_pairs, build_model, pairs_from_forecast
@@ -42,16 +42,19 @@ def iac_dir(settings: Settings, plan_id: str) -> Path:
     return Path(settings.build_root) / "iac" / plan_id
 
 
-def load_plan(settings: Settings, plan_id: str) -> tuple[pa.Table, dict[str, Any]]:
-    """A plan's rows (pyarrow) and manifest, from a local or s3:// lake."""
+def load_plan(settings: Settings, plan_id: str, attempt: int | None = None) -> tuple[pa.Table, dict[str, Any]]:
+    """A plan's rows (pyarrow) and manifest, from a local or s3:// lake, hashes verified.
+
+    `attempt` defaults to the newest published attempt, else the newest complete one (render runs
+    between the plan stage and publish). FileNotFoundError when there is none; PlanIntegrityError (a
+    ValueError) when the files do not match the manifest's hashes.
+    """
     check_plan_id(plan_id)
-    out_dir = lake.plan_dir(settings.lake_root, plan_id)
-    path = storage.join(out_dir, "plan.parquet")
-    if not storage.exists(path):
-        raise FileNotFoundError(f"plan {plan_id!r} not found at {path}")
-    fs, inner = storage.filesystem(path)
-    table = storage.with_retries("read", path, lambda: pq.read_table(inner, filesystem=fs))
-    return table, lake.read_json(storage.join(out_dir, "manifest.json"))
+    root = settings.lake_root
+    if attempt is None:
+        attempt = plan_files.default_attempt(root, plan_id)
+    manifest, files = plan_files.read_attempt(root, plan_id, attempt)
+    return pq.read_table(pa.BufferReader(files[plan_files.PLAN_FILE])), manifest
 
 
 def _instant(text: Any) -> datetime | None:
@@ -83,14 +86,14 @@ def planned_pairs(
     return all_pairs(regions), "every pair of plan regions (no pair forecast found for this plan)"
 
 
-def render_plan(plan_id: str, settings: Settings) -> dict[str, str]:
+def render_plan(plan_id: str, settings: Settings, attempt: int | None = None) -> dict[str, str]:
     """Render Terraform and CloudFormation for ``plan_id``; returns paths (strings, XCom-friendly).
 
     Both renders are validated before anything is written; each output directory is replaced
     as a whole.
     """
     out = iac_dir(settings, plan_id)
-    plan, manifest = load_plan(settings, plan_id)
+    plan, manifest = load_plan(settings, plan_id, attempt)
     if manifest.get("plan_id") != plan_id:
         raise ValueError(f"manifest of {plan_id} names plan {manifest.get('plan_id')!r}")
     probe = build_model(plan, manifest)  # validates everything; its regions decide the pairs

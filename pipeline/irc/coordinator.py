@@ -41,8 +41,11 @@ too. `clock` is the wall clock (`time.time`) by default. Beyond that:
 **Plans** come from `plans/LATEST` (or are pinned with `plan_id=`). A watcher thread polls the
 pointer every `reload_interval_s`; a new plan is loaded beside the current one and swapped in
 with one reference assignment, so requests in flight finish on the plan they started with. A
-corrupt or half-written plan is counted and retried at the next poll while the current plan
-keeps serving; requests at or after a plan's `valid_to` are served on demand and counted.
+plan's files are checked against the sha256 in its manifest when it is loaded (never per
+request). A corrupt, half-written or unverifiable plan is counted and retried at the next poll
+while the current plan keeps serving; with no plan in use yet, the newest verified published
+plan is adopted instead (`plan_fallbacks`), so its pools still bound on-demand serving.
+Requests at or after a plan's `valid_to` are served on demand and counted.
 
 The coordinator never raises to its caller (DESIGN principle 4).
 """
@@ -71,9 +74,11 @@ from pipeline.irc.plan_source import (
     LoadedPlan,
     PlanUnavailable,
     PlanWindow,
+    latest_ref,
     latest_signature,
-    load_plan,
+    load_newest_verified,
     load_pools,
+    load_signature,
 )
 from pipeline.irc.validation import InvalidRequest, ValidRequest, validate_request
 
@@ -341,6 +346,7 @@ class Coordinator:
         """
         with self._reload_lock:
             signature: tuple[str, float | None] | None = None
+            error: str | None = None
             try:
                 if self._pinned is not None:
                     signature = (self._pinned, None)
@@ -350,11 +356,14 @@ class Coordinator:
                     signature = latest_signature(self._lake_root)
                     if not force and signature == self._state.signature:
                         return False
-                plan = load_plan(self._lake_root, signature[0])
+                plan = load_signature(self._lake_root, signature[0])
                 self._ledger.load_capacities(plan.capacity_rows_full(), plan.plan_id)
             except Exception as exc:
-                self._reload_failed(exc, signature)
-                return False
+                fallback = self._fallback_plan(exc, signature)
+                if fallback is None:
+                    self._reload_failed(exc, signature)
+                    return False
+                plan, error = fallback, f"LATEST unusable, serving the newest verified plan instead: {exc}"
             if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
                 self._on_demand.load_pools(plan.pools)
             current = self._state.plan
@@ -362,12 +371,31 @@ class Coordinator:
             if previous is not None and previous.valid_to_s <= plan.valid_from_s - PREVIOUS_PLAN_HORIZON_S:
                 previous = None
             self._state = _PlanState(
-                plan=plan, previous=previous, error=None, known_regions=plan.regions, signature=signature
+                plan=plan, previous=previous, error=error, known_regions=plan.regions, signature=signature
             )
-            self._failed_signature = None
+            if error is None:
+                self._failed_signature = None
             self._metrics.count("plan_reloads")
             log.info("IRC: serving plan %s (%d windows)", plan.plan_id, len(plan.windows))
             return True
+
+    def _fallback_plan(self, exc: BaseException, signature: tuple[str, float | None] | None) -> LoadedPlan | None:
+        """When LATEST is corrupt or unverifiable and nothing is being served yet, the newest verified
+        published plan (counted as `plan_fallbacks`, logged once per broken publication); else None."""
+        if self._pinned is not None or self._state.plan is not None or not isinstance(exc, PlanUnavailable):
+            return None
+        try:
+            plan = load_newest_verified(self._lake_root, skip=latest_ref(self._lake_root) if signature else None)
+            self._ledger.load_capacities(plan.capacity_rows_full(), plan.plan_id)
+        except Exception:
+            return None
+        self._metrics.count("plan_fallbacks")
+        self._metrics.count("plan_reload_failures")
+        if signature != self._failed_signature:
+            self._failed_signature = signature
+            log.warning("IRC: LATEST unusable (%s); serving the newest verified plan %s attempt %s instead",
+                        exc, plan.plan_id, plan.attempt)
+        return plan
 
     def metrics_text(self) -> str:
         """All metrics in the Prometheus text format (decisions, latency, plan age, utilization, outcomes)."""
@@ -576,8 +604,10 @@ class Coordinator:
         # No usable plan at start: keep whatever pools snapshot is readable so that on-demand
         # serving still checks capacity and region names.
         try:
-            plan_id = self._pinned or latest_signature(self._lake_root)[0]
-            pools = load_pools(self._lake_root, plan_id)
+            if self._pinned is not None:
+                pools = load_pools(self._lake_root, self._pinned)
+            else:
+                pools = load_pools(self._lake_root, *latest_ref(self._lake_root))
         except Exception:
             return
         if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):

@@ -28,6 +28,10 @@ EVENTS: dict[str, tuple[str, str]] = {
         "peerscale_irc_plan_reload_failures_total",
         "Attempts to load a published plan that failed (corrupt, half-written); the previous plan stays in use.",
     ),
+    "plan_fallbacks": (
+        "peerscale_irc_plan_fallbacks_total",
+        "LATEST was corrupt or failed its hash check with no plan in use: the newest verified plan was adopted instead.",
+    ),
     "plan_expired": (
         "peerscale_irc_requests_after_plan_validity_total",
         "Requests at or after the plan's valid_to: served on demand only.",

@@ -1,9 +1,11 @@
-"""Read the published plan (`plans/LATEST` → `plans/plan_id=<id>/`) into an immutable view.
+"""Read the published plan (`plans/LATEST` → `plans/plan_id=<id>/attempt=<n>/`) into an immutable view.
 
 Runs inside request-serving processes, so pyarrow is imported only when a plan is actually
 read (`import pipeline.irc` stays light) and the rows are checked and summed with vectorised
-pyarrow compute (a 100k-line plan loads in well under a second). Every way a plan can be
-unusable (no pointer, missing file, bad bytes, bad values, unpublished) surfaces as a
+pyarrow compute (a 100k-line plan loads in well under a second). The files are read once as
+bytes, checked against the sha256 the manifest records (`PlanUnverified` otherwise), and parsed
+from those same bytes. Every way a plan can be unusable (no pointer, missing file, bad bytes,
+bad hashes, bad values, unpublished) surfaces as a
 `PlanUnavailable` subclass with a readable message: the coordinator keeps serving what it had,
 or serves on demand, instead of crashing its caller (DESIGN principle 4).
 
@@ -36,6 +38,7 @@ LATEST_FILE = "LATEST"
 PLAN_FILE = "plan.parquet"
 MANIFEST_FILE = "manifest.json"
 POOLS_FILE = "resource_pools.parquet"
+FALLBACK_SEARCH_PLANS = 8  # plan ids looked at, newest first, when LATEST is unusable
 _US_PER_SECOND = 1_000_000  # plan timestamps are read as µs since the epoch
 _US_PER_HOUR = SECONDS_PER_HOUR * _US_PER_SECOND
 
@@ -50,6 +53,13 @@ class PlanMissing(PlanUnavailable):
 
 class PlanCorrupt(PlanUnavailable):
     """A plan file exists but cannot be read or breaks the PLAN / RESOURCE_POOLS contract."""
+
+
+class PlanUnverified(PlanCorrupt, ValueError):
+    """A plan's files do not match the sha256 in its manifest (or it carries none): never served from.
+
+    Also a ValueError, like pipeline.common.plan_files.PlanIntegrityError, which callers outside
+    the IRC catch."""
 
 
 @dataclass(frozen=True)
@@ -84,6 +94,7 @@ class LoadedPlan:
     pools: PreAllocationTable  # on-demand capacity still available beyond the pre-allocation
     manifest: Mapping[str, Any]
     created_at: datetime | None = None  # manifest created_at (plan age metric)
+    attempt: int | None = None  # the plan's attempt directory (plans/plan_id=<id>/attempt=<n>)
     _starts: tuple[float, ...] = field(init=False, repr=False, compare=False)
     valid_from_s: float = field(init=False, repr=False, compare=False)
     valid_to_s: float = field(init=False, repr=False, compare=False)
@@ -158,20 +169,24 @@ def window_key(valid_from: datetime) -> str:
 
 def read_latest_plan_id(lake_root: str | os.PathLike[str]) -> str:
     """The plan_id that `plans/LATEST` points to."""
-    return latest_signature(lake_root)[0]
+    return latest_ref(lake_root)[0]
+
+
+def latest_ref(lake_root: str | os.PathLike[str]) -> tuple[str, int]:
+    """(plan_id, attempt) that `plans/LATEST` names; PlanCorrupt when it names none."""
+    return _parse_ref(latest_signature(lake_root)[0])
 
 
 def latest_signature(lake_root: str | os.PathLike[str]) -> tuple[str, float | None]:
-    """(plan_id, LATEST modification time): what the reload watcher compares between polls.
+    """(LATEST's text, its modification time): what the reload watcher compares between polls.
 
-    The pointer is a few bytes, so it is read every poll; its mtime (S3: LastModified) tells a
-    re-publish of the same plan_id apart.
+    The pointer is a few bytes (`plan_id=<id>/attempt=<n>`), so it is read every poll; a re-run
+    publishes a new attempt, which changes the text.
     """
     fs, root = _filesystem(lake_root)
     path = f"{root}/plans/{LATEST_FILE}"
     text = _read_bytes(fs, path).decode("utf-8", errors="replace").strip()
-    if not PLAN_ID_PATTERN.match(text):
-        raise PlanCorrupt(f"plans/{LATEST_FILE} does not hold a valid plan_id: {text[:80]!r}")
+    _parse_ref(text)
     try:
         mtime = fs.get_file_info(path).mtime
         stamp = mtime.timestamp() if mtime is not None else None
@@ -180,18 +195,41 @@ def latest_signature(lake_root: str | os.PathLike[str]) -> tuple[str, float | No
     return text, stamp
 
 
+def _parse_ref(text: str) -> tuple[str, int]:
+    from pipeline.common.plan_files import PlanIntegrityError, parse_pointer
+
+    try:
+        return parse_pointer(text)
+    except PlanIntegrityError as exc:
+        raise PlanCorrupt(str(exc)) from exc
+
+
 def load_latest_plan(lake_root: str | os.PathLike[str]) -> LoadedPlan:
     """Follow `plans/LATEST` and load that plan."""
-    return load_plan(lake_root, read_latest_plan_id(lake_root))
+    plan_id, attempt = latest_ref(lake_root)
+    return load_plan(lake_root, plan_id, attempt)
 
 
-def load_plan(lake_root: str | os.PathLike[str], plan_id: str) -> LoadedPlan:
-    """Load and check one published plan (manifest, rows, pools snapshot)."""
+def load_signature(lake_root: str | os.PathLike[str], ref: str) -> LoadedPlan:
+    """Load what a reload signature names: LATEST's `plan_id=<id>/attempt=<n>`, or a pinned plan_id."""
+    if ref.startswith("plan_id="):
+        return load_plan(lake_root, *_parse_ref(ref))
+    return load_plan(lake_root, ref)
+
+
+def load_plan(lake_root: str | os.PathLike[str], plan_id: str, attempt: int | None = None) -> LoadedPlan:
+    """Load and check one published plan attempt (default: the plan's newest published attempt).
+
+    The manifest's sha256 of plan.parquet and resource_pools.parquet are checked against the bytes
+    read, once per load (never per request); a mismatch raises PlanUnverified.
+    """
     if not isinstance(plan_id, str) or not PLAN_ID_PATTERN.match(plan_id):
         raise PlanCorrupt(f"invalid plan_id {plan_id!r}")
     fs, root = _filesystem(lake_root)
-    plan_dir = f"{root}/plans/plan_id={plan_id}"
-    manifest = _read_manifest(fs, plan_dir, plan_id)
+    attempt = _published_attempt(fs, root, plan_id) if attempt is None else attempt
+    plan_dir = f"{root}/plans/plan_id={plan_id}/attempt={attempt}"
+    manifest = _read_manifest(fs, plan_dir, plan_id, attempt)
+    files = _verified(fs, plan_dir, manifest, f"plan {plan_id} attempt {attempt}")
     valid_from = _parse_instant(manifest.get("valid_from"), "manifest valid_from")
     valid_to = _parse_instant(manifest.get("valid_to"), "manifest valid_to")
     if valid_from >= valid_to:
@@ -200,25 +238,56 @@ def load_plan(lake_root: str | os.PathLike[str], plan_id: str) -> LoadedPlan:
         created_at: datetime | None = _parse_instant(manifest.get("created_at"), "manifest created_at")
     except PlanCorrupt:
         created_at = None
-    windows = _read_windows(fs, plan_dir, plan_id)
-    pools = _read_pools(fs, plan_dir)
     return LoadedPlan(
         plan_id=plan_id,
         valid_from=valid_from,
         valid_to=valid_to,
-        windows=windows,
-        pools=pools,
+        windows=_read_windows(files[PLAN_FILE], f"{plan_dir}/{PLAN_FILE}", plan_id),
+        pools=_read_pools(files[POOLS_FILE], f"{plan_dir}/{POOLS_FILE}"),
         manifest=MappingProxyType(manifest),
         created_at=created_at,
+        attempt=attempt,
     )
 
 
-def load_pools(lake_root: str | os.PathLike[str], plan_id: str) -> PreAllocationTable:
-    """Only the pools snapshot of a plan: lets on-demand serving work when plan.parquet is bad."""
+def load_newest_verified(lake_root: str | os.PathLike[str], *, skip: tuple[str, int] | None = None,
+                         max_plans: int = FALLBACK_SEARCH_PLANS) -> LoadedPlan:
+    """The newest published plan that loads and verifies (LATEST's own attempt `skip` excepted): what the
+    IRC serves when LATEST is corrupt or unverifiable. Looks at the `max_plans` newest plan ids."""
+    from pipeline.common import plan_files
+
+    root = os.fspath(lake_root)
+    try:
+        plan_ids = list(reversed(plan_files.plan_ids(root)))[:max_plans]
+    except Exception as exc:
+        raise PlanMissing(f"cannot list plans under {root}: {exc}") from exc
+    reasons = []
+    for plan_id in plan_ids:
+        try:
+            numbers = plan_files.attempts(root, plan_id)
+        except Exception as exc:
+            reasons.append(f"{plan_id}: {exc}")
+            continue
+        for attempt in reversed(numbers):
+            if skip == (plan_id, attempt):
+                continue
+            try:
+                return load_plan(lake_root, plan_id, attempt)
+            except PlanUnavailable as exc:
+                reasons.append(f"{plan_id} attempt {attempt}: {exc}")
+    raise PlanMissing("no verified published plan to fall back to" + (f" ({'; '.join(reasons[:3])})" if reasons else ""))
+
+
+def load_pools(lake_root: str | os.PathLike[str], plan_id: str, attempt: int | None = None) -> PreAllocationTable:
+    """Only the (verified) pools snapshot of a plan: lets on-demand serving work when plan.parquet is bad."""
     if not PLAN_ID_PATTERN.match(plan_id):
         raise PlanCorrupt(f"invalid plan_id {plan_id!r}")
     fs, root = _filesystem(lake_root)
-    return _read_pools(fs, f"{root}/plans/plan_id={plan_id}")
+    attempt = _published_attempt(fs, root, plan_id) if attempt is None else attempt
+    plan_dir = f"{root}/plans/plan_id={plan_id}/attempt={attempt}"
+    manifest = _read_manifest(fs, plan_dir, plan_id, attempt)
+    files = _verified(fs, plan_dir, manifest, f"plan {plan_id} attempt {attempt}", (POOLS_FILE,))
+    return _read_pools(files[POOLS_FILE], f"{plan_dir}/{POOLS_FILE}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -249,30 +318,27 @@ def _read_bytes(fs: Any, path: str) -> bytes:
         raise PlanCorrupt(f"cannot read {path}: {exc}") from exc
 
 
-def _read_table(fs: Any, path: str, required: Mapping[str, Any], optional: Mapping[str, Any] | None = None) -> Any:
-    """Read the required (and present optional) columns of a Parquet file, cast to contract types."""
+def _read_table(data: bytes, path: str, required: Mapping[str, Any], optional: Mapping[str, Any] | None = None) -> Any:
+    """The required (and present optional) columns of verified Parquet bytes, cast to contract types."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
-        with fs.open_input_file(path) as handle:
-            parquet = pq.ParquetFile(handle)
-            names = parquet.schema_arrow.names
-            missing = [name for name in required if name not in names]
-            if missing:
-                raise PlanCorrupt(f"{path} lacks column(s) {', '.join(missing)}")
-            wanted = {**required, **{k: v for k, v in (optional or {}).items() if k in names}}
-            table = parquet.read(columns=list(wanted))
+        parquet = pq.ParquetFile(pa.BufferReader(data))
+        names = parquet.schema_arrow.names
+        missing = [name for name in required if name not in names]
+        if missing:
+            raise PlanCorrupt(f"{path} lacks column(s) {', '.join(missing)}")
+        wanted = {**required, **{k: v for k, v in (optional or {}).items() if k in names}}
+        table = parquet.read(columns=list(wanted))
         return pa.table({name: table.column(name).cast(dtype) for name, dtype in wanted.items()})
-    except FileNotFoundError as exc:
-        raise PlanMissing(f"{path} not found") from exc
     except PlanUnavailable:
         raise
     except (pa.ArrowException, OSError, ValueError, TypeError) as exc:
         raise PlanCorrupt(f"cannot read {path}: {exc}") from exc
 
 
-def _read_manifest(fs: Any, plan_dir: str, plan_id: str) -> dict[str, Any]:
+def _read_manifest(fs: Any, plan_dir: str, plan_id: str, attempt: int) -> dict[str, Any]:
     raw = _read_bytes(fs, f"{plan_dir}/{MANIFEST_FILE}")
     try:
         manifest = json.loads(raw)
@@ -282,9 +348,42 @@ def _read_manifest(fs: Any, plan_dir: str, plan_id: str) -> dict[str, Any]:
         raise PlanCorrupt(f"plan {plan_id}: {MANIFEST_FILE} is not a JSON object")
     if manifest.get("plan_id") != plan_id:
         raise PlanCorrupt(f"plan {plan_id}: manifest plan_id is {manifest.get('plan_id')!r}")
+    if manifest.get("attempt") != attempt:
+        raise PlanCorrupt(f"plan {plan_id} attempt {attempt}: manifest attempt is {manifest.get('attempt')!r}")
     if manifest.get("status") != "published":
         raise PlanUnavailable(f"plan {plan_id}: status is {manifest.get('status')!r}, not 'published'")
     return manifest
+
+
+def _verified(fs: Any, plan_dir: str, manifest: Mapping[str, Any], where: str,
+              names: tuple[str, ...] = (PLAN_FILE, POOLS_FILE)) -> dict[str, bytes]:
+    """The bytes of `names`, checked against the manifest's sha256 (PlanUnverified on a mismatch)."""
+    from pipeline.common.plan_files import PlanIntegrityError, verify_files
+
+    try:
+        return verify_files(manifest, lambda name: _read_bytes(fs, f"{plan_dir}/{name}"), where, names)
+    except PlanIntegrityError as exc:
+        raise PlanUnverified(str(exc)) from exc
+
+
+def _published_attempt(fs: Any, root: str, plan_id: str) -> int:
+    """The newest attempt of `plan_id` whose manifest says published (a pinned plan, an audit by id)."""
+    import pyarrow.fs as pafs
+
+    base = f"{root}/plans/plan_id={plan_id}"
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(base, allow_not_found=True, recursive=False))
+    except Exception as exc:
+        raise PlanMissing(f"cannot list {base}: {exc}") from exc
+    numbers = sorted((int(i.base_name[8:]) for i in infos
+                      if i.base_name.startswith("attempt=") and i.base_name[8:].isdigit()), reverse=True)
+    for attempt in numbers:
+        try:
+            _read_manifest(fs, f"{base}/attempt={attempt}", plan_id, attempt)
+        except PlanUnavailable:
+            continue
+        return attempt
+    raise PlanMissing(f"plan {plan_id}: no published attempt under {base}")
 
 
 def _parse_instant(value: Any, what: str) -> datetime:
@@ -313,10 +412,10 @@ def _check_names(values: list[Any], what: str, where: str, pattern: Any = None) 
             raise PlanCorrupt(f"{where}: invalid {what} {value!r}")
 
 
-def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...]:
+def _read_windows(data: bytes, path: str, plan_id: str) -> tuple[PlanWindow, ...]:
     """plan.parquet → the plan's windows: rows checked, then summed per (window, region, resource)."""
     where = f"plan {plan_id}"
-    table = _read_plan_table(fs, plan_dir)
+    table = _read_plan_table(data, path)
     if table.num_rows == 0:
         return ()
     start_us, end_us = _check_plan_rows(table, plan_id, where)
@@ -336,14 +435,14 @@ def _read_windows(fs: Any, plan_dir: str, plan_id: str) -> tuple[PlanWindow, ...
     return windows
 
 
-def _read_plan_table(fs: Any, plan_dir: str) -> Any:
+def _read_plan_table(data: bytes, path: str) -> Any:
     """The PLAN columns the IRC needs (hourly_cost when present), cast to their contract types."""
     import pyarrow as pa
 
     utc_us = pa.timestamp("us", tz="UTC")
     return _read_table(
-        fs,
-        f"{plan_dir}/{PLAN_FILE}",
+        data,
+        path,
         {
             "plan_id": pa.string(),
             "valid_from": utc_us,
@@ -426,12 +525,12 @@ def _us_to_dt(us: int) -> datetime:
     return datetime.fromtimestamp(us / _US_PER_SECOND, tz=UTC)
 
 
-def _read_pools(fs: Any, plan_dir: str) -> PreAllocationTable:
+def _read_pools(data: bytes, path: str) -> PreAllocationTable:
     import pyarrow as pa
 
     table = _read_table(
-        fs,
-        f"{plan_dir}/{POOLS_FILE}",
+        data,
+        path,
         {"region": pa.string(), "resource_type": pa.string(), "available_quantity": pa.float64()},
     )
     pools: dict[str, dict[str, float]] = {}

@@ -11,7 +11,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from pipeline.common import lake, storage
+from pipeline.common import plan_files
 from pipeline.common.config import Settings
 from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.plan.planner import plan_id_for
@@ -33,15 +33,13 @@ def hour_ends(start: str | datetime, end: str | datetime) -> list[datetime]:
 
 
 def is_done(interval_end: datetime, settings: Settings) -> bool:
-    """An hour is done when its plan is published (files complete, manifest says so)."""
+    """An hour is done when its plan has a published attempt whose files verify against their hashes."""
     plan_id = plan_id_for(DataInterval.ending_at(interval_end))
-    manifest = storage.join(lake.plan_dir(settings.lake_root, plan_id), "manifest.json")
-    if not storage.exists(manifest):
-        return False
     try:
-        return lake.read_json(manifest).get("status") == "published"
-    except ValueError:
-        return False  # a corrupt manifest means the hour must run again
+        plan_files.read_attempt(settings.lake_root, plan_id, plan_files.resolve_attempt(settings.lake_root, plan_id))
+    except (OSError, ValueError):
+        return False  # not published, or torn/corrupt: the hour must run again (a new attempt)
+    return True
 
 
 def backfill(

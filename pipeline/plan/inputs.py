@@ -5,13 +5,14 @@ Both respect the run's interval: nothing at or after `interval.end` is read.
 
 from __future__ import annotations
 
+import contextlib
 from datetime import datetime, timedelta
 
 import pandas as pd
-import pyarrow.fs as pafs
+import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.common import lake, storage
+from pipeline.common import lake, plan_files
 from pipeline.common.config import Settings
 from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import OfferKey
@@ -55,47 +56,35 @@ def request_mix(lake_root: str, end: datetime, lookback_days: int, regions: list
     return out
 
 
-def _published_manifest(settings: Settings, plan_id: str) -> dict | None:
-    path = storage.join(lake.plan_dir(settings.lake_root, plan_id), "manifest.json")
+def _published(settings: Settings, plan_id: str, attempt: int | None) -> tuple[dict, bytes] | None:
+    """(manifest, verified plan.parquet bytes) of a published attempt (newest when `attempt` is None), or None."""
+    root = settings.lake_root
     try:
-        manifest = lake.read_json(path)
+        attempt = plan_files.resolve_attempt(root, plan_id) if attempt is None else attempt
+        manifest, files = plan_files.read_attempt(root, plan_id, attempt)
     except (OSError, ValueError):
-        return None
-    return manifest if manifest.get("status") == "published" else None
+        return None  # no published attempt, or one that does not verify: never plan against it
+    return (manifest, files[plan_files.PLAN_FILE]) if manifest.get("status") == "published" else None
 
 
 def previous_plan(settings: Settings, end: datetime) -> tuple[str, pd.DataFrame] | None:
-    """The newest published plan created before `end` (LATEST first, else the plans directory)."""
+    """The newest published, verified plan created before `end` (LATEST first, else the plans directory)."""
     cutoff = pd.Timestamp(end)
-    candidates: list[str] = []
-    pointer = lake.latest_pointer(settings.lake_root)
-    if storage.exists(pointer):
-        candidates.append(storage.read_text(pointer).strip())
-    fs, root = storage.filesystem(lake.plans_root(settings.lake_root))
-    if fs.get_file_info(root).type == pafs.FileType.Directory:
-        listed = fs.get_file_info(pafs.FileSelector(root, recursive=False))
-        names = sorted((i.base_name.split("=", 1)[1] for i in listed
-                        if i.type == pafs.FileType.Directory and i.base_name.startswith("plan_id=")), reverse=True)
-        candidates.extend(names)
+    candidates: list[tuple[str, int | None]] = []
+    with contextlib.suppress(OSError, ValueError):  # no pointer, or a garbled one: the listing still finds the plans
+        candidates.append(plan_files.read_latest(settings.lake_root))
+    candidates.extend((plan_id, None) for plan_id in reversed(plan_files.plan_ids(settings.lake_root)))
     # LATEST is the newest published plan; plan ids (plan-<interval token>) sort by time, newest first.
-    best: tuple[pd.Timestamp, str] | None = None
-    for plan_id in dict.fromkeys(candidates):
-        manifest = _published_manifest(settings, plan_id)
-        if manifest is None:
+    for plan_id, attempt in dict.fromkeys(candidates):
+        found = _published(settings, plan_id, attempt)
+        if found is None or pd.Timestamp(found[0].get("created_at")) >= cutoff:
             continue
-        created = pd.Timestamp(manifest.get("created_at"))
-        if created < cutoff:
-            best = (created, plan_id)
-            break
-    if best is None:
-        return None
-    path = storage.join(lake.plan_dir(settings.lake_root, best[1]), "plan.parquet")
-    try:
-        fs, p = storage.filesystem(path)
-        rows = pq.read_table(p, filesystem=fs, columns=["valid_from", "region", "instance_type", "purchase_option", "count"]).to_pandas()
-    except (OSError, ValueError):
-        return None
-    return best[1], rows
+        try:
+            columns = ["valid_from", "region", "instance_type", "purchase_option", "count"]
+            return plan_id, pq.read_table(pa.BufferReader(found[1]), columns=columns).to_pandas()
+        except (OSError, ValueError):
+            return None
+    return None
 
 
 def previous_counts(rows: pd.DataFrame, windows: list[pd.Timestamp], regions: list[str]) -> dict[Cell, dict[OfferKey, int]]:

@@ -15,7 +15,7 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pipeline.common import lake, storage
+from pipeline.common import lake, plan_files, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import PLAN, RESOURCE_POOLS, RESOURCE_TYPES
@@ -39,7 +39,7 @@ PLAN_FILE_SCHEMA = (PLAN.append(pa.field("effective_quantity", pa.float64()))
 
 
 def plan_id_for(interval: DataInterval) -> str:
-    """Plans are named by the interval they were made at, so a re-run replaces the same plan."""
+    """Plans are named by the interval they were made at; a re-run writes a new attempt of the same plan."""
     return f"plan-{interval.token}"
 
 
@@ -100,12 +100,19 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     plan = pa.Table.from_pylist(rows, schema=PLAN_FILE_SCHEMA) if rows else PLAN_FILE_SCHEMA.empty_table()
     manifest = _manifest(inputs, result, interval=interval, settings=settings, forecast_run_id=forecast_run_id,
                          tau_overrides=tau_overrides, rows=plan.num_rows)
-    out_dir = lake.plan_dir(settings.lake_root, inputs.plan_id)
-    for name, table in (("plan.parquet", plan), ("resource_pools.parquet", _remaining_pools(inputs.pools, plan))):
-        lake.write_parquet_atomic(table, storage.join(out_dir, name))
-    lake.write_json_atomic(storage.join(out_dir, "manifest.json"), manifest)
-    return {"plan_id": inputs.plan_id, "path": storage.join(out_dir, "plan.parquet"), "rows": plan.num_rows,
-            "hourly_cost_total": manifest["hourly_cost_total"], "shortfall": len(result.shortfalls)}
+    files = {"plan.parquet": _parquet_bytes(plan), "resource_pools.parquet": _parquet_bytes(_remaining_pools(inputs.pools, plan))}
+    attempt = plan_files.write_attempt(settings.lake_root, inputs.plan_id, files, manifest)
+    out_dir = plan_files.attempt_dir(settings.lake_root, inputs.plan_id, attempt)
+    return {"plan_id": inputs.plan_id, "attempt": attempt, "path": storage.join(out_dir, "plan.parquet"), "rows": plan.num_rows,
+            "hourly_cost_total": manifest["hourly_cost_total"], "shortfall": len(result.shortfalls),
+            "plan_sha256": plan_files.sha256_hex(files["plan.parquet"])}
+
+
+def _parquet_bytes(table: pa.Table) -> bytes:
+    """One Parquet file (zstd) as bytes: the same table gives the same bytes, so a re-run's hash matches."""
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression="zstd")
+    return bytes(sink.getvalue().to_pybytes())
 
 
 def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None,
@@ -329,21 +336,27 @@ def _churn_summary(result: PlanResult, previous_plan_id: str | None) -> dict:
             "instances_added": added, "instances_removed": removed}
 
 
-def read_plan(settings: Settings, plan_id: str) -> tuple[pd.DataFrame, dict]:
-    """A plan's rows and manifest by id."""
-    out_dir = lake.plan_dir(settings.lake_root, plan_id)
-    path = storage.join(out_dir, "plan.parquet")
-    if not storage.exists(path):
-        raise FileNotFoundError(f"plan {plan_id!r} not found at {path}")
-    fs, p = storage.filesystem(path)
-    return pq.read_table(p, filesystem=fs).to_pandas(), lake.read_json(storage.join(out_dir, "manifest.json"))
+def read_plan(settings: Settings, plan_id: str, attempt: int | None = None) -> tuple[pd.DataFrame, dict]:
+    """A plan's rows and manifest (with its apply records, kept beside it) by id, hashes verified.
+
+    `attempt` defaults to the newest published attempt (else the newest complete one). FileNotFoundError
+    when the plan does not exist; PlanIntegrityError (a ValueError) when its files do not match their hashes.
+    """
+    root = settings.lake_root
+    attempt = plan_files.default_attempt(root, plan_id) if attempt is None else attempt
+    manifest, files = plan_files.read_attempt(root, plan_id, attempt)
+    records_path = storage.join(lake.plan_dir(root, plan_id), "apply.json")
+    if storage.exists(records_path):
+        manifest = {**manifest, **lake.read_json(records_path)}
+    return pq.read_table(pa.BufferReader(files["plan.parquet"])).to_pandas(), manifest
 
 
 def latest_plan_id(settings: Settings) -> str:
-    pointer = lake.latest_pointer(settings.lake_root)
+    """The plan_id LATEST names (FileNotFoundError when nothing is published yet)."""
+    pointer = plan_files.latest_pointer(settings.lake_root)
     if not storage.exists(pointer):
         raise FileNotFoundError(f"no published plan: {pointer} does not exist yet (run `peerscale run` or `make demo`)")
-    return storage.read_text(pointer).strip()
+    return plan_files.read_latest(settings.lake_root)[0]
 
 
 __all__ = ["build_plan", "latest_plan_id", "plan_id_for", "read_plan"]

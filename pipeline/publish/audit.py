@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from pipeline.common.config import Settings
-from pipeline.irc.plan_source import load_plan, read_latest_plan_id
+from pipeline.irc.plan_source import latest_ref, load_plan
 
 
 def audit_latest_plan(settings: Settings) -> dict:
-    """Load LATEST with the IRC's own loader; raise with the reason if it could not serve from it."""
-    plan_id = read_latest_plan_id(settings.lake_root)
-    plan = load_plan(settings.lake_root, plan_id)
+    """Load LATEST with the IRC's own loader (hashes verified); raise with the reason if it could not serve from it."""
+    plan_id, attempt = latest_ref(settings.lake_root)
+    plan = load_plan(settings.lake_root, plan_id, attempt)
     if not plan.windows:
         raise ValueError(f"plan {plan_id} has no windows: the IRC would serve everything on demand")
-    return {"plan_id": plan_id, "windows": len(plan.windows), "regions": sorted(plan.regions)}
+    return {"plan_id": plan_id, "attempt": attempt, "windows": len(plan.windows), "regions": sorted(plan.regions)}

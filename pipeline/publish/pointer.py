@@ -1,8 +1,10 @@
-"""Publish: mark a plan as the one the IRC serves from, atomically.
+"""Publish: mark one attempt of a plan as the one the IRC serves from, atomically.
 
-The plan's files are already in place; publishing rewrites its manifest with status
-`published` and then replaces the `LATEST` pointer — last, so a reader that follows the
-pointer always finds a complete plan.
+The plan stage wrote the attempt's files and its manifest (with their sha256). Publishing
+verifies those hashes, records `published` (and the rendered artifacts) in that attempt's
+manifest — an attempt is published once and never rewritten after — and then replaces the
+`LATEST` pointer, last, so a reader that follows the pointer always finds a complete, verified
+plan. A retry of publish on an already published attempt only moves the pointer.
 
 The pointer only moves forward in time: publishing an older interval's plan (a backfill) makes
 that plan complete and inspectable, but the live pointer keeps the newest plan.
@@ -10,37 +12,45 @@ that plan complete and inspectable, but the live pointer keeps the newest plan.
 
 from __future__ import annotations
 
-from pipeline.common import lake, storage
+import logging
+
+from pipeline.common import plan_files, storage
 from pipeline.common.config import Settings
 
-REQUIRED_FILES = ("plan.parquet", "resource_pools.parquet", "manifest.json")
+log = logging.getLogger(__name__)
 
 
-def publish(plan_id: str, settings: Settings, artifacts: dict[str, str] | None = None) -> str:
-    """Publish `plan_id`; returns the pointer's path. Refuses a plan with missing files."""
-    out_dir = lake.plan_dir(settings.lake_root, plan_id)
-    missing = [name for name in REQUIRED_FILES if not storage.exists(storage.join(out_dir, name))]
-    if missing:
-        raise FileNotFoundError(f"cannot publish {plan_id}: {out_dir} lacks {missing}; re-run the plan stage")
-    manifest_path = storage.join(out_dir, "manifest.json")
-    manifest = lake.read_json(manifest_path)
-    manifest["status"] = "published"
-    manifest["artifacts"] = dict(sorted((artifacts or {}).items()))
-    lake.write_json_atomic(manifest_path, manifest)
-    pointer = lake.latest_pointer(settings.lake_root)
-    current = _current_valid_from(settings)
-    if current is None or manifest["valid_from"] >= current:
-        storage.write_text_atomic(pointer, plan_id + "\n")
+def publish(plan_id: str, settings: Settings, artifacts: dict[str, str] | None = None, *, attempt: int | None = None) -> str:
+    """Publish `attempt` of `plan_id` (default: its newest complete attempt); returns the pointer's path.
+
+    Raises FileNotFoundError when the plan has no complete attempt and PlanIntegrityError (a
+    ValueError) when its files do not match their hashes: LATEST is left where it was.
+    """
+    root = settings.lake_root
+    if attempt is None:
+        try:
+            attempt = plan_files.resolve_attempt(root, plan_id, published=False)
+        except FileNotFoundError as exc:
+            raise FileNotFoundError(f"cannot publish {plan_id}: {exc}; re-run the plan stage") from exc
+    manifest, _ = plan_files.read_attempt(root, plan_id, attempt)
+    if manifest.get("status") != "published":
+        manifest = {**manifest, "status": "published", "artifacts": dict(sorted((artifacts or {}).items()))}
+        plan_files.write_manifest(plan_files.attempt_dir(root, plan_id, attempt), manifest)
+        plan_files.read_attempt(root, plan_id, attempt)  # what LATEST will name reads back whole
+    pointer = plan_files.latest_pointer(root)
+    current = _current_valid_from(root)
+    if current is None or str(manifest["valid_from"]) >= current:
+        storage.write_text_atomic(pointer, plan_files.pointer_text(plan_id, attempt))
+    else:
+        log.info("published %s attempt %d without moving LATEST (it names a newer plan, from %s)", plan_id, attempt, current)
     return pointer
 
 
-def _current_valid_from(settings: Settings) -> str | None:
-    """valid_from of the plan LATEST points at, or None when there is none (or it is unreadable)."""
-    pointer = lake.latest_pointer(settings.lake_root)
-    if not storage.exists(pointer):
-        return None
+def _current_valid_from(lake_root: str) -> str | None:
+    """valid_from of the plan LATEST names, or None when there is none or it does not verify."""
     try:
-        current_id = storage.read_text(pointer).strip()
-        return lake.read_json(storage.join(lake.plan_dir(settings.lake_root, current_id), "manifest.json"))["valid_from"]
+        plan_id, attempt = plan_files.read_latest(lake_root)
+        manifest, _ = plan_files.read_attempt(lake_root, plan_id, attempt)
+        return str(manifest["valid_from"])
     except (OSError, ValueError, KeyError):
-        return None  # a broken pointer is replaced by any complete plan
+        return None  # a broken pointer (or a plan that no longer verifies) is replaced by any verified plan

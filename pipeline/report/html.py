@@ -117,9 +117,9 @@ def _quarantine_counts(settings: Settings, interval: DataInterval) -> list[dict]
     return rows
 
 
-def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings) -> str:
-    """Render the report for `plan_id` to build/reports/<plan_id>.html and return its path."""
-    plan, manifest = read_plan(settings, plan_id)
+def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, *, attempt: int | None = None) -> str:
+    """Render the report for `plan_id` (its `attempt`, default the newest) to build/reports/<plan_id>.html; returns its path."""
+    plan, manifest = read_plan(settings, plan_id, attempt)
     forecast = read_forecast(settings, manifest["forecast_run_id"])
     demand = read_features(settings, "region_demand_hourly", interval).to_pandas()
     recent = demand[demand["hour"] >= pd.Timestamp(interval.end - timedelta(days=3))]
