@@ -19,6 +19,7 @@ from pipeline.irc import Coordinator, PeeringRequest, PeeringResponse
 from pipeline.irc.ledger import InMemoryLedger
 from pipeline.irc.ondemand import PoolAllocator
 from pipeline.irc.plan_source import PlanCorrupt, PlanMissing, load_latest_plan
+from tests import plan_store
 
 PLAN_ID = "plan-20250101T10"
 T0 = datetime(2025, 1, 1, 10, tzinfo=UTC)
@@ -40,8 +41,6 @@ POOLS = {
 
 def write_plan(lake: Path, plan_id: str = PLAN_ID, *, latest: bool = True) -> Path:
     """Publish a small plan the way the plan stage does (rows, pools, manifest, then LATEST)."""
-    plan_dir = lake / "plans" / f"plan_id={plan_id}"
-    plan_dir.mkdir(parents=True)
     rows = []
     for start, end in WINDOWS:
         for region, lines in PREALLOCATED.items():
@@ -63,25 +62,19 @@ def write_plan(lake: Path, plan_id: str = PLAN_ID, *, latest: bool = True) -> Pa
                         "reason": "test",
                     }
                 )
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.PLAN), plan_dir / "plan.parquet")
     pool_rows = [
         {"region": r, "resource_type": rt, "available_quantity": q, "total_quantity": q * 2}
         for r, quantities in POOLS.items()
         for rt, q in quantities.items()
     ]
-    pq.write_table(
-        pa.Table.from_pylist(pool_rows, schema=schemas.RESOURCE_POOLS), plan_dir / "resource_pools.parquet"
-    )
     manifest = {
         "plan_id": plan_id,
-        "status": "published",
         "valid_from": WINDOWS[0][0].isoformat().replace("+00:00", "Z"),
         "valid_to": WINDOWS[-1][1].isoformat().replace("+00:00", "Z"),
     }
-    (plan_dir / "manifest.json").write_text(json.dumps(manifest))
-    if latest:
-        (lake / "plans" / "LATEST").write_text(plan_id + "\n")
-    return plan_dir
+    attempt = plan_store.write_plan(lake, plan_id, pa.Table.from_pylist(rows, schema=schemas.PLAN), manifest,
+                                    pools=pa.Table.from_pylist(pool_rows, schema=schemas.RESOURCE_POOLS), latest=latest)
+    return plan_store.attempt_path(lake, plan_id, attempt=attempt)
 
 
 DEFAULT_CAPACITY = {
@@ -111,8 +104,6 @@ def publish_plan(
     """Write plan.parquet, resource_pools.parquet, manifest.json (published), then LATEST."""
     capacity = capacity or DEFAULT_CAPACITY
     pools = pools or DEFAULT_POOLS
-    plan_dir = lake / "plans" / f"plan_id={plan_id}"
-    plan_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for h in range(hours):
         window_start, window_end = start + timedelta(hours=h), start + timedelta(hours=h + 1)
@@ -126,20 +117,19 @@ def publish_plan(
                         "hourly_cost": hourly_cost / lines_per_resource, "demand_quantile": quantity,
                         "line_id": f"{region}/{h}/{resource_type}/{n}", "reason": "test",
                     })
-    pq.write_table(pa.Table.from_pylist(rows, schema=schemas.PLAN), plan_dir / "plan.parquet")
     pool_rows = [
         {"region": r, "resource_type": rt, "available_quantity": q, "total_quantity": q * 2}
         for r, quantities in pools.items()
         for rt, q in quantities.items()
     ]
-    pq.write_table(pa.Table.from_pylist(pool_rows, schema=schemas.RESOURCE_POOLS), plan_dir / "resource_pools.parquet")
-    if manifest:
-        (plan_dir / "manifest.json").write_text(json.dumps({
-            "plan_id": plan_id, "status": "published", "created_at": start.isoformat(),
-            "valid_from": start.isoformat(), "valid_to": (start + timedelta(hours=hours)).isoformat(),
-        }))
-    if latest:
-        (lake / "plans" / "LATEST").write_text(plan_id + "\n")
+    attempt = plan_store.write_plan(
+        lake, plan_id, pa.Table.from_pylist(rows, schema=schemas.PLAN),
+        {"plan_id": plan_id, "created_at": start.isoformat(), "valid_from": start.isoformat(),
+         "valid_to": (start + timedelta(hours=hours)).isoformat()},
+        pools=pa.Table.from_pylist(pool_rows, schema=schemas.RESOURCE_POOLS), latest=latest)
+    plan_dir = plan_store.attempt_path(lake, plan_id, attempt=attempt)
+    if not manifest:
+        (plan_dir / "manifest.json").unlink()
     return plan_dir
 
 
@@ -419,6 +409,10 @@ def test_broken_publications_never_raise(tmp_path: Path, breakage: str) -> None:
         pq.write_table(table.set_column(table.schema.get_field_index("quantity"), "quantity", quantities),
                        plan_dir / "plan.parquet")
     irc = coordinator(tmp_path)
+    if breakage == "latest_garbage":  # the plan itself verifies: the IRC falls back to it, counted and explained
+        assert irc.plan is not None and irc.plan.plan_id == PLAN_ID and "LATEST unusable" in (irc.plan_error or "")
+        assert "peerscale_irc_plan_fallbacks_total 1" in irc.metrics_text()
+        return
     assert irc.plan is None and irc.plan_error
     response = irc.handle_peering_request(request())
     assert response.path == "on_demand", response.message

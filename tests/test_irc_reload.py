@@ -81,10 +81,11 @@ def test_a_broken_publication_keeps_the_current_plan(tmp_path: Path, breakage: s
 def test_a_half_written_plan_is_adopted_once_complete(tmp_path: Path) -> None:
     publish_plan(tmp_path, "plan-a", T0, hours=2)
     irc = make(tmp_path)
-    plan_dir = publish_plan(tmp_path, "plan-b", T0 + timedelta(hours=1), hours=2, manifest=False)
+    plan_dir = publish_plan(tmp_path, "plan-b", T0 + timedelta(hours=1), hours=2)
+    manifest = (plan_dir / "manifest.json").read_bytes()
+    (plan_dir / "manifest.json").unlink()  # LATEST names an attempt whose manifest has not landed
     assert irc.reload() is False and irc.plan.plan_id == "plan-a"  # type: ignore[union-attr]
-    publish_plan(tmp_path, "plan-b", T0 + timedelta(hours=1), hours=2, latest=False)  # manifest lands
-    assert (plan_dir / "manifest.json").exists()
+    (plan_dir / "manifest.json").write_bytes(manifest)  # manifest lands
     assert irc.reload() is True and irc.plan.plan_id == "plan-b"  # type: ignore[union-attr]
     assert irc.plan_error is None
 

@@ -72,6 +72,7 @@ from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
 from pipeline.irc.plan_source import (
     LoadedPlan,
+    PlanCorrupt,
     PlanUnavailable,
     PlanWindow,
     latest_ref,
@@ -384,6 +385,8 @@ class Coordinator:
         published plan (counted as `plan_fallbacks`, logged once per broken publication); else None."""
         if self._pinned is not None or self._state.plan is not None or not isinstance(exc, PlanUnavailable):
             return None
+        if signature is None and not isinstance(exc, PlanCorrupt):
+            return None  # no LATEST at all: nothing was published live yet, so no older plan stands in
         try:
             plan = load_newest_verified(self._lake_root, skip=latest_ref(self._lake_root) if signature else None)
             self._ledger.load_capacities(plan.capacity_rows_full(), plan.plan_id)

@@ -13,6 +13,7 @@ that plan complete and inspectable, but the live pointer keeps the newest plan.
 from __future__ import annotations
 
 import logging
+from typing import Literal
 
 from pipeline.common import plan_files, storage
 from pipeline.common.config import Settings
@@ -32,18 +33,26 @@ def publish(plan_id: str, settings: Settings, artifacts: dict[str, str] | None =
             attempt = plan_files.resolve_attempt(root, plan_id, published=False)
         except FileNotFoundError as exc:
             raise FileNotFoundError(f"cannot publish {plan_id}: {exc}; re-run the plan stage") from exc
-    manifest, _ = plan_files.read_attempt(root, plan_id, attempt)
+    return publish_attempt(root, plan_id, attempt, artifacts)
+
+
+def publish_attempt(lake_root: str, plan_id: str, attempt: int, artifacts: dict[str, str] | None = None, *,
+                    pointer: Literal["forward", "always", "never"] = "forward") -> str:
+    """Verify, mark published (once), then move LATEST to the attempt: `forward` only when its plan is not
+    older than the one LATEST names (or LATEST is unusable), `always`, or `never` (a backfill that must
+    not go live). Returns the pointer's path."""
+    manifest, _ = plan_files.read_attempt(lake_root, plan_id, attempt)
     if manifest.get("status") != "published":
         manifest = {**manifest, "status": "published", "artifacts": dict(sorted((artifacts or {}).items()))}
-        plan_files.write_manifest(plan_files.attempt_dir(root, plan_id, attempt), manifest)
-        plan_files.read_attempt(root, plan_id, attempt)  # what LATEST will name reads back whole
-    pointer = plan_files.latest_pointer(root)
-    current = _current_valid_from(root)
-    if current is None or str(manifest["valid_from"]) >= current:
-        storage.write_text_atomic(pointer, plan_files.pointer_text(plan_id, attempt))
+        plan_files.write_manifest(plan_files.attempt_dir(lake_root, plan_id, attempt), manifest)
+        plan_files.read_attempt(lake_root, plan_id, attempt)  # what LATEST will name reads back whole
+    path = plan_files.latest_pointer(lake_root)
+    current = _current_valid_from(lake_root) if pointer == "forward" else None
+    if pointer == "always" or (pointer == "forward" and (current is None or str(manifest["valid_from"]) >= current)):
+        storage.write_text_atomic(path, plan_files.pointer_text(plan_id, attempt))
     else:
-        log.info("published %s attempt %d without moving LATEST (it names a newer plan, from %s)", plan_id, attempt, current)
-    return pointer
+        log.info("published %s attempt %d without moving LATEST (it names %s)", plan_id, attempt, current or "another plan")
+    return path
 
 
 def _current_valid_from(lake_root: str) -> str | None:
