@@ -20,7 +20,6 @@ from typing import Any
 import boto3
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from botocore.exceptions import ClientError
 
@@ -29,6 +28,8 @@ from pipeline.common.config import Settings
 from pipeline.common.schemas import PLAN
 from pipeline.iac.apply import ApplyFailed, applied_plan_id, apply_cloudformation, stack_name
 from pipeline.iac.providers import CAPACITY_PROVIDER_ENV, LedgerCapacityReservations
+from pipeline.plan import read_plan
+from tests import plan_store
 from tests.moto_server import TEST_SECRET, aws_env, moto_server, s3_bucket  # noqa: F401
 from tests.test_iac import W0, W1, W2, _line_rows
 
@@ -67,18 +68,15 @@ PLAN_E = [*PLAN_D, ("us-east-1", "m5.mega", "spot", 2)]
 def _publish(settings: Settings, plan_id: str, lines: list[tuple[str, str, str, int]]) -> None:
     frame = pd.DataFrame(_rows(plan_id, lines))
     table = pa.Table.from_pandas(frame, schema=PLAN, preserve_index=False)
-    out = lake.plan_dir(settings.lake_root, plan_id)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    storage.write_bytes_atomic(storage.join(out, "plan.parquet"), sink.getvalue().to_pybytes())
-    lake.write_json_atomic(storage.join(out, "manifest.json"), {
+    plan_store.write_plan(settings.lake_root, plan_id, table, {
         "plan_id": plan_id, "valid_from": W0.isoformat(), "valid_to": W2.isoformat(), "tau": {"vcpu": 0.9},
-        "status": "published", "forecast_run_id": None,
+        "forecast_run_id": None,
     })
 
 
 def _manifest(settings: Settings, plan_id: str) -> dict[str, Any]:
-    return lake.read_json(storage.join(lake.plan_dir(settings.lake_root, plan_id), "manifest.json"))
+    """The plan's manifest with its apply records (kept beside the immutable attempt)."""
+    return read_plan(settings, plan_id)[1]
 
 
 def _stacks(prefix: str) -> dict[str, dict[str, Any]]:

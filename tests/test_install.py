@@ -95,7 +95,7 @@ def test_wheel_ships_package_data_and_runs_outside_the_checkout(tmp_path: Path) 
                      "--build", str(tmp_path / "build"))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "published" in run.stdout and "plan-20260129T0000Z" in run.stdout
-    assert (tmp_path / "lake" / "plans" / "LATEST").read_text().strip() == "plan-20260129T0000Z"
+    assert (tmp_path / "lake" / "plans" / "LATEST").read_text().strip() == "plan_id=plan-20260129T0000Z/attempt=1"
     assert (tmp_path / "build" / "iac" / "plan-20260129T0000Z" / "terraform" / "main.tf").is_file()
     assert (tmp_path / "build" / "reports" / "plan-20260129T0000Z.html").is_file()
     assert not (work / "lake").exists() and not (work / "build").exists()

@@ -126,6 +126,6 @@ def test_audit_reads_the_published_plan_as_the_irc_does(published_root: Path, tm
 
     broken = tmp_path / "broken"
     shutil.copytree(published_root / "lake", broken / "lake")
-    (broken / "lake" / "plans" / "plan_id=plan-20260129T0000Z" / "plan.parquet").write_bytes(b"not parquet")
+    (broken / "lake" / "plans" / "plan_id=plan-20260129T0000Z" / "attempt=1" / "plan.parquet").write_bytes(b"not parquet")
     with pytest.raises(Exception, match="plan-20260129T0000Z"):
         audit_latest_plan(settings_for(broken))

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 
 from pipeline.common.config import REPO_ROOT, CostModel, Settings
@@ -32,6 +31,7 @@ from pipeline.plan.packing import (
 )
 from pipeline.plan.policy import PlannerConfig, Quota, config_from_dict, load_planner_config
 from pipeline.plan.quantile import region_demand_quantiles, tau_by_resource
+from tests import plan_store
 
 W0 = pd.Timestamp("2026-01-29T00:00Z")
 W1 = pd.Timestamp("2026-01-29T01:00Z")
@@ -242,11 +242,10 @@ def test_small_forecast_change_keeps_lines_and_a_big_saving_changes_them() -> No
 
 
 def _write_plan(lake: Path, plan_id: str, created: str, status: str, count: int) -> None:
-    out = lake / "plans" / f"plan_id={plan_id}"
-    out.mkdir(parents=True)
-    (out / "manifest.json").write_text(json.dumps({"plan_id": plan_id, "created_at": created, "status": status}))
-    pq.write_table(pa.table({"valid_from": pa.array([pd.Timestamp(created)], pa.timestamp("us", tz="UTC")), "region": ["us-east-1"],
-                             "instance_type": ["m6i.large"], "purchase_option": ["on_demand"], "count": [count]}), out / "plan.parquet")
+    rows = pa.table({"valid_from": pa.array([pd.Timestamp(created)], pa.timestamp("us", tz="UTC")), "region": ["us-east-1"],
+                     "instance_type": ["m6i.large"], "purchase_option": ["on_demand"], "count": [count]})
+    plan_store.write_plan(lake, plan_id, rows, {"plan_id": plan_id, "created_at": created, "status": status,
+                                                "valid_from": created}, latest=False)
 
 
 def test_previous_plan_is_the_newest_published_before_the_interval(tmp_path: Path) -> None:
@@ -254,7 +253,7 @@ def test_previous_plan_is_the_newest_published_before_the_interval(tmp_path: Pat
     _write_plan(lake, "plan-20260129T0000Z", "2026-01-29T00:00:00+00:00", "published", 3)
     _write_plan(lake, "plan-20260129T0100Z", "2026-01-29T01:00:00+00:00", "planned", 4)  # never published
     _write_plan(lake, "plan-20260129T0200Z", "2026-01-29T02:00:00+00:00", "published", 5)
-    (lake / "plans" / "LATEST").write_text("plan-20260129T0200Z\n")
+    (lake / "plans" / "LATEST").write_text("plan_id=plan-20260129T0200Z/attempt=1\n")
     settings = Settings(lake_root=str(lake))
     assert previous_plan(settings, pd.Timestamp("2026-01-29T00:00Z")) is None  # a plan is never its own predecessor
     assert previous_plan(settings, pd.Timestamp("2026-01-29T02:00Z"))[0] == "plan-20260129T0000Z"

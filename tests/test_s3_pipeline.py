@@ -92,7 +92,9 @@ def test_hourly_run_on_s3_publishes_the_same_plan(
             writes.append(match.group(2).split("/lake/plans/", 1)[1])
     assert writes, "the server's access log shows the plan's writes"
     assert writes[-1] == "LATEST"
-    assert {f"plan_id={PLAN_ID}/{name}" for name in ("plan.parquet", "manifest.json")} <= set(writes)
+    assert {f"plan_id={PLAN_ID}/attempt=1/{name}" for name in ("plan.parquet", "resource_pools.parquet", "manifest.json")} <= set(writes)
+    first_manifest = min(i for i, key in enumerate(writes) if key.endswith("manifest.json"))
+    assert all(i < first_manifest for i, key in enumerate(writes) if key.endswith(".parquet"))  # data, then manifest
     last_manifest = max(i for i, key in enumerate(writes) if key.endswith("manifest.json"))
     assert last_manifest < len(writes) - 1
 

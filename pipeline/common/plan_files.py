@@ -160,12 +160,18 @@ def resolve_attempt(lake_root: str, plan_id: str, *, published: bool = True) -> 
 def default_attempt(lake_root: str, plan_id: str) -> int:
     """What a reader naming only `plan_id` gets: its newest published attempt, else (between the plan
     stage and publish) its newest complete one. FileNotFoundError naming the path when there is none."""
-    if not attempts(lake_root, plan_id):
+    found = attempts(lake_root, plan_id)
+    if not found:
         raise FileNotFoundError(f"plan {plan_id!r} not found at {plan_root(lake_root, plan_id)}")
     try:
         return resolve_attempt(lake_root, plan_id)
     except FileNotFoundError:
+        pass
+    try:
         return resolve_attempt(lake_root, plan_id, published=False)
+    except FileNotFoundError:
+        read_manifest(lake_root, plan_id, found[-1])  # raises what is wrong with the newest attempt
+        raise
 
 
 def read_latest(lake_root: str) -> tuple[str, int]:

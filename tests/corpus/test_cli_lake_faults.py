@@ -15,13 +15,12 @@ from typing import Any
 
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
-from pipeline.common import lake, storage
 from pipeline.common.schemas import PLAN
+from tests import plan_store
 from tests.test_iac import W0, W1, W2, _line_rows
 
 runner = CliRunner()
@@ -45,13 +44,7 @@ def publish_plan(lake_root: str, plan_id: str, lines: list[tuple[str, str, str, 
             rows += _line_rows(W0, W1, region, instance_type, option, count, plan_id=plan_id)
             rows += _line_rows(W1, W2, region, instance_type, option, count + 1, plan_id=plan_id)
     table = pa.Table.from_pandas(pd.DataFrame(rows), schema=PLAN, preserve_index=False)
-    sink = pa.BufferOutputStream()
-    pq.write_table(table, sink)
-    out = lake.plan_dir(lake_root, plan_id)
-    storage.write_bytes_atomic(storage.join(out, "plan.parquet"), sink.getvalue().to_pybytes())
-    lake.write_json_atomic(storage.join(out, "manifest.json"), manifest if manifest is not None else plan_manifest(plan_id))
-    if latest:
-        storage.write_text_atomic(lake.latest_pointer(lake_root), plan_id + "\n")
+    plan_store.write_plan(lake_root, plan_id, table, manifest if manifest is not None else plan_manifest(plan_id), latest=latest)
 
 
 def snapshot(root: Path) -> dict[str, bytes]:
@@ -86,7 +79,7 @@ def _write(relative: str, data: bytes) -> Callable[[Path], None]:
 
 def _edit_manifest(change: Callable[[dict], Any]) -> Callable[[Path], None]:
     def setup(root: Path) -> None:
-        path = root / "plans" / "plan_id=plan-a" / "manifest.json"
+        path = root / "plans" / "plan_id=plan-a" / "attempt=1" / "manifest.json"
         path.write_text(json.dumps(change(json.loads(path.read_text()))))
     return setup
 
@@ -105,20 +98,20 @@ LAKE_CASES: dict[str, tuple[Callable[[Path], None], list[str], dict[str, str], i
     "latest-binary": (_write("plans/LATEST", b"\xff\xfe\x00garbage"), ["plan", "show"], {}, 1,
                       "plans/LATEST is corrupt (not text): re-publish a plan (peerscale run) or pass --plan-id; plans in"),
     "latest-markup": (_write("plans/LATEST", b"plan-[bold]a[/]\n"), ["plan", "show"], {}, 1,
-                      "plans/LATEST is corrupt: it holds 'plan-[bold]a[/]', not a plan id"),
+                      "plans/LATEST is corrupt: it holds 'plan-[bold]a[/]', not plan_id=<id>/attempt=<n>"),
     "latest-traversal": (_write("plans/LATEST", b"../../etc/passwd\n"), ["plan", "show"], {}, 1,
-                         "it holds '../../etc/passwd', not a plan id"),
-    "latest-empty": (_write("plans/LATEST", b""), ["report"], {}, 1, "it holds '', not a plan id"),
+                         "it holds '../../etc/passwd', not plan_id=<id>/attempt=<n>"),
+    "latest-empty": (_write("plans/LATEST", b""), ["report"], {}, 1, "it holds '', not plan_id=<id>/attempt=<n>"),
     "plan-id-unknown": (_nothing, ["plan", "show", "--plan-id", "plan-nope"], {}, 2,
                         "plan 'plan-nope' not found at"),
     "plan-id-traversal": (_nothing, ["plan", "show", "--plan-id", "../plan_id=plan-a"], {}, 2,
                           "--plan-id '../plan_id=plan-a' is not a plan id"),
-    "plan-parquet-corrupt": (_write("plans/plan_id=plan-a/plan.parquet", b"PAR1 not parquet"), ["plan", "show"], {}, 1,
+    "plan-parquet-corrupt": (_write("plans/plan_id=plan-a/attempt=1/plan.parquet", b"PAR1 not parquet"), ["plan", "show"], {}, 1,
                              "plan plan-a in"),
-    "manifest-not-json": (_write("plans/plan_id=plan-a/manifest.json", b"{\"plan_id\": "), ["plan", "explain", "eu-west-1"],
-                          {}, 1, "is corrupt (Expecting value"),
-    "manifest-a-list": (_write("plans/plan_id=plan-a/manifest.json", b"[1, 2]"), ["plan", "show"], {}, 1,
-                        "its manifest.json is not a JSON object"),
+    "manifest-not-json": (_write("plans/plan_id=plan-a/attempt=1/manifest.json", b"{\"plan_id\": "), ["plan", "explain", "eu-west-1"],
+                          {}, 1, "manifest.json is not valid JSON (Expecting value"),
+    "manifest-a-list": (_write("plans/plan_id=plan-a/attempt=1/manifest.json", b"[1, 2]"), ["plan", "show"], {}, 1,
+                        "manifest.json is not a JSON object"),
     "manifest-missing-key": (_edit_manifest(lambda m: {k: v for k, v in m.items() if k != "objective"}), ["plan", "show"],
                              {}, 1, "unexpected KeyError: 'objective' (re-run with --debug (or PEERSCALE_DEBUG=1) for the traceback"),
     "forecast-summary-run-id-traversal": (_nothing, ["forecast", "summary", "--run-id", "../plans"], {}, 2,

@@ -5,6 +5,7 @@ rendered for it, and the output of an earlier good render is left exactly as it 
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -13,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pipeline.cli.app import app
+from tests import plan_store
 from tests.corpus.test_cli_lake_faults import GOOD_LINES, one_line_error, plan_manifest, publish_plan, snapshot
 from tests.test_iac import W0, W1, _line_rows
 
@@ -34,6 +36,15 @@ def _manifest(**change: Any) -> Callable[[str, str], None]:
     return lambda root, plan_id: publish_plan(root, plan_id, rows=_rows(plan_id), manifest={**plan_manifest(plan_id), **change})
 
 
+def _manifest_edited(**change: Any) -> Callable[[str, str], None]:
+    """A good plan whose manifest is edited by hand afterwards (hashes intact, content hostile)."""
+    def write(root: str, plan_id: str) -> None:
+        publish_plan(root, plan_id, rows=_rows(plan_id))
+        path = plan_store.attempt_path(root, plan_id, "manifest.json")
+        path.write_text(json.dumps({**json.loads(path.read_text()), **change}))
+    return write
+
+
 # case id → (how the hostile plan is written, text the one-line error holds)
 CASES: dict[str, tuple[Callable[[str, str], None], str]] = {
     "region-quote": (_row(region='us-east-1"'), "unsafe plan value for 'region': 'us-east-1\"' — use a region name like 'us-east-1'"),
@@ -51,8 +62,8 @@ CASES: dict[str, tuple[Callable[[str, str], None], str]] = {
     "resource-type-backslash": (_row(resource_type="vcpu\\"), "unsafe plan value for 'resource_type': 'vcpu\\\\' — remove '\\\\'"),
     "count-negative": (_row(count=-3), "unsafe plan value for 'count': -3 — instance counts cannot be negative"),
     "quantity-infinite": (_row(quantity=float("inf")), "unsafe plan value for 'quantity': inf — must be finite and non-negative"),
-    "manifest-plan-id-injection": (_manifest(plan_id='plan-b"; rm -rf /'),
-                                   "manifest of plan-b names plan 'plan-b\"; rm -rf /'"),
+    "manifest-plan-id-injection": (_manifest_edited(plan_id='plan-b"; rm -rf /'),
+                                   "plan plan-b attempt 1: manifest.json names plan 'plan-b\"; rm -rf /'"),
     "manifest-tau-string": (_manifest(tau={"vcpu": '0.9"}'}), "unsafe plan value for 'tau': '0.9\"}' — must be a number in [0, 1]"),
     "row-of-another-plan": (_row(plan_id="plan-z"),
                             "unsafe plan value for 'plan_id': 'plan-z' — every row must carry the manifest's plan_id"),

@@ -53,7 +53,7 @@ def test_no_credentials(s3_lake: tuple[str, str], tmp_path: Path) -> None:
     """A fresh process (the AWS SDK keeps credentials it has seen for the life of a process). LATEST is
     written through boto3: moto lets anonymous requests read objects that carry no ACL (pyarrow's)."""
     bucket, root = s3_lake
-    _put(bucket, "lake/plans/LATEST", b"plan-a\n")
+    _put(bucket, "lake/plans/LATEST", b"plan_id=plan-a/attempt=1\n")
     before = objects(bucket)
     env = {k: v for k, v in os.environ.items() if k not in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY")}
     env.update(AWS_SHARED_CREDENTIALS_FILE=str(tmp_path / "none"), AWS_CONFIG_FILE=str(tmp_path / "none"), HOME=str(tmp_path),
@@ -99,9 +99,9 @@ def test_an_endpoint_nobody_listens_on(aws_env: MotoServer, clean_env: None) -> 
 
 @pytest.mark.parametrize("key, data, expected", [
     ("lake/plans/LATEST", b"\x89PNG\r\n\x1a\n", "/plans/LATEST is corrupt (not text)"),
-    ("lake/plans/LATEST", b"plan-a; rm -rf /\n", "it holds 'plan-a; rm -rf /', not a plan id"),
-    ("lake/plans/plan_id=plan-a/plan.parquet", b"PAR1\x00\x00PAR1", "plan plan-a in s3://"),
-    ("lake/plans/plan_id=plan-a/manifest.json", b'{"status": "pub', "is corrupt (Unterminated string"),
+    ("lake/plans/LATEST", b"plan-a; rm -rf /\n", "it holds 'plan-a; rm -rf /', not plan_id=<id>/attempt=<n>"),
+    ("lake/plans/plan_id=plan-a/attempt=1/plan.parquet", b"PAR1\x00\x00PAR1", "plan.parquet does not match its manifest"),
+    ("lake/plans/plan_id=plan-a/attempt=1/manifest.json", b'{"status": "pub', "manifest.json is not valid JSON (Unterminated string"),
 ])
 def test_corrupt_objects(key: str, data: bytes, expected: str, s3_lake: tuple[str, str]) -> None:
     bucket, root = s3_lake
@@ -117,7 +117,7 @@ def test_unknown_plan_id_on_s3(s3_lake: tuple[str, str], tmp_path: Path) -> None
     before = objects(bucket)
     for args in (["plan", "show", "--plan-id", "plan-nope"], ["iac", "render", "plan-nope", "--build", str(tmp_path / "build")]):
         line = one_line_error(runner.invoke(app, [*args, "--lake", root]), 2)
-        assert f"plan 'plan-nope' not found at {root}/plans/plan_id=plan-nope/plan.parquet" in line, line
+        assert f"plan 'plan-nope' not found at {root}/plans/plan_id=plan-nope" in line, line
     assert objects(bucket) == before and not (tmp_path / "build" / "iac" / "plan-nope").exists()
 
 
