@@ -16,26 +16,30 @@ from pipeline.common import lake, plan_files
 from pipeline.common.config import Settings
 from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import OfferKey
+from pipeline.plan.bounds import clamp_requests
 from pipeline.plan.core import Cell, RegionMix, default_mix
 from pipeline.plan.packing import DIMS
 
 
-def request_mix(lake_root: str, end: datetime, lookback_days: int, regions: list[str], critical_share_default: float
-                ) -> dict[str, RegionMix]:
+def request_mix(lake_root: str, end: datetime, lookback_days: int, regions: list[str], critical_share_default: float,
+                *, clamped: list[dict] | None = None) -> dict[str, RegionMix]:
     """Per destination region: the priority mix of concurrent demand and the request sizes, over
     [end − lookback_days, end).
 
     A request holds its resources for `duration_s`, so its weight in the concurrent mix is
     size × duration (priority shares) and duration (size samples). A region without recent
-    requests takes the mix of all regions; with none at all, `critical_share_default`.
+    requests takes the mix of all regions; with none at all, `critical_share_default`. Sizes and
+    durations outside the contract's bounds are clamped (entries appended to `clamped`, see
+    pipeline.plan.bounds).
     """
     table = lake.read_time_range(lake_root, "peering_requests", end - timedelta(days=lookback_days), end, "requested_at")
     if table.num_rows == 0:
         return {r: default_mix(critical_share_default) for r in regions}
     frame = table.to_pandas().sort_values(["requested_at", "request_id"], kind="stable")
     frame = frame[frame["priority"].isin(PRIORITIES)]
-    for column in (*DIMS, "duration_s"):
-        frame[column] = frame[column].astype(float).clip(lower=0.0)
+    frame, entries = clamp_requests(frame, tuple(DIMS))
+    if clamped is not None:
+        clamped.extend(entries)
 
     def mix_of(part: pd.DataFrame, source: str) -> RegionMix:
         weight = part["duration_s"].to_numpy()

@@ -21,6 +21,7 @@ from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import PLAN, RESOURCE_POOLS, RESOURCE_TYPES
 from pipeline.forecast.engine import read_forecast
 from pipeline.plan.allocate import CAPACITY_COLUMN, COMPUTE_POOL_RESOURCES, Offer
+from pipeline.plan.bounds import clamp_catalog, clamp_demand, clamp_pools, log_clamps
 from pipeline.plan.core import CellPlan, PlanningProblem, PlanResult, RegionMix, solve_plan
 from pipeline.plan.explain import held, row_reason
 from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
@@ -85,6 +86,7 @@ class _PlanInputs:
     pool_map: dict[str, dict[str, float]]  # region -> resource -> available quantity
     mix: dict[str, RegionMix]
     problem: PlanningProblem
+    clamped: list[dict[str, Any]]  # inputs outside the contract's bounds, clamped (pipeline.plan.bounds)
 
 
 def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None = None,
@@ -95,6 +97,7 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     `tau_overrides` ({region: {resource_type: τ}}) replace the cost-derived τ where given.
     """
     inputs = _read_inputs(interval, settings, forecast_run_id, config=config, tau_overrides=tau_overrides)
+    log_clamps(inputs.plan_id, inputs.clamped)
     result = solve_plan(inputs.problem, inputs.config)
     rows = _plan_rows(result, inputs)
     plan = pa.Table.from_pylist(rows, schema=PLAN_FILE_SCHEMA) if rows else PLAN_FILE_SCHEMA.empty_table()
@@ -120,22 +123,25 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     """The forecast's τ-quantile demand per region and window, the catalog, pools, request mix and
     previous plan as of `interval.end`, and the planner config (with where it came from)."""
     forecast = read_forecast(settings, forecast_run_id)
-    catalog = lake.read_reference(settings.lake_root, "instance_catalog", interval.end).to_pandas()
+    catalog, clamped = clamp_catalog(lake.read_reference(settings.lake_root, "instance_catalog", interval.end).to_pandas())
     pools_table = lake.read_reference(settings.lake_root, "resource_pools", interval.end)
-    pools = pools_table.to_pandas()
+    pools, pool_clamps = clamp_pools(pools_table.to_pandas())
+    clamped += pool_clamps
     if config is None:
         config, config_source = load_planner_config(settings.source_root)
     else:
         config_source = {"source": "argument", "fingerprint": None}
     taus = tau_by_resource(settings.cost)
     windows = [pd.Timestamp(interval.end + timedelta(hours=k)) for k in range(settings.plan_windows)]
-    demand = region_demand_quantiles(forecast, taus, windows, overrides=tau_overrides)
+    demand, demand_clamps = clamp_demand(region_demand_quantiles(forecast, taus, windows, overrides=tau_overrides))
+    clamped = demand_clamps + clamped
     demand["window"] = pd.to_datetime(demand["window"], utc=True)
     regions = sorted(demand["region"].unique())
     meta = {(w, r, k): (d, t, m) for w, r, k, d, t, m in demand[["window", "region", "resource_type", "demand", "tau", "model"]]
             .itertuples(index=False)}
     pool_map = {r: g.set_index("resource_type")["available_quantity"].astype(float).to_dict() for r, g in pools.groupby("region")}
-    mix = request_mix(settings.lake_root, interval.end, config.mix_lookback_days, regions, config.critical_share_default)
+    mix = request_mix(settings.lake_root, interval.end, config.mix_lookback_days, regions, config.critical_share_default,
+                      clamped=clamped)
     prev = previous_plan(settings, interval.end)
     problem = PlanningProblem(
         windows=windows, regions=regions,
@@ -147,7 +153,7 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     )
     return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, forecast=forecast, catalog=catalog, pools_table=pools_table,
                        pools=pools, config=config, config_source=config_source, taus=taus, demand=demand, meta=meta,
-                       pool_map=pool_map, mix=mix, problem=problem)
+                       pool_map=pool_map, mix=mix, problem=problem, clamped=clamped)
 
 
 def _plan_rows(result: PlanResult, inputs: _PlanInputs) -> list[dict]:
@@ -264,6 +270,7 @@ def _manifest(inputs: _PlanInputs, result: PlanResult, *, interval: DataInterval
             "instance_catalog": _table_fingerprint(pa.Table.from_pandas(inputs.catalog, preserve_index=False)),
             "resource_pools": _table_fingerprint(inputs.pools_table),
         },
+        "clamped": inputs.clamped,
         "rows": rows,
         "status": "planned",
     }
