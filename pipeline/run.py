@@ -139,6 +139,16 @@ def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progr
     summary.forecast = stage_forecast(interval, settings)
     say("feedback")
     summary.feedback = stage_feedback(interval, settings)
+    return plan_and_publish(interval, settings, summary, progress=say)
+
+
+def plan_and_publish(interval: DataInterval, settings: Settings, summary: RunSummary, progress: Progress | None = None) -> RunSummary:
+    """The run from its forecast on: plan (a new attempt) → IaC → report → publish (LATEST last) → monitor.
+
+    Every write under lake/plans/ happens here; a crash at any point leaves LATEST on a complete,
+    verified plan, and running this again writes one more attempt with the same rows.
+    """
+    say = progress or (lambda _msg: None)
     say("plan")
     summary.plan = stage_plan(interval, settings, summary.forecast["run_id"])
     plan_id, attempt = summary.plan["plan_id"], summary.plan["attempt"]

@@ -31,8 +31,9 @@ def test_backfill_equals_live_run_and_resumes(published_root: Path, seeded_copy:
     live, _ = read_plan(settings_for(published_root), "plan-20260129T0000Z")
     pd.testing.assert_frame_equal(backfilled, live)
 
-    # Interrupted after the first hour: its manifest is gone → only that hour runs again.
-    storage.write_text_atomic(storage.join(lake.plan_dir(settings.lake_root, "plan-20260129T0000Z"), "manifest.json"), "{broken")
+    # Interrupted after the first hour: its manifest is gone → only that hour runs again (as attempt 2).
+    storage.write_text_atomic(storage.join(lake.plan_dir(settings.lake_root, "plan-20260129T0000Z"), "attempt=1", "manifest.json"),
+                              "{broken")
     again = backfill("2026-01-28T23:00", "2026-01-29T01:00", settings)
     assert again.ran == ["2026-01-29T00:00:00+00:00"] and again.skipped == ["2026-01-29T01:00:00+00:00"]
     redone, _ = read_plan(settings, "plan-20260129T0000Z")

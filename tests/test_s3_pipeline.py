@@ -70,7 +70,7 @@ def test_hourly_run_on_s3_publishes_the_same_plan(
 
     # Published on S3, pointer included.
     assert summary.pointer == f"{lake_uri}/plans/LATEST"
-    assert storage.read_text(summary.pointer).strip() == PLAN_ID
+    assert storage.read_text(summary.pointer).strip() == f"plan_id={PLAN_ID}/attempt=1"
     assert latest_plan_id(settings) == PLAN_ID
     plan, manifest = read_plan(settings, PLAN_ID)
     assert manifest["status"] == "published"
