@@ -30,6 +30,7 @@ from pipeline.irc.plan_source import PlanUnverified, load_latest_plan, load_plan
 from pipeline.plan import read_plan
 from pipeline.run import RunSummary, plan_and_publish
 from tests.conftest import RUN_END, settings_for
+from tests.moto_server import aws_env, moto_server, s3_bucket  # noqa: F401
 
 PLAN_ID = "plan-20260129T0000Z"
 FORECAST_RUN = "hourly-20260129T0000Z"
@@ -303,3 +304,88 @@ def test_an_older_plan_published_late_never_moves_latest_back(lake_copy: Path) -
     plan_store.write_plan(lake_copy, "plan-20260128T0000Z", table, older, pointer="forward")
     assert plan_files.read_latest(str(lake_copy)) == (PLAN_ID, 1)
     assert plan_files.resolve_attempt(str(lake_copy), "plan-20260128T0000Z") == 1  # published, inspectable
+
+
+# -- S3 (moto's server on loopback): objects first, then the manifest, the pointer last ---------------
+
+def _small_plan(plan_id: str, vcpu: float) -> tuple[pa.Table, pa.Table, dict[str, Any]]:
+    from pipeline.common.schemas import PLAN, RESOURCE_POOLS
+    from tests.test_iac import W0, W1, W2, _line_rows
+
+    rows = _line_rows(W0, W1, "us-east-1", "m5.large", "on_demand", int(vcpu), plan_id=plan_id)
+    rows += _line_rows(W1, W2, "us-east-1", "m5.large", "on_demand", int(vcpu), plan_id=plan_id)
+    pools = pa.Table.from_pylist([{"region": "us-east-1", "resource_type": "vcpu", "available_quantity": vcpu * 10,
+                                   "total_quantity": vcpu * 20}], schema=RESOURCE_POOLS)
+    manifest = {"plan_id": plan_id, "created_at": W0.isoformat(), "valid_from": W0.isoformat(), "valid_to": W2.isoformat()}
+    return pa.Table.from_pandas(pd.DataFrame(rows), schema=PLAN, preserve_index=False), pools, manifest
+
+
+def _write_and_publish(root: str, plan_id: str, vcpu: float) -> int:
+    from pipeline.publish.pointer import publish_attempt
+    from tests.plan_store import parquet_bytes
+
+    plan, pools, manifest = _small_plan(plan_id, vcpu)
+    attempt = plan_files.write_attempt(root, plan_id, {plan_files.PLAN_FILE: parquet_bytes(plan),
+                                                       plan_files.POOLS_FILE: parquet_bytes(pools)}, manifest)
+    publish_attempt(root, plan_id, attempt)
+    return attempt
+
+
+@pytest.fixture()
+def s3_root(s3_bucket: str, clean_env: None) -> str:
+    root = f"s3://{s3_bucket}/lake"
+    _write_and_publish(root, "plan-a", 2)
+    return root
+
+
+def test_s3_a_kill_at_every_object_write_leaves_latest_verified(s3_root: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    real_write = storage.write_bytes_atomic
+    seen: list[str] = []
+
+    def counting(uri: str, data: bytes) -> None:
+        seen.append(uri)
+        real_write(uri, data)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(storage, "write_bytes_atomic", counting)
+        _write_and_publish(s3_root, "plan-b", 3)
+    assert [u.rsplit("/", 1)[1] for u in seen] == ["plan.parquet", "resource_pools.parquet", "manifest.json",
+                                                   "manifest.json", "LATEST"]
+    expected_rows = load_latest_plan(s3_root).windows
+    for k in range(1, len(seen) + 1):
+        calls = 0
+
+        def killing(uri: str, data: bytes, k: int = k) -> None:
+            nonlocal calls
+            calls += 1
+            if calls == k:
+                raise Killed(f"killed before object write {k}: {uri}")
+            real_write(uri, data)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(storage, "write_bytes_atomic", killing)
+            with pytest.raises(Killed):
+                _write_and_publish(s3_root, "plan-b", 3)
+        plan = load_latest_plan(s3_root)  # verified; the last published attempt of plan-b (or plan-a)
+        assert plan.plan_id == "plan-b" and plan.windows == expected_rows
+        attempt = _write_and_publish(s3_root, "plan-b", 3)  # the re-run
+        assert plan_files.read_latest(s3_root) == ("plan-b", attempt)
+        assert load_latest_plan(s3_root).windows == expected_rows
+
+
+def test_s3_a_tampered_object_is_refused_and_the_irc_falls_back(s3_root: str) -> None:
+    import boto3
+
+    from pipeline.irc import Coordinator
+    from tests.moto_server import REGION
+
+    attempt = _write_and_publish(s3_root, "plan-b", 3)
+    bucket = s3_root[len("s3://"):].split("/", 1)[0]
+    key = f"lake/plans/plan_id=plan-b/attempt={attempt}/plan.parquet"
+    s3 = boto3.client("s3", region_name=REGION)
+    body = s3.get_object(Bucket=bucket, Key=key)["Body"].read()
+    s3.put_object(Bucket=bucket, Key=key, Body=body[:-8] + bytes(8))
+    with pytest.raises(PlanUnverified, match=r"plan\.parquet does not match its manifest"):
+        load_latest_plan(s3_root)
+    with Coordinator(s3_root, reload_interval_s=None, outcomes=False) as irc:
+        assert irc.plan is not None and irc.plan.plan_id == "plan-a" and irc.plan.pools["us-east-1"]["vcpu"] == 20.0
