@@ -50,10 +50,9 @@ def write_plan(lake: Path, plan_id: str, lines: int, regions: list[str], windows
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from pipeline.common import schemas
+    from pipeline.common import plan_files, schemas
+    from pipeline.publish.pointer import publish_attempt
 
-    plan_dir = lake / "plans" / f"plan_id={plan_id}"
-    plan_dir.mkdir(parents=True, exist_ok=True)
     per_cell = max(1, lines // (windows * len(regions) * len(RESOURCES)))
     n = windows * len(regions) * len(RESOURCES) * per_cell
     starts, ends, region_col, rt_col, qty = [], [], [], [], []
@@ -72,17 +71,19 @@ def write_plan(lake: Path, plan_id: str, lines: int, regions: list[str], windows
         "purchase_option": ["on_demand"] * n, "count": [1] * n, "hourly_cost": [0.1] * n, "demand_quantile": qty,
         "line_id": [f"l{i}" for i in range(n)], "reason": ["bench"] * n,
     }, schema=schemas.PLAN)
-    pq.write_table(table, plan_dir / "plan.parquet")
     pools = pa.Table.from_pylist(
         [{"region": r, "resource_type": rt, "available_quantity": 1e9, "total_quantity": 2e9} for r in regions for rt in RESOURCES],
         schema=schemas.RESOURCE_POOLS,
     )
-    pq.write_table(pools, plan_dir / "resource_pools.parquet")
-    (plan_dir / "manifest.json").write_text(json.dumps({
-        "plan_id": plan_id, "status": "published", "created_at": T0.isoformat(),
-        "valid_from": T0.isoformat(), "valid_to": (T0 + timedelta(hours=windows)).isoformat(),
-    }))
-    (lake / "plans" / "LATEST").write_text(plan_id + "\n")
+    files = {}
+    for name, part in ((plan_files.PLAN_FILE, table), (plan_files.POOLS_FILE, pools)):
+        sink = pa.BufferOutputStream()
+        pq.write_table(part, sink)
+        files[name] = sink.getvalue().to_pybytes()
+    manifest = {"plan_id": plan_id, "created_at": T0.isoformat(), "valid_from": T0.isoformat(),
+                "valid_to": (T0 + timedelta(hours=windows)).isoformat()}
+    attempt = plan_files.write_attempt(str(lake), plan_id, files, manifest)  # the planner's own write path
+    publish_attempt(str(lake), plan_id, attempt, pointer="always")
     return n
 
 
@@ -165,8 +166,30 @@ def bench_reload(lines: int) -> float:
             times.append(time.perf_counter() - started)
         print(f"  reload: {written:,} plan lines, {len(irc.plan.windows)} windows x {len(regions)} regions: "  # type: ignore[union-attr]
               f"median {statistics.median(times):.3f} s (min {min(times):.3f}, max {max(times):.3f})", flush=True)
+        verify = _verify_cost(lake, "plan-big", irc.plan.attempt or 1)  # type: ignore[union-attr]
+        print(f"  of which sha256 verification of the plan's files: median {verify['verify_s'] * 1000:.1f} ms for "
+              f"{verify['bytes']:,} bytes ({verify['verify_s'] / statistics.median(times):.0%} of the reload)", flush=True)
         irc.close()
+        VERIFY.update(verify)
         return statistics.median(times)
+
+
+VERIFY: dict[str, float] = {}
+
+
+def _verify_cost(lake: Path, plan_id: str, attempt: int) -> dict[str, float]:
+    """What hashing adds to a load: read + sha256 of plan.parquet and resource_pools.parquet (5 runs, median)."""
+    from pipeline.common import plan_files
+
+    manifest = plan_files.read_manifest(str(lake), plan_id, attempt)
+    folder = Path(plan_files.attempt_dir(str(lake), plan_id, attempt))
+    data = {name: (folder / name).read_bytes() for name in plan_files.HASHED_FILES}
+    times = []
+    for _ in range(5):
+        started = time.perf_counter()
+        plan_files.verify_files(manifest, data.__getitem__, "bench")
+        times.append(time.perf_counter() - started)
+    return {"verify_s": statistics.median(times), "bytes": float(sum(len(b) for b in data.values()))}
 
 
 def bench_import() -> float:
@@ -233,6 +256,8 @@ def main() -> int:
             except Exception:
                 pass
     figures["reload_100k_s"] = round(bench_reload(100_000), 3)
+    figures["reload_100k_verify_s"] = round(VERIFY["verify_s"], 4)
+    figures["reload_100k_plan_bytes"] = int(VERIFY["bytes"])
     figures["import_s"] = round(bench_import(), 4)
     figures["load_avg_1m_before"] = round(load_before, 2)
     figures["load_avg_1m_after"] = round(os.getloadavg()[0], 2)
