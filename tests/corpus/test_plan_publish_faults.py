@@ -41,8 +41,9 @@ class Killed(BaseException):
 
 
 class WritePoints:
-    """Counts the commit points under `root` (renames, directory creations, deletions) and raises
-    Killed *instead of* the `fail_at`-th one, as if the process died just before it."""
+    """Counts the commit points under `root` (renames, directory creations, deletions: every call that
+    changes the tree) and raises Killed *instead of* the `fail_at`-th one, as if the process died just
+    before it."""
 
     def __init__(self, root: Path, fail_at: int | None = None) -> None:
         self.root, self.fail_at = str(root), fail_at
@@ -56,7 +57,8 @@ class WritePoints:
             real_replace(src, dst, *args, **kwargs)
 
         def mkdir(path: Any, *args: Any, **kwargs: Any) -> None:
-            self.point("mkdir", path)
+            if not os.path.exists(path) and os.path.isdir(os.path.dirname(os.fspath(path))):
+                self.point("mkdir", path)  # (makedirs' probes of existing or parentless paths change nothing)
             real_mkdir(path, *args, **kwargs)
 
         def delete_dir(uri: str) -> None:
