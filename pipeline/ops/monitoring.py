@@ -110,7 +110,7 @@ def _plan_for_hour(settings: Settings, hour_start) -> tuple[pd.DataFrame, dict] 
 
     try:
         return read_plan(settings, plan_id_for(DataInterval.ending_at(hour_start)))
-    except FileNotFoundError:
+    except (FileNotFoundError, ValueError):  # absent, or it no longer verifies (PlanIntegrityError): nothing to compare
         return None
 
 
@@ -222,7 +222,7 @@ def check_stale_plan(settings: Settings, interval: DataInterval, rules: AlertRul
 
     try:
         _, manifest = read_plan(settings, latest_plan_id(settings))
-    except FileNotFoundError as exc:
+    except (FileNotFoundError, ValueError) as exc:  # ValueError: LATEST garbled or its plan fails its hash check
         report.alerts.append(Alert("stale_plan", "critical", "LATEST", 0.0, 0.0, f"no published plan: {exc}"))
         report.checked["stale_plan"] = "ok"
         return
