@@ -107,7 +107,7 @@ def apply(
     build: str | None = BuildOption,
 ) -> None:
     """Show what applying the plan would change (dry run, the default); with --apply (and --yes or a
-    confirmation) apply it. Records the outcome in the plan's manifest; plans/APPLIED moves on success only."""
+    confirmation) apply it. Records the outcome in plans/plan_id=<id>/apply.json; plans/APPLIED moves on success only."""
     from pipeline.iac.apply import ApplyFailed
     from pipeline.iac.safety import UnsafePlanValue
 
@@ -135,7 +135,7 @@ def apply(
     except typer.Exit:
         raise
     except ApplyFailed as exc:
-        fail(f"apply failed (recorded in the plan's manifest; plans/APPLIED unchanged): {exc}", code=1)
+        fail(f"apply failed (recorded in the plan's apply.json; plans/APPLIED unchanged): {exc}", code=1)
     except (FileNotFoundError, ValueError, UnsafePlanValue, OSError, RuntimeError) as exc:
         fail(str(exc))
     _print_result(result)
