@@ -41,7 +41,7 @@ from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 from pipeline.features.build import read_features
-from pipeline.forecast import prep
+from pipeline.forecast import bands, prep
 from pipeline.forecast.committed import apply_committed, fresh_history
 from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
 from pipeline.forecast.quantiles import quantile_column
@@ -429,7 +429,8 @@ def cross_validate_model(p: Prepared, name: str) -> ModelRun:
     trained = instance if MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
     cv = _cv_with_actuals(cv, p.history)
     if not MODELS_HANDLE_EVENTS.get(name, False):
-        cv["mean"] = cv["mean"] * cv["_factor"]
+        own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
+        cv[["mean", *own]] = cv[["mean", *own]].to_numpy(float) * cv["_factor"].to_numpy(float)[:, None]
     return ModelRun(name, cv=cv, trained=trained, seconds=round(time.perf_counter() - t0, 3))
 
 
@@ -521,6 +522,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     errors = _chosen_errors(cv_frames, choice)
     calibration = Calibration.fit(errors, p.scale, p.window)
     out = calibration.apply(out, p.scale, levels)
+    out, band_info = _series_bands(p, sel, point, cv_frames, calibration, out, factor)
     with_errors = set(errors["unique_id"])
     uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
     if uncalibrated and errors.empty:
@@ -541,7 +543,9 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
 
     cols = output_columns(levels)
     numeric = [c for c in cols if c not in ("unique_id", "ds")]
-    out[numeric] = np.clip(np.nan_to_num(out[numeric].to_numpy(float)), 0.0, None)
+    values = np.nan_to_num(out[numeric].to_numpy(float))
+    non_negative = out["unique_id"].map(p.history.groupby("unique_id")["y"].min() >= 0).fillna(True).to_numpy(bool)
+    out[numeric] = np.where(non_negative[:, None], np.clip(values, 0.0, None), values)  # never below 0 if the series never was
     out[QUANTILE_COLUMNS] = np.maximum.accumulate(out[QUANTILE_COLUMNS].to_numpy(), axis=1)
     for level in levels:
         out[f"hi_{level}"] = np.maximum(out[f"hi_{level}"], out[f"lo_{level}"])
@@ -564,8 +568,10 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
         }
         if choice[uid] == ENSEMBLE:
             selection[uid]["members"] = list(members)
+        selection[uid].update(band_info["series"].get(uid, {"quantile_method": bands.POOLED if choice[uid] == POOLED else bands.SNAIVE}))
     info["calibration"] = calibration.to_dict()
     info["cv_coverage"] = _cv_coverage(errors, p.scale, calibration)
+    info["quantile_methods"] = band_info["summary"]
     cv_all = pd.concat([f.assign(model=k) for k, f in cv_frames.items()], ignore_index=True) if cv_frames else None
     return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
 
@@ -760,6 +766,147 @@ def _pooled_forecasts(history: pd.DataFrame, short: list[str], long_ids: list[st
         mean = pool.predict(uid, raw, recent["ds"], pd.DatetimeIndex(rows["ds"]))
         frames.append(rows.assign(mean=mean, model=POOLED))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-series quantile bands (pipeline.forecast.bands): candidates scored on the CV windows
+# ---------------------------------------------------------------------------------------------
+
+def _band_probs(levels: Sequence[int]) -> list[float]:
+    return sorted({round(q, 6) for q in (*FORECAST_QUANTILES, *[0.5 - lv / 200 for lv in levels], *[0.5 + lv / 200 for lv in levels])})
+
+
+def _prob_columns(prob: float, levels: Sequence[int]) -> list[str]:
+    """The output columns holding the `prob` quantile (a quantile column and/or an interval end)."""
+    cols = [quantile_column(q) for q in FORECAST_QUANTILES if round(q, 6) == prob]
+    cols += [f"lo_{lv}" for lv in levels if round(0.5 - lv / 200, 6) == prob]
+    cols += [f"hi_{lv}" for lv in levels if round(0.5 + lv / 200, 6) == prob]
+    return cols
+
+
+def _chosen_cv(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd.DataFrame:
+    """The chosen forecast's cross-validation rows, with seasonal naive's forecast alongside."""
+    key = ["unique_id", "ds", "window"]
+    own_cols = list(QUANTILE_COLUMNS)
+    parts = []
+    for name, f in cv_frames.items():
+        ids = [u for u, c in choice.items() if c == name]
+        if ids:
+            sub = f[f["unique_id"].isin(ids)]
+            parts.append(sub[[*key, "cutoff", "step", "y", "mean", *[c for c in own_cols if c in sub.columns]]])
+    if not parts or BASELINE not in cv_frames:
+        return pd.DataFrame()
+    chosen = pd.concat(parts, ignore_index=True)
+    base = cv_frames[BASELINE][[*key, "mean"]].rename(columns={"mean": "snaive"})
+    return chosen.merge(base, on=key, how="inner").sort_values(["unique_id", "window", "step"], kind="stable")
+
+
+def _pooled_cv(p: Prepared, chosen: pd.DataFrame, probs: Sequence[float]) -> pd.DataFrame:
+    """The pooled calibration's quantiles on every CV row, refitted without the row's window."""
+    out = pd.DataFrame(index=chosen.index, columns=[str(q) for q in probs], dtype=float)
+    errs = chosen.assign(error=chosen["y"] - chosen["mean"])[["unique_id", "step", "error", "window"]]
+    for w in chosen["window"].unique():
+        rows = chosen["window"] == w
+        rest = errs[~rows.to_numpy()]
+        if rest.empty:
+            continue
+        cal = Calibration.fit(rest, p.scale, p.window)
+        applied = cal.apply(chosen.loc[rows, ["unique_id", "ds", "step", "mean"]], p.scale, p.levels)
+        for q in probs:
+            cols = _prob_columns(q, p.levels)
+            if cols:
+                out.loc[rows, str(q)] = applied[cols[0]].to_numpy(float)
+    return out
+
+
+def _series_cv(rows: pd.DataFrame, pooled: pd.DataFrame, history_ds: np.ndarray, probs: Sequence[float]) -> bands.SeriesCV:
+    cut = {int(w): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(c)), side="right")) for w, c in rows.groupby("window")["cutoff"].first().items()}
+    native = {q: rows[quantile_column(q)].to_numpy(float) for q in FORECAST_QUANTILES
+              if quantile_column(q) in rows.columns and rows[quantile_column(q)].notna().all()}
+    pool = {q: pooled.loc[rows.index, str(q)].to_numpy(float) for q in probs}
+    return bands.SeriesCV(window=rows["window"].to_numpy(), step=rows["step"].to_numpy(), y=rows["y"].to_numpy(float),
+                          mean=rows["mean"].to_numpy(float), snaive=rows["snaive"].to_numpy(float), cut=cut,
+                          native={round(q, 6): v for q, v in native.items()}, pooled=pool)
+
+
+def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
+                cal: Calibration, probs: Sequence[float], native: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
+    """The chosen method's quantiles over the horizon, fitted on all the evidence (None: keep pooled)."""
+    h = int(steps.max()) + 1
+    if method in (bands.EMPIRICAL, bands.SNAIVE):
+        offs = bands.diff_offsets(y, m, h, probs)
+        base = mean if method == bands.EMPIRICAL else bands.snaive_point(y, m, h)[steps]
+        return {q: base + offs[q][steps] for q in probs}
+    if method == bands.CONFORMAL and cv is not None:
+        bucket = np.minimum(cv.step * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
+        fut_bucket = np.minimum(steps * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
+        offs = bands.conformal_offsets(cv.y - cv.mean, bucket, cal.g, fut_bucket, probs)
+        return {q: mean + offs[q] for q in probs}
+    if method == bands.NATIVE and all(q in native for q in probs):
+        return {q: native[q] for q in probs}
+    return None
+
+
+def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: Sequence[float], levels: Sequence[int],
+                  factor: np.ndarray) -> dict[float, np.ndarray]:
+    pred = point.get(model)
+    if pred is None:
+        return {}
+    rows = pred[pred["unique_id"] == uid]
+    out = {}
+    for q in probs:
+        cols = [c for c in _prob_columns(q, levels) if c in rows.columns]
+        if cols:
+            out[q] = rows[cols[0]].to_numpy(float) * (1.0 if MODELS_HANDLE_EVENTS.get(model, False) else factor)
+    return out
+
+
+def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
+                  cal: Calibration, out: pd.DataFrame, factor: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
+    probs = _band_probs(p.levels)
+    score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
+    cv_probs = sorted({*score_probs, 0.1, 0.9})
+    chosen = _chosen_cv(cv_frames, sel.choice)
+    pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else pd.DataFrame()
+    cv_rows = dict(iter(chosen.groupby("unique_id", sort=False))) if not chosen.empty else {}
+    hist = {u: (g["ds"].to_numpy(), g["y"].to_numpy(float)) for u, g in p.history.groupby("unique_id", sort=False)}
+    out = out.reset_index(drop=True)
+    positions = out.groupby("unique_id", sort=False).indices
+    per_series: dict[str, dict] = {}
+    covered = []
+    for uid, pos in positions.items():
+        if sel.choice.get(uid) == POOLED or uid not in hist:
+            continue
+        ds, y = hist[uid]
+        cv = _series_cv(cv_rows[uid], pooled, ds, cv_probs) if uid in cv_rows else None
+        method, scores = bands.SNAIVE, {}
+        if cv is not None:
+            cands = bands.cv_candidates(cv, y, p.season_length, cal.g, N_BUCKETS, p.window, cv_probs)
+            method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
+            if method in cands:
+                covered.append(bands.coverage(cv.y, cands[method][0.1], cands[method][0.9]))
+        elif len(y) < 2 * p.season_length:
+            method = bands.POOLED  # too little history of its own: the pool's shape
+        steps = out["step"].to_numpy()[pos]
+        native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
+        values = _final_band(method, cv, y, out["mean"].to_numpy(float)[pos], steps, p.season_length, cal, probs, native)
+        if values is None:
+            method = bands.POOLED
+        else:
+            for q, v in values.items():
+                for col in _prob_columns(q, p.levels):
+                    out.loc[pos, col] = v
+        per_series[uid] = {"quantile_method": method, "quantile_cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
+        if scores.get(bands.SNAIVE):
+            per_series[uid]["quantile_cv_vs_snaive"] = round(scores[method] / scores[bands.SNAIVE], 4) if method in scores else None
+    counts: dict[str, int] = {}
+    for v in per_series.values():
+        counts[v["quantile_method"]] = counts.get(v["quantile_method"], 0) + 1
+    cov = np.array(covered)
+    summary = {"chosen": dict(sorted(counts.items())), "scored_at": score_probs,
+               "share_cv80_within_70_90": round(float(np.mean((cov >= 0.7) & (cov <= 0.9))), 4) if len(cov) else None}
+    return out, {"series": per_series, "summary": summary}
 
 
 # ---------------------------------------------------------------------------------------------
