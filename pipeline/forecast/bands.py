@@ -33,6 +33,9 @@ METHODS: tuple[str, ...] = (EMPIRICAL, CONFORMAL, NATIVE, POOLED, SNAIVE)  # tie
 LOOKBACK_SEASONS = 28  # seasonal differences older than this many seasons are not the current regime
 SHIFT_K = 5.0  # a seasonal difference this many robust deviations out is "large"
 MAD_TO_SD = 1.4826
+#: a series' own error quantile at p is trusted from n errors only when n·(1 − p) reaches this
+#: (with fewer, the highest quantile is one or two extreme errors and selection overfits them)
+MIN_TAIL_ERRORS = 10
 MIN_DIFFS_SEASONS = 2  # keep a regime cut (or flat-stretch removal) only if this many seasons of differences remain
 
 
@@ -65,8 +68,11 @@ def regime_start(y: np.ndarray, m: int) -> int:
     if len(y) < 3 * m:
         return 0
     d = y[m:] - y[:-m]
-    centre = np.median(d)
-    mad = MAD_TO_SD * np.median(np.abs(d - centre))
+    moving = d[d != 0] if np.mean(d == 0) >= 0.5 else d  # mostly flat: judge by the moving part
+    if len(moving) < m:
+        return 0
+    centre = np.median(moving)
+    mad = MAD_TO_SD * np.median(np.abs(moving - centre))
     if not mad > 0:
         return 0
     z = (d - centre) / mad
@@ -163,12 +169,12 @@ def cv_candidates(cv: SeriesCV, history: np.ndarray, m: int, g: np.ndarray, n_bu
         for p in probs:
             out[EMPIRICAL][p][rows] = cv.mean[rows] + offs[p][steps]
             out[SNAIVE][p][rows] = cv.snaive[rows] + offs[p][steps]
-        if others.any():
+        if others.sum() * (1 - max(probs)) >= MIN_TAIL_ERRORS:
             conf = conformal_offsets(errors[others], bucket[others], g, bucket[rows], probs)
             for p in probs:
                 out[CONFORMAL][p][rows] = cv.mean[rows] + conf[p]
-    if len(windows) < 2:
-        del out[CONFORMAL]  # no other window to fit on: it could only be scored in sample
+    if not np.isfinite(out[CONFORMAL][probs[0]]).all():
+        del out[CONFORMAL]  # too few errors in the other windows (or only one window)
     if cv.native:
         out[NATIVE] = {p: cv.native[p] for p in probs if p in cv.native}
     if cv.pooled:

@@ -67,8 +67,11 @@ DEFAULT_SWITCH_MARGIN = 0.15
 DEFAULT_ENSEMBLE_SIZE = 2  # the ensemble averages this many of the best non-naive models
 #: series shorter than this many seasons cannot be cross-validated: they get the pooled profile
 SHORT_SERIES_SEASONS = 2
-#: two cross-validation windows once the longest series holds two windows and this many seasons
+#: k ≥ 2 cross-validation windows once the longest series holds k windows and this many seasons
 TWO_WINDOW_SEASONS = 3
+#: up to this many windows: the per-series band choice (pipeline.forecast.bands) needs the evidence
+#: (two windows left it choosing on 48 errors; four cut M4's under-coverage and the traces' worst case)
+MAX_CV_WINDOWS = 4
 CALIBRATION_SHRINK = 48.0  # pseudo-errors pulling a series' own error size towards the pool's
 MIN_ERROR_SIZE = 1e-12  # floor on a series' error size: a perfect series must not divide by zero
 ZERO_LOSS = 1e-12  # a loss this small is a perfect forecast (relative scores divide by it)
@@ -91,7 +94,7 @@ class EngineOptions:
     tau: float  # the quantile the selection scores (pinball loss at τ)
     models: Sequence[str] | str = DEFAULT_MODELS  # names from MODELS, or "auto"
     holdout: int | None = None  # length of each cross-validation window (default: the horizon)
-    n_windows: int | None = None  # cross-validation windows (default: 2 on long enough history, else 1)
+    n_windows: int | None = None  # cross-validation windows (default: up to MAX_CV_WINDOWS as history allows)
     levels: Sequence[int] = FORECAST_LEVELS  # interval levels wanted besides the contract's
     n_jobs: int = -1
     model_params: dict[str, dict] | None = None  # keyword arguments per model name
@@ -395,7 +398,8 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
     long_ids = [u for u in ids if lengths[u] >= min_points]
     n_windows = options.n_windows
     if n_windows is None:
-        n_windows = 2 if lengths.max() >= 2 * window + TWO_WINDOW_SEASONS * m else 1
+        fits = [k for k in range(2, MAX_CV_WINDOWS + 1) if lengths.max() >= k * window + TWO_WINDOW_SEASONS * m]
+        n_windows = max(fits, default=1)
     cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
     info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
                             "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
@@ -820,7 +824,8 @@ def _pooled_cv(p: Prepared, chosen: pd.DataFrame, probs: Sequence[float]) -> pd.
 
 
 def _series_cv(rows: pd.DataFrame, pooled: pd.DataFrame, history_ds: np.ndarray, probs: Sequence[float]) -> bands.SeriesCV:
-    cut = {int(w): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(c)), side="right")) for w, c in rows.groupby("window")["cutoff"].first().items()}
+    cutoffs = rows.groupby("window")["cutoff"].first()
+    cut = {int(w): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(c)), side="right")) for w, c in cutoffs.items()}
     native = {q: rows[quantile_column(q)].to_numpy(float) for q in FORECAST_QUANTILES
               if quantile_column(q) in rows.columns and rows[quantile_column(q)].notna().all()}
     pool = {q: pooled.loc[rows.index, str(q)].to_numpy(float) for q in probs}
