@@ -29,7 +29,8 @@ import numpy as np
 from pipeline.common.schemas import FORECAST_QUANTILES
 
 POOLED, CONFORMAL, EMPIRICAL, NATIVE, SNAIVE = "pooled", "conformal", "empirical", "native", "seasonal_naive"
-METHODS: tuple[str, ...] = (EMPIRICAL, CONFORMAL, NATIVE, POOLED, SNAIVE)  # ties go to the earlier
+BLEND = "empirical+pooled"
+METHODS: tuple[str, ...] = (BLEND, EMPIRICAL, CONFORMAL, NATIVE, POOLED, SNAIVE)  # ties go to the earlier
 LOOKBACK_SEASONS = 28  # seasonal differences older than this many seasons are not the current regime
 SHIFT_K = 5.0  # a seasonal difference this many robust deviations out is "large"
 MAD_TO_SD = 1.4826
@@ -179,6 +180,7 @@ def cv_candidates(cv: SeriesCV, history: np.ndarray, m: int, g: np.ndarray, n_bu
         out[NATIVE] = {p: cv.native[p] for p in probs if p in cv.native}
     if cv.pooled:
         out[POOLED] = {p: cv.pooled[p] for p in probs if p in cv.pooled}
+        out[BLEND] = {p: 0.5 * (out[EMPIRICAL][p] + out[POOLED][p]) for p in probs if p in out[POOLED]}
     return {k: v for k, v in out.items() if len(v) == len(probs) and all(np.isfinite(a).all() for a in v.values())}
 
 

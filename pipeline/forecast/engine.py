@@ -835,13 +835,17 @@ def _series_cv(rows: pd.DataFrame, pooled: pd.DataFrame, history_ds: np.ndarray,
 
 
 def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
-                cal: Calibration, probs: Sequence[float], native: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
+                cal: Calibration, probs: Sequence[float], native: dict[float, np.ndarray],
+                pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
     """The chosen method's quantiles over the horizon, fitted on all the evidence (None: keep pooled)."""
     h = int(steps.max()) + 1
-    if method in (bands.EMPIRICAL, bands.SNAIVE):
+    if method in (bands.EMPIRICAL, bands.SNAIVE, bands.BLEND):
         offs = bands.diff_offsets(y, m, h, probs)
-        base = mean if method == bands.EMPIRICAL else bands.snaive_point(y, m, h)[steps]
-        return {q: base + offs[q][steps] for q in probs}
+        base = bands.snaive_point(y, m, h)[steps] if method == bands.SNAIVE else mean
+        values = {q: base + offs[q][steps] for q in probs}
+        if method == bands.BLEND:
+            values = {q: 0.5 * (v + pooled[q]) for q, v in values.items()}
+        return values
     if method == bands.CONFORMAL and cv is not None:
         bucket = np.minimum(cv.step * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
         fut_bucket = np.minimum(steps * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
@@ -895,7 +899,8 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
             method = bands.POOLED  # too little history of its own: the pool's shape
         steps = out["step"].to_numpy()[pos]
         native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
-        values = _final_band(method, cv, y, out["mean"].to_numpy(float)[pos], steps, p.season_length, cal, probs, native)
+        pooled_now = {q: out[_prob_columns(q, p.levels)[0]].to_numpy(float)[pos] for q in probs}
+        values = _final_band(method, cv, y, out["mean"].to_numpy(float)[pos], steps, p.season_length, cal, probs, native, pooled_now)
         if values is None:
             method = bands.POOLED
         else:
