@@ -870,37 +870,54 @@ def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: S
     return out
 
 
+def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration, ids: Sequence[str],
+                  hist: dict[str, tuple[np.ndarray, np.ndarray]], cv_probs: Sequence[float],
+                  score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], list[float]]:
+    """Per series: the band method chosen on its CV windows, its scores, its CV evidence; and the
+    CV 80 % coverage of every choice. Series without CV evidence get the seasonal-naive band from
+    their own differences (the pool's shape only under two seasons): giving them the method the
+    pool chose most often was tried and lost badly on short real series (bench/RESULTS.md)."""
+    chosen = _chosen_cv(cv_frames, sel.choice)
+    pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else pd.DataFrame()
+    cv_rows = dict(iter(chosen.groupby("unique_id", sort=False))) if not chosen.empty else {}
+    out: dict[str, tuple[str, dict, bands.SeriesCV | None]] = {}
+    covered: list[float] = []
+    for uid in ids:
+        if uid not in cv_rows:
+            continue
+        cv = _series_cv(cv_rows[uid], pooled, hist[uid][0], cv_probs)
+        cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs)
+        method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
+        if method in cands:
+            covered.append(bands.coverage(cv.y, cands[method][0.1], cands[method][0.9]))
+        out[uid] = (method, scores, cv)
+    for uid in ids:
+        if uid not in out:  # no evidence: the baseline (its point too: an unchecked model's point can be far off)
+            own_too_short = len(hist[uid][1]) < 2 * p.season_length
+            out[uid] = (bands.POOLED if own_too_short else bands.SNAIVE, {}, None)
+    return out, covered
+
+
 def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
                   cal: Calibration, out: pd.DataFrame, factor: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
     probs = _band_probs(p.levels)
     score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
     cv_probs = sorted({*score_probs, 0.1, 0.9})
-    chosen = _chosen_cv(cv_frames, sel.choice)
-    pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else pd.DataFrame()
-    cv_rows = dict(iter(chosen.groupby("unique_id", sort=False))) if not chosen.empty else {}
     hist = {u: (g["ds"].to_numpy(), g["y"].to_numpy(float)) for u, g in p.history.groupby("unique_id", sort=False)}
     out = out.reset_index(drop=True)
     positions = out.groupby("unique_id", sort=False).indices
+    ids = [u for u in positions if sel.choice.get(u) != POOLED and u in hist]
+    choices, covered = _band_choices(p, sel, cv_frames, cal, ids, hist, cv_probs, score_probs)
     per_series: dict[str, dict] = {}
-    covered = []
-    for uid, pos in positions.items():
-        if sel.choice.get(uid) == POOLED or uid not in hist:
-            continue
-        ds, y = hist[uid]
-        cv = _series_cv(cv_rows[uid], pooled, ds, cv_probs) if uid in cv_rows else None
-        method, scores = bands.SNAIVE, {}
-        if cv is not None:
-            cands = bands.cv_candidates(cv, y, p.season_length, cal.g, N_BUCKETS, p.window, cv_probs)
-            method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
-            if method in cands:
-                covered.append(bands.coverage(cv.y, cands[method][0.1], cands[method][0.9]))
-        elif len(y) < 2 * p.season_length:
-            method = bands.POOLED  # too little history of its own: the pool's shape
+    for uid in ids:
+        method, scores, cv = choices[uid]
+        pos = positions[uid]
         steps = out["step"].to_numpy()[pos]
         native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
         pooled_now = {q: out[_prob_columns(q, p.levels)[0]].to_numpy(float)[pos] for q in probs}
-        values = _final_band(method, cv, y, out["mean"].to_numpy(float)[pos], steps, p.season_length, cal, probs, native, pooled_now)
+        values = _final_band(method, cv, hist[uid][1], out["mean"].to_numpy(float)[pos], steps, p.season_length, cal, probs,
+                             native, pooled_now)
         if values is None:
             method = bands.POOLED
         else:
