@@ -118,7 +118,7 @@ def diff_offsets(y: np.ndarray, m: int, h: int, probs: Sequence[float]) -> dict[
     out = {}
     for p in probs:
         by_lag = {k: float(np.quantile(d, p)) for k, d in per_lag.items()}
-        out[p] = np.array([by_lag[k] for k in step_lag])
+        out[p] = np.array([by_lag[int(k)] for k in step_lag])
     return out
 
 

@@ -928,8 +928,8 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
         if scores.get(bands.SNAIVE):
             per_series[uid]["quantile_cv_vs_snaive"] = round(scores[method] / scores[bands.SNAIVE], 4) if method in scores else None
     counts: dict[str, int] = {}
-    for v in per_series.values():
-        counts[v["quantile_method"]] = counts.get(v["quantile_method"], 0) + 1
+    for info in per_series.values():
+        counts[info["quantile_method"]] = counts.get(info["quantile_method"], 0) + 1
     cov = np.array(covered)
     summary = {"chosen": dict(sorted(counts.items())), "scored_at": score_probs,
                "share_cv80_within_70_90": round(float(np.mean((cov >= 0.7) & (cov <= 0.9))), 4) if len(cov) else None}
