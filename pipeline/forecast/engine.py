@@ -12,9 +12,13 @@ forecasts in the forecast contract:
 3. **Selection and combination**: per series, every model and the `ensemble` (mean of the
    non-naive models) is scored by pinball loss at the plan's τ and by MASE, each relative to
    seasonal naive; the lowest mean of the two wins (ties go to the earlier model).
-4. **Calibration**: quantiles and intervals are conformal: the chosen forecast's out-of-sample
-   errors, normalised per series (MASE scale × the series' own error size, shrunk to the pool)
-   and per horizon bucket, give the quantiles of the pooled normalised error distribution.
+4. **Calibration**: quantiles and intervals are chosen per series (pipeline.forecast.bands):
+   the pooled scale-location conformal calibration (the chosen forecast's out-of-sample errors,
+   normalised per series and per horizon bucket), the series' own CV errors, the chosen point
+   plus the series' own seasonal differences over its current regime, their average, the
+   model's own quantiles, and the seasonal-naive empirical quantile are each scored out of
+   sample on the CV windows (pinball at τ and its neighbours); the best is kept, and a series
+   where nothing beats seasonal naive (or that has no CV evidence) gets seasonal naive's.
 5. **Short series** (under two seasons) get the pooled profile of their group (e.g. all pairs)
    scaled to their own level. **Hierarchies** (pairs → totals) are reconciled with WLS.
 
