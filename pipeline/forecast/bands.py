@@ -115,11 +115,8 @@ def diff_offsets(y: np.ndarray, m: int, h: int, probs: Sequence[float]) -> dict[
     seasons = -(-h // m)
     per_lag = {k: seasonal_diffs(y, m, k * m) for k in range(1, seasons + 1)}
     step_lag = np.arange(h) // m + 1
-    out = {}
-    for p in probs:
-        by_lag = {k: float(np.quantile(d, p)) for k, d in per_lag.items()}
-        out[p] = np.array([by_lag[int(k)] for k in step_lag])
-    return out
+    table = np.array([np.quantile(per_lag[k], list(probs)) for k in range(1, seasons + 1)])  # lag × prob
+    return {p: table[step_lag - 1, j] for j, p in enumerate(probs)}
 
 
 def snaive_point(y: np.ndarray, m: int, h: int) -> np.ndarray:

@@ -808,12 +808,13 @@ def _chosen_cv(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd
         return pd.DataFrame()
     chosen = pd.concat(parts, ignore_index=True)
     base = cv_frames[BASELINE][[*key, "mean"]].rename(columns={"mean": "snaive"})
-    return chosen.merge(base, on=key, how="inner").sort_values(["unique_id", "window", "step"], kind="stable")
+    merged = chosen.merge(base, on=key, how="inner").sort_values(["unique_id", "window", "step"], kind="stable")
+    return merged.reset_index(drop=True)
 
 
-def _pooled_cv(p: Prepared, chosen: pd.DataFrame, probs: Sequence[float]) -> pd.DataFrame:
+def _pooled_cv(p: Prepared, chosen: pd.DataFrame, probs: Sequence[float]) -> dict[float, np.ndarray]:
     """The pooled calibration's quantiles on every CV row, refitted without the row's window."""
-    out = pd.DataFrame(index=chosen.index, columns=[str(q) for q in probs], dtype=float)
+    out = {q: np.full(len(chosen), np.nan) for q in probs}
     errs = chosen.assign(error=chosen["y"] - chosen["mean"])[["unique_id", "step", "error", "window"]]
     for w in chosen["window"].unique():
         rows = chosen["window"] == w
@@ -825,19 +826,21 @@ def _pooled_cv(p: Prepared, chosen: pd.DataFrame, probs: Sequence[float]) -> pd.
         for q in probs:
             cols = _prob_columns(q, p.levels)
             if cols:
-                out.loc[rows, str(q)] = applied[cols[0]].to_numpy(float)
+                out[q][rows.to_numpy()] = applied[cols[0]].to_numpy(float)
     return out
 
 
-def _series_cv(rows: pd.DataFrame, pooled: pd.DataFrame, history_ds: np.ndarray, probs: Sequence[float]) -> bands.SeriesCV:
-    cutoffs = rows.groupby("window")["cutoff"].first()
-    cut = {int(w): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(c)), side="right")) for w, c in cutoffs.items()}
-    native = {q: rows[quantile_column(q)].to_numpy(float) for q in FORECAST_QUANTILES
-              if quantile_column(q) in rows.columns and rows[quantile_column(q)].notna().all()}
-    pool = {q: pooled.loc[rows.index, str(q)].to_numpy(float) for q in probs}
-    return bands.SeriesCV(window=rows["window"].to_numpy(), step=rows["step"].to_numpy(), y=rows["y"].to_numpy(float),
-                          mean=rows["mean"].to_numpy(float), snaive=rows["snaive"].to_numpy(float), cut=cut,
-                          native={round(q, 6): v for q, v in native.items()}, pooled=pool)
+def _series_cv(cols: dict[str, np.ndarray], pos: np.ndarray, pooled: dict[float, np.ndarray], history_ds: np.ndarray) -> bands.SeriesCV:
+    """One series' CV evidence from the chosen-forecast columns (`cols`, all series) at rows `pos`."""
+    window = cols["window"][pos]
+    first = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
+    cut = {int(window[i]): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(cols["cutoff"][pos][i])), side="right"))
+           for i in first}
+    native = {round(q, 6): cols[quantile_column(q)][pos].astype(float) for q in FORECAST_QUANTILES if quantile_column(q) in cols}
+    native = {q: v for q, v in native.items() if np.isfinite(v).all()}
+    return bands.SeriesCV(window=window, step=cols["step"][pos], y=cols["y"][pos].astype(float), mean=cols["mean"][pos].astype(float),
+                          snaive=cols["snaive"][pos].astype(float), cut=cut, native=native,
+                          pooled={q: v[pos] for q, v in pooled.items()})
 
 
 def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
@@ -884,14 +887,15 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
     their own differences (the pool's shape only under two seasons): giving them the method the
     pool chose most often was tried and lost badly on short real series (bench/RESULTS.md)."""
     chosen = _chosen_cv(cv_frames, sel.choice)
-    pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else pd.DataFrame()
-    cv_rows = dict(iter(chosen.groupby("unique_id", sort=False))) if not chosen.empty else {}
+    pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else {}
+    cv_rows = chosen.groupby("unique_id", sort=False).indices if not chosen.empty else {}
+    cols = {c: chosen[c].to_numpy() for c in chosen.columns}
     out: dict[str, tuple[str, dict, bands.SeriesCV | None]] = {}
     covered: list[float] = []
     for uid in ids:
         if uid not in cv_rows:
             continue
-        cv = _series_cv(cv_rows[uid], pooled, hist[uid][0], cv_probs)
+        cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
         cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs)
         method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
         if method in cands:
@@ -915,24 +919,27 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
     positions = out.groupby("unique_id", sort=False).indices
     ids = [u for u in positions if sel.choice.get(u) != POOLED and u in hist]
     choices, covered = _band_choices(p, sel, cv_frames, cal, ids, hist, cv_probs, score_probs)
+    columns = {q: _prob_columns(q, p.levels) for q in probs}
+    arrays = {c: out[c].to_numpy(float).copy() for cs in columns.values() for c in cs}
+    all_steps, all_means = out["step"].to_numpy(), out["mean"].to_numpy(float)
     per_series: dict[str, dict] = {}
     for uid in ids:
         method, scores, cv = choices[uid]
         pos = positions[uid]
-        steps = out["step"].to_numpy()[pos]
         native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
-        pooled_now = {q: out[_prob_columns(q, p.levels)[0]].to_numpy(float)[pos] for q in probs}
-        values = _final_band(method, cv, hist[uid][1], out["mean"].to_numpy(float)[pos], steps, p.season_length, cal, probs,
-                             native, pooled_now)
+        pooled_now = {q: arrays[columns[q][0]][pos] for q in probs}
+        values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, native, pooled_now)
         if values is None:
             method = bands.POOLED
         else:
             for q, v in values.items():
-                for col in _prob_columns(q, p.levels):
-                    out.loc[pos, col] = v
+                for col in columns[q]:
+                    arrays[col][pos] = v
         per_series[uid] = {"quantile_method": method, "quantile_cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
         if scores.get(bands.SNAIVE):
             per_series[uid]["quantile_cv_vs_snaive"] = round(scores[method] / scores[bands.SNAIVE], 4) if method in scores else None
+    for col, arr in arrays.items():
+        out[col] = arr
     counts: dict[str, int] = {}
     for info in per_series.values():
         counts[info["quantile_method"]] = counts.get(info["quantile_method"], 0) + 1
