@@ -69,14 +69,18 @@ def test_a_spike_is_not_a_level_shift_and_does_not_poison_the_band() -> None:
 
 
 def test_long_flat_stretch_does_not_shrink_the_band_of_an_active_series() -> None:
-    """Three weeks of zeros (a stopped host) and then a week of real load: the band is the load's."""
+    """A metric stuck at one value for 16 days (a stalled exporter) between two active weeks: its
+    zero differences are not the series' noise, so the band is the active weeks'."""
     rng = np.random.default_rng(3)
-    active = 40 + _cycle(8 * M) + rng.normal(0, 3, 8 * M)
-    y = np.concatenate([np.zeros(20 * M), active])
-    want = np.quantile(active[M:] - active[:-M], 0.9)
+    before, after = (40 + _cycle(6 * M) + rng.normal(0, 3, 6 * M) for _ in range(2))
+    y = np.concatenate([before, np.full(16 * M, 40.0), after])
+    want = np.quantile(np.concatenate([before[M:] - before[:-M], after[M:] - after[:-M]]), 0.9)
     got = bands.diff_offsets(y, M, M, [0.9])[0.9][0]
-    assert got == pytest.approx(want, rel=0.25)  # with the zeros counted it would be far below
-    flat_now = np.concatenate([active, np.zeros(10 * M)])
+    assert got == pytest.approx(want, rel=0.25)  # counting the stuck stretch gives ≈ 40 % less
+    zeros_then_load = np.concatenate([np.zeros(20 * M), after])  # a host started a week ago: a level shift
+    assert bands.diff_offsets(zeros_then_load, M, M, [0.9])[0.9][0] == pytest.approx(
+        np.quantile(after[M:] - after[:-M], 0.9), rel=0.25)
+    flat_now = np.concatenate([before, np.zeros(10 * M)])
     assert bands.diff_offsets(flat_now, M, M, [0.9])[0.9][0] == 0.0  # flat today: a flat band
 
 
