@@ -530,9 +530,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     errors = _chosen_errors(cv_frames, choice)
     calibration = Calibration.fit(errors, p.scale, p.window)
     out = calibration.apply(out, p.scale, levels)
-    t_bands = time.perf_counter()
     out, band_info = _series_bands(p, sel, point, cv_frames, calibration, out, factor)
-    info["timings_s"]["bands"] = round(time.perf_counter() - t_bands, 3)
     with_errors = set(errors["unique_id"])
     uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
     if uncalibrated and errors.empty:
