@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pipeline.common import lake, storage
 from pipeline.plan import latest_plan_id, read_plan
 from tests.browser import open_page
 from tests.conftest import settings_for
@@ -23,6 +24,9 @@ def test_plan_report_renders_in_chromium(published_root: Path, tmp_path: Path) -
         assert rendered[figure]["complete"] and rendered[figure]["width"] > 300 and rendered[figure]["height"] > 150, figure
     assert check.tables["summary"] == 1 + 6 * 4  # header + every region × resource
     assert check.tables["reasons"] > 1
+    # the forecast's quantile method per series, with its CV score against seasonal naive
+    forecast_manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, manifest["forecast_run_id"]), "manifest.json"))
+    assert check.tables["quantile-methods"] == 1 + len(forecast_manifest["selection"])
     assert (tmp_path / "report.png").stat().st_size > 10_000
 
 

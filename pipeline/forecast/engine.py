@@ -12,9 +12,13 @@ forecasts in the forecast contract:
 3. **Selection and combination**: per series, every model and the `ensemble` (mean of the
    non-naive models) is scored by pinball loss at the plan's τ and by MASE, each relative to
    seasonal naive; the lowest mean of the two wins (ties go to the earlier model).
-4. **Calibration**: quantiles and intervals are conformal: the chosen forecast's out-of-sample
-   errors, normalised per series (MASE scale × the series' own error size, shrunk to the pool)
-   and per horizon bucket, give the quantiles of the pooled normalised error distribution.
+4. **Calibration**: quantiles and intervals are chosen per series (pipeline.forecast.bands):
+   the pooled scale-location conformal calibration (the chosen forecast's out-of-sample errors,
+   normalised per series and per horizon bucket), the series' own CV errors, the chosen point
+   plus the series' own seasonal differences over its current regime, their average, the
+   model's own quantiles, and the seasonal-naive empirical quantile are each scored out of
+   sample on the CV windows (pinball at τ and its neighbours); the best is kept, and a series
+   where nothing beats seasonal naive (or that has no CV evidence) gets seasonal naive's.
 5. **Short series** (under two seasons) get the pooled profile of their group (e.g. all pairs)
    scaled to their own level. **Hierarchies** (pairs → totals) are reconciled with WLS.
 
@@ -41,7 +45,7 @@ from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 from pipeline.features.build import read_features
-from pipeline.forecast import prep
+from pipeline.forecast import bands, prep
 from pipeline.forecast.committed import apply_committed, fresh_history
 from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
 from pipeline.forecast.quantiles import quantile_column
@@ -67,8 +71,11 @@ DEFAULT_SWITCH_MARGIN = 0.15
 DEFAULT_ENSEMBLE_SIZE = 2  # the ensemble averages this many of the best non-naive models
 #: series shorter than this many seasons cannot be cross-validated: they get the pooled profile
 SHORT_SERIES_SEASONS = 2
-#: two cross-validation windows once the longest series holds two windows and this many seasons
+#: k ≥ 2 cross-validation windows once the longest series holds k windows and this many seasons
 TWO_WINDOW_SEASONS = 3
+#: up to this many windows: the per-series band choice (pipeline.forecast.bands) needs the evidence
+#: (two windows left it choosing on 48 errors; four cut M4's under-coverage and the traces' worst case)
+MAX_CV_WINDOWS = 4
 CALIBRATION_SHRINK = 48.0  # pseudo-errors pulling a series' own error size towards the pool's
 MIN_ERROR_SIZE = 1e-12  # floor on a series' error size: a perfect series must not divide by zero
 ZERO_LOSS = 1e-12  # a loss this small is a perfect forecast (relative scores divide by it)
@@ -91,7 +98,7 @@ class EngineOptions:
     tau: float  # the quantile the selection scores (pinball loss at τ)
     models: Sequence[str] | str = DEFAULT_MODELS  # names from MODELS, or "auto"
     holdout: int | None = None  # length of each cross-validation window (default: the horizon)
-    n_windows: int | None = None  # cross-validation windows (default: 2 on long enough history, else 1)
+    n_windows: int | None = None  # cross-validation windows (default: up to MAX_CV_WINDOWS as history allows)
     levels: Sequence[int] = FORECAST_LEVELS  # interval levels wanted besides the contract's
     n_jobs: int = -1
     model_params: dict[str, dict] | None = None  # keyword arguments per model name
@@ -395,7 +402,8 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
     long_ids = [u for u in ids if lengths[u] >= min_points]
     n_windows = options.n_windows
     if n_windows is None:
-        n_windows = 2 if lengths.max() >= 2 * window + TWO_WINDOW_SEASONS * m else 1
+        fits = [k for k in range(2, MAX_CV_WINDOWS + 1) if lengths.max() >= k * window + TWO_WINDOW_SEASONS * m]
+        n_windows = max(fits, default=1)
     cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
     info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
                             "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
@@ -429,7 +437,8 @@ def cross_validate_model(p: Prepared, name: str) -> ModelRun:
     trained = instance if MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
     cv = _cv_with_actuals(cv, p.history)
     if not MODELS_HANDLE_EVENTS.get(name, False):
-        cv["mean"] = cv["mean"] * cv["_factor"]
+        own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
+        cv[["mean", *own]] = cv[["mean", *own]].to_numpy(float) * cv["_factor"].to_numpy(float)[:, None]
     return ModelRun(name, cv=cv, trained=trained, seconds=round(time.perf_counter() - t0, 3))
 
 
@@ -521,6 +530,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     errors = _chosen_errors(cv_frames, choice)
     calibration = Calibration.fit(errors, p.scale, p.window)
     out = calibration.apply(out, p.scale, levels)
+    out, band_info = _series_bands(p, sel, point, cv_frames, calibration, out, factor)
     with_errors = set(errors["unique_id"])
     uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
     if uncalibrated and errors.empty:
@@ -541,7 +551,9 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
 
     cols = output_columns(levels)
     numeric = [c for c in cols if c not in ("unique_id", "ds")]
-    out[numeric] = np.clip(np.nan_to_num(out[numeric].to_numpy(float)), 0.0, None)
+    values = np.nan_to_num(out[numeric].to_numpy(float))
+    non_negative = out["unique_id"].map(p.history.groupby("unique_id")["y"].min() >= 0).fillna(True).to_numpy(bool)
+    out[numeric] = np.where(non_negative[:, None], np.clip(values, 0.0, None), values)  # never below 0 if the series never was
     out[QUANTILE_COLUMNS] = np.maximum.accumulate(out[QUANTILE_COLUMNS].to_numpy(), axis=1)
     for level in levels:
         out[f"hi_{level}"] = np.maximum(out[f"hi_{level}"], out[f"lo_{level}"])
@@ -564,8 +576,10 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
         }
         if choice[uid] == ENSEMBLE:
             selection[uid]["members"] = list(members)
+        selection[uid].update(band_info["series"].get(uid, {"quantile_method": bands.POOLED if choice[uid] == POOLED else bands.SNAIVE}))
     info["calibration"] = calibration.to_dict()
     info["cv_coverage"] = _cv_coverage(errors, p.scale, calibration)
+    info["quantile_methods"] = band_info["summary"]
     cv_all = pd.concat([f.assign(model=k) for k, f in cv_frames.items()], ignore_index=True) if cv_frames else None
     return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
 
@@ -760,6 +774,177 @@ def _pooled_forecasts(history: pd.DataFrame, short: list[str], long_ids: list[st
         mean = pool.predict(uid, raw, recent["ds"], pd.DatetimeIndex(rows["ds"]))
         frames.append(rows.assign(mean=mean, model=POOLED))
     return pd.concat(frames, ignore_index=True)
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-series quantile bands (pipeline.forecast.bands): candidates scored on the CV windows
+# ---------------------------------------------------------------------------------------------
+
+def _band_probs(levels: Sequence[int]) -> list[float]:
+    return sorted({round(q, 6) for q in (*FORECAST_QUANTILES, *[0.5 - lv / 200 for lv in levels], *[0.5 + lv / 200 for lv in levels])})
+
+
+def _prob_columns(prob: float, levels: Sequence[int]) -> list[str]:
+    """The output columns holding the `prob` quantile (a quantile column and/or an interval end)."""
+    cols = [quantile_column(q) for q in FORECAST_QUANTILES if round(q, 6) == prob]
+    cols += [f"lo_{lv}" for lv in levels if round(0.5 - lv / 200, 6) == prob]
+    cols += [f"hi_{lv}" for lv in levels if round(0.5 + lv / 200, 6) == prob]
+    return cols
+
+
+def _chosen_cv(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd.DataFrame:
+    """The chosen forecast's cross-validation rows, with seasonal naive's forecast alongside."""
+    key = ["unique_id", "ds", "window"]
+    own_cols = list(QUANTILE_COLUMNS)
+    parts = []
+    for name, f in cv_frames.items():
+        ids = [u for u, c in choice.items() if c == name]
+        if ids:
+            sub = f[f["unique_id"].isin(ids)]
+            parts.append(sub[[*key, "cutoff", "step", "y", "mean", *[c for c in own_cols if c in sub.columns]]])
+    if not parts or BASELINE not in cv_frames:
+        return pd.DataFrame()
+    chosen = pd.concat(parts, ignore_index=True)
+    base = cv_frames[BASELINE][[*key, "mean"]].rename(columns={"mean": "snaive"})
+    merged = chosen.merge(base, on=key, how="inner").sort_values(["unique_id", "window", "step"], kind="stable")
+    return merged.reset_index(drop=True)
+
+
+def _pooled_cv(p: Prepared, chosen: pd.DataFrame, probs: Sequence[float]) -> dict[float, np.ndarray]:
+    """The pooled calibration's quantiles on every CV row, refitted without the row's window."""
+    out = {q: np.full(len(chosen), np.nan) for q in probs}
+    errs = chosen.assign(error=chosen["y"] - chosen["mean"])[["unique_id", "step", "error", "window"]]
+    for w in chosen["window"].unique():
+        rows = chosen["window"] == w
+        rest = errs[~rows.to_numpy()]
+        if rest.empty:
+            continue
+        cal = Calibration.fit(rest, p.scale, p.window)
+        applied = cal.apply(chosen.loc[rows, ["unique_id", "ds", "step", "mean"]], p.scale, p.levels)
+        for q in probs:
+            cols = _prob_columns(q, p.levels)
+            if cols:
+                out[q][rows.to_numpy()] = applied[cols[0]].to_numpy(float)
+    return out
+
+
+def _series_cv(cols: dict[str, np.ndarray], pos: np.ndarray, pooled: dict[float, np.ndarray], history_ds: np.ndarray) -> bands.SeriesCV:
+    """One series' CV evidence from the chosen-forecast columns (`cols`, all series) at rows `pos`."""
+    window = cols["window"][pos]
+    first = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
+    cut = {int(window[i]): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(cols["cutoff"][pos][i])), side="right"))
+           for i in first}
+    native = {round(q, 6): cols[quantile_column(q)][pos].astype(float) for q in FORECAST_QUANTILES if quantile_column(q) in cols}
+    native = {q: v for q, v in native.items() if np.isfinite(v).all()}
+    return bands.SeriesCV(window=window, step=cols["step"][pos], y=cols["y"][pos].astype(float), mean=cols["mean"][pos].astype(float),
+                          snaive=cols["snaive"][pos].astype(float), cut=cut, native=native,
+                          pooled={q: v[pos] for q, v in pooled.items()})
+
+
+def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
+                cal: Calibration, probs: Sequence[float], native: dict[float, np.ndarray],
+                pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
+    """The chosen method's quantiles over the horizon, fitted on all the evidence (None: keep pooled)."""
+    h = int(steps.max()) + 1
+    if method in (bands.EMPIRICAL, bands.SNAIVE, bands.BLEND):
+        offs = bands.diff_offsets(y, m, h, probs)
+        base = bands.snaive_point(y, m, h)[steps] if method == bands.SNAIVE else mean
+        values = {q: base + offs[q][steps] for q in probs}
+        if method == bands.BLEND:
+            values = {q: 0.5 * (v + pooled[q]) for q, v in values.items()}
+        return values
+    if method == bands.CONFORMAL and cv is not None:
+        bucket = np.minimum(cv.step * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
+        fut_bucket = np.minimum(steps * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
+        offs = bands.conformal_offsets(cv.y - cv.mean, bucket, cal.g, fut_bucket, probs)
+        return {q: mean + offs[q] for q in probs}
+    if method == bands.NATIVE and all(q in native for q in probs):
+        return {q: native[q] for q in probs}
+    return None
+
+
+def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: Sequence[float], levels: Sequence[int],
+                  factor: np.ndarray) -> dict[float, np.ndarray]:
+    pred = point.get(model)
+    if pred is None:
+        return {}
+    rows = pred[pred["unique_id"] == uid]
+    out = {}
+    for q in probs:
+        cols = [c for c in _prob_columns(q, levels) if c in rows.columns]
+        if cols:
+            out[q] = rows[cols[0]].to_numpy(float) * (1.0 if MODELS_HANDLE_EVENTS.get(model, False) else factor)
+    return out
+
+
+def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration, ids: Sequence[str],
+                  hist: dict[str, tuple[np.ndarray, np.ndarray]], cv_probs: Sequence[float],
+                  score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], list[float]]:
+    """Per series: the band method chosen on its CV windows, its scores, its CV evidence; and the
+    CV 80 % coverage of every choice. Series without CV evidence get the seasonal-naive band from
+    their own differences (the pool's shape only under two seasons): giving them the method the
+    pool chose most often was tried and lost badly on short real series (bench/RESULTS.md)."""
+    chosen = _chosen_cv(cv_frames, sel.choice)
+    pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else {}
+    cv_rows = chosen.groupby("unique_id", sort=False).indices if not chosen.empty else {}
+    cols = {c: chosen[c].to_numpy() for c in chosen.columns}
+    out: dict[str, tuple[str, dict, bands.SeriesCV | None]] = {}
+    covered: list[float] = []
+    for uid in ids:
+        if uid not in cv_rows:
+            continue
+        cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
+        cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs)
+        method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
+        if method in cands:
+            covered.append(bands.coverage(cv.y, cands[method][0.1], cands[method][0.9]))
+        out[uid] = (method, scores, cv)
+    for uid in ids:
+        if uid not in out:  # no evidence: the baseline (its point too: an unchecked model's point can be far off)
+            own_too_short = len(hist[uid][1]) < 2 * p.season_length
+            out[uid] = (bands.POOLED if own_too_short else bands.SNAIVE, {}, None)
+    return out, covered
+
+
+def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
+                  cal: Calibration, out: pd.DataFrame, factor: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+    """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
+    probs = _band_probs(p.levels)
+    score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
+    cv_probs = sorted({*score_probs, 0.1, 0.9})
+    hist = {u: (g["ds"].to_numpy(), g["y"].to_numpy(float)) for u, g in p.history.groupby("unique_id", sort=False)}
+    out = out.reset_index(drop=True)
+    positions = out.groupby("unique_id", sort=False).indices
+    ids = [u for u in positions if sel.choice.get(u) != POOLED and u in hist]
+    choices, covered = _band_choices(p, sel, cv_frames, cal, ids, hist, cv_probs, score_probs)
+    columns = {q: _prob_columns(q, p.levels) for q in probs}
+    arrays = {c: out[c].to_numpy(float).copy() for cs in columns.values() for c in cs}
+    all_steps, all_means = out["step"].to_numpy(), out["mean"].to_numpy(float)
+    per_series: dict[str, dict] = {}
+    for uid in ids:
+        method, scores, cv = choices[uid]
+        pos = positions[uid]
+        native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
+        pooled_now = {q: arrays[columns[q][0]][pos] for q in probs}
+        values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, native, pooled_now)
+        if values is None:
+            method = bands.POOLED
+        else:
+            for q, v in values.items():
+                for col in columns[q]:
+                    arrays[col][pos] = v
+        per_series[uid] = {"quantile_method": method, "quantile_cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
+        if scores.get(bands.SNAIVE):
+            per_series[uid]["quantile_cv_vs_snaive"] = round(scores[method] / scores[bands.SNAIVE], 4) if method in scores else None
+    for col, arr in arrays.items():
+        out[col] = arr
+    counts: dict[str, int] = {}
+    for info in per_series.values():
+        counts[info["quantile_method"]] = counts.get(info["quantile_method"], 0) + 1
+    cov = np.array(covered)
+    summary = {"chosen": dict(sorted(counts.items())), "scored_at": score_probs,
+               "share_cv80_within_70_90": round(float(np.mean((cov >= 0.7) & (cov <= 0.9))), 4) if len(cov) else None}
+    return out, {"series": per_series, "summary": summary}
 
 
 # ---------------------------------------------------------------------------------------------

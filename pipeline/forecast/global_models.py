@@ -371,8 +371,10 @@ class GlobalGBMModel(Forecaster):
             ok = np.repeat(origin >= 1, h)
             missing = np.full(h, np.datetime64("NaT"), dtype="datetime64[ns]")
             ds = np.concatenate([d[o:o + h] if o >= 1 else missing for d, o in zip(ds_by_series, origin)])
+            # the model's own quantiles ride along: the engine scores them as a band candidate
+            own = {quantile_column(q): values[q][ok] for q in FORECAST_QUANTILES}
             frames.append(pd.DataFrame({"unique_id": np.repeat(flat.ids, h)[ok], "ds": ds[ok],
-                                        "mean": values["mean"][ok], "window": window}))
+                                        "mean": values["mean"][ok], "window": window, **own}))
         out = pd.concat(frames, ignore_index=True)
         cut = out.groupby(["unique_id", "window"])["ds"].transform("min") - pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
-        return out.assign(cutoff=cut)[["unique_id", "ds", "cutoff", "window", "mean"]]
+        return out.assign(cutoff=cut)[["unique_id", "ds", "cutoff", "window", "mean", *[quantile_column(q) for q in FORECAST_QUANTILES]]]

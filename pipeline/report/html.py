@@ -117,6 +117,19 @@ def _quarantine_counts(settings: Settings, interval: DataInterval) -> list[dict]
     return rows
 
 
+def _quantile_diagnostics(settings: Settings, run_id: str) -> dict[str, Any]:
+    """Per series: the quantile method the forecast chose and its CV pinball against seasonal
+    naive's; and the share of series whose CV 80 % interval covered 70–90 % (issue 13)."""
+    path = storage.join(lake.forecast_dir(settings.lake_root, run_id), "manifest.json")
+    if not storage.exists(path):
+        return {"series": [], "summary": {}}
+    manifest = lake.read_json(path)
+    rows = [{"series_id": uid, "model": sel.get("model", ""), "method": sel.get("quantile_method", ""),
+             "vs_snaive": sel.get("quantile_cv_vs_snaive")}
+            for uid, sel in sorted(manifest.get("selection", {}).items())]
+    return {"series": rows, "summary": manifest.get("engine", {}).get("quantile_methods", {})}
+
+
 def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, *, attempt: int | None = None) -> str:
     """Render the report for `plan_id` (its `attempt`, default the newest) to build/reports/<plan_id>.html; returns its path."""
     plan, manifest = read_plan(settings, plan_id, attempt)
@@ -143,6 +156,7 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, 
         lines=lines.to_dict("records") if not lines.empty else [],
         reasons=first[["region", "resource_type", "reason"]].to_dict("records") if not first.empty else [],
         quarantine=_quarantine_counts(settings, interval),
+        quantiles=_quantile_diagnostics(settings, manifest["forecast_run_id"]),
         figures={
             "vcpu": _forecast_figure(recent, near, plan, regions, "vcpu"),
             "bandwidth_gbps": _forecast_figure(recent, near, plan, regions, "bandwidth_gbps"),
