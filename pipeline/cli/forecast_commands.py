@@ -77,34 +77,6 @@ def read_input(path: Path) -> pd.DataFrame:
         raise InputError(f"{path} cannot be read as {kind}: {exc}") from exc
 
 
-def check_values(raw: pd.DataFrame, frame: pd.DataFrame) -> None:
-    """What `prep.validate_long_format` does not check yet: ids present, no infinite y, and every
-    series with at least one finite y (an all-NaN series would be "forecast" as zeros).
-
-    `raw` is the file as read, `frame` the validated frame (ids as strings, y as floats).
-    """
-    import numpy as np
-
-    from pipeline.forecast.prep import InputError
-
-    missing_ids = raw["unique_id"].isna()
-    if missing_ids.any():
-        raise InputError(f"column unique_id is empty in {int(missing_ids.sum())} row(s), e.g. row {int(missing_ids.idxmax()) + 1}; "
-                         "every row needs a series id")
-    y = frame["y"].to_numpy(dtype=float)
-    infinite = np.isinf(y)
-    if infinite.any():
-        first = frame.loc[infinite].iloc[0]
-        raise InputError(f"column y has {int(infinite.sum())} infinite value(s), e.g. {first['unique_id']!r} at {first['ds']}; "
-                         "remove them or leave them empty (missing values are interpolated)")
-    has_finite = frame.assign(finite=np.isfinite(y)).groupby("unique_id", sort=True)["finite"].any()
-    empty = has_finite.index[~has_finite.to_numpy()]
-    if len(empty):
-        raise InputError(f"{len(empty)} series {'has' if len(empty) == 1 else 'have'} no finite y value, e.g. {empty[0]!r}: "
-                         "there is nothing to forecast from; "
-                         "fill in y or drop such series")
-
-
 def write_output(frame: pd.DataFrame, path: Path) -> None:
     """Parquet (the forecast contract's types) or CSV by suffix; written atomically, mode per the umask."""
     from pipeline.common.storage import atomic_local_file
@@ -188,9 +160,7 @@ def _read_long(path: Path, freq: str, *, future: bool = False) -> pd.DataFrame:
     raw = read_input(path)
     if future:
         return validate_long_format(raw.assign(y=0.0), freq)
-    frame = validate_long_format(raw, freq)
-    check_values(raw, frame)
-    return frame
+    return validate_long_format(raw, freq)
 
 
 def summary(

@@ -44,8 +44,9 @@ def season_for(freq: str) -> int:
 def validate_long_format(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
     """Check a user's long-format frame; returns it with typed columns (ds tz-naive UTC).
 
-    Raises InputError for missing columns, non-numeric y, unparseable timestamps, duplicate
-    (unique_id, ds) rows and timestamps off the frequency's grid.
+    Raises InputError for missing columns, rows without a series id, non-numeric or infinite y,
+    series with no finite y, unparseable timestamps, duplicate (unique_id, ds) rows and timestamps
+    off the frequency's grid.
     """
     missing = [c for c in ("unique_id", "ds", "y") if c not in frame.columns]
     if missing:
@@ -53,6 +54,10 @@ def validate_long_format(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
                          f"(got {list(frame.columns)})")
     if frame.empty:
         raise InputError("input has no rows: nothing to forecast")
+    missing_ids = frame["unique_id"].isna().to_numpy()
+    if missing_ids.any():
+        raise InputError(f"column unique_id is empty in {int(missing_ids.sum())} row(s), e.g. row {int(missing_ids.argmax()) + 1}; "
+                         "every row needs a series id")
     out = frame.copy()
     out["unique_id"] = out["unique_id"].astype(str)
     y = pd.to_numeric(out["y"], errors="coerce")
@@ -67,6 +72,7 @@ def validate_long_format(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
     except (ValueError, TypeError) as exc:
         raise InputError(f"column ds has values that are not timestamps: {exc}") from exc
     out["ds"] = ds.dt.tz_localize(None)
+    _check_finite_y(out)
     dup = out.duplicated(["unique_id", "ds"], keep=False)
     if dup.any():
         first = out.loc[dup].iloc[0]
@@ -88,6 +94,22 @@ def validate_long_format(frame: pd.DataFrame, freq: str) -> pd.DataFrame:
                 raise InputError(f"exogenous column {col!r} must be numeric")
             out[col] = converted
     return out.sort_values(["unique_id", "ds"], kind="stable").reset_index(drop=True)
+
+
+def _check_finite_y(frame: pd.DataFrame) -> None:
+    """No infinite y, and every series with at least one finite y: an all-NaN series would
+    otherwise be "forecast" as zeros."""
+    y = frame["y"].to_numpy(dtype=float)
+    infinite = np.isinf(y)
+    if infinite.any():
+        first = frame.loc[infinite].iloc[0]
+        raise InputError(f"column y has {int(infinite.sum())} infinite value(s), e.g. {first['unique_id']!r} at {first['ds']}; "
+                         "remove them or leave them empty (missing values are interpolated)")
+    has_finite = frame.assign(finite=np.isfinite(y)).groupby("unique_id", sort=True)["finite"].any()
+    empty = has_finite.index[~has_finite.to_numpy()]
+    if len(empty):
+        raise InputError(f"{len(empty)} series {'has' if len(empty) == 1 else 'have'} no finite y value, e.g. {empty[0]!r}: "
+                         "there is nothing to forecast from; fill in y or drop such series")
 
 
 def regularize(frame: pd.DataFrame, freq: str) -> tuple[pd.DataFrame, dict[str, int]]:
