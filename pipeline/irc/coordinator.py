@@ -97,7 +97,7 @@ from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
 from pipeline.irc.contract import REGION_PATTERN
 from pipeline.irc.messages import PeeringRequest, PeeringResponse
 from pipeline.irc.metrics import DecisionMetrics
-from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator
+from pipeline.irc.ondemand import LedgerPoolAllocator, OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
 from pipeline.irc.plan_source import (
     LoadedPlan,
@@ -242,7 +242,9 @@ class Coordinator:
         self._ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
         self._owns_ledger = ledger is None
         self._owns_on_demand = on_demand is None
-        self._on_demand: OnDemandAllocator = on_demand if on_demand is not None else PoolAllocator(None)
+        if on_demand is None:  # a shared ledger shares the on-demand pools too (replicas never over-admit)
+            on_demand = LedgerPoolAllocator(self._ledger) if getattr(self._ledger, "shared", False) else PoolAllocator(None)
+        self._on_demand: OnDemandAllocator = on_demand
         self._ceilings = dict(DEFAULT_PRIORITY_CEILINGS)
         if priority_ceilings:
             for priority, ceiling in priority_ceilings.items():
@@ -406,8 +408,7 @@ class Coordinator:
                     self._reload_failed(exc, signature)
                     return False
                 plan, error = fallback, f"LATEST unusable, serving the newest verified plan instead: {exc}"
-            if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
-                self._on_demand.load_pools(plan.pools)
+            self._load_pools(plan.pools, plan.plan_id)
             current = self._state.plan
             previous = current if current is not None and current.plan_id != plan.plan_id else self._state.previous
             if previous is not None and previous.valid_to_s <= plan.valid_from_s - PREVIOUS_PLAN_HORIZON_S:
@@ -689,8 +690,13 @@ class Coordinator:
         region, requirements = valid.destination_region, valid.requirements
         allocation_id = f"{ON_DEMAND_PREFIX}{self._id_prefix}{next(self._ids):x}"
         on_demand = self._on_demand
-        on_demand.sweep(now_s)
-        if not on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
+        try:
+            on_demand.sweep(now_s)
+            if not on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
+                return None
+        except Exception as exc:  # a shared ledger that is down: not served on demand, said in the failure
+            log.warning("IRC on-demand admission error: %s: %s", type(exc).__name__, exc)
+            self._metrics.count("ledger_errors")
             return None
         caveat = "" if on_demand.checks_capacity else " (no pool snapshot: capacity not verified)"
         return PeeringResponse(
@@ -727,7 +733,10 @@ class Coordinator:
         )
 
     def _shortfall(self, region: str, requirements: Mapping[str, float]) -> str:
-        available = self._on_demand.available(region)
+        try:
+            available = self._on_demand.available(region)
+        except Exception as exc:
+            return f"on-demand pool unknown ({type(exc).__name__}: {exc})"
         return ", ".join(
             f"{rt} (requested {q:g}, available {available.get(rt, 0.0):g})"
             for rt, q in sorted(requirements.items())
@@ -767,18 +776,28 @@ class Coordinator:
         # No usable plan at start: keep whatever pools snapshot is readable so that on-demand
         # serving still checks capacity and region names.
         try:
-            if self._pinned is not None:
-                pools = load_pools(self._lake_root, self._pinned)
-            else:
-                pools = load_pools(self._lake_root, *latest_ref(self._lake_root))
+            ref = (self._pinned, None) if self._pinned is not None else latest_ref(self._lake_root)
+            pools = load_pools(self._lake_root, *ref)
         except Exception:
             return
-        if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
-            self._on_demand.load_pools(pools)
+        self._load_pools(pools, ref[0])
         state = self._state
         self._state = _PlanState(
             plan=None, previous=None, error=state.error, known_regions=frozenset(pools) or None, signature=None
         )
+
+    def _load_pools(self, pools: Mapping[str, Mapping[str, float]], plan_id: str) -> None:
+        """Give the plan's pools snapshot to the default allocator (into the ledger when it is shared)."""
+        if not self._owns_on_demand:
+            return
+        if isinstance(self._on_demand, LedgerPoolAllocator):
+            try:
+                self._on_demand.load_pools(pools, plan_id)
+            except Exception as exc:  # the plan is still served; on-demand keeps the pools in force
+                log.warning("IRC: could not store plan %s's pools in the ledger: %s: %s", plan_id, type(exc).__name__, exc)
+                self._metrics.count("ledger_errors")
+        elif isinstance(self._on_demand, PoolAllocator):
+            self._on_demand.load_pools(pools)
 
     def _reload_failed(self, exc: BaseException, signature: tuple[str, float | None] | None) -> None:
         message = str(exc) if isinstance(exc, PlanUnavailable) else f"{type(exc).__name__}: {exc}"
