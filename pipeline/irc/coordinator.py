@@ -93,9 +93,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
 from pipeline.irc.contract import REGION_PATTERN
-from pipeline.irc.messages import PeeringRequest, PeeringResponse
+from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
+from pipeline.irc.messages import Path, PeeringRequest, PeeringResponse
 from pipeline.irc.metrics import DecisionMetrics
 from pipeline.irc.ondemand import LedgerPoolAllocator, OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
@@ -533,19 +533,20 @@ class Coordinator:
             return _failure(getattr(request, "request_id", ""), f"Invalid request: {exc}"), None
         located = self._plan_window(state, valid)
         if valid.destination_region in self._unhealthy:
-            outcome: PeeringResponse | _Miss = self._unhealthy_miss(valid, located)
+            miss = self._unhealthy_miss(valid, located)
         else:
             outcome = located if isinstance(located, _Miss) else self._serve_preallocated(valid, located, now_s)
             if isinstance(outcome, PeeringResponse):
                 return outcome, valid
-            served = self._serve_on_demand(valid, outcome, now_s)
+            miss = outcome
+            served = self._serve_on_demand(valid, miss, now_s)
             if served is not None:
                 return served, valid
         if not isinstance(located, _Miss):
-            served = self._serve_elsewhere(valid, located, outcome, now_s)
+            served = self._serve_elsewhere(valid, located, miss, now_s)
             if served is not None:
                 return served, valid
-        return self._insufficient(valid, outcome), valid
+        return self._insufficient(valid, miss), valid
 
     def _advance_time(self, valid: ValidRequest) -> float:
         """The time expiry may run to for this request - min(requested_at, clock) - sweeping when due.
@@ -885,10 +886,10 @@ def _write_health(path: str, marks: Mapping[str, str]) -> None:
     storage.write_text_atomic(path, "\n".join(lines) + "\n")
 
 
-def _alternates(plan: LoadedPlan, window: PlanWindow, region: str) -> list[tuple[str, str]]:
+def _alternates(plan: LoadedPlan, window: PlanWindow, region: str) -> list[tuple[Path, str]]:
     """(path, region) to try after the destination, in order: its failover partner, then the regions
     the plan relocated its demand to in this window (most moved first)."""
-    out = []
+    out: list[tuple[Path, str]] = []
     partner = plan.partners.get(region)
     if partner is not None:
         out.append(("failover", partner))

@@ -251,7 +251,7 @@ class LedgerPoolAllocator:
         with self._lock:
             if now_s > self._now:  # also skips a NaN
                 self._now = now_s
-            if now_s < self._next_sweep or not now_s == now_s:
+            if not now_s >= self._next_sweep:  # also a NaN
                 return 0
             self._next_sweep = now_s + self._sweep_interval_s
         return self._ledger.sweep_admissions(now_s)

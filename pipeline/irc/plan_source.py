@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.irc.contract import PLAN_ID_PATTERN, REGION_PATTERN, RESOURCE_TYPES
@@ -291,7 +291,7 @@ def read_topology(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {"partners": MappingProxyType(partners), "relocations": MappingProxyType(ordered)}
 
 
-def _is_region(name: Any) -> bool:
+def _is_region(name: Any) -> TypeGuard[str]:
     return isinstance(name, str) and bool(REGION_PATTERN.match(name))
 
 
