@@ -137,7 +137,7 @@ def test_priority_ceiling_applies_at_the_partner_too(lake: Path) -> None:
 def test_unhealthy_destination_goes_straight_to_its_partner(lake: Path) -> None:
     with coordinator(lake) as irc:
         irc.mark_unhealthy(EU, "AZ outage  INC-42")
-        assert irc.unhealthy_regions == {EU: "AZ outage INC-42"}
+        assert irc.unhealthy_regions == {EU: "AZ outage INC-42"}  # on one line
         first = ask(irc, "a")
         assert (first.path, first.serving_region, first.miss_reason) == ("failover", US, "region_unhealthy")
         assert "AZ outage INC-42" in first.message
@@ -225,3 +225,23 @@ def test_watcher_picks_up_health_marks(lake: Path) -> None:
                 break
             time.sleep(0.02)
         assert irc.unhealthy_regions == {EU: "test"}
+
+
+def test_cli_marks_regions_for_every_replica(lake: Path) -> None:
+    import json
+
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+
+    runner = CliRunner()
+    with coordinator(lake) as irc:
+        result = runner.invoke(app, ["irc", "health", "--lake", str(lake), "--unhealthy", EU, "--note", "INC-7"])
+        assert result.exit_code == 0, result.output
+        assert json.loads(result.stdout)["unhealthy"] == {EU: "INC-7"}
+        irc.refresh_health()
+        assert ask(irc, "a").serving_region == US
+        shown = runner.invoke(app, ["irc", "health", "--lake", str(lake), "--healthy", EU])
+        assert json.loads(shown.stdout)["unhealthy"] == {}
+        bad = runner.invoke(app, ["irc", "health", "--lake", str(lake), "--unhealthy", "Europe"])
+        assert bad.exit_code == 2 and "invalid region name" in bad.output

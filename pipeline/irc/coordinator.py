@@ -93,7 +93,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from pipeline.irc.contract import REGION_PATTERN
+from pipeline.irc import health
 from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
 from pipeline.irc.messages import Path, PeeringRequest, PeeringResponse
 from pipeline.irc.metrics import DecisionMetrics
@@ -132,9 +132,6 @@ REQUEST_TIME = None
 # seconds, so five minutes is generous): beyond it the request is invalid.
 DEFAULT_MAX_CLOCK_SKEW_S = 300.0
 _EMPTY: Mapping[str, float] = {}
-# Regions an operator took out of service, shared by every replica of a lake (see the module doc).
-HEALTH_FILE = "irc/unhealthy_regions"
-HEALTH_HEADER = "# peerscale IRC: regions not to serve from, one `region [note]` a line (peerscale irc health)"
 
 
 @dataclass(frozen=True)
@@ -235,7 +232,7 @@ class Coordinator:
         self._health_lock = threading.Lock()
         self._health_error: str | None = None
         if health_file is True:
-            self._health_file: str | None = _join(lake_root, HEALTH_FILE)
+            self._health_file: str | None = health.default_path(lake_root)
         else:
             self._health_file = None if health_file is False else os.fspath(health_file)
         self.name = name
@@ -460,7 +457,7 @@ class Coordinator:
         if self._health_file is None:
             return True
         try:
-            marks = _read_health(self._health_file)
+            marks = health.read_marks(self._health_file)
         except Exception as exc:
             self._metrics.count("health_read_failures")
             if self._health_error is None:
@@ -476,28 +473,23 @@ class Coordinator:
     def mark_unhealthy(self, region: str, note: str = "") -> None:
         """Stop serving from `region` (admin call): written to the health file so every replica that
         reads it follows at its next poll. Raises ValueError on a malformed region name."""
-        self._set_health(region, " ".join(str(note).split()) or "marked by an operator")
+        self._set_health(region, health.clean_note(note))
 
     def mark_healthy(self, region: str) -> None:
         """Serve from `region` again (admin call; see `mark_unhealthy`)."""
         self._set_health(region, None)
 
     def _set_health(self, region: str, note: str | None) -> None:
-        if not isinstance(region, str) or not REGION_PATTERN.match(region):
-            raise ValueError(f"invalid region name {region!r}: expected a name like eu-west-1")
+        health.check_region(region)
         with self._health_lock:
-            marks = dict(self._unhealthy)
-            if self._health_file is not None:
-                try:
-                    marks = _read_health(self._health_file)  # other replicas' marks since our last poll
-                except FileNotFoundError:
-                    marks = {}
-            if note is None:
-                marks.pop(region, None)
+            if self._health_file is not None:  # other replicas' marks since our last poll are kept
+                marks = health.set_mark(self._health_file, region, note)
             else:
-                marks[region] = note
-            if self._health_file is not None:
-                _write_health(self._health_file, marks)
+                marks = dict(self._unhealthy)
+                if note is None:
+                    marks.pop(region, None)
+                else:
+                    marks[region] = note
             self._unhealthy = marks
         log.warning("IRC: region %s marked %s", region, "healthy" if note is None else f"unhealthy ({note})")
 
@@ -850,40 +842,6 @@ class Coordinator:
                 ("peerscale_irc_outcomes_pending", "gauge", "Decisions queued for the lake.", {}, stats["pending"]),
             ]
         return gauges
-
-
-def _join(root: str | os.PathLike[str], relative: str) -> str:
-    text = os.fspath(root)
-    return f"{text.rstrip('/')}/{relative}" if "://" in text else os.path.join(text, relative)
-
-
-def _read_health(path: str) -> dict[str, str]:
-    """The health file: one `region [note]` a line, `#` comments; a missing file marks nothing."""
-    from pipeline.common import storage  # pyarrow: imported at the first read, not at `import pipeline.irc`
-
-    try:
-        text = storage.read_text(path)
-    except FileNotFoundError:
-        return {}
-    marks: dict[str, str] = {}
-    for number, line in enumerate(text.splitlines(), 1):
-        line = line.split("#", 1)[0].strip()
-        if not line:
-            continue
-        region, _, note = line.partition(" ")
-        if not REGION_PATTERN.match(region):
-            raise ValueError(f"{path} line {number}: {region!r} is not a region name (expected `region [note]`)")
-        marks[region] = note.strip()
-    return marks
-
-
-def _write_health(path: str, marks: Mapping[str, str]) -> None:
-    from pipeline.common import storage
-
-    lines = [HEALTH_HEADER] + [f"{region} {note}".rstrip() for region, note in sorted(marks.items())]
-    if "://" not in path:
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    storage.write_text_atomic(path, "\n".join(lines) + "\n")
 
 
 def _alternates(plan: LoadedPlan, window: PlanWindow, region: str) -> list[tuple[Path, str]]:
