@@ -199,7 +199,7 @@ class LedgerPoolAllocator:
     grants at most every `sweep_interval_s` (they no longer count anyway).
     """
 
-    def __init__(self, ledger: Ledger, latency: LatencyModel | None = None, sweep_interval_s: float = 5.0) -> None:
+    def __init__(self, ledger: Ledger, latency: LatencyModel | None = None, sweep_interval_s: float = 60.0) -> None:
         self._ledger = ledger
         self._latency = latency or LatencyModel()
         self._snapshot: dict[str, dict[str, float]] | None = None
