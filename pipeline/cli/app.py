@@ -76,6 +76,7 @@ app.add_typer(group("The Inter-Region Coordinator: send peering requests through
     "shadow": irc_commands.shadow,
     "replay": irc_commands.replay,
     "serve": irc_commands.serve,
+    "health": irc_commands.health,
 }), name="irc")
 app.add_typer(group("Forecast a long-format file (peerscale forecast --input …), or summarise a pipeline forecast run.", {
     "summary": forecast_commands.summary,

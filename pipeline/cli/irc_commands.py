@@ -1,4 +1,4 @@
-"""`peerscale irc request | shadow | replay | serve`: the Inter-Region Coordinator from the shell.
+"""`peerscale irc request | shadow | replay | serve | health`: the Inter-Region Coordinator from the shell.
 
 The coordinator and rich tables are imported inside the commands: `peerscale irc request` must not
 drag the batch stack (pandas, Airflow, solvers) into the request path.
@@ -256,6 +256,31 @@ def serve(
         server.server_close()
         irc.close()
         store.close()
+
+
+def health(
+    unhealthy: list[str] = typer.Option([], "--unhealthy", help="Mark a region unhealthy (repeatable)."),
+    healthy: list[str] = typer.Option([], "--healthy", help="Mark a region healthy again (repeatable)."),
+    note: str = typer.Option("", "--note", help="Why (kept in the file and quoted in the IRC's messages)."),
+    lake: str | None = LakeOption,
+) -> None:
+    """Show or change the regions the IRC must not serve from (<lake>/irc/unhealthy_regions). Every
+    replica re-reads the marks at its next plan poll; requests to a marked region go to its failover
+    partner, then to the regions the plan relocated its demand to. Prints the marks as JSON."""
+    from pipeline.irc import health as marks_file
+
+    path = marks_file.default_path(_lake(lake))
+    try:
+        marks = marks_file.read_marks(path)
+        for region in unhealthy:
+            marks = marks_file.set_mark(path, region, note)
+        for region in healthy:
+            marks = marks_file.set_mark(path, region, None)
+    except ValueError as exc:
+        fail(f"{exc}; fix the region name (or the line in {path})")
+    except OSError as exc:
+        fail(f"cannot read or write {path}: {exc}", EXIT_FAILED)
+    print_json({"file": path, "unhealthy": marks})
 
 
 def _interrupt(*_: object) -> None:

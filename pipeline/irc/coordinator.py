@@ -9,7 +9,35 @@ Decision (the seed's pseudocode, DESIGN "IRC" box)::
            → success, preallocated, latency low (provisioning 0 s)
     elif the on-demand allocator grants them from the region's pool:
            → success, on_demand, latency medium (modeled provisioning time)
+    elif the plan's failover partner of the destination holds them (its pre-allocation, which
+       keeps the destination's N+1 headroom) - same ledger rule and priority ceiling:
+           → success, failover, latency medium (provisioning 0 s, but the session crosses regions)
+    elif a region the plan relocated the destination's demand to in this window holds them
+       (most relocated first; each in its pre-allocation, same rule):
+           → success, relocated, latency medium
     else   → failure "Insufficient resources in <region>: <short resources>"
+
+**Serving topology.** `serving_region` in the response says where the capacity is held (`region`
+stays the destination). The alternates come from the plan's manifest (`redundancy.<region>.partner`
+and `relocations`, read once per plan load by `plan_source.read_topology`); only the plan's
+pre-allocation is used there, never another region's on-demand pool (that would be slow *and*
+cross-region). A region **marked unhealthy** is skipped entirely - neither its pre-allocation nor
+its pool serves, so its requests go straight to its partner, then its relocation targets, and
+fail with "Region unavailable: ..." (miss reason `region_unhealthy`) when none can; an unhealthy
+region is never an alternate either. Alternates are tried only when the destination could not
+serve (pre-allocation *and* pool), so the same-region paths keep priority and the common path pays
+one dict lookup. Failover/relocated grants are not hits of the destination's plan (path differs),
+and carry the destination's miss reason, so the feedback controller still sees the miss.
+
+**Region health** is one file shared by the replicas of a lake, `<lake>/irc/unhealthy_regions`
+(`health_file=` names another, local or s3://; False keeps marks in this process only): one
+`region [note]` a line, `#` comments; an operator may edit it by hand. `mark_unhealthy(region,
+note)` / `mark_healthy(region)` rewrite it atomically and take effect here at once; every replica
+re-reads it with each plan poll (`reload_interval_s`) or on `refresh_health()`. An unreadable or
+malformed file keeps the marks in force (counted as `health_read_failures`). Two admin calls at
+the same instant on different replicas may lose one mark (read-modify-write of one small file):
+check `unhealthy_regions` after marking. The HTTP service has no admin route yet (it has no
+authentication: anyone could take a region out of service).
 
 **Priority rule for scarce pre-allocated capacity.** A request of priority p is granted
 pre-allocated capacity only while, after the grant, usage stays within `ceiling[p] x capacity`
@@ -65,10 +93,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
+from pipeline.irc import health
 from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
-from pipeline.irc.messages import PeeringRequest, PeeringResponse
+from pipeline.irc.messages import Path, PeeringRequest, PeeringResponse
 from pipeline.irc.metrics import DecisionMetrics
-from pipeline.irc.ondemand import OnDemandAllocator, PoolAllocator
+from pipeline.irc.ondemand import LedgerPoolAllocator, OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
 from pipeline.irc.plan_source import (
     LoadedPlan,
@@ -129,10 +158,10 @@ class _Miss(NamedTuple):
     short: tuple[str, ...] = ()  # resources the pre-allocation lacked
 
 
-def _unplanned(valid: ValidRequest, located: _Located) -> _Miss | None:
+def _unplanned(valid: ValidRequest, located: _Located, region: str) -> _Miss | None:
     """A miss when the window pre-allocates nothing of some requested resource in the region."""
     plan, window = located
-    region, requirements = valid.destination_region, valid.requirements
+    requirements = valid.requirements
     planned = window.allocation.get(region, _EMPTY)
     for rt in requirements:
         if planned.get(rt, 0.0) <= 0.0:
@@ -196,13 +225,23 @@ class Coordinator:
         max_clock_skew_s: float = DEFAULT_MAX_CLOCK_SKEW_S,
         instance: str | None = None,
         name: str = "production",
+        health_file: str | os.PathLike[str] | bool = True,
     ) -> None:
         self._lake_root = lake_root
+        self._unhealthy: Mapping[str, str] = {}  # region -> operator's note; replaced whole, read lock-free
+        self._health_lock = threading.Lock()
+        self._health_error: str | None = None
+        if health_file is True:
+            self._health_file: str | None = health.default_path(lake_root)
+        else:
+            self._health_file = None if health_file is False else os.fspath(health_file)
         self.name = name
         self._ledger: Ledger = ledger if ledger is not None else InMemoryLedger()
         self._owns_ledger = ledger is None
         self._owns_on_demand = on_demand is None
-        self._on_demand: OnDemandAllocator = on_demand if on_demand is not None else PoolAllocator(None)
+        if on_demand is None:  # a shared ledger shares the on-demand pools too (replicas never over-admit)
+            on_demand = LedgerPoolAllocator(self._ledger) if getattr(self._ledger, "shared", False) else PoolAllocator(None)
+        self._on_demand: OnDemandAllocator = on_demand
         self._ceilings = dict(DEFAULT_PRIORITY_CEILINGS)
         if priority_ceilings:
             for priority, ceiling in priority_ceilings.items():
@@ -235,6 +274,7 @@ class Coordinator:
             self._outcomes, self._owns_outcomes = None, False
         self._state = _PlanState(plan=None, previous=None, error="not loaded yet", known_regions=None, signature=None)
         self._initial_load()
+        self.refresh_health()
         self._watcher_stop = threading.Event()
         self._watcher: threading.Thread | None = None
         if reload_interval_s is not None and plan_id is None:
@@ -365,8 +405,7 @@ class Coordinator:
                     self._reload_failed(exc, signature)
                     return False
                 plan, error = fallback, f"LATEST unusable, serving the newest verified plan instead: {exc}"
-            if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
-                self._on_demand.load_pools(plan.pools)
+            self._load_pools(plan.pools, plan.plan_id)
             current = self._state.plan
             previous = current if current is not None and current.plan_id != plan.plan_id else self._state.previous
             if previous is not None and previous.valid_to_s <= plan.valid_from_s - PREVIOUS_PLAN_HORIZON_S:
@@ -400,6 +439,60 @@ class Coordinator:
                         exc, plan.plan_id, plan.attempt)
         return plan
 
+    # -- region health (serving topology) -------------------------------------------------------
+
+    @property
+    def unhealthy_regions(self) -> dict[str, str]:
+        """Regions marked unhealthy, with the operator's note: never served, their requests fail over."""
+        return dict(self._unhealthy)
+
+    @property
+    def health_error(self) -> str | None:
+        """Why the last read of the health file failed (None when it was read or is absent)."""
+        return self._health_error
+
+    def refresh_health(self) -> bool:
+        """Re-read the health file (the watcher does it every poll); False when it could not be read
+        (the previous marks stay in force and the failure is counted)."""
+        if self._health_file is None:
+            return True
+        try:
+            marks = health.read_marks(self._health_file)
+        except Exception as exc:
+            self._metrics.count("health_read_failures")
+            if self._health_error is None:
+                log.warning("IRC: cannot read the health file %s, keeping the marks in force: %s", self._health_file, exc)
+            self._health_error = f"{type(exc).__name__}: {exc}"
+            return False
+        self._health_error = None
+        if marks != self._unhealthy:
+            log.warning("IRC: regions marked unhealthy: %s", ", ".join(sorted(marks)) or "none")
+            self._unhealthy = marks
+        return True
+
+    def mark_unhealthy(self, region: str, note: str = "") -> None:
+        """Stop serving from `region` (admin call): written to the health file so every replica that
+        reads it follows at its next poll. Raises ValueError on a malformed region name."""
+        self._set_health(region, health.clean_note(note))
+
+    def mark_healthy(self, region: str) -> None:
+        """Serve from `region` again (admin call; see `mark_unhealthy`)."""
+        self._set_health(region, None)
+
+    def _set_health(self, region: str, note: str | None) -> None:
+        health.check_region(region)
+        with self._health_lock:
+            if self._health_file is not None:  # other replicas' marks since our last poll are kept
+                marks = health.set_mark(self._health_file, region, note)
+            else:
+                marks = dict(self._unhealthy)
+                if note is None:
+                    marks.pop(region, None)
+                else:
+                    marks[region] = note
+            self._unhealthy = marks
+        log.warning("IRC: region %s marked %s", region, "healthy" if note is None else f"unhealthy ({note})")
+
     def metrics_text(self) -> str:
         """All metrics in the Prometheus text format (decisions, latency, plan age, utilization, outcomes)."""
         return self._metrics.render(self._gauges())
@@ -431,10 +524,21 @@ class Coordinator:
         except InvalidRequest as exc:
             return _failure(getattr(request, "request_id", ""), f"Invalid request: {exc}"), None
         located = self._plan_window(state, valid)
-        outcome = located if isinstance(located, _Miss) else self._serve_preallocated(valid, located, now_s)
-        if isinstance(outcome, PeeringResponse):
-            return outcome, valid
-        return self._serve_on_demand(valid, outcome, now_s) or self._insufficient(valid, outcome), valid
+        if valid.destination_region in self._unhealthy:
+            miss = self._unhealthy_miss(valid, located)
+        else:
+            outcome = located if isinstance(located, _Miss) else self._serve_preallocated(valid, located, now_s)
+            if isinstance(outcome, PeeringResponse):
+                return outcome, valid
+            miss = outcome
+            served = self._serve_on_demand(valid, miss, now_s)
+            if served is not None:
+                return served, valid
+        if not isinstance(located, _Miss):
+            served = self._serve_elsewhere(valid, located, miss, now_s)
+            if served is not None:
+                return served, valid
+        return self._insufficient(valid, miss), valid
 
     def _advance_time(self, valid: ValidRequest) -> float:
         """The time expiry may run to for this request - min(requested_at, clock) - sweeping when due.
@@ -484,19 +588,22 @@ class Coordinator:
             return _Miss("no_window", detail, plan.plan_id)
         return plan, window
 
-    def _serve_preallocated(self, valid: ValidRequest, located: _Located, now_s: float) -> PeeringResponse | _Miss:
-        """Reserve the planned capacity within the priority's ceiling: a success, or why not."""
+    def _serve_preallocated(
+        self, valid: ValidRequest, located: _Located, now_s: float, region: str | None = None
+    ) -> PeeringResponse | _Miss:
+        """Reserve the planned capacity of `region` (default: the destination) within the priority's
+        ceiling: a success, or why not."""
         plan, window = located
-        region = valid.destination_region
-        unplanned = _unplanned(valid, located)
+        region = valid.destination_region if region is None else region
+        unplanned = _unplanned(valid, located, region)
         if unplanned is not None:
             return unplanned
         allocation_id = f"{PREALLOCATED_PREFIX}{self._id_prefix}{next(self._ids):x}"
         ceiling = self._ceilings.get(valid.priority, 1.0)
         try:
-            short = self._reserve(allocation_id, valid, ceiling, now_s)
+            short = self._reserve(allocation_id, valid, region, ceiling, now_s)
             if short and self._exhaustion_sweep_due(now_s) and self.sweep(now_s):
-                short = self._reserve(allocation_id, valid, ceiling, now_s)  # expired sessions gave some back
+                short = self._reserve(allocation_id, valid, region, ceiling, now_s)  # expired sessions gave some back
         except Exception as exc:
             log.warning("IRC ledger error: %s: %s", type(exc).__name__, exc)
             self._metrics.count("ledger_errors")
@@ -516,14 +623,53 @@ class Coordinator:
             region=region,
             plan_id=plan.plan_id,
             provisioning_s=0.0,
+            serving_region=region,
         )
 
-    def _reserve(self, allocation_id: str, valid: ValidRequest, ceiling: float, now_s: float) -> tuple[str, ...]:
+    def _reserve(
+        self, allocation_id: str, valid: ValidRequest, region: str, ceiling: float, now_s: float
+    ) -> tuple[str, ...]:
         """One ledger reservation of the request's session; () when granted, else the short resources."""
         return self._ledger.reserve(
-            allocation_id, valid.destination_region, valid.requirements, valid.start_s, valid.end_s,
+            allocation_id, region, valid.requirements, valid.start_s, valid.end_s,
             ceiling=ceiling, priority=valid.priority, now_s=now_s,
         )
+
+    def _unhealthy_miss(self, valid: ValidRequest, located: _Located | _Miss) -> _Miss:
+        """Why the destination itself is skipped: an operator marked it unhealthy (module doc)."""
+        region = valid.destination_region
+        plan_id = located.plan_id if isinstance(located, _Miss) else located[0].plan_id
+        note = self._unhealthy.get(region) or "no reason given"
+        return _Miss("region_unhealthy", f"{region} is marked unhealthy ({note})", plan_id)
+
+    def _serve_elsewhere(
+        self, valid: ValidRequest, located: _Located, miss: _Miss, now_s: float
+    ) -> PeeringResponse | None:
+        """The destination could not serve: its failover partner's pre-allocation (the plan's N+1
+        headroom), then the regions the plan relocated its demand to in this window; None when none can."""
+        plan, window = located
+        destination = valid.destination_region
+        tried = {destination}
+        for path, candidate in _alternates(plan, window, destination):
+            if candidate in tried or candidate in self._unhealthy:
+                continue
+            tried.add(candidate)
+            outcome = self._serve_preallocated(valid, located, now_s, region=candidate)
+            if not isinstance(outcome, PeeringResponse):
+                continue
+            how = "failover partner (N+1 headroom)" if path == "failover" else "region the plan relocated its demand to"
+            self._metrics.count(f"served_{path}")
+            return dataclasses.replace(
+                outcome,
+                path=path,
+                latency_class="medium",  # capacity is ready, but the session crosses regions
+                message=f"Served from {candidate}, {destination}'s {how}, plan {plan.plan_id}, window {window.key}: "
+                        f"{miss.detail}",
+                region=destination,
+                miss_reason=miss.reason,
+                short_resources=miss.short,
+            )
+        return None
 
     def _exhaustion_sweep_due(self, now_s: float) -> bool:
         """A shared ledger that refuses a request sweeps expired sessions first - at most once per interval."""
@@ -537,8 +683,13 @@ class Coordinator:
         region, requirements = valid.destination_region, valid.requirements
         allocation_id = f"{ON_DEMAND_PREFIX}{self._id_prefix}{next(self._ids):x}"
         on_demand = self._on_demand
-        on_demand.sweep(now_s)
-        if not on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
+        try:
+            on_demand.sweep(now_s)
+            if not on_demand.try_allocate(region, requirements, allocation_id, valid.end_s):
+                return None
+        except Exception as exc:  # a shared ledger that is down: not served on demand, said in the failure
+            log.warning("IRC on-demand admission error: %s: %s", type(exc).__name__, exc)
+            self._metrics.count("ledger_errors")
             return None
         caveat = "" if on_demand.checks_capacity else " (no pool snapshot: capacity not verified)"
         return PeeringResponse(
@@ -553,11 +704,19 @@ class Coordinator:
             miss_reason=miss.reason,
             short_resources=miss.short,
             provisioning_s=on_demand.provisioning_s(region, requirements),
+            serving_region=region,
         )
 
     def _insufficient(self, valid: ValidRequest, miss: _Miss) -> PeeringResponse:
-        """The failure when neither the pre-allocation nor the on-demand pool can serve the request."""
+        """The failure when neither the pre-allocation, the on-demand pool nor another region can serve it."""
         region = valid.destination_region
+        if miss.reason == "region_unhealthy":
+            return _failure(
+                valid.request_id,
+                f"Region unavailable: {miss.detail}; no failover partner or relocation target could serve it",
+                region=region,
+                miss=miss,
+            )
         lacking = self._shortfall(region, valid.requirements) or "on-demand pool taken by concurrent requests"
         return _failure(
             valid.request_id,
@@ -567,7 +726,10 @@ class Coordinator:
         )
 
     def _shortfall(self, region: str, requirements: Mapping[str, float]) -> str:
-        available = self._on_demand.available(region)
+        try:
+            available = self._on_demand.available(region)
+        except Exception as exc:
+            return f"on-demand pool unknown ({type(exc).__name__}: {exc})"
         return ", ".join(
             f"{rt} (requested {q:g}, available {available.get(rt, 0.0):g})"
             for rt, q in sorted(requirements.items())
@@ -607,18 +769,28 @@ class Coordinator:
         # No usable plan at start: keep whatever pools snapshot is readable so that on-demand
         # serving still checks capacity and region names.
         try:
-            if self._pinned is not None:
-                pools = load_pools(self._lake_root, self._pinned)
-            else:
-                pools = load_pools(self._lake_root, *latest_ref(self._lake_root))
+            ref = (self._pinned, None) if self._pinned is not None else latest_ref(self._lake_root)
+            pools = load_pools(self._lake_root, *ref)
         except Exception:
             return
-        if self._owns_on_demand and isinstance(self._on_demand, PoolAllocator):
-            self._on_demand.load_pools(pools)
+        self._load_pools(pools, ref[0])
         state = self._state
         self._state = _PlanState(
             plan=None, previous=None, error=state.error, known_regions=frozenset(pools) or None, signature=None
         )
+
+    def _load_pools(self, pools: Mapping[str, Mapping[str, float]], plan_id: str) -> None:
+        """Give the plan's pools snapshot to the default allocator (into the ledger when it is shared)."""
+        if not self._owns_on_demand:
+            return
+        if isinstance(self._on_demand, LedgerPoolAllocator):
+            try:
+                self._on_demand.load_pools(pools, plan_id)
+            except Exception as exc:  # the plan is still served; on-demand keeps the pools in force
+                log.warning("IRC: could not store plan %s's pools in the ledger: %s: %s", plan_id, type(exc).__name__, exc)
+                self._metrics.count("ledger_errors")
+        elif isinstance(self._on_demand, PoolAllocator):
+            self._on_demand.load_pools(pools)
 
     def _reload_failed(self, exc: BaseException, signature: tuple[str, float | None] | None) -> None:
         message = str(exc) if isinstance(exc, PlanUnavailable) else f"{type(exc).__name__}: {exc}"
@@ -672,6 +844,17 @@ class Coordinator:
         return gauges
 
 
+def _alternates(plan: LoadedPlan, window: PlanWindow, region: str) -> list[tuple[Path, str]]:
+    """(path, region) to try after the destination, in order: its failover partner, then the regions
+    the plan relocated its demand to in this window (most moved first)."""
+    out: list[tuple[Path, str]] = []
+    partner = plan.partners.get(region)
+    if partner is not None:
+        out.append(("failover", partner))
+    out.extend(("relocated", target) for target in plan.relocations.get((window.start_s, region), ()))
+    return out
+
+
 def _iso(at_s: float) -> str:
     """A clock reading as UTC ISO-8601 for messages (a broken clock reads as itself)."""
     try:
@@ -688,6 +871,7 @@ def _watch(ref: weakref.ref[Coordinator], stop: threading.Event, interval_s: flo
             return
         try:
             coordinator.reload()
+            coordinator.refresh_health()
         except Exception:
             log.exception("IRC plan watcher error")
         del coordinator

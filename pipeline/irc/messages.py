@@ -17,7 +17,9 @@ from typing import Any, Literal
 from pipeline.irc.contract import RESOURCE_TYPES
 
 Status = Literal["success", "failure"]
-Path = Literal["preallocated", "on_demand", "none"]
+# failover: the destination's failover partner's pre-allocation (its N+1 headroom); relocated: the
+# pre-allocation of a region the plan moved the destination's demand to (coordinator docstring).
+Path = Literal["preallocated", "on_demand", "failover", "relocated", "none"]
 LatencyClass = Literal["low", "medium"]
 
 
@@ -77,9 +79,12 @@ class PeeringResponse:
     plan_id: str | None = None  # plan the decision was taken under (for irc_outcomes feedback)
     # Why the pre-allocation did not serve the request (None on a hit or an invalid request):
     # exhausted | not_planned | no_window | no_plan | plan_expired | plan_not_yet_valid | ledger_error
+    # | region_unhealthy
     miss_reason: str | None = None
     short_resources: tuple[str, ...] = ()  # resources the pre-allocation (or the pool) lacked
     provisioning_s: float | None = None  # modeled time until the capacity is usable (0 when pre-allocated)
+    # Where the capacity is held: the destination, its failover partner or a relocation target (None on a failure).
+    serving_region: str | None = None
 
     @property
     def ok(self) -> bool:

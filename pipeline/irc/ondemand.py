@@ -7,9 +7,11 @@ Without any snapshot (no plan ever published) it passes requests through and say
 (`checks_capacity` is False): the cloud's own API is then the only arbiter.
 
 Grants expire like pre-allocations (`requested_at + duration_s`), so a caller that never calls
-`release` does not drain the pool. The pool is per process: with several replicas it is an
-admission check, the cloud API stays the final arbiter (the shared ledgers cover the
-pre-allocation, which is what the plan paid for).
+`release` does not drain the pool. `PoolAllocator`'s pool is per process (the default with the
+in-memory ledger). With a shared ledger (SQLite, PostgreSQL) the coordinator uses
+`LedgerPoolAllocator` instead: the pools snapshot is stored in the ledger and every grant is
+admitted there atomically (`Ledger.admit`), so replicas sharing the ledger never admit more than
+the pool between them. The cloud API stays the final arbiter of what actually launches.
 
 Modeled latency (`LatencyModel`): launching on demand is not free. Each resource type has a base
 provisioning time (instances ~60 s: the middle of the 25-90 s cold launch range; volumes 30 s;
@@ -26,7 +28,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
-from pipeline.irc.ledger import fits
+from pipeline.irc.ledger import Ledger, fits
 
 
 @dataclass(frozen=True)
@@ -186,3 +188,86 @@ class UncheckedAllocator(PoolAllocator):
 
     def __init__(self, latency: LatencyModel | None = None) -> None:
         super().__init__(None, latency)
+
+
+class LedgerPoolAllocator:
+    """On-demand admission through a shared ledger: one pool for every replica (see module docstring).
+
+    Without a pools snapshot (no plan ever loaded) it passes requests through like `PoolAllocator`
+    (`checks_capacity` False). Expiry is the ledger's: a grant stops counting once the latest time
+    the coordinator swept to (never past the ledger's clock) passes its end; `sweep` deletes ended
+    grants at most every `sweep_interval_s` (they no longer count anyway).
+    """
+
+    def __init__(self, ledger: Ledger, latency: LatencyModel | None = None, sweep_interval_s: float = 60.0) -> None:
+        self._ledger = ledger
+        self._latency = latency or LatencyModel()
+        self._snapshot: dict[str, dict[str, float]] | None = None
+        self._unchecked: set[str] = set()  # pass-through grants (no snapshot): ids only, exactly-once release
+        self._lock = threading.Lock()
+        self._now = float("-inf")
+        self._next_sweep = float("-inf")
+        self._sweep_interval_s = sweep_interval_s
+
+    @property
+    def ledger(self) -> Ledger:
+        return self._ledger
+
+    @property
+    def checks_capacity(self) -> bool:
+        return self._snapshot is not None
+
+    def load_pools(self, pools: Mapping[str, Mapping[str, float]] | None, plan_id: str = "") -> None:
+        """Store the plan's pools in the ledger (a newer plan's pools already there win)."""
+        if pools is None:
+            self._snapshot = None
+            return
+        self._ledger.load_pools(pools, plan_id)
+        self._snapshot = {region: dict(q) for region, q in pools.items()}
+
+    def _cutoff(self) -> float | None:
+        return self._now if self._now != float("-inf") else None
+
+    def try_allocate(
+        self, region: str, requirements: Mapping[str, float], allocation_id: str, expires_at_s: float | None = None
+    ) -> bool:
+        end = float("inf") if expires_at_s is None else expires_at_s
+        if self._snapshot is None:
+            with self._lock:
+                if allocation_id in self._unchecked:
+                    raise ValueError(f"allocation_id {allocation_id!r} already in use")
+                self._unchecked.add(allocation_id)
+            return True
+        return self._ledger.admit(allocation_id, region, requirements, end, self._cutoff())
+
+    def release(self, allocation_id: str) -> bool:
+        with self._lock:
+            if allocation_id in self._unchecked:
+                self._unchecked.discard(allocation_id)
+                return True
+        return self._ledger.release_admission(allocation_id)
+
+    def sweep(self, now_s: float) -> int:
+        with self._lock:
+            if now_s > self._now:  # also skips a NaN
+                self._now = now_s
+            if not now_s >= self._next_sweep:  # also a NaN
+                return 0
+            self._next_sweep = now_s + self._sweep_interval_s
+        return self._ledger.sweep_admissions(now_s)
+
+    def available(self, region: str) -> dict[str, float]:
+        if self._snapshot is None:
+            return {}
+        return self._ledger.pool_available(region, self._cutoff())
+
+    def provisioning_s(self, region: str, requirements: Mapping[str, float]) -> float:
+        drawn = 0.0
+        snapshot = self._snapshot
+        if snapshot is not None:
+            total = snapshot.get(region, {})
+            pool = self.available(region)
+            for rt in requirements:
+                if total.get(rt, 0.0) > 0:
+                    drawn = max(drawn, 1.0 - pool.get(rt, 0.0) / total[rt])
+        return self._latency.estimate(requirements, drawn)

@@ -24,7 +24,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from types import MappingProxyType
-from typing import Any
+from typing import Any, TypeGuard
 
 from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.irc.contract import PLAN_ID_PATTERN, REGION_PATTERN, RESOURCE_TYPES
@@ -95,6 +95,11 @@ class LoadedPlan:
     manifest: Mapping[str, Any]
     created_at: datetime | None = None  # manifest created_at (plan age metric)
     attempt: int | None = None  # the plan's attempt directory (plans/plan_id=<id>/attempt=<n>)
+    # Serving topology (manifest `redundancy` and `relocations`, see `read_topology`): the region each
+    # region fails over to (its N+1 headroom is held there), and per (window start_s, region) the
+    # regions the planner moved that region's flexible demand to, most moved first.
+    partners: Mapping[str, str] = field(default_factory=dict)
+    relocations: Mapping[tuple[int, str], tuple[str, ...]] = field(default_factory=dict)
     _starts: tuple[float, ...] = field(init=False, repr=False, compare=False)
     valid_from_s: float = field(init=False, repr=False, compare=False)
     valid_to_s: float = field(init=False, repr=False, compare=False)
@@ -247,7 +252,47 @@ def load_plan(lake_root: str | os.PathLike[str], plan_id: str, attempt: int | No
         manifest=MappingProxyType(manifest),
         created_at=created_at,
         attempt=attempt,
+        **read_topology(manifest),
     )
+
+
+def read_topology(manifest: Mapping[str, Any]) -> dict[str, Any]:
+    """`partners` and `relocations` of a plan from its manifest (`pipeline.plan.planner._manifest`).
+
+    `redundancy: {region: {"partner": name | null, ...}}` names each region's failover partner;
+    `relocations: [{"window": iso, "from", "to", "quantity": {rt: q}}]` the demand moved per window.
+    Both are optional (older plans, hand-made ones): a malformed entry is skipped, never fatal - the
+    topology only adds serving options, the pre-allocation itself is verified and checked above.
+    """
+    partners: dict[str, str] = {}
+    redundancy = manifest.get("redundancy")
+    if isinstance(redundancy, Mapping):
+        for region, entry in redundancy.items():
+            partner = entry.get("partner") if isinstance(entry, Mapping) else None
+            if _is_region(region) and _is_region(partner) and partner != region:
+                partners[region] = partner
+    moved: dict[tuple[int, str], dict[str, float]] = {}
+    relocations = manifest.get("relocations")
+    for move in relocations if isinstance(relocations, list) else ():
+        if not isinstance(move, Mapping):
+            continue
+        source, target = move.get("from"), move.get("to")
+        try:
+            start = int(_parse_instant(move.get("window"), "relocation window").timestamp())
+        except PlanCorrupt:
+            continue
+        if not (_is_region(source) and _is_region(target)) or source == target:
+            continue
+        quantity = move.get("quantity")
+        total = sum(float(q) for q in quantity.values() if isinstance(q, int | float)) if isinstance(quantity, Mapping) else 0.0
+        targets = moved.setdefault((start, source), {})
+        targets[target] = targets.get(target, 0.0) + (total if math.isfinite(total) else 0.0)
+    ordered = {key: tuple(sorted(t, key=lambda r: (-t[r], r))) for key, t in moved.items()}
+    return {"partners": MappingProxyType(partners), "relocations": MappingProxyType(ordered)}
+
+
+def _is_region(name: Any) -> TypeGuard[str]:
+    return isinstance(name, str) and bool(REGION_PATTERN.match(name))
 
 
 def load_newest_verified(lake_root: str | os.PathLike[str], *, skip: tuple[str, int] | None = None,

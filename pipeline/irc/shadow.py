@@ -86,7 +86,7 @@ class SideStats:
             self.on_demand_cost_usd += hours * sum(
                 _number(q) * unit_costs.get(rt, 0.0) for rt, q in requirements.items()
             )
-        else:
+        elif response.status != "success":  # failover / relocated successes are neither hits nor failures
             self.failures += 1
 
     @property

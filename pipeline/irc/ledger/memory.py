@@ -5,9 +5,10 @@ from __future__ import annotations
 import bisect
 import heapq
 import threading
+import time
 from collections.abc import Iterable, Mapping
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE, short_resources
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, TOLERANCE, fits, short_resources
 from pipeline.irc.plan_source import CapacityRow
 
 # utilization(at_s) reads the windows overlapping [at_s, at_s + _INSTANT_S): those containing at_s.
@@ -42,6 +43,7 @@ class InMemoryLedger:
     """Process-local ledger; one lock makes check-and-reserve atomic across threads."""
 
     sweeps_inline = True
+    shared = False  # on-demand admission here counts this process only (see protocol)
 
     def __init__(
         self,
@@ -55,6 +57,9 @@ class InMemoryLedger:
         self._allocations: dict[str, tuple[str, float, float, dict[str, float]]] = {}
         self._expiry: list[tuple[float, str]] = []  # heap of (end_s, allocation_id)
         self._retention_s = retention_s
+        self._pools: dict[str, dict[str, float]] = {}
+        self._pools_plan: str | None = None
+        self._admissions: dict[str, tuple[str, dict[str, float], float]] = {}  # id -> (region, wanted, expires)
         if rows is not None:
             self.load_capacities(rows, plan_id)
 
@@ -205,6 +210,56 @@ class InMemoryLedger:
     def live_allocations(self) -> int:
         with self._lock:
             return len(self._allocations)
+
+    # -- on-demand admission (per process; the shared ledgers share it) --------------------------
+
+    def load_pools(self, pools: Mapping[str, Mapping[str, float]], plan_id: str) -> None:
+        with self._lock:
+            if self._pools_plan is not None and self._pools_plan > plan_id:
+                return
+            self._pools = {region: {rt: float(q) for rt, q in quantities.items()} for region, quantities in pools.items()}
+            self._pools_plan = plan_id
+
+    def _pool_used(self, region: str, cutoff: float) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for grant_region, wanted, expires in self._admissions.values():
+            if grant_region == region and expires > cutoff:
+                for rt, q in wanted.items():
+                    used[rt] = used.get(rt, 0.0) + q
+        return used
+
+    def admit(self, allocation_id: str, region: str, requirements: Mapping[str, float], expires_at_s: float,
+              now_s: float | None = None) -> bool:
+        wanted = {rt: float(q) for rt, q in requirements.items() if q > 0}
+        cutoff = time.time() if now_s is None else now_s
+        with self._lock:
+            if allocation_id in self._admissions:
+                raise ValueError(f"allocation_id {allocation_id!r} already in use")
+            pool = self._pools.get(region)
+            if pool is None or not fits(wanted, self._pool_used(region, cutoff), pool):
+                return False
+            self._admissions[allocation_id] = (region, wanted, float(expires_at_s))
+            return True
+
+    def release_admission(self, allocation_id: str) -> bool:
+        with self._lock:
+            return self._admissions.pop(allocation_id, None) is not None
+
+    def pool_available(self, region: str, now_s: float | None = None) -> dict[str, float]:
+        cutoff = time.time() if now_s is None else now_s
+        with self._lock:
+            pool = self._pools.get(region)
+            if pool is None:
+                return {}
+            used = self._pool_used(region, cutoff)
+            return {rt: max(0.0, q - used.get(rt, 0.0)) for rt, q in pool.items()}
+
+    def sweep_admissions(self, now_s: float) -> int:
+        with self._lock:
+            gone = [a for a, (_, _, expires) in self._admissions.items() if expires <= now_s]
+            for allocation_id in gone:
+                del self._admissions[allocation_id]
+            return len(gone)
 
     def close(self) -> None:
         return None

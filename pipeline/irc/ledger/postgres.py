@@ -174,6 +174,66 @@ END
 $fn$;
 """
 
+_OD_DDL = """
+CREATE TABLE IF NOT EXISTS {s}.od_pools (
+    region        text   NOT NULL,
+    resource_type text   NOT NULL,
+    capacity      float8 NOT NULL,
+    plan_id       text   NOT NULL,
+    PRIMARY KEY (region, resource_type)
+);
+CREATE TABLE IF NOT EXISTS {s}.od_grants (
+    allocation_id text   NOT NULL,
+    region        text   NOT NULL,
+    resource_type text   NOT NULL,  -- '' (quantity 0) marks a grant that holds nothing
+    quantity      float8 NOT NULL,
+    expires_at    float8 NOT NULL,
+    PRIMARY KEY (allocation_id, resource_type)
+);
+CREATE INDEX IF NOT EXISTS od_grants_region ON {s}.od_grants (region, expires_at);
+CREATE INDEX IF NOT EXISTS od_grants_expiry ON {s}.od_grants (expires_at);
+CREATE TABLE IF NOT EXISTS {s}.meta (key text PRIMARY KEY, value text NOT NULL);
+
+-- On-demand admission: the region's pool rows are locked (in resource_type order) for the check and
+-- the insert, so admissions in one region are serialised across replicas and never exceed the pool.
+CREATE OR REPLACE FUNCTION {s}.admit(
+    p_id text, p_region text, p_types text[], p_qty float8[], p_expires float8, p_now float8
+) RETURNS boolean LANGUAGE plpgsql AS $fn$
+DECLARE
+    v_cutoff float8 := least(coalesce(p_now, 'infinity'::float8), extract(epoch FROM clock_timestamp())::float8);
+BEGIN
+    PERFORM 1 FROM {s}.od_pools WHERE region = p_region ORDER BY resource_type FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT 1 FROM {s}.od_grants WHERE allocation_id = p_id) THEN
+        RAISE EXCEPTION 'allocation_id % already in use', p_id USING ERRCODE = 'unique_violation';
+    END IF;
+    IF EXISTS (
+        SELECT 1 FROM unnest(p_types, p_qty) AS r(t, q)
+        LEFT JOIN {s}.od_pools p ON p.region = p_region AND p.resource_type = r.t
+        LEFT JOIN (
+            SELECT g.resource_type, sum(g.quantity) AS used FROM {s}.od_grants g
+            WHERE g.region = p_region AND g.expires_at > v_cutoff GROUP BY g.resource_type
+        ) u ON u.resource_type = r.t
+        WHERE r.q > 0 AND {over_pool}
+    ) THEN
+        RETURN false;
+    END IF;
+    INSERT INTO {s}.od_grants (allocation_id, region, resource_type, quantity, expires_at)
+    SELECT p_id, p_region, r.t, r.q, p_expires FROM unnest(p_types, p_qty) AS r(t, q) WHERE r.q > 0;
+    IF NOT FOUND THEN
+        INSERT INTO {s}.od_grants VALUES (p_id, p_region, '', 0, p_expires);
+    END IF;
+    RETURN true;
+END
+$fn$;
+"""
+# The pool rule of `admit`: the same `over_capacity` expression, ceiling 1 (ledger.protocol).
+_OVER_POOL = over_capacity_sql(used="coalesce(u.used, 0)", quantity="r.q", capacity="coalesce(p.capacity, 0)",
+                               ceiling="1.0")
+_CUTOFF = "least(%(now)s, extract(epoch FROM clock_timestamp())::float8)"
+
 _LOAD = """
 INSERT INTO {s}.capacity AS cur (region, window_start, window_end, resource_type, capacity, used, plan_id)
 SELECT n.region, n.ws, n.we, n.t, n.cap,
@@ -194,6 +254,7 @@ class PostgresLedger:
     """Ledger in a PostgreSQL schema; thread-safe (one connection per thread) and replica-safe."""
 
     sweeps_inline = False
+    shared = True
 
     def __init__(self, dsn: str, schema: str = DEFAULT_SCHEMA, *, retention_s: float = DEFAULT_RETENTION_S,
                  connect_timeout_s: int = 5, synchronous_commit: bool = True) -> None:
@@ -251,6 +312,7 @@ class PostgresLedger:
             # Replicas may start together: serialise DDL (CREATE OR REPLACE FUNCTION is not concurrent-safe).
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"peerscale-irc-ddl:{self.schema}",))
             conn.execute(_DDL.format(s=self.schema, over_capacity=_OVER_CAPACITY))
+            conn.execute(_OD_DDL.format(s=self.schema, over_pool=_OVER_POOL))
 
     def drop(self) -> None:
         """Drop the ledger's schema and everything in it (tests, decommissioning)."""
@@ -320,6 +382,66 @@ class PostgresLedger:
 
     def live_allocations(self) -> int:
         return int(self._conn().execute(f"SELECT count(*) FROM {self.schema}.allocations").fetchone()[0])
+
+    # -- on-demand admission (the `admit` server function: one round trip per grant) --------------
+
+    def load_pools(self, pools: Mapping[str, Mapping[str, float]], plan_id: str) -> None:
+        rows = [(region, rt, float(q)) for region, quantities in pools.items() for rt, q in quantities.items()]
+        s = self.schema
+        conn = self._conn()
+        with conn.transaction():
+            conn.execute(f"LOCK TABLE {s}.od_pools IN EXCLUSIVE MODE")  # waits for admissions in flight
+            current = conn.execute(f"SELECT value FROM {s}.meta WHERE key = 'pools_plan_id'").fetchone()
+            if current is not None and current[0] > plan_id:
+                return  # a newer plan's pools are in force
+            conn.execute(
+                f"INSERT INTO {s}.meta (key, value) VALUES ('pools_plan_id', %s) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value", (plan_id,),
+            )
+            # Upsert (not delete + insert): an admission waiting on a row lock then reads the new row.
+            conn.execute(
+                f"DELETE FROM {s}.od_pools p WHERE NOT EXISTS (SELECT 1 FROM unnest(%(r)s::text[], %(t)s::text[]) "
+                "AS n(region, t) WHERE n.region = p.region AND n.t = p.resource_type)",
+                {"r": [r[0] for r in rows], "t": [r[1] for r in rows]},
+            )
+            conn.execute(
+                f"INSERT INTO {s}.od_pools AS cur (region, resource_type, capacity, plan_id) "
+                "SELECT n.region, n.t, n.q, %(plan_id)s FROM unnest(%(r)s::text[], %(t)s::text[], %(q)s::float8[]) "
+                "AS n(region, t, q) ON CONFLICT (region, resource_type) DO UPDATE "
+                "SET capacity = EXCLUDED.capacity, plan_id = EXCLUDED.plan_id",
+                {"plan_id": plan_id, "r": [r[0] for r in rows], "t": [r[1] for r in rows], "q": [r[2] for r in rows]},
+            )
+
+    def admit(self, allocation_id: str, region: str, requirements: Mapping[str, float], expires_at_s: float,
+              now_s: float | None = None) -> bool:
+        types = list(requirements)
+        return bool(self._conn().execute(
+            f"SELECT {self.schema}.admit(%s, %s, %s::text[], %s::float8[], %s, %s)",
+            (allocation_id, region, types, [float(requirements[t]) for t in types], float(expires_at_s), now_s),
+        ).fetchone()[0])
+
+    def release_admission(self, allocation_id: str) -> bool:
+        return int(self._conn().execute(
+            f"WITH gone AS (DELETE FROM {self.schema}.od_grants WHERE allocation_id = %s RETURNING 1) "
+            "SELECT count(*) FROM gone", (allocation_id,),
+        ).fetchone()[0]) > 0
+
+    def pool_available(self, region: str, now_s: float | None = None) -> dict[str, float]:
+        s = self.schema
+        rows = self._conn().execute(
+            f"SELECT p.resource_type, p.capacity - coalesce((SELECT sum(g.quantity) FROM {s}.od_grants g "
+            f"WHERE g.region = p.region AND g.resource_type = p.resource_type AND g.expires_at > {_CUTOFF}), 0) "
+            f"FROM {s}.od_pools p WHERE p.region = %(region)s",
+            {"region": region, "now": float("inf") if now_s is None else now_s},
+        ).fetchall()
+        return {rt: max(0.0, q) for rt, q in rows}
+
+    def sweep_admissions(self, now_s: float) -> int:
+        return int(self._conn().execute(
+            f"WITH gone AS (DELETE FROM {self.schema}.od_grants WHERE expires_at <= {_CUTOFF} "
+            "RETURNING allocation_id) SELECT count(DISTINCT allocation_id) FROM gone",
+            {"now": now_s},
+        ).fetchone()[0])
 
     def close(self) -> None:
         with self._connections_lock:

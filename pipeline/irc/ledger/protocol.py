@@ -22,6 +22,16 @@ Contract (every backend):
   with an older `plan_id` never overwrites a window loaded by a newer one (replicas converge).
 * Allocations expire at `requested_at + duration_s`: `sweep(now)` returns their capacity (leaked
   allocations come back); explicit `release` still works and is exactly-once.
+* On-demand admission (`load_pools`, `admit`, `release_admission`, `pool_available`,
+  `sweep_admissions`): the plan's `resource_pools` snapshot (what each region can launch beyond the
+  pre-allocation) is stored beside the capacity, and an on-demand grant is admitted only while the
+  live grants of its region stay within the pool (`fits`: the same `over_capacity` rule, ceiling
+  1) - atomically, so replicas sharing a SQLite or PostgreSQL ledger can never admit more than the
+  pool between them (the in-memory ledger counts per process). A grant is live until its
+  `expires_at_s` (expiry is implicit: grants that ended by min(now, the ledger's clock) no longer
+  count; `sweep_admissions` only deletes them). The newest `plan_id` wins a pool load (an older
+  plan's load is ignored) and replaces the whole snapshot; live grants stay counted against it.
+  A region without a pool admits nothing.
 * A shared ledger trusts no caller's `now`: SQLite and PostgreSQL sweep up to the earlier of `now`
   and their own clock (the host's wall clock; the server's `clock_timestamp()`), so no replica -
   skewed, replaying, or fed a request dated 2099 - can free a session that is still running. The
@@ -84,6 +94,35 @@ class Ledger(Protocol):
 
     def utilization(self, at_s: float) -> dict[tuple[str, str], tuple[float, float]]:
         """{(region, resource_type): (capacity, used)} of the windows containing `at_s`."""
+        ...
+
+    # -- on-demand admission (see the module docstring) -----------------------------------------
+
+    #: True when the ledger is shared by processes (SQLite, PostgreSQL): the coordinator then admits
+    #: on-demand requests through it (`ondemand.LedgerPoolAllocator`) instead of a per-process pool.
+    shared: bool
+
+    def load_pools(self, pools: Mapping[str, Mapping[str, float]], plan_id: str) -> None:
+        """Adopt a plan's {region: {resource_type: available}} pools unless a newer plan's are loaded."""
+        ...
+
+    def admit(
+        self, allocation_id: str, region: str, requirements: Mapping[str, float], expires_at_s: float,
+        now_s: float | None = None,
+    ) -> bool:
+        """Admit an on-demand grant if every requirement fits the region's pool with the live grants."""
+        ...
+
+    def release_admission(self, allocation_id: str) -> bool:
+        """Give an on-demand grant back; False if unknown or already released/swept."""
+        ...
+
+    def pool_available(self, region: str, now_s: float | None = None) -> dict[str, float]:
+        """{resource_type: pool - live grants} of a region ({} when it has no pool)."""
+        ...
+
+    def sweep_admissions(self, now_s: float) -> int:
+        """Delete grants that ended by min(now_s, the ledger's clock); how many."""
         ...
 
     def close(self) -> None:

@@ -24,7 +24,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, short_resources
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, fits, short_resources
 from pipeline.irc.plan_source import CapacityRow
 
 _SCHEMA = """
@@ -48,6 +48,24 @@ CREATE TABLE IF NOT EXISTS irc_allocations (
 );
 CREATE INDEX IF NOT EXISTS irc_allocations_expiry ON irc_allocations (expires_at);
 CREATE INDEX IF NOT EXISTS irc_allocations_region ON irc_allocations (region, starts_at);
+CREATE TABLE IF NOT EXISTS irc_od_pools (
+    region        TEXT NOT NULL,
+    resource_type TEXT NOT NULL,
+    capacity      REAL NOT NULL,
+    plan_id       TEXT NOT NULL,
+    PRIMARY KEY (region, resource_type)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS irc_od_grants (
+    allocation_id TEXT NOT NULL,
+    region        TEXT NOT NULL,
+    resource_type TEXT NOT NULL,  -- '' (quantity 0) marks a grant that holds nothing
+    quantity      REAL NOT NULL,
+    expires_at    REAL NOT NULL,
+    PRIMARY KEY (allocation_id, resource_type)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS irc_od_grants_region ON irc_od_grants (region, expires_at);
+CREATE INDEX IF NOT EXISTS irc_od_grants_expiry ON irc_od_grants (expires_at);
+CREATE TABLE IF NOT EXISTS irc_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) WITHOUT ROWID;
 """
 
 _OVERLAP = "region = ? AND window_start < ? AND window_end > ?"
@@ -58,6 +76,7 @@ class SQLiteLedger:
     """Ledger in one SQLite file; safe across threads (one connection + lock) and processes."""
 
     sweeps_inline = False
+    shared = True
 
     def __init__(self, path: str | os.PathLike[str], *, timeout_s: float = 30.0,
                  retention_s: float = DEFAULT_RETENTION_S, checkpoint_interval_s: float | None = 1.0) -> None:
@@ -242,10 +261,84 @@ class SQLiteLedger:
         with self._lock:
             return int(self._conn.execute("SELECT count(*) FROM irc_allocations").fetchone()[0])
 
+    # -- on-demand admission (one IMMEDIATE transaction per grant: processes never over-admit) -----
+
+    def load_pools(self, pools: Mapping[str, Mapping[str, float]], plan_id: str) -> None:
+        rows = [(region, rt, float(q), plan_id) for region, quantities in pools.items() for rt, q in quantities.items()]
+
+        def body(conn: sqlite3.Connection) -> None:
+            current = conn.execute("SELECT value FROM irc_meta WHERE key = 'pools_plan_id'").fetchone()
+            if current is not None and current[0] > plan_id:
+                return  # a newer plan's pools are in force
+            conn.execute("INSERT OR REPLACE INTO irc_meta (key, value) VALUES ('pools_plan_id', ?)", (plan_id,))
+            conn.execute("DELETE FROM irc_od_pools")
+            conn.executemany(
+                "INSERT INTO irc_od_pools (region, resource_type, capacity, plan_id) VALUES (?, ?, ?, ?)", rows
+            )
+
+        with self._lock:
+            self._write(body)
+
+    def admit(self, allocation_id: str, region: str, requirements: Mapping[str, float], expires_at_s: float,
+              now_s: float | None = None) -> bool:
+        wanted = {rt: float(q) for rt, q in requirements.items() if q > 0}
+        cutoff = _cutoff(now_s)
+
+        def body(conn: sqlite3.Connection) -> bool:
+            if conn.execute("SELECT 1 FROM irc_od_grants WHERE allocation_id = ? LIMIT 1", (allocation_id,)).fetchone():
+                raise ValueError(f"allocation_id {allocation_id!r} already in use")
+            pool = dict(conn.execute("SELECT resource_type, capacity FROM irc_od_pools WHERE region = ?", (region,)))
+            if not pool or not fits(wanted, self._used(conn, region, cutoff), pool):
+                return False
+            conn.executemany(
+                "INSERT INTO irc_od_grants (allocation_id, region, resource_type, quantity, expires_at) VALUES (?, ?, ?, ?, ?)",
+                [(allocation_id, region, rt, q, expires_at_s) for rt, q in wanted.items()]
+                or [(allocation_id, region, "", 0.0, expires_at_s)],
+            )
+            return True
+
+        with self._lock:
+            return self._write(body)
+
+    @staticmethod
+    def _used(conn: sqlite3.Connection, region: str, cutoff: float) -> dict[str, float]:
+        return dict(conn.execute(
+            "SELECT resource_type, sum(quantity) FROM irc_od_grants WHERE region = ? AND expires_at > ? "
+            "GROUP BY resource_type",
+            (region, cutoff),
+        ))
+
+    def release_admission(self, allocation_id: str) -> bool:
+        with self._lock:
+            return self._write(lambda conn: conn.execute(
+                "DELETE FROM irc_od_grants WHERE allocation_id = ?", (allocation_id,)
+            ).rowcount > 0)
+
+    def pool_available(self, region: str, now_s: float | None = None) -> dict[str, float]:
+        cutoff = _cutoff(now_s)
+        with self._lock:
+            pool = dict(self._conn.execute("SELECT resource_type, capacity FROM irc_od_pools WHERE region = ?", (region,)))
+            used = self._used(self._conn, region, cutoff)
+        return {rt: max(0.0, q - used.get(rt, 0.0)) for rt, q in pool.items()}
+
+    def sweep_admissions(self, now_s: float) -> int:
+        cutoff = _cutoff(now_s)
+        with self._lock:
+            gone = self._write(lambda conn: conn.execute(
+                "DELETE FROM irc_od_grants WHERE expires_at <= ? RETURNING allocation_id", (cutoff,)
+            ).fetchall())
+        return len({row[0] for row in gone})
+
     def close(self) -> None:
         self._stop.set()
         with self._lock:
             self._conn.close()
+
+
+def _cutoff(now_s: float | None) -> float:
+    """Grants that ended by this time no longer count: min(now_s, this host's clock) - never later."""
+    wall = time.time()
+    return wall if now_s is None or not now_s <= wall else now_s
 
 
 def _checkpointer(path: str, timeout_s: float, stop: threading.Event, interval_s: float) -> None:
