@@ -935,6 +935,8 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
             continue
         cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
         cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs, max(score_probs))
+        if len(cv.cut) < p.n_windows:  # fewer windows than the run's: choose the point only (same band)
+            cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
         method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
         for lv in covered if method in cands else ():
             lo, hi = cands[method][round(0.5 - lv / 200, 6)], cands[method][round(0.5 + lv / 200, 6)]
