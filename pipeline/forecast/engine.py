@@ -916,11 +916,14 @@ def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: S
     return out
 
 
+_Covered = dict[str, dict[int, np.ndarray]]  # series → interval level → which CV actuals its band covered
+
+
 def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration, ids: Sequence[str],
                   hist: dict[str, tuple[np.ndarray, np.ndarray]], cv_probs: Sequence[float],
-                  score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], dict[int, list[np.ndarray]]]:
+                  score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], _Covered]:
     """Per series: the band method chosen on its CV windows, its scores, its CV evidence; and, per
-    interval level, which CV actuals each chosen band covered (one array per series). Series
+    interval level, which of its CV actuals the chosen band covered (per series). Series
     without CV evidence get the seasonal-naive band from their own differences (the pool's shape
     only under two seasons): giving them the method the pool chose most often was tried and lost
     badly on short real series (bench/RESULTS.md)."""
@@ -929,7 +932,7 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
     cv_rows = chosen.groupby("unique_id", sort=False).indices if not chosen.empty else {}
     cols = {c: chosen[c].to_numpy() for c in chosen.columns}
     out: dict[str, tuple[str, dict, bands.SeriesCV | None]] = {}
-    covered: dict[int, list[np.ndarray]] = {lv: [] for lv in FORECAST_LEVELS}
+    covered: _Covered = {}
     for uid in ids:
         if uid not in cv_rows:
             continue
@@ -938,9 +941,9 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
         if len(cv.cut) < p.n_windows:  # fewer windows than the run's: choose the point only (same band)
             cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
         method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
-        for lv in covered if method in cands else ():
+        for lv in FORECAST_LEVELS if method in cands else ():
             lo, hi = cands[method][round(0.5 - lv / 200, 6)], cands[method][round(0.5 + lv / 200, 6)]
-            covered[lv].append((cv.y >= lo) & (cv.y <= hi))
+            covered.setdefault(uid, {})[lv] = (cv.y >= lo) & (cv.y <= hi)
         out[uid] = (method, scores, cv)
     for uid in ids:
         if uid not in out:  # no evidence: the baseline (its point too: an unchecked model's point can be far off)
@@ -970,13 +973,18 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
         native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
         pooled_now = {q: arrays[columns[q][0]][pos] for q in probs}
         values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, native, pooled_now)
-        if values is None:
+        if values is None:  # the pooled band stays (chosen, or the chosen one cannot be built now)
+            if method != bands.POOLED:
+                covered.pop(uid, None)  # its CV coverage was the other method's
             method = bands.POOLED
         else:
             for q, v in values.items():
                 for col in columns[q]:
                     arrays[col][pos] = v
         per_series[uid] = {"quantile_method": method, "quantile_cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
+        if uid in covered:
+            per_series[uid]["quantile_cv_coverage"] = {f"{lv}": round(float(np.mean(c)), 4) for lv, c in covered[uid].items()}
+            per_series[uid]["quantile_cv_rows"] = len(cv.y) if cv is not None else 0
         if scores.get(bands.SNAIVE):
             per_series[uid]["quantile_cv_vs_snaive"] = round(scores[method] / scores[bands.SNAIVE], 4) if method in scores else None
     for col, arr in arrays.items():
@@ -984,11 +992,12 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
     counts: dict[str, int] = {}
     for info in per_series.values():
         counts[info["quantile_method"]] = counts.get(info["quantile_method"], 0) + 1
-    cov = np.array([float(np.mean(c)) for c in covered[80]])
+    cov = np.array([float(np.mean(c[80])) for c in covered.values()])
     summary = {"chosen": dict(sorted(counts.items())), "scored_at": score_probs,
                "share_cv80_within_70_90": round(float(np.mean((cov >= 0.7) & (cov <= 0.9))), 4) if len(cov) else None}
     # the CV coverage of the bands actually used, pooled over every CV actual of the series that chose on CV
-    cv_coverage = {f"{lv}": round(float(np.mean(np.concatenate(c))), 4) for lv, c in covered.items() if c}
+    cv_coverage = {f"{lv}": round(float(np.mean(np.concatenate([c[lv] for c in covered.values()]))), 4)
+                   for lv in FORECAST_LEVELS if covered}
     return out, {"series": per_series, "summary": summary, "cv_coverage": cv_coverage}
 
 
