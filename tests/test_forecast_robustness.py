@@ -119,7 +119,8 @@ def test_short_history_uses_its_own_differences_not_the_pool() -> None:
     series = {f"wild{i}": 100 + _cycle(n) + rng.normal(0, 15, n) for i in range(4)}
     series["new_calm"] = 100 + _cycle(3 * M) + rng.normal(0, 0.5, 3 * M)
     result = _run(series)
-    assert result.selection["new_calm"]["quantile_method"] == bands.SNAIVE
+    # one CV window: it chooses only the point, the band is its own differences either way
+    assert result.selection["new_calm"]["quantile_method"] in (bands.SNAIVE, bands.EMPIRICAL)
     assert _width(result, "new_calm") < 3
     assert _width(result, "wild0") > 10
 
@@ -149,3 +150,34 @@ def test_choice_is_reported_per_series_with_its_cv_score() -> None:
         assert bands.SNAIVE in sel["quantile_cv_pinball"] and sel["quantile_cv_vs_snaive"] <= 1.0
     summary = result.info["quantile_methods"]
     assert sum(summary["chosen"].values()) == 3 and 0 <= summary["share_cv80_within_70_90"] <= 1
+
+
+def test_short_series_are_cross_validated_on_the_windows_they_hold() -> None:
+    """A series too short for the run's windows still gets CV evidence (its latest windows), so its
+    point and band are chosen on it rather than defaulted."""
+    rng = np.random.default_rng(9)
+    n, short_n = 20 * M, 4 * M  # the run takes 4 windows of 24; the short series holds 2
+    series = {f"long{i}": 50 + _cycle(n) + rng.normal(0, 2, n) for i in range(3)}
+    series["short"] = 50 + _cycle(short_n) + rng.normal(0, 2, short_n)
+    result = _run(series)
+    assert result.info["n_windows"] == 4
+    cv = result.cv[(result.cv["unique_id"] == "short") & (result.cv["model"] == "seasonal_naive")]
+    assert sorted(cv["window"].unique()) == [2, 3]  # numbered like the run's last two: the latest origins line up
+    assert pd.Timestamp(cv["cutoff"].max()) == (START + pd.Timedelta(hours=short_n - M - 1)).tz_localize(None)  # its last day held out
+    sel = result.selection["short"]
+    assert set(sel["pinball_at_tau"]) >= set(LOCAL)  # the point was chosen on its own CV scores
+    assert sel["quantile_cv_rows"] == 2 * M and bands.SNAIVE in sel["quantile_cv_pinball"]
+
+
+def test_cv_coverage_describes_the_bands_used() -> None:
+    """`info["cv_coverage"]` pools the CV coverage of each series' chosen band (not the pooled
+    calibration's in-sample coverage): it is the row-weighted mean of the per-series figures."""
+    rng = np.random.default_rng(10)
+    n = 16 * M
+    series = {f"s{i}": 100 + _cycle(n) + rng.standard_t(3, n) * (1 + 3 * i) for i in range(4)}
+    result = _run(series)
+    rows = np.array([result.selection[u]["quantile_cv_rows"] for u in series])
+    for level in ("80", "95"):
+        per_series = np.array([result.selection[u]["quantile_cv_coverage"][level] for u in series])
+        assert result.info["cv_coverage"][level] == pytest.approx(np.average(per_series, weights=rows), abs=2e-4)
+    assert 0.6 < result.info["cv_coverage"]["80"] < result.info["cv_coverage"]["95"] <= 1.0

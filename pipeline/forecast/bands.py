@@ -152,9 +152,10 @@ class SeriesCV:
 
 
 def cv_candidates(cv: SeriesCV, history: np.ndarray, m: int, g: np.ndarray, n_buckets: int, horizon: int,
-                  probs: Sequence[float]) -> dict[str, dict[float, np.ndarray]]:
+                  probs: Sequence[float], tail_p: float | None = None) -> dict[str, dict[float, np.ndarray]]:
     """Every candidate's quantiles at `probs` on the cross-validation rows, each fitted without the
-    window it predicts."""
+    window it predicts. `tail_p`: the highest probability the choice scores (default max(probs));
+    the own-error candidate needs enough errors beyond it (probs past it are diagnostics only)."""
     out: dict[str, dict[float, np.ndarray]] = {k: {p: np.full(len(cv.y), np.nan) for p in probs} for k in (EMPIRICAL, SNAIVE, CONFORMAL)}
     bucket = np.minimum(cv.step * n_buckets // max(horizon, 1), n_buckets - 1)
     windows = sorted(cv.cut)
@@ -167,7 +168,7 @@ def cv_candidates(cv: SeriesCV, history: np.ndarray, m: int, g: np.ndarray, n_bu
         for p in probs:
             out[EMPIRICAL][p][rows] = cv.mean[rows] + offs[p][steps]
             out[SNAIVE][p][rows] = cv.snaive[rows] + offs[p][steps]
-        if others.sum() * (1 - max(probs)) >= MIN_TAIL_ERRORS:
+        if others.sum() * (1 - (tail_p or max(probs))) >= MIN_TAIL_ERRORS:
             conf = conformal_offsets(errors[others], bucket[others], g, bucket[rows], probs)
             for p in probs:
                 out[CONFORMAL][p][rows] = cv.mean[rows] + conf[p]

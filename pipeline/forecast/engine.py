@@ -318,6 +318,23 @@ class Prepared:
         need = self.n_windows * self.window + seasons
         return [u for u in self.cv_ok if self.lengths[u] >= need]
 
+    def fewer_windows(self, name: str) -> dict[int, list[str]]:
+        """Series that cannot hold the run's `n_windows` but hold k ≥ 1 (k → their ids): each is
+        cross-validated on the windows it has, so short series get evidence too (one window count
+        for the whole run left them none, and their bands unchosen)."""
+        if self.n_windows <= 1:
+            return {}
+        base = SHORT_SERIES_SEASONS * self.season_length  # k depends on the series only: every model scores the same windows
+        seasons = max(base, int(MODEL_MIN_SEASONS.get(name, 1) * self.season_length))
+        ok = set(self.cv_ok)
+        out: dict[int, list[str]] = {}
+        for u in self.long_ids:
+            n = int(self.lengths[u])
+            k = min(self.n_windows - 1, (n - base) // self.window)
+            if u not in ok and k >= 1 and n >= k * self.window + seasons:
+                out.setdefault(k, []).append(u)
+        return out
+
     def subset(self, ids: Sequence[str]) -> Prepared:
         """The same preparation restricted to `ids` (a shard): per-series rows only, run-wide parameters kept."""
         keep = set(ids)
@@ -421,25 +438,46 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
 
 
 def cross_validate_model(p: Prepared, name: str) -> ModelRun:
-    """Step 2 for one model: rolling-origin forecasts on every eligible series of `p`."""
+    """Step 2 for one model: rolling-origin forecasts on every eligible series of `p` (the run's
+    `n_windows` where a series holds them, as many as it holds otherwise: see `fewer_windows`)."""
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            eligible = p.eligible(name)
-            if not eligible:
+            eligible, fewer = p.eligible(name), p.fewer_windows(name)
+            if not eligible and not fewer:
                 run = ModelRun(name, error=f"{name}: no series long enough to cross-validate", no_series=True)
                 return run
             instance = p.model(name)
-            cv = instance.cross_validate(p.inputs_for(name, eligible), p.window, p.n_windows, p.window)
+            parts = [instance.cross_validate(p.inputs_for(name, eligible), p.window, p.n_windows, p.window)] if eligible else []
     except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
         return ModelRun(name, error=str(exc)[:300])
-    trained = instance if MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
-    cv = _cv_with_actuals(cv, p.history)
+    parts += _fewer_window_cv(p, name, fewer)
+    if not parts:
+        return ModelRun(name, error=f"{name}: cross-validation failed on every series", no_series=True)
+    trained = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
+    cv = _cv_with_actuals(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], p.history)
     if not MODELS_HANDLE_EVENTS.get(name, False):
         own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
         cv[["mean", *own]] = cv[["mean", *own]].to_numpy(float) * cv["_factor"].to_numpy(float)[:, None]
     return ModelRun(name, cv=cv, trained=trained, seconds=round(time.perf_counter() - t0, 3))
+
+
+def _fewer_window_cv(p: Prepared, name: str, fewer: dict[int, list[str]]) -> list[pd.DataFrame]:
+    """Cross-validation of the series too short for the run's windows, on the k < n_windows they
+    hold. Their windows are numbered like the run's last k (the latest origins line up); a group
+    the model cannot fit is left without this model's evidence, as a too-short series was before."""
+    parts = []
+    for k, ids in sorted(fewer.items()):
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                cv = p.model(name).cross_validate(p.inputs_for(name, ids), p.window, k, p.window)
+        except (NotEnoughData, ValueError, np.linalg.LinAlgError):
+            continue
+        if not cv.empty:
+            parts.append(cv.assign(window=cv["window"].to_numpy() + (p.n_windows - k)))
+    return parts
 
 
 def choose(p: Prepared, cv_frames: dict[str, pd.DataFrame], info: dict[str, Any]) -> Selection:
@@ -578,7 +616,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
             selection[uid]["members"] = list(members)
         selection[uid].update(band_info["series"].get(uid, {"quantile_method": bands.POOLED if choice[uid] == POOLED else bands.SNAIVE}))
     info["calibration"] = calibration.to_dict()
-    info["cv_coverage"] = _cv_coverage(errors, p.scale, calibration)
+    info["cv_coverage"] = band_info["cv_coverage"] or _cv_coverage(errors, p.scale, calibration)
     info["quantile_methods"] = band_info["summary"]
     cv_all = pd.concat([f.assign(model=k) for k, f in cv_frames.items()], ignore_index=True) if cv_frames else None
     return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
@@ -746,7 +784,8 @@ def _chosen_errors(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -
 
 
 def _cv_coverage(errors: pd.DataFrame, scale: pd.Series, cal: Calibration) -> dict[str, float]:
-    """In-sample check: the share of cross-validation errors inside the calibrated intervals."""
+    """In-sample check of the pooled calibration (used only where no band was chosen on CV): the
+    share of cross-validation errors inside its intervals."""
     if errors.empty:
         return {}
     frame = errors.rename(columns={"error": "e"}).assign(mean=0.0)
@@ -877,27 +916,34 @@ def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: S
     return out
 
 
+_Covered = dict[str, dict[int, np.ndarray]]  # series → interval level → which CV actuals its band covered
+
+
 def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration, ids: Sequence[str],
                   hist: dict[str, tuple[np.ndarray, np.ndarray]], cv_probs: Sequence[float],
-                  score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], list[float]]:
-    """Per series: the band method chosen on its CV windows, its scores, its CV evidence; and the
-    CV 80 % coverage of every choice. Series without CV evidence get the seasonal-naive band from
-    their own differences (the pool's shape only under two seasons): giving them the method the
-    pool chose most often was tried and lost badly on short real series (bench/RESULTS.md)."""
+                  score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], _Covered]:
+    """Per series: the band method chosen on its CV windows, its scores, its CV evidence; and, per
+    interval level, which of its CV actuals the chosen band covered (per series). Series
+    without CV evidence get the seasonal-naive band from their own differences (the pool's shape
+    only under two seasons): giving them the method the pool chose most often was tried and lost
+    badly on short real series (bench/RESULTS.md)."""
     chosen = _chosen_cv(cv_frames, sel.choice)
     pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else {}
     cv_rows = chosen.groupby("unique_id", sort=False).indices if not chosen.empty else {}
     cols = {c: chosen[c].to_numpy() for c in chosen.columns}
     out: dict[str, tuple[str, dict, bands.SeriesCV | None]] = {}
-    covered: list[float] = []
+    covered: _Covered = {}
     for uid in ids:
         if uid not in cv_rows:
             continue
         cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
-        cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs)
+        cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs, max(score_probs))
+        if len(cv.cut) < p.n_windows:  # fewer windows than the run's: choose the point only (same band)
+            cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
         method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
-        if method in cands:
-            covered.append(bands.coverage(cv.y, cands[method][0.1], cands[method][0.9]))
+        for lv in FORECAST_LEVELS if method in cands else ():
+            lo, hi = cands[method][round(0.5 - lv / 200, 6)], cands[method][round(0.5 + lv / 200, 6)]
+            covered.setdefault(uid, {})[lv] = (cv.y >= lo) & (cv.y <= hi)
         out[uid] = (method, scores, cv)
     for uid in ids:
         if uid not in out:  # no evidence: the baseline (its point too: an unchecked model's point can be far off)
@@ -911,7 +957,7 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
     """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
     probs = _band_probs(p.levels)
     score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
-    cv_probs = sorted({*score_probs, 0.1, 0.9})
+    cv_probs = sorted({*score_probs, *[round(0.5 + s * lv / 200, 6) for lv in FORECAST_LEVELS for s in (-1, 1)]})
     hist = {u: (g["ds"].to_numpy(), g["y"].to_numpy(float)) for u, g in p.history.groupby("unique_id", sort=False)}
     out = out.reset_index(drop=True)
     positions = out.groupby("unique_id", sort=False).indices
@@ -927,13 +973,18 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
         native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
         pooled_now = {q: arrays[columns[q][0]][pos] for q in probs}
         values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, native, pooled_now)
-        if values is None:
+        if values is None:  # the pooled band stays (chosen, or the chosen one cannot be built now)
+            if method != bands.POOLED:
+                covered.pop(uid, None)  # its CV coverage was the other method's
             method = bands.POOLED
         else:
             for q, v in values.items():
                 for col in columns[q]:
                     arrays[col][pos] = v
         per_series[uid] = {"quantile_method": method, "quantile_cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
+        if uid in covered:
+            per_series[uid]["quantile_cv_coverage"] = {f"{lv}": round(float(np.mean(c)), 4) for lv, c in covered[uid].items()}
+            per_series[uid]["quantile_cv_rows"] = len(cv.y) if cv is not None else 0
         if scores.get(bands.SNAIVE):
             per_series[uid]["quantile_cv_vs_snaive"] = round(scores[method] / scores[bands.SNAIVE], 4) if method in scores else None
     for col, arr in arrays.items():
@@ -941,10 +992,13 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
     counts: dict[str, int] = {}
     for info in per_series.values():
         counts[info["quantile_method"]] = counts.get(info["quantile_method"], 0) + 1
-    cov = np.array(covered)
+    cov = np.array([float(np.mean(c[80])) for c in covered.values()])
     summary = {"chosen": dict(sorted(counts.items())), "scored_at": score_probs,
                "share_cv80_within_70_90": round(float(np.mean((cov >= 0.7) & (cov <= 0.9))), 4) if len(cov) else None}
-    return out, {"series": per_series, "summary": summary}
+    # the CV coverage of the bands actually used, pooled over every CV actual of the series that chose on CV
+    cv_coverage = {f"{lv}": round(float(np.mean(np.concatenate([c[lv] for c in covered.values()]))), 4)
+                   for lv in FORECAST_LEVELS if covered}
+    return out, {"series": per_series, "summary": summary, "cv_coverage": cv_coverage}
 
 
 # ---------------------------------------------------------------------------------------------
