@@ -80,10 +80,14 @@ def test_report_and_forecast_summary_need_only_the_lake(newcomer_env: dict[str, 
     summary = runner.invoke(app, ["forecast", "summary"], env=newcomer_env)
     assert summary.exit_code == 0, summary.output
     assert "hourly-20260129T0000Z" in summary.stdout and "coverage" in summary.stdout
+    assert "quantile methods:" in summary.stdout
     data = _json(runner.invoke(app, ["forecast", "summary", "--json"], env=newcomer_env))
     assert data["run_id"] == "hourly-20260129T0000Z"
     assert sum(data["chosen"].values()) == data["series"] == len(data["per_series"]) > 0
     assert set(data["cv_coverage"]) == {"80", "95"}
+    methods = data["quantile_methods"]["chosen"]
+    assert sum(methods.values()) == data["series"]
+    assert all(s["quantile_method"] in methods for s in data["per_series"].values())
 
 
 def test_irc_request_without_at_is_served_from_the_historical_plan(newcomer_env: dict[str, str]) -> None:

@@ -222,7 +222,8 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
     chosen: dict[str, int] = {}
     for choice in selection.values():
         chosen[choice["model"]] = chosen.get(choice["model"], 0) + 1
-    series = {sid: {"model": c["model"], "score": c.get("score", {}).get(c["model"]), "members": c.get("members")}
+    series = {sid: {"model": c["model"], "score": c.get("score", {}).get(c["model"]), "members": c.get("members"),
+                    "quantile_method": c.get("quantile_method"), "quantile_cv_vs_snaive": c.get("quantile_cv_vs_snaive")}
               for sid, c in sorted(selection.items())}
     calibration = engine.get("calibration", {})
     return {
@@ -232,8 +233,20 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
         "overall_score": engine.get("overall_score", {}), "default_choice": engine.get("default_choice"),
         "cv_coverage": engine.get("cv_coverage", {}), "cv_windows": engine.get("n_windows"),
         "calibration": {k: calibration.get(k) for k in ("method", "n_errors")}, "dropped": engine.get("dropped", {}),
-        "short_series": engine.get("short_series", []), "per_series": series,
+        "short_series": engine.get("short_series", []), "quantile_methods": engine.get("quantile_methods", {}),
+        "per_series": series,
     }
+
+
+def _print_quantile_methods(methods: dict[str, Any]) -> None:
+    """One line: how many series use each quantile method, and the share whose CV 80 % interval covered 70–90 %."""
+    chosen = methods.get("chosen") or {}
+    if not chosen:
+        return
+    counts = ", ".join(f"{name} {count}" for name, count in sorted(chosen.items()))
+    share = methods.get("share_cv80_within_70_90")
+    within = f"; CV 80 % interval covered 70–90 % on {share:.0%} of series" if isinstance(share, (int, float)) else ""
+    console.print(styled(f"quantile methods: {counts}{within}"))
 
 
 def _print_summary(result: dict[str, Any], *, per_series: bool) -> None:
@@ -250,12 +263,15 @@ def _print_summary(result: dict[str, Any], *, per_series: bool) -> None:
     console.print(table)
     coverage = ", ".join(f"{level}%: {share:.1%}" for level, share in sorted(result["cv_coverage"].items(), key=lambda kv: float(kv[0])))
     console.print(styled(f"interval coverage in cross-validation ({result['cv_windows']} windows): {coverage or '—'}"))
+    _print_quantile_methods(result.get("quantile_methods") or {})
     if result["dropped"]:
         console.print(styled(("dropped models:", "yellow"), " ", ", ".join(f"{k} ({v})" for k, v in result["dropped"].items())))
     if per_series:
         rows = Table(title="series", title_justify="left")
-        for col in ("series", "model", "score"):
-            rows.add_column(col, justify="right" if col == "score" else "left")
+        for col in ("series", "model", "score", "quantile method", "CV pinball vs snaive"):
+            rows.add_column(col, justify="right" if col in ("score", "CV pinball vs snaive") else "left")
         for sid, s in result["per_series"].items():
-            rows.add_row(safe(sid), safe(s["model"]), f"{s['score']:.3f}" if s["score"] is not None else "—")
+            vs = s.get("quantile_cv_vs_snaive")
+            rows.add_row(safe(sid), safe(s["model"]), f"{s['score']:.3f}" if s["score"] is not None else "—",
+                         safe(s.get("quantile_method") or "—"), f"{vs:.3f}" if vs is not None else "—")
         console.print(rows)
