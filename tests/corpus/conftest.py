@@ -21,6 +21,7 @@ from pipeline.common import lake
 from pipeline.common.config import REPO_ROOT, Settings
 from pipeline.common.intervals import DataInterval, parse_utc
 from pipeline.common.schemas import SOURCES, TIME_PARTITIONED_SOURCES
+from pipeline.ingest.lines import raw_text
 
 SAMPLES = REPO_ROOT / "data_samples"
 
@@ -41,6 +42,15 @@ def day_interval(day: str, hours: int = 24, first_hour: int = 0) -> DataInterval
     """`hours` hours of `day` (YYYY-MM-DD) from `first_hour`; the whole day by default."""
     start = parse_utc(f"{day}T{first_hour:02d}:00")
     return DataInterval(start, start + timedelta(hours=hours))
+
+
+@dataclass(frozen=True)
+class Case:
+    """One planted line of an ingest corpus case: its id, its bytes, and the rule it breaks."""
+
+    id: str
+    line: bytes
+    kind: str | None  # None: the line is valid and must land
 
 
 @dataclass
@@ -121,3 +131,19 @@ def corpus(tmp_path: Path) -> Corpus:
     """A private copy of the sample calendar and inventory (add day files with `copy_samples`)."""
     copy_samples(tmp_path / "source")
     return Corpus(tmp_path)
+
+
+def check_planted_case(quarantine: pd.DataFrame, kept: pd.DataFrame, planted: Planted, case: Case,
+                       cases: Sequence[Case]) -> pd.DataFrame:
+    """The outcome every planted ingest case asserts: a bad line is quarantined alone with its rule
+    and raw text, a valid one lands, and exactly the good rows are kept. Returns the case's own
+    quarantine rows for the dataset's extra checks."""
+    mine = quarantine[quarantine["line_number"] == planted.lines[case.id]]
+    if case.kind is None:
+        assert mine.empty, mine.to_dict("records")
+    else:
+        assert mine["reason_kind"].tolist() == [case.kind]
+        assert mine["raw"].tolist() == [raw_text(case.line)]
+    assert len(kept) == planted.good
+    assert len(quarantine) == sum(1 for c in cases if c.kind is not None)
+    return mine

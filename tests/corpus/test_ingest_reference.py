@@ -15,19 +15,11 @@ import pandas as pd
 import pytest
 
 from pipeline.common import lake
-from pipeline.ingest.lines import raw_text
 from pipeline.ingest.loader import known_regions
-from tests.corpus.conftest import SAMPLES, Corpus, Planted, copy_samples, day_interval, plant
+from tests.corpus.conftest import SAMPLES, Case, Corpus, Planted, check_planted_case, copy_samples, day_interval, plant
 
 DAY = "2026-01-05"
 HOUR = day_interval(DAY, hours=1, first_hour=5)  # the snapshot lands in 05:00
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    line: bytes
-    kind: str | None  # None: the line is valid and must land
 
 
 @dataclass(frozen=True)
@@ -56,15 +48,9 @@ def _run(root: Path, dataset: str, path: str, cases: list[Case]) -> Run:
 
 
 def _check(run: Run, case: Case) -> None:
-    mine = run.quarantine[run.quarantine["line_number"] == run.planted.lines[case.id]]
-    if case.kind is None:
-        assert mine.empty, mine.to_dict("records")
-    else:
-        assert mine["reason_kind"].tolist() == [case.kind]
-        assert mine["raw"].tolist() == [raw_text(case.line)]
+    mine = check_planted_case(run.quarantine, run.snapshot, run.planted, case, run.cases)
+    if case.kind is not None:
         assert set(mine["hour"]) == {"05"}
-    assert len(run.snapshot) == run.planted.good
-    assert len(run.quarantine) == sum(1 for c in run.cases if c.kind is not None)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,8 +14,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.ingest.lines import raw_text
-from tests.corpus.conftest import SAMPLES, Corpus, Planted, copy_samples, day_interval, plant
+from tests.corpus.conftest import SAMPLES, Case, Corpus, Planted, check_planted_case, copy_samples, day_interval, plant
 
 DAY = "2026-01-05"
 SAMPLE = (SAMPLES / "peering_requests" / f"{DAY}.csv").read_bytes().split(b"\n")
@@ -35,13 +34,6 @@ def row(request_id: str, **values: str) -> bytes:
 def raw_row(**values: bytes) -> bytes:
     """A request line with raw byte values (for bytes that are not UTF-8 or not CSV)."""
     return b",".join(values.get(c, row("x").split(b",")[i]) for i, c in enumerate(COLUMNS))
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    line: bytes
-    kind: str | None  # None: the line is valid and must land
 
 
 CASES: list[Case] = [
@@ -126,16 +118,8 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_each_bad_line_is_quarantined_alone_and_the_day_keeps_every_good_row(run: Run, case: Case) -> None:
-    number = run.planted.lines[case.id]
-    mine = run.quarantine[run.quarantine["line_number"] == number]
-    if case.kind is None:
-        assert mine.empty, mine.to_dict("records")
-    else:
-        assert mine["reason_kind"].tolist() == [case.kind]
-        assert mine["raw"].tolist() == [raw_text(case.line)]
     # exactly the good rows of the day are in the lake, and nothing else is quarantined
-    assert len(run.raw) == run.planted.good
-    assert len(run.quarantine) == sum(1 for c in CASES if c.kind is not None)
+    check_planted_case(run.quarantine, run.raw, run.planted, case, CASES)
     assert run.raw["request_id"].is_unique
 
 

@@ -13,18 +13,10 @@ from dataclasses import dataclass
 import pandas as pd
 import pytest
 
-from pipeline.ingest.lines import raw_text
-from tests.corpus.conftest import SAMPLES, Corpus, Planted, copy_samples, plant
+from tests.corpus.conftest import SAMPLES, Case, Corpus, Planted, check_planted_case, copy_samples, plant
 
 DAY = "2026-01-05"
 AT = "2026-01-05T12:01:00Z"  # no sample row has this time, so a valid case never repeats a sample key
-
-
-@dataclass(frozen=True)
-class Case:
-    id: str
-    line: bytes
-    kind: str | None  # None: the line is valid and must land
 
 
 @dataclass(frozen=True)
@@ -46,14 +38,7 @@ def _run(tmp: Corpus, dataset: str, header: bytes | None, good: list[bytes], cas
 
 
 def _check(run: Run, case: Case) -> None:
-    mine = run.quarantine[run.quarantine["line_number"] == run.planted.lines[case.id]]
-    if case.kind is None:
-        assert mine.empty, mine.to_dict("records")
-    else:
-        assert mine["reason_kind"].tolist() == [case.kind]
-        assert mine["raw"].tolist() == [raw_text(case.line)]
-    assert len(run.raw) == run.planted.good
-    assert len(run.quarantine) == sum(1 for c in run.cases if c.kind is not None)
+    check_planted_case(run.quarantine, run.raw, run.planted, case, run.cases)
     assert not run.raw.duplicated(["ts", "region"]).any()
 
 
