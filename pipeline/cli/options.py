@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sys
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import typer
@@ -44,6 +45,12 @@ SourceOption = typer.Option(None, "--source", envvar="PEERSCALE_SOURCE",
                             help="Source data root: a directory or s3:// URI (default: data_samples/ in the checkout).")
 BuildOption = typer.Option(None, "--build", envvar="PEERSCALE_BUILD",
                            help="Where rendered IaC and reports go (default: build/ in the checkout).")
+CUnderOption = typer.Option(None, "--c-under", metavar="COSTS",
+                            help="What a missed unit costs, USD per unit-hour: 'vcpu=0.43,memory_gib=0.05' for every region, "
+                                 "'eu-west-1:vcpu=0.6' for one; wins over PEERSCALE_C_UNDER and planner.json.")
+COverOption = typer.Option(None, "--c-over", metavar="COSTS",
+                           help="What an idle pre-allocated unit costs, USD per unit-hour, same form as --c-under "
+                                "(default: from the catalog's on-demand prices).")
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout (progress and errors go to stderr).")
 
 # What a newcomer can run to get a published plan into the default lake.
@@ -58,6 +65,19 @@ _LINE_BREAKS = re.compile(r"[ \t]*(?:\r\n|[\r\n\v\f\x85\u2028\u2029])[ \t]*")
 def settings(lake: str | None = None, source: str | None = None, build: str | None = None) -> Settings:
     """Settings from the environment, with the command line's `--lake/--source/--build` on top."""
     return Settings.from_env(lake_root=lake, source_root=source, build_root=build)
+
+
+def with_costs(config: Settings, c_under: str | None, c_over: str | None) -> Settings:
+    """`config` with the command line's --c-under/--c-over as the last cost layer, checked now (not mid-run)."""
+    from pipeline.plan.costs import layer_from_text
+
+    layers = [*config.cost_texts, *([("--c-under/--c-over", c_under, c_over)] if c_under or c_over else [])]
+    try:
+        for source, under, over in layers:
+            layer_from_text(under, over, source)
+    except ValueError as exc:
+        fail(str(exc))
+    return replace(config, cost_texts=tuple(layers))
 
 
 def safe(value: object) -> str:

@@ -14,6 +14,8 @@ from rich.table import Table
 
 from pipeline.cli.options import (
     BuildOption,
+    COverOption,
+    CUnderOption,
     LakeOption,
     SourceOption,
     console,
@@ -23,6 +25,7 @@ from pipeline.cli.options import (
     safe,
     settings,
     styled,
+    with_costs,
 )
 
 
@@ -31,11 +34,13 @@ def run(
     lake: str | None = LakeOption,
     source: str | None = SourceOption,
     build: str | None = BuildOption,
+    c_under: str | None = CUnderOption,
+    c_over: str | None = COverOption,
 ) -> None:
     """Run every stage for one hour in-process (no Airflow): ingest → features → forecast → plan → IaC → report → publish."""
     from pipeline.run import run_hourly
 
-    config = settings(lake, source, build)
+    config = with_costs(settings(lake, source, build), c_under, c_over)
     try:
         with console.status(styled("running")) as status:
             summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))))
@@ -57,6 +62,8 @@ def backfill(
     lake: str | None = LakeOption,
     source: str | None = SourceOption,
     build: str | None = BuildOption,
+    c_under: str | None = CUnderOption,
+    c_over: str | None = COverOption,
 ) -> None:
     """Backfill historical hourly runs in-process, hour by hour; resumable (published hours are skipped)."""
     from rich.progress import Progress
@@ -64,7 +71,7 @@ def backfill(
     from pipeline.ops.backfill import backfill as run_backfill
     from pipeline.ops.backfill import hour_ends
 
-    config = settings(lake, source, build)
+    config = with_costs(settings(lake, source, build), c_under, c_over)
     try:
         total = len(hour_ends(start, end))
     except ValueError as exc:

@@ -43,13 +43,22 @@ def _int_env(name: str, default: int, bounds: tuple[int, int]) -> int:
     return value
 
 
+def _cost_env() -> tuple[tuple[str, str | None, str | None], ...]:
+    """PEERSCALE_C_UNDER / PEERSCALE_C_OVER as one cost layer (parsed and checked by pipeline.plan.costs)."""
+    under, over = os.environ.get("PEERSCALE_C_UNDER", "").strip(), os.environ.get("PEERSCALE_C_OVER", "").strip()
+    return (("PEERSCALE_C_UNDER/PEERSCALE_C_OVER", under or None, over or None),) if under or over else ()
+
+
 @dataclass(frozen=True)
 class CostModel:
-    """Hourly costs behind the newsvendor quantile τ = c_under / (c_under + c_over).
+    """Reference hourly costs behind the newsvendor quantile τ = c_under / (c_under + c_over).
 
     c_over is what an idle pre-allocated unit costs per hour; c_under what a unit of demand
     that misses the pre-allocation costs (an on-demand cold start: latency penalty plus the
-    on-demand premium). Units are USD per resource unit-hour.
+    on-demand premium). Units are USD per resource unit-hour. The planner resolves the costs it
+    uses per region from the catalog's prices, planner.json and PEERSCALE_C_UNDER/C_OVER
+    (`pipeline.plan.costs`); these values are the reference proportions and the fallback where a
+    region has no catalog prices.
     """
 
     c_over: dict[str, float] = field(
@@ -78,6 +87,9 @@ class Settings:
     daily_horizon_days: int = 14
     cost: CostModel = field(default_factory=CostModel)
     seed: int = 7
+    # Cost settings as (source, c_under text, c_over text), applied by the planner over the catalog's
+    # defaults and planner.json, in order: e.g. ("PEERSCALE_C_UNDER/C_OVER", "vcpu=0.5", None).
+    cost_texts: tuple[tuple[str, str | None, str | None], ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -89,6 +101,7 @@ class Settings:
             history_days=_int_env("PEERSCALE_HISTORY_DAYS", cls.history_days, HISTORY_DAYS_RANGE),
             horizon_hours=_int_env("PEERSCALE_HORIZON_HOURS", cls.horizon_hours, HORIZON_HOURS_RANGE),
             plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
+            cost_texts=_cost_env(),
         )
         if base.plan_windows > base.horizon_hours:
             raise ValueError(f"PEERSCALE_PLAN_WINDOWS={base.plan_windows} is more than PEERSCALE_HORIZON_HOURS={base.horizon_hours}: "

@@ -121,6 +121,14 @@ class WindowOptions:
     churn_penalty: float = 0.25
     priority_weights: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_PRIORITY_WEIGHTS))
     unit_value: dict[str, float] = field(default_factory=dict)  # c_under per resource (budget mode)
+    unit_value_by_region: dict[str, dict[str, float]] = field(default_factory=dict)  # wins over unit_value
+    relocation_cost_by_region: dict[str, dict[str, float]] = field(default_factory=dict)  # by source region; wins
+
+    def region_unit_value(self, region: str, resource: str) -> float:
+        return self.unit_value_by_region.get(region, {}).get(resource, self.unit_value.get(resource, 1.0))
+
+    def region_relocation_cost(self, region: str, resource: str) -> float:
+        return self.relocation_cost_by_region.get(region, {}).get(resource, self.relocation_cost.get(resource, 0.0))
     deterministic_time: float = 5.0  # CP-SAT's reproducible work limit per region of the model (≈ seconds on a fast core)
     relative_gap: float = 0.0  # stop once (objective − bound) / objective is at most this
 
@@ -515,7 +523,7 @@ def _window_model(problems: list[RegionProblem], options: WindowOptions) -> _Win
         _add_shortfall_costs(objective, rm, options, p_dem)
     for (a, _), m in move_vars.items():
         for r in RESOURCE_TYPES:
-            unit = options.relocation_cost.get(r, 0.0) / QTY_SCALE * PRICE_SCALE
+            unit = options.region_relocation_cost(a, r) / QTY_SCALE * PRICE_SCALE
             if flex[a][r] and unit > 0:
                 objective.add(max(round(unit * flex[a][r] / steps), 1), m)
     if options.budget is not None:
@@ -577,7 +585,7 @@ def _add_shortfall_costs(objective: _Objective, rm: _RegionModel, options: Windo
 def _add_valued_shortfall_costs(objective: _Objective, rm: _RegionModel, r: str, options: WindowOptions) -> int:
     """Budget mode: uncovered demand of class c costs weight_c × c_under; headroom as "high". Returns the
     hosting slack's weight (half of "low")."""
-    value = options.unit_value.get(r, 1.0) / QTY_SCALE * PRICE_SCALE
+    value = options.region_unit_value(rm.p.region, r) / QTY_SCALE * PRICE_SCALE
     weights = options.priority_weights
     if rm.short_class:
         for cls, vars_ in rm.short_class.items():

@@ -107,6 +107,9 @@ class PlanningProblem:
     mix: dict[str, RegionMix] = field(default_factory=dict)
     c_under: dict[str, float] = field(default_factory=dict)
     c_over: dict[str, float] = field(default_factory=dict)
+    # Per-region costs (pipeline.plan.costs) win over the per-resource ones above where given.
+    c_under_by_region: dict[str, dict[str, float]] = field(default_factory=dict)
+    c_over_by_region: dict[str, dict[str, float]] = field(default_factory=dict)
     previous: dict[Cell, dict[OfferKey, int]] | None = None
     previous_plan_id: str | None = None
     sessions: dict[Cell, np.ndarray] | None = None  # explicit sessions (benchmark); else drawn from `mix`
@@ -526,7 +529,10 @@ def _window_options(problem: PlanningProblem, config: PlannerConfig) -> WindowOp
         churn_penalty=config.churn_penalty if problem.previous is not None else 0.0,
         priority_weights=dict(config.priority_weights),
         unit_value=dict(problem.c_under),
+        unit_value_by_region={region: dict(v) for region, v in problem.c_under_by_region.items()},
         relocation_cost={r: config.relocation_cost_fraction * problem.c_over.get(r, 0.0) for r in RESOURCE_TYPES},
+        relocation_cost_by_region={region: {r: config.relocation_cost_fraction * v for r, v in per.items()}
+                                   for region, per in problem.c_over_by_region.items()},
         deterministic_time=config.solver_deterministic_time,
         relative_gap=config.solver_relative_gap,
     )

@@ -23,6 +23,7 @@ from pipeline.forecast.engine import read_forecast
 from pipeline.plan.allocate import CAPACITY_COLUMN, COMPUTE_POOL_RESOURCES, Offer
 from pipeline.plan.bounds import clamp_catalog, clamp_demand, clamp_pools, log_clamps
 from pipeline.plan.core import CellPlan, PlanningProblem, PlanResult, RegionMix, solve_plan
+from pipeline.plan.costs import CostLayer, ResolvedCosts, layer_from_dict, layer_from_text, resolve_costs
 from pipeline.plan.explain import held, row_reason
 from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
 from pipeline.plan.policy import PlannerConfig, load_planner_config
@@ -81,6 +82,7 @@ class _PlanInputs:
     config: PlannerConfig
     config_source: dict[str, Any]
     taus: dict[str, float]
+    costs: ResolvedCosts
     demand: pd.DataFrame  # window, region, resource_type, demand, tau, model
     meta: dict[tuple[pd.Timestamp, str, str], tuple[float, float, str]]  # (window, region, resource) -> (demand, τ, model)
     pool_map: dict[str, dict[str, float]]  # region -> resource -> available quantity
@@ -132,8 +134,12 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     else:
         config_source = {"source": "argument", "fingerprint": None}
     taus = tau_by_resource(settings.cost)
+    costs = resolve_costs(catalog, forecast_regions(forecast), cost_layers(config, settings), reference=settings.cost)
+    region_taus = costs.taus_by_region(forecast_regions(forecast))
+    for region, per_resource in (tau_overrides or {}).items():  # the feedback controller's τ wins over the costs'
+        region_taus.setdefault(region, {}).update(per_resource)
     windows = [pd.Timestamp(interval.end + timedelta(hours=k)) for k in range(settings.plan_windows)]
-    demand, demand_clamps = clamp_demand(region_demand_quantiles(forecast, taus, windows, overrides=tau_overrides))
+    demand, demand_clamps = clamp_demand(region_demand_quantiles(forecast, taus, windows, overrides=region_taus))
     clamped = demand_clamps + clamped
     demand["window"] = pd.to_datetime(demand["window"], utc=True)
     regions = sorted(demand["region"].unique())
@@ -148,12 +154,25 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
         demand={(w, r): {k: meta[(w, r, k)][0] for k in RESOURCE_TYPES if (w, r, k) in meta} for w in windows for r in regions},
         offers=_cell_offers(catalog), pools=pool_map, mix=mix,
         c_under=dict(settings.cost.c_under), c_over=dict(settings.cost.c_over),
+        c_under_by_region=costs.kind_by_region("c_under", regions), c_over_by_region=costs.kind_by_region("c_over", regions),
         previous=previous_counts(prev[1], windows, regions) if prev else None,
         previous_plan_id=prev[0] if prev else None,
     )
     return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, forecast=forecast, catalog=catalog, pools_table=pools_table,
-                       pools=pools, config=config, config_source=config_source, taus=taus, demand=demand, meta=meta,
+                       pools=pools, config=config, config_source=config_source, taus=taus, costs=costs, demand=demand, meta=meta,
                        pool_map=pool_map, mix=mix, problem=problem, clamped=clamped)
+
+
+def forecast_regions(forecast: pd.DataFrame) -> list[str]:
+    """The regions with region demand series in the forecast (`region:<r>:<resource>`)."""
+    ids = pd.Series(forecast["series_id"].unique())
+    return sorted({sid.split(":")[1] for sid in ids[ids.str.startswith("region:")]})
+
+
+def cost_layers(config: PlannerConfig, settings: Settings) -> list[CostLayer]:
+    """The cost settings over the catalog's defaults, in order: planner.json, then env and CLI (pipeline.plan.costs)."""
+    return [layer_from_dict(config.costs or None, "planner config"),
+            *(layer_from_text(under, over, source) for source, under, over in settings.cost_texts)]
 
 
 def _plan_rows(result: PlanResult, inputs: _PlanInputs) -> list[dict]:
@@ -249,8 +268,7 @@ def _manifest(inputs: _PlanInputs, result: PlanResult, *, interval: DataInterval
         "tau": inputs.taus,
         "tau_by_region": _tau_by_region(inputs.demand, inputs.problem.regions),
         "tau_overrides": {r: dict(v) for r, v in sorted((tau_overrides or {}).items())},
-        "cost_model": {"c_over": settings.cost.c_over, "c_under": settings.cost.c_under,
-                       "tau_rule": "tau = c_under / (c_under + c_over) per resource"},
+        "cost_model": inputs.costs.to_manifest(inputs.problem.regions),
         "max_spot_share": config.max_spot_share,
         "planner_config": {**config.to_dict(), **{"_source": inputs.config_source["source"],
                                                   "_fingerprint": inputs.config_source["fingerprint"]}},

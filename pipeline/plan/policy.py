@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 from pipeline.common.schemas import PRIORITIES, REGION_PATTERN
+from pipeline.plan.costs import layer_from_dict
 
 PLANNER_FILE = "inventory/planner.json"
 
@@ -141,6 +142,7 @@ class PlannerConfig:
     hosting_deterministic_time: float = 0.01  # CP-SAT work limit of that re-plan
     solver_deterministic_time: float = 0.005  # CP-SAT work limit per region in a model: deterministic, so reproducible
     solver_relative_gap: float = 0.0075  # a model stops once proven within 0.75 % of optimal
+    costs: dict[str, Any] = field(default_factory=dict)  # c_under / c_over per resource and region (pipeline.plan.costs)
 
     def __post_init__(self) -> None:
         problems = []
@@ -264,6 +266,9 @@ def config_from_dict(payload: dict[str, Any], base: PlannerConfig | None = None)
         elif key == "latency_ms":
             changes[key] = {str(a): {str(b): float(ms) for b, ms in row.items()} for a, row in value.items()}
         elif key in ("partners", "max_spot_share_by_region"):
+            changes[key] = dict(value)
+        elif key == "costs":
+            layer_from_dict(value, "planner config")  # checked here, resolved per region by the planner
             changes[key] = dict(value)
         else:
             changes[key] = value
