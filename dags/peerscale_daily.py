@@ -1,7 +1,8 @@
-"""Daily peerscale run: refit and re-select models on the daily peak series, forecast 14 days ahead.
+"""Daily peerscale run: refit and re-select models on the daily series, forecast 14 days ahead.
 
-The daily forecast (lake/forecasts/run=daily-<day>) feeds capacity reviews and the longer
-horizon; the hourly DAG keeps serving the plan. Wiring only; logic lives in `pipeline`.
+The daily series are each region's peak concurrency per resource and each pair's request volume.
+The forecast (lake/forecasts/run=daily-<day>) is the 14-day outlook of `plan show` and the report;
+the hourly DAG keeps serving the plan. Wiring only; logic lives in `pipeline`.
 """
 
 from __future__ import annotations

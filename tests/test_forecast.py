@@ -296,6 +296,18 @@ def test_daily_horizon() -> None:
     assert out.forecasts.loc[weekday, "mean"].mean() > out.forecasts.loc[~weekday, "mean"].mean()
 
 
+def test_daily_series_are_the_days_volume_for_requests_and_the_days_peak_for_demand() -> None:
+    ds = pd.date_range("2026-01-01 06:00", periods=24 * 3, freq="h", tz="UTC")  # a partial first and last day
+    requests = pd.DataFrame({"unique_id": "pair:eu-west-1→us-east-1:requests", "ds": ds, "y": 2.0})
+    demand = pd.DataFrame({"unique_id": "region:us-east-1:vcpu", "ds": ds, "y": np.arange(len(ds), dtype=float)})
+    daily = to_daily(pd.concat([requests, demand]))
+    volume = daily[daily["unique_id"].str.startswith("pair:")]
+    assert volume["ds"].tolist() == [pd.Timestamp("2026-01-02", tz="UTC"), pd.Timestamp("2026-01-03", tz="UTC")]
+    assert volume["y"].tolist() == [48.0, 48.0]  # 24 hours × 2 requests, partial edge days dropped
+    peak = daily[daily["unique_id"].str.startswith("region:")]
+    assert len(peak) == 4 and peak["y"].tolist() == [17.0, 41.0, 65.0, 71.0]
+
+
 def test_bad_input_is_rejected_clearly(history: pd.DataFrame) -> None:
     with pytest.raises(ValueError, match=r"unknown models.*prophet_xl"):
         run_engine(history, replace(OPTIONS, models=("seasonal_naive", "prophet_xl")))

@@ -29,13 +29,33 @@ def show(
     rows = plan[plan["valid_from"] == starts[window]] if starts else plan
     cover = _cover(rows)
     instances = _instances(rows)
+    from pipeline.forecast.outlook import plan_outlook
+
+    outlook = plan_outlook(settings(lake), manifest)
     if as_json:
-        print_json(_show_json(pid, manifest, [str(s) for s in starts], window, cover, instances))
+        print_json({**_show_json(pid, manifest, [str(s) for s in starts], window, cover, instances), "outlook": outlook})
         return
     if not starts:
         console.print(styled(f"plan {pid} pre-allocates nothing (status {manifest.get('status')})"))
         return
     _print_show(pid, manifest, str(starts[window]), cover, instances)
+    _print_outlook(outlook, cover)
+
+
+def _print_outlook(outlook: dict[str, Any] | None, cover: list[dict]) -> None:
+    if outlook is None:
+        console.print(styled("no daily forecast yet: the 14-day outlook appears after a `peerscale_daily` run"))
+        return
+    now = {(c["region"], c["resource_type"]): c["preallocated"] for c in cover}
+    table = Table(title=safe(f"{outlook['regions'][0]['days'] if outlook['regions'] else 0}-day outlook · daily peak · "
+                             f"{outlook['daily_run']}"), title_justify="left")
+    for col in ("region", "resource", "busiest day", "q50", f"q({outlook['tau']:.2f})", "q95", "pre-allocated now"):
+        table.add_column(col, justify="left" if col in ("region", "resource", "busiest day") else "right")
+    for r in outlook["regions"]:
+        pre = now.get((r["name"], r["measure"]))
+        table.add_row(safe(r["name"]), safe(r["measure"]), r["busiest_day"], f"{r['q50']:.1f}", f"{r['q_tau']:.1f}",
+                      f"{r['q95']:.1f}", "—" if pre is None else f"{pre:.1f}")
+    console.print(table)
 
 
 def _cover(rows: pd.DataFrame) -> list[dict[str, Any]]:

@@ -1006,10 +1006,18 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
 # ---------------------------------------------------------------------------------------------
 
 def to_daily(history: pd.DataFrame) -> pd.DataFrame:
-    """Daily peak of each hourly series: the daily horizon plans for the busiest hour of a day."""
+    """One row per series and day: request counts (`…:requests`) add up to the day's volume, concurrent
+    demand keeps the day's peak (capacity is bought for the busiest hour). A volume's first or last day
+    with fewer than 24 hours is dropped: a partial day would read as a quiet one."""
     daily = history.assign(ds=pd.to_datetime(history["ds"], utc=True).dt.floor("D"))
-    agg = {"y": "max", **{c: "max" for c in daily.columns if c not in ("unique_id", "ds", "y")}}
-    return daily.groupby(["unique_id", "ds"], as_index=False).agg(agg)
+    exog = {c: (c, "max") for c in daily.columns if c not in ("unique_id", "ds", "y")}
+    volume = daily["unique_id"].str.endswith(":requests")
+    peaks = daily[~volume].groupby(["unique_id", "ds"], as_index=False).agg(y=("y", "max"), **exog)
+    sums = daily[volume].groupby(["unique_id", "ds"], as_index=False).agg(y=("y", "sum"), hours_=("y", "size"), **exog)
+    by_series = sums.groupby("unique_id")["ds"]
+    edges = by_series.transform("min").eq(sums["ds"]) | by_series.transform("max").eq(sums["ds"])
+    sums = sums[~(edges & (sums["hours_"] < HOURS_PER_DAY))].drop(columns="hours_")
+    return pd.concat([peaks, sums], ignore_index=True).sort_values(["unique_id", "ds"], ignore_index=True)
 
 
 def forecast_run_id(kind: str, interval: DataInterval) -> str:

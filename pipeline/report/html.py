@@ -25,6 +25,7 @@ from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import region_series_id
 from pipeline.features.build import read_features
 from pipeline.forecast import read_forecast
+from pipeline.forecast.outlook import plan_outlook
 from pipeline.plan import read_plan
 
 TEMPLATES = str(Path(__file__).parent / "templates")
@@ -157,6 +158,7 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, 
         reasons=first[["region", "resource_type", "reason"]].to_dict("records") if not first.empty else [],
         quarantine=_quarantine_counts(settings, interval),
         quantiles=_quantile_diagnostics(settings, manifest["forecast_run_id"]),
+        outlook=plan_outlook(settings, manifest),
         figures={
             "vcpu": _forecast_figure(recent, near, plan, regions, "vcpu"),
             "bandwidth_gbps": _forecast_figure(recent, near, plan, regions, "bandwidth_gbps"),
