@@ -284,6 +284,30 @@ def test_hierarchy_is_reconciled(history: pd.DataFrame) -> None:
     _check_contract(fc, HORIZON)
 
 
+def test_reconciliation_by_block_equals_the_dense_projection() -> None:
+    """Aggregates that share no children are solved apart; the result is the dense WLS projection's."""
+    from pipeline.forecast.reconcile import hierarchy_blocks, reconcile_wls, summing_matrix
+
+    rng = np.random.default_rng(3)
+    ds = pd.date_range(START, periods=6, freq="h")
+    hierarchy = {f"inbound:{d}:requests": [f"pair:{s}→{d}:requests" for s in "abcd" if s != d] for d in "abcd"}
+    hierarchy["inbound:x:requests"] = ["pair:a→b:requests", "pair:c→b:requests"]  # shares children with b's: one block
+    assert sorted(len(b) for b in hierarchy_blocks(hierarchy)) == [1, 1, 1, 2]
+    series = sorted(set(hierarchy) | {c for kids in hierarchy.values() for c in kids})
+    frame = pd.DataFrame([{"series_id": s, "ds": t, "mean": float(rng.gamma(4, 3))} for s in series for t in ds])
+    frame["q90"] = frame["mean"] * 1.4
+    variance = {s: float(rng.uniform(0.5, 4)) for s in series}
+    out = reconcile_wls(frame, hierarchy, variance).set_index(["series_id", "ds"])["mean"]
+    bottoms = sorted({c for kids in hierarchy.values() for c in kids})
+    order, S = summing_matrix(hierarchy, bottoms)
+    Y = frame.pivot(index="ds", columns="series_id", values="mean")[order].to_numpy().T
+    Winv = np.diag([1 / variance[s] for s in order])
+    dense = S @ np.maximum(np.linalg.solve(S.T @ Winv @ S, S.T @ Winv @ Y), 0.0)
+    expected = pd.DataFrame(dense.T, index=ds, columns=order)
+    for s in order:
+        np.testing.assert_allclose(out.loc[s].reindex(ds).to_numpy(), expected[s].to_numpy(), rtol=1e-9)
+
+
 def test_daily_horizon() -> None:
     k = np.arange(24 * 28)
     hourly = pd.DataFrame({"unique_id": "region:eu-west-1:vcpu", "ds": pd.date_range(START, periods=len(k), freq="h"),

@@ -99,3 +99,16 @@ def test_backtest_report_escapes_policy_names(tmp_path: Path) -> None:
     assert "<script>" not in html and "<img src=x" not in html
     assert "<td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>" in html
     assert html.count('src="data:image/png;base64,') == 3
+
+
+def test_figures_draw_the_busiest_regions_when_there_are_many() -> None:
+    import pandas as pd
+
+    from pipeline.report.html import MAX_FIGURE_REGIONS, figure_regions
+
+    regions = [f"eu-test-{i}" for i in range(30)]
+    history = pd.DataFrame({"region": [r for r in regions for _ in range(3)],
+                            "vcpu": [float(i * 10 + k) for i in range(30) for k in range(3)]})
+    shown = figure_regions(history, regions, "vcpu")
+    assert shown == sorted(f"eu-test-{i}" for i in range(30 - MAX_FIGURE_REGIONS, 30))
+    assert figure_regions(history, regions[:5], "vcpu") == regions[:5]

@@ -42,9 +42,10 @@ def inbound_hierarchy(history: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, li
     pairs = history[history["unique_id"].str.startswith("pair:")]
     if pairs.empty:
         return history, {}
-    dst = pairs["unique_id"].map(lambda u: parse_series_id(u)["destination_region"])
-    agg = pairs.assign(unique_id="inbound:" + dst + ":requests").groupby(["unique_id", "ds"], as_index=False)["y"].sum()
-    hierarchy = {a: sorted(pairs.loc[("inbound:" + dst + ":requests") == a, "unique_id"].unique()) for a in agg["unique_id"].unique()}
+    ids = pairs["unique_id"].unique()  # parse each id once, not once per row
+    parent = pd.Series({u: f"inbound:{parse_series_id(u)['destination_region']}:requests" for u in ids})
+    agg = pairs.assign(unique_id=pairs["unique_id"].map(parent)).groupby(["unique_id", "ds"], as_index=False)["y"].sum()
+    hierarchy = {a: sorted(kids) for a, kids in parent.index.to_series().groupby(parent.to_numpy()).agg(list).items()}
     out = pd.concat([history, agg], ignore_index=True).sort_values(["unique_id", "ds"]).reset_index(drop=True)
     return out, dict(sorted(hierarchy.items()))
 

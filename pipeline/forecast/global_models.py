@@ -160,9 +160,10 @@ class GlobalGBMModel(Forecaster):
         exog = self._exog
         frames = []
         offset = pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
-        fut = None
+        fut: dict[str, pd.DataFrame] = {}
         if extra and exog and future is not None and len(future):
-            fut = self._validated(future.assign(y=np.nan) if "y" not in future.columns else future)
+            validated = self._validated(future.assign(y=np.nan) if "y" not in future.columns else future)
+            fut = {str(uid): rows.set_index("ds") for uid, rows in validated.groupby("unique_id", sort=False)}  # one pass
         for uid, group in history.groupby("unique_id", sort=True):
             y = group["y"].to_numpy(float)
             dts = group["ds"].to_numpy()
@@ -172,9 +173,8 @@ class GlobalGBMModel(Forecaster):
                 fx = np.zeros((extra, len(exog)))
                 if exog:
                     fx[:] = x[-1] if len(x) else 0.0  # carry the last value unless the future says otherwise
-                    if fut is not None:
-                        rows = fut[fut["unique_id"] == uid].set_index("ds").reindex(steps)[exog]
-                        known = rows.to_numpy(float)
+                    if str(uid) in fut:
+                        known = fut[str(uid)].reindex(steps)[exog].to_numpy(float)
                         fx = np.where(np.isnan(known), fx, known)
                 y = np.concatenate([y, np.full(extra, np.nan)])
                 dts = np.concatenate([dts, steps])

@@ -24,6 +24,55 @@ def summing_matrix(hierarchy: dict[str, list[str]], bottoms: list[str]) -> tuple
     return aggregates + bottoms, S
 
 
+def hierarchy_blocks(hierarchy: dict[str, list[str]]) -> list[dict[str, list[str]]]:
+    """Split the hierarchy into independent blocks: aggregates that share no bottom series never
+    interact in the projection, so each block is solved on its own (linear in the number of blocks,
+    where one dense system over every pair would be cubic in it)."""
+    parent: dict[str, str] = {}
+
+    def root(a: str) -> str:
+        while parent[a] != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    owner: dict[str, str] = {}
+    for agg, kids in hierarchy.items():
+        parent.setdefault(agg, agg)
+        for child in kids:
+            if child in owner:
+                parent[root(agg)] = root(owner[child])
+            else:
+                owner[child] = agg
+    blocks: dict[str, dict[str, list[str]]] = {}
+    for agg, kids in hierarchy.items():
+        blocks.setdefault(root(agg), {})[agg] = kids
+    return list(blocks.values())
+
+
+def _weights(order: list[str], structural: np.ndarray, variance: dict[str, float] | None) -> np.ndarray:
+    """Each series' error variance; where unknown, its structural weight scaled like the others."""
+    w = np.array([float(variance.get(s, np.nan)) if variance else np.nan for s in order])
+    fallback = structural * np.nanmedian(np.where(w > 0, w / structural, np.nan)) if np.isfinite(w).any() else structural
+    w = np.where(np.isfinite(w) & (w > 0), w, fallback)
+    return np.where(np.isfinite(w) & (w > 0), w, structural)
+
+
+def _reconcile_block(block: dict[str, list[str]], wide: pd.DataFrame, weight: dict[str, float], method: str) -> pd.DataFrame:
+    """Reconciled minus original `mean` for the series of one block: (ds × series) deltas."""
+    bottoms = sorted({c for kids in block.values() for c in kids})
+    order, S = summing_matrix(block, bottoms)
+    Y = wide[order].to_numpy().T  # (series, time)
+    if method == "bottom_up":
+        B = Y[len(block):]
+    else:
+        w = np.array([weight[s] for s in order])
+        StWinv = S.T * (1.0 / w)  # S.T @ diag(1/w) without the dense (series × series) diagonal
+        B = np.linalg.solve(StWinv @ S, StWinv @ Y)
+    reconciled = S @ np.maximum(B, 0.0)
+    return pd.DataFrame(reconciled.T - Y.T, index=wide.index, columns=pd.Index(order, name="series_id"))
+
+
 def reconcile_wls(forecast: pd.DataFrame, hierarchy: dict[str, list[str]], variance: dict[str, float] | None = None,
                   method: str = "wls") -> pd.DataFrame:
     """Reconcile `mean` (and shift every quantile column by the same amount) per timestamp.
@@ -37,27 +86,16 @@ def reconcile_wls(forecast: pd.DataFrame, hierarchy: dict[str, list[str]], varia
     if not hierarchy:
         return forecast
     bottoms = sorted({c for kids in hierarchy.values() for c in kids})
-    order, S = summing_matrix(hierarchy, bottoms)
+    order = list(hierarchy) + bottoms
+    structural = np.array([len(hierarchy[s]) if s in hierarchy else 1 for s in order], dtype=float)
     sub = forecast[forecast["series_id"].isin(order)]
     wide = sub.pivot(index="ds", columns="series_id", values="mean").reindex(columns=order)
     if wide.isna().any().any():
         return forecast  # series with different horizons: leave as is
-    Y = wide.to_numpy().T  # (series, time)
-    if method == "bottom_up":
-        B = Y[len(hierarchy):]
-    else:
-        structural = S.sum(axis=1)
-        w = np.array([float(variance.get(s, np.nan)) if variance else np.nan for s in order])
-        # series without an error variance: their structural weight, scaled like the others
-        fallback = structural * np.nanmedian(np.where(w > 0, w / structural, np.nan)) if np.isfinite(w).any() else structural
-        w = np.where(np.isfinite(w) & (w > 0), w, fallback)
-        w = np.where(np.isfinite(w) & (w > 0), w, structural)
-        StWinv = S.T * (1.0 / w)  # S.T @ diag(1/w) without the dense (series × series) diagonal
-        G = np.linalg.solve(StWinv @ S, StWinv)
-        B = G @ Y
-    B = np.maximum(B, 0.0)
-    reconciled = S @ B
-    delta = pd.DataFrame(reconciled.T - Y.T, index=pd.Index(wide.index, name="ds"), columns=pd.Index(order, name="series_id"))
+    weight = dict(zip(order, _weights(order, structural, variance)))
+    deltas = [_reconcile_block(block, wide, weight, method) for block in hierarchy_blocks(hierarchy)]
+    delta = pd.concat(deltas, axis=1)
+    delta.index.name = "ds"
     delta = delta.stack().rename("delta").reset_index()
     out = forecast.merge(delta, on=["series_id", "ds"], how="left")
     d = out.pop("delta").fillna(0.0).to_numpy()
@@ -68,4 +106,4 @@ def reconcile_wls(forecast: pd.DataFrame, hierarchy: dict[str, list[str]], varia
     return out
 
 
-__all__ = ["reconcile_wls", "summing_matrix"]
+__all__ = ["hierarchy_blocks", "reconcile_wls", "summing_matrix"]

@@ -53,11 +53,8 @@ def request_mix(lake_root: str, end: datetime, lookback_days: int, regions: list
                          requests=len(part), source=source)
 
     overall = mix_of(frame, "lake, all regions")
-    out = {}
-    for region in regions:
-        part = frame[frame["destination_region"] == region]
-        out[region] = mix_of(part, "lake") if len(part) else overall
-    return out
+    by_region = {str(region): part for region, part in frame.groupby("destination_region", sort=False)}  # one pass
+    return {region: mix_of(by_region[region], "lake") if region in by_region else overall for region in regions}
 
 
 def _published(settings: Settings, plan_id: str, attempt: int | None) -> tuple[dict, bytes] | None:

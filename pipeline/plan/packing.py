@@ -620,22 +620,26 @@ def _ffd_open(sessions: np.ndarray, types: _FfdTypes) -> _FfdBins:
     pscale = types.scale[PACK_INDEX]
     order = sorted(range(len(sessions)), key=lambda i: (-(sessions[i] / pscale).sum(), i))
     opened = _FfdBins(bins=[], home=np.full(len(sessions), -1, int), raw=np.zeros(len(DIMS)))
-    bins = opened.bins
+    # every open bin's residual in one array: the first bin with room is one vectorised test per session
+    residual = np.empty((max(len(sessions), 1), len(PACK_INDEX)))
+    itypes: list[str] = []
     for i in order:
         s = sessions[i]
-        for j, (itype, residual) in enumerate(bins):
-            if (s <= residual + EPS).all():
-                bins[j] = (itype, residual - s)
-                opened.home[i] = j
-                break
-        else:
-            fitting = [o for o in types.on_demand
-                       if (s <= packed[o.instance_type] + EPS).all() and types.fits_pool(opened.raw, o.instance_type)]
-            if fitting:
-                best = max(fitting, key=lambda o: (value[o.instance_type], o.instance_type))
-                bins.append((best.instance_type, packed[best.instance_type] - s))
-                opened.home[i] = len(bins) - 1
-                opened.raw += types.caps[best.instance_type]
+        room = np.flatnonzero((s <= residual[:len(itypes)] + EPS).all(axis=1))
+        if len(room):
+            j = int(room[0])
+            residual[j] -= s
+            opened.home[i] = j
+            continue
+        fitting = [o for o in types.on_demand
+                   if (s <= packed[o.instance_type] + EPS).all() and types.fits_pool(opened.raw, o.instance_type)]
+        if fitting:
+            best = max(fitting, key=lambda o: (value[o.instance_type], o.instance_type))
+            residual[len(itypes)] = packed[best.instance_type] - s
+            itypes.append(best.instance_type)
+            opened.home[i] = len(itypes) - 1
+            opened.raw += types.caps[best.instance_type]
+    opened.bins.extend((itype, residual[j].copy()) for j, itype in enumerate(itypes))
     return opened
 
 

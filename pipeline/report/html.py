@@ -54,20 +54,36 @@ def _png(fig: Any) -> Markup:
     return Markup("data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii"))
 
 
+MAX_FIGURE_REGIONS = 12  # subplots per figure; every region stays in the tables
+
+
+def figure_regions(history: pd.DataFrame, regions: list[str], resource: str) -> list[str]:
+    """The regions a figure draws: all of them up to MAX_FIGURE_REGIONS, else the busiest by recent peak
+    demand (drawing hundreds of subplots costs minutes and shows nothing), in alphabetical order."""
+    if len(regions) <= MAX_FIGURE_REGIONS:
+        return regions
+    peaks = history.groupby("region")[resource].max().reindex(regions).fillna(0.0)
+    return sorted(peaks.sort_values(ascending=False, kind="stable").index[:MAX_FIGURE_REGIONS])
+
+
 def _forecast_figure(history: pd.DataFrame, forecast: pd.DataFrame, plan: pd.DataFrame, regions: list[str], resource: str) -> str:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    regions = figure_regions(history, regions, resource)
     cols = 2
     rows = (len(regions) + cols - 1) // cols
     fig, axes = plt.subplots(rows, cols, figsize=(12, 2.6 * rows), squeeze=False, sharex=True)
+    by_region = dict(tuple(history.groupby("region", sort=False)))  # one pass over the history, not one per region
+    by_series = dict(tuple(forecast[forecast["series_id"].isin([region_series_id(r, resource) for r in regions])]
+                           .groupby("series_id", sort=False)))
+    empty = forecast.iloc[:0]
     for ax, region in zip(axes.flat, regions):
-        sid = region_series_id(region, resource)
-        h = history[history["region"] == region]
+        h = by_region.get(region, history.iloc[:0])
         ax.plot(h["hour"], h[resource], color="#444", lw=1, label="actual (peak concurrent)")
-        f = forecast[forecast["series_id"] == sid]
+        f = by_series.get(region_series_id(region, resource), empty)
         if not f.empty:
             ax.fill_between(f["ds"], f["lo_95"], f["hi_95"], color="#9ecae1", alpha=0.5, label="95% interval")
             ax.fill_between(f["ds"], f["lo_80"], f["hi_80"], color="#4292c6", alpha=0.5, label="80% interval")
@@ -159,6 +175,8 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, 
         quarantine=_quarantine_counts(settings, interval),
         quantiles=_quantile_diagnostics(settings, manifest["forecast_run_id"]),
         outlook=plan_outlook(settings, manifest),
+        figure_note=(f"The figures draw the {MAX_FIGURE_REGIONS} regions of {len(regions)} with the highest recent peak demand; "
+                     "the tables list every region." if len(regions) > MAX_FIGURE_REGIONS else ""),
         figures={
             "vcpu": _forecast_figure(recent, near, plan, regions, "vcpu"),
             "bandwidth_gbps": _forecast_figure(recent, near, plan, regions, "bandwidth_gbps"),
