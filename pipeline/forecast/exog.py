@@ -51,22 +51,31 @@ def inbound_hierarchy(history: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, li
 
 
 def uplift_table(events: pd.DataFrame, uids: list[str], stamps: pd.DatetimeIndex) -> pd.DataFrame:
-    """`unique_id, ds, event_uplift` for every series and (UTC, tz-naive) timestamp."""
-    rows = []
-    for uid in uids:
-        region = series_region(uid)
-        offset = pd.Timedelta(hours=REGION_UTC_OFFSET.get(region or "", 0))
-        local = (stamps + offset).normalize()
-        factor = np.ones(len(stamps))
-        for ev in events.itertuples(index=False):
-            regions = str(ev.regions)
-            if regions.strip() != "*" and (region is None or region not in regions.split(";")):
-                continue
-            start, end = pd.Timestamp(ev.start_date), pd.Timestamp(ev.end_date)
-            active = (local >= start) & (local <= end)
-            factor = np.where(active, factor * (1.0 + float(ev.expected_uplift)), factor)
-        rows.append(pd.DataFrame({"unique_id": uid, "ds": stamps, EVENT_COLUMN: factor - 1.0}))
-    return pd.concat(rows, ignore_index=True)
+    """`unique_id, ds, event_uplift` for every series and (UTC, tz-naive) timestamp.
+
+    The uplift depends only on a series' region, so it is computed once per region and repeated
+    over that region's series (thousands of pair series share a few dozen regions)."""
+    region_of = {uid: series_region(uid) for uid in uids}
+    factors = {region: _region_uplift(events, region, stamps) for region in dict.fromkeys(region_of.values())}
+    if not uids:
+        return pd.DataFrame({"unique_id": pd.Series(dtype=str), "ds": pd.Series(dtype="datetime64[ns]"), EVENT_COLUMN: []})
+    return pd.DataFrame({"unique_id": np.repeat(np.array(uids, dtype=object), len(stamps)),
+                         "ds": np.tile(stamps.to_numpy(), len(uids)),
+                         EVENT_COLUMN: np.concatenate([factors[region_of[uid]] for uid in uids]) - 1.0})
+
+
+def _region_uplift(events: pd.DataFrame, region: str | None, stamps: pd.DatetimeIndex) -> np.ndarray:
+    """The product of (1 + uplift) of the events active in `region` at each stamp (local calendar days)."""
+    offset = pd.Timedelta(hours=REGION_UTC_OFFSET.get(region or "", 0))
+    local = (stamps + offset).normalize()
+    factor = np.ones(len(stamps))
+    for ev in events.itertuples(index=False):
+        regions = str(ev.regions)
+        if regions.strip() != "*" and (region is None or region not in regions.split(";")):
+            continue
+        active = (local >= pd.Timestamp(ev.start_date)) & (local <= pd.Timestamp(ev.end_date))
+        factor = np.where(active, factor * (1.0 + float(ev.expected_uplift)), factor)
+    return factor
 
 
 def calendar_uplift(lake_root: str, as_of: datetime, history: pd.DataFrame, horizon: int,
@@ -131,15 +140,17 @@ def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history
     idx_last = hist.groupby("unique_id")["ds"].max()
     fut = pd.concat([pd.DataFrame({"unique_id": uid, "ds": pd.date_range(last + pd.Timedelta(hours=1), periods=horizon_hours, freq="h")})
                      for uid, last in idx_last.items()], ignore_index=True)
+    region_of = {uid: series_region(uid) for uid in idx_last.index}  # parse each id once, not once per row
     for frame in (hist, fut):
-        frame["_region"] = frame["unique_id"].map(series_region)
+        frame["_region"] = frame["unique_id"].map(region_of)
     for tele in frames:
         name = tele.name
         t = tele.reset_index().rename(columns={"region": "_region", "hour": "ds"})
         hist = hist.merge(t, on=["_region", "ds"], how="left")
         fut = fut.merge(t, on=["_region", "ds"], how="left")
         for frame in (hist, fut):
-            frame[name] = frame.groupby("unique_id")[name].transform(lambda s: s.ffill().bfill()).fillna(0.0)
+            filled = frame.groupby("unique_id", sort=False)[name].ffill()
+            frame[name] = filled.groupby(frame["unique_id"], sort=False).bfill().fillna(0.0)
     return hist.drop(columns="_region"), fut.drop(columns="_region")
 
 
