@@ -14,6 +14,10 @@ apart) and then times `run_hourly` for the last hour - laptop mode: ingest → f
 through the run's progress callback. Series fitted per second = forecast series / forecast-stage
 seconds (series = pair volumes + region demand per resource + inbound totals per region).
 
+Peak resident memory is sampled every 50 ms per stage over the run's process and its workers. With
+two or more sizes, each stage's seconds are fitted as c·n^k on the two largest and projected to
+`--project-to` regions (default 1,000), with the workers a 10-minute run would need.
+
 Each size runs in a fresh child process (cold imports and JIT, like `peerscale run`), in a temp
 directory under /tmp that is removed afterwards. A size that exceeds --timeout-min is stopped and
 reported with the seconds of the stages it finished and of the stage it was in. The 1-minute load
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -69,6 +74,37 @@ def emit(tag: str, payload: dict) -> None:
     print(f"@{tag} {json.dumps(payload)}", flush=True)
 
 
+class RssSampler(threading.Thread):
+    """Peak resident memory of this process and its children (solver and joblib workers), sampled
+    every 50 ms; `take()` returns the peak since the last call (one stage) and starts a new one."""
+
+    def __init__(self, every_s: float = 0.05) -> None:
+        super().__init__(daemon=True)
+        import psutil
+
+        self.proc, self.every_s, self.peak, self.stop = psutil.Process(), every_s, 0, threading.Event()
+
+    def tree_rss(self) -> int:
+        import psutil
+
+        total = 0
+        for p in [self.proc, *self.proc.children(recursive=True)]:
+            try:
+                total += p.memory_info().rss
+            except psutil.Error:  # a worker may exit between listing and reading
+                continue
+        return total
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.peak = max(self.peak, self.tree_rss())
+            self.stop.wait(self.every_s)
+
+    def take(self) -> float:
+        peak, self.peak = max(self.peak, self.tree_rss()), 0
+        return round(peak / 2**30, 3)
+
+
 def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None) -> None:
     from pipeline.common.config import Settings
     from pipeline.run import backfill_ingest, run_hourly
@@ -93,17 +129,28 @@ def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_di
 
     marks: list[tuple[str, float]] = []
     profiler = {"current": None}
+    rss = RssSampler()
+    rss.start()
+    rss_gb: dict[str, float] = {}
 
     def progress(message: str) -> None:
         now = time.perf_counter()
         if profile_dir is not None:
             _switch_profiler(profiler, marks[-1][0] if marks else None, stage_key(message), profile_dir, n)
+        peak = rss.take()
+        if marks:
+            rss_gb[marks[-1][0]] = peak
         marks.append((stage_key(message), now))
         emit("stage", {"stage": stage_key(message), "t": now})
 
+    rss.take()
     t_start = time.perf_counter()
     summary = run_hourly(run_end, settings, progress=progress)
     t_end = time.perf_counter()
+    rss_gb[marks[-1][0]] = rss.take()
+    rss.stop.set()
+    out["stage_peak_rss_gb"] = rss_gb
+    out["peak_rss_gb"] = max(rss_gb.values())
     if profile_dir is not None:
         _switch_profiler(profiler, marks[-1][0], None, profile_dir, n)
     bounds = [t for _, t in marks] + [t_end]
@@ -306,6 +353,7 @@ def main() -> None:
     parser.add_argument("--timeout-min", type=float, default=30.0, help="stop a size's hourly run after this long")
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write one cProfile file per size and stage into DIR (slows the run; figures then inflated)")
+    parser.add_argument("--project-to", type=int, default=1000, help="regions to project the per-stage costs to")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -355,7 +403,42 @@ def main() -> None:
                 summary[p + k] = r[k]
     if summary.get("regions_30_run_s") is not None:
         summary["regions_30_meets_floor"] = summary["regions_30_run_s"] < FLOOR_30_S
+    for n, r in results.items():
+        summary[f"regions_{n}_peak_rss_gb"] = r.get("peak_rss_gb")
+        summary[f"regions_{n}_stage_peak_rss_gb"] = r.get("stage_peak_rss_gb")
+    summary.update(print_projection(results, target=args.project_to))
     print(json.dumps(summary), flush=True)
+
+
+def print_projection(results: dict[int, dict], target: int, budget_s: float = 600.0) -> dict:
+    """Each stage's seconds as c·n^k fitted on the two largest finished sizes, projected to `target`
+    regions; and how many workers a `budget_s` run needs if the forecast and plan stages (sharded
+    by series and by region) split evenly over workers while the other stages stay serial."""
+    done = sorted(n for n, r in results.items() if "run_s" in r)
+    if len(done) < 2:
+        return {}
+    a, b = done[-2], done[-1]
+    stages: dict[str, float] = {}
+    exponents: dict[str, float] = {}
+    for stage in STAGES:
+        ta, tb = results[a]["stages_s"].get(stage), results[b]["stages_s"].get(stage)
+        if not ta or not tb or ta <= 0 or tb <= 0:
+            continue
+        k = math.log(tb / ta) / math.log(b / a)
+        exponents[stage] = round(k, 2)
+        stages[stage] = round(tb * (target / b) ** k, 1)
+    parallel = sum(v for s, v in stages.items() if s in ("forecast", "plan"))
+    serial = sum(v for s, v in stages.items() if s not in ("forecast", "plan"))
+    workers = math.ceil(parallel / (budget_s - serial)) if serial < budget_s else None
+    print(f"\nprojection to {target} regions (c·n^k per stage, fitted on {a} and {b} regions):", flush=True)
+    for stage, seconds in stages.items():
+        print(f"   {stage:>9}: n^{exponents[stage]:<5} → {seconds:10.1f} s", flush=True)
+    verdict = (f"{workers} workers for a {budget_s / 60:.0f}-minute run (forecast and plan spread, the rest serial: {serial:.0f} s)"
+               if workers else f"no worker count fits {budget_s / 60:.0f} minutes: the serial stages alone take {serial:.0f} s")
+    print(f"   total on one worker {sum(stages.values()):.0f} s · {verdict}", flush=True)
+    return {f"projected_{target}_stages_s": stages, f"projected_{target}_exponents": exponents,
+            f"projected_{target}_run_s_one_worker": round(sum(stages.values()), 1),
+            f"projected_{target}_workers_for_10_min": workers}
 
 
 if __name__ == "__main__":
