@@ -3,15 +3,17 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 from typer.testing import CliRunner
 
 from pipeline.common.config import REPO_ROOT
 from pipeline.common.intervals import parse_utc
-from pipeline.ops.backtest import BacktestConfig, _predictive_forecasts, parse_policies, run_backtest
+from pipeline.ops.backtest import BacktestConfig, _predictive_forecasts, aws_style_capacity, parse_policies, run_backtest
 from tests.browser import open_page
 
 SAMPLES = str(REPO_ROOT / "data_samples")
@@ -20,7 +22,8 @@ SAMPLES = str(REPO_ROOT / "data_samples")
 @pytest.fixture(scope="module")
 def replay() -> object:
     config = BacktestConfig(start=parse_utc("2026-01-29T00:00"), end=parse_utc("2026-01-29T02:00"),
-                            policies=("predictive", "reactive", "static", "oracle"), refit_every_hours=2, horizon_hours=2)
+                            policies=("predictive", "reactive", "static", "oracle", "aws_predictive"), refit_every_hours=2,
+                            horizon_hours=2)
     return run_backtest(SAMPLES, config)
 
 
@@ -54,7 +57,7 @@ def test_policies_behave_as_defined(replay) -> None:
     oracle = summary["oracle"]
     assert oracle["hit_rate"] >= 0.95 and oracle["cost_vs_oracle"] == 1.0
     assert summary["static"]["cost"]["preallocation"] > oracle["cost"]["preallocation"]
-    for name in ("predictive", "static"):
+    for name in ("predictive", "static", "aws_predictive"):
         assert 0.0 < summary[name]["hit_rate"] <= 1.0
         assert summary[name]["cost"]["total"] == pytest.approx(sum(v for k, v in summary[name]["cost"].items() if k != "total"), abs=0.01)
     assert replay.results["predictive"].taus, "the τ controller ran on the first hour's logged decisions"
@@ -72,7 +75,23 @@ def test_backtest_report_renders_in_chromium(replay, tmp_path: Path) -> None:
     images = {img["id"]: img for img in check.images}
     for figure in ("fig-cost", "fig-hitrate", "fig-capacity", "fig-forecast"):
         assert images[figure]["width"] > 300, figure
-    assert check.tables["comparison"] == 1 + 4
+    assert check.tables["comparison"] == 1 + 5
+
+
+def test_aws_style_capacity_is_the_load_forecast_over_the_target_without_look_ahead(replay) -> None:
+    demand = replay.demand
+    refresh = parse_utc("2026-01-29T00:00")
+    config = BacktestConfig(start=refresh, end=parse_utc("2026-01-29T06:00"), aws_target_utilization=0.5)
+    capacity = aws_style_capacity(demand, refresh, config)
+    assert len(capacity) == 48 * demand["region"].nunique() * 4 and (capacity["value"] >= 0).all()
+    assert capacity["hour"].min() == pd.Timestamp(refresh)
+    looser = aws_style_capacity(demand, refresh, replace(config, aws_target_utilization=1.0))
+    np.testing.assert_allclose(capacity["value"].to_numpy(), 2 * looser["value"].to_numpy())
+    tampered = demand.copy()
+    tampered.loc[tampered["hour"] >= pd.Timestamp(refresh), ["vcpu", "memory_gib"]] *= 50
+    pd.testing.assert_frame_equal(capacity, aws_style_capacity(tampered, refresh, config))
+    with pytest.raises(ValueError, match="24 h of history"):
+        aws_style_capacity(demand[demand["hour"] >= pd.Timestamp(refresh) - pd.Timedelta(hours=10)], refresh, config)
 
 
 def test_bad_arguments_are_clear() -> None:

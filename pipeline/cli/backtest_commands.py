@@ -6,6 +6,7 @@ can run it right after `make demo`.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -33,11 +34,14 @@ def backtest(
                                      "(default: 7 days before --to)."),
     end: str | None = typer.Option(None, "--to", help="End of the replay, UTC, exclusive "
                                    "(default: the end of the last day in <source>/peering_requests/)."),
-    policy: str = typer.Option("predictive,reactive,static,oracle", help="Comma-separated policies to compare."),
+    policy: str = typer.Option("predictive,reactive,static,oracle,aws_predictive",
+                               help="Comma-separated policies to compare (aws_predictive: EC2 predictive scaling as documented)."),
     refit_every: int = typer.Option(6, min=1, max=MAX_REFIT_EVERY_HOURS, help="Refit the predictive forecast every N hours, "
                                     f"1 to {MAX_REFIT_EVERY_HOURS} (between refits it plans from older data only)."),
     headroom: float = typer.Option(0.2, min=0.0, max=MAX_HEADROOM, help="Static policy headroom over last week's peak "
                                    f"(0.2 = 20 %; 0 to {MAX_HEADROOM:g})."),
+    aws_target: float = typer.Option(0.7, min=0.05, max=1.0, help="aws_predictive's target utilization: capacity = "
+                                     "forecast load ÷ this (AWS has no default; 0.7 = 70 %)."),
     report_path: Path | None = typer.Option(None, "--report", help="Write the HTML report here "
                                             "(default: <build>/reports/backtest-<from>-<to>.html)."),
     as_json: bool = JsonOption,
@@ -48,7 +52,8 @@ def backtest(
     from pipeline.report.html import write_backtest_report
 
     config = settings(None, requests, build)
-    backtest_config = _config(config.source_root, start, end, policy=policy, refit_every=refit_every, headroom=headroom)
+    backtest_config = replace(_config(config.source_root, start, end, policy=policy, refit_every=refit_every, headroom=headroom),
+                              aws_target_utilization=aws_target)
     if not (start and end):
         note(f"replaying [{backtest_config.start:%Y-%m-%dT%H:%M}, {backtest_config.end:%Y-%m-%dT%H:%M}) of {config.source_root} "
              "(pass --from/--to to choose)")

@@ -9,7 +9,16 @@ requests (in time order, each session released when its duration ends) from the 
 - `predictive`: peerscale as configured: the τ-quantile of the forecast, τ from cost and then
   moved per region by the hit-rate feedback controller (`pipeline.ops.feedback`) from the IRC's own
   logged decisions of the hours already replayed, exactly as the hourly run does;
-- `oracle`: exactly the peak concurrent demand that will occur in the hour (the physical limit).
+- `oracle`: exactly the peak concurrent demand that will occur in the hour (the physical limit);
+- `aws_predictive`: EC2 Auto Scaling predictive scaling as its documentation describes it: a load
+  forecast from up to `aws_history_days` (14) of hourly history, hourly values for the next 48 h,
+  refreshed every `aws_refresh_hours` (6) from the data before the refresh (no look-ahead);
+  capacity = forecast load ÷ `aws_target_utilization`, in place at the start of the hour (the
+  default 300 s scheduling buffer launches it before the hour; the buffer's few minutes of
+  instance time are not charged). AWS does not publish its model: we use MSTL (daily + weekly
+  seasonality when 14 days exist, AutoETS trend), the pattern-finding model its documentation
+  describes, falling back to seasonal naive where MSTL cannot fit. Its point forecast is used, as
+  AWS scales to a single forecast value, and the same planner turns it into instances.
 
 Costs (USD) are made comparable across policies:
 
@@ -52,7 +61,7 @@ from pipeline.features.build import FeatureWindow, compute_features
 if TYPE_CHECKING:
     from pipeline.irc import Coordinator
 
-POLICIES = ("predictive", "reactive", "static", "oracle")
+POLICIES = ("predictive", "reactive", "static", "oracle", "aws_predictive")
 COLD_START_MEDIAN_S = 30.0
 COLD_START_P95_S = 90.0
 STATIC_LOOKBACK = timedelta(days=7)
@@ -76,6 +85,9 @@ class BacktestConfig:
     refit_every_hours: int = 6  # refit every N hours; between refits plan from the last forecast (older data only)
     feedback: bool = True  # predictive: step the τ controller after every hour (as the hourly run does)
     committed_demand: bool = True  # predictive: forecast only what new arrivals add to the committed level
+    aws_target_utilization: float = 0.7  # aws_predictive: capacity = load ÷ this (AWS has no default: a user setting)
+    aws_refresh_hours: int = 6  # aws_predictive: the documented forecast refresh
+    aws_history_days: int = 14  # aws_predictive: at most this much history (at least 24 h)
     seed: int = 7
 
 
@@ -221,6 +233,30 @@ def _write_forecast(settings: Settings, run_id: str, rows: pd.DataFrame) -> None
     lake.write_json_atomic(storage.join(out_dir, "manifest.json"), {"run_id": run_id, "selection": selection})
 
 
+def aws_style_capacity(demand: pd.DataFrame, refresh: datetime, config: BacktestConfig, horizon: int = 48) -> pd.DataFrame:
+    """The `aws_predictive` policy's capacity for the `horizon` hours from `refresh`: MSTL's point
+    forecast of each region's load from at most `aws_history_days` before `refresh`, ÷ the target
+    utilization. Columns hour, region, resource_type, value. Needs 24 h of history (as AWS does)."""
+    from pipeline.forecast.models import MODELS
+
+    start = pd.Timestamp(refresh - timedelta(days=config.aws_history_days))
+    past = _long(demand[(demand["hour"] >= start) & (demand["hour"] < pd.Timestamp(refresh))])
+    history = past.rename(columns={"hour": "ds", "value": "y"})
+    history["unique_id"] = history["region"] + "|" + history["resource_type"]
+    history = history[["unique_id", "ds", "y"]]
+    if history.groupby("unique_id").size().min() < 24:
+        raise ValueError(f"aws_predictive needs at least 24 h of history before {refresh:%Y-%m-%dT%H:%M}")
+    try:
+        forecast = MODELS["mstl"](_SEASON_LENGTH, "h").fit(history).predict(horizon)
+    except Exception:  # any fitting failure falls back to seasonal naive, as a forecaster must
+        forecast = MODELS["seasonal_naive"](_SEASON_LENGTH, "h").fit(history).predict(horizon)
+    parts = forecast["unique_id"].str.split("|", expand=True)
+    hours = pd.DatetimeIndex(pd.to_datetime(forecast["ds"]))
+    hours = hours.tz_localize("UTC") if hours.tz is None else hours.tz_convert("UTC")  # the models drop the zone
+    return pd.DataFrame({"hour": hours, "region": parts[0].to_numpy(), "resource_type": parts[1].to_numpy(),
+                         "value": np.maximum(forecast["mean"].to_numpy(float), 0.0) / config.aws_target_utilization})
+
+
 def _long(demand: pd.DataFrame) -> pd.DataFrame:
     return demand.melt(id_vars=["hour", "region"], value_vars=list(RESOURCE_TYPES), var_name="resource_type", value_name="value")
 
@@ -293,6 +329,7 @@ class _PredictiveForecasts:
 
     cached: pd.DataFrame | None = None
     planned: list[pd.DataFrame] = field(default_factory=list)
+    aws: pd.DataFrame | None = None  # the aws_predictive policy's capacity from its last refresh
 
 
 def run_backtest(
@@ -450,6 +487,11 @@ def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, inde
             now = apply_committed(now, inputs.carried[inputs.carried["hour"] == pd.Timestamp(hour)], hour)
         predictive.planned.append(now)
         _write_forecast(run.settings, run_id, now)
+    elif run.name == "aws_predictive":
+        if predictive.aws is None or index % config.aws_refresh_hours == 0:
+            predictive.aws = aws_style_capacity(inputs.demand, hour, config)
+        targets = predictive.aws[predictive.aws["hour"] == pd.Timestamp(hour)].drop(columns="hour")
+        _write_target_forecast(run.settings, run_id, hour, targets, "aws_predictive")
     elif run.name == "oracle":
         actual = demand_long[demand_long["hour"] == pd.Timestamp(hour)]
         _write_target_forecast(run.settings, run_id, hour, actual, "oracle")
