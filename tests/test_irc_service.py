@@ -352,3 +352,55 @@ def test_sigterm_drains_requests_in_flight(lake: Path) -> None:
         assert served.proc.returncode == 0
     logged = ds.dataset(lake / "raw" / "irc_outcomes", format="parquet", partitioning="hive").to_table()
     assert logged.column("status").to_pylist() == ["success"]
+
+
+def test_compose_runs_the_irc_on_the_shared_postgres_ledger(lake: Path) -> None:
+    """docker/compose.yaml's `irc` service: its command and environment (defaults filled in, the database host
+    pointed at this machine's PostgreSQL) start a real service whose health check passes and that keeps its
+    pre-allocations in PostgreSQL, next to Airflow's database."""
+    import yaml
+
+    from tests.test_distributed import COMPOSE, _default
+
+    compose = yaml.safe_load(COMPOSE.read_text())
+    irc = compose["services"]["irc"]
+    assert irc["depends_on"] == {"postgres": {"condition": "service_healthy"}}
+    assert "peerscale-data:/data" in irc["volumes"] and irc["volumes"] == compose["x-airflow-common"]["volumes"][:1]
+    env = {k: _default(str(v)) for k, v in irc["environment"].items()}
+    assert env["PEERSCALE_IRC_LEDGER"].startswith("postgresql://airflow:<POSTGRES_PASSWORD>@postgres:5432/airflow?schema=")
+    probe = irc["healthcheck"]["test"]
+    assert probe[:2] == ["CMD", "curl"] and probe[-1] == "http://localhost:8787/readyz"
+    assert int(irc["stop_grace_period"].rstrip("s")) > 30  # the service's default graceful timeout
+    command = list(irc["command"])
+    assert command[:2] == ["irc", "serve"] and irc["entrypoint"][-1] == "peerscale"
+    url = postgres_url()
+    env.update(PEERSCALE_IRC_LEDGER=url, PEERSCALE_LAKE=str(lake), PEERSCALE_IRC_TOKENS=TOKEN, PEERSCALE_S3_ENDPOINT="",
+               PEERSCALE_IRC_METRICS_DIR=str(lake.parent / "metrics"))
+    args = command[2:]
+    args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", "0"
+    proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *command[:2], *args], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    try:
+        banner = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
+        assert banner.get("workers") == 2 and banner["auth"] == "bearer", proc.stderr.read() if not banner else banner  # type: ignore[union-attr]
+        health = subprocess.run(["curl", "--fail", "--silent", banner["listening"] + "/readyz"], capture_output=True, text=True,
+                                timeout=60)
+        assert health.returncode == 0 and json.loads(health.stdout)["ready"] is True
+        request = urllib.request.Request(banner["listening"] + "/v1/requests", data=json.dumps(GOOD).encode(), method="POST",
+                                         headers={"Content-Type": "application/json", "Authorization": f"Bearer {TOKEN}"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            allocation = json.loads(response.read())["allocation_id"]
+        from pipeline.irc.ledger.postgres import PostgresLedger
+
+        ledger = PostgresLedger.from_url(url)
+        try:
+            assert ledger.usage(int(T0.timestamp()), EU)["vcpu"] == 2.0 and allocation.startswith("pre-")
+        finally:
+            ledger.close()
+        proc.send_signal(signal.SIGTERM)
+        proc.communicate(timeout=90)
+        assert proc.returncode == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        drop_postgres(url)

@@ -229,7 +229,7 @@ def serve(
                                            help="Bearer tokens, one a line (also: PEERSCALE_IRC_TOKENS, comma-separated)."),
     allow_no_auth: bool = typer.Option(False, "--allow-no-auth",
                                        help="Serve without tokens on a non-loopback address (loopback never needs it)."),
-    on_demand_only: bool = typer.Option(False, "--on-demand-only",
+    on_demand_only: bool = typer.Option(False, "--on-demand-only", envvar="PEERSCALE_IRC_ON_DEMAND_ONLY",
                                         help="Ready without a verified plan (serve on demand until one is published)."),
     tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar="PEERSCALE_IRC_TLS_CERT", dir_okay=False,
                                          help="PEM certificate (HTTPS)."),
