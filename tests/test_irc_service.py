@@ -382,7 +382,7 @@ def test_compose_runs_the_irc_on_the_shared_postgres_ledger(lake: Path) -> None:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
     try:
         banner = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
-        assert banner.get("workers") == 2 and banner["auth"] == "bearer", proc.stderr.read() if not banner else banner  # type: ignore[union-attr]
+        assert banner.get("workers") == 2 and banner["auth"] == "bearer", banner if banner else proc.stderr.read()  # type: ignore[union-attr]
         health = subprocess.run(["curl", "--fail", "--silent", banner["listening"] + "/readyz"], capture_output=True, text=True,
                                 timeout=60)
         assert health.returncode == 0 and json.loads(health.stdout)["ready"] is True
