@@ -1,4 +1,4 @@
-"""The IRC's HTTP API: a FastAPI (ASGI) app around one Coordinator, served by uvicorn (`pipeline.irc.service`).
+"""The IRC's HTTP API: a Starlette (ASGI) app around one Coordinator, served by uvicorn (`pipeline.irc.service`).
 
     POST   /v1/requests                         a peering request as JSON → the decision (200, also on failure)
     POST   /v1/release                          {"allocation_id": "..."} → {"released": true|false}
@@ -7,7 +7,7 @@
     GET    /metrics                             Prometheus text format (every worker's counts)
     GET    /healthz                             liveness: plan, plan error, ledger (never needs a token)
     GET    /readyz                              200 only with a verified plan, or in on-demand-only mode; else 503
-    GET    /openapi.json, /docs                 the API description
+    GET    /openapi.json                        the API description (OpenAPI 3.1, from the route table)
 
 With tokens configured every route but /healthz, /readyz and the API description needs
 `Authorization: Bearer <token>` (401 otherwise). Whatever a client sends, the answer is one JSON
@@ -26,19 +26,24 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import hmac
+import itertools
 import json
 import logging
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from fastapi import FastAPI, Request
-from fastapi.responses import Response
+from starlette.applications import Starlette
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from pipeline.irc import prometheus
@@ -49,7 +54,6 @@ from pipeline.irc.messages import PeeringRequest
 log = logging.getLogger(__name__)
 JSON_TYPE = "application/json"
 API_VERSION = "v1"
-OPEN_PATHS = frozenset({"/healthz", "/readyz", "/openapi.json", "/docs", "/docs/oauth2-redirect"})
 
 
 class HttpError(Exception):
@@ -190,58 +194,56 @@ DECISION_SCHEMA: dict[str, Any] = {
 ERROR_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"error": {"type": "string"}}}
 
 
-def _doc(body: dict[str, Any] | None, answer: dict[str, Any], *codes: int) -> dict[str, Any]:
-    """openapi_extra for a route whose body is read by hand (no per-request validation layer)."""
-    extra: dict[str, Any] = {"responses": {
-        "200": {"description": "OK", "content": {JSON_TYPE: {"schema": answer}}},
-        **{str(code): {"description": "error", "content": {JSON_TYPE: {"schema": ERROR_SCHEMA}}} for code in codes},
-    }}
-    if body is not None:
-        extra["requestBody"] = {"required": True, "content": {JSON_TYPE: {"schema": body}}}
-    return extra
+@dataclass(frozen=True)
+class Endpoint:
+    """One route: how it is served and how /openapi.json describes it."""
+
+    method: str
+    path: str
+    handler: Callable[[ServiceState, Request], Awaitable[Response]]
+    summary: str
+    body: dict[str, Any] | None = None
+    answer: dict[str, Any] = field(default_factory=lambda: {"type": "object"})
+    errors: tuple[int, ...] = ()
+    auth: bool = True
 
 
-def _routes(app: FastAPI, state: ServiceState) -> None:
-    """Bind the API to `state` (one function per route; errors go through `_on_error`)."""
-    limits = state.limits
+# Request ids given by this worker: a random prefix and a counter (unique across workers and restarts, without a
+# urandom() syscall per request).
+_ID_PREFIX = uuid.uuid4().hex[:20]
+_ids = itertools.count(1)
 
-    @app.post(f"/{API_VERSION}/requests", summary="Decide one peering request",
-              openapi_extra=_doc(REQUEST_SCHEMA, DECISION_SCHEMA, 400, 401, 408, 411, 413, 415))
-    async def decide(request: Request) -> Response:
-        _check_token(state, request)
-        row = await read_json(request, limits)
-        row.setdefault("request_id", uuid.uuid4().hex)
-        row.setdefault("requested_at", datetime.now(UTC).isoformat())
-        return json_response(await _decide(state, PeeringRequest.from_row(row)))
 
-    @app.post(f"/{API_VERSION}/release", summary="Give an allocation back",
-              openapi_extra=_doc({"type": "object", "properties": {"allocation_id": {"type": "string"}}},
-                                 {"type": "object"}, 400, 401))
-    async def release(request: Request) -> Response:
-        _check_token(state, request)
-        allocation_id = (await read_json(request, limits)).get("allocation_id")
-        return json_response({"allocation_id": allocation_id, "released": state.coordinator.release(allocation_id)})
+async def _post_request(state: ServiceState, request: Request) -> Response:
+    _check_token(state, request)
+    row = await read_json(request, state.limits)
+    if "request_id" not in row:
+        row["request_id"] = f"{_ID_PREFIX}{next(_ids):012d}"
+    if "requested_at" not in row:
+        row["requested_at"] = datetime.now(UTC)
+    return json_response(await _decide(state, PeeringRequest.from_row(row)))
 
-    @app.get(f"/{API_VERSION}/admin/unhealthy-regions", summary="Regions marked unhealthy",
-             openapi_extra=_doc(None, {"type": "object"}, 401))
-    async def unhealthy(request: Request) -> Response:
-        _check_token(state, request)
-        return json_response({"unhealthy": state.coordinator.unhealthy_regions, "error": state.coordinator.health_error})
 
-    @app.put(f"/{API_VERSION}/admin/unhealthy-regions/{{region}}", summary="Mark a region unhealthy (every replica follows)",
-             openapi_extra=_doc(None, {"type": "object"}, 400, 401))
-    async def mark(region: str, request: Request) -> Response:
-        _check_token(state, request)
-        body = await read_json(request, limits) if request.headers.get("content-length", "0") != "0" else {}
-        return await _set_health(state, region, str(body.get("note") or ""))
+async def _post_release(state: ServiceState, request: Request) -> Response:
+    _check_token(state, request)
+    allocation_id = (await read_json(request, state.limits)).get("allocation_id")
+    return json_response({"allocation_id": allocation_id, "released": state.coordinator.release(allocation_id)})
 
-    @app.delete(f"/{API_VERSION}/admin/unhealthy-regions/{{region}}", summary="Serve from a region again",
-                openapi_extra=_doc(None, {"type": "object"}, 400, 401))
-    async def unmark(region: str, request: Request) -> Response:
-        _check_token(state, request)
-        return await _set_health(state, region, None)
 
-    _probe_routes(app, state)
+async def _get_unhealthy(state: ServiceState, request: Request) -> Response:
+    _check_token(state, request)
+    return json_response({"unhealthy": state.coordinator.unhealthy_regions, "error": state.coordinator.health_error})
+
+
+async def _put_unhealthy(state: ServiceState, request: Request) -> Response:
+    _check_token(state, request)
+    body = await read_json(request, state.limits) if request.headers.get("content-length", "0") != "0" else {}
+    return await _set_health(state, request.path_params["region"], str(body.get("note") or ""))
+
+
+async def _delete_unhealthy(state: ServiceState, request: Request) -> Response:
+    _check_token(state, request)
+    return await _set_health(state, request.path_params["region"], None)
 
 
 async def _set_health(state: ServiceState, region: str, note: str | None) -> Response:
@@ -256,62 +258,76 @@ async def _set_health(state: ServiceState, region: str, note: str | None) -> Res
     return json_response({"region": region, "healthy": note is None, "unhealthy": coordinator.unhealthy_regions})
 
 
-def _probe_routes(app: FastAPI, state: ServiceState) -> None:
-    @app.get("/metrics", summary="Prometheus metrics (all workers)", response_class=Response)
-    async def metrics(request: Request) -> Response:
-        _check_token(state, request)
-        await asyncio.to_thread(state.refresh_gauges)  # the ledger's utilization may be a database query
-        return Response(await asyncio.to_thread(prometheus.exposition, state.metrics), media_type=prometheus.CONTENT_TYPE)
-
-    @app.get("/healthz", summary="Liveness, with the plan in use", openapi_extra=_doc(None, {"type": "object"}))
-    async def healthz() -> Response:
-        plan = state.coordinator.plan
-        return json_response({
-            "plan_id": plan.plan_id if plan is not None else None,
-            "valid_from": plan.valid_from.isoformat() if plan is not None else None,
-            "valid_to": plan.valid_to.isoformat() if plan is not None else None,
-            "plan_error": state.coordinator.plan_error,
-            "ledger": repr(state.coordinator.ledger),
-            "unhealthy_regions": sorted(state.coordinator.unhealthy_regions),
-        })
-
-    @app.get("/readyz", summary="Readiness: a verified plan, or on-demand-only mode",
-             openapi_extra=_doc(None, {"type": "object"}, 503))
-    async def readyz() -> Response:
-        ready, reason = state.ready()
-        plan = state.coordinator.plan
-        payload = {"ready": ready, "plan_id": plan.plan_id if plan is not None else None,
-                   "mode": "on-demand-only" if state.on_demand_only else "plan", "reason": reason}
-        return json_response(payload, 200 if ready else 503)
+async def _get_metrics(state: ServiceState, request: Request) -> Response:
+    _check_token(state, request)
+    await asyncio.to_thread(state.refresh_gauges)  # the ledger's utilization may be a database query
+    return Response(await asyncio.to_thread(prometheus.exposition, state.metrics), media_type=prometheus.CONTENT_TYPE)
 
 
-def _error_handlers(app: FastAPI, state: ServiceState) -> None:
-    @app.exception_handler(HttpError)
-    async def on_http_error(request: Request, exc: HttpError) -> Response:
-        return json_response({"error": str(exc)}, exc.code, close=exc.close, headers=exc.headers)
+async def _get_healthz(state: ServiceState, request: Request) -> Response:
+    plan = state.coordinator.plan
+    return json_response({
+        "plan_id": plan.plan_id if plan is not None else None,
+        "valid_from": plan.valid_from.isoformat() if plan is not None else None,
+        "valid_to": plan.valid_to.isoformat() if plan is not None else None,
+        "plan_error": state.coordinator.plan_error,
+        "ledger": repr(state.coordinator.ledger),
+        "unhealthy_regions": sorted(state.coordinator.unhealthy_regions),
+    })
 
-    @app.exception_handler(StarletteHTTPException)
-    async def on_routing(request: Request, exc: StarletteHTTPException) -> Response:
-        """404 and 405 from the router, worded like ours; the body (if any) is not read, so the connection closes."""
-        path = request.url.path
-        if exc.status_code == 405:
-            message = (f"method {request.method} not allowed on {path}: use GET /metrics, GET /healthz, GET /readyz, "
-                       f"POST /{API_VERSION}/requests, POST /{API_VERSION}/release")
-        elif exc.status_code == 404:
-            message = f"no route {request.method} {path}"
-        else:
-            message = str(exc.detail)
-        return json_response({"error": message}, exc.status_code, close=True, headers=dict(exc.headers or {}))
 
-    @app.exception_handler(Exception)
-    async def on_crash(request: Request, exc: Exception) -> Response:  # never a traceback to the client
-        log.exception("IRC HTTP: %s %s failed", request.method, request.url.path)
-        state.metrics.count("internal_errors")
-        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500, close=True)
+async def _get_readyz(state: ServiceState, request: Request) -> Response:
+    ready, reason = state.ready()
+    plan = state.coordinator.plan
+    payload = {"ready": ready, "plan_id": plan.plan_id if plan is not None else None,
+               "mode": "on-demand-only" if state.on_demand_only else "plan", "reason": reason}
+    return json_response(payload, 200 if ready else 503)
+
+
+REGION_PATH = f"/{API_VERSION}/admin/unhealthy-regions/{{region}}"
+NOTE_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"note": {"type": "string"}}}
+ENDPOINTS: tuple[Endpoint, ...] = (
+    Endpoint("POST", f"/{API_VERSION}/requests", _post_request, "Decide one peering request", REQUEST_SCHEMA,
+             DECISION_SCHEMA, (400, 401, 408, 411, 413, 415)),
+    Endpoint("POST", f"/{API_VERSION}/release", _post_release, "Give an allocation back",
+             {"type": "object", "properties": {"allocation_id": {"type": "string"}}}, errors=(400, 401, 411, 413, 415)),
+    Endpoint("GET", f"/{API_VERSION}/admin/unhealthy-regions", _get_unhealthy, "Regions marked unhealthy", errors=(401,)),
+    Endpoint("PUT", REGION_PATH, _put_unhealthy, "Mark a region unhealthy (every replica reading the lake follows)",
+             NOTE_SCHEMA, errors=(400, 401)),
+    Endpoint("DELETE", REGION_PATH, _delete_unhealthy, "Serve from a region again", errors=(400, 401)),
+    Endpoint("GET", "/metrics", _get_metrics, "Prometheus metrics (every worker)", answer={"type": "string"}, errors=(401,)),
+    Endpoint("GET", "/healthz", _get_healthz, "Liveness, with the plan in use", auth=False),
+    Endpoint("GET", "/readyz", _get_readyz, "Readiness: a verified plan, or on-demand-only mode", errors=(503,), auth=False),
+)
+
+
+def openapi_document(endpoints: Iterable[Endpoint] = ENDPOINTS) -> dict[str, Any]:
+    """The OpenAPI 3.1 description of the API, from the route table (what is served is what is described)."""
+    paths: dict[str, dict[str, Any]] = {}
+    for ep in endpoints:
+        kind = "text/plain" if ep.path == "/metrics" else JSON_TYPE
+        operation: dict[str, Any] = {
+            "summary": ep.summary, "operationId": f"{ep.method.lower()}{ep.path.replace('/', '_').replace('{', '').replace('}', '')}",
+            "responses": {"200": {"description": "OK", "content": {kind: {"schema": ep.answer}}},
+                          **{str(c): {"description": "error", "content": {JSON_TYPE: {"schema": ERROR_SCHEMA}}} for c in ep.errors}},
+            "security": [{"bearer": []}] if ep.auth else [],
+        }
+        if "{region}" in ep.path:
+            operation["parameters"] = [{"name": "region", "in": "path", "required": True, "schema": {"type": "string"}}]
+        if ep.body is not None:
+            operation["requestBody"] = {"required": ep.method == "POST", "content": {JSON_TYPE: {"schema": ep.body}}}
+        paths.setdefault(ep.path, {})[ep.method.lower()] = operation
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "peerscale Inter-Region Coordinator", "version": API_VERSION,
+                 "description": (__doc__ or "").split("\n\n", 1)[0]},
+        "paths": paths,
+        "components": {"securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}}},
+    }
 
 
 class _HttpMetrics:
-    """Pure ASGI middleware: answers by route and status code, requests in flight (cheaper than BaseHTTPMiddleware)."""
+    """Pure ASGI middleware: answers by route and status code (cheaper than BaseHTTPMiddleware)."""
 
     def __init__(self, app: ASGIApp, metrics: prometheus.PrometheusMetrics) -> None:
         self.app = app
@@ -330,11 +346,9 @@ class _HttpMetrics:
                 code = str(message["status"])
             await send(message)
 
-        self.metrics.http_in_flight.inc()
         try:
             await self.app(scope, receive, send_and_note)
         finally:
-            self.metrics.http_in_flight.dec()
             route = getattr(scope.get("route"), "path", "unmatched")
             child = self._children.get((route, code))
             if child is None:
@@ -342,12 +356,32 @@ class _HttpMetrics:
             child.inc()
 
 
-def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> FastAPI:
-    """The ASGI app over `state`; its lifespan refreshes the gauges and, at shutdown, runs `state.on_close`
-    (after uvicorn drained the requests in flight): the thread pool, the coordinator (flushing the outcome log)."""
+async def _on_http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HttpError)
+    return json_response({"error": str(exc)}, exc.code, close=exc.close, headers=exc.headers)
+
+
+async def _on_routing(request: Request, exc: Exception) -> Response:
+    """404 and 405 from the router, worded like ours; the body (if any) is not read, so the connection closes."""
+    assert isinstance(exc, StarletteHTTPException)
+    path = request.url.path
+    if exc.status_code == 405:
+        message = (f"method {request.method} not allowed on {path}: use GET /metrics, GET /healthz, GET /readyz, "
+                   f"POST /{API_VERSION}/requests, POST /{API_VERSION}/release")
+    elif exc.status_code == 404:
+        message = f"no route {request.method} {path}"
+    else:
+        message = str(exc.detail)
+    return json_response({"error": message}, exc.status_code, close=True, headers=dict(exc.headers or {}))
+
+
+def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starlette:
+    """The ASGI app over `state` (Starlette: a third of FastAPI's cost per request, measured in bench/RESULTS.md);
+    its lifespan refreshes the gauges and, at shutdown, runs `state.on_close` (after uvicorn drained the requests
+    in flight): the thread pool, the coordinator (flushing the outcome log)."""
 
     @contextlib.asynccontextmanager
-    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
         task = asyncio.create_task(_refresh_forever(state, refresh_interval_s))
         try:
             yield
@@ -357,12 +391,41 @@ def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> FastAP
                 await task
             await asyncio.to_thread(_close_all, state.on_close)
 
-    app = FastAPI(title="peerscale Inter-Region Coordinator", version=API_VERSION, lifespan=lifespan,
-                  description=(__doc__ or "").split("\n\n", 1)[0], redoc_url=None)
-    _routes(app, state)
-    _error_handlers(app, state)
-    app.add_middleware(_HttpMetrics, metrics=state.metrics)
-    return app
+    async def on_crash(request: Request, exc: Exception) -> Response:  # never a traceback to the client
+        log.error("IRC HTTP: %s %s failed", request.method, request.url.path, exc_info=exc)
+        state.metrics.count("internal_errors")
+        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500, close=True)
+
+    document = json.dumps(openapi_document()).encode()
+
+    async def openapi(request: Request) -> Response:
+        return Response(document, media_type=JSON_TYPE)
+
+    routes = [Route(ep.path, functools.partial(ep.handler, state), methods=[ep.method]) for ep in ENDPOINTS]
+    routes.append(Route("/openapi.json", openapi, methods=["GET"]))
+    return Starlette(
+        routes=_merge_methods(routes), lifespan=lifespan, middleware=[Middleware(_HttpMetrics, metrics=state.metrics)],
+        exception_handlers={HttpError: _on_http_error, StarletteHTTPException: _on_routing, Exception: on_crash},
+    )
+
+
+def _merge_methods(routes: list[Route]) -> list[Route]:
+    """One Route per path with every method it serves, so another method is a 405 (not a 404 from the next path)."""
+    merged: dict[str, list[Route]] = {}
+    for route in routes:
+        merged.setdefault(route.path, []).append(route)
+    out = []
+    for path, same in merged.items():
+        if len(same) == 1:
+            out.append(same[0])
+            continue
+        handlers = {m: r.endpoint for r in same for m in (r.methods or ()) if m != "HEAD"}
+
+        async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
+            return await handlers[request.method](request)  # type: ignore[no-any-return]
+
+        out.append(Route(path, dispatch, methods=list(handlers)))
+    return out
 
 
 async def _refresh_forever(state: ServiceState, interval_s: float) -> None:

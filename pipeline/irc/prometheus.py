@@ -68,8 +68,6 @@ class PrometheusMetrics(DecisionMetrics):
         self._latency_children = {path: self._p_latency.labels(path) for path in PATHS}
         self.http_requests = Counter("peerscale_irc_http_requests_total", "HTTP answers, by route and status code.",
                                      ["route", "code"], registry=r)
-        self.http_in_flight = Gauge("peerscale_irc_http_requests_in_flight", "HTTP requests being answered.",
-                                    registry=r, multiprocess_mode="livesum")
         self._p_gauges: dict[str, Gauge] = {}
         self._gauge_labels: dict[str, set[tuple[str, ...]]] = {}
         self._counters: dict[str, Counter] = {}

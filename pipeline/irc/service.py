@@ -1,6 +1,6 @@
 """`peerscale irc serve`: the HTTP API (`pipeline.irc.http_app`) under uvicorn, in one or more worker processes.
 
-Imported only by `serve` (and tests): uvicorn, FastAPI and prometheus_client never load with
+Imported only by `serve` (and tests): uvicorn, Starlette and prometheus_client never load with
 `import pipeline.irc`. The parent process checks the configuration (tokens, TLS files, ledger URL),
 binds and listens on the socket, prints one JSON line (where it listens), empties the
 prometheus_client multi-process directory and sets PROMETHEUS_MULTIPROC_DIR, then runs uvicorn:
@@ -193,7 +193,7 @@ def uvicorn_config(config: ServiceConfig) -> Any:
     return uvicorn.Config(
         APP_FACTORY, factory=True, host=config.host, port=config.port, workers=config.workers,
         loop="uvloop", http="httptools", lifespan="on", log_level="warning", access_log=False,
-        server_header=False, limit_concurrency=config.max_connections, timeout_keep_alive=config.keep_alive_s,
+        server_header=False, proxy_headers=False, limit_concurrency=config.max_connections, timeout_keep_alive=config.keep_alive_s,
         timeout_graceful_shutdown=config.graceful_timeout_s, ssl_certfile=config.tls_cert, ssl_keyfile=config.tls_key,
     )
 
@@ -283,3 +283,50 @@ class ThreadedService:
         self.server.should_exit = True
         self._thread.join(timeout=60)
         self.sock.close()
+
+
+class _CoalescingTransport:
+    """Writes made in one turn of the event loop go out in one send(): a response's head and body are written
+    by two calls, and on loopback or a LAN each send() is a packet and a wake-up of the peer."""
+
+    def __init__(self, transport: Any, loop: Any) -> None:
+        self._transport = transport
+        self._loop = loop
+        self._pending: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        if not self._pending:
+            self._loop.call_soon(self._flush)
+        self._pending.append(bytes(data))
+
+    def writelines(self, lines: Any) -> None:
+        for data in lines:
+            self.write(data)
+
+    def _flush(self) -> None:
+        if self._pending:
+            data = b"".join(self._pending)
+            self._pending.clear()
+            if not self._transport.is_closing():
+                self._transport.write(data)
+
+    def close(self) -> None:
+        self._flush()
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._pending.clear()
+        self._transport.abort()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._transport, name)
+
+
+def _coalescing_protocol() -> Any:
+    from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+    class CoalescingHttpToolsProtocol(HttpToolsProtocol):  # type: ignore[misc]
+        def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+            super().connection_made(_CoalescingTransport(transport, self.loop))
+
+    return CoalescingHttpToolsProtocol
