@@ -404,3 +404,15 @@ def test_compose_runs_the_irc_on_the_shared_postgres_ledger(lake: Path) -> None:
         if proc.poll() is None:
             proc.kill()
         drop_postgres(url)
+
+
+def test_the_library_does_not_load_the_service_stack() -> None:
+    """`import pipeline.irc` stays light: uvicorn, Starlette and prometheus_client load only with `serve`."""
+    code = ("import sys, pipeline.irc, pipeline.irc.coordinator; "
+            "print(sorted(m for m in ('uvicorn', 'starlette', 'fastapi', 'prometheus_client', 'httptools', 'uvloop') "
+            "if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "[]"
+    loaded = subprocess.run([sys.executable, "-c", "import sys, pipeline.irc.http_app; print('starlette' in sys.modules)"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60, check=True)
+    assert loaded.stdout.strip() == "True"  # the check above can fail

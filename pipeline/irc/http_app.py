@@ -422,7 +422,8 @@ def _merge_methods(routes: list[Route]) -> list[Route]:
         handlers = {m: r.endpoint for r in same for m in (r.methods or ()) if m != "HEAD"}
 
         async def dispatch(request: Request, handlers: dict[str, Any] = handlers) -> Response:
-            return await handlers[request.method](request)  # type: ignore[no-any-return]
+            response: Response = await handlers[request.method](request)
+            return response
 
         out.append(Route(path, dispatch, methods=list(handlers)))
     return out

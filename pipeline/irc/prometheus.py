@@ -19,6 +19,7 @@ import glob
 import os
 import re
 from collections.abc import Iterable, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest, multiprocess
 from prometheus_client.process_collector import ProcessCollector
@@ -115,8 +116,8 @@ class PrometheusMetrics(DecisionMetrics):
     def _gauge(self, name: str, text: str, labelnames: tuple[str, ...]) -> Gauge:
         gauge = self._p_gauges.get(name)
         if gauge is None:
-            gauge = self._p_gauges[name] = Gauge(name, text, labelnames, registry=self.registry,
-                                               multiprocess_mode=GAUGE_MODES.get(name, DEFAULT_GAUGE_MODE))
+            mode: Any = GAUGE_MODES.get(name, DEFAULT_GAUGE_MODE)  # one of prometheus_client's literal modes
+            gauge = self._p_gauges[name] = Gauge(name, text, labelnames, registry=self.registry, multiprocess_mode=mode)
         return gauge
 
     def _raise_counter(self, name: str, text: str, value: float) -> None:
