@@ -267,6 +267,7 @@ def test_serve_checks_bearer_tokens_and_marks_regions(lake: Path, tmp_path: Path
     ([], {"PEERSCALE_IRC_TOKENS": "short"}, "at least 16 printable characters"),
     (["--tls-cert", "/nonexistent/cert.pem"], {}, "both --tls-cert and --tls-key"),
     (["--ledger", "mysql://x"], {}, "ledger 'mysql://x'"),
+    (["--tls-cert", "README.md", "--tls-key", "README.md"], {}, "cannot use --tls-cert README.md"),  # files, not PEM
 ])
 def test_serve_refuses_an_unsafe_or_broken_configuration(lake: Path, args: list[str], env: dict[str, str], message: str) -> None:
     result = subprocess.run([sys.executable, "-m", "pipeline.cli", "irc", "serve", "--port", "0", "--lake", str(lake), *args],

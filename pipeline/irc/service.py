@@ -20,6 +20,7 @@ import logging
 import os
 import shutil
 import socket
+import ssl
 import sys
 import tempfile
 import threading
@@ -131,6 +132,11 @@ def check_config(config: ServiceConfig) -> frozenset[bytes]:
     for path in (config.tls_cert, config.tls_key, config.token_file):
         if path and not Path(path).is_file():
             raise ServiceError(f"{path} does not exist or is not a file")
+    if config.tls_cert and config.tls_key:
+        try:  # what each worker will do: a bad pair fails here, once, instead of in a restart loop of workers
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(config.tls_cert, config.tls_key)
+        except (ssl.SSLError, OSError) as exc:
+            raise ServiceError(f"cannot use --tls-cert {config.tls_cert} with --tls-key {config.tls_key}: {exc}") from None
     if config.workers < 1:
         raise ServiceError(f"--workers must be >= 1, got {config.workers}")
     if config.workers > 1 and config.ledger_url == "memory":
@@ -246,9 +252,14 @@ def run(config: ServiceConfig, echo: Any = print) -> None:
 def _serve(config: ServiceConfig, sock: socket.socket) -> None:
     """Always under uvicorn's supervisor, even for one worker: a worker is a fresh interpreter that imports
     prometheus_client after PROMETHEUS_MULTIPROC_DIR is set, and a worker that dies is replaced."""
+    from uvicorn.config import STARTUP_FAILURE
     from uvicorn.supervisors import Multiprocess
 
-    Multiprocess(uvicorn_config(config), sockets=[sock]).run()
+    supervisor = Multiprocess(uvicorn_config(config), sockets=[sock])
+    supervisor.run()
+    if any(process.exitcode == STARTUP_FAILURE for process in supervisor.processes):
+        raise ServiceError("a worker could not start (its error is above: the TLS files, the lake or the ledger); "
+                           "fix it and start again")
 
 
 class ThreadedService:
