@@ -91,7 +91,7 @@ def serve(lake: Path, url: str, workers: int, tmp: Path) -> tuple[subprocess.Pop
     proc = subprocess.Popen(
         [sys.executable, "-m", "pipeline.cli", "irc", "serve", "--port", "0", "--lake", str(lake), "--ledger", url,
          "--workers", str(workers), "--token-file", str(token_file), "--reload-interval", "60"],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     banner = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
     if not banner:

@@ -168,7 +168,7 @@ class Served:
                  context: ssl.SSLContext | None = None) -> None:
         self.proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", "irc", "serve", "--port", "0", *args],
                                      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, **(env or {})})
+                                     env={**os.environ, **(env or {})}, start_new_session=True)
         line = self.proc.stdout.readline()  # type: ignore[union-attr]
         if not line:
             raise AssertionError(self.proc.communicate(timeout=60)[1])
@@ -200,8 +200,8 @@ class Served:
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
+        if self.proc.poll() is None:  # a failed test: the supervisor and its workers (their own session) go
+            os.killpg(self.proc.pid, signal.SIGKILL)
             self.proc.communicate(timeout=60)
 
 
@@ -289,6 +289,11 @@ def test_readiness_needs_a_plan_unless_on_demand_only(tmp_path: Path) -> None:
         served.stop()
 
 
+def worker_pids(text: str) -> set[str]:
+    return {line.split('pid="')[1].split('"')[0] for line in text.splitlines()
+            if line.startswith("peerscale_irc_worker_start_time_seconds")}
+
+
 def test_workers_share_one_ledger_and_one_set_of_metrics(lake: Path, tmp_path: Path) -> None:
     """Two workers on a SQLite ledger: the plan is granted once; every scrape sums both workers; a worker
     killed is replaced, its counts stay and its per-process series go."""
@@ -298,15 +303,18 @@ def test_workers_share_one_ledger_and_one_set_of_metrics(lake: Path, tmp_path: P
         assert paths.count("preallocated") == 7  # 95 % of 8 vcpu, whichever worker answered
         texts = [served.call("GET", "/metrics")[1] for _ in range(4)]
         assert {metric(t, 'peerscale_irc_requests_total{path="preallocated",status="success"}') for t in texts} == {7}  # type: ignore[arg-type]
-        pids = {line.split('pid="')[1].split('"')[0] for t in texts for line in t.splitlines()  # type: ignore[union-attr]
-                if line.startswith("peerscale_irc_worker_start_time_seconds")}
+        pids = worker_pids(texts[-1])  # type: ignore[arg-type]
+        for _ in range(300):  # each worker publishes its gauges once started (slowly on a loaded machine)
+            if len(pids) == 2:
+                break
+            time.sleep(0.2)
+            pids = worker_pids(served.call("GET", "/metrics")[1])  # type: ignore[arg-type]
         assert len(pids) == 2
         victim = int(sorted(pids)[0])
         os.kill(victim, signal.SIGKILL)
-        for _ in range(100):  # the supervisor replaces it
+        for _ in range(300):  # the supervisor replaces it (slowly on a loaded machine)
             text = served.call("GET", "/metrics")[1]
-            live = {line.split('pid="')[1].split('"')[0] for line in text.splitlines()  # type: ignore[union-attr]
-                    if line.startswith("peerscale_irc_worker_start_time_seconds")}
+            live = worker_pids(text)  # type: ignore[arg-type]
             if len(live) == 2 and str(victim) not in live:
                 break
             time.sleep(0.2)
@@ -339,9 +347,14 @@ def test_sigterm_drains_requests_in_flight(lake: Path) -> None:
         payload = json.dumps(GOOD).encode()
         head = (f"POST /v1/requests HTTP/1.1\r\nHost: irc\r\nContent-Type: application/json\r\n"
                 f"Content-Length: {len(payload)}\r\n\r\n").encode()
-        with socket.create_connection((host, int(port)), timeout=30) as conn:
-            conn.sendall(head + payload[:10])
-            time.sleep(0.5)  # the worker has the request
+        with socket.create_connection((host, int(port)), timeout=60) as conn:
+            conn.sendall(head + payload)  # a first, whole request: the worker has accepted this connection
+            first = b""
+            while b'"status"' not in first or not first.rstrip().endswith(b"}"):
+                first += conn.recv(65536)
+            assert first.startswith(b"HTTP/1.1 200")
+            conn.sendall(head + payload[:10])  # the second one stops mid-body
+            time.sleep(1.0)
             served.proc.send_signal(signal.SIGTERM)
             time.sleep(1.0)
             conn.sendall(payload[10:])
@@ -352,7 +365,7 @@ def test_sigterm_drains_requests_in_flight(lake: Path) -> None:
         served.proc.communicate(timeout=90)
         assert served.proc.returncode == 0
     logged = ds.dataset(lake / "raw" / "irc_outcomes", format="parquet", partitioning="hive").to_table()
-    assert logged.column("status").to_pylist() == ["success"]
+    assert logged.column("status").to_pylist() == ["success", "success"]
 
 
 def test_compose_runs_the_irc_on_the_shared_postgres_ledger(lake: Path) -> None:
@@ -380,7 +393,8 @@ def test_compose_runs_the_irc_on_the_shared_postgres_ledger(lake: Path) -> None:
     args = command[2:]
     args[args.index("--host") + 1], args[args.index("--port") + 1] = "127.0.0.1", "0"
     proc = subprocess.Popen([sys.executable, "-m", "pipeline.cli", *command[:2], *args], cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env},
+                            start_new_session=True)
     try:
         banner = json.loads(proc.stdout.readline() or "{}")  # type: ignore[union-attr]
         assert banner.get("workers") == 2 and banner["auth"] == "bearer", banner if banner else proc.stderr.read()  # type: ignore[union-attr]
@@ -402,8 +416,9 @@ def test_compose_runs_the_irc_on_the_shared_postgres_ledger(lake: Path) -> None:
         proc.communicate(timeout=90)
         assert proc.returncode == 0
     finally:
-        if proc.poll() is None:
-            proc.kill()
+        if proc.poll() is None:  # the supervisor and its workers
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=60)
         drop_postgres(url)
 
 
