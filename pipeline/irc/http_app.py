@@ -87,6 +87,8 @@ class ServiceState:
     on_close: list[Callable[[], None]] = field(default_factory=list)
 
     def ready(self) -> tuple[bool, str | None]:
+        """(ready, why not): a load balancer must not send requests to a worker without a verified plan,
+        unless the operator chose to serve on demand only."""
         if self.coordinator.plan is not None:
             return True, None
         if self.on_demand_only:
