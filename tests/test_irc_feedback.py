@@ -39,7 +39,7 @@ def record(rid: str, at: datetime, region: str, path: str, miss: str | None = No
         "bandwidth_gbps": 0.1, "duration_s": 600.0, "status": "success" if path != "none" else "failure",
         "path": path, "latency_class": {"preallocated": "low", "on_demand": "medium"}.get(path), "miss_reason": miss,
         "short_resources": short, "allocation_id": None, "plan_id": "plan-x", "decision_us": 12.0,
-        "provisioning_s": 0.0, "instance": "test",
+        "provisioning_s": 0.0, "instance": "test", "serving_region": region if path != "none" else None,
     }
     return tuple(values[c] for c in COLUMNS)
 

@@ -7,7 +7,6 @@ drag the batch stack (pandas, Airflow, solvers) into the request path.
 from __future__ import annotations
 
 import json
-import signal
 import uuid
 from datetime import UTC, datetime
 from pathlib import Path
@@ -221,41 +220,46 @@ def serve(
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
     port: int = typer.Option(8787, min=0, max=65535, help="Port (0 picks a free one; the bound address is printed)."),
     ledger: str = typer.Option("memory", "--ledger", envvar="PEERSCALE_IRC_LEDGER", help="memory | sqlite:///path | postgresql://…[?schema=…]"),
+    workers: int = typer.Option(1, "--workers", min=1, max=64, envvar="PEERSCALE_IRC_WORKERS",
+                                help="Worker processes (more than 1 needs a shared ledger: sqlite or postgresql)."),
     reload_interval: float = typer.Option(10.0, "--reload-interval", min=0.1, max=86400.0,
                                           help="Seconds between polls of plans/LATEST (0.1 to 86400)."),
     log_outcomes: bool = typer.Option(True, "--log-outcomes/--no-log-outcomes", help="Write every decision to lake/raw/irc_outcomes."),
+    token_file: Path | None = typer.Option(None, "--token-file", envvar="PEERSCALE_IRC_TOKEN_FILE", dir_okay=False,
+                                           help="Bearer tokens, one a line (also: PEERSCALE_IRC_TOKENS, comma-separated)."),
+    allow_no_auth: bool = typer.Option(False, "--allow-no-auth",
+                                       help="Serve without tokens on a non-loopback address (loopback never needs it)."),
+    on_demand_only: bool = typer.Option(False, "--on-demand-only", envvar="PEERSCALE_IRC_ON_DEMAND_ONLY",
+                                        help="Ready without a verified plan (serve on demand until one is published)."),
+    tls_cert: Path | None = typer.Option(None, "--tls-cert", envvar="PEERSCALE_IRC_TLS_CERT", dir_okay=False,
+                                         help="PEM certificate (HTTPS)."),
+    tls_key: Path | None = typer.Option(None, "--tls-key", envvar="PEERSCALE_IRC_TLS_KEY", dir_okay=False, help="PEM private key."),
+    max_body: int = typer.Option(64 * 1024, "--max-body", min=256, max=16 * 1024 * 1024, help="Largest request body, bytes."),
+    read_timeout: float = typer.Option(10.0, "--read-timeout", min=0.1, max=300.0, help="Seconds a client has to send its body."),
+    graceful_timeout: int = typer.Option(30, "--graceful-timeout", min=1, max=3600,
+                                         help="Seconds requests in flight get to finish on SIGTERM."),
+    max_connections: int = typer.Option(1024, "--max-connections", min=1, help="Concurrent connections per worker (then 503)."),
+    metrics_dir: Path | None = typer.Option(None, "--metrics-dir", envvar="PEERSCALE_IRC_METRICS_DIR", file_okay=False,
+                                            help="prometheus_client multi-process directory (emptied at start; default: a temporary one)."),
     lake: str | None = LakeOption,
 ) -> None:
-    """Run the IRC as an HTTP service: POST /v1/requests, POST /v1/release, GET /metrics, GET /healthz."""
-    from pipeline.irc import Coordinator, open_ledger
-    from pipeline.irc.server import make_server
+    """Run the IRC as an HTTP service (uvicorn): POST /v1/requests, POST /v1/release, admin routes under /v1/admin,
+    GET /metrics, /healthz, /readyz, /openapi.json. Prints one JSON line with the address, then serves until SIGTERM."""
+    from pipeline.irc.service import ServiceConfig, ServiceError, run
 
-    root = _lake(lake)
+    config = ServiceConfig(
+        lake_root=_lake(lake), ledger_url=ledger, host=host, port=port, workers=workers, reload_interval_s=reload_interval,
+        log_outcomes=log_outcomes, token_file=str(token_file) if token_file else None, allow_no_auth=allow_no_auth,
+        on_demand_only=on_demand_only, tls_cert=str(tls_cert) if tls_cert else None, tls_key=str(tls_key) if tls_key else None,
+        max_body=max_body, read_timeout_s=read_timeout, graceful_timeout_s=graceful_timeout, max_connections=max_connections,
+        metrics_dir=str(metrics_dir) if metrics_dir else None,
+    )
     try:
-        store = open_ledger(ledger)
-    except (OSError, ValueError, ImportError) as exc:
+        run(config, echo=typer.echo)
+    except ServiceError as exc:
         fail(str(exc))
-    irc = Coordinator(root, store, reload_interval_s=reload_interval, outcomes=log_outcomes)  # the wall clock
-    try:
-        server = make_server(irc, host, port)
-    except OSError as exc:  # the port is taken, the host is not an address of this machine
-        irc.close()
-        store.close()
-        fail(f"cannot listen on {host}:{port}: {exc}; choose another --port (0 picks a free one) or --host")
-    bound_host, bound_port = server.server_address[:2]
-    if isinstance(bound_host, bytes):
-        bound_host = bound_host.decode()
-    signal.signal(signal.SIGTERM, _interrupt)
-    typer.echo(json.dumps({"listening": f"http://{bound_host}:{bound_port}", "plan_id": irc.plan.plan_id if irc.plan else None,
-                           "ledger": repr(store)}), err=False)
-    try:
-        server.serve_forever(poll_interval=0.2)
     except KeyboardInterrupt:
         pass
-    finally:
-        server.server_close()
-        irc.close()
-        store.close()
 
 
 def health(
@@ -282,6 +286,3 @@ def health(
         fail(f"cannot read or write {path}: {exc}", EXIT_FAILED)
     print_json({"file": path, "unhealthy": marks})
 
-
-def _interrupt(*_: object) -> None:
-    raise KeyboardInterrupt  # SIGTERM stops serve_forever like Ctrl-C: flush outcomes, close the ledger

@@ -208,6 +208,8 @@ class Coordinator:
     clock: the trusted clock (POSIX seconds) expiry never runs past, `time.time` by default;
         `REQUEST_TIME` (None) for replays: the requests' own times (see the module doc).
     max_clock_skew_s: how far ahead of `clock` a request may be dated before it is invalid.
+    metrics: where decisions and events are counted (default: a new `DecisionMetrics`); the HTTP
+        service passes a subclass that also feeds prometheus_client (`pipeline.irc.prometheus`).
     """
 
     def __init__(
@@ -226,6 +228,7 @@ class Coordinator:
         instance: str | None = None,
         name: str = "production",
         health_file: str | os.PathLike[str] | bool = True,
+        metrics: DecisionMetrics | None = None,
     ) -> None:
         self._lake_root = lake_root
         self._unhealthy: Mapping[str, str] = {}  # region -> operator's note; replaced whole, read lock-free
@@ -262,7 +265,7 @@ class Coordinator:
         # replicas without a urandom() syscall per request (next() on a count is atomic).
         self._id_prefix = uuid.uuid4().hex[:24]
         self._ids = itertools.count(1)
-        self._metrics = DecisionMetrics()
+        self._metrics = metrics if metrics is not None else DecisionMetrics()
         self._reload_lock = threading.Lock()
         self._failed_signature: tuple[str, float | None] | None = None
         if outcomes is True:
@@ -495,7 +498,7 @@ class Coordinator:
 
     def metrics_text(self) -> str:
         """All metrics in the Prometheus text format (decisions, latency, plan age, utilization, outcomes)."""
-        return self._metrics.render(self._gauges())
+        return self._metrics.render(self.gauges())
 
     def close(self) -> None:
         """Stop the watcher, flush the outcome log, close owned resources. Idempotent."""
@@ -748,7 +751,7 @@ class Coordinator:
                 req.get("bandwidth_gbps", 0.0), valid.duration_s, response.status, response.path,
                 response.latency_class, response.miss_reason, ",".join(response.short_resources) or None,
                 response.allocation_id, response.plan_id, elapsed_ns / NS_PER_US, response.provisioning_s,
-                self._instance,
+                self._instance, response.serving_region,
             )
         raw = getattr(request, "resource_requirements", None)
         raw = raw if isinstance(raw, Mapping) else {}
@@ -758,7 +761,7 @@ class Coordinator:
             getattr(request, "priority", None), raw.get("vcpu"), raw.get("memory_gib"), raw.get("storage_gib"),
             raw.get("bandwidth_gbps"), getattr(request, "duration_s", None), response.status, response.path,
             response.latency_class, response.miss_reason, None, None, response.plan_id, elapsed_ns / NS_PER_US,
-            None, self._instance,
+            None, self._instance, None,
         ))
 
     # -- plan plumbing -------------------------------------------------------------------------
@@ -803,7 +806,8 @@ class Coordinator:
                 log.exception("IRC: unexpected error loading a plan, keeping the current one")
         self._state = dataclasses.replace(self._state, error=message)
 
-    def _gauges(self) -> list[tuple[str, str, str, dict[str, object], float]]:
+    def gauges(self) -> list[tuple[str, str, str, dict[str, object], float]]:
+        """Scrape-time figures as (name, type, help, labels, value) rows: plan age, ledger utilization, outcome log."""
         state = self._state
         plan = state.plan
         now = time.time()

@@ -4,7 +4,7 @@
 
 Each process is one IRC replica: a `Coordinator` on the shared ledger - on the default (wall)
 clock, or with `--clock-offset` on a clock that many seconds wrong, to play a replica whose clock
-drifted - and its HTTP front on a free loopback port. Its threads send requests through the
+drifted - and its HTTP front (the service's uvicorn app, in a thread) on a free loopback port. Its threads send requests through the
 Python API or as JSON over HTTP: valid ones (random priorities, sizes and durations from a tenth
 of a second to minutes, so sessions end while the run goes on) and hostile ones (`HOSTILE`: dated
 2099 or 1970, naive, NaN-like strings, negative, huge or non-finite quantities and durations,
@@ -29,13 +29,13 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
 from pipeline.irc.coordinator import Coordinator
 from pipeline.irc.ledger import open_ledger
 from pipeline.irc.messages import PeeringRequest
-from pipeline.irc.server import make_server
 
 REGIONS = ("eu-west-1", "us-east-1")
 SOURCE = "ap-southeast-2"  # every request comes from here; the destinations hold the resources
@@ -176,19 +176,25 @@ def run(lake: str, ledger_url: str, *, threads: int, ops: int, seed: int, clock_
         def clock() -> float:
             return time.time() + clock_offset_s
         extra["clock"] = clock  # otherwise the default clock is what is tested
-    coordinator = Coordinator(lake, ledger, reload_interval_s=None, outcomes=False, sweep_interval_s=0.2, **extra)
-    server = make_server(coordinator, port=0)
-    host, port = server.server_address[:2]
-    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
-    replica = _Replica(coordinator, f"http://{host!s}:{port}", clock)
-    barrier = threading.Barrier(threads)
-    pool = [threading.Thread(target=_worker, args=(replica, seed, k, ops, barrier)) for k in range(threads)]
-    for thread in pool:
-        thread.start()
-    for thread in pool:
-        thread.join()
-    server.shutdown()
-    server.server_close()
+    from pipeline.irc.http_app import ServiceState
+    from pipeline.irc.prometheus import PrometheusMetrics
+    from pipeline.irc.service import ThreadedService
+
+    metrics = PrometheusMetrics()
+    coordinator = Coordinator(lake, ledger, reload_interval_s=None, outcomes=False, sweep_interval_s=0.2, metrics=metrics,
+                              **extra)
+    # Decisions on a thread pool, as `serve` runs them on a shared ledger: HTTP requests decide concurrently
+    # with each other and with the API calls.
+    executor = ThreadPoolExecutor(2, thread_name_prefix="irc-decide")
+    with ThreadedService(ServiceState(coordinator, metrics, executor=executor)) as service:
+        replica = _Replica(coordinator, service.url, clock)
+        barrier = threading.Barrier(threads)
+        pool = [threading.Thread(target=_worker, args=(replica, seed, k, ops, barrier)) for k in range(threads)]
+        for thread in pool:
+            thread.start()
+        for thread in pool:
+            thread.join()
+    executor.shutdown(wait=True)
     coordinator.close()
     ledger.close()
     return {"granted": replica.granted, "hostile": dict(replica.hostile), "errors": replica.errors,

@@ -39,6 +39,10 @@ EVENTS: dict[str, tuple[str, str]] = {
     "served_without_plan": ("peerscale_irc_requests_without_plan_total", "Requests decided with no usable plan."),
     "ledger_errors": ("peerscale_irc_ledger_errors_total", "Ledger failures (the request went on demand)."),
     "internal_errors": ("peerscale_irc_internal_errors_total", "Unexpected errors turned into failure responses."),
+    "health_read_failures": (
+        "peerscale_irc_health_read_failures_total",
+        "Reads of the unhealthy-regions file that failed (the marks in force were kept).",
+    ),
 }
 
 

@@ -45,10 +45,10 @@ COLUMNS: tuple[str, ...] = (
     "request_id", "requested_at", "decided_at", "source_region", "destination_region", "priority",
     "vcpu", "memory_gib", "storage_gib", "bandwidth_gbps", "duration_s",
     "status", "path", "latency_class", "miss_reason", "short_resources",
-    "allocation_id", "plan_id", "decision_us", "provisioning_s", "instance",
+    "allocation_id", "plan_id", "decision_us", "provisioning_s", "instance", "serving_region",
 )
 _STRING = {"request_id", "source_region", "destination_region", "priority", "status", "path", "latency_class",
-           "miss_reason", "short_resources", "allocation_id", "plan_id", "instance"}
+           "miss_reason", "short_resources", "allocation_id", "plan_id", "instance", "serving_region"}
 _TIME = {"requested_at", "decided_at"}
 
 
