@@ -45,6 +45,7 @@ def backtest(
 ) -> None:
     """Replay a request log hour by hour under each policy and compare hit rate, latency and cost to the oracle."""
     from pipeline.common.storage import join
+    from pipeline.ops.backtest import record_backtest
     from pipeline.report.html import write_backtest_report
 
     config = settings(None, requests, build)
@@ -58,6 +59,7 @@ def backtest(
     path = str(report_path) if report_path else join(config.build_root, "reports", f"backtest-{window}.html")
     write_backtest_report(result, path)
     summary["report"] = path
+    summary["recorded"] = record_backtest(config.lake_root, result)  # for the analyst app (peerscale ui)
     if as_json:
         print_json(summary)
         return
