@@ -8,17 +8,22 @@ PEERSCALE_LAKE, as for every other peerscale process.
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 
 from pipeline.ui.app import create_app
 
 URL_PREFIX = "/peerscale"
+NAME = "peerscale analyst"
 
 
 class PeerscaleAnalystPlugin(AirflowPlugin):
     name = "peerscale_analyst"
-    fastapi_apps = [{"app": create_app(dependencies=[requires_authenticated()]), "url_prefix": URL_PREFIX,
-                     "name": "peerscale analyst"}]
-    external_views = [{"name": "peerscale analyst", "href": "peerscale/", "url_route": "peerscale", "destination": "nav",
-                       "category": "browse"}]
+    fastapi_apps: ClassVar[list[dict[str, Any]]] = [
+        {"app": create_app(dependencies=[requires_authenticated()]), "url_prefix": URL_PREFIX, "name": NAME},
+    ]
+    external_views: ClassVar[list[dict[str, Any]]] = [
+        {"name": NAME, "href": "peerscale/", "url_route": "peerscale", "destination": "nav", "category": "browse"},
+    ]

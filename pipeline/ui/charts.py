@@ -45,7 +45,7 @@ def plan_region(cells: pd.DataFrame, actual: pd.DataFrame, region: str) -> dict[
     data = _iso(long, "valid_from")
     color = alt.Color("series:N", scale=alt.Scale(domain=["demand quantile", "pre-allocated", "actual"],
                                                   range=[_COLORS["demand quantile"], _COLORS["pre-allocated"], _COLORS["actual"]]))
-    charts = []
+    charts: list[alt.LayerChart] = []
     for resource in sorted(data["resource_type"].unique()):
         base = alt.Chart(data[data["resource_type"] == resource]).encode(
             x=alt.X("valid_from:T", title="window (UTC)"), y=alt.Y("value:Q", title=resource), color=color,
@@ -121,8 +121,8 @@ def hit_rate(frame: pd.DataFrame) -> dict[str, Any]:
 
 def backtest(policies: pd.DataFrame) -> dict[str, Any]:
     """Cost per policy stacked by what it paid for, beside its hit rate."""
-    parts = policies.melt(id_vars=["policy", "hit_rate"], value_vars=["preallocation", "on_demand", "cold_start_penalty", "shortfall_penalty"],
-                          var_name="part", value_name="usd")
+    paid_for = ["preallocation", "on_demand", "cold_start_penalty", "shortfall_penalty"]
+    parts = policies.melt(id_vars=["policy", "hit_rate"], value_vars=paid_for, var_name="part", value_name="usd")
     cost = alt.Chart(parts).mark_bar().encode(x=alt.X("policy:N"), y=alt.Y("sum(usd):Q", title="USD"), color="part:N",
                                               tooltip=["policy:N", "part:N", alt.Tooltip("usd:Q", format="$,.2f")])
     rate = alt.Chart(policies).mark_bar(color="#31a354").encode(

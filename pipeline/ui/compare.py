@@ -49,7 +49,7 @@ def capacity_deltas(a: pd.DataFrame, b: pd.DataFrame) -> pd.DataFrame:
             demand=("demand_quantile", "first"), held=("quantity", "sum"), cost=("hourly_cost", "sum"))
 
     merged = cells(a).merge(cells(b), on=["region", "resource_type"], how="outer", suffixes=("_a", "_b"))
-    merged = merged.fillna({c: 0.0 for c in ("held_a", "held_b", "cost_a", "cost_b")})
+    merged = merged.fillna(dict.fromkeys(("held_a", "held_b", "cost_a", "cost_b"), 0.0))
     merged["demand_delta"] = merged["demand_b"] - merged["demand_a"]
     merged["held_delta"] = merged["held_b"] - merged["held_a"]
     return merged.sort_values(["region", "resource_type"]).reset_index(drop=True)

@@ -101,7 +101,8 @@ def plan_detail(root: str, plan_id: str, window: int = 0, region: str = "", sear
     return {
         "plan_id": plan_id, "attempt": attempt, "manifest": manifest, "windows": [w.strftime("%Y-%m-%d %H:%M") for w in windows],
         "window": window, "regions": regions,
-        "window_start": f"{at:%Y-%m-%dT%H:%M}" if at else "", "window_end": f"{at + timedelta(hours=1):%Y-%m-%dT%H:%M}" if at else "", "region": region, "search": search,
+        "window_start": f"{at:%Y-%m-%dT%H:%M}" if at else "",
+        "window_end": f"{at + timedelta(hours=1):%Y-%m-%dT%H:%M}" if at else "", "region": region, "search": search,
         "cells": records(shown), "lines": records(_tiers(lines)), "costs": records(cost_window),
         "reasons": records(reasons.head(REASONS_SHOWN)), "reasons_total": len(reasons),
         "has_actual": not actual.empty,
