@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 from airflow.api_fastapi.core_api.security import requires_authenticated
 from airflow.plugins_manager import AirflowPlugin
 
-from pipeline.ui.server import create_app
+from pipeline.ui.webapp import create_app
 
 URL_PREFIX = "/peerscale"
 NAME = "peerscale analyst"

@@ -71,7 +71,7 @@ def server(ui_root: Path) -> Iterator[str]:
     """The app on a real uvicorn on 127.0.0.1 (a thread of this process)."""
     import uvicorn
 
-    from pipeline.ui.server import create_app
+    from pipeline.ui.webapp import create_app
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -233,7 +233,7 @@ def test_series_search_and_keyboard_sorting(server: str, browser) -> None:
 def test_operations_shows_irc_outcomes_quarantine_and_backtest(ui_root: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from pipeline.ui.server import create_app
+    from pipeline.ui.webapp import create_app
 
     html = TestClient(create_app(str(ui_root / "lake"))).get("/operations?start=2026-01-12T00:00&end=2026-01-30T00:00").text
     assert "predictive" in html and "oracle" in html
@@ -247,7 +247,7 @@ HOSTILE = '<script>alert("x")</script>'
 def test_bad_input_gets_a_clear_page_and_the_lake_is_never_written(ui_root: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from pipeline.ui.server import create_app
+    from pipeline.ui.webapp import create_app
 
     lake_dir = ui_root / "lake"
     before = {p: p.stat().st_mtime_ns for p in lake_dir.rglob("*")}
@@ -268,7 +268,7 @@ def test_bad_input_gets_a_clear_page_and_the_lake_is_never_written(ui_root: Path
 def test_a_corrupt_plan_is_reported_not_shown(ui_root: Path, tmp_path: Path) -> None:
     from fastapi.testclient import TestClient
 
-    from pipeline.ui.server import create_app
+    from pipeline.ui.webapp import create_app
 
     shutil.copytree(ui_root / "lake", tmp_path / "lake")
     target = tmp_path / "lake" / "plans" / f"plan_id={FIRST}" / "attempt=1" / "plan.parquet"

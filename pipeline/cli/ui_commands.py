@@ -15,7 +15,7 @@ def ui(
     """Serve the analyst app: plans, compare, forecasts and operations, read straight from the lake."""
     import uvicorn
 
-    from pipeline.ui.server import create_app
+    from pipeline.ui.webapp import create_app
 
     root = settings(lake).lake_root
     note(f"analyst app on http://{host}:{port}/ over {root} (read-only; Ctrl-C stops it)")

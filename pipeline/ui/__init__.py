@@ -4,6 +4,6 @@
 plugins/peerscale_ui.py mounts it in Airflow's api-server.
 """
 
-from pipeline.ui.server import create_app
+from pipeline.ui.webapp import create_app
 
 __all__ = ["create_app"]
