@@ -169,17 +169,18 @@ def test_plan_detail_shows_actual_demand_tiers_and_linked_reasons(server: str, b
         assert all(a.strip() for a in actual)  # the next hour's run saw what happened in the first window
         warm = page.locator("#lines-table tbody tr").filter(has_text="on_demand").first.locator("td:nth-child(6)").inner_text()
         assert int(warm) >= 1
-        link = page.locator("#lines-table tbody tr td:first-child a").first
+        link = page.locator("#lines-table tbody tr td:first-child a").last  # a line of the last region
         target = link.get_attribute("href").split("#")[1]
-        link.click()
-        page.wait_for_load_state("load")
+        assert page.locator(f"#{target}").count() == 0  # the reasons shown are the first region's
+        with page.expect_navigation():
+            link.click()
         assert page.locator(f"#{target}").count() == 1  # the line's reason is on the page it links to
         page.fill("input[data-filter='reasons-table']", "spot")
         shown = page.locator("#reasons-table tbody tr:not([hidden])").all_inner_texts()
         assert shown and all("spot" in row.lower() for row in shown)
         page.fill("#reasons input[name='q'], form[role='search'] input[name='q']", "churn")
-        page.locator("form[role='search'] button").click()
-        page.wait_for_load_state("load")
+        with page.expect_navigation():
+            page.locator("form[role='search'] button").click()
         assert page.locator("#reasons-table tbody tr").count() > 6 * 4  # a search spans every window and region
         assert "churn" in page.locator("#reasons-table tbody tr").first.inner_text()
     finally:
@@ -195,8 +196,8 @@ def test_compare_flow_defaults_to_previous_vs_latest_and_picks_plans(server: str
         assert page.locator("#capacity-table tbody tr").count() == 6 * 4
         page.select_option("#plan-a", SECOND)
         page.select_option("#plan-b", FIRST)
-        page.locator("#compare-form button").click()
-        page.wait_for_load_state("load")
+        with page.expect_navigation():
+            page.locator("#compare-form button").click()
         assert f"{SECOND} (A" in page.locator("#compare-summary").inner_text()
         assert page.locator("#reasons-delta-table tbody tr").count() > 0
         assert visit.errors == []
@@ -210,8 +211,8 @@ def test_series_search_and_keyboard_sorting(server: str, browser) -> None:
         page = visit.page
         page.fill("#series-search input[name='q']", "→eu-west-1")
         page.select_option("#series-search select[name='kind']", "pair")
-        page.locator("#series-search button").click()
-        page.wait_for_load_state("load")
+        with page.expect_navigation():
+            page.locator("#series-search button").click()
         rows = page.locator("#series-table tbody tr td:first-child").all_inner_texts()
         assert len(rows) == 5 and all(r.startswith("pair:") and "→eu-west-1" in r for r in rows)
         header = page.locator("#series-table thead th").nth(4)
@@ -221,8 +222,8 @@ def test_series_search_and_keyboard_sorting(server: str, browser) -> None:
         values = [float(v) for v in page.locator("#series-table tbody tr td:nth-child(5)").evaluate_all(
             "tds => tds.map(td => td.dataset.value)")]
         assert values == sorted(values)
-        page.locator("#series-table tbody a").first.click()
-        page.wait_for_load_state("load")
+        with page.expect_navigation():
+            page.locator("#series-table tbody a").first.click()
         visit.wait_charts()
         assert visit.charts()["chart-series"]["rendered"] == "true"
         assert visit.errors == []
@@ -304,3 +305,83 @@ def test_the_cli_serves_the_app(ui_root: Path) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=20)
+
+
+@pytest.mark.slow
+def test_the_airflow_plugin_page_loads_inside_a_real_api_server(ui_root: Path, browser, tmp_path: Path) -> None:
+    """`airflow api-server` on loopback loads plugins/peerscale_ui.py: the app answers under /peerscale behind
+    Airflow's authentication, and the UI's Browse entry shows it in an iframe that renders its charts."""
+    import json
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    from tests.celery_cluster import free_port, wait_until
+
+    repo = Path(__file__).resolve().parents[1]
+    airflow = Path(sys.executable).with_name("airflow")
+    home = tmp_path / "airflow-home"
+    (home / "dags").mkdir(parents=True)
+    (tmp_path / "passwords.json").write_text(json.dumps({"analyst": "an4lyst-pass"}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AIRFLOW", "PEERSCALE_"))}
+    env.update({"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "AIRFLOW__CORE__DAGS_FOLDER": str(home / "dags"),
+                "AIRFLOW__CORE__PLUGINS_FOLDER": str(repo / "plugins"), "AIRFLOW__API__WORKERS": "1",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS": "analyst:viewer",
+                "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "passwords.json"),
+                "PEERSCALE_LAKE": str(ui_root / "lake"), "PYTHONPATH": str(repo)})
+    migrate = subprocess.run([str(airflow), "db", "migrate"], env=env, capture_output=True, text=True, timeout=300)
+    assert migrate.returncode == 0, migrate.stdout[-3000:] + migrate.stderr[-3000:]
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    log = (tmp_path / "api-server.log").open("w")
+    proc = subprocess.Popen([str(airflow), "api-server", "--host", "127.0.0.1", "--port", str(port)], env=env, stdout=log,
+                            stderr=subprocess.STDOUT)
+
+    def status(path: str, token: str | None = None) -> int:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        try:
+            with urllib.request.urlopen(urllib.request.Request(base + path, headers=headers), timeout=10) as response:
+                return response.status
+        except urllib.error.HTTPError as exc:
+            return exc.code
+
+    def alive() -> None:
+        assert proc.poll() is None, (tmp_path / "api-server.log").read_text()[-4000:]
+
+    try:
+        wait_until("the api-server to answer", lambda: status("/api/v2/monitor/health") == 200, 120, alive=alive)
+        assert status("/peerscale/") == 401  # Airflow's authentication guards the app
+        login = urllib.request.Request(base + "/auth/token", data=json.dumps({"username": "analyst", "password": "an4lyst-pass"}).encode(),
+                                       headers={"content-type": "application/json"})
+        with urllib.request.urlopen(login, timeout=10) as response:
+            token = json.load(response)["access_token"]
+        assert status(f"/peerscale/plans/{SECOND}", token) == 200
+        context = browser.new_context(viewport={"width": 1400, "height": 1000})
+        context.add_cookies([{"name": "_token", "value": token, "url": base}])
+        page = context.new_page()
+        errors: list[str] = []
+        page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+        page.goto(f"{base}/plugin/peerscale", wait_until="load")
+        page.wait_for_function("() => Array.from(document.querySelectorAll('iframe')).some(f => f.src.includes('/peerscale/'))",
+                               timeout=30_000)
+        frame = None
+        for _ in range(150):  # page.frames is only updated while Playwright runs: wait with its clock, not time.sleep
+            frame = next((f for f in page.frames if f is not page.main_frame and f.url == f"{base}/peerscale/"), None)
+            if frame is not None:
+                break
+            page.wait_for_timeout(200)
+        assert frame is not None, [f.url for f in page.frames]
+        frame.wait_for_function("() => document.querySelector('#chart-history') && document.querySelector('#chart-history').dataset.rendered",
+                                timeout=30_000)
+        assert frame.evaluate("document.querySelector('#chart-history').dataset.rendered") == "true"
+        assert SECOND in frame.inner_text("#plans-table")
+        with frame.expect_navigation():
+            frame.click(f"#plans-table a[href$='/peerscale/plans/{SECOND}']")
+        assert frame.url.endswith(f"/peerscale/plans/{SECOND}")  # links keep the mount prefix
+        assert errors == []
+        context.close()
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()

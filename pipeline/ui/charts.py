@@ -9,7 +9,8 @@ from typing import Any
 import altair as alt
 import pandas as pd
 
-WIDTH = "container"
+WIDTH = "container"  # a single view fills its box
+CONCAT_WIDTH = 900  # views of a concatenation: "container" would give each the whole box
 _COLORS = {"demand quantile": "#1f77b4", "pre-allocated": "#d95f02", "counted": "#e6ab02", "actual": "#333333",
            "actual (later)": "#333333", "history": "#555555", "forecast mean": "#08519c", "q90": "#7b3294"}
 
@@ -74,8 +75,8 @@ def plan_history(frame: pd.DataFrame) -> dict[str, Any]:
                                            alt.Tooltip("gap:Q", format=".3%")])
     cost = base.mark_line(point=True).encode(y=alt.Y("hourly_cost_total:Q", title="plan cost, USD per hour"))
     gap = base.mark_line(point=True, color="#7b3294").encode(y=alt.Y("gap:Q", title="optimality gap", axis=alt.Axis(format="%")))
-    return _spec(alt.vconcat(cost.add_params(_zoom()).properties(width=WIDTH, height=180),
-                             gap.properties(width=WIDTH, height=110)))
+    return _spec(alt.vconcat(cost.add_params(_zoom()).properties(width=CONCAT_WIDTH, height=180),
+                             gap.properties(width=CONCAT_WIDTH, height=110)))
 
 
 def forecast(history: pd.DataFrame, rows: pd.DataFrame, later: pd.DataFrame, series_id: str) -> dict[str, Any]:
