@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -14,6 +15,7 @@ from pipeline.ui.pages import NotFound, records
 
 KINDS = ("region", "pair", "inbound", "fresh")
 SERIES_SHOWN = 500
+CHART_POINTS = 2000  # points of the hit-rate chart (SVG stays light; Altair inlines at most 5,000 rows)
 HISTORY_DAYS = 7
 
 
@@ -101,10 +103,25 @@ def operations(root: str, start: datetime | None, end: datetime | None, search: 
                               "failures": p.get("failures"), "cost_vs_oracle": p.get("cost_vs_oracle"), **(p.get("cost") or {})}
                              for name, p in (tests[0].get("policies") or {}).items()]) if tests else pd.DataFrame()
     return {"start": start, "end": end, "search": search, "hit_by_region": records(by_region),
-            "chart_hits": charts.hit_rate(hits.dropna(subset=["hit_rate"])) if not hits.empty else None,
+            "chart_hits": charts.hit_rate(_coarsen(hits)) if not hits.empty else None, "bucket_hours": _bucket_hours(hits),
             "quarantine_totals": records(totals), "quarantine": records(rows), "alerts": alerts,
             "backtest": tests[0] if tests else None, "policies": records(policies),
             "chart_backtest": charts.backtest(policies) if not policies.empty else None}
+
+
+def _bucket_hours(hits: pd.DataFrame) -> int:
+    """Hours per charted point: hourly while the chart holds at most CHART_POINTS points, else coarser."""
+    return max(1, math.ceil(len(hits) / CHART_POINTS))
+
+
+def _coarsen(hits: pd.DataFrame) -> pd.DataFrame:
+    """Hit rate per region over buckets of _bucket_hours() hours (counts summed, the rate recomputed)."""
+    hours = _bucket_hours(hits)
+    frame = hits.assign(hour=pd.to_datetime(hits["hour"], utc=True).dt.floor(f"{hours}h")) if hours > 1 else hits
+    counts = ["decisions", "hits", "on_demand", "failures", "invalid"]
+    out = frame.groupby(["hour", "region"], as_index=False)[counts].sum()
+    out["hit_rate"] = out["hits"] / out["decisions"].where(out["decisions"] > 0)
+    return out.dropna(subset=["hit_rate"])
 
 
 def _newest_hour(root: str) -> datetime:
