@@ -98,12 +98,13 @@ def manifest(plan_id: str, made: datetime, regions: list[str], ids: list[str], c
     return {
         "created_at": made.isoformat(), "data_interval": {"start": (made - timedelta(hours=1)).isoformat(), "end": made.isoformat()},
         "valid_from": windows[0].isoformat(), "valid_to": (windows[-1] + timedelta(hours=1)).isoformat(), "windows": WINDOWS,
-        "forecast_run_id": f"hourly-{token(made)}", "model_per_series": dict.fromkeys(ids + [f"fresh:{r}:{k}" for r in regions for k in RESOURCES],
-                                                                                       "ensemble"),
+        "forecast_run_id": f"hourly-{token(made)}",
+        "model_per_series": dict.fromkeys(ids + [f"fresh:{r}:{k}" for r in regions for k in RESOURCES], "ensemble"),
         "tau": dict.fromkeys(RESOURCES, 0.9), "objective": cost, "lower_bound": cost * 0.995, "gap": float(rng.uniform(0, 0.01)),
         "hourly_cost_total": cost, "shortfall": [], "rows": WINDOWS * len(regions) * 24,
         "windows_detail": [{"window": w.isoformat(), "cost": cost / WINDOWS, "status": ["OPTIMAL"]} for w in windows],
-        "packing": [{"window": w.isoformat(), "region": r, "placed": 20, "sessions": 20, "unhosted_sessions": 0} for w in windows for r in regions],
+        "packing": [{"window": w.isoformat(), "region": r, "placed": 20, "sessions": 20, "unhosted_sessions": 0}
+                    for w in windows for r in regions],
         "redundancy": {r: {"partner": regions[(i + 1) % len(regions)], "absorbs": [regions[i - 1]]} for i, r in enumerate(regions)},
         "churn": {"previous_plan_id": f"plan-{token(made - timedelta(hours=1))}", "instances_added": 10, "instances_removed": 12},
     }
@@ -212,8 +213,9 @@ def write_operations(lake_root: str, regions: list[str]) -> None:
                                DataInterval(rstart, END))
     for day in range(DAYS):
         d0 = END - timedelta(days=DAYS - day)
-        rows = [{"dataset": "peering_requests", "source_file": f"{d0:%Y-%m-%d}.csv", "line_number": i, "reason": f"vcpu: cannot parse '{i} vCPU'",
-                 "raw": f"q{i},{d0:%Y-%m-%d},x", "reason_kind": "vcpu: cannot parse"} for i in range(20)]
+        rows = [{"dataset": "peering_requests", "source_file": f"{d0:%Y-%m-%d}.csv", "line_number": i,
+                 "reason": f"vcpu: cannot parse '{i} vCPU'", "raw": f"q{i},{d0:%Y-%m-%d},x", "reason_kind": "vcpu: cannot parse"}
+                for i in range(20)]
         lake.write_hour_partitions(pa.Table.from_pylist(rows, schema=QUARANTINE), lake.quarantine_dir(lake_root, "peering_requests"), None,
                                    DataInterval(d0, d0 + timedelta(hours=1)))
     for h in range(DAYS * 24):
@@ -221,8 +223,8 @@ def write_operations(lake_root: str, regions: list[str]) -> None:
         alerts = [{"rule": "utilization", "severity": "warning", "subject": regions[h % len(regions)], "value": 0.2, "threshold": 0.3,
                    "message": "peak vCPU demand used 20% of the pre-allocated"}] if h % 5 == 0 else []
         lake.write_json_atomic(storage.join(lake_root, "alerts", f"{token(end)}.json"), {"alerts": alerts, "interval_end": end.isoformat()})
-    policies = {p: {"requests": 1000, "hit_rate": hr, "failures": 0, "cost": {"preallocation": c, "on_demand": 5.0, "cold_start_penalty": 1.0,
-                                                                                 "shortfall_penalty": 0.0, "total": c + 6}, "cost_vs_oracle": 1.1}
+    policies = {p: {"requests": 1000, "hit_rate": hr, "failures": 0, "cost_vs_oracle": 1.1,
+                    "cost": {"preallocation": c, "on_demand": 5.0, "cold_start_penalty": 1.0, "shortfall_penalty": 0.0, "total": c + 6}}
                 for p, hr, c in (("predictive", 0.93, 40.0), ("static", 0.85, 60.0), ("oracle", 0.99, 35.0))}
     lake.write_json_atomic(storage.join(lake_root, "backtests", "backtest-x.json"),
                            {"from": start.isoformat(), "to": END.isoformat(), "hours": 168, "policies": policies})
@@ -276,7 +278,7 @@ def time_pages(lake_root: str, repeat: int) -> list[dict]:
             assert response.status_code == 200, (path, response.status_code, response.text[:500])
         warm = sorted(times[1:])
         out.append({"page": name, "cold_s": times[0], "p50_s": statistics.median(warm),
-                    "p95_s": warm[min(len(warm) - 1, int(round(0.95 * (len(warm) - 1))))], "kb": len(response.content) // 1024})
+                    "p95_s": warm[min(len(warm) - 1, round(0.95 * (len(warm) - 1)))], "kb": len(response.content) // 1024})
     return out
 
 

@@ -23,6 +23,16 @@ from tests.conftest import settings_for
 FIRST, SECOND = "plan-20260129T0000Z", "plan-20260129T0100Z"
 
 
+@pytest.fixture(autouse=True, scope="module")
+def validated_charts() -> Iterator[None]:
+    """Every chart spec the pages build is checked against Altair's Vega-Lite schema (the app skips it for speed)."""
+    from pipeline.ui import charts
+
+    charts.VALIDATE = True
+    yield
+    charts.VALIDATE = False
+
+
 def _send_requests(lake_root: str) -> int:
     """Serve the first hour of 2026-01-29's sample requests through the IRC (it logs every decision to the lake)."""
     import pyarrow.compute as pc
@@ -372,8 +382,7 @@ def test_the_airflow_plugin_page_loads_inside_a_real_api_server(ui_root: Path, b
                 break
             page.wait_for_timeout(200)
         assert frame is not None, [f.url for f in page.frames]
-        frame.wait_for_function("() => document.querySelector('#chart-history') && document.querySelector('#chart-history').dataset.rendered",
-                                timeout=30_000)
+        frame.wait_for_function("() => (document.querySelector('#chart-history') || {dataset: {}}).dataset.rendered", timeout=30_000)
         assert frame.evaluate("document.querySelector('#chart-history').dataset.rendered") == "true"
         assert SECOND in frame.inner_text("#plans-table")
         with frame.expect_navigation():

@@ -62,11 +62,13 @@ class Query:
         return name
 
     def view_partitioned(self, dataset: str, first: datetime, last: datetime, *, kind: str = "raw") -> str | None:
-        """A view over the hour partitions of lake/<kind>/<dataset>/ dated first..last (inclusive days)."""
+        """A view over the hour partitions of lake/<kind>/<dataset>/ dated first..last (inclusive days);
+        only those days' directories are listed and read."""
         base = storage.join(self.root, kind, dataset)
-        if not storage.list_names(base):
-            return None
         lo, hi = f"{first:%Y-%m-%d}", f"{last:%Y-%m-%d}"
+        days = [name for name in storage.list_names(base) if name.startswith("date=") and lo <= name[len("date="):] <= hi]
+        if not days:
+            return None
         name = f"p{next(_names)}"
         if storage.is_s3(base):
             expr = (pads.field("date") >= lo) & (pads.field("date") <= hi)
@@ -75,12 +77,10 @@ class Query:
                 return None
             self.con.register(name, table)
             return name
-        pattern = storage.join(base, "date=*", "hour=*", "part-*.parquet")
+        patterns = [storage.join(base, day, "hour=*", "part-*.parquet") for day in days]
         try:
-            rel = self.con.read_parquet(pattern, hive_partitioning=True, union_by_name=True)
-            rel.filter(f"date >= '{lo}' AND date <= '{hi}'").create_view(name)
-            self.con.execute(f"SELECT 1 FROM {name} LIMIT 1")
-        except duckdb.IOException:
+            self.con.read_parquet(patterns, hive_partitioning=True, union_by_name=True).create_view(name)
+        except duckdb.IOException:  # a day directory without files (being rewritten): nothing to show
             return None
         return name
 
