@@ -77,7 +77,7 @@ def plan_region(cells: pd.DataFrame, actual: pd.DataFrame, region: str) -> dict[
 def _plan_region_chart(resources: tuple[str, ...]) -> alt.ConcatChart:
     domain = ["demand quantile", "pre-allocated", "actual"]
     color = alt.Color("series:N", scale=alt.Scale(domain=domain, range=[_COLORS[s] for s in domain]))
-    charts: list[alt.LayerChart] = []
+    charts: list[alt.LayerChart | alt.FacetChart] = []
     for resource in resources:
         base = alt.Chart(_data()).transform_filter(alt.datum.resource_type == resource).encode(
             x=alt.X("valid_from:T", title="window (UTC)"), y=alt.Y("value:Q", title=resource), color=color,
@@ -133,7 +133,7 @@ def forecast(history: pd.DataFrame, rows: pd.DataFrame, later: pd.DataFrame, ser
                    band=band[band_columns] if not band.empty else pd.DataFrame(columns=band_columns), main=data)
 
 
-def _forecast_chart(series_id: str, domain: tuple[str, ...]) -> alt.LayerChart:
+def _forecast_chart(series_id: str, domain: tuple[str, ...]) -> alt.LayerChart | alt.FacetChart:
     area = alt.Chart(_data("band")).encode(x=alt.X("ds:T", title="hour (UTC)"))
     enc = alt.Chart(_data()).encode(
         x=alt.X("ds:T", title="hour (UTC)"), y=alt.Y("y:Q", title=series_id),
