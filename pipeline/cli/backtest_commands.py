@@ -12,7 +12,20 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, note, print_json, progress_columns, safe, settings, styled
+from pipeline.cli.options import (
+    BuildOption,
+    JsonOption,
+    LakeOption,
+    console,
+    err,
+    fail,
+    note,
+    print_json,
+    progress_columns,
+    safe,
+    settings,
+    styled,
+)
 
 if TYPE_CHECKING:
     from pipeline.common.config import Settings
@@ -42,13 +55,14 @@ def backtest(
                                             "(default: <build>/reports/backtest-<from>-<to>.html)."),
     as_json: bool = JsonOption,
     build: str | None = BuildOption,
+    lake: str | None = LakeOption,
 ) -> None:
     """Replay a request log hour by hour under each policy and compare hit rate, latency and cost to the oracle."""
     from pipeline.common.storage import join
     from pipeline.ops.backtest import record_backtest
     from pipeline.report.html import write_backtest_report
 
-    config = settings(None, requests, build)
+    config = settings(lake, requests, build)  # the lake only receives the summary (lake/backtests/), for `peerscale ui`
     backtest_config = _config(config.source_root, start, end, policy=policy, refit_every=refit_every, headroom=headroom)
     if not (start and end):
         note(f"replaying [{backtest_config.start:%Y-%m-%dT%H:%M}, {backtest_config.end:%Y-%m-%dT%H:%M}) of {config.source_root} "
