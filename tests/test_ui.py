@@ -289,6 +289,12 @@ def test_a_corrupt_plan_is_reported_not_shown(ui_root: Path, tmp_path: Path) -> 
     response = client.get(f"/plans/{FIRST}")
     assert response.status_code == 409 and "does not match its manifest" in response.text
     assert client.get("/").status_code == 200  # the list still works
+    manifest = tmp_path / "lake" / "plans" / f"plan_id={SECOND}" / "attempt=1" / "manifest.json"
+    manifest.write_text("{not json")
+    listing = client.get("/").text
+    row = next(r for r in listing.split("<tr") if f"/plans/{SECOND}" in r)
+    assert "unreadable" in row and "not valid JSON" in row  # listed with what is wrong, not dropped
+    assert client.get(f"/plans/{SECOND}").status_code == 409
 
 
 def test_the_cli_serves_the_app(ui_root: Path) -> None:

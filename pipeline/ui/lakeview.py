@@ -9,6 +9,7 @@ store of the app's own — a restarted app rebuilds it from the lake.
 from __future__ import annotations
 
 import json
+import os
 import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -85,17 +86,27 @@ def summarise(manifest: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-_PUBLISHED: dict[tuple[str, str, int], dict[str, Any]] = {}  # memo of immutable published manifests only
+_PUBLISHED: dict[tuple[str, str, int], tuple[tuple[int, int] | None, dict[str, Any]]] = {}  # published manifests only
 _MEMO_LIMIT = 100_000
+
+
+def _stamp(root: str, plan_id: str, attempt: int) -> tuple[int, int] | None:
+    """(size, mtime) of a local manifest, so a memoised summary of a file changed since is re-read; on S3
+    (one request per object) the contract that a published attempt is never rewritten is trusted."""
+    if storage.is_s3(root):
+        return None
+    st = os.stat(storage.join(plan_files.attempt_dir(root, plan_id, attempt), plan_files.MANIFEST_FILE))
+    return st.st_size, st.st_mtime_ns
 
 
 def _attempt_summary(root: str, plan_id: str, attempt: int) -> dict[str, Any]:
     key = (root, plan_id, attempt)
-    if key in _PUBLISHED:
-        return _PUBLISHED[key]
+    stamp = _stamp(root, plan_id, attempt)
+    if key in _PUBLISHED and _PUBLISHED[key][0] == stamp:
+        return _PUBLISHED[key][1]
     summary = summarise(plan_files.read_manifest(root, plan_id, attempt))
     if summary.get("status") == "published" and len(_PUBLISHED) < _MEMO_LIMIT:
-        _PUBLISHED[key] = summary
+        _PUBLISHED[key] = (stamp, summary)
     return summary
 
 

@@ -28,9 +28,10 @@ TITLE = "peerscale analyst"
 
 def _templates() -> Environment:
     env = Environment(loader=FileSystemLoader(str(HERE / "templates")), autoescape=select_autoescape(["html", "html.j2"], default=True))
-    env.filters["num"] = lambda v, d=2: "" if v is None else f"{v:,.{d}f}"
-    env.filters["pct"] = lambda v, d=1: "" if v is None else f"{v * 100:.{d}f} %"
-    env.filters["usd"] = lambda v: "" if v is None else f"${v:,.2f}"
+    # Numbers from the lake may be missing (None, or absent from an unreadable manifest): shown as blanks.
+    env.filters["num"] = lambda v, d=2: f"{v:,.{d}f}" if isinstance(v, int | float) else ""
+    env.filters["pct"] = lambda v, d=1: f"{v * 100:.{d}f} %" if isinstance(v, int | float) else ""
+    env.filters["usd"] = lambda v: f"${v:,.2f}" if isinstance(v, int | float) else ""
     env.filters["anchor"] = lambda v: "".join(c if c.isalnum() else "-" for c in str(v))
     # A chart spec inside <script type="application/json">: escape "<" so data can never close the tag.
     env.filters["spec"] = lambda spec: Markup(json.dumps(spec, default=str).replace("<", "\\u003c"))
