@@ -30,7 +30,7 @@ demo: install  ## run the whole pipeline on data_samples/ through Airflow, then 
 test: install tools  ## run the test suite
 	$(PY) -m pytest -q
 
-LINT_PATHS := pipeline dags bench tests scripts
+LINT_PATHS := pipeline dags plugins bench tests scripts
 
 lint: install  ## ruff (all Python), mypy (pipeline/) and the layout rules (tests/test_layout.py); runs all three, fails if any fails
 	@status=0; \

@@ -106,9 +106,13 @@ def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
 
     result = CliRunner().invoke(app, [
         "backtest", "--from", "2026-01-29T00:00", "--to", "2026-01-29T01:00", "--policy", "reactive,oracle",
-        "--json", "--report", str(tmp_path / "r.html"), "--build", str(tmp_path / "build"),
+        "--json", "--report", str(tmp_path / "r.html"), "--build", str(tmp_path / "build"), "--lake", str(tmp_path / "lake"),
     ])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(summary["policies"]) == {"reactive", "oracle"}
     assert (tmp_path / "r.html").exists()
+    recorded = json.loads(Path(summary["recorded"]).read_text())  # what the analyst app shows
+    assert Path(summary["recorded"]).parent == tmp_path / "lake" / "backtests"
+    assert recorded["policies"]["oracle"]["requests"] == summary["policies"]["oracle"]["requests"]
+    assert set(recorded["hourly"]) == {"reactive", "oracle"}

@@ -21,6 +21,7 @@ from pipeline.cli import (
     plan_commands,
     run_commands,
     samples_commands,
+    ui_commands,
 )
 from pipeline.cli.guard import EXIT_CODES_EPILOG, GuardedGroup
 from pipeline.cli.options import DEBUG_ENV
@@ -67,6 +68,7 @@ app.command("ingest", epilog=EXIT_CODES_EPILOG)(run_commands.ingest)
 app.command("backfill", epilog=EXIT_CODES_EPILOG)(run_commands.backfill)
 app.command("report", epilog=EXIT_CODES_EPILOG)(run_commands.report)
 app.command("backtest", epilog=EXIT_CODES_EPILOG)(backtest_commands.backtest)
+app.command("ui", epilog=EXIT_CODES_EPILOG)(ui_commands.ui)
 app.add_typer(group("Inspect published plans.", {
     "show": plan_commands.show,
     "explain": plan_commands.explain,

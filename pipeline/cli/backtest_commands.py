@@ -13,7 +13,20 @@ from typing import TYPE_CHECKING
 import typer
 from rich.table import Table
 
-from pipeline.cli.options import BuildOption, JsonOption, console, err, fail, note, print_json, progress_columns, safe, settings, styled
+from pipeline.cli.options import (
+    BuildOption,
+    JsonOption,
+    LakeOption,
+    console,
+    err,
+    fail,
+    note,
+    print_json,
+    progress_columns,
+    safe,
+    settings,
+    styled,
+)
 
 if TYPE_CHECKING:
     from pipeline.common.config import Settings
@@ -46,12 +59,14 @@ def backtest(
                                             "(default: <build>/reports/backtest-<from>-<to>.html)."),
     as_json: bool = JsonOption,
     build: str | None = BuildOption,
+    lake: str | None = LakeOption,
 ) -> None:
     """Replay a request log hour by hour under each policy and compare hit rate, latency and cost to the oracle."""
     from pipeline.common.storage import join
+    from pipeline.ops.backtest import record_backtest
     from pipeline.report.html import write_backtest_report
 
-    config = settings(None, requests, build)
+    config = settings(lake, requests, build)  # the lake only receives the summary (lake/backtests/), for `peerscale ui`
     backtest_config = replace(_config(config.source_root, start, end, policy=policy, refit_every=refit_every, headroom=headroom),
                               aws_target_utilization=aws_target)
     if not (start and end):
@@ -63,6 +78,7 @@ def backtest(
     path = str(report_path) if report_path else join(config.build_root, "reports", f"backtest-{window}.html")
     write_backtest_report(result, path)
     summary["report"] = path
+    summary["recorded"] = record_backtest(config.lake_root, result)  # for the analyst app (peerscale ui)
     if as_json:
         print_json(summary)
         return

@@ -556,4 +556,14 @@ def parse_policies(text: str) -> tuple[str, ...]:
     return names
 
 
-__all__ = ["POLICIES", "BacktestConfig", "BacktestResult", "parse_policies", "run_backtest"]
+def record_backtest(lake_root: str, result: BacktestResult) -> str:
+    """Keep a backtest's summary and hourly hit rate per policy in lake/backtests/ (one JSON per replayed
+    window, rewritten by a re-run of the same window), where the analyst app reads them."""
+    window = f"{result.config.start:%Y%m%dT%H%MZ}-{result.config.end:%Y%m%dT%H%MZ}"
+    payload = {**result.summary(), "hourly": {name: r.hourly for name, r in result.results.items()}}
+    path = storage.join(lake_root, "backtests", f"backtest-{window}.json")
+    lake.write_json_atomic(path, payload)
+    return path
+
+
+__all__ = ["POLICIES", "BacktestConfig", "BacktestResult", "parse_policies", "record_backtest", "run_backtest"]
