@@ -181,21 +181,3 @@ def test_cv_coverage_describes_the_bands_used() -> None:
         per_series = np.array([result.selection[u]["quantile_cv_coverage"][level] for u in series])
         assert result.info["cv_coverage"][level] == pytest.approx(np.average(per_series, weights=rows), abs=2e-4)
     assert 0.6 < result.info["cv_coverage"]["80"] < result.info["cv_coverage"]["95"] <= 1.0
-
-
-def test_the_global_models_own_quantiles_compete_as_a_band() -> None:
-    """The global GBM's own quantiles (`native`) are scored on the CV windows like every other
-    band: its CV frame carries the interval ends (0.1 / 0.9, 0.025 / 0.975) the choice and the
-    coverage need, so the candidate is not dropped for want of a q10 column."""
-    rng = np.random.default_rng(11)
-    n = 20 * M
-    series = {f"s{i}": 50 + _cycle(n, 5 + i) + rng.normal(0, 1 + i, n) for i in range(6)}
-    result = _run(series, models=("seasonal_naive", "global_gbm"))
-    cv = result.cv[result.cv["model"] == "global_gbm"]
-    for col in ("q90", "lo_80", "hi_80", "lo_95", "hi_95"):
-        assert cv[col].notna().all(), col
-    assert (cv["lo_80"] <= cv["hi_80"]).all() and (cv["lo_95"] <= cv["lo_80"]).all()
-    gbm = [u for u in series if result.selection[u]["model"] == "global_gbm"]
-    assert len(gbm) >= 3  # smooth cycles plus noise: the GBM beats repeating yesterday's noise
-    for uid in gbm:
-        assert bands.NATIVE in result.selection[uid]["quantile_cv_pinball"], result.selection[uid]["quantile_cv_pinball"]

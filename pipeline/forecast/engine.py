@@ -82,8 +82,6 @@ ZERO_LOSS = 1e-12  # a loss this small is a perfect forecast (relative scores di
 WORSE_THAN_PERFECT = 2.0  # relative score of an imperfect model where seasonal naive is perfect
 SCORE_DECIMALS = 12  # scores equal to this many decimals tie (the earlier model wins)
 PPF_CLAMP = 1e-6  # the normal quantile is taken this far inside (0, 1): it is infinite at the ends
-#: a model's own quantiles in its CV frame (the interval ends too): the `native` band candidate
-NATIVE_CV_COLUMNS: tuple[str, ...] = (*QUANTILE_COLUMNS, *[f"{e}_{lv}" for lv in FORECAST_LEVELS for e in ("lo", "hi")])
 
 
 @dataclass(frozen=True)
@@ -460,7 +458,7 @@ def cross_validate_model(p: Prepared, name: str) -> ModelRun:
     trained = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
     cv = _cv_with_actuals(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], p.history)
     if not MODELS_HANDLE_EVENTS.get(name, False):
-        own = [c for c in NATIVE_CV_COLUMNS if c in cv.columns]
+        own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
         cv[["mean", *own]] = cv[["mean", *own]].to_numpy(float) * cv["_factor"].to_numpy(float)[:, None]
     return ModelRun(name, cv=cv, trained=trained, seconds=round(time.perf_counter() - t0, 3))
 
@@ -836,7 +834,7 @@ def _prob_columns(prob: float, levels: Sequence[int]) -> list[str]:
 def _chosen_cv(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd.DataFrame:
     """The chosen forecast's cross-validation rows, with seasonal naive's forecast alongside."""
     key = ["unique_id", "ds", "window"]
-    own_cols = list(NATIVE_CV_COLUMNS)
+    own_cols = list(QUANTILE_COLUMNS)
     parts = []
     for name, f in cv_frames.items():
         ids = [u for u, c in choice.items() if c == name]
@@ -875,11 +873,7 @@ def _series_cv(cols: dict[str, np.ndarray], pos: np.ndarray, pooled: dict[float,
     first = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
     cut = {int(window[i]): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(cols["cutoff"][pos][i])), side="right"))
            for i in first}
-    native = {}
-    for q in _band_probs(FORECAST_LEVELS):
-        have = [c for c in _prob_columns(q, FORECAST_LEVELS) if c in cols]
-        if have:
-            native[q] = cols[have[0]][pos].astype(float)
+    native = {round(q, 6): cols[quantile_column(q)][pos].astype(float) for q in FORECAST_QUANTILES if quantile_column(q) in cols}
     native = {q: v for q, v in native.items() if np.isfinite(v).all()}
     return bands.SeriesCV(window=window, step=cols["step"][pos], y=cols["y"][pos].astype(float), mean=cols["mean"][pos].astype(float),
                           snaive=cols["snaive"][pos].astype(float), cut=cut, native=native,

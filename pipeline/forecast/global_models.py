@@ -371,13 +371,10 @@ class GlobalGBMModel(Forecaster):
             ok = np.repeat(origin >= 1, h)
             missing = np.full(h, np.datetime64("NaT"), dtype="datetime64[ns]")
             ds = np.concatenate([d[o:o + h] if o >= 1 else missing for d, o in zip(ds_by_series, origin)])
-            # the model's own quantiles ride along (interval ends too: the engine's band choice
-            # scores 0.1 / 0.025 / 0.975, and a candidate missing one never competed)
+            # the model's own quantiles ride along: the engine scores them as a band candidate
             own = {quantile_column(q): values[q][ok] for q in FORECAST_QUANTILES}
-            own.update({f"{end}_{lv}": values[0.5 + sign * lv / 200][ok] for lv in FORECAST_LEVELS for end, sign in (("lo", -1), ("hi", 1))})
             frames.append(pd.DataFrame({"unique_id": np.repeat(flat.ids, h)[ok], "ds": ds[ok],
                                         "mean": values["mean"][ok], "window": window, **own}))
         out = pd.concat(frames, ignore_index=True)
         cut = out.groupby(["unique_id", "window"])["ds"].transform("min") - pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
-        own_cols = [*[quantile_column(q) for q in FORECAST_QUANTILES], *[f"{e}_{lv}" for lv in FORECAST_LEVELS for e in ("lo", "hi")]]
-        return out.assign(cutoff=cut)[["unique_id", "ds", "cutoff", "window", "mean", *own_cols]]
+        return out.assign(cutoff=cut)[["unique_id", "ds", "cutoff", "window", "mean", *[quantile_column(q) for q in FORECAST_QUANTILES]]]
