@@ -15,8 +15,8 @@ forecasts in the forecast contract:
 4. **Calibration**: quantiles and intervals are chosen per series (pipeline.forecast.bands):
    the pooled scale-location conformal calibration (the chosen forecast's out-of-sample errors,
    normalised per series and per horizon bucket), the series' own CV errors, the chosen point
-   plus the series' own seasonal differences over its current regime, their average, the
-   model's own quantiles, and the seasonal-naive empirical quantile are each scored out of
+   plus the series' own seasonal differences over its current regime, their average, and the
+   seasonal-naive empirical quantile are each scored out of
    sample on the CV windows (pinball at τ and its neighbours); the best is kept, and a series
    where nothing beats seasonal naive (or that has no CV evidence) gets seasonal naive's.
 5. **Short series** (under two seasons) get the pooled profile of their group (e.g. all pairs)
@@ -568,7 +568,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     errors = _chosen_errors(cv_frames, choice)
     calibration = Calibration.fit(errors, p.scale, p.window)
     out = calibration.apply(out, p.scale, levels)
-    out, band_info = _series_bands(p, sel, point, cv_frames, calibration, out, factor)
+    out, band_info = _series_bands(p, sel, cv_frames, calibration, out)
     with_errors = set(errors["unique_id"])
     uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
     if uncalibrated and errors.empty:
@@ -834,13 +834,12 @@ def _prob_columns(prob: float, levels: Sequence[int]) -> list[str]:
 def _chosen_cv(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd.DataFrame:
     """The chosen forecast's cross-validation rows, with seasonal naive's forecast alongside."""
     key = ["unique_id", "ds", "window"]
-    own_cols = list(QUANTILE_COLUMNS)
     parts = []
     for name, f in cv_frames.items():
         ids = [u for u, c in choice.items() if c == name]
         if ids:
             sub = f[f["unique_id"].isin(ids)]
-            parts.append(sub[[*key, "cutoff", "step", "y", "mean", *[c for c in own_cols if c in sub.columns]]])
+            parts.append(sub[[*key, "cutoff", "step", "y", "mean"]])
     if not parts or BASELINE not in cv_frames:
         return pd.DataFrame()
     chosen = pd.concat(parts, ignore_index=True)
@@ -873,16 +872,13 @@ def _series_cv(cols: dict[str, np.ndarray], pos: np.ndarray, pooled: dict[float,
     first = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
     cut = {int(window[i]): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(cols["cutoff"][pos][i])), side="right"))
            for i in first}
-    native = {round(q, 6): cols[quantile_column(q)][pos].astype(float) for q in FORECAST_QUANTILES if quantile_column(q) in cols}
-    native = {q: v for q, v in native.items() if np.isfinite(v).all()}
     return bands.SeriesCV(window=window, step=cols["step"][pos], y=cols["y"][pos].astype(float), mean=cols["mean"][pos].astype(float),
-                          snaive=cols["snaive"][pos].astype(float), cut=cut, native=native,
+                          snaive=cols["snaive"][pos].astype(float), cut=cut,
                           pooled={q: v[pos] for q, v in pooled.items()})
 
 
 def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
-                cal: Calibration, probs: Sequence[float], native: dict[float, np.ndarray],
-                pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
+                cal: Calibration, probs: Sequence[float], pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
     """The chosen method's quantiles over the horizon, fitted on all the evidence (None: keep pooled)."""
     h = int(steps.max()) + 1
     if method in (bands.EMPIRICAL, bands.SNAIVE, bands.BLEND):
@@ -897,23 +893,7 @@ def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.
         fut_bucket = np.minimum(steps * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
         offs = bands.conformal_offsets(cv.y - cv.mean, bucket, cal.g, fut_bucket, probs)
         return {q: mean + offs[q] for q in probs}
-    if method == bands.NATIVE and all(q in native for q in probs):
-        return {q: native[q] for q in probs}
     return None
-
-
-def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: Sequence[float], levels: Sequence[int],
-                  factor: np.ndarray) -> dict[float, np.ndarray]:
-    pred = point.get(model)
-    if pred is None:
-        return {}
-    rows = pred[pred["unique_id"] == uid]
-    out = {}
-    for q in probs:
-        cols = [c for c in _prob_columns(q, levels) if c in rows.columns]
-        if cols:
-            out[q] = rows[cols[0]].to_numpy(float) * (1.0 if MODELS_HANDLE_EVENTS.get(model, False) else factor)
-    return out
 
 
 _Covered = dict[str, dict[int, np.ndarray]]  # series → interval level → which CV actuals its band covered
@@ -952,8 +932,8 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
     return out, covered
 
 
-def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
-                  cal: Calibration, out: pd.DataFrame, factor: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _series_bands(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration,
+                  out: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
     probs = _band_probs(p.levels)
     score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
@@ -970,9 +950,8 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
     for uid in ids:
         method, scores, cv = choices[uid]
         pos = positions[uid]
-        native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
         pooled_now = {q: arrays[columns[q][0]][pos] for q in probs}
-        values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, native, pooled_now)
+        values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, pooled_now)
         if values is None:  # the pooled band stays (chosen, or the chosen one cannot be built now)
             if method != bands.POOLED:
                 covered.pop(uid, None)  # its CV coverage was the other method's
