@@ -156,13 +156,14 @@ def test_short_series_are_cross_validated_on_the_windows_they_hold() -> None:
     """A series too short for the run's windows still gets CV evidence (its latest windows), so its
     point and band are chosen on it rather than defaulted."""
     rng = np.random.default_rng(9)
-    n, short_n = 20 * M, 4 * M  # the run takes 4 windows of 24; the short series holds 2
+    n, short_n = 20 * M, 4 * M  # the run takes 14 windows of 24 (two weeks); the short series holds 2
     series = {f"long{i}": 50 + _cycle(n) + rng.normal(0, 2, n) for i in range(3)}
     series["short"] = 50 + _cycle(short_n) + rng.normal(0, 2, short_n)
     result = _run(series)
-    assert result.info["n_windows"] == 4
+    k = result.info["n_windows"]
+    assert k == 14
     cv = result.cv[(result.cv["unique_id"] == "short") & (result.cv["model"] == "seasonal_naive")]
-    assert sorted(cv["window"].unique()) == [2, 3]  # numbered like the run's last two: the latest origins line up
+    assert sorted(cv["window"].unique()) == [k - 2, k - 1]  # numbered like the run's last two: the latest origins line up
     assert pd.Timestamp(cv["cutoff"].max()) == (START + pd.Timedelta(hours=short_n - M - 1)).tz_localize(None)  # its last day held out
     sel = result.selection["short"]
     assert set(sel["pinball_at_tau"]) >= set(LOCAL)  # the point was chosen on its own CV scores
@@ -181,3 +182,34 @@ def test_cv_coverage_describes_the_bands_used() -> None:
         per_series = np.array([result.selection[u]["quantile_cv_coverage"][level] for u in series])
         assert result.info["cv_coverage"][level] == pytest.approx(np.average(per_series, weights=rows), abs=2e-4)
     assert 0.6 < result.info["cv_coverage"]["80"] < result.info["cv_coverage"]["95"] <= 1.0
+
+
+def test_weeks_of_origins_unless_a_trained_global_model_is_reused() -> None:
+    """Local models (and a global model refit for the final forecast) are cross-validated on two
+    weeks of daily origins; a global model reused from cross-validation keeps four windows, so it
+    is not trained further back than its forecast can afford."""
+    from pipeline.forecast.engine import MAX_CV_WINDOWS, default_windows
+
+    assert default_windows(60 * M, M, M, reused_global=False) == 14
+    assert default_windows(60 * M, 2 * M, M, reused_global=False) == 7  # h = 48: still two weeks of origins
+    assert default_windows(60 * M, M, M, reused_global=True) == MAX_CV_WINDOWS
+    assert default_windows(8 * M, M, M, reused_global=False) == 5  # as many as the longest series holds
+    rng = np.random.default_rng(12)
+    result = _run({f"s{i}": 30 + _cycle(30 * M) + rng.normal(0, 1, 30 * M) for i in range(3)})
+    assert result.info["n_windows"] == 14 and result.selection["s0"]["quantile_cv_rows"] == 14 * M
+
+
+def test_windows_before_a_level_shift_settled_are_not_evidence() -> None:
+    """Two weeks of windows reach back past a level shift ten days ago: the windows whose origin
+    is under four seasons into the new level (the seasonal mean still averaging the old one) are
+    dropped, the others kept, so the transition's errors do not widen today's band."""
+    rng = np.random.default_rng(13)
+    n = 30 * M
+    y = 100 + _cycle(n) + rng.normal(0, 1, n)
+    y[-10 * M:] += 50
+    result = _run({"shifted": y, "calm": 100 + _cycle(n) + rng.normal(0, 1, n)})
+    cv = result.cv[result.cv["model"] == "seasonal_mean"]
+    assert cv.loc[cv["unique_id"] == "calm", "window"].nunique() == 14
+    kept = sorted(cv.loc[cv["unique_id"] == "shifted", "window"].unique())
+    assert kept == list(range(8, 14)), kept  # origins 4..9 days into the new level
+    assert _width(result, "shifted", "q99") < 8

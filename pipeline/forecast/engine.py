@@ -8,15 +8,17 @@ forecasts in the forecast contract:
    models (scores use raw actuals), known calendar uplifts divided out (and multiplied back into
    the forecast) for models that do not model events themselves.
 2. **Rolling-origin cross-validation**: every model forecasts the last `n_windows` windows of
-   `horizon` steps, each fit strictly before its origin.
+   `horizon` steps, each fit strictly before its origin (up to four windows; up to two weeks of
+   them when no cross-validated global model is reused for the final forecast, the windows before
+   a series' last level shift has settled left out).
 3. **Selection and combination**: per series, every model and the `ensemble` (mean of the
    non-naive models) is scored by pinball loss at the plan's τ and by MASE, each relative to
    seasonal naive; the lowest mean of the two wins (ties go to the earlier model).
 4. **Calibration**: quantiles and intervals are chosen per series (pipeline.forecast.bands):
    the pooled scale-location conformal calibration (the chosen forecast's out-of-sample errors,
    normalised per series and per horizon bucket), the series' own CV errors, the chosen point
-   plus the series' own seasonal differences over its current regime, their average, the
-   model's own quantiles, and the seasonal-naive empirical quantile are each scored out of
+   plus the series' own seasonal differences over its current regime, their average, and the
+   seasonal-naive empirical quantile are each scored out of
    sample on the CV windows (pinball at τ and its neighbours); the best is kept, and a series
    where nothing beats seasonal naive (or that has no CV evidence) gets seasonal naive's.
 5. **Short series** (under two seasons) get the pooled profile of their group (e.g. all pairs)
@@ -74,8 +76,18 @@ SHORT_SERIES_SEASONS = 2
 #: k ≥ 2 cross-validation windows once the longest series holds k windows and this many seasons
 TWO_WINDOW_SEASONS = 3
 #: up to this many windows: the per-series band choice (pipeline.forecast.bands) needs the evidence
-#: (two windows left it choosing on 48 errors; four cut M4's under-coverage and the traces' worst case)
+#: (two windows left it choosing on 48 errors; four cut M4's under-coverage and the traces' worst case);
+#: a series holding fewer chooses only its point
 MAX_CV_WINDOWS = 4
+#: ... and up to this many seasons of windows when no cross-validated global model is reused for the
+#: final forecast (it is refit on the full history, or there is none): more origins cost a few cheap
+#: forecasts and give the choices weeks of errors instead of four windows. A reused global model
+#: would be trained that much further back (M4 OWA 0.420 → 0.431 at 6 windows).
+EVIDENCE_SEASONS = 14
+#: beyond the last MAX_CV_WINDOWS, a window counts only if its origin is this many seasons into the
+#: series' current regime (after its last level shift): the seasonal mean averages four seasons, so
+#: earlier windows score the transition, and their errors would widen every CV-error band for good
+SETTLE_SEASONS = 4
 CALIBRATION_SHRINK = 48.0  # pseudo-errors pulling a series' own error size towards the pool's
 MIN_ERROR_SIZE = 1e-12  # floor on a series' error size: a perfect series must not divide by zero
 ZERO_LOSS = 1e-12  # a loss this small is a perfect forecast (relative scores divide by it)
@@ -417,16 +429,16 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
     min_points = SHORT_SERIES_SEASONS * m
     short = [u for u in ids if lengths[u] < min_points]
     long_ids = [u for u in ids if lengths[u] >= min_points]
-    n_windows = options.n_windows
-    if n_windows is None:
-        fits = [k for k in range(2, MAX_CV_WINDOWS + 1) if lengths.max() >= k * window + TWO_WINDOW_SEASONS * m]
-        n_windows = max(fits, default=1)
-    cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
-    info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
-                            "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
     refit_global = options.refit_global
     if refit_global == "auto":
         refit_global = len(history) <= AUTO_POINT_BUDGET
+    n_windows = options.n_windows
+    if n_windows is None:
+        reused = not refit_global and any(MODELS_GLOBAL.get(n, False) for n in names)
+        n_windows = default_windows(int(lengths.max()), window, m, reused)
+    cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
+    info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
+                            "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
     return Prepared(
         history=history, model_input=model_input, raw_input=raw_input, adjusted=adjusted, raw_adjusted=raw_adjusted,
         scale=scale, lengths=lengths, ids=ids, short=short, long_ids=long_ids, cv_ok=cv_ok, names=names,
@@ -435,6 +447,34 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
         future=future, hierarchy=hierarchy, params=params, n_jobs=options.n_jobs, combine=options.combine,
         switch_margin=options.switch_margin, ensemble_size=options.ensemble_size, info=info,
     )
+
+
+def default_windows(longest: int, window: int, m: int, reused_global: bool) -> int:
+    """Cross-validation windows: as many as the longest series holds (with `TWO_WINDOW_SEASONS`
+    of history before them), up to `MAX_CV_WINDOWS`, or `EVIDENCE_SEASONS` seasons of windows
+    when no cross-validated global model is reused for the final forecast."""
+    cap = MAX_CV_WINDOWS if reused_global else max(MAX_CV_WINDOWS, EVIDENCE_SEASONS * m // max(window, 1))
+    fits = [k for k in range(2, cap + 1) if longest >= k * window + TWO_WINDOW_SEASONS * m]
+    return max(fits, default=1)
+
+
+def current_regime_windows(cv: pd.DataFrame, p: Prepared) -> pd.DataFrame:
+    """`cv` without the windows (beyond the run's last `MAX_CV_WINDOWS`) whose origin is less than
+    `SETTLE_SEASONS` into the series' current regime (pipeline.forecast.bands.regime_start)."""
+    if p.n_windows <= MAX_CV_WINDOWS or cv.empty:
+        return cv
+    settle = SETTLE_SEASONS * p.season_length
+    first_ok: dict[str, np.datetime64] = {}
+    for uid, g in p.history.groupby("unique_id", sort=False):
+        start = bands.regime_start(g["y"].to_numpy(float), p.season_length)
+        if start > 0:
+            first_ok[uid] = g["ds"].to_numpy()[min(start + settle, len(g)) - 1]  # the origin's last history point
+    if not first_ok:
+        return cv
+    threshold = cv["unique_id"].map(first_ok).to_numpy(dtype="datetime64[ns]")
+    recent = cv["window"].to_numpy() >= p.n_windows - MAX_CV_WINDOWS
+    keep = recent | np.isnat(threshold) | (pd.to_datetime(cv["cutoff"]).to_numpy() >= threshold)
+    return cv[keep].reset_index(drop=True)
 
 
 def cross_validate_model(p: Prepared, name: str) -> ModelRun:
@@ -456,7 +496,7 @@ def cross_validate_model(p: Prepared, name: str) -> ModelRun:
     if not parts:
         return ModelRun(name, error=f"{name}: cross-validation failed on every series", no_series=True)
     trained = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
-    cv = _cv_with_actuals(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], p.history)
+    cv = current_regime_windows(_cv_with_actuals(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], p.history), p)
     if not MODELS_HANDLE_EVENTS.get(name, False):
         own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
         cv[["mean", *own]] = cv[["mean", *own]].to_numpy(float) * cv["_factor"].to_numpy(float)[:, None]
@@ -568,7 +608,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     errors = _chosen_errors(cv_frames, choice)
     calibration = Calibration.fit(errors, p.scale, p.window)
     out = calibration.apply(out, p.scale, levels)
-    out, band_info = _series_bands(p, sel, point, cv_frames, calibration, out, factor)
+    out, band_info = _series_bands(p, sel, cv_frames, calibration, out)
     with_errors = set(errors["unique_id"])
     uncalibrated = [uid for uid in ids if uid not in with_errors and choice[uid] in own]
     if uncalibrated and errors.empty:
@@ -834,13 +874,12 @@ def _prob_columns(prob: float, levels: Sequence[int]) -> list[str]:
 def _chosen_cv(cv_frames: dict[str, pd.DataFrame], choice: dict[str, str]) -> pd.DataFrame:
     """The chosen forecast's cross-validation rows, with seasonal naive's forecast alongside."""
     key = ["unique_id", "ds", "window"]
-    own_cols = list(QUANTILE_COLUMNS)
     parts = []
     for name, f in cv_frames.items():
         ids = [u for u, c in choice.items() if c == name]
         if ids:
             sub = f[f["unique_id"].isin(ids)]
-            parts.append(sub[[*key, "cutoff", "step", "y", "mean", *[c for c in own_cols if c in sub.columns]]])
+            parts.append(sub[[*key, "cutoff", "step", "y", "mean"]])
     if not parts or BASELINE not in cv_frames:
         return pd.DataFrame()
     chosen = pd.concat(parts, ignore_index=True)
@@ -873,16 +912,13 @@ def _series_cv(cols: dict[str, np.ndarray], pos: np.ndarray, pooled: dict[float,
     first = np.flatnonzero(np.r_[True, window[1:] != window[:-1]])
     cut = {int(window[i]): int(np.searchsorted(history_ds, np.datetime64(pd.Timestamp(cols["cutoff"][pos][i])), side="right"))
            for i in first}
-    native = {round(q, 6): cols[quantile_column(q)][pos].astype(float) for q in FORECAST_QUANTILES if quantile_column(q) in cols}
-    native = {q: v for q, v in native.items() if np.isfinite(v).all()}
     return bands.SeriesCV(window=window, step=cols["step"][pos], y=cols["y"][pos].astype(float), mean=cols["mean"][pos].astype(float),
-                          snaive=cols["snaive"][pos].astype(float), cut=cut, native=native,
+                          snaive=cols["snaive"][pos].astype(float), cut=cut,
                           pooled={q: v[pos] for q, v in pooled.items()})
 
 
 def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
-                cal: Calibration, probs: Sequence[float], native: dict[float, np.ndarray],
-                pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
+                cal: Calibration, probs: Sequence[float], pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
     """The chosen method's quantiles over the horizon, fitted on all the evidence (None: keep pooled)."""
     h = int(steps.max()) + 1
     if method in (bands.EMPIRICAL, bands.SNAIVE, bands.BLEND):
@@ -897,23 +933,7 @@ def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.
         fut_bucket = np.minimum(steps * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
         offs = bands.conformal_offsets(cv.y - cv.mean, bucket, cal.g, fut_bucket, probs)
         return {q: mean + offs[q] for q in probs}
-    if method == bands.NATIVE and all(q in native for q in probs):
-        return {q: native[q] for q in probs}
     return None
-
-
-def _native_final(point: dict[str, pd.DataFrame], model: str, uid: str, probs: Sequence[float], levels: Sequence[int],
-                  factor: np.ndarray) -> dict[float, np.ndarray]:
-    pred = point.get(model)
-    if pred is None:
-        return {}
-    rows = pred[pred["unique_id"] == uid]
-    out = {}
-    for q in probs:
-        cols = [c for c in _prob_columns(q, levels) if c in rows.columns]
-        if cols:
-            out[q] = rows[cols[0]].to_numpy(float) * (1.0 if MODELS_HANDLE_EVENTS.get(model, False) else factor)
-    return out
 
 
 _Covered = dict[str, dict[int, np.ndarray]]  # series → interval level → which CV actuals its band covered
@@ -938,7 +958,7 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
             continue
         cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
         cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs, max(score_probs))
-        if len(cv.cut) < p.n_windows:  # fewer windows than the run's: choose the point only (same band)
+        if len(cv.cut) < min(p.n_windows, MAX_CV_WINDOWS):  # too few windows to choose a band on: choose the point only
             cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
         method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
         for lv in FORECAST_LEVELS if method in cands else ():
@@ -952,8 +972,8 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
     return out, covered
 
 
-def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
-                  cal: Calibration, out: pd.DataFrame, factor: np.ndarray) -> tuple[pd.DataFrame, dict[str, Any]]:
+def _series_bands(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration,
+                  out: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
     probs = _band_probs(p.levels)
     score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
@@ -970,9 +990,8 @@ def _series_bands(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], c
     for uid in ids:
         method, scores, cv = choices[uid]
         pos = positions[uid]
-        native = _native_final(point, sel.choice[uid], uid, probs, p.levels, factor[pos]) if method == bands.NATIVE else {}
         pooled_now = {q: arrays[columns[q][0]][pos] for q in probs}
-        values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, native, pooled_now)
+        values = _final_band(method, cv, hist[uid][1], all_means[pos], all_steps[pos], p.season_length, cal, probs, pooled_now)
         if values is None:  # the pooled band stays (chosen, or the chosen one cannot be built now)
             if method != bands.POOLED:
                 covered.pop(uid, None)  # its CV coverage was the other method's
