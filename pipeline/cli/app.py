@@ -70,6 +70,7 @@ app.command("backtest", epilog=EXIT_CODES_EPILOG)(backtest_commands.backtest)
 app.add_typer(group("Inspect published plans.", {
     "show": plan_commands.show,
     "explain": plan_commands.explain,
+    "diff": plan_commands.diff,
 }), name="plan")
 app.add_typer(group("The Inter-Region Coordinator: send peering requests through the latest plan.", {
     "request": irc_commands.request,
