@@ -49,7 +49,7 @@ from pipeline.iac.apply import (
 )
 from pipeline.iac.render import iac_dir, render_plan
 from pipeline.iac.safety import check_plan_id, check_region, redact
-from pipeline.iac.terraform import PEERING_DIR, REGIONS_DIR
+from pipeline.iac.terraform import PEERING_DIR, REGIONS_DIR, TFVARS_FILE
 
 __all__ = [
     "TERRAFORM_ENV",
@@ -262,6 +262,12 @@ def _previous_roots(settings: Settings, plan_id: str) -> list[str]:
     return sorted(applied.get("roots", [])) if applied.get("engine") == "terraform" else []
 
 
+def _is_empty(root_dir: Path) -> bool:
+    """A region root rendered only to empty the region (no lines, no hub): not provisioned any more."""
+    values = json.loads((root_dir / TFVARS_FILE).read_text(encoding="utf-8"))
+    return not values.get("lines") and not values.get("transit_gateway")
+
+
 def _pair_regions(root: str) -> tuple[str, str]:
     requester, accepter = root.split("/", 1)[1].split("__")
     return check_region(requester.replace("_", "-")), check_region(accepter.replace("_", "-"))
@@ -362,8 +368,7 @@ def apply_terraform(
         if not execute:
             result.status = "planned"
             return result
-        emptied = {f"{REGIONS_DIR}/{region}" for region in gone_regions}
-        applied_roots = [r for r in roots if r.startswith(REGIONS_DIR + "/") and r not in emptied] + pairs
+        applied_roots = [r for r in roots if r.startswith(REGIONS_DIR + "/") and not _is_empty(tf_dir / r)] + pairs
         result.status = "applied"
         record_apply(settings, plan_id, {"status": "applied", "engine": "terraform", "started_at": started,
                                          "finished_at": _now(), "plan": summary, "roots": applied_roots})
