@@ -140,7 +140,7 @@ def test_region_tfvars_carry_the_first_window_lines(plan_df: pd.DataFrame, manif
     on_demand = us["lines"]["m5.large/on_demand"]
     assert on_demand == {
         "line_id": "us-east-1/2025-03-01T00/m5.large/on_demand", "line_key": "us-east-1/m5.large/on_demand",
-        "instance_type": "m5.large", "purchase_option": "on_demand", "count": 3, "warm_pool": 1,
+        "instance_type": "m5.large", "purchase_option": "on_demand", "count": 3, "warm_pool": 1, "max_size": 4,
         "storage_gib": 4, "availability_zones": ["us-east-1a"], "zone_counts": {"us-east-1a": 3},
     }
     assert us["lines"]["c5.xlarge/spot"]["warm_pool"] == 0
@@ -176,6 +176,7 @@ def test_lines_spread_over_availability_zones(plan_df: pd.DataFrame, manifest: d
     line = _tfvars(tmp_path / "tf", "regions/us-east-1")["lines"]["c5.xlarge/spot"]
     assert line["availability_zones"] == ["us-east-1a", "us-east-1b"]
     assert line["zone_counts"] == {"us-east-1a": 2, "us-east-1b": 2}
+    assert line["max_size"] == 4 + 2  # N+1 across zones: either zone's 2 can be relaunched in the other
 
 
 def test_empty_regions_get_a_root_without_lines(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:

@@ -119,8 +119,13 @@ class InfraLine:
     zones: tuple[tuple[str, int], ...] = ()  # (availability zone, instances there); empty: the region's first zone
 
     @property
+    def zone_spare(self) -> int:
+        """N+1 across zones: room to relaunch the largest zone's share in the others (0 in one zone)."""
+        return max((n for _, n in self.zones), default=0) if len(self.zones) > 1 else 0
+
+    @property
     def max_size(self) -> int:
-        return self.count + self.warm_pool
+        return self.count + max(self.warm_pool, self.zone_spare)
 
 
 @dataclass(frozen=True)

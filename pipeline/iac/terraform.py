@@ -85,6 +85,7 @@ def _line_vars(line: InfraLine) -> dict[str, Any]:
         "purchase_option": line.purchase_option,
         "count": line.count,
         "warm_pool": line.warm_pool,
+        "max_size": line.max_size,
         "storage_gib": line.storage_gib,
         "availability_zones": [zone for zone, _ in line.zones],
         "zone_counts": dict(line.zones),

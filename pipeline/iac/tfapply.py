@@ -17,7 +17,8 @@ State lives outside the rendered directory (replaced on every render), one state
   (Terraform >= 1.10); ``PEERSCALE_TF_STATE_ENDPOINT`` for an S3-compatible endpoint. The module's
   ``backend "local" {}`` is switched by a fixed ``backend_override.tf.json``.
 
-``PEERSCALE_TF_PLUGIN_DIR`` makes ``init`` use a local provider directory (offline machines);
+``PEERSCALE_TF_PLUGIN_DIR`` makes ``init`` use a local provider directory (offline machines;
+default: ``/opt/tf-plugins`` when it holds providers, as on this project's machine image);
 ``PEERSCALE_TF_VAR_FILE`` is an operator ``-var-file`` for every root (AMI, subnets, endpoints,
 ``capacity_reservations``).
 """
@@ -58,6 +59,7 @@ __all__ = [
     "apply_terraform",
     "backend_from_env",
     "find_terraform",
+    "plugin_dir",
     "root_dirs",
     "summarize_plan",
     "terraform_checks",
@@ -84,6 +86,20 @@ def find_terraform() -> str | None:
     if override:
         return shutil.which(override) or (override if Path(override).is_file() else None)
     return shutil.which("terraform") or shutil.which("tofu")
+
+
+DEFAULT_PLUGIN_DIRS = ("/opt/tf-plugins",)
+
+
+def plugin_dir() -> str | None:
+    """A local provider directory for ``init -plugin-dir`` (offline), or None to use the registry."""
+    override = os.environ.get(PLUGIN_DIR_ENV, "").strip()
+    if override:
+        return override
+    for candidate in DEFAULT_PLUGIN_DIRS:
+        if any(Path(candidate).glob("*/*/*/*/*/terraform-provider-*")):
+            return candidate
+    return None
 
 
 @dataclass(frozen=True)
@@ -178,7 +194,7 @@ class _Runner:
     def __init__(self, binary: str, tf_dir: Path, data_root: Path, backend: Backend | None) -> None:
         self.binary, self.tf_dir, self.data_root, self.backend = binary, tf_dir, data_root, backend
         self.var_file = os.environ.get(VAR_FILE_ENV, "").strip()
-        self.plugin_dir = os.environ.get(PLUGIN_DIR_ENV, "").strip()
+        self.plugin_dir = plugin_dir() or ""
 
     def run(self, root: str, args: list[str], step: str) -> str:
         env = {**os.environ, "TF_IN_AUTOMATION": "1", "TF_INPUT": "0",

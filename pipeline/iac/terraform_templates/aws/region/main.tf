@@ -113,9 +113,11 @@ resource "aws_launch_template" "line" {
 resource "aws_autoscaling_group" "line" {
   for_each = var.lines
 
-  name_prefix      = "peerscale-${replace(each.key, "/[^A-Za-z0-9-]/", "-")}-"
-  min_size         = 0
-  max_size         = each.value.count + each.value.warm_pool
+  name_prefix = "peerscale-${replace(each.key, "/[^A-Za-z0-9-]/", "-")}-"
+  min_size    = 0
+  # max_size leaves room for the warm pool and, over several zones, for N+1 across zones: the
+  # largest zone's share can be relaunched in the others when a zone fails.
+  max_size         = each.value.max_size
   desired_capacity = each.value.count
   # Spot capacity may arrive late: the group keeps trying and the apply does not fail meanwhile.
   wait_for_capacity_timeout = "0"
@@ -138,7 +140,7 @@ resource "aws_autoscaling_group" "line" {
     content {
       pool_state                  = var.warm_pool_state
       min_size                    = warm_pool.value
-      max_group_prepared_capacity = each.value.count + each.value.warm_pool
+      max_group_prepared_capacity = each.value.max_size
 
       instance_reuse_policy {
         reuse_on_scale_in = true

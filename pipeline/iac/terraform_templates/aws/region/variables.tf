@@ -32,14 +32,15 @@ variable "lines" {
     purchase_option    = string
     count              = number
     warm_pool          = number
+    max_size           = number
     storage_gib        = number
     availability_zones = list(string)
     zone_counts        = map(number)
   }))
 
   validation {
-    condition     = alltrue([for line in values(var.lines) : contains(["on_demand", "spot"], line.purchase_option) && line.count > 0 && line.warm_pool >= 0])
-    error_message = "Each line is on_demand or spot with a positive count and a non-negative warm pool."
+    condition     = alltrue([for line in values(var.lines) : contains(["on_demand", "spot"], line.purchase_option) && line.count > 0 && line.warm_pool >= 0 && line.max_size >= line.count + line.warm_pool])
+    error_message = "Each line is on_demand or spot with a positive count, a non-negative warm pool and max_size >= count + warm_pool."
   }
 }
 
