@@ -79,12 +79,20 @@ def test_gate_outcomes_end_to_end(lake: tuple[Settings, str], monkeypatch: pytes
     assert applied_plan_id(settings) == "plan-d"
 
 
-def test_laptop_default_is_a_dry_run(lake: tuple[Settings, str]) -> None:
+def test_laptop_default_is_a_dry_run(lake: tuple[Settings, str], monkeypatch: pytest.MonkeyPatch) -> None:
     settings, prefix = lake
     gate = gate_plan("plan-a", settings)
     record = provision("plan-a", settings, gate)
-    assert record["outcome"] == "dry_run" and record["mode"] == "dry-run"
+    assert record["outcome"] == "dry_run" and record["mode"] == "dry-run" and "engine" not in record
     assert applied_plan_id(settings) is None and _stacks(prefix) == {}
+    monkeypatch.setenv("PEERSCALE_APPLY", "plan")  # the engine previews (change sets created, shown, deleted)
+    record = provision("plan-a", settings, gate)
+    assert (record["outcome"], record["apply_status"], record["engine"]) == ("dry_run", "planned", "cloudformation")
+    assert applied_plan_id(settings) is None and _stacks(prefix) == {}
+    monkeypatch.setenv("PEERSCALE_APPLY", "yes please")
+    with pytest.raises(ValueError, match="PEERSCALE_APPLY must be one of"):
+        provision("plan-a", settings, gate)
+    monkeypatch.delenv("PEERSCALE_APPLY")
     with pytest.raises(ValueError, match="not 'plan-d'"):
         provision("plan-d", settings, gate)
     # Outside the gate in a dry run: nobody is asked, the apply is only shown.

@@ -11,8 +11,9 @@
    ``failed`` (the apply raised), or ``dry_run`` (the decision, without changing anything).
    ``plans/APPLIED`` moves only on a successful, executed apply (the appliers move it).
 
-``PEERSCALE_APPLY=execute`` makes the apply real; anything else, and the default, is a dry run
-(laptop mode). ``PEERSCALE_APPLY_ENGINE`` is ``terraform`` or ``cloudformation`` (default:
+``PEERSCALE_APPLY``: ``dry-run`` (the default, laptop mode) records the gate's decision and touches
+no cloud API; ``plan`` also asks the engine what it would change (terraform plan / change set
+preview; needs credentials); ``execute`` applies. ``PEERSCALE_APPLY_ENGINE`` is ``terraform`` or ``cloudformation`` (default:
 Terraform when a binary is installed, else CloudFormation; stacks are named
 ``<PEERSCALE_STACK_PREFIX>-<region>``, default ``peerscale``).
 """
@@ -38,9 +39,15 @@ STACK_PREFIX_ENV = "PEERSCALE_STACK_PREFIX"  # CloudFormation stacks <prefix>-<r
 APPROVE = "Approve"  # the option of airflow's ApprovalOperator / HITLOperator
 
 
+APPLY_MODES = ("dry-run", "plan", "execute")
+
+
 def apply_mode() -> str:
-    """``execute`` or ``dry-run`` (the default: nothing changes unless asked)."""
-    return "execute" if os.environ.get(APPLY_MODE_ENV, "").strip().lower() == "execute" else "dry-run"
+    """``dry-run`` (default: nothing is asked of a cloud), ``plan`` or ``execute``."""
+    mode = os.environ.get(APPLY_MODE_ENV, "").strip().lower() or "dry-run"
+    if mode not in APPLY_MODES:
+        raise ValueError(f"{APPLY_MODE_ENV} must be one of {', '.join(APPLY_MODES)}, not {mode!r}")
+    return mode
 
 
 def _engine() -> str:
@@ -114,6 +121,10 @@ def provision(
                               "mode": apply_mode(), "decided_at": _now()}
     if decision == "rejected":
         record.update(outcome="rejected", finished_at=_now())
+        record_apply(settings, plan_id, record, key="provisioning")
+        return record
+    if apply_mode() == "dry-run":
+        record.update(outcome="dry_run", finished_at=_now())
         record_apply(settings, plan_id, record, key="provisioning")
         return record
     engine = _engine()
