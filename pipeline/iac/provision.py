@@ -10,6 +10,8 @@
    ``applied`` (gate passed, applied), ``approved`` (a person approved, applied), ``rejected``,
    ``failed`` (the apply raised), or ``dry_run`` (the decision, without changing anything).
    ``plans/APPLIED`` moves only on a successful, executed apply (the appliers move it).
+   On-premise regions (:mod:`pipeline.iac.onprem`) are sent to the site over AMQP first; their
+   replies go into the record under ``onprem``, and a failed region stops the cloud apply.
 
 ``PEERSCALE_APPLY``: ``dry-run`` (the default, laptop mode) records the gate's decision and touches
 no cloud API; ``plan`` also asks the engine what it would change (terraform plan / change set
@@ -96,6 +98,27 @@ def _apply(plan_id: str, settings: Settings, execute: bool, engine: str) -> Appl
     return apply_cloudformation(plan_id, settings, execute=execute, stack_prefix=prefix)
 
 
+def _onprem(plan_id: str, settings: Settings) -> dict[str, Any]:
+    """Send the plan's on-premise regions to the site first: a failure stops before any cloud change."""
+    from pipeline.iac.model import build_model
+    from pipeline.iac.onprem import OnPremConfig, OnPremProvider
+    from pipeline.iac.render import zones_per_region
+
+    config = OnPremConfig.from_env()
+    plan, manifest = load_plan(settings, plan_id)
+    regions = sorted(set(plan.column("region").to_pylist()) & config.regions)
+    if not regions:
+        return {}
+    model = build_model(plan, manifest, zones_per_region=zones_per_region(settings))
+    results = OnPremProvider(config).provision(model, [r for r in regions if model.lines_in(r)])
+    failed = {r: v["status"] for r, v in results.items() if not v["ok"]}
+    if failed:
+        record_apply(settings, plan_id, {"status": "apply_failed", "engine": "onprem", "finished_at": _now(),
+                                         "onprem": results, "error": f"on-premise regions failed: {failed}"})
+        raise ApplyFailed(f"on-premise provisioning failed: {failed} (see onprem in the apply records)")
+    return results
+
+
 def provision(
     plan_id: str, settings: Settings, gate: Mapping[str, Any], approval: str | None = None, responder: str | None = None
 ) -> dict[str, Any]:
@@ -130,6 +153,8 @@ def provision(
     engine = _engine()
     record["engine"] = engine
     try:
+        if execute:
+            record["onprem"] = _onprem(plan_id, settings)
         result = _apply(plan_id, settings, execute, engine)
     except (ApplyFailed, RuntimeError, OSError) as exc:
         record.update(outcome="failed", error=redact(str(exc))[-2000:], finished_at=_now())

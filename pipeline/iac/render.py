@@ -29,7 +29,7 @@ from pipeline.iac.model import MIN_PAIR_REQUESTS, all_pairs, build_model, pairs_
 from pipeline.iac.safety import check_plan_id
 from pipeline.iac.terraform import render_terraform_model
 
-__all__ = ["ZONES_ENV", "iac_dir", "load_plan", "planned_pairs", "render_plan", "zones_per_region"]
+__all__ = ["ZONES_ENV", "cloud_rows", "iac_dir", "load_plan", "planned_pairs", "render_plan", "zones_per_region"]
 
 ZONES_ENV = "PEERSCALE_AZ_PER_REGION"
 
@@ -116,7 +116,9 @@ def render_plan(
     if manifest.get("plan_id") != plan_id:
         raise ValueError(f"manifest of {plan_id} names plan {manifest.get('plan_id')!r}")
     zones = zones_per_region(settings)
-    probe = build_model(plan, manifest, zones_per_region=zones)  # validates everything; its regions decide the pairs
+    build_model(plan, manifest, zones_per_region=zones)  # validates every row, on-premise ones included
+    plan, onprem = cloud_rows(plan)
+    probe = build_model(plan, manifest, zones_per_region=zones)  # its regions decide the pairs
     active = sorted({line.region for line in probe.lines})
     pairs, source = planned_pairs(settings, manifest, active)
     model = build_model(plan, manifest, peering=pairs, peering_source=source, zones_per_region=zones)
@@ -128,4 +130,26 @@ def render_plan(
         "files": str(len(tf_files) + len(cfn_files)),
         "peering": source,
         "peered_pairs": str(len(model.peering)),
+        "onprem_regions": ",".join(onprem),
     }
+
+
+def cloud_rows(plan: pa.Table) -> tuple[pa.Table, list[str]]:
+    """The plan without its on-premise regions (``PEERSCALE_ONPREM_REGIONS``), and those regions.
+
+    On-premise regions go to the site's automation (:mod:`pipeline.iac.onprem`), never into
+    Terraform or CloudFormation. A plan with no cloud region left cannot be rendered.
+    """
+    import pyarrow.compute as pc
+
+    from pipeline.iac.onprem import onprem_regions
+
+    configured = onprem_regions()
+    regions = set(plan.column("region").to_pylist())
+    onprem = sorted(regions & configured)
+    if not onprem:
+        return plan, []
+    cloud = plan.filter(pc.invert(pc.is_in(plan.column("region"), value_set=pa.array(onprem))))
+    if cloud.num_rows == 0:
+        raise ValueError(f"every region of the plan is on premise ({', '.join(onprem)}): no cloud IaC to render")
+    return cloud, onprem
