@@ -106,6 +106,11 @@ def _group_sizes(bucket: str, region: str) -> dict[str, int]:
     return {key: by_name[name] for key, name in names.items()}
 
 
+def _updated(settings: Settings, plan_id: str) -> list[str]:
+    plan = read_apply_records(settings, plan_id)["terraform_plan"]
+    return [f"{root}:{c['address']}" for root, summary in plan["roots"].items() for c in summary["changes"] if c["action"] == "update"]
+
+
 def _changes(counts: dict[str, int]) -> int:
     return sum(counts[k] for k in ("create", "update", "delete", "replace"))
 
@@ -143,6 +148,7 @@ def test_apply_sequence_against_moto(
     apply_terraform("plan-b", settings, execute=True, peering=False)
     changed = _counts(settings, "plan-b")
     figures["changed plan (plan-b)"] = changed["total"]
+    assert _updated(settings, "plan-b") == ['regions/us-east-1:aws_autoscaling_group.line["c5.xlarge/spot"]']  # 4 → 6
     # Only the diff changes: no tag carries the plan id, so eu-west-1 is untouched.
     assert _changes(changed["regions/eu-west-1"]) == 0
     assert changed["regions/us-east-1"]["create"] == 3  # c5.large/on_demand: template, group, schedule
@@ -153,6 +159,7 @@ def test_apply_sequence_against_moto(
 
     apply_terraform("plan-d", settings, execute=True, peering=False)
     removed = figures["region removed (plan-d)"] = _counts(settings, "plan-d")["total"]
+    updated_d = _updated(settings, "plan-d")
     assert _counts(settings, "plan-d")["regions/eu-west-1"]["delete"] == 7
     assert _group_sizes(s3_bucket, "eu-west-1") == {}
     assert applied_plan_id(settings) == "plan-d"
@@ -160,4 +167,5 @@ def test_apply_sequence_against_moto(
         for step, counts in figures.items():
             print(f"\n[terraform] {step}: created {counts['create']}, changed {counts['update']}, "
                   f"replaced {counts['replace']}, destroyed {counts['delete']}")
+        print(f"[terraform] updated by plan-d: {updated_d}")
     assert removed["create"] == 0

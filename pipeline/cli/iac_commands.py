@@ -175,8 +175,9 @@ def _print_result(result: Any) -> None:
     if result.engine == "terraform":
         counts = result.terraform_plan.get("counts", {})
         console.print(styled("terraform plan: " + ", ".join(f"{k} {v}" for k, v in counts.items())))
-        for change in result.terraform_plan.get("changes", [])[:50]:
-            console.print(styled(f"  {change['action']:>8} {change['address']}"))
+        for root, summary in result.terraform_plan.get("roots", {}).items():
+            for change in summary.get("changes", [])[:50]:
+                console.print(styled(f"  {change['action']:>8} {root}: {change['address']}"))
         return
     table = Table(title=safe(f"{'preview' if result.dry_run else 'applied'}: plan {result.plan_id}"), title_justify="left")
     for col in ("region", "stack", "action", "add", "modify", "remove", "status"):
