@@ -301,7 +301,10 @@ def test_hourly_dag_runs_end_to_end_with_airflow_dags_test(seeded_copy: Path, tm
     plan, manifest = read_plan(settings, plan_id)
     assert manifest["status"] == "published" and len(plan) > 0
     assert Path(manifest["artifacts"]["report"]).exists()
-    assert (Path(manifest["artifacts"]["terraform"]) / "main.tf").exists()
+    assert (Path(manifest["artifacts"]["terraform"]) / "plan.json").exists()
+    # After publish: the gate decided and the apply ran as a dry run (the default), asking nobody.
+    provisioning = manifest["provisioning"]
+    assert provisioning["outcome"] == "dry_run" and provisioning["mode"] == "dry-run", provisioning
     # The forecast ran fanned out: four mapped shards (60 + 24 fresh series, 25 a shard) and the reduce step.
     assert all(f"task_id=forecast_shard map_index={i}" in log for i in range(4)), "mapped shard tasks ran"
     forecast_work = Path(settings.lake_root) / "forecasts" / "run=hourly-20260129T0000Z" / "_work" / "shards.json"
