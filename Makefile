@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools demo test test-distributed lint bench clean lock
+.PHONY: install tools demo test test-terraform test-distributed lint bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ tools: $(TOOLS_STAMP)  ## checkov (pinned in requirements-tools.txt) in its own 
 demo: install  ## run the whole pipeline on data_samples/ through Airflow, then send requests through the IRC
 	bash scripts/demo.sh
 
-test: install tools  ## run the test suite
-	$(PY) -m pytest -q
+test: install tools  ## run the test suite (without the terraform apply sequence: make test-terraform)
+	$(PY) -m pytest -q -m "not terraform_apply"
+
+test-terraform: install  ## the real terraform plan/apply sequence against the moto server (~10 min; skips without terraform)
+	$(PY) -m pytest -q -m terraform_apply -s tests/test_iac_terraform_apply.py
 
 LINT_PATHS := pipeline dags plugins bench tests scripts
 

@@ -1,7 +1,13 @@
-"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → τ feedback → plan → Terraform + report → publish → monitor.
+"""Hourly peerscale run: ingest the last hour → features → forecast 48 h → τ feedback → plan → Terraform + report → publish → monitor,
+and after publish: policy gate → (outside the gate) a person approves or rejects → apply.
 
 Wiring only: every task calls one stage in `pipeline.run` with the run's data interval and
 passes lake paths (never data) through XCom. Heavy imports live inside the tasks.
+
+Provisioning (pipeline.iac.provision): `gate` diffs the plan against the applied one and runs the
+policy gate; `route` sends a change within the gate straight to `apply`, any other to `approval`,
+a human-in-the-loop task showing the plan diff (Reject after PEERSCALE_APPROVAL_HOURS, default 4).
+`apply` records the outcome; it is a dry run unless PEERSCALE_APPLY=execute.
 
 The forecast fans out (pipeline.forecast.shards): `forecast_split` splits the series into shards,
 `forecast_shard` is mapped over them while `forecast_fit_global` fits the global model once, and
@@ -11,9 +17,11 @@ the plan in the solver pool; failures and a late run are recorded as alerts (pee
 
 from __future__ import annotations
 
+import os
 from datetime import timedelta
 
 import pendulum
+from airflow.providers.standard.operators.hitl import HITLOperator
 from airflow.sdk import dag, task
 from airflow.timetables.interval import CronDataIntervalTimetable
 from peerscale_assets import PLAN_ASSET, RAW_ASSETS, SOURCE_DATASETS
@@ -133,6 +141,38 @@ def peerscale_hourly():
 
         return stage_monitor(_interval(data_interval_start, data_interval_end), Settings.from_env())
 
+    @task
+    def gate(planned: dict, pointer: str) -> dict:
+        from pipeline.common.config import Settings
+        from pipeline.iac.provision import gate_plan
+
+        return gate_plan(planned["plan_id"], Settings.from_env())
+
+    @task.branch
+    def route(decision: dict) -> str:
+        return "approval" if decision["needs_approval"] else "apply"
+
+    approval = HITLOperator(
+        task_id="approval",
+        subject="{{ ti.xcom_pull(task_ids='gate')['subject'] }}",
+        body="{{ ti.xcom_pull(task_ids='gate')['text'] }}",
+        options=["Approve", "Reject"],
+        defaults=["Reject"],
+        response_timeout=timedelta(hours=float(os.environ.get("PEERSCALE_APPROVAL_HOURS", "4"))),
+        retries=0,
+    )
+
+    @task(trigger_rule="none_failed_min_one_success", retries=0)
+    def apply(decision: dict, ti=None) -> dict:
+        from pipeline.common.config import Settings
+        from pipeline.iac.provision import provision
+
+        answer = None if decision["passed"] else ti.xcom_pull(task_ids="approval")
+        chosen = (answer or {}).get("chosen_options") or [None]
+        responder = (answer or {}).get("responded_by_user")
+        return provision(decision["plan_id"], Settings.from_env(), decision, approval=chosen[0],
+                         responder=str(responder) if responder else None)
+
     ingested = [
         ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
     ]
@@ -140,7 +180,12 @@ def peerscale_hourly():
     forecast_run = forecast()
     [forecast_fit_global(shards), forecast_shard.expand(shard=shards)] >> forecast_run
     planned = plan(forecast_run, feedback())
-    monitor(publish(planned, render_iac(planned), report(planned)))
+    pointer = publish(planned, render_iac(planned), report(planned))
+    monitor(pointer)
+    decision = gate(planned, pointer)
+    applied = apply(decision)
+    route(decision) >> [approval, applied]
+    approval >> applied
 
 
 peerscale_hourly()

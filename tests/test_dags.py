@@ -47,7 +47,9 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     ingest_ids = {f"ingest_{name}" for name in ("peering_requests", "region_telemetry", "app_telemetry", "calendar",
                                                   "resource_pools", "instance_catalog")}
     forecast_ids = {"forecast_split", "forecast_fit_global", "forecast_shard", "forecast"}
-    assert set(tasks) == ingest_ids | forecast_ids | {"features", "feedback", "plan", "render_iac", "report", "publish", "monitor"}
+    provisioning = {"gate", "route", "approval", "apply"}
+    assert set(tasks) == ingest_ids | forecast_ids | provisioning | {
+        "features", "feedback", "plan", "render_iac", "report", "publish", "monitor"}
     assert tasks["features"].upstream_task_ids == ingest_ids
     assert tasks["forecast_split"].upstream_task_ids == {"features"}
     assert tasks["forecast_fit_global"].upstream_task_ids == {"forecast_split"}
@@ -56,7 +58,15 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     assert tasks["plan"].upstream_task_ids == {"forecast", "feedback"}
     assert tasks["publish"].upstream_task_ids == {"plan", "render_iac", "report"}
     assert tasks["monitor"].upstream_task_ids == {"publish"}
-    assert all(t.retries >= 1 for t in dag.tasks)
+    # After publish: the gate, then straight to apply or through a person's approval.
+    assert tasks["gate"].upstream_task_ids == {"plan", "publish"}
+    assert tasks["route"].upstream_task_ids == {"gate"}
+    assert tasks["approval"].upstream_task_ids == {"route"}
+    assert tasks["apply"].upstream_task_ids == {"gate", "route", "approval"}
+    assert tasks["apply"].trigger_rule == "none_failed_min_one_success"
+    assert type(tasks["approval"]).__name__ == "HITLOperator" and tasks["approval"].options == ["Approve", "Reject"]
+    assert tasks["approval"].defaults == ["Reject"]  # no answer in time: nothing is applied
+    assert all(t.retries >= 1 for t in dag.tasks if t.task_id not in ("approval", "apply"))
 
 
 def test_assets_wire_ingest_publish_and_the_audit(dagbag) -> None:
@@ -291,7 +301,10 @@ def test_hourly_dag_runs_end_to_end_with_airflow_dags_test(seeded_copy: Path, tm
     plan, manifest = read_plan(settings, plan_id)
     assert manifest["status"] == "published" and len(plan) > 0
     assert Path(manifest["artifacts"]["report"]).exists()
-    assert (Path(manifest["artifacts"]["terraform"]) / "main.tf").exists()
+    assert (Path(manifest["artifacts"]["terraform"]) / "plan.json").exists()
+    # After publish: the gate decided and the apply ran as a dry run (the default), asking nobody.
+    provisioning = manifest["provisioning"]
+    assert provisioning["outcome"] == "dry_run" and provisioning["mode"] == "dry-run", provisioning
     # The forecast ran fanned out: four mapped shards (60 + 24 fresh series, 25 a shard) and the reduce step.
     assert all(f"task_id=forecast_shard map_index={i}" in log for i in range(4)), "mapped shard tasks ran"
     forecast_work = Path(settings.lake_root) / "forecasts" / "run=hourly-20260129T0000Z" / "_work" / "shards.json"

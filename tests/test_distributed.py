@@ -272,7 +272,7 @@ def test_hourly_dag_runs_on_two_celery_workers(seeded_copy: Path, tmp_path: Path
         assert manifest["status"] == "published" and len(plan) > 0
         assert manifest["data_interval"] == {"start": f"{RUN_START}:00+00:00", "end": f"{RUN_END}:00+00:00"}
         assert Path(manifest["artifacts"]["report"]).exists()
-        assert (Path(manifest["artifacts"]["terraform"]) / "main.tf").exists()
+        assert (Path(manifest["artifacts"]["terraform"]) / "plan.json").exists()
         print(f"\ntasks per worker: { {w: sorted(t for t, h in hosts.items() if h == w) for w in cluster.worker_names} }")
     except BaseException:
         print(cluster.log_tails(60))

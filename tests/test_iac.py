@@ -1,29 +1,23 @@
-"""Terraform rendering from a plan: structure, determinism, injection safety, golden files.
+"""Terraform rendering from a plan: the fixed modules plus plan.auto.tfvars.json per root.
 
-Golden files live in tests/golden/terraform/. After an intended template change, regenerate them
-with ``PEERSCALE_UPDATE_GOLDEN=1 .venv/bin/python -m pytest tests/test_iac.py -k golden`` and
-review the diff before committing.
+Structure, determinism, validation of plan values. The real ``terraform fmt``/``validate``/
+``plan``/``apply`` runs are in tests/test_iac_terraform_apply.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
+import json
 from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-import hcl2
 import pandas as pd
 import pyarrow as pa
 import pytest
 
 from pipeline.common.schemas import PLAN
-from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_terraform, safety
-from pipeline.iac.terraform import TEMPLATES_ENV_VAR, default_templates_dir, resource_name
-
-GOLDEN_DIR = Path(__file__).parent / "golden" / "terraform"
-UPDATE_GOLDEN_ENV = "PEERSCALE_UPDATE_GOLDEN"
+from pipeline.iac import UnsafePlanValue, UnsafeRenderedOutput, render_terraform
+from pipeline.iac.terraform import MODULES_ENV_VAR, default_modules_dir
 
 PLAN_ID = "plan-20250301T00-7f3a9c"
 W0 = pd.Timestamp("2025-03-01T00:00:00Z")
@@ -109,244 +103,89 @@ def manifest() -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------------
-# helpers
+# structure
 # --------------------------------------------------------------------------------------------
-
-
-def _unquote(value: str) -> str:
-    return value[1:-1] if len(value) >= 2 and value[0] == value[-1] == '"' else value
-
-
-def _norm(obj: Any) -> Any:
-    """python-hcl2 output without its version-specific quoting and block markers."""
-    if isinstance(obj, dict):
-        return {_unquote(k): _norm(v) for k, v in obj.items() if not k.startswith("__")}
-    if isinstance(obj, list):
-        return [_norm(v) for v in obj]
-    if isinstance(obj, str):
-        return _unquote(obj)
-    return obj
-
-
-def _parse_dir(out_dir: Path) -> dict[str, dict[str, Any]]:
-    """Parse every rendered .tf file; a syntax error fails the test here."""
-    parsed = {}
-    for path in sorted(out_dir.glob("*.tf")):
-        parsed[path.name] = _norm(hcl2.loads(path.read_text(encoding="utf-8")))
-    return parsed
-
-
-def _resources(parsed: dict[str, dict[str, Any]], kind: str) -> dict[str, dict[str, Any]]:
-    found: dict[str, dict[str, Any]] = {}
-    for document in parsed.values():
-        for entry in document.get("resource", []):
-            for name, body in entry.get(kind, {}).items():
-                found[name] = body
-    return found
-
-
-def _asg_tags(body: dict[str, Any]) -> dict[str, str]:
-    return {tag["key"]: tag["value"] for tag in body["tag"]}
 
 
 def _render(plan: Any, manifest: dict[str, Any], out_dir: Path, **kwargs: Any) -> list[Path]:
     return render_terraform(plan, manifest, out_dir, **kwargs)
 
 
-# --------------------------------------------------------------------------------------------
-# structure
-# --------------------------------------------------------------------------------------------
+def _tfvars(out_dir: Path, root: str) -> dict[str, Any]:
+    return json.loads((out_dir / root / "plan.auto.tfvars.json").read_text())
 
 
-def test_renders_expected_files(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
-    out_dir = tmp_path / "build" / "iac" / PLAN_ID / "terraform"
-    written = _render(plan_df, manifest, out_dir)
-    names = [p.name for p in written]
-    assert names == sorted(names)
-    assert set(names) == {
-        "main.tf",
-        "network.tf",
-        "outputs.tf",
-        "providers.tf",
-        "terraform.tfvars.json",
-        "variables.tf",
-        "versions.tf",
+def test_roots_are_copies_of_the_fixed_modules(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    written = _render(plan_df, manifest, tmp_path / "tf")
+    names = sorted(str(p.relative_to(tmp_path / "tf")) for p in written)
+    assert "plan.json" in names
+    assert sorted({n.rsplit("/", 1)[0] for n in names if "/" in n}) == [
+        "peering/eu_west_1__us_east_1", "regions/eu-west-1", "regions/us-east-1"]
+    modules = default_modules_dir()
+    for path in written:
+        if path.suffix == ".tf":
+            module = modules / ("region" if "/regions/" in str(path) else "peering")
+            assert path.read_bytes() == (module / path.name).read_bytes()
+    # No plan value in any HCL file: the plan id and line ids live in the tfvars only.
+    hcl = "".join(p.read_text() for p in written if p.suffix == ".tf")
+    assert PLAN_ID not in hcl and "r5.large" not in hcl and "eu-west-1" not in hcl
+
+
+def test_region_tfvars_carry_the_first_window_lines(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    _render(plan_df, manifest, tmp_path / "tf")
+    us = _tfvars(tmp_path / "tf", "regions/us-east-1")
+    assert us["plan_id"] == PLAN_ID and us["region"] == "us-east-1" and us["transit_gateway"] is True
+    assert us["window"] == {"valid_from": "2025-03-01T00:00:00Z", "valid_to": "2025-03-01T01:00:00Z"}
+    assert set(us["lines"]) == {"m5.large/on_demand", "c5.xlarge/spot"}
+    on_demand = us["lines"]["m5.large/on_demand"]
+    assert on_demand == {
+        "line_id": "us-east-1/2025-03-01T00/m5.large/on_demand", "line_key": "us-east-1/m5.large/on_demand",
+        "instance_type": "m5.large", "purchase_option": "on_demand", "count": 3, "warm_pool": 1, "max_size": 4,
+        "storage_gib": 4, "availability_zones": ["us-east-1a"], "zone_counts": {"us-east-1a": 3},
     }
-    assert sorted(p.name for p in out_dir.iterdir()) == names
-    # No staging or retired directories left next to the output.
-    assert [p.name for p in out_dir.parent.iterdir()] == ["terraform"]
-
-
-def test_every_tf_file_parses_and_declares_providers(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    _render(plan_df, manifest, tmp_path / "tf")
-    parsed = _parse_dir(tmp_path / "tf")
-    assert set(parsed) == {"main.tf", "network.tf", "outputs.tf", "providers.tf", "variables.tf", "versions.tf"}
-
-    providers = [block["aws"] for block in parsed["providers.tf"]["provider"]]
-    assert sorted(p["alias"] for p in providers) == ["eu_west_1", "us_east_1"]
-    for provider in providers:
-        assert provider["alias"] == provider["region"].replace("-", "_")
-        tags = provider["default_tags"][0]["tags"]
-        assert tags["plan_id"] == PLAN_ID
-        assert tags["peerscale"] == "true"
-        assert not {"access_key", "secret_key", "token", "profile"} & set(provider)
-
-    aws = parsed["versions.tf"]["terraform"][0]["required_providers"][0]["aws"]
-    assert aws["source"] == "hashicorp/aws"
-
-
-def test_capacity_reservations_for_on_demand_lines(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    _render(plan_df, manifest, tmp_path / "tf")
-    reservations = _resources(_parse_dir(tmp_path / "tf"), "aws_ec2_capacity_reservation")
-    by_line = {body["tags"]["line_id"]: (name, body) for name, body in reservations.items()}
-    assert set(by_line) == set(FIRST_WINDOW_ON_DEMAND)
-    for line_id, (region, instance_type, count) in FIRST_WINDOW_ON_DEMAND.items():
-        name, body = by_line[line_id]
-        assert re.fullmatch(r"[a-z0-9_]+", name)
-        assert body["provider"] == f"${{aws.{region.replace('-', '_')}}}"
-        assert body["instance_type"] == instance_type
-        assert body["instance_platform"] == "Linux/UNIX"
-        assert body["instance_count"] == count
-        assert body["end_date_type"] == "limited"
-        assert body["end_date"] == "2025-03-01T01:00:00Z"  # end of the first window
-        assert "var.availability_zones" in body["availability_zone"]
-        assert f"{region}a" in body["availability_zone"]
-        assert body["tags"]["plan_id"] == PLAN_ID
-        assert body["tags"]["peerscale"] == "true"
-
-
-def test_spot_lines_become_spot_only_autoscaling_groups(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    _render(plan_df, manifest, tmp_path / "tf")
-    parsed = _parse_dir(tmp_path / "tf")
-    groups = _resources(parsed, "aws_autoscaling_group")
-    templates = _resources(parsed, "aws_launch_template")
-    schedules = _resources(parsed, "aws_autoscaling_schedule")
-    by_line = {
-        _asg_tags(body)["line_id"]: (name, body)
-        for name, body in groups.items()
-        if _asg_tags(body)["purchase_option"] == "spot"
-    }
-    assert set(by_line) == set(FIRST_WINDOW_SPOT)
-    for line_id, (region, instance_type, count) in FIRST_WINDOW_SPOT.items():
-        name, body = by_line[line_id]
-        alias = region.replace("-", "_")
-        assert body["provider"] == f"${{aws.{alias}}}"
-        assert body["desired_capacity"] == count
-        assert body["max_size"] == count
-        assert body["min_size"] == 0
-        assert "warm_pool" not in body  # AWS refuses warm pools on mixed-instances (spot) groups
-        assert f'var.subnet_ids, "{region}"' in body["vpc_zone_identifier"]
-        tags = _asg_tags(body)
-        assert tags["plan_id"] == PLAN_ID
-        assert all(tag["propagate_at_launch"] is True for tag in body["tag"])
-
-        policy = body["mixed_instances_policy"][0]
-        distribution = policy["instances_distribution"][0]
-        assert distribution["on_demand_base_capacity"] == 0
-        assert distribution["on_demand_percentage_above_base_capacity"] == 0
-        assert distribution["spot_allocation_strategy"] == "price-capacity-optimized"
-        launch = policy["launch_template"][0]
-        assert launch["override"][0]["instance_type"] == instance_type
-        spec = launch["launch_template_specification"][0]
-        assert spec["launch_template_id"] == f"${{aws_launch_template.{name}.id}}"
-
-        template = templates[name]
-        assert template["provider"] == f"${{aws.{alias}}}"
-        assert template["instance_type"] == instance_type
-        assert template["tags"]["plan_id"] == PLAN_ID
-        assert template["metadata_options"][0]["http_tokens"] == "required"
-        kinds = {spec["resource_type"] for spec in template["tag_specifications"]}
-        assert kinds == {"instance", "volume"}
-        volume = template["block_device_mappings"][0]["ebs"][0]
-        assert (volume["volume_size"], volume["volume_type"], volume["encrypted"]) == (4, "gp3", True)
-        assert "capacity_reservation_specification" not in template
-
-        schedule = schedules[f"{name}_window_end"]
-        assert schedule["desired_capacity"] == 0
-        assert schedule["start_time"] == "2025-03-01T01:00:00Z"
-
-
-def test_on_demand_lines_run_in_their_reservation_with_a_warm_pool(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    _render(plan_df, manifest, tmp_path / "tf")
-    parsed = _parse_dir(tmp_path / "tf")
-    groups = _resources(parsed, "aws_autoscaling_group")
-    templates = _resources(parsed, "aws_launch_template")
-    reservations = _resources(parsed, "aws_ec2_capacity_reservation")
-    on_demand = {
-        _asg_tags(body)["line_id"]: (name, body)
-        for name, body in groups.items()
-        if _asg_tags(body)["purchase_option"] == "on_demand"
-    }
-    assert set(on_demand) == set(FIRST_WINDOW_ON_DEMAND)
-    for line_id, (region, instance_type, count) in FIRST_WINDOW_ON_DEMAND.items():
-        name, body = on_demand[line_id]
-        assert name in reservations  # same stable name as its capacity reservation
-        assert body["desired_capacity"] == count
-        warm = body["warm_pool"][0]
-        assert warm["min_size"] == max(1, -(-count // 5))  # ceil(count x 0.2)
-        assert body["max_size"] == count + warm["min_size"] == warm["max_group_prepared_capacity"]
-        assert warm["pool_state"] == "${var.warm_pool_state}"
-        assert "mixed_instances_policy" not in body
-        assert body["launch_template"][0]["id"] == f"${{aws_launch_template.{name}.id}}"
-        template = templates[name]
-        assert template["instance_type"] == instance_type
-        assert template["capacity_reservation_specification"][0]["capacity_reservation_preference"] == "open"
-        assert _asg_tags(body)["plan_id"] == PLAN_ID
-        assert _asg_tags(body)["line_key"] == f"{region}/{instance_type}/on_demand"
-
-
-def test_resource_names_are_stable_across_plans(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
-    """The next hour's plan updates the same resources: names do not carry the window or plan."""
-    _render(plan_df, manifest, tmp_path / "a")
-    later = plan_df.copy()
-    later["valid_from"] = later["valid_from"] + pd.Timedelta(hours=1)
-    later["valid_to"] = later["valid_to"] + pd.Timedelta(hours=1)
-    later["plan_id"] = "plan-next"
-    later["line_id"] = later["line_id"].str.replace("T00/", "T01/").str.replace("T01/", "T02/", regex=False)
-    _render(later, {**manifest, "plan_id": "plan-next"}, tmp_path / "b")
-    for kind in ("aws_autoscaling_group", "aws_launch_template", "aws_ec2_capacity_reservation"):
-        assert set(_resources(_parse_dir(tmp_path / "a"), kind)) == set(_resources(_parse_dir(tmp_path / "b"), kind))
-
-
-def test_peering_between_planned_region_pairs(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
-    _render(plan_df, manifest, tmp_path / "tf")
-    parsed = _parse_dir(tmp_path / "tf")
-    gateways = _resources(parsed, "aws_ec2_transit_gateway")
-    assert set(gateways) == {"tgw_eu_west_1", "tgw_us_east_1"}
-    assert all(g["tags"]["plan_id"] == PLAN_ID for g in gateways.values())
-    attachments = _resources(parsed, "aws_ec2_transit_gateway_peering_attachment")
-    accepters = _resources(parsed, "aws_ec2_transit_gateway_peering_attachment_accepter")
-    assert set(attachments) == set(accepters) == {"peer_eu_west_1__us_east_1"}
-    attachment = attachments["peer_eu_west_1__us_east_1"]
-    assert attachment["provider"] == "${aws.eu_west_1}"  # the alphabetically first region requests
-    assert attachment["peer_region"] == "us-east-1"
-    assert attachment["peer_transit_gateway_id"] == "${aws_ec2_transit_gateway.tgw_us_east_1.id}"
-    assert attachment["tags"]["plan_id"] == PLAN_ID
-    assert accepters["peer_eu_west_1__us_east_1"]["provider"] == "${aws.us_east_1}"
-    assert "# Planned pairs: all plan regions." in (tmp_path / "tf" / "network.tf").read_text()
+    assert us["lines"]["c5.xlarge/spot"]["warm_pool"] == 0
+    eu = _tfvars(tmp_path / "tf", "regions/eu-west-1")
+    assert {k: v["count"] for k, v in eu["lines"].items()} == {"r5.large/on_demand": 2, "m5.large/spot": 5}
+    pair = _tfvars(tmp_path / "tf", "peering/eu_west_1__us_east_1")
+    assert pair == {"plan_id": PLAN_ID, "requester_region": "eu-west-1", "accepter_region": "us-east-1",
+                    "expected_requests": None}
 
 
 def test_only_forecast_pairs_are_peered(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
     """Pairs come from the caller (the pair forecast); pairs naming a region without lines are dropped."""
     _render(plan_df, manifest, tmp_path / "none", peering=[], peering_source="pair forecast f1")
-    parsed = _parse_dir(tmp_path / "none")
-    assert not _resources(parsed, "aws_ec2_transit_gateway")
-    assert not _resources(parsed, "aws_ec2_transit_gateway_peering_attachment")
-    assert "pair forecast f1" in (tmp_path / "none" / "network.tf").read_text()
+    assert not (tmp_path / "none" / "peering").exists()
+    assert _tfvars(tmp_path / "none", "regions/us-east-1")["transit_gateway"] is False
+    assert "pair forecast f1" in (tmp_path / "none" / "plan.json").read_text()
     _render(plan_df, manifest, tmp_path / "some", peering=[("us-east-1", "eu-west-1", 12.5), ("us-east-1", "ap-south-1", 9.0)])
-    attachments = _resources(_parse_dir(tmp_path / "some"), "aws_ec2_transit_gateway_peering_attachment")
-    assert set(attachments) == {"peer_eu_west_1__us_east_1"}
-    assert "12.5 requests expected" in (tmp_path / "some" / "network.tf").read_text()
+    assert [p.name for p in (tmp_path / "some" / "peering").iterdir()] == ["eu_west_1__us_east_1"]
+    assert _tfvars(tmp_path / "some", "peering/eu_west_1__us_east_1")["expected_requests"] == 12.5
     with pytest.raises(UnsafePlanValue, match="peering region"):
         _render(plan_df, manifest, tmp_path / "bad", peering=[("us-east-1", 'eu-west-1"', None)])
+
+
+def test_lines_spread_over_availability_zones(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    from pipeline.iac.model import build_model, zone_split
+    from pipeline.iac.terraform import render_terraform_model
+
+    assert zone_split("us-east-1", 5, 2) == (("us-east-1a", 3), ("us-east-1b", 2))
+    assert zone_split("us-east-1", 1, 3) == (("us-east-1a", 1),)  # never a zone without an instance
+    with pytest.raises(ValueError, match="at least 1"):
+        zone_split("us-east-1", 3, 0)
+    render_terraform_model(build_model(plan_df, manifest, zones_per_region=2), tmp_path / "tf")
+    line = _tfvars(tmp_path / "tf", "regions/us-east-1")["lines"]["c5.xlarge/spot"]
+    assert line["availability_zones"] == ["us-east-1a", "us-east-1b"]
+    assert line["zone_counts"] == {"us-east-1a": 2, "us-east-1b": 2}
+    assert line["max_size"] == 4 + 2  # N+1 across zones: either zone's 2 can be relaunched in the other
+
+
+def test_empty_regions_get_a_root_without_lines(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    from pipeline.iac.model import build_model
+    from pipeline.iac.terraform import render_terraform_model
+
+    render_terraform_model(build_model(plan_df, manifest), tmp_path / "tf", empty_regions=["ap-south-1"])
+    gone = _tfvars(tmp_path / "tf", "regions/ap-south-1")
+    assert gone["lines"] == {} and gone["transit_gateway"] is False
 
 
 def test_pairs_from_forecast() -> None:
@@ -375,66 +214,23 @@ def test_only_first_window_is_rendered(
     plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
 ) -> None:
     _render(plan_df, manifest, tmp_path / "tf")
-    text = "".join(p.read_text() for p in sorted((tmp_path / "tf").iterdir()))
+    text = "".join(p.read_text() for p in sorted((tmp_path / "tf").rglob("*.json")))
     assert "2025-03-01T01" in text  # first window's end
     assert "T02:00:00Z" not in text  # second window's end
     assert "c5.2xlarge" not in text
     assert "/2025-03-01T01/" not in text  # second-window line ids
-    parsed = _parse_dir(tmp_path / "tf")
-    reservations = _resources(parsed, "aws_ec2_capacity_reservation").values()
-    counts = [body["instance_count"] for body in reservations]
-    assert 7 not in counts
-
-
-def test_variables_and_tfvars_cover_every_region(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    import json
-
-    _render(plan_df, manifest, tmp_path / "tf")
-    variables = {
-        name: body
-        for entry in _parse_dir(tmp_path / "tf")["variables.tf"]["variable"]
-        for name, body in entry.items()
-    }
-    assert {"availability_zones", "subnet_ids", "image_ids", "ami_ssm_parameter"} <= set(variables)
-    assert variables["availability_zones"]["default"] == {
-        "eu-west-1": "eu-west-1a",
-        "us-east-1": "us-east-1a",
-    }
-    tfvars = json.loads((tmp_path / "tf" / "terraform.tfvars.json").read_text())
-    assert set(tfvars) <= set(variables)  # terraform warns on undeclared tfvars
-    assert tfvars["availability_zones"] == {"eu-west-1": "eu-west-1a", "us-east-1": "us-east-1a"}
-    assert tfvars["subnet_ids"] == {"eu-west-1": [], "us-east-1": []}
+    assert _tfvars(tmp_path / "tf", "regions/us-east-1")["lines"]["m5.large/on_demand"]["count"] == 3  # not 7
 
 
 def test_zero_count_lines_are_skipped_and_noted(manifest: dict, tmp_path: Path) -> None:
-    rows = _line_rows(W0, W1, "us-east-1", "m5.large", "on_demand", 0)
-    rows += _line_rows(W0, W1, "us-east-1", "c5.large", "on_demand", 1)
+    rows = sample_rows() + _line_rows(W0, W1, "us-east-1", "t3.micro", "spot", 0)
     _render(pd.DataFrame(rows), manifest, tmp_path / "tf")
-    reservations = _resources(_parse_dir(tmp_path / "tf"), "aws_ec2_capacity_reservation")
-    assert [b["instance_type"] for b in reservations.values()] == ["c5.large"]
-    assert "# Skipped (count 0): us-east-1/2025-03-01T00/m5.large/on_demand" in (
-        tmp_path / "tf" / "main.tf"
-    ).read_text()
-
-
-def test_resource_names_are_safe_and_distinct() -> None:
-    line_ids = ("us-east-1/m5.large", "us-east-1/m5-large", "US-EAST-1/M5.LARGE")
-    names = {resource_name(line_id) for line_id in line_ids}
-    assert len(names) == 3
-    for name in names | {resource_name("€€€"), resource_name("9/x")}:
-        assert re.fullmatch(r"[a-z_][a-z0-9_]*", name)
-    assert resource_name("us-east-1/m5.large") == resource_name("us-east-1/m5.large")
-
-
-# --------------------------------------------------------------------------------------------
-# determinism and atomic replacement
-# --------------------------------------------------------------------------------------------
+    assert "t3.micro/spot" not in _tfvars(tmp_path / "tf", "regions/us-east-1")["lines"]
+    assert "us-east-1/2025-03-01T00/t3.micro/spot" in json.loads((tmp_path / "tf" / "plan.json").read_text())["skipped_line_ids"]
 
 
 def _tree_bytes(directory: Path) -> dict[str, bytes]:
-    return {p.name: p.read_bytes() for p in sorted(directory.iterdir())}
+    return {str(p.relative_to(directory)): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def test_rendering_is_deterministic(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
@@ -462,7 +258,7 @@ def test_rerender_replaces_the_output_directory(
 
 
 # --------------------------------------------------------------------------------------------
-# safety
+# validation of plan values
 # --------------------------------------------------------------------------------------------
 
 
@@ -562,87 +358,33 @@ def test_malformed_plans_get_clear_errors(manifest: dict, tmp_path: Path) -> Non
     assert list(tmp_path.iterdir()) == []
 
 
-def test_template_filters_refuse_unsafe_text() -> None:
-    for value in ('a"b', "a\\b", "a${b}", "a%{b}", "a\nb", "", None, 3):
-        with pytest.raises(UnsafePlanValue):
-            safety.hcl_string(value)
-    for value in ("Bad", "a-b", "1a", ""):
-        with pytest.raises(UnsafePlanValue):
-            safety.hcl_identifier(value)
-    for value in (-1, 1.0, True, "3"):
-        with pytest.raises(UnsafePlanValue):
-            safety.hcl_number(value)
-    assert safety.hcl_string("us-east-1/m5.large") == '"us-east-1/m5.large"'
 
 
-def _copy_templates(dst: Path) -> Path:
-    src = default_templates_dir()
-    dst.mkdir(parents=True)
-    for path in src.iterdir():
-        if path.is_file():
-            (dst / path.name).write_bytes(path.read_bytes())
+def _copy_modules(dst: Path) -> Path:
+    for name in ("region", "peering"):
+        (dst / name).mkdir(parents=True)
+        for path in (default_modules_dir() / name).glob("*.tf"):
+            (dst / name / path.name).write_bytes(path.read_bytes())
     return dst
 
 
-def test_credentials_in_templates_are_refused(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    templates = _copy_templates(tmp_path / "templates")
-    (templates / "leak.tf").write_text(
-        'provider "aws" {\n  access_key = "AKIAABCDEFGHIJKLMNOP"\n}\n'
-    )
+def test_credentials_in_modules_are_refused(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
+    modules = _copy_modules(tmp_path / "modules")
+    (modules / "region" / "leak.tf").write_text('provider "aws" {\n  access_key = "AKIAABCDEFGHIJKLMNOP"\n}\n')
     with pytest.raises(UnsafeRenderedOutput, match="environment"):
-        _render(plan_df, manifest, tmp_path / "out" / "tf", templates_dir=templates)
+        _render(plan_df, manifest, tmp_path / "out" / "tf", modules_dir=modules)
     assert not (tmp_path / "out" / "tf").exists()
 
 
-def test_templates_dir_env_override(
+def test_modules_dir_env_override_and_missing_module(
     plan_df: pd.DataFrame, manifest: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    (templates / "only.tf.j2").write_text("# {{ plan_id | text }} {{ regions | length }}\n")
-    monkeypatch.setenv(TEMPLATES_ENV_VAR, str(templates))
-    written = _render(plan_df, manifest, tmp_path / "tf")
-    assert [p.name for p in written] == ["only.tf", "terraform.tfvars.json"]
-    assert (tmp_path / "tf" / "only.tf").read_text() == f"# {PLAN_ID} 2\n"
-
-
-def test_templates_use_strict_undefined(
-    plan_df: pd.DataFrame, manifest: dict, tmp_path: Path
-) -> None:
-    templates = tmp_path / "templates"
-    templates.mkdir()
-    (templates / "main.tf.j2").write_text("# {{ no_such_value }}\n")
-    with pytest.raises(Exception, match="no_such_value"):
-        _render(plan_df, manifest, tmp_path / "tf", templates_dir=templates)
-    assert not (tmp_path / "tf").exists()
-
-
-# --------------------------------------------------------------------------------------------
-# golden files
-# --------------------------------------------------------------------------------------------
-
-
-def test_golden_files(plan_df: pd.DataFrame, manifest: dict, tmp_path: Path) -> None:
-    """Rendered bytes equal tests/golden/terraform/ exactly (see the module docstring to update)."""
-    out_dir = tmp_path / "tf"
-    _render(plan_df, manifest, out_dir)
-    rendered = _tree_bytes(out_dir)
-    if os.environ.get(UPDATE_GOLDEN_ENV) == "1":
-        GOLDEN_DIR.mkdir(parents=True, exist_ok=True)
-        for stale in GOLDEN_DIR.iterdir():
-            if stale.name not in rendered:
-                stale.unlink()
-        for name, data in rendered.items():
-            (GOLDEN_DIR / name).write_bytes(data)
-    how = (
-        f"rendered Terraform differs from {GOLDEN_DIR}; if the change is intended, run "
-        f"`{UPDATE_GOLDEN_ENV}=1 .venv/bin/python -m pytest tests/test_iac.py -k golden` "
-        "and review the diff"
-    )
-    assert GOLDEN_DIR.is_dir(), how
-    golden = _tree_bytes(GOLDEN_DIR)
-    assert sorted(rendered) == sorted(golden), how
-    for name in rendered:
-        assert rendered[name] == golden[name], f"{name}: {how}"
+    modules = _copy_modules(tmp_path / "modules")
+    (modules / "region" / "extra.tf").write_text("# site addition\n")
+    monkeypatch.setenv(MODULES_ENV_VAR, str(modules))
+    _render(plan_df, manifest, tmp_path / "tf")
+    assert (tmp_path / "tf" / "regions" / "us-east-1" / "extra.tf").read_text() == "# site addition\n"
+    (modules / "peering").rename(tmp_path / "elsewhere")
+    with pytest.raises(FileNotFoundError, match="peering"):
+        _render(plan_df, manifest, tmp_path / "tf2")
+    assert not (tmp_path / "tf2").exists()

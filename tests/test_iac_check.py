@@ -33,7 +33,11 @@ def rendered(tmp_path: Path) -> Path:
 def test_rendered_sample_plan_passes(checkov: str, rendered: Path) -> None:
     report = check_rendered(rendered)
     assert report.parse_errors == [] and report.credential_errors == []
-    assert {"terraform/main.tf", "terraform/network.tf", "cloudformation/deployment.json"} <= set(report.parsed_files)
+    assert {"terraform/regions/us-east-1/main.tf", "terraform/regions/us-east-1/plan.auto.tfvars.json",
+            "terraform/peering/eu_west_1__us_east_1/main.tf", "cloudformation/deployment.json"} <= set(report.parsed_files)
+    assert report.cfn_lint_ran and report.cfn_lint == []
+    if report.terraform:  # a terraform binary is installed: fmt -check and validate ran on every root
+        assert report.terraform == {"fmt": [], "validate": {}}
     runs = {run.framework: run for run in report.checkov}
     assert set(runs) == {"terraform", "cloudformation"}
     for run in runs.values():
@@ -44,17 +48,17 @@ def test_rendered_sample_plan_passes(checkov: str, rendered: Path) -> None:
 
 
 def test_parse_errors_and_failed_checks_fail_the_check(checkov: str, rendered: Path) -> None:
-    (rendered / "terraform" / "broken.tf").write_text('resource "aws_instance" "x" {\n  ami = \n')
+    (rendered / "terraform" / "regions" / "us-east-1" / "broken.tf").write_text('resource "aws_instance" "x" {\n  ami = \n')
     (rendered / "cloudformation" / "broken.template.json").write_text(
         '{"AWSTemplateFormatVersion": "2010-09-09", "Resources": {\n'
     )
-    (rendered / "terraform" / "extra.tf").write_text(
-        'resource "aws_ebs_volume" "plain" {\n  provider          = aws.us_east_1\n'
-        '  availability_zone = "us-east-1a"\n  size              = 10\n}\n'
+    (rendered / "terraform" / "regions" / "us-east-1" / "extra.tf").write_text(
+        'resource "aws_ebs_volume" "plain" {\n  availability_zone = "us-east-1a"\n  size              = 10\n}\n'
     )
     report = check_rendered(rendered)
     assert not report.ok
-    assert [e.split(":")[0] for e in report.parse_errors] == ["cloudformation/broken.template.json", "terraform/broken.tf"]
+    assert [e.split(":")[0] for e in report.parse_errors] == [
+        "cloudformation/broken.template.json", "terraform/regions/us-east-1/broken.tf"]
     runs = {run.framework: run for run in report.checkov}
     # checkov reports the parse errors too (while exiting 0): they are counted, never ignored.
     assert runs["terraform"].parsing_errors == 1
@@ -63,17 +67,29 @@ def test_parse_errors_and_failed_checks_fail_the_check(checkov: str, rendered: P
     # Failed checks alone can be allowed; parse errors cannot.
     report.allow_failed_checks = True
     assert not report.ok
-    (rendered / "terraform" / "broken.tf").unlink()
+    (rendered / "terraform" / "regions" / "us-east-1" / "broken.tf").unlink()
     (rendered / "cloudformation" / "broken.template.json").unlink()
     report = check_rendered(rendered, allow_failed_checks=True)
     assert report.ok and next(r for r in report.checkov if r.framework == "terraform").failed >= 1
 
 
+def test_cfn_lint_findings_fail_the_check(checkov: str, rendered: Path) -> None:
+    import json
+
+    template = rendered / "cloudformation" / "us-east-1.template.json"
+    body = json.loads(template.read_text())
+    body["Resources"]["Bogus"] = {"Type": "AWS::EC2::Instance", "Properties": {"NoSuchProperty": 1}}
+    template.write_text(json.dumps(body))
+    report = check_rendered(rendered)
+    assert not report.ok
+    assert any(f["file"] == "us-east-1.template.json" and f["level"] == "Error" for f in report.cfn_lint), report.cfn_lint
+
+
 def test_published_plan_of_the_pipeline_passes(checkov: str, published_root: Path) -> None:
     """The real plan of the end-to-end run, as the pipeline rendered it (peering from the forecast)."""
     plan_dir = published_root / "build" / "iac" / "plan-20260129T0000Z"
-    network = (plan_dir / "terraform" / "network.tf").read_text()
-    assert "# Planned pairs: pair forecast hourly-20260129T0000Z" in network
+    summary = (plan_dir / "terraform" / "plan.json").read_text()
+    assert "pair forecast hourly-20260129T0000Z" in summary
     report = check_rendered(plan_dir)
     assert report.ok, report.to_dict()
     assert len([f for f in report.parsed_files if f.startswith("cloudformation/")]) == 7  # 6 regions + deployment

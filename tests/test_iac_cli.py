@@ -38,7 +38,7 @@ def test_render(cli_env) -> None:
     result = runner.invoke(app, ["iac", "render", "plan-a", *where])
     assert result.exit_code == 0, result.output
     root = Path(settings.build_root) / "iac" / "plan-a"
-    assert (root / "terraform" / "main.tf").is_file() and (root / "cloudformation" / "deployment.json").is_file()
+    assert (root / "terraform" / "regions" / "us-east-1" / "main.tf").is_file() and (root / "cloudformation" / "deployment.json").is_file()
     assert "1 pair(s)" in result.output
 
 

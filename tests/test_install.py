@@ -25,8 +25,8 @@ PACKAGE_DATA = (
     "pipeline/features/sql/region_demand_hourly.sql",
     "pipeline/features/sql/committed_demand.sql",
     "pipeline/iac/terraform_templates/README.md",
-    "pipeline/iac/terraform_templates/aws/main.tf.j2",
-    "pipeline/iac/terraform_templates/aws/versions.tf",
+    "pipeline/iac/terraform_templates/aws/region/main.tf",
+    "pipeline/iac/terraform_templates/aws/peering/versions.tf",
     "pipeline/report/templates/plan_report.html.j2",
     "pipeline/report/templates/backtest_report.html.j2",
 )
@@ -96,7 +96,7 @@ def test_wheel_ships_package_data_and_runs_outside_the_checkout(tmp_path: Path) 
     assert run.returncode == 0, run.stdout + run.stderr
     assert "published" in run.stdout and "plan-20260129T0000Z" in run.stdout
     assert (tmp_path / "lake" / "plans" / "LATEST").read_text().strip() == "plan_id=plan-20260129T0000Z/attempt=1"
-    assert (tmp_path / "build" / "iac" / "plan-20260129T0000Z" / "terraform" / "main.tf").is_file()
+    assert (tmp_path / "build" / "iac" / "plan-20260129T0000Z" / "terraform" / "plan.json").is_file()
     assert (tmp_path / "build" / "reports" / "plan-20260129T0000Z.html").is_file()
     assert not (work / "lake").exists() and not (work / "build").exists()
 

@@ -49,8 +49,9 @@ def test_run_publishes_a_complete_plan(published_root: Path) -> None:
             assert row.q >= row.need - 1e-6, (region, resource, row.q, row.need)
 
     terraform = Path(manifest["artifacts"]["terraform"])
-    main_tf = hcl2.loads((terraform / "main.tf").read_text())
-    assert main_tf["resource"], "rendered Terraform declares resources"
+    roots = sorted((terraform / "regions").iterdir())
+    assert roots and all(hcl2.loads((root / "main.tf").read_text())["resource"] for root in roots), "fixed module per region"
+    assert all(json.loads((root / "plan.auto.tfvars.json").read_text())["plan_id"] == plan_id for root in roots)
     report = Path(manifest["artifacts"]["report"]).read_text()
     assert plan_id in report and "data:image/png;base64," in report
 

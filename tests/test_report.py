@@ -57,6 +57,8 @@ def test_plan_report_escapes_data_and_keeps_its_figures(published_root: Path, tm
     assert "<script>" not in html and "<img src=x" not in html
     assert "<td>&lt;script&gt;alert(&#34;x&#34;)&lt;/script&gt;&lt;img src=x onerror=alert(1)&gt;</td>" in html
     assert html.count('src="data:image/png;base64,') == 3
+    # The change against the applied plan (nothing applied here: every line is an addition).
+    assert 'id="plan-diff"' in html and "From nothing applied" in html and "<td>added</td>" in html
 
 
 def test_backtest_report_escapes_policy_names(tmp_path: Path) -> None:

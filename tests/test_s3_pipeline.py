@@ -82,7 +82,7 @@ def test_hourly_run_on_s3_publishes_the_same_plan(
     assert {k: v for k, v in manifest.items() if k not in ignore} == {
         k: v for k, v in local_manifest.items() if k not in ignore
     }
-    assert Path(manifest["artifacts"]["terraform"], "main.tf").is_file()
+    assert Path(manifest["artifacts"]["terraform"], "plan.json").is_file()
 
     # LATEST is the last object of the plan to be written: a reader never sees half a plan.
     writes = []

@@ -72,6 +72,7 @@ app.command("ui", epilog=EXIT_CODES_EPILOG)(ui_commands.ui)
 app.add_typer(group("Inspect published plans.", {
     "show": plan_commands.show,
     "explain": plan_commands.explain,
+    "diff": plan_commands.diff,
 }), name="plan")
 app.add_typer(group("The Inter-Region Coordinator: send peering requests through the latest plan.", {
     "request": irc_commands.request,

@@ -95,6 +95,24 @@ def _print_check(report: Any) -> None:
             console.print(styled(("✗", "red"), f" {failed['check_id']} {failed['resource']} ({failed['file']}): {failed['name']}"))
         for line in run.errors:
             console.print(styled(("✗", "red"), f" {line}"))
+    _print_linters(report)
+
+
+def _print_linters(report: Any) -> None:
+    """cfn-lint findings and terraform fmt/validate results (each only when the tool ran)."""
+    if report.cfn_lint_ran:
+        failing = [f for f in report.cfn_lint if f["level"] in ("Error", "Warning")]
+        console.print(styled(f"cfn-lint: {len(failing)} error(s)/warning(s), {len(report.cfn_lint) - len(failing)} note(s)"))
+        for f in report.cfn_lint:
+            console.print(styled(("✗" if f in failing else "·", "red" if f in failing else "dim"),
+                                 f" {f['rule']} {f['file']}:{f['line']} {f['message']}"))
+    if report.terraform:
+        fmt, validate = report.terraform.get("fmt", []), report.terraform.get("validate", {})
+        console.print(styled(f"terraform fmt -check: {'ok' if not fmt else ', '.join(fmt)} · validate: "
+                             f"{'ok' if not validate else str(len(validate)) + ' root(s) invalid'}"))
+        for root, errors in validate.items():
+            for error in errors:
+                console.print(styled(("✗", "red"), f" {root}: {error[:500]}"))
 
 
 def apply(
@@ -157,8 +175,9 @@ def _print_result(result: Any) -> None:
     if result.engine == "terraform":
         counts = result.terraform_plan.get("counts", {})
         console.print(styled("terraform plan: " + ", ".join(f"{k} {v}" for k, v in counts.items())))
-        for change in result.terraform_plan.get("changes", [])[:50]:
-            console.print(styled(f"  {change['action']:>8} {change['address']}"))
+        for root, summary in result.terraform_plan.get("roots", {}).items():
+            for change in summary.get("changes", [])[:50]:
+                console.print(styled(f"  {change['action']:>8} {root}: {change['address']}"))
         return
     table = Table(title=safe(f"{'preview' if result.dry_run else 'applied'}: plan {result.plan_id}"), title_justify="left")
     for col in ("region", "stack", "action", "add", "modify", "remove", "status"):

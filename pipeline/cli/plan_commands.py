@@ -129,3 +129,55 @@ def explain(
 def _print_explanation(explanation: RegionExplanation) -> None:
     for text in explanation.text_lines():
         console.print(safe(text), highlight=False, soft_wrap=True)
+
+
+def diff(
+    old: str | None = typer.Argument(None, help="Plan to compare from (default: the APPLIED plan; none applied: empty)."),
+    new: str | None = typer.Argument(None, help="Plan to compare to (default: the published LATEST)."),
+    as_json: bool = JsonOption,
+    lake: str | None = LakeOption,
+) -> None:
+    """What changes from plan A to plan B in the first window: per region and instance type, counts, cost, capacity, reasons."""
+    from pipeline.iac.apply import applied_plan_id
+    from pipeline.publish.diff import diff_plans
+
+    config = settings(lake)
+    new_id, new_rows, _ = load_plan(config, new)
+    if old is None:
+        try:
+            old = applied_plan_id(config)
+        except ValueError as exc:
+            fail(f"plans/APPLIED is corrupt ({exc}): name the plan to compare from")
+    old_rows = load_plan(config, old)[1] if old else None
+    result = diff_plans(old_rows, new_rows, old, new_id)
+    if as_json:
+        print_json(result)
+        return
+    _print_diff(result)
+
+
+def _print_diff(result: dict[str, Any]) -> None:
+    t = result["totals"]
+    title = (f"plan diff {result['old_plan_id'] or '(nothing applied)'} → {result['new_plan_id']} · first window "
+             f"{(result['new_window'] or '')[:16]}")
+    table = Table(title=safe(title), title_justify="left")
+    for col in ("region", "instance type", "option", "change", "count", "Δ", "USD/h Δ", "capacity Δ", "reason"):
+        table.add_column(col, justify="right" if col in ("count", "Δ", "USD/h Δ") else "left")
+    for line in result["lines"]:
+        if line["change"] == "same":
+            continue
+        capacity = ", ".join(f"{r} {v['delta']:+g}" for r, v in line["capacity"].items() if v["delta"])
+        table.add_row(safe(line["region"]), safe(line["instance_type"]), safe(line["purchase_option"]), line["change"],
+                      f"{line['count_old']} → {line['count_new']}", f"{line['count_delta']:+d}", f"{line['cost_delta']:+.4f}",
+                      safe(capacity), safe("; ".join(line["reasons_new"] or line["reasons_old"])[:80]))
+    console.print(table)
+    regions = Table(title="per region", title_justify="left")
+    for col in ("region", "change", "instances", "USD/h", "USD/h Δ"):
+        regions.add_column(col, justify="left" if col in ("region", "change") else "right")
+    for r in result["regions"]:
+        regions.add_row(safe(r["region"]), r["change"], f"{r['count_old']} → {r['count_new']}",
+                        f"{r['cost_old']:.2f} → {r['cost_new']:.2f}", f"{r['cost_delta']:+.4f}")
+    console.print(regions)
+    console.print(styled(f"spend {t['cost_delta']:+.4f} $/h · instances +{t['instances_added']} / -{t['instances_removed']} · "
+                         f"{t['lines_changed']} line(s) changed" + (f" · regions removed: {', '.join(t['regions_removed'])}"
+                                                                      if t["regions_removed"] else "")))

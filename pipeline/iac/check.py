@@ -5,7 +5,11 @@
 2. checkov (``--skip-download``: no network) runs on ``terraform/`` with the terraform framework
    and on ``cloudformation/`` with the cloudformation framework. A checkov *parsing error* always
    fails the check; a failed checkov check fails it too unless ``allow_failed_checks``.
-3. No rendered file contains credential-like text or the value of a secret environment variable.
+3. cfn-lint (installed with ``moto[server]``) lints every ``cloudformation/*.template.json``;
+   any error or warning fails the check (informational findings are listed, not failing).
+4. ``terraform fmt -check`` and ``terraform validate`` (every root, no backend) when a terraform
+   binary is installed; ``PEERSCALE_TF_PLUGIN_DIR`` lets ``init`` work offline.
+5. No rendered file contains credential-like text or the value of a secret environment variable.
 
 checkov is not installed in the project's venv (its pins would downgrade boto3, botocore and
 packaging): ``make tools`` installs the pinned version from ``requirements-tools.txt`` into
@@ -58,11 +62,18 @@ class CheckReport:
     parse_errors: list[str] = field(default_factory=list)
     credential_errors: list[str] = field(default_factory=list)
     checkov: list[CheckovRun] = field(default_factory=list)
+    cfn_lint: list[dict[str, str]] = field(default_factory=list)  # level, rule, file, line, message
+    cfn_lint_ran: bool = False
+    terraform: dict[str, Any] = field(default_factory=dict)  # {"fmt": [...], "validate": {root: [...]}} when run
     allow_failed_checks: bool = False
 
     @property
     def ok(self) -> bool:
         if self.parse_errors or self.credential_errors:
+            return False
+        if any(f["level"] in ("Error", "Warning") for f in self.cfn_lint):
+            return False
+        if self.terraform and (self.terraform.get("fmt") or self.terraform.get("validate")):
             return False
         return not any(
             run.parsing_errors or run.errors or (run.failed and not self.allow_failed_checks) for run in self.checkov
@@ -80,6 +91,34 @@ def find_checkov() -> str | None:
     if found:
         return found
     return str(TOOLS_CHECKOV) if TOOLS_CHECKOV.is_file() else None
+
+
+CFN_LINT_ENV = "PEERSCALE_CFN_LINT"
+
+
+def find_cfn_lint() -> str | None:
+    """``$PEERSCALE_CFN_LINT``, else ``cfn-lint`` next to this Python (the venv), else on PATH."""
+    import sys
+
+    override = os.environ.get(CFN_LINT_ENV, "").strip()
+    if override:
+        return shutil.which(override) or (override if Path(override).is_file() else None)
+    beside = Path(sys.executable).with_name("cfn-lint")
+    return str(beside) if beside.is_file() else shutil.which("cfn-lint")
+
+
+def run_cfn_lint(templates: list[Path], cfn_lint: str, timeout_s: float = 600) -> list[dict[str, str]]:
+    """cfn-lint's findings on ``templates`` (JSON output); a crash is reported as one Error finding."""
+    done = subprocess.run([cfn_lint, "--format", "json", "--", *map(str, templates)], capture_output=True, text=True,
+                          timeout=timeout_s, env=_checkov_env())
+    try:
+        found = json.loads(done.stdout or "[]")
+    except ValueError:
+        return [{"level": "Error", "rule": "cfn-lint", "file": "", "line": "",
+                 "message": f"cfn-lint exited {done.returncode}: {redact((done.stderr or done.stdout)[-500:])}"}]
+    return [{"level": str(f.get("Level")), "rule": str((f.get("Rule") or {}).get("Id")), "file": Path(str(f.get("Filename"))).name,
+             "line": str(((f.get("Location") or {}).get("Start") or {}).get("LineNumber", "")), "message": str(f.get("Message"))}
+            for f in found]
 
 
 def parse_rendered(directory: Path) -> tuple[list[str], list[str]]:
@@ -163,6 +202,15 @@ def check_rendered(directory: Path, require_checkov: bool = True, allow_failed_c
             assert_no_credentials(path.read_text(encoding="utf-8", errors="replace"), path.name)
         except UnsafeRenderedOutput as exc:
             report.credential_errors.append(str(exc))
+    templates = sorted((directory / "cloudformation").glob("*.template.json"))
+    cfn_lint = find_cfn_lint()
+    if templates and cfn_lint:
+        report.cfn_lint, report.cfn_lint_ran = run_cfn_lint(templates, cfn_lint), True
+    if (directory / "terraform").is_dir():
+        from pipeline.iac.tfapply import find_terraform, terraform_checks
+
+        if find_terraform():
+            report.terraform = terraform_checks(directory / "terraform")
     checkov = find_checkov()
     if checkov is None:
         if require_checkov:

@@ -68,6 +68,7 @@ __all__ = [
     "pairs_from_forecast",
     "provider_alias",
     "resource_name",
+    "zone_split",
 ]
 
 REQUIRED_COLUMNS: tuple[str, ...] = (
@@ -115,10 +116,16 @@ class InfraLine:
     storage_gib: int  # data volume per instance; 0 when the line reserves no storage
     valid_from: str  # RFC 3339 UTC
     valid_to: str  # RFC 3339 UTC
+    zones: tuple[tuple[str, int], ...] = ()  # (availability zone, instances there); empty: the region's first zone
+
+    @property
+    def zone_spare(self) -> int:
+        """N+1 across zones: room to relaunch the largest zone's share in the others (0 in one zone)."""
+        return max((n for _, n in self.zones), default=0) if len(self.zones) > 1 else 0
 
     @property
     def max_size(self) -> int:
-        return self.count + self.warm_pool
+        return self.count + max(self.warm_pool, self.zone_spare)
 
 
 @dataclass(frozen=True)
@@ -341,6 +348,7 @@ def build_model(
     manifest: Mapping[str, Any],
     peering: Sequence[tuple[str, str, float | None]] | None = None,
     peering_source: str | None = None,
+    zones_per_region: int = 1,
 ) -> InfraModel:
     """Validate ``plan`` (PLAN schema) and ``manifest`` and reduce the first window to an
     :class:`InfraModel`.
@@ -355,7 +363,7 @@ def build_model(
     plan_id = check_plan_id(manifest.get("plan_id"), "manifest.plan_id")
     tau = _tau(manifest)
     window = _first_window(_checked_rows(plan, plan_id=plan_id))
-    lines, skipped = _infra_lines(_rows_by_line(window.rows), window=window)
+    lines, skipped = _infra_lines(_rows_by_line(window.rows), window=window, zones_per_region=zones_per_region)
     active = sorted({line.region for line in lines})
     pairs, source = _peering_pairs(active, peering=peering, peering_source=peering_source)
     return InfraModel(
@@ -413,7 +421,9 @@ def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
     return by_line
 
 
-def _infra_lines(by_line: dict[str, _LineRows], *, window: _FirstWindow) -> tuple[list[InfraLine], list[str]]:
+def _infra_lines(
+    by_line: dict[str, _LineRows], *, window: _FirstWindow, zones_per_region: int = 1
+) -> tuple[list[InfraLine], list[str]]:
     """The lines with instances (sorted, with unique resource names) and the zero-count line ids."""
     lines: list[InfraLine] = []
     skipped: list[str] = []
@@ -426,13 +436,13 @@ def _infra_lines(by_line: dict[str, _LineRows], *, window: _FirstWindow) -> tupl
         if key in keys:
             raise ValueError(f"lines {keys[key]!r} and {line_id!r} both hold {key} in the first window")
         keys[key] = line_id
-        lines.append(_infra_line(line_id, info, key=key, window=window))
+        lines.append(_infra_line(line_id, info, key=key, window=window, zones_per_region=zones_per_region))
     lines.sort(key=lambda line: (line.region, line.purchase_option, line.instance_type, line.line_id))
     _check_unique([line.name for line in lines] + [line.logical_id for line in lines])
     return lines, skipped
 
 
-def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow) -> InfraLine:
+def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow, zones_per_region: int = 1) -> InfraLine:
     """One line with its warm pool and per-instance data volume sized."""
     per_instance = math.ceil(info.storage / info.count - EPS) if info.storage > 0 else 0
     if per_instance > MAX_VOLUME_GIB:
@@ -455,7 +465,18 @@ def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow
         storage_gib=per_instance,
         valid_from=_format_ts(window.start),
         valid_to=_format_ts(window.end),
+        zones=zone_split(info.region, info.count, zones_per_region),
     )
+
+
+def zone_split(region: str, count: int, zones: int = 1) -> tuple[tuple[str, int], ...]:
+    """``count`` instances over the region's first ``zones`` availability zones (``a``, ``b``, ...),
+    as evenly as possible, the remainder on the first zones; at most one zone per instance."""
+    if zones < 1:
+        raise ValueError(f"zones per region must be at least 1, got {zones}")
+    used = max(1, min(zones, count, 26))
+    base, extra = divmod(count, used)
+    return tuple((f"{region}{chr(ord('a') + i)}", base + (1 if i < extra else 0)) for i in range(used))
 
 
 def _peering_pairs(

@@ -13,6 +13,7 @@ rendered files say so.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
@@ -28,7 +29,22 @@ from pipeline.iac.model import MIN_PAIR_REQUESTS, all_pairs, build_model, pairs_
 from pipeline.iac.safety import check_plan_id
 from pipeline.iac.terraform import render_terraform_model
 
-__all__ = ["iac_dir", "load_plan", "planned_pairs", "render_plan"]
+__all__ = ["ZONES_ENV", "cloud_rows", "iac_dir", "load_plan", "planned_pairs", "render_plan", "zones_per_region"]
+
+ZONES_ENV = "PEERSCALE_AZ_PER_REGION"
+
+
+def zones_per_region(settings: Settings) -> int:
+    """Availability zones each line spreads over (``$PEERSCALE_AZ_PER_REGION``, default 1)."""
+    del settings  # configuration is environment-only for now; kept for a Settings field later
+    text = os.environ.get(ZONES_ENV, "1").strip() or "1"
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise ValueError(f"{ZONES_ENV} must be a whole number of zones, not {text!r}") from exc
+    if not 1 <= value <= 6:
+        raise ValueError(f"{ZONES_ENV} must be between 1 and 6, not {value}")
+    return value
 
 
 def iac_dir(settings: Settings, plan_id: str) -> Path:
@@ -86,21 +102,27 @@ def planned_pairs(
     return all_pairs(regions), "every pair of plan regions (no pair forecast found for this plan)"
 
 
-def render_plan(plan_id: str, settings: Settings, attempt: int | None = None) -> dict[str, str]:
+def render_plan(
+    plan_id: str, settings: Settings, attempt: int | None = None, empty_regions: Sequence[str] = ()
+) -> dict[str, str]:
     """Render Terraform and CloudFormation for ``plan_id``; returns paths (strings, XCom-friendly).
 
     Both renders are validated before anything is written; each output directory is replaced
-    as a whole.
+    as a whole. ``empty_regions`` (regions an earlier apply provisioned, gone from this plan) get
+    a Terraform root without lines. Lines spread over ``settings.zones_per_region`` zones.
     """
     out = iac_dir(settings, plan_id)
     plan, manifest = load_plan(settings, plan_id, attempt)
     if manifest.get("plan_id") != plan_id:
         raise ValueError(f"manifest of {plan_id} names plan {manifest.get('plan_id')!r}")
-    probe = build_model(plan, manifest)  # validates everything; its regions decide the pairs
+    zones = zones_per_region(settings)
+    build_model(plan, manifest, zones_per_region=zones)  # validates every row, on-premise ones included
+    plan, onprem = cloud_rows(plan)
+    probe = build_model(plan, manifest, zones_per_region=zones)  # its regions decide the pairs
     active = sorted({line.region for line in probe.lines})
     pairs, source = planned_pairs(settings, manifest, active)
-    model = build_model(plan, manifest, peering=pairs, peering_source=source)
-    tf_files = render_terraform_model(model, out / "terraform")
+    model = build_model(plan, manifest, peering=pairs, peering_source=source, zones_per_region=zones)
+    tf_files = render_terraform_model(model, out / "terraform", empty_regions=[r for r in empty_regions if r not in active])
     cfn_files = render_cloudformation_model(model, out / "cloudformation")
     return {
         "terraform_dir": str(out / "terraform"),
@@ -108,4 +130,26 @@ def render_plan(plan_id: str, settings: Settings, attempt: int | None = None) ->
         "files": str(len(tf_files) + len(cfn_files)),
         "peering": source,
         "peered_pairs": str(len(model.peering)),
+        "onprem_regions": ",".join(onprem),
     }
+
+
+def cloud_rows(plan: pa.Table) -> tuple[pa.Table, list[str]]:
+    """The plan without its on-premise regions (``PEERSCALE_ONPREM_REGIONS``), and those regions.
+
+    On-premise regions go to the site's automation (:mod:`pipeline.iac.onprem`), never into
+    Terraform or CloudFormation. A plan with no cloud region left cannot be rendered.
+    """
+    import pyarrow.compute as pc
+
+    from pipeline.iac.onprem import onprem_regions
+
+    configured = onprem_regions()
+    regions = set(plan.column("region").to_pylist())
+    onprem = sorted(regions & configured)
+    if not onprem:
+        return plan, []
+    cloud = plan.filter(pc.invert(pc.is_in(plan.column("region"), value_set=pa.array(onprem))))
+    if cloud.num_rows == 0:
+        raise ValueError(f"every region of the plan is on premise ({', '.join(onprem)}): no cloud IaC to render")
+    return cloud, onprem

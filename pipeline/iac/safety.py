@@ -1,10 +1,13 @@
-"""Guards for every value that reaches an IaC template.
+"""Validation of plan values before they become infrastructure, and credential guards.
 
-Templates interpolate plan values into HCL string literals. HCL gives meaning to ``"``, ``\\``,
-``${``, ``%{`` and newlines inside a string, so a hostile or corrupt plan value could close the
-string and inject resources. We therefore validate each value against the plan contracts in
-:mod:`pipeline.common.schemas` *before* anything is rendered, re-check at interpolation time
-(:func:`hcl_string`), and scan the rendered text for credentials before publishing it.
+Plan values no longer reach HCL: Terraform gets them as JSON data (``plan.auto.tfvars.json``,
+read literally, never as templates) and CloudFormation as JSON parameters, so the HCL quoting
+filters this module used to provide are gone. What stays is still needed: every value is checked
+against the plan contracts in :mod:`pipeline.common.schemas` (region, instance type, plan id,
+purchase option, counts, quantities, UTC timestamps) because it becomes an AWS name, tag or
+count; free text (line ids, reasons) is kept free of quotes, template markers and control
+characters because it ends up in tags, logs and the Markdown of approval requests; and rendered
+output and errors are scanned for credentials and redacted.
 """
 
 from __future__ import annotations
@@ -35,10 +38,6 @@ __all__ = [
     "check_region",
     "check_tag_value",
     "check_timestamp",
-    "hcl_identifier",
-    "hcl_number",
-    "hcl_string",
-    "hcl_text",
     "redact",
     "secret_values",
 ]
@@ -50,7 +49,6 @@ MAX_TAG_VALUE_LENGTH = 256
 # would also let a value escape a comment line.
 _FORBIDDEN_SEQUENCES: tuple[str, ...] = ("${", "%{", '"', "'", "\\")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
-_IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]*$")
 
 # Credential shapes that must never appear in rendered IaC: AWS key ids and provider arguments
 # that carry secrets. Provider configuration takes credentials from the environment instead.
@@ -162,7 +160,7 @@ def check_quantity(value: Any, field: str = "quantity") -> float:
 
 
 def check_tag_value(value: Any, field: str) -> str:
-    """Return ``value`` if it can sit inside an HCL string and an AWS tag value unchanged."""
+    """Return ``value`` if it can be an AWS tag value and sit in logs and Markdown unchanged."""
     value = _require_str(field, value)
     for sequence in _FORBIDDEN_SEQUENCES:
         if sequence in value:
@@ -170,7 +168,7 @@ def check_tag_value(value: Any, field: str) -> str:
                 field,
                 value,
                 f"remove {sequence!r}: quotes, backslashes and '${{' / '%{{' "
-                "are not allowed in values rendered into Terraform",
+                "are not allowed in plan values that become tags and names",
             )
     if _CONTROL_CHARS.search(value):
         raise UnsafePlanValue(field, value, "remove newlines and other control characters")
@@ -199,32 +197,6 @@ def check_timestamp(value: Any, field: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise UnsafePlanValue(field, value, "timestamps must be tz-aware UTC")
     return value.astimezone(UTC)
-
-
-def hcl_string(value: Any) -> str:
-    """Jinja filter: quote ``value`` as an HCL string literal, refusing anything unsafe.
-
-    Values are validated before rendering; this second check means a template that interpolates
-    an unvalidated value still cannot emit injected HCL.
-    """
-    return '"' + check_tag_value(value, "template value") + '"'
-
-
-def hcl_text(value: Any) -> str:
-    """Jinja filter: ``value`` unquoted (for comments), checked like :func:`hcl_string`."""
-    return check_tag_value(value, "template text")
-
-
-def hcl_identifier(value: Any) -> str:
-    """Jinja filter: a bare Terraform name (resource name, provider alias), ``[a-z_][a-z0-9_]*``."""
-    if not isinstance(value, str) or not _IDENTIFIER.fullmatch(value):
-        raise UnsafePlanValue("template identifier", value, "names may use only [a-z0-9_]")
-    return value
-
-
-def hcl_number(value: Any) -> str:
-    """Jinja filter: render a non-negative integer literal, refusing anything else."""
-    return str(check_count(value, "template number"))
 
 
 def secret_values() -> list[str]:

@@ -1,8 +1,23 @@
-"""Render a plan's first window into a Terraform root module for AWS.
+"""Terraform for a plan: a fixed module plus generated ``plan.auto.tfvars.json`` files.
 
-What becomes which resource is described in :mod:`pipeline.iac.model`. Every value is validated
-before rendering, output is deterministic (same plan → same bytes), and the output directory is
-replaced as a whole so a reader never sees a half-rendered configuration.
+The modules in ``terraform_templates/aws/`` never change per plan; a plan only produces data:
+
+* ``regions/<region>/`` — a copy of ``aws/region`` (one AWS region per root, one state per region:
+  a failed or removed region cannot touch another) and its ``plan.auto.tfvars.json``: the plan id,
+  the first window, the region's lines keyed by ``instance_type/purchase_option`` (``for_each``
+  keys, stable across plans, so the next plan updates in place) and whether the region needs a
+  transit gateway;
+* ``peering/<requester>__<accepter>/`` — a copy of ``aws/peering`` per planned region pair and its
+  ``plan.auto.tfvars.json``; the two transit gateway ids come from the region roots' outputs at
+  apply time (``hubs.auto.tfvars.json``, written by :mod:`pipeline.iac.tfapply`).
+
+Terraform's providers cannot be chosen per ``for_each`` element, hence one root per region rather
+than one root with an aliased provider per region (which would have to be generated per plan).
+
+No plan value is pasted into HCL: values reach Terraform as JSON data, so there is nothing to
+escape; names and counts are still validated in :mod:`pipeline.iac.model` because they become
+AWS names and tags. Operator settings (AMI, subnets, endpoints, capacity reservations on/off)
+are Terraform variables set from outside (``-var-file`` / ``TF_VAR_*``), never in the plan's file.
 """
 
 from __future__ import annotations
@@ -12,93 +27,162 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Mapping, Sequence
-from dataclasses import asdict
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jinja2
 import pyarrow as pa
 
-from pipeline.iac.model import (
-    InfraModel,
-    InfraRegion,
-    build_model,
-    provider_alias,
-    resource_name,
-)
-from pipeline.iac.safety import (
-    assert_no_credentials,
-    hcl_identifier,
-    hcl_number,
-    hcl_string,
-    hcl_text,
-)
+from pipeline.iac.model import InfraLine, InfraModel, build_model, provider_alias
+from pipeline.iac.safety import assert_no_credentials, check_region
 
 if TYPE_CHECKING:
     import pandas as pd
 
 __all__ = [
     "DEFAULT_AMI_SSM_PARAMETER",
-    "TEMPLATES_ENV_VAR",
+    "MODULES_ENV_VAR",
+    "PEERING_DIR",
+    "REGIONS_DIR",
     "TFVARS_FILE",
-    "default_templates_dir",
-    "provider_alias",
+    "default_modules_dir",
+    "pair_dir_name",
     "publish_dir",
+    "region_tfvars",
     "render_terraform",
     "render_terraform_model",
-    "resource_name",
 ]
 
-TEMPLATES_ENV_VAR = "PEERSCALE_TEMPLATES_DIR"
+MODULES_ENV_VAR = "PEERSCALE_TEMPLATES_DIR"
 
 # Public SSM parameter AWS maintains with the latest Amazon Linux 2023 x86_64 AMI per region;
-# launch templates use it unless var.image_ids names an AMI for the region.
+# launch templates use it unless the image_id variable names an AMI.
 DEFAULT_AMI_SSM_PARAMETER = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-x86_64"
 
-TFVARS_FILE = "terraform.tfvars.json"
+TFVARS_FILE = "plan.auto.tfvars.json"
+REGIONS_DIR = "regions"
+PEERING_DIR = "peering"
 NEW_DIR_MODE = 0o777  # minus the umask: rendered directories are readable like any the user creates
 
 
-def default_templates_dir() -> Path:
-    """Templates to use when none is passed: ``$PEERSCALE_TEMPLATES_DIR`` or the repo's own."""
-    override = os.environ.get(TEMPLATES_ENV_VAR)
+def default_modules_dir() -> Path:
+    """The fixed modules: ``$PEERSCALE_TEMPLATES_DIR`` or the repo's ``terraform_templates/aws``."""
+    override = os.environ.get(MODULES_ENV_VAR)
     if override:
         return Path(override)
     return Path(__file__).resolve().parent / "terraform_templates" / "aws"
 
 
-def _environment(templates_dir: Path) -> jinja2.Environment:
-    """Jinja for HCL: no HTML escaping, undefined names fail, and quoting goes through filters."""
-    env = jinja2.Environment(
-        loader=jinja2.FileSystemLoader(str(templates_dir)),
-        undefined=jinja2.StrictUndefined,
-        autoescape=False,
-        trim_blocks=True,
-        lstrip_blocks=True,
-        keep_trailing_newline=True,
-    )
-    env.filters["q"] = hcl_string
-    env.filters["n"] = hcl_number
-    env.filters["ident"] = hcl_identifier
-    env.filters["text"] = hcl_text
-    return env
+def pair_dir_name(requester: str, accepter: str) -> str:
+    return f"{provider_alias(requester)}__{provider_alias(accepter)}"
 
 
-def _tfvars(regions: Sequence[InfraRegion]) -> str:
-    """Operator-editable variable values; JSON so that no value needs HCL escaping."""
-    values = {
-        "ami_ssm_parameter": DEFAULT_AMI_SSM_PARAMETER,
-        "availability_zones": {r.name: r.default_availability_zone for r in regions},
-        "image_ids": {},
-        "subnet_ids": {r.name: [] for r in regions},
-        "warm_pool_state": "Stopped",
+def _line_vars(line: InfraLine) -> dict[str, Any]:
+    return {
+        "line_id": line.line_id,
+        "line_key": line.key,
+        "instance_type": line.instance_type,
+        "purchase_option": line.purchase_option,
+        "count": line.count,
+        "warm_pool": line.warm_pool,
+        "max_size": line.max_size,
+        "storage_gib": line.storage_gib,
+        "availability_zones": [zone for zone, _ in line.zones],
+        "zone_counts": dict(line.zones),
     }
-    return json.dumps(values, indent=2, sort_keys=True) + "\n"
+
+
+def region_tfvars(model: InfraModel, region: str) -> dict[str, Any]:
+    """The plan's values for one region root (an empty ``lines`` map empties the region)."""
+    check_region(region)
+    has_tgw = any(r.name == region and r.has_transit_gateway for r in model.regions)
+    return {
+        "plan_id": model.plan_id,
+        "region": region,
+        "window": {"valid_from": model.valid_from, "valid_to": model.valid_to},
+        "lines": {f"{line.instance_type}/{line.purchase_option}": _line_vars(line) for line in model.lines_in(region)},
+        "transit_gateway": has_tgw,
+    }
+
+
+def _json(value: Any) -> str:
+    return json.dumps(value, indent=2, sort_keys=True) + "\n"
+
+
+def _module_files(modules_dir: Path, name: str) -> dict[str, str]:
+    source = modules_dir / name
+    if not source.is_dir():
+        raise FileNotFoundError(
+            f"Terraform module {source} does not exist; pass modules_dir or set {MODULES_ENV_VAR}"
+        )
+    files = {p.name: p.read_text(encoding="utf-8") for p in sorted(source.glob("*.tf"))}
+    if not files:
+        raise FileNotFoundError(f"Terraform module {source} has no *.tf files")
+    return files
+
+
+def render_terraform_model(
+    model: InfraModel,
+    out_dir: Path,
+    modules_dir: Path | None = None,
+    empty_regions: Iterable[str] = (),
+) -> list[Path]:
+    """Write the fixed modules and the plan's tfvars for ``model`` into ``out_dir`` (replaced whole).
+
+    ``empty_regions`` are regions provisioned before but absent from this plan: they get a root
+    with no lines, so applying it removes what the earlier plan created there.
+    """
+    modules_dir = Path(modules_dir) if modules_dir is not None else default_modules_dir()
+    region_module = _module_files(modules_dir, "region")
+    peering_module = _module_files(modules_dir, "peering")
+    files: dict[str, str] = {}
+    regions = sorted({r.name for r in model.regions} | {check_region(r) for r in empty_regions})
+    for region in regions:
+        for name, text in region_module.items():
+            files[f"{REGIONS_DIR}/{region}/{name}"] = text
+        files[f"{REGIONS_DIR}/{region}/{TFVARS_FILE}"] = _json(region_tfvars(model, region))
+    for pair in model.peering:
+        base = f"{PEERING_DIR}/{pair_dir_name(pair.requester, pair.accepter)}"
+        for name, text in peering_module.items():
+            files[f"{base}/{name}"] = text
+        files[f"{base}/{TFVARS_FILE}"] = _json({
+            "plan_id": model.plan_id,
+            "requester_region": pair.requester,
+            "accepter_region": pair.accepter,
+            "expected_requests": pair.expected_requests,
+        })
+    files["plan.json"] = _json({
+        "plan_id": model.plan_id,
+        "tau": model.tau,
+        "window": {"valid_from": model.valid_from, "valid_to": model.valid_to},
+        "regions": regions,
+        "pairs": [pair_dir_name(p.requester, p.accepter) for p in model.peering],
+        "peering_source": model.peering_source,
+        "skipped_line_ids": list(model.skipped_line_ids),
+    })
+    return publish_dir(files, out_dir)
+
+
+def render_terraform(
+    plan: pd.DataFrame | pa.Table,
+    manifest: Mapping[str, Any],
+    out_dir: Path,
+    modules_dir: Path | None = None,
+    peering: Sequence[tuple[str, str, float | None]] | None = None,
+    peering_source: str | None = None,
+) -> list[Path]:
+    """Render the plan's first window as Terraform roots in ``out_dir`` (see the module docstring).
+
+    Raises before anything is written: :class:`~pipeline.iac.safety.UnsafePlanValue` for a plan
+    value that cannot be a name, tag or count; ``ValueError`` for an empty or inconsistent plan;
+    ``FileNotFoundError`` when the modules are missing.
+    """
+    model = build_model(plan, manifest, peering=peering, peering_source=peering_source)
+    return render_terraform_model(model, out_dir, modules_dir)
 
 
 def publish_dir(files: Mapping[str, str], out_dir: Path) -> list[Path]:
-    """Write ``files`` (name → text) into a staging sibling of ``out_dir``, then swap it in.
+    """Write ``files`` (relative name → text) into a staging sibling of ``out_dir``, then swap it in.
 
     The previous content is removed only after the swap, so a failure leaves it (or nothing) in
     place. Every text is checked for credentials first. Returns the written paths, sorted.
@@ -112,7 +196,9 @@ def publish_dir(files: Mapping[str, str], out_dir: Path) -> list[Path]:
     staging.mkdir(mode=NEW_DIR_MODE)
     try:
         for name in sorted(files):
-            (staging / name).write_bytes(files[name].encode("utf-8"))
+            target = staging / name
+            target.parent.mkdir(parents=True, exist_ok=True, mode=NEW_DIR_MODE)
+            target.write_bytes(files[name].encode("utf-8"))
         _swap_in(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -135,76 +221,3 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         os.replace(retired, out_dir)
         raise
     shutil.rmtree(retired, ignore_errors=True)
-
-
-def render_terraform_model(model: InfraModel, out_dir: Path, templates_dir: Path | None = None) -> list[Path]:
-    """Render an already-validated :class:`InfraModel` (see :func:`render_terraform`)."""
-    templates_dir = Path(templates_dir) if templates_dir is not None else default_templates_dir()
-    if not templates_dir.is_dir():
-        raise FileNotFoundError(
-            f"Terraform templates directory {templates_dir} does not exist; pass templates_dir or "
-            f"set {TEMPLATES_ENV_VAR}"
-        )
-    template_names = sorted(p.name for p in templates_dir.iterdir() if p.is_file() and p.name.endswith(".j2"))
-    static_files = sorted(p for p in templates_dir.iterdir() if p.is_file() and p.name.endswith(".tf"))
-    lines = [asdict(line) | {"max_size": line.max_size} for line in model.lines]
-    context: dict[str, Any] = {
-        "plan_id": model.plan_id,
-        "tau": model.tau,
-        "window": {"valid_from": model.valid_from, "valid_to": model.valid_to},
-        "regions": [asdict(r) for r in model.regions],
-        "on_demand_lines": [line for line in lines if line["purchase_option"] == "on_demand"],
-        "spot_lines": [line for line in lines if line["purchase_option"] == "spot"],
-        "skipped_line_ids": list(model.skipped_line_ids),
-        "peering": [
-            asdict(p) | {"key": p.key, "name": p.name, "requester_alias": p.requester_alias,
-                         "accepter_alias": p.accepter_alias,
-                         "expected": None if p.expected_requests is None else f"{p.expected_requests:g}"}
-            for p in model.peering
-        ],
-        "peering_source": model.peering_source,
-    }
-    # Render everything in memory first: a template error must not leave files behind.
-    env = _environment(templates_dir)
-    outputs: dict[str, str] = {}
-    for name in template_names:
-        if name.startswith("_"):
-            continue
-        outputs[name.removesuffix(".j2")] = env.get_template(name).render(**context)
-    for path in static_files:
-        if path.name in outputs:
-            raise ValueError(f"{path.name} is both a static file and a template in {templates_dir}")
-        outputs[path.name] = path.read_text(encoding="utf-8")
-    outputs[TFVARS_FILE] = _tfvars(model.regions)
-    return publish_dir(outputs, out_dir)
-
-
-def render_terraform(
-    plan: pd.DataFrame | pa.Table,
-    manifest: Mapping[str, Any],
-    out_dir: Path,
-    templates_dir: Path | None = None,
-    peering: Sequence[tuple[str, str, float | None]] | None = None,
-    peering_source: str | None = None,
-) -> list[Path]:
-    """Render the plan's first window as a Terraform root module in ``out_dir``.
-
-    ``plan`` follows :data:`pipeline.common.schemas.PLAN`; ``manifest`` must carry the same ``plan_id``
-    (``tau`` is echoed in a header comment when present). ``peering`` lists the region pairs to
-    peer (default: every pair of regions with lines; see :mod:`pipeline.iac.model`). Templates
-    come from ``templates_dir``, else ``$PEERSCALE_TEMPLATES_DIR``, else the repo's
-    ``terraform_templates/aws``: every ``*.j2`` is rendered (minus the suffix; names starting with
-    ``_`` are partials) and every static ``*.tf`` is copied. A ``terraform.tfvars.json`` with
-    default variable values is added.
-
-    Output is replaced as a whole: rendered in memory, written to a temporary sibling directory,
-    then swapped in, so a failure leaves the previous render (or nothing) in place.
-
-    Returns the written files, sorted. Raises, before anything is written:
-    :class:`UnsafePlanValue` if a plan or manifest value is unsafe to render;
-    :class:`UnsafeRenderedOutput` if rendered text looks like it carries credentials;
-    ``ValueError`` if the plan is empty or a line is inconsistent across its rows;
-    ``FileNotFoundError`` if the templates directory is missing.
-    """
-    model = build_model(plan, manifest, peering=peering, peering_source=peering_source)
-    return render_terraform_model(model, out_dir, templates_dir)

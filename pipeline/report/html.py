@@ -147,6 +147,19 @@ def _quantile_diagnostics(settings: Settings, run_id: str) -> dict[str, Any]:
     return {"series": rows, "summary": manifest.get("engine", {}).get("quantile_methods", {})}
 
 
+def _diff_to_applied(settings: Settings, plan_id: str, plan: pd.DataFrame) -> dict[str, Any] | None:
+    """First-window diff from the APPLIED plan (nothing applied: from empty); None when it cannot be read."""
+    from pipeline.iac.apply import applied_plan_id
+    from pipeline.publish.diff import diff_plans
+
+    try:
+        applied = applied_plan_id(settings)
+        old = read_plan(settings, applied)[0] if applied else None
+    except (OSError, ValueError):
+        return None
+    return diff_plans(old, plan, applied, plan_id)
+
+
 def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, *, attempt: int | None = None) -> str:
     """Render the report for `plan_id` (its `attempt`, default the newest) to build/reports/<plan_id>.html; returns its path."""
     plan, manifest = read_plan(settings, plan_id, attempt)
@@ -173,6 +186,7 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, 
         lines=lines.to_dict("records") if not lines.empty else [],
         reasons=first[["region", "resource_type", "reason"]].to_dict("records") if not first.empty else [],
         quarantine=_quarantine_counts(settings, interval),
+        plan_diff=_diff_to_applied(settings, plan_id, plan),
         quantiles=_quantile_diagnostics(settings, manifest["forecast_run_id"]),
         outlook=plan_outlook(settings, manifest),
         figure_note=(f"The figures draw the {MAX_FIGURE_REGIONS} regions of {len(regions)} with the highest recent peak demand; "

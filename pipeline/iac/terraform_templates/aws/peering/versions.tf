@@ -1,10 +1,10 @@
-# Static (not templated): checkov cannot parse a terraform {} block written as JSON, and nothing
-# here depends on the plan.
+# Fixed module: nothing here changes per plan. The plan arrives as plan.auto.tfvars.json.
 terraform {
   required_version = ">= 1.5.0"
 
   # State lives outside the rendered directory, which every render replaces: the applier runs
-  # `init -backend-config=path=<state file>` (build/iac/terraform.tfstate by default).
+  # `init -backend-config=path=<state file>` for the local backend, or writes an S3 backend
+  # override (backend_override.tf.json) with bucket, key and locking from the settings.
   backend "local" {}
 
   required_providers {
