@@ -108,7 +108,13 @@ def aws_sweep(samples: str, start, end, summary: dict) -> dict:
                         "aws_equal_hit_cost_vs_oracle": round(ratio, 4),
                         "predictive_cost_vs_aws_equal_hit": round(predictive["cost"]["total"] / s["cost"]["total"], 4)})
             print(f"  predictive costs {out['predictive_cost_vs_aws_equal_hit']:.3f}× AWS-style at an equal or better hit rate")
-            break
+            return out
+    best = max(out["aws_sweep"], key=lambda r: r["hit_rate"])
+    out.update({"aws_best_hit_target": best["target"], "aws_best_hit_rate": best["hit_rate"],
+                "predictive_cost_vs_aws_best_hit": round(predictive["cost_vs_oracle"] / best["cost_vs_oracle"], 4)})
+    print(f"  no target reached the predictive hit rate {predictive['hit_rate']:.1%}; at its best ({best['target']:.0%}: "
+          f"{best['hit_rate']:.1%}) AWS-style costs {best['cost_vs_oracle']:.3f}× oracle and predictive "
+          f"{out['predictive_cost_vs_aws_best_hit']:.3f}× it, at a higher hit rate")
     return out
 
 
