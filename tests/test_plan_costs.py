@@ -109,6 +109,16 @@ def test_planner_json_costs_are_checked_when_loaded(tmp_path: Path) -> None:
     assert config_from_dict({"costs": {"c_over": {"vcpu": 0.05}}}).costs == {"c_over": {"vcpu": 0.05}}
 
 
+def test_the_controllers_offset_moves_a_regions_own_tau() -> None:
+    from pipeline.plan.quantile import shift_tau
+
+    assert shift_tau(0.9, 0.95, 0.9) == 0.95
+    assert shift_tau(0.8, 0.9, 0.9) == pytest.approx(0.8)
+    raised = shift_tau(0.98, 0.95, 0.9)
+    assert 0.98 < raised < 1.0
+    assert shift_tau(0.5, 0.95, 0.9) > 0.5 > shift_tau(0.5, 0.85, 0.9)
+
+
 def test_env_costs_become_a_layer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PEERSCALE_C_UNDER", "vcpu=0.9")
     monkeypatch.delenv("PEERSCALE_C_OVER", raising=False)
@@ -138,13 +148,18 @@ def test_the_plan_uses_configured_costs_per_region_and_records_them(published_ro
     settings = replace(settings_for(tmp_path), cost_texts=(("--c-under/--c-over", "us-east-1:vcpu=9.0", None),))
     manifest = json.loads(next((tmp_path / "lake" / "plans").glob("plan_id=*/attempt=*/manifest.json")).read_text())
     config = PlannerConfig(costs={"regions": {"eu-west-1": {"c_over": {"vcpu": 1.0}}}})
-    out = build_plan(DataInterval.ending_at(RUN_END), settings, manifest["forecast_run_id"], config=config)
+    overrides = {"eu-central-1": {"vcpu": 0.95}, "us-east-1": {"vcpu": 0.95}}  # as the feedback controller sends them
+    out = build_plan(DataInterval.ending_at(RUN_END), settings, manifest["forecast_run_id"], config=config, tau_overrides=overrides)
     plan_dir = tmp_path / "lake" / "plans" / f"plan_id={out['plan_id']}" / f"attempt={out['attempt']}"
     new = json.loads((plan_dir / "manifest.json").read_text())
     taus = new["tau_by_region"]
     assert taus["us-east-1"]["vcpu"] > manifest["tau_by_region"]["us-east-1"]["vcpu"]
     assert taus["eu-west-1"]["vcpu"] < 0.5 < taus["eu-west-1"]["memory_gib"]
-    assert taus["eu-central-1"] == manifest["tau_by_region"]["eu-central-1"]
+    assert taus["eu-central-1"]["vcpu"] == 0.95  # a region at the reference costs takes the controller's τ as it is
+    assert {k: v for k, v in taus["eu-central-1"].items() if k != "vcpu"} == {
+        k: v for k, v in manifest["tau_by_region"]["eu-central-1"].items() if k != "vcpu"}
+    dear = 9.0 / (9.0 + new["cost_model"]["by_region"]["us-east-1"]["c_over"]["vcpu"])
+    assert taus["us-east-1"]["vcpu"] > dear > 0.95  # the controller's raise lands on top of the region's own τ
     assert new["cost_model"]["by_region"]["us-east-1"]["c_under"]["vcpu"] == 9.0
     assert [layer["source"] for layer in new["cost_model"]["layers"]] == ["catalog", "planner config", "--c-under/--c-over"]
     plan = pd.read_parquet(plan_dir / "plan.parquet")

@@ -27,7 +27,7 @@ from pipeline.plan.costs import CostLayer, ResolvedCosts, layer_from_dict, layer
 from pipeline.plan.explain import held, row_reason
 from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
 from pipeline.plan.policy import PlannerConfig, load_planner_config
-from pipeline.plan.quantile import region_demand_quantiles, tau_by_resource
+from pipeline.plan.quantile import check_tau_overrides, region_demand_quantiles, shift_tau, tau_by_resource
 
 # plan.parquet: the PLAN contract plus the planner's own columns (readers select PLAN's by name):
 #   effective_quantity  capacity counted toward demand (spot: risk-discounted)
@@ -136,8 +136,10 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     taus = tau_by_resource(settings.cost)
     costs = resolve_costs(catalog, forecast_regions(forecast), cost_layers(config, settings), reference=settings.cost)
     region_taus = costs.taus_by_region(forecast_regions(forecast))
-    for region, per_resource in (tau_overrides or {}).items():  # the feedback controller's τ wins over the costs'
-        region_taus.setdefault(region, {}).update(per_resource)
+    for region, per_resource in check_tau_overrides(tau_overrides).items():  # the feedback controller's offset, on the region's τ
+        for resource, override in per_resource.items():
+            cost_tau = region_taus.get(region, {}).get(resource, taus[resource])
+            region_taus.setdefault(region, {})[resource] = shift_tau(cost_tau, override, taus[resource])
     windows = [pd.Timestamp(interval.end + timedelta(hours=k)) for k in range(settings.plan_windows)]
     demand, demand_clamps = clamp_demand(region_demand_quantiles(forecast, taus, windows, overrides=region_taus))
     clamped = demand_clamps + clamped

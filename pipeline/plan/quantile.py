@@ -15,6 +15,26 @@ def tau_by_resource(cost: CostModel) -> dict[str, float]:
     return {r: round(cost.tau(r), 6) for r in RESOURCE_TYPES}
 
 
+def shift_tau(cost_tau: float, override: float, reference: float) -> float:
+    """The feedback controller's τ for a region whose costs give `cost_tau` instead of `reference`.
+
+    The controller learns an offset in logit space from the reference τ (the per-resource cost τ it
+    anchors on); the same offset is applied to the region's own cost τ, so a region configured to
+    buy more (or less) keeps that difference while the controller moves it. With the region at the
+    reference the override is used as it is.
+    """
+    if abs(cost_tau - reference) < 1e-12:
+        return override
+    eps = 1e-9
+
+    def logit(p: float) -> float:
+        p = min(max(p, eps), 1 - eps)
+        return float(np.log(p / (1 - p)))
+
+    shifted = 1.0 / (1.0 + np.exp(-(logit(cost_tau) + logit(override) - logit(reference))))
+    return round(float(min(max(shifted, eps), 1 - eps)), 6)
+
+
 def check_tau_overrides(overrides: dict[str, dict[str, float]] | None) -> dict[str, dict[str, float]]:
     """Validate per-region τ overrides ({region: {resource_type: τ}}, τ strictly between 0 and 1)."""
     clean: dict[str, dict[str, float]] = {}
