@@ -732,3 +732,28 @@ def test_two_processes_never_over_admit_on_demand(backend: str, tmp_path: Path) 
     finally:
         if backend == "postgres":
             drop_postgres(url)
+
+
+_OPEN_AT_ONCE = """
+import sys, time
+from pipeline.irc.ledger.sqlite import SQLiteLedger
+start = float(sys.argv[2])
+time.sleep(max(0.0, start - time.time()))  # every process opens the new file at the same instant
+ledger = SQLiteLedger(sys.argv[1], timeout_s=30.0, checkpoint_interval_s=0.01)  # as replicas run it, checkpointer on
+for _ in range(20):
+    ledger.load_pools({"eu-west-1": {"vcpu": 1.0}}, "plan-start")
+ledger.load_pools({"eu-west-1": {"vcpu": 1.0}}, "plan-start")
+"""
+
+
+def test_replicas_opening_a_new_sqlite_ledger_at_once_all_start(tmp_path: Path) -> None:
+    """Twelve processes create the same ledger file at the same instant, three times: SQLite may
+    answer 'database is locked' without waiting while they race to switch it to WAL; none may fail."""
+    for attempt in range(3):
+        path = tmp_path / f"ledger-{attempt}.sqlite"
+        start = time.time() + 2.0
+        procs = [subprocess.Popen([sys.executable, "-c", _OPEN_AT_ONCE, str(path), str(start)], cwd=REPO,
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(12)]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err[-2000:]

@@ -87,10 +87,11 @@ class SQLiteLedger:
         self._conn = sqlite3.connect(
             str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
         )
-        self._conn.execute("PRAGMA journal_mode=WAL")
+        deadline = time.monotonic() + timeout_s
+        _until_unlocked(lambda: self._conn.execute("PRAGMA journal_mode=WAL"), deadline)
         self._conn.execute("PRAGMA synchronous=NORMAL")
         with self._lock:
-            self._write(lambda c: c.executescript(_SCHEMA) and None, begin=False)
+            _until_unlocked(lambda: self._write(lambda c: c.executescript(_SCHEMA) and None, begin=False), deadline)
         self._stop = threading.Event()
         if checkpoint_interval_s is not None:
             self._conn.execute("PRAGMA wal_autocheckpoint=0")  # the thread below checkpoints instead
@@ -339,6 +340,26 @@ def _cutoff(now_s: float | None) -> float:
     """Grants that ended by this time no longer count: min(now_s, this host's clock) - never later."""
     wall = time.time()
     return wall if now_s is None or not now_s <= wall else now_s
+
+
+def _until_unlocked(step: Callable[[], object], deadline: float) -> None:
+    """Run `step`, retrying while SQLite says the database is locked or busy, until `deadline`.
+
+    Replicas that open a new ledger file at the same moment race to switch it to WAL and create the
+    schema; SQLite may answer SQLITE_BUSY at once, without calling the busy handler, where waiting
+    could deadlock (seen in CI with four fuzz replicas starting together). Both steps are idempotent.
+    """
+    pause = 0.005
+    while True:
+        try:
+            step()
+            return
+        except sqlite3.OperationalError as exc:
+            text = str(exc).lower()
+            if ("locked" not in text and "busy" not in text) or time.monotonic() + pause > deadline:
+                raise
+        time.sleep(pause)
+        pause = min(pause * 2, 0.2)
 
 
 def _checkpointer(path: str, timeout_s: float, stop: threading.Event, interval_s: float) -> None:
