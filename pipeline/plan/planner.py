@@ -134,8 +134,9 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     else:
         config_source = {"source": "argument", "fingerprint": None}
     taus = tau_by_resource(settings.cost)
-    costs = resolve_costs(catalog, forecast_regions(forecast), cost_layers(config, settings), reference=settings.cost)
-    region_taus = costs.taus_by_region(forecast_regions(forecast))
+    planned_regions = forecast_regions(forecast)
+    costs = resolve_costs(catalog, planned_regions, cost_layers(config, settings), reference=settings.cost)
+    region_taus = costs.taus_by_region(planned_regions)
     for region, per_resource in check_tau_overrides(tau_overrides).items():  # the feedback controller's offset, on the region's τ
         for resource, override in per_resource.items():
             cost_tau = region_taus.get(region, {}).get(resource, taus[resource])
