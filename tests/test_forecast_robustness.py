@@ -213,3 +213,21 @@ def test_windows_before_a_level_shift_settled_are_not_evidence() -> None:
     kept = sorted(cv.loc[cv["unique_id"] == "shifted", "window"].unique())
     assert kept == list(range(8, 14)), kept  # origins 4..9 days into the new level
     assert _width(result, "shifted", "q99") < 8
+
+
+def test_one_window_is_no_evidence_against_seasonal_naives_point() -> None:
+    """A series holding a single CV window keeps seasonal naive's band even when another point won
+    that window: 24 errors do not tell two points apart (the traces' Alibaba disk_io at 91 h)."""
+    rng = np.random.default_rng(12)
+    n = 20 * M
+    series = {f"long{i}": 50 + _cycle(n) + rng.normal(0, 2, n) for i in range(3)}
+    series["new"] = 50 + _cycle(3 * M) + rng.normal(0, 6, 3 * M)  # iid noise: the seasonal mean wins its one window
+    result = _run(series)
+    sel = result.selection["new"]
+    assert sel["quantile_cv_rows"] == M
+    assert sel["pinball_at_tau"]["seasonal_mean"] < sel["pinball_at_tau"]["seasonal_naive"]  # the other point did win it
+    assert sel["quantile_method"] == bands.SNAIVE
+    y = series["new"]
+    fc = result.forecasts[result.forecasts["series_id"] == "new"]
+    offsets = bands.diff_offsets(y, M, M, [0.5])[0.5]
+    assert np.allclose(fc["q50"].to_numpy(), y[-M:] + offsets)  # seasonal naive's point, its own differences

@@ -84,6 +84,10 @@ MAX_CV_WINDOWS = 4
 #: forecasts and give the choices weeks of errors instead of four windows. A reused global model
 #: would be trained that much further back (M4 OWA 0.420 → 0.431 at 6 windows).
 EVIDENCE_SEASONS = 14
+#: a series' band leaves seasonal naive's point only on this many CV windows: on one (24 errors at
+#: h = 24) the better of two points is a coin flip (bench/RESULTS.md: Alibaba disk_io at 91 h of
+#: history took the seasonal mean's point on one window and lost 1.29× the baseline's pinball)
+MIN_POINT_WINDOWS = 2
 #: beyond the last MAX_CV_WINDOWS, a window counts only if its origin is this many seasons into the
 #: series' current regime (after its last level shift): the seasonal mean averages four seasons, so
 #: earlier windows score the transition, and their errors would widen every CV-error band for good
@@ -958,7 +962,9 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
             continue
         cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
         cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs, max(score_probs))
-        if len(cv.cut) < min(p.n_windows, MAX_CV_WINDOWS):  # too few windows to choose a band on: choose the point only
+        if len(cv.cut) < MIN_POINT_WINDOWS:  # one window is no evidence against seasonal naive's point
+            cands = {k: v for k, v in cands.items() if k == bands.SNAIVE}
+        elif len(cv.cut) < min(p.n_windows, MAX_CV_WINDOWS):  # too few windows to choose a band on: choose the point only
             cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
         method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
         for lv in FORECAST_LEVELS if method in cands else ():
