@@ -47,8 +47,9 @@ def backtest(
                                      "(default: 7 days before --to)."),
     end: str | None = typer.Option(None, "--to", help="End of the replay, UTC, exclusive "
                                    "(default: the end of the last day in <source>/peering_requests/)."),
-    policy: str = typer.Option("predictive,reactive,static,oracle,aws_predictive",
-                               help="Comma-separated policies to compare (aws_predictive: EC2 predictive scaling as documented)."),
+    policy: str = typer.Option("predictive,predictive_tiered,reactive,static,oracle,aws_predictive",
+                               help="Comma-separated policies to compare (aws_predictive: EC2 predictive scaling as "
+                                    "documented; predictive_tiered: with warm capacity)."),
     refit_every: int = typer.Option(6, min=1, max=MAX_REFIT_EVERY_HOURS, help="Refit the predictive forecast every N hours, "
                                     f"1 to {MAX_REFIT_EVERY_HOURS} (between refits it plans from older data only)."),
     headroom: float = typer.Option(0.2, min=0.0, max=MAX_HEADROOM, help="Static policy headroom over last week's peak "
