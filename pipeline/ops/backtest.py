@@ -11,8 +11,8 @@ requests (in time order, each session released when its duration ends) from the 
   IRC's own logged decisions of the hours already replayed, exactly as the hourly run does;
 - `predictive_tiered`: the same forecast, planned with the warm tier (`pipeline.plan.warm`): running
   capacity to τ_run and warm (stopped) instances on top to τ_warm. A request the pre-allocation
-  misses is served by starting warm capacity of its region while any is left (a warm start, not a
-  cold start); started warm capacity returns to the pool when the session ends. The feedback
+  misses is served by the IRC's warm path while the plan's warm capacity lasts (a warm start, not a
+  cold start; the ledger holds it like the pre-allocation, released when the session ends). The feedback
   controller does not run for it (it steers the pre-allocated hit rate, not the cold-start-free rate);
 - `oracle`: exactly the peak concurrent demand that will occur in the hour (the physical limit);
 - `aws_predictive`: EC2 Auto Scaling predictive scaling as its documentation describes it: a load
@@ -43,7 +43,7 @@ Costs (USD) are made comparable across policies:
 
 Modeled setup latency: pre-allocated ≈ 0 s; on demand drawn from a lognormal with median 30 s
 and p95 90 s (a cold instance launch plus bootstrap), seeded so runs are repeatable; a warm start
-the same draw × WARM_START_MEDIAN_S / 30 s (a stopped instance resumes in an eighth of the time).
+the same draw × WARM_START_SHARE (a stopped instance resumes in an eighth of the time).
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.common.schemas import FORECAST, PEERING_REQUESTS, RESOURCE_TYPES, region_series_id
 from pipeline.features.build import FeatureWindow, compute_features
-from pipeline.plan.warm import WARM_START_MEDIAN_S, WarmCosts, resolve_warm
+from pipeline.plan.warm import WARM_START_SHARE, WarmCosts, resolve_warm
 
 if TYPE_CHECKING:
     from pipeline.irc import Coordinator
@@ -346,9 +346,6 @@ class _PolicyRun:
     coordinator: Coordinator
     result: PolicyResult
     sessions: list[tuple[float, str]] = field(default_factory=list)  # heap of (ends at, allocation id)
-    warm_free: dict[str, dict[str, float]] | None = None  # tiered: warm capacity left per region and resource
-    warm_sessions: list[tuple[float, int, str, tuple[float, ...]]] = field(default_factory=list)  # heap: ends, seq, region, need
-    catalog: dict[tuple[str, str], dict[str, float]] | None = None  # (region, type) -> capacity, read once
 
 
 @dataclass
@@ -517,41 +514,17 @@ def _plan_hour(run: _PolicyRun, *, hour: datetime, interval: DataInterval, index
 
 
 def _take_warm_plan(run: _PolicyRun, plan: pd.DataFrame) -> None:
-    """The hour's warm capacity per region (less what warm-started sessions still hold) and its hold cost."""
-    from pipeline.plan.allocate import CAPACITY_COLUMN
-
+    """The hour's warm hold cost (the plan's warm_hourly_cost) and warm unit-hours (each line's quantity ×
+    warm_count / count); the IRC serves from the warm capacity itself (its ledger's `<region>/warm` rows)."""
+    if "warm_count" not in plan.columns or not len(plan):
+        return
     result = run.result
-    planned: dict[str, dict[str, float]] = {}
-    if "warm_count" in plan.columns and len(plan):
-        lines = plan.drop_duplicates("line_id")
-        result.warm_hold_cost += float(plan["warm_hourly_cost"].fillna(0.0).sum())
-        if run.catalog is None:
-            run.catalog = _catalog_capacity(run.settings)
-        catalog = run.catalog
-        for row in lines.itertuples(index=False):
-            n = int(row.warm_count) if pd.notna(row.warm_count) else 0
-            cap = catalog.get((row.region, row.instance_type), {})
-            for r in RESOURCE_TYPES:
-                planned.setdefault(row.region, dict.fromkeys(RESOURCE_TYPES, 0.0))[r] += n * cap.get(CAPACITY_COLUMN[r], 0.0)
-    for per in planned.values():
-        for r, v in per.items():
-            result.warm_unit_hours[r] += v
-    in_use: dict[str, dict[str, float]] = {}
-    for _, _, region, need in run.warm_sessions:
-        for r, v in zip(RESOURCE_TYPES, need):
-            in_use.setdefault(region, dict.fromkeys(RESOURCE_TYPES, 0.0))[r] += v
-    run.warm_free = {region: {r: per[r] - in_use.get(region, {}).get(r, 0.0) for r in RESOURCE_TYPES}
-                     for region, per in planned.items()}
-
-
-def _catalog_capacity(settings: Settings) -> dict[tuple[str, str], dict[str, float]]:
-    """(region, instance type) -> the catalog's capacity columns (vcpu, memory_gib, ...)."""
-    from pipeline.plan.allocate import CAPACITY_COLUMN
-
-    frame = lake.read_reference(settings.lake_root, "instance_catalog", datetime.now(UTC)).to_pandas()
-    cols = list(CAPACITY_COLUMN.values())
-    return {(str(r), str(t)): {c: float(v) for c, v in zip(cols, vals)}
-            for r, t, *vals in frame[["region", "instance_type", *cols]].itertuples(index=False)}
+    result.warm_hold_cost += float(plan["warm_hourly_cost"].fillna(0.0).sum())
+    warm = plan["warm_count"].fillna(0).astype(float)
+    share = (warm / plan["count"].where(plan["count"] > 0)).fillna(0.0)
+    held = (plan["quantity"] * share).groupby(plan["resource_type"]).sum()
+    for r in RESOURCE_TYPES:
+        result.warm_unit_hours[r] += float(held.get(r, 0.0))
 
 
 def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, index: int, inputs: _ReplayInputs,
@@ -597,7 +570,6 @@ def _serve_hour(batch: pd.DataFrame, run: _PolicyRun, *, inputs: _ReplayInputs, 
         while sessions and sessions[0][0] <= at:
             _, allocation_id = heapq.heappop(sessions)
             coordinator.release(allocation_id)
-        _release_warm(run, at)
         need = {r: float(getattr(row, r)) for r in RESOURCE_TYPES}
         request = PeeringRequest(
             request_id=row.request_id, requested_at=row.requested_at.to_pydatetime(), source_region=row.source_region,
@@ -616,10 +588,9 @@ def _serve_hour(batch: pd.DataFrame, run: _PolicyRun, *, inputs: _ReplayInputs, 
                 heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
             for r in RESOURCE_TYPES:
                 result.used_unit_hours[r] += need[r] * held_in_replay
-        elif response.status == "success" and _take_warm(run, response.region or row.destination_region, need,
-                                                         ends=at + float(row.duration_s), seq=int(index)):
+        elif response.status == "success" and response.path == "warm":
             result.warm += 1
-            result.latencies_s.append(float(inputs.cold_starts[index]) * WARM_START_MEDIAN_S / COLD_START_MEDIAN_S)
+            result.latencies_s.append(float(inputs.cold_starts[index]) * WARM_START_SHARE)
             if response.allocation_id:
                 heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
             result.on_demand_cost += sum(need[r] * pricing.on_demand[r] for r in RESOURCE_TYPES) * hours_held
@@ -638,27 +609,6 @@ def _serve_hour(batch: pd.DataFrame, run: _PolicyRun, *, inputs: _ReplayInputs, 
             result.failure_cost += sum(need[r] * pricing.shortfall[r] for r in RESOURCE_TYPES) * hours_held
     total = len(batch)
     result.hourly.append({"hour": hour.isoformat(), "requests": total, "hit_rate": served_pre / total if total else None})
-
-
-def _take_warm(run: _PolicyRun, region: str, need: dict[str, float], *, ends: float, seq: int) -> bool:
-    """Serve `need` by starting warm capacity of `region` if enough is left (tiered policy only)."""
-    free = (run.warm_free or {}).get(region)
-    if free is None or any(need[r] > free[r] + 1e-9 for r in RESOURCE_TYPES if need[r] > 0):
-        return False
-    for r in RESOURCE_TYPES:
-        free[r] -= need[r]
-    heapq.heappush(run.warm_sessions, (ends, seq, region, tuple(need[r] for r in RESOURCE_TYPES)))
-    return True
-
-
-def _release_warm(run: _PolicyRun, at: float) -> None:
-    """Warm-started sessions that ended give their capacity back to the warm pool (reuse on scale-in)."""
-    while run.warm_sessions and run.warm_sessions[0][0] <= at:
-        _, _, region, need = heapq.heappop(run.warm_sessions)
-        free = (run.warm_free or {}).get(region)
-        if free is not None:
-            for r, v in zip(RESOURCE_TYPES, need):
-                free[r] += v
 
 
 def parse_policies(text: str) -> tuple[str, ...]:

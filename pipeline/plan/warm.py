@@ -35,8 +35,8 @@ Defaults and their sources:
   volume are cheaper still, so 0.1 is a typical-size figure, to be set per fleet.
 * `start_penalty_multiple` 1.0 (u_w = 2c): the cold penalty the planner uses by default is
   ≈ 8 × c (`CostModel`, c_under / c_over − 1); a warm start takes tens of seconds where a cold
-  launch plus bootstrap takes minutes (`WARM_START_MEDIAN_S` vs the cold median of the backtest's
-  latency model), i.e. about an eighth of the wait, so an eighth of the penalty.
+  launch plus bootstrap takes minutes: `WARM_START_SHARE` = 1/8 of the wait (the IRC's warm latency class
+  and the backtest's latency model use the same share), so an eighth of the penalty.
 * `enabled` false: plans are running-only (one tier) unless the tier is switched on.
 
 Layers, later wins: built-in defaults, `inventory/planner.json` `costs.warm`
@@ -50,7 +50,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-WARM_START_MEDIAN_S = 30.0 / 8  # modeled: a stopped warm-pool instance resumes in an eighth of a cold launch's wait
+WARM_START_SHARE = 1.0 / 8.0  # modeled: a stopped warm-pool instance resumes in an eighth of a cold launch's wait
 DEFAULT_HOLD_FRACTION = 0.1
 DEFAULT_START_PENALTY_MULTIPLE = 1.0
 WARM_KEYS = ("enabled", "hold_fraction", "start_penalty_multiple")
@@ -152,5 +152,5 @@ def tier_taus(c_over: float, c_under: float, warm: WarmCosts) -> tuple[float, fl
     return tau_run, tau_warm
 
 
-__all__ = ["DEFAULT_HOLD_FRACTION", "DEFAULT_START_PENALTY_MULTIPLE", "WARM_START_MEDIAN_S", "WarmCosts", "apply_layer",
+__all__ = ["DEFAULT_HOLD_FRACTION", "DEFAULT_START_PENALTY_MULTIPLE", "WARM_START_SHARE", "WarmCosts", "apply_layer",
            "parse_text", "resolve_warm", "tier_taus"]
