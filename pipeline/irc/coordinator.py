@@ -697,7 +697,7 @@ class Coordinator:
         none there or the ledger cannot reserve it in every window the session overlaps."""
         plan, window = located
         region = valid.destination_region
-        if not window.warm or region not in window.warm:
+        if not window.warm or not window.warm.get(region):  # no warm tier, or none planned here: no ledger call
             return None
         allocation_id = f"{WARM_PREFIX}{self._id_prefix}{next(self._ids):x}"
         try:

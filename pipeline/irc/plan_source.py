@@ -597,9 +597,10 @@ def _warm_per_window(table: Any, start_us: Any) -> dict[int, dict[str, dict[str,
         start_us.to_pylist(), table["region"].to_pylist(), table["resource_type"].to_pylist(), table["quantity"].to_pylist(),
         table["count"].to_pylist(), table["warm_count"].to_pylist(), strict=True,
     ):
-        cell = warm.setdefault(start, {}).setdefault(region, {})
-        extra = q * n / count if n and n > 0 and count and count > 0 else 0.0
-        cell[resource_type] = cell.get(resource_type, 0.0) + extra
+        per_window = warm.setdefault(start, {})
+        if n and n > 0 and count and count > 0:  # a region appears only with warm capacity: the IRC skips the rest at once
+            cell = per_window.setdefault(region, {})
+            cell[resource_type] = cell.get(resource_type, 0.0) + q * n / count
     return warm
 
 
