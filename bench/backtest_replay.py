@@ -3,8 +3,10 @@
     .venv/bin/python bench/backtest_replay.py                 # 7 days, all policies + static sweep (~25 min on 2 cores)
     .venv/bin/python bench/backtest_replay.py --hours 24      # a shorter replay
 
-1. `peerscale backtest` over [2026-01-29, 2026-02-05) with predictive, reactive, static (+20 %
-   headroom) and oracle: hit rate, latency, idle resource-hours and total cost, each vs the oracle.
+1. `peerscale backtest` over [2026-01-29, 2026-02-05) with predictive tiered (running + warm
+   capacity), predictive running-only, reactive, static (+20 % headroom), oracle and AWS-style
+   (`--aws-target`): the rate served without a cold start (pre-allocated or warm), the cold-start
+   share, p95 wait, idle unit-hours and total cost vs the oracle; the floors of issue #16.
 2. Static at equal hit rate: the static policy replayed with smaller headrooms (down to −40 %:
    pre-allocate 60 % of last week's peak) — the cheapest one whose hit rate reaches the predictive
    policy's, and its cost against the predictive policy's.
@@ -37,35 +39,40 @@ def main() -> int:
     parser.add_argument("--hours", type=int, default=168, help="Replay length ending at the end of the samples (default 7 days).")
     parser.add_argument("--refit-every", type=int, default=6)
     parser.add_argument("--no-sweep", action="store_true", help="Skip the static headroom and AWS target sweeps.")
+    parser.add_argument("--aws-target", type=float, default=0.7, help="aws_predictive's target utilization in the main replay.")
+    parser.add_argument("--policies", default=None, help="Comma-separated subset of the policies for the main replay (default: all).")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
 
     from pipeline.common.intervals import parse_utc
-    from pipeline.ops.backtest import BacktestConfig, run_backtest
+    from pipeline.ops.backtest import BacktestConfig, parse_policies, run_backtest
 
     samples = str(REPO / "data_samples")
     end = parse_utc("2026-02-05T00:00")
     start = end - timedelta(hours=args.hours)
-    config = BacktestConfig(start=start, end=end, refit_every_hours=args.refit_every, horizon_hours=args.refit_every)
+    config = BacktestConfig(start=start, end=end, refit_every_hours=args.refit_every, horizon_hours=args.refit_every,
+                            aws_target_utilization=args.aws_target,
+                            **({"policies": parse_policies(args.policies)} if args.policies else {}))
     t0 = time.perf_counter()
-    result = run_backtest(samples, config)
+    result = run_backtest(samples, config, progress=_progress(t0))
     seconds = time.perf_counter() - t0
     summary = result.summary()["policies"]
     print(f"replay {start:%Y-%m-%dT%H:%M} → {end:%Y-%m-%dT%H:%M} ({args.hours} h), {seconds:.0f} s")
-    print(f"{'policy':<12}{'hit rate':>10}{'on demand':>11}{'p95 s':>8}{'idle vCPU-h':>13}{'total $':>11}{'vs oracle':>11}")
+    print(f"{'policy':<19}{'no cold':>9}{'pre-alloc':>10}{'warm':>7}{'cold':>7}{'p95 s':>7}{'idle vCPU-h':>12}"
+          f"{'warm vCPU-h':>12}{'total $':>10}{'vs oracle':>10}")
     for name, s in summary.items():
-        print(f"{name:<12}{s['hit_rate']:>10.1%}{s['on_demand_share']:>11.1%}{s['latency_p95_s']:>8.0f}"
-              f"{s['idle_vcpu_hours']:>13.0f}{s['cost']['total']:>11.2f}{s['cost_vs_oracle']:>11.3f}")
-    predictive = summary["predictive"]
+        print(f"{name:<19}{s['cold_start_free_rate']:>9.1%}{s['hit_rate']:>10.1%}{s['warm_share']:>7.1%}{s['cold_start_share']:>7.1%}"
+              f"{s['latency_p95_s']:>7.1f}{s['idle_vcpu_hours']:>12.0f}{s['warm_unit_hours']['vcpu']:>12.0f}"
+              f"{s['cost']['total']:>10.2f}{s['cost_vs_oracle']:>10.3f}")
+    predictive = summary.get("predictive") or summary["predictive_tiered"]
     out = {
         "hours": args.hours,
         "replay_seconds": round(seconds, 1),
-        "predictive_hit_rate": round(predictive["hit_rate"], 4),
-        "predictive_cost_vs_oracle": predictive["cost_vs_oracle"],
-        "static_hit_rate": round(summary["static"]["hit_rate"], 4),
-        "static_cost_vs_oracle": summary["static"]["cost_vs_oracle"],
-        "reactive_cost_vs_oracle": summary["reactive"]["cost_vs_oracle"],
-        "oracle_hit_rate": round(summary["oracle"]["hit_rate"], 4),
+        "policies": {name: {"cold_start_free_rate": round(s["cold_start_free_rate"], 4), "hit_rate": round(s["hit_rate"], 4),
+                            "warm_share": round(s["warm_share"], 4), "cold_start_share": round(s["cold_start_share"], 4),
+                            "latency_p95_s": round(s["latency_p95_s"], 2), "idle_vcpu_hours": s["idle_vcpu_hours"],
+                            "cost": s["cost"], "cost_vs_oracle": s["cost_vs_oracle"]} for name, s in summary.items()},
+        **floors(summary, seconds),
     }
     if not args.no_sweep:
         print("static headroom sweep (equal hit rate):")
@@ -86,6 +93,28 @@ def main() -> int:
         out.update(aws_sweep(samples, start, end, summary))
     print(json.dumps(out, sort_keys=True))
     return 0
+
+
+def _progress(t0: float):
+    def say(message: str, i: int, n: int) -> None:
+        if i % 12 == 0 or i == n:
+            print(f"  [{time.perf_counter() - t0:6.0f} s] hour {i}/{n} {message}", file=sys.stderr, flush=True)
+    return say
+
+
+def floors(summary: dict, seconds: float) -> dict:
+    """Issue #16's floors, from the main replay: tiered ≥ 97 % without a cold start at ≤ 1.25× the oracle;
+    ≤ 0.85× the AWS-style baseline when that is at an equal or better cold-start-free rate; ≤ 15 min."""
+    out: dict = {}
+    tiered, aws = summary.get("predictive_tiered"), summary.get("aws_predictive")
+    if tiered:
+        out["tiered_floor_met"] = tiered["cold_start_free_rate"] >= 0.97 and (tiered["cost_vs_oracle"] or 99) <= 1.25
+        if aws:
+            ratio = tiered["cost"]["total"] / aws["cost"]["total"]
+            out["tiered_cost_vs_aws"] = round(ratio, 4)
+            out["tiered_vs_aws_floor_met"] = ratio <= 0.85 and tiered["cold_start_free_rate"] >= aws["cold_start_free_rate"]
+    out["replay_floor_met"] = seconds <= 15 * 60
+    return out
 
 
 def aws_sweep(samples: str, start, end, summary: dict) -> dict:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,8 @@ SAMPLES = str(REPO_ROOT / "data_samples")
 @pytest.fixture(scope="module")
 def replay() -> object:
     config = BacktestConfig(start=parse_utc("2026-01-29T00:00"), end=parse_utc("2026-01-29T02:00"),
-                            policies=("predictive", "reactive", "static", "oracle", "aws_predictive"), refit_every_hours=2,
+                            policies=("predictive", "predictive_tiered", "reactive", "static", "oracle", "aws_predictive"),
+                            refit_every_hours=2,
                             horizon_hours=2)
     return run_backtest(SAMPLES, config)
 
@@ -57,10 +59,14 @@ def test_policies_behave_as_defined(replay) -> None:
     oracle = summary["oracle"]
     assert oracle["hit_rate"] >= 0.95 and oracle["cost_vs_oracle"] == 1.0
     assert summary["static"]["cost"]["preallocation"] > oracle["cost"]["preallocation"]
-    for name in ("predictive", "static", "aws_predictive"):
+    for name in ("predictive", "predictive_tiered", "static", "aws_predictive"):
         assert 0.0 < summary[name]["hit_rate"] <= 1.0
         assert summary[name]["cost"]["total"] == pytest.approx(sum(v for k, v in summary[name]["cost"].items() if k != "total"), abs=0.01)
     assert replay.results["predictive"].taus, "the τ controller ran on the first hour's logged decisions"
+    tiered = summary["predictive_tiered"]
+    assert tiered["cost"]["warm_hold"] > 0 and tiered["cold_start_free_rate"] >= tiered["hit_rate"]
+    assert tiered["cold_start_free_rate"] == pytest.approx(tiered["hit_rate"] + tiered["warm_share"])
+    assert summary["predictive"]["warm_share"] == 0.0 and summary["predictive"]["cost"]["warm_hold"] == 0.0
     assert replay.forecasts["model"].str.startswith("committed+").all(), "the first window adds the known committed level"
     hourly = replay.results["predictive"].hourly
     assert [h["hour"][:16] for h in hourly] == ["2026-01-29T00:00", "2026-01-29T01:00"]
@@ -75,7 +81,7 @@ def test_backtest_report_renders_in_chromium(replay, tmp_path: Path) -> None:
     images = {img["id"]: img for img in check.images}
     for figure in ("fig-cost", "fig-hitrate", "fig-capacity", "fig-forecast"):
         assert images[figure]["width"] > 300, figure
-    assert check.tables["comparison"] == 1 + 5
+    assert check.tables["comparison"] == 1 + 6
 
 
 def test_aws_style_capacity_is_the_load_forecast_over_the_target_without_look_ahead(replay) -> None:
@@ -116,3 +122,67 @@ def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
     assert Path(summary["recorded"]).parent == tmp_path / "lake" / "backtests"
     assert recorded["policies"]["oracle"]["requests"] == summary["policies"]["oracle"]["requests"]
     assert set(recorded["hourly"]) == {"reactive", "oracle"}
+
+
+def test_warm_hold_and_warm_starts_are_charged_by_hand(tmp_path: Path) -> None:
+    """A one-window tiered plan (1 × m5.xlarge running, 2 stopped beside it) served by the real IRC: a critical
+    session fills the pre-allocation, then the first request starts warm capacity, the second finds too little
+    left (a cold start) and the third starts what the first gave back. Every figure is computed by hand."""
+    from datetime import UTC, datetime
+
+    import pyarrow as pa
+
+    from pipeline.common import schemas
+    from pipeline.common.config import CostModel, Settings
+    from pipeline.irc import REQUEST_TIME, Coordinator
+    from pipeline.ops.backtest import PolicyResult, _PolicyRun, _Pricing, _ReplayInputs, _serve_hour, _take_warm_plan
+    from tests import plan_store
+
+    hour = datetime(2026, 2, 1, tzinfo=UTC)
+    plan_id = "plan-20260201T00"
+    schema = schemas.PLAN.append(pa.field("warm_count", pa.int64())).append(pa.field("warm_hourly_cost", pa.float64()))
+    rows = [{"plan_id": plan_id, "valid_from": hour, "valid_to": hour + timedelta(hours=1), "region": "us-east-1",
+             "resource_type": rt, "quantity": q, "instance_type": "m5.xlarge", "purchase_option": "on_demand", "count": 1,
+             "hourly_cost": 0.192 / 3, "demand_quantile": q, "line_id": "us-east-1/w/m5.xlarge/on_demand", "reason": "test",
+             "warm_count": 2, "warm_hourly_cost": 0.192 * 0.1 * 2 / 3}
+            for rt, q in (("vcpu", 4.0), ("memory_gib", 16.0), ("bandwidth_gbps", 1.0))]
+    pools = [{"region": r, "resource_type": rt, "available_quantity": 1000.0, "total_quantity": 2000.0}
+             for r in ("us-east-1", "eu-west-1") for rt in ("vcpu", "memory_gib", "storage_gib", "bandwidth_gbps")]
+    plan_store.write_plan(tmp_path, plan_id, pa.Table.from_pylist(rows, schema=schema),
+                          {"plan_id": plan_id, "created_at": hour.isoformat(), "valid_from": hour.isoformat(),
+                           "valid_to": (hour + timedelta(hours=1)).isoformat()},
+                          pools=pa.Table.from_pylist(pools, schema=schemas.RESOURCE_POOLS))
+    cost = CostModel()
+    pricing = _Pricing(on_demand=dict(cost.c_over), cold_start_penalty={r: cost.c_under[r] - cost.c_over[r] for r in cost.c_over},
+                       shortfall=dict(cost.c_under), warm_start_penalty=dict(cost.c_over))  # start_penalty_multiple 1
+    coordinator = Coordinator(str(tmp_path), reload_interval_s=None, outcomes=False, clock=REQUEST_TIME)
+    run = _PolicyRun(name="predictive_tiered", settings=Settings(lake_root=str(tmp_path)), learns=False,
+                     coordinator=coordinator, result=PolicyResult(policy="predictive_tiered"))
+    _take_warm_plan(run, pd.DataFrame(rows))
+
+    def request(rid: str, minute: int, vcpu: float, mem: float, bw: float, seconds: float, priority: str = "normal") -> dict:
+        return {"request_id": rid, "requested_at": pd.Timestamp(hour) + pd.Timedelta(minutes=minute), "source_region": "eu-west-1",
+                "destination_region": "us-east-1", "vcpu": vcpu, "memory_gib": mem, "storage_gib": 0.0, "bandwidth_gbps": bw,
+                "duration_s": seconds, "priority": priority}
+
+    batch = pd.DataFrame([request("fill", 0, 4, 16, 1, 3600, "critical"), request("a", 1, 6, 8, 0.5, 1800),
+                          request("b", 10, 4, 4, 0.0, 1200), request("c", 40, 4, 4, 0.0, 7200)])
+    inputs = _ReplayInputs(demand=pd.DataFrame(), demand_long=pd.DataFrame(), carried=None, tau=0.9, source_lake="",
+                           requests=batch, cold_starts=np.array([40.0, 40.0, 40.0, 40.0]), pricing=pricing)
+    try:
+        _serve_hour(batch, run, inputs=inputs, hour=hour, replay_end_s=hour.timestamp() + 3600)
+    finally:
+        coordinator.close()
+    result = run.result
+    assert (result.preallocated, result.warm, result.on_demand) == (1, 2, 1)
+    a = 6 * 0.048 + 8 * 0.006 + 0.5 * 0.02  # USD per hour of what each request holds, at c_over
+    b = c = 4 * 0.048 + 4 * 0.006
+    assert result.warm_hold_cost == pytest.approx(0.192 * 0.1 * 2)
+    assert result.warm_unit_hours["vcpu"] == pytest.approx(8.0) and result.warm_unit_hours["memory_gib"] == pytest.approx(32.0)
+    assert result.on_demand_cost == pytest.approx(a * 0.5 + b / 3 + c * 2)
+    assert result.warm_start_cost == pytest.approx(a * 0.5 + c * 1.0), "the warm-start penalty covers at most one window"
+    cold = 4 * (0.43 - 0.048) + 4 * (0.054 - 0.006)
+    assert result.penalty_cost == pytest.approx(cold / 3), "only the request that found no warm capacity pays a cold start"
+    summary = result.summary()
+    assert summary["cold_start_free_rate"] == pytest.approx(3 / 4) and summary["cold_start_share"] == pytest.approx(1 / 4)
+    assert sorted(result.latencies_s) == [0.0, 5.0, 5.0, 40.0]  # a warm start: the cold draw × WARM_START_SHARE

@@ -47,8 +47,9 @@ def backtest(
                                      "(default: 7 days before --to)."),
     end: str | None = typer.Option(None, "--to", help="End of the replay, UTC, exclusive "
                                    "(default: the end of the last day in <source>/peering_requests/)."),
-    policy: str = typer.Option("predictive,reactive,static,oracle,aws_predictive",
-                               help="Comma-separated policies to compare (aws_predictive: EC2 predictive scaling as documented)."),
+    policy: str = typer.Option("predictive,predictive_tiered,reactive,static,oracle,aws_predictive",
+                               help="Comma-separated policies to compare (aws_predictive: EC2 predictive scaling as "
+                                    "documented; predictive_tiered: with warm capacity)."),
     refit_every: int = typer.Option(6, min=1, max=MAX_REFIT_EVERY_HOURS, help="Refit the predictive forecast every N hours, "
                                     f"1 to {MAX_REFIT_EVERY_HOURS} (between refits it plans from older data only)."),
     headroom: float = typer.Option(0.2, min=0.0, max=MAX_HEADROOM, help="Static policy headroom over last week's peak "
@@ -119,10 +120,12 @@ def _replay(backtest_config: BacktestConfig, config: Settings, *, transient: boo
 
 def _print_summary(summary: dict) -> None:
     table = Table(title=safe(f"backtest {summary['from'][:16]} → {summary['to'][:16]} ({summary['hours']} h)"), title_justify="left")
-    for col in ("policy", "hit rate", "on demand", "failures", "p95 latency", "idle vCPU-h", "total cost", "vs oracle"):
+    for col in ("policy", "no cold start", "hit rate", "warm", "cold start", "failures", "p95 latency", "idle vCPU-h", "total cost",
+                "vs oracle"):
         table.add_column(col, justify="left" if col == "policy" else "right")
     for name, s in summary["policies"].items():
         ratio = s.get("cost_vs_oracle")
-        table.add_row(safe(name), f"{s['hit_rate']:.1%}", f"{s['on_demand_share']:.1%}", str(s["failures"]), f"{s['latency_p95_s']:.0f} s",
+        table.add_row(safe(name), f"{s['cold_start_free_rate']:.1%}", f"{s['hit_rate']:.1%}", f"{s['warm_share']:.1%}",
+                      f"{s['cold_start_share']:.1%}", str(s["failures"]), f"{s['latency_p95_s']:.0f} s",
                       f"{s['idle_vcpu_hours']:.0f}", f"${s['cost']['total']:.2f}", f"{ratio:.3f}" if ratio is not None else "—")
     console.print(table)

@@ -51,6 +51,9 @@ CUnderOption = typer.Option(None, "--c-under", metavar="COSTS",
 COverOption = typer.Option(None, "--c-over", metavar="COSTS",
                            help="What an idle pre-allocated unit costs, USD per unit-hour, same form as --c-under "
                                 "(default: from the catalog's on-demand prices).")
+WarmOption = typer.Option(None, "--warm", metavar="SETTINGS",
+                          help="Warm tier (pipeline.plan.warm): 'enabled=1,hold_fraction=0.1,start_penalty_multiple=1'; "
+                               "wins over PEERSCALE_WARM and planner.json costs.warm.")
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout (progress and errors go to stderr).")
 
 # What a newcomer can run to get a published plan into the default lake.
@@ -78,6 +81,18 @@ def with_costs(config: Settings, c_under: str | None, c_over: str | None) -> Set
     except ValueError as exc:
         fail(str(exc))
     return replace(config, cost_texts=tuple(layers))
+
+
+def with_warm(config: Settings, warm: str | None) -> Settings:
+    """`config` with the command line's --warm as the last warm-tier layer, checked now (not mid-run)."""
+    from pipeline.plan.warm import resolve_warm
+
+    layers = (*config.warm_texts, *((("--warm", warm),) if warm else ()))
+    try:
+        resolve_warm(None, layers)
+    except ValueError as exc:
+        fail(str(exc))
+    return replace(config, warm_texts=layers)
 
 
 def safe(value: object) -> str:

@@ -49,6 +49,12 @@ def _cost_env() -> tuple[tuple[str, str | None, str | None], ...]:
     return (("PEERSCALE_C_UNDER/PEERSCALE_C_OVER", under or None, over or None),) if under or over else ()
 
 
+def _warm_env() -> tuple[tuple[str, str], ...]:
+    """PEERSCALE_WARM ("enabled=1,hold_fraction=0.1,start_penalty_multiple=1") as one warm-tier layer (pipeline.plan.warm)."""
+    text = os.environ.get("PEERSCALE_WARM", "").strip()
+    return (("PEERSCALE_WARM", text),) if text else ()
+
+
 @dataclass(frozen=True)
 class CostModel:
     """Reference hourly costs behind the newsvendor quantile τ = c_under / (c_under + c_over).
@@ -90,6 +96,8 @@ class Settings:
     # Cost settings as (source, c_under text, c_over text), applied by the planner over the catalog's
     # defaults and planner.json, in order: e.g. ("PEERSCALE_C_UNDER/C_OVER", "vcpu=0.5", None).
     cost_texts: tuple[tuple[str, str | None, str | None], ...] = ()
+    # Warm-tier settings as (source, "key=value,..." text), over planner.json's costs.warm (pipeline.plan.warm).
+    warm_texts: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -102,6 +110,7 @@ class Settings:
             horizon_hours=_int_env("PEERSCALE_HORIZON_HOURS", cls.horizon_hours, HORIZON_HOURS_RANGE),
             plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
             cost_texts=_cost_env(),
+            warm_texts=_warm_env(),
         )
         if base.plan_windows > base.horizon_hours:
             raise ValueError(f"PEERSCALE_PLAN_WINDOWS={base.plan_windows} is more than PEERSCALE_HORIZON_HOURS={base.horizon_hours}: "

@@ -7,7 +7,7 @@ Only the plan's first window (earliest ``valid_from``) is provisioned now. Per r
 * **on-demand lines** become an EC2 capacity reservation (billed used or not, so it ends with the
   window) plus a launch template and an auto scaling group that runs the instances in that
   reservation, with a *warm pool* of stopped, pre-initialised instances
-  (``ceil(count × WARM_POOL_FRACTION)``) for bursts beyond the plan;
+  (the plan's ``warm_count``, or ``ceil(count × WARM_POOL_FRACTION)`` for plans without one) for bursts beyond the plan;
 * **spot lines** become a launch template and an auto scaling group with a mixed instances
   policy (on-demand base 0, 0 % on demand above it: all spot, price-capacity-optimized). AWS
   refuses warm pools on mixed-instances and spot groups, so spot lines have none;
@@ -85,7 +85,8 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
 )
 
 # Stopped instances kept ready next to an on-demand group, as a share of its planned count.
-WARM_POOL_FRACTION = 0.2
+WARM_POOL_FRACTION = 0.2  # the warm pool of a line whose plan has no warm_count (plans before the warm tier)
+WARM_COLUMN = "warm_count"  # the plan's warm instances per line (pipeline.plan.warm)
 # gp3 volumes hold at most 16 TiB.
 MAX_VOLUME_GIB = 16384
 # A region pair is peered when the forecast expects at least this many requests between the two
@@ -236,9 +237,10 @@ def _records(plan: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(f"plan is missing columns {missing}; expected the PLAN schema")
+    wanted = [*REQUIRED_COLUMNS, *([WARM_COLUMN] if WARM_COLUMN in columns else [])]  # old plans have no warm column
     if is_table:
-        return plan.select(list(REQUIRED_COLUMNS)).to_pylist()
-    return plan[list(REQUIRED_COLUMNS)].to_dict(orient="records")
+        return plan.select(wanted).to_pylist()
+    return plan[wanted].to_dict(orient="records")
 
 
 def _validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
@@ -260,7 +262,17 @@ def _validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "purchase_option": check_purchase_option(row["purchase_option"]),
         "count": check_count(row["count"]),
         "line_id": check_tag_value(row["line_id"], "line_id"),
+        WARM_COLUMN: _warm_count(row.get(WARM_COLUMN)),
     }
+
+
+def _warm_count(value: object) -> int | None:
+    """The plan's warm instances for a line (pipeline.plan.warm); None when the plan has none planned (null/NaN/absent)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return None
+    if isinstance(value, float) and value.is_integer():  # pandas reads a nullable int64 column as float
+        value = int(value)
+    return check_count(value, WARM_COLUMN)
 
 
 def _tau(manifest: Mapping[str, Any]) -> str | None:
@@ -337,6 +349,7 @@ class _LineRows:
     purchase_option: str
     count: int
     storage: float = 0.0
+    warm: int | None = None  # the plan's warm_count (None: size the pool by WARM_POOL_FRACTION)
 
     @property
     def shape(self) -> tuple[str, str, str, int]:
@@ -418,6 +431,8 @@ def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
             )
         if row["resource_type"] == STORAGE_RESOURCE:
             seen.storage += row["quantity"]
+        if row[WARM_COLUMN] is not None:
+            seen.warm = row[WARM_COLUMN]
     return by_line
 
 
@@ -450,7 +465,8 @@ def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow
             "quantity", info.storage,
             f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
         )
-    warm = math.ceil(info.count * WARM_POOL_FRACTION) if info.purchase_option == "on_demand" else 0
+    fallback = math.ceil(info.count * WARM_POOL_FRACTION)
+    warm = (fallback if info.warm is None else info.warm) if info.purchase_option == "on_demand" else 0
     return InfraLine(
         key=key,
         line_id=line_id,

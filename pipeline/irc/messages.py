@@ -19,8 +19,9 @@ from pipeline.irc.contract import RESOURCE_TYPES
 Status = Literal["success", "failure"]
 # failover: the destination's failover partner's pre-allocation (its N+1 headroom); relocated: the
 # pre-allocation of a region the plan moved the destination's demand to (coordinator docstring).
-Path = Literal["preallocated", "on_demand", "failover", "relocated", "none"]
-LatencyClass = Literal["low", "medium"]
+# warm: the destination's warm (stopped, pre-initialised) capacity, started for the request.
+Path = Literal["preallocated", "warm", "on_demand", "failover", "relocated", "none"]
+LatencyClass = Literal["low", "warm", "medium"]
 
 
 @dataclass(frozen=True)

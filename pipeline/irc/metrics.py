@@ -16,7 +16,7 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     1e-5, 2.5e-5, 5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 1.0,
 )
 _BOUNDS_NS = tuple(int(b * 1e9) for b in LATENCY_BUCKETS_S)
-PATHS = ("preallocated", "on_demand", "failover", "relocated", "none")
+PATHS = ("preallocated", "warm", "on_demand", "failover", "relocated", "none")
 _ALWAYS = (("preallocated", "success"), ("on_demand", "success"), ("none", "failure"))  # exported even at 0
 
 # Event counters: name -> (metric name, help). Kept stable: dashboards and tests read them.

@@ -33,6 +33,14 @@ from pipeline.irc.contract import PLAN_ID_PATTERN, REGION_PATTERN, RESOURCE_TYPE
 PreAllocationTable = Mapping[str, Mapping[str, float]]
 # One ledger capacity row: (window_start_s, window_end_s, region, resource_type, quantity).
 CapacityRow = tuple[int, int, str, str, float]
+# Warm capacity (pipeline.plan.warm) sits in the same ledger under `<region>/warm`, so every backend's
+# atomic, cross-replica reservation applies to it unchanged.
+WARM_SUFFIX = "/warm"
+
+
+def warm_key(region: str) -> str:
+    """The ledger key of a region's warm capacity."""
+    return region + WARM_SUFFIX
 
 LATEST_FILE = "LATEST"
 PLAN_FILE = "plan.parquet"
@@ -70,6 +78,9 @@ class PlanWindow:
     valid_to: datetime
     allocation: PreAllocationTable
     cost_per_hour: float = 0.0  # sum of the window's plan lines' hourly_cost (all regions)
+    # warm (stopped) capacity per region and resource: warm_count/count of each line's quantity;
+    # None when the plan has no warm column (plans made before the warm tier)
+    warm: PreAllocationTable | None = None
     start_s: int = field(init=False, repr=False, compare=False)
     end_s: int = field(init=False, repr=False, compare=False)
     key: str = field(init=False, repr=False, compare=False)  # readable (UTC ISO-8601 start); ledgers use start_s
@@ -142,15 +153,23 @@ class LoadedPlan:
     def capacity_rows_full(self) -> list[CapacityRow]:
         """`capacity_rows` plus explicit zeros, so every (window, region, resource) the plan covers
         is stated: a newer plan that drops a resource in a window sets its capacity to 0 in the
-        ledger instead of leaving the older plan's figure there."""
+        ledger instead of leaving the older plan's figure there. A plan with a warm column states its
+        warm capacity the same way, under `warm_key(region)` (zeros where it plans none)."""
         regions = sorted({region for w in self.windows for region in w.allocation})
         types = sorted({rt for w in self.windows for q in w.allocation.values() for rt in q} | set(RESOURCE_TYPES))
-        return [
+        rows = [
             (w.start_s, w.end_s, region, rt, float(w.allocation.get(region, {}).get(rt, 0.0)))
             for w in self.windows
             for region in regions
             for rt in types
         ]
+        rows.extend(
+            (w.start_s, w.end_s, warm_key(region), rt, float(w.warm.get(region, {}).get(rt, 0.0)))
+            for w in self.windows if w.warm is not None
+            for region in regions
+            for rt in types
+        )
+        return rows
 
     def cost_between(self, start_s: float, end_s: float) -> float:
         """Cost of the pre-allocation held over [start_s, end_s) (pro rata by window hours)."""
@@ -465,12 +484,14 @@ def _read_windows(data: bytes, path: str, plan_id: str) -> tuple[PlanWindow, ...
         return ()
     start_us, end_us = _check_plan_rows(table, plan_id, where)
     bounds, totals, costs = _sum_per_window(table, start_us, end_us, where)
+    warm = _warm_per_window(table, start_us)
     windows = tuple(
         PlanWindow(
             valid_from=_us_to_dt(start),
             valid_to=_us_to_dt(bounds[start]),
             allocation=_freeze(totals[start]),
             cost_per_hour=costs[start] * _US_PER_HOUR / (bounds[start] - start),
+            warm=None if warm is None else _freeze(warm.get(start, {})),
         )
         for start in sorted(bounds)
     )
@@ -496,7 +517,7 @@ def _read_plan_table(data: bytes, path: str) -> Any:
             "resource_type": pa.string(),
             "quantity": pa.float64(),
         },
-        {"hourly_cost": pa.float64()},
+        {"hourly_cost": pa.float64(), "count": pa.int64(), "warm_count": pa.int64()},
     )
 
 
@@ -564,6 +585,23 @@ def _sum_per_window(
         totals.setdefault(start, {}).setdefault(region, {})[resource_type] = float(q)
         costs[start] = costs.get(start, 0.0) + float(c)
     return bounds, totals, costs
+
+
+def _warm_per_window(table: Any, start_us: Any) -> dict[int, dict[str, dict[str, float]]] | None:
+    """Per window start (µs): {region: {resource_type: warm quantity}}, each line's quantity × warm_count / count
+    (pipeline.plan.warm); None when the plan has no warm column. Null or negative warm counts count as none."""
+    if "warm_count" not in table.column_names or "count" not in table.column_names:
+        return None
+    warm: dict[int, dict[str, dict[str, float]]] = {}
+    for start, region, resource_type, q, count, n in zip(
+        start_us.to_pylist(), table["region"].to_pylist(), table["resource_type"].to_pylist(), table["quantity"].to_pylist(),
+        table["count"].to_pylist(), table["warm_count"].to_pylist(), strict=True,
+    ):
+        per_window = warm.setdefault(start, {})
+        if n and n > 0 and count and count > 0:  # a region appears only with warm capacity: the IRC skips the rest at once
+            cell = per_window.setdefault(region, {})
+            cell[resource_type] = cell.get(resource_type, 0.0) + q * n / count
+    return warm
 
 
 def _us_to_dt(us: int) -> datetime:

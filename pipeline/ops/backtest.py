@@ -6,9 +6,14 @@ requests (in time order, each session released when its duration ends) from the 
 
 - `reactive`: no pre-allocation: every request goes on demand;
 - `static`: the peak concurrent demand of the previous 7 days × (1 + headroom);
-- `predictive`: peerscale as configured: the τ-quantile of the forecast, τ from cost and then
-  moved per region by the hit-rate feedback controller (`pipeline.ops.feedback`) from the IRC's own
-  logged decisions of the hours already replayed, exactly as the hourly run does;
+- `predictive` (running-only): peerscale with one tier: the τ-quantile of the forecast, τ from cost
+  and then moved per region by the hit-rate feedback controller (`pipeline.ops.feedback`) from the
+  IRC's own logged decisions of the hours already replayed, exactly as the hourly run does;
+- `predictive_tiered`: the same forecast, planned with the warm tier (`pipeline.plan.warm`): running
+  capacity to τ_run and warm (stopped) instances on top to τ_warm. A request the pre-allocation
+  misses is served by the IRC's warm path while the plan's warm capacity lasts (a warm start, not a
+  cold start; the ledger holds it like the pre-allocation, released when the session ends). The feedback
+  controller does not run for it (it steers the pre-allocated hit rate, not the cold-start-free rate);
 - `oracle`: exactly the peak concurrent demand that will occur in the hour (the physical limit);
 - `aws_predictive`: EC2 Auto Scaling predictive scaling as its documentation describes it: a load
   forecast from up to `aws_history_days` (14) of hourly history, hourly values for the next 48 h,
@@ -29,10 +34,16 @@ Costs (USD) are made comparable across policies:
   missed in a window costs `c_under` for that window, the same price the newsvendor τ uses. The
   wait is paid once, at the start: a ten-hour session that waited 60 s is not penalised ten
   times (the accounting before 2026-11 did that, and overstated the cost of every miss);
-- failure: a request that is not served at all costs `c_under` per unit-hour as well (shortfall).
+- failure: a request that is not served at all costs `c_under` per unit-hour as well (shortfall);
+- warm hold: every hour, the plan's warm instances at `hold_fraction` × their on-demand price
+  (the plan's `warm_hourly_cost`);
+- warm start: a request served from warm capacity pays the unit price for its duration like an
+  on-demand one, plus a warm-start penalty of `start_penalty_multiple` × `c_over` per unit for at
+  most one window instead of the cold-start penalty.
 
 Modeled setup latency: pre-allocated ≈ 0 s; on demand drawn from a lognormal with median 30 s
-and p95 90 s (a cold instance launch plus bootstrap), seeded so runs are repeatable.
+and p95 90 s (a cold instance launch plus bootstrap), seeded so runs are repeatable; a warm start
+the same draw × WARM_START_SHARE (a stopped instance resumes in an eighth of the time).
 """
 
 from __future__ import annotations
@@ -57,11 +68,13 @@ from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.common.numeric import SECONDS_PER_HOUR
 from pipeline.common.schemas import FORECAST, PEERING_REQUESTS, RESOURCE_TYPES, region_series_id
 from pipeline.features.build import FeatureWindow, compute_features
+from pipeline.plan.warm import WARM_START_SHARE, WarmCosts, resolve_warm
 
 if TYPE_CHECKING:
     from pipeline.irc import Coordinator
 
-POLICIES = ("predictive", "reactive", "static", "oracle", "aws_predictive")
+POLICIES = ("predictive", "predictive_tiered", "reactive", "static", "oracle", "aws_predictive")
+PREDICTIVE = ("predictive", "predictive_tiered")  # plan from the predictive forecast
 COLD_START_MEDIAN_S = 30.0
 COLD_START_P95_S = 90.0
 STATIC_LOOKBACK = timedelta(days=7)
@@ -116,7 +129,8 @@ class PolicyResult:
     policy: str
     requests: int = 0
     preallocated: int = 0
-    on_demand: int = 0
+    on_demand: int = 0  # cold starts
+    warm: int = 0  # served by starting warm capacity
     failures: int = 0
     invalid: int = 0
     latencies_s: list[float] = field(default_factory=list)
@@ -124,6 +138,9 @@ class PolicyResult:
     on_demand_cost: float = 0.0
     penalty_cost: float = 0.0
     failure_cost: float = 0.0
+    warm_hold_cost: float = 0.0
+    warm_start_cost: float = 0.0
+    warm_unit_hours: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RESOURCE_TYPES, 0.0))
     preallocated_unit_hours: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RESOURCE_TYPES, 0.0))
     used_unit_hours: dict[str, float] = field(default_factory=lambda: dict.fromkeys(RESOURCE_TYPES, 0.0))
     hourly: list[dict] = field(default_factory=list)
@@ -132,7 +149,8 @@ class PolicyResult:
 
     @property
     def total_cost(self) -> float:
-        return self.preallocation_cost + self.on_demand_cost + self.penalty_cost + self.failure_cost
+        return (self.preallocation_cost + self.on_demand_cost + self.penalty_cost + self.failure_cost
+                + self.warm_hold_cost + self.warm_start_cost)
 
     def summary(self) -> dict:
         served = max(self.requests - self.invalid, 1)
@@ -141,6 +159,9 @@ class PolicyResult:
         return {
             "requests": self.requests,
             "hit_rate": self.preallocated / served,
+            "warm_share": self.warm / served,
+            "cold_start_free_rate": (self.preallocated + self.warm) / served,
+            "cold_start_share": self.on_demand / served,
             "on_demand_share": self.on_demand / served,
             "failures": self.failures,
             "failure_share": self.failures / served,
@@ -149,11 +170,14 @@ class PolicyResult:
             "latency_p99_s": float(np.percentile(lat, 99)),
             "idle_unit_hours": {r: round(v, 3) for r, v in idle.items()},
             "idle_vcpu_hours": round(idle["vcpu"], 3),
+            "warm_unit_hours": {r: round(v, 3) for r, v in self.warm_unit_hours.items()},
             "cost": {
                 "preallocation": round(self.preallocation_cost, 4),
                 "on_demand": round(self.on_demand_cost, 4),
                 "cold_start_penalty": round(self.penalty_cost, 4),
                 "shortfall_penalty": round(self.failure_cost, 4),
+                "warm_hold": round(self.warm_hold_cost, 4),
+                "warm_start_penalty": round(self.warm_start_cost, 4),
                 "total": round(self.total_cost, 4),
             },
         }
@@ -295,6 +319,7 @@ class _Pricing:
     on_demand: dict[str, float]  # c_over: the unit price of what an on-demand request holds
     cold_start_penalty: dict[str, float]  # c_under − c_over, for at most one planning window
     shortfall: dict[str, float]  # c_under: a request not served at all
+    warm_start_penalty: dict[str, float] = field(default_factory=dict)  # start_penalty_multiple × c_over, at most one window
 
 
 @dataclass(frozen=True)
@@ -330,6 +355,7 @@ class _PredictiveForecasts:
     cached: pd.DataFrame | None = None
     planned: list[pd.DataFrame] = field(default_factory=list)
     aws: pd.DataFrame | None = None  # the aws_predictive policy's capacity from its last refresh
+    fitted_at: int | None = None  # the replay hour index of the last refit (shared by both predictive policies)
 
 
 def run_backtest(
@@ -380,7 +406,7 @@ def _prepare_replay(source_root: str, config: BacktestConfig, base: Settings, sc
     demand = compute_features(requests, regions, window)["region_demand_hourly"].to_pandas()
     tau = planning_tau(base)
     carried = None
-    if config.committed_demand and "predictive" in config.policies:
+    if config.committed_demand and any(p in config.policies for p in PREDICTIVE):
         carried = carried_levels(requests, regions, DataInterval(window.start, config.end).hours())
 
     replay = requests.to_pandas()
@@ -388,10 +414,12 @@ def _prepare_replay(source_root: str, config: BacktestConfig, base: Settings, sc
     replay = replay.sort_values(["requested_at", "request_id"], kind="stable").reset_index(drop=True)
     rng = np.random.default_rng(config.seed)
     cold_starts = rng.lognormal(math.log(COLD_START_MEDIAN_S), lognormal_sigma(), size=len(replay))
+    warm = _warm_settings(source_root, base)
     pricing = _Pricing(
         on_demand=dict(base.cost.c_over),
         cold_start_penalty={r: base.cost.c_under[r] - base.cost.c_over[r] for r in RESOURCE_TYPES},
         shortfall=dict(base.cost.c_under),
+        warm_start_penalty={r: warm.start_penalty_multiple * base.cost.c_over[r] for r in RESOURCE_TYPES},
     )
     return _ReplayInputs(
         demand=demand,
@@ -405,14 +433,24 @@ def _prepare_replay(source_root: str, config: BacktestConfig, base: Settings, sc
     )
 
 
+def _warm_settings(source_root: str, base: Settings) -> WarmCosts:
+    """The warm tier's costs as the planner resolves them (planner.json, then the environment)."""
+    from pipeline.plan.policy import load_planner_config
+
+    config, _ = load_planner_config(source_root)
+    return resolve_warm(config.costs, base.warm_texts)
+
+
 def _open_policies(config: BacktestConfig, base: Settings, scratch: Path) -> list[_PolicyRun]:
     """Each policy's lake (seeded with the inventory) and its own IRC."""
     from pipeline.irc import REQUEST_TIME, Coordinator
 
-    lakes = {name: _policy_settings(scratch, name, base) for name in config.policies}
+    lakes = {name: replace(_policy_settings(scratch, name, base),  # only the tiered policy plans warm capacity
+                           warm_texts=(*base.warm_texts, ("backtest policy", f"enabled={int(name == 'predictive_tiered')}")))
+             for name in config.policies}
     for name in config.policies:
         _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
-    learns = {name: config.feedback and name == "predictive" for name in config.policies}
+    learns = {name: config.feedback and name == "predictive" for name in config.policies}  # not tiered: see the docstring
     coordinators = {
         name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name,
                           clock=REQUEST_TIME)  # a replay: the log's own times drive expiry
@@ -466,11 +504,27 @@ def _plan_hour(run: _PolicyRun, *, hour: datetime, interval: DataInterval, index
     plan, _ = read_plan(run.settings, planned["plan_id"])
     result = run.result
     result.preallocation_cost += float(plan["hourly_cost"].sum())
+    if run.name == "predictive_tiered":
+        _take_warm_plan(run, plan)
     held = plan.groupby("resource_type")["quantity"].sum()
     for r in RESOURCE_TYPES:
         result.preallocated_unit_hours[r] += float(held.get(r, 0.0))
     for (region, resource), qty in plan.groupby(["region", "resource_type"])["quantity"].sum().items():
         result.capacity.append({"hour": hour, "region": region, "resource_type": resource, "quantity": qty})
+
+
+def _take_warm_plan(run: _PolicyRun, plan: pd.DataFrame) -> None:
+    """The hour's warm hold cost (the plan's warm_hourly_cost) and warm unit-hours (each line's quantity ×
+    warm_count / count); the IRC serves from the warm capacity itself (its ledger's `<region>/warm` rows)."""
+    if "warm_count" not in plan.columns or not len(plan):
+        return
+    result = run.result
+    result.warm_hold_cost += float(plan["warm_hourly_cost"].fillna(0.0).sum())
+    warm = plan["warm_count"].fillna(0).astype(float)
+    share = (warm / plan["count"].where(plan["count"] > 0)).fillna(0.0)
+    held = (plan["quantity"] * share).groupby(plan["resource_type"]).sum()
+    for r in RESOURCE_TYPES:
+        result.warm_unit_hours[r] += float(held.get(r, 0.0))
 
 
 def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, index: int, inputs: _ReplayInputs,
@@ -479,13 +533,15 @@ def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, inde
     from pipeline.forecast.committed import apply_committed
 
     demand_long = inputs.demand_long
-    if run.name == "predictive":
-        if predictive.cached is None or index % config.refit_every_hours == 0:
+    if run.name in PREDICTIVE:  # both predictive policies plan from the same refits
+        if predictive.cached is None or (index % config.refit_every_hours == 0 and predictive.fitted_at != index):
             predictive.cached = _predictive_forecasts(inputs.demand, inputs.carried, hour, config, inputs.tau, inputs.source_lake)
+            predictive.fitted_at = index
         now = predictive.cached[predictive.cached["ds"] == pd.Timestamp(hour)]
         if inputs.carried is not None:  # what running sessions hold now is known at `hour`
             now = apply_committed(now, inputs.carried[inputs.carried["hour"] == pd.Timestamp(hour)], hour)
-        predictive.planned.append(now)
+        if run.name == "predictive" or "predictive" not in config.policies:
+            predictive.planned.append(now)
         _write_forecast(run.settings, run_id, now)
     elif run.name == "aws_predictive":
         if predictive.aws is None or index % config.aws_refresh_hours == 0:
@@ -532,6 +588,13 @@ def _serve_hour(batch: pd.DataFrame, run: _PolicyRun, *, inputs: _ReplayInputs, 
                 heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
             for r in RESOURCE_TYPES:
                 result.used_unit_hours[r] += need[r] * held_in_replay
+        elif response.status == "success" and response.path == "warm":
+            result.warm += 1
+            result.latencies_s.append(float(inputs.cold_starts[index]) * WARM_START_SHARE)
+            if response.allocation_id:
+                heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
+            result.on_demand_cost += sum(need[r] * pricing.on_demand[r] for r in RESOURCE_TYPES) * hours_held
+            result.warm_start_cost += sum(need[r] * pricing.warm_start_penalty[r] for r in RESOURCE_TYPES) * min(hours_held, WINDOW_HOURS)
         elif response.status == "success":
             result.on_demand += 1
             result.latencies_s.append(float(inputs.cold_starts[index]))

@@ -111,6 +111,8 @@ class RegionProblem:
     hint: dict[OfferKey, int] | None = None  # a known plan to start from (default: the previous plan)
     hosting: list[HostingClass] = field(default_factory=list)  # footprint hosting (packing stage only)
     hosting_hint: list[dict[str, int]] | None = None  # a start for it: per class, instance type -> sessions
+    warm_target: dict[str, float] = field(default_factory=dict)  # running + warm must cover this (τ_warm quantile; empty: no warm tier)
+    warm_hold_fraction: float = 0.0  # a warm (stopped) instance's hourly cost as a share of its on-demand price
 
 
 @dataclass
@@ -144,6 +146,8 @@ class RegionResult:
     pool_shortfall: dict[str, float] = field(default_factory=dict)  # storage/bandwidth above the pool
     relocated: dict[str, float] = field(default_factory=dict)  # net demand moved in (negative: out)
     hosted: list[dict[str, int]] = field(default_factory=list)  # per hosting class: instance type -> sessions
+    warm: dict[OfferKey, int] = field(default_factory=dict)  # warm (stopped) instances next to on-demand lines
+    warm_shortfall: dict[str, float] = field(default_factory=dict)  # warm target not covered
 
 
 @dataclass
@@ -320,6 +324,38 @@ class _RegionModel:
         self.hosting = self._add_footprint_hosting(model)
         self.change = self._add_churn(model)
         self._hint_start(model)
+        self.warm, self.short_warm = self._add_warm(model, capacity)
+
+    def _add_warm(self, model: cp_model.CpModel, capacity: _OfferCapacity
+                  ) -> tuple[dict[OfferKey, cp_model.IntVar], dict[str, cp_model.IntVar]]:
+        """Warm tier (pipeline.plan.warm): w_o stopped instances beside on-demand line o (a warm pool belongs to
+        the line's group, so w_o ≤ M·x_o), and Σ eff·(x + w) + sW ≥ the τ_warm quantile, per resource. Stopped
+        instances hold no pool capacity or vCPU quota (both count running instances)."""
+        if not self.p.warm_target:
+            return {}, {}
+        target = {}
+        for r in RESOURCE_TYPES:
+            wanted = max(self.p.warm_target.get(r, 0.0), self.p.demand.get(r, 0.0), 0.0)
+            if r not in COMPUTE_POOL_RESOURCES and r in self.p.pool:
+                wanted = min(wanted, max(self.p.pool[r], 0.0))
+            target[r] = _scaled(wanted)
+        eff = capacity.counted
+        warm: dict[OfferKey, cp_model.IntVar] = {}
+        for i, k in enumerate(self.keys):
+            if k[1] != "on_demand":
+                continue
+            top = max((math.ceil(target[r] / eff[i, j]) for j, r in enumerate(RESOURCE_TYPES) if eff[i, j] > 0), default=0)
+            if top <= 0:
+                continue
+            w = model.new_int_var(0, top, f"w_{self.tag}_{k[0]}")
+            model.add(w <= top * self.x[k])
+            warm[k] = w
+        short = {r: model.new_int_var(0, target[r], f"sw_{self.tag}_{r}") for r in RESOURCE_TYPES}
+        index = {k: i for i, k in enumerate(self.keys)}
+        for j, r in enumerate(RESOURCE_TYPES):
+            held = _sum(list(warm.values()), [int(eff[index[k], j]) for k in warm])
+            model.add(self.effective[r] + held + short[r] >= target[r])
+        return warm, short
 
     def _add_instance_limits(self, model: cp_model.CpModel, capacity: _OfferCapacity, share: int) -> None:
         """Pools (raw vCPU and memory), the spot share of raw vCPU, vCPU quotas per purchase option, per-type caps."""
@@ -521,6 +557,7 @@ def _window_model(problems: list[RegionProblem], options: WindowOptions) -> _Win
     for rm in regions.values():
         _add_instance_costs(objective, rm, options.churn_penalty)
         _add_shortfall_costs(objective, rm, options, p_dem)
+        _add_warm_costs(objective, rm, p_dem)
     for (a, _), m in move_vars.items():
         for r in RESOURCE_TYPES:
             unit = options.region_relocation_cost(a, r) / QTY_SCALE * PRICE_SCALE
@@ -560,6 +597,16 @@ def _add_instance_costs(objective: _Objective, rm: _RegionModel, churn_penalty: 
             objective.add(_micro_usd(churn_penalty * o.hourly_price), rm.change[o.key])
         elif rm.p.previous is not None:
             objective.add(_micro_usd(churn_penalty * o.hourly_price), rm.x[o.key])
+
+
+def _add_warm_costs(objective: _Objective, rm: _RegionModel, p_dem: float) -> None:
+    """Warm instances at their hold price; an uncovered warm target below every other slack (own demand,
+    headroom, hosting) but above any warm price, so whatever warm capacity can cover is covered."""
+    by_key = {o.key: o for o in rm.p.offers}
+    for k, w in rm.warm.items():
+        objective.add(max(_micro_usd(rm.p.warm_hold_fraction * by_key[k].hourly_price), 1), w)
+    for v in rm.short_warm.values():
+        objective.add(_micro_usd(p_dem / 8), v)
 
 
 def _add_shortfall_costs(objective: _Objective, rm: _RegionModel, options: WindowOptions, p_dem: float) -> None:
@@ -662,6 +709,8 @@ def _region_result(solver: cp_model.CpSolver, rm: _RegionModel) -> RegionResult:
         uncovered_by_class={c: v for c, v in by_class.items() if v},
         pool_shortfall=dict(rm.pool_short),
         hosted=[{t: int(solver.value(v)) for t, v in z.items() if solver.value(v) > 0} for _, z, _ in rm.hosting],
+        warm={k: int(solver.value(v)) for k, v in rm.warm.items() if solver.value(v) > 0},
+        warm_shortfall={r: solver.value(v) / QTY_SCALE for r, v in rm.short_warm.items() if solver.value(v) > 0},
     )
 
 

@@ -113,6 +113,8 @@ class PlanningProblem:
     previous: dict[Cell, dict[OfferKey, int]] | None = None
     previous_plan_id: str | None = None
     sessions: dict[Cell, np.ndarray] | None = None  # explicit sessions (benchmark); else drawn from `mix`
+    warm_demand: dict[Cell, dict[str, float]] = field(default_factory=dict)  # τ_warm quantile (pipeline.plan.warm); empty: one tier
+    warm_hold_fraction: float = 0.0  # a warm instance's hourly cost as a share of its on-demand price
 
 
 @dataclass
@@ -143,6 +145,11 @@ class CellPlan:
     def cost(self) -> float:
         price = {o.key: o.hourly_price for o in self.offers}
         return float(sum(price[k] * n for k, n in self.counts.items()))
+
+    @property
+    def warm(self) -> dict[OfferKey, int]:
+        """Warm instances per on-demand line that still runs instances (a warm pool belongs to its line's group)."""
+        return {k: n for k, n in self.result.warm.items() if self.counts.get(k, 0) > 0}
 
 
 @dataclass
@@ -520,6 +527,7 @@ def _region_problem(problem: PlanningProblem, config: PlannerConfig, *, cell: Ce
         previous=(dict(previous) if previous is not None else ({} if problem.previous is not None else None)),
         session_groups=groups,
         flexible={r: demand[r] * flexible[r] for r in RESOURCE_TYPES} if config.relocation_enabled else {},
+        warm_target=dict(problem.warm_demand.get(cell, {})), warm_hold_fraction=problem.warm_hold_fraction,
     )
 
 

@@ -14,6 +14,9 @@ must be the operator's, not constants. Layers, later wins:
 2. **`inventory/planner.json`**, key `costs` (see `data_samples/inventory/README.md`);
 3. **`PEERSCALE_C_UNDER` / `PEERSCALE_C_OVER`** and `peerscale run --c-under/--c-over`.
 
+`costs.warm` (the warm tier: enabled, hold_fraction, start_penalty_multiple) is read by
+`pipeline.plan.warm`, layered the same way (PEERSCALE_WARM, `--warm`).
+
 Each layer is a `CostLayer`: per-resource values for every region, per-region values that win over
 them, and optionally the penalty multiple. The manifest records the resolved values and the layers.
 """
@@ -76,9 +79,9 @@ def layer_from_dict(payload: object, source: str) -> CostLayer:
         return CostLayer(source=source)
     if not isinstance(payload, dict):
         raise ValueError(f"{source}: costs must be a JSON object with c_under, c_over, regions, cold_start_penalty_multiple")
-    unknown = sorted(set(payload) - {*COST_KINDS, "regions", "cold_start_penalty_multiple", "comment"})
+    unknown = sorted(set(payload) - {*COST_KINDS, "regions", "cold_start_penalty_multiple", "warm", "comment"})
     if unknown:
-        raise ValueError(f"{source}: costs has unknown keys {unknown}; known: c_under, c_over, regions, cold_start_penalty_multiple")
+        raise ValueError(f"{source}: costs has unknown keys {unknown}; known: c_under, c_over, regions, cold_start_penalty_multiple, warm")
     everywhere = {k: _resource_values(f"{source}: costs.{k}", payload[k]) for k in COST_KINDS if k in payload}
     regions: dict[str, dict[str, dict[str, float]]] = {}
     raw_regions = payload.get("regions") or {}

@@ -28,16 +28,22 @@ from pipeline.plan.explain import held, row_reason
 from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
 from pipeline.plan.policy import PlannerConfig, load_planner_config
 from pipeline.plan.quantile import check_tau_overrides, region_demand_quantiles, shift_tau, tau_by_resource
+from pipeline.plan.warm import WarmCosts, resolve_warm, tier_taus
 
 # plan.parquet: the PLAN contract plus the planner's own columns (readers select PLAN's by name):
 #   effective_quantity  capacity counted toward demand (spot: risk-discounted)
 #   failover_quantity   N+1 headroom the region keeps (per region/window/resource)
 #   relocated_quantity  flexible demand moved in (+) or out (−)
 #   previous_count      the line's count in the previous plan (null: none)
+#   warm_count          warm (stopped, pre-initialised) instances beside the line (pipeline.plan.warm); plans
+#                       made before the warm tier lack the column (the IaC falls back to WARM_POOL_FRACTION)
+#   warm_hourly_cost    what holding them costs per hour, split over the line's rows like hourly_cost
 PLAN_FILE_SCHEMA = (PLAN.append(pa.field("effective_quantity", pa.float64()))
                     .append(pa.field("failover_quantity", pa.float64()))
                     .append(pa.field("relocated_quantity", pa.float64()))
-                    .append(pa.field("previous_count", pa.int64())))
+                    .append(pa.field("previous_count", pa.int64()))
+                    .append(pa.field("warm_count", pa.int64()))
+                    .append(pa.field("warm_hourly_cost", pa.float64())))
 
 
 def plan_id_for(interval: DataInterval) -> str:
@@ -89,6 +95,8 @@ class _PlanInputs:
     mix: dict[str, RegionMix]
     problem: PlanningProblem
     clamped: list[dict[str, Any]]  # inputs outside the contract's bounds, clamped (pipeline.plan.bounds)
+    warm: WarmCosts
+    warm_taus: dict[str, dict[str, float]]  # region -> resource -> τ_warm where the warm tier pays
 
 
 def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None = None,
@@ -136,7 +144,8 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     taus = tau_by_resource(settings.cost)
     planned_regions = forecast_regions(forecast)
     costs = resolve_costs(catalog, planned_regions, cost_layers(config, settings), reference=settings.cost)
-    region_taus = costs.taus_by_region(planned_regions)
+    warm = resolve_warm(config.costs, settings.warm_texts)
+    region_taus, warm_taus = _tier_taus(costs, planned_regions, warm)
     for region, per_resource in check_tau_overrides(tau_overrides).items():  # the feedback controller's offset, on the region's τ
         for resource, override in per_resource.items():
             cost_tau = region_taus.get(region, {}).get(resource, taus[resource])
@@ -152,6 +161,7 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     mix = request_mix(settings.lake_root, interval.end, config.mix_lookback_days, regions, config.critical_share_default,
                       clamped=clamped)
     prev = previous_plan(settings, interval.end)
+    warm_demand = _warm_demand(forecast, taus, windows, warm_taus)
     problem = PlanningProblem(
         windows=windows, regions=regions,
         demand={(w, r): {k: meta[(w, r, k)][0] for k in RESOURCE_TYPES if (w, r, k) in meta} for w in windows for r in regions},
@@ -160,10 +170,44 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
         c_under_by_region=costs.kind_by_region("c_under", regions), c_over_by_region=costs.kind_by_region("c_over", regions),
         previous=previous_counts(prev[1], windows, regions) if prev else None,
         previous_plan_id=prev[0] if prev else None,
+        warm_demand=warm_demand, warm_hold_fraction=warm.hold_fraction,
     )
     return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, forecast=forecast, catalog=catalog, pools_table=pools_table,
                        pools=pools, config=config, config_source=config_source, taus=taus, costs=costs, demand=demand, meta=meta,
-                       pool_map=pool_map, mix=mix, problem=problem, clamped=clamped)
+                       pool_map=pool_map, mix=mix, problem=problem, clamped=clamped, warm=warm, warm_taus=warm_taus)
+
+
+Taus = dict[str, dict[str, float]]  # region -> resource -> τ
+
+
+def _tier_taus(costs: ResolvedCosts, regions: list[str], warm: WarmCosts) -> tuple[Taus, Taus]:
+    """Per region and resource the running τ and, where the warm tier pays, τ_warm (pipeline.plan.warm).
+    Without the tier the running τ is the cost τ (`ResolvedCosts.taus_by_region`)."""
+    if not warm.enabled:
+        return costs.taus_by_region(regions), {}
+    running: dict[str, dict[str, float]] = {}
+    warm_taus: dict[str, dict[str, float]] = {}
+    for region in regions:
+        for r in RESOURCE_TYPES:
+            run, top = tier_taus(costs.value("c_over", region, r), costs.value("c_under", region, r), warm)
+            running.setdefault(region, {})[r] = round(run, 6)
+            if top is not None:
+                warm_taus.setdefault(region, {})[r] = round(top, 6)
+    return running, warm_taus
+
+
+def _warm_demand(forecast: pd.DataFrame, taus: dict[str, float], windows: list[pd.Timestamp],
+                 warm_taus: dict[str, dict[str, float]]) -> dict[tuple[pd.Timestamp, str], dict[str, float]]:
+    """The τ_warm quantile of each region's demand per window: what running plus warm capacity covers."""
+    if not warm_taus:
+        return {}
+    quantiles, _ = clamp_demand(region_demand_quantiles(forecast, taus, windows, overrides=warm_taus))
+    quantiles["window"] = pd.to_datetime(quantiles["window"], utc=True)
+    out: dict[tuple[pd.Timestamp, str], dict[str, float]] = {}
+    for w, region, r, d in quantiles[["window", "region", "resource_type", "demand"]].itertuples(index=False):
+        if r in warm_taus.get(region, {}):
+            out.setdefault((w, region), {})[r] = float(d)
+    return out
 
 
 def forecast_regions(forecast: pd.DataFrame) -> list[str]:
@@ -185,7 +229,8 @@ def _plan_rows(result: PlanResult, inputs: _PlanInputs) -> list[dict]:
         by_key = {o.key: o for o in cell.offers}
         scale = _reserved_share(cell, inputs.pool_map.get(region, {}))
         for (itype, option), count in sorted(cell.counts.items()):
-            rows.extend(_line_rows(cell, by_key[(itype, option)], count, scale=scale, result=result, inputs=inputs))
+            rows.extend(_line_rows(cell, by_key[(itype, option)], count, scale=scale, result=result, inputs=inputs,
+                                   warm=cell.warm.get((itype, option), 0)))
     return rows
 
 
@@ -208,7 +253,7 @@ def _reserved_share(cell: CellPlan, pool: dict[str, float]) -> dict[str, float]:
 
 
 def _line_rows(cell: CellPlan, offer: Offer, count: int, *, scale: dict[str, float], result: PlanResult,
-               inputs: _PlanInputs) -> list[dict]:
+               inputs: _PlanInputs, warm: int = 0) -> list[dict]:
     """The rows of one instance line (`count` instances of one offer in one cell), one per resource."""
     window, region, (itype, option) = cell.window, cell.region, offer.key
     line_id = f"{region}/{window:%Y%m%dT%H%MZ}/{itype}/{option}"
@@ -236,6 +281,9 @@ def _line_rows(cell: CellPlan, offer: Offer, count: int, *, scale: dict[str, flo
             "failover_quantity": round(cell.failover.get(resource, 0.0), 6),
             "relocated_quantity": round(cell.result.relocated.get(resource, 0.0), 6),
             "previous_count": None if cell.previous is None else int(cell.previous.get((itype, option), 0)),
+            "warm_count": warm if inputs.warm.enabled else None,  # null: no warm plan (the IaC keeps its default pool)
+            "warm_hourly_cost": (round(offer.hourly_price * inputs.warm.hold_fraction * warm / len(RESOURCE_TYPES), 8)
+                                 if inputs.warm.enabled else None),
         })
     return rows
 
@@ -272,6 +320,10 @@ def _manifest(inputs: _PlanInputs, result: PlanResult, *, interval: DataInterval
         "tau_by_region": _tau_by_region(inputs.demand, inputs.problem.regions),
         "tau_overrides": {r: dict(v) for r, v in sorted((tau_overrides or {}).items())},
         "cost_model": inputs.costs.to_manifest(inputs.problem.regions),
+        "warm_tier": {**inputs.warm.to_manifest(), "tau_warm_by_region": inputs.warm_taus,
+                      "warm_hourly_cost_total": round(float(sum(
+                          o.hourly_price * inputs.warm.hold_fraction * n for c in result.cells.values()
+                          for o in c.offers for k, n in c.warm.items() if o.key == k)), 6)},
         "max_spot_share": config.max_spot_share,
         "planner_config": {**config.to_dict(), **{"_source": inputs.config_source["source"],
                                                   "_fingerprint": inputs.config_source["fingerprint"]}},

@@ -16,6 +16,7 @@ from typing import Any
 
 from pipeline.common.schemas import PRIORITIES, REGION_PATTERN
 from pipeline.plan.costs import layer_from_dict
+from pipeline.plan.warm import WarmCosts, apply_layer
 
 PLANNER_FILE = "inventory/planner.json"
 
@@ -269,6 +270,7 @@ def config_from_dict(payload: dict[str, Any], base: PlannerConfig | None = None)
             changes[key] = dict(value)
         elif key == "costs":
             layer_from_dict(value, "planner config")  # checked here, resolved per region by the planner
+            apply_layer(WarmCosts(), value.get("warm") if isinstance(value, dict) else None, "planner config")
             changes[key] = dict(value)
         else:
             changes[key] = value

@@ -237,7 +237,8 @@ class BacktestView(Protocol):
     def summary(self) -> dict: ...
 
 
-_POLICY_COLORS = {"predictive": "#08519c", "reactive": "#a50f15", "static": "#fd8d3c", "oracle": "#31a354", "aws_predictive": "#756bb1"}
+_POLICY_COLORS = {"predictive": "#08519c", "predictive_tiered": "#3182bd",
+                  "reactive": "#a50f15", "static": "#fd8d3c", "oracle": "#31a354", "aws_predictive": "#756bb1"}
 
 
 def write_backtest_report(result: BacktestView, path: str) -> str:

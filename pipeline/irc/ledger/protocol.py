@@ -16,6 +16,9 @@ Contract (every backend):
   `over_capacity`) in every overlapped window for every requested resource (`ceiling`
   implements the priority rule, see coordinator). The rule is written once, here: the in-memory
   and SQLite backends call `short_resources`, the PostgreSQL one embeds `over_capacity_sql`.
+* Warm capacity (a plan with the warm tier, `pipeline.plan.warm`) is stated as rows of the region key
+  `<region>/warm` (`plan_source.warm_key`) and reserved by the same `reserve`: one rule, one
+  atomicity, on every backend.
 * Windows are keyed by their start (POSIX seconds). Loading a plan upserts its windows; a window
   that appears for the first time is charged with the live allocations that already overlap it
   ("carry-in"), so sessions that outlive the plan that granted them stay accounted for. A plan
