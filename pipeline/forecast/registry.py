@@ -3,7 +3,7 @@
 Layout (local paths or s3://, through pipeline.common.storage):
 
     models/CURRENT                            {"version": ..., "promoted_at": ...}: the version hourly runs score with
-    models/version=<id>/parts/<name>.json.gz  per series: chosen model, its fitted state (JSON, see
+    models/version=<id>/parts/<name>.jsongz  per series (gzip'd JSON; not .gz, which pyarrow inflates on read): chosen model, its state (see
                                               pipeline.forecast.model_state), CV scores, band offsets, fingerprint
     models/version=<id>/global/<model>.pkl    a global model (the GBM: scikit-learn has no non-pickle format);
                                               its sha256 is in the manifest and checked before it is unpickled,
@@ -28,6 +28,9 @@ import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+
+import numpy as np
+import pandas as pd
 
 from pipeline.common import lake, storage
 
@@ -72,14 +75,26 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def fingerprint(ds: np.ndarray, y: np.ndarray, season_length: int) -> dict:
+    """Hashes of a series' training data (whole range and last season): scoring checks the last
+    season is unchanged, i.e. the data the model was trained on was not restated since."""
+    def digest(d: np.ndarray, v: np.ndarray) -> str:
+        stamps = pd.to_datetime(d).astype("int64").to_numpy()
+        return hashlib.sha256(stamps.tobytes() + np.round(v.astype(float), 6).tobytes()).hexdigest()[:32]
+
+    tail = slice(max(len(y) - season_length, 0), len(y))
+    return {"start": str(pd.Timestamp(ds[0])), "end": str(pd.Timestamp(ds[-1])), "n": len(y), "sha256": digest(ds, y),
+            "tail_start": str(pd.Timestamp(ds[tail][0])), "tail_sha256": digest(ds[tail], y[tail])}
+
+
 # ---- writing ------------------------------------------------------------------------------------
 
 def write_part(lake_root: str, version: str, name: str, entries: dict[str, dict]) -> dict:
     """One shard's series entries as gzip'd JSON (atomic; a retried shard overwrites its own part)."""
     data = gzip.compress(json.dumps({"schema": SCHEMA_VERSION, "series": entries}, sort_keys=True).encode("utf-8"), mtime=0)
-    path = storage.join(version_dir(lake_root, version), "parts", f"{name}.json.gz")
+    path = storage.join(version_dir(lake_root, version), "parts", f"{name}.jsongz")
     storage.write_bytes_atomic(path, data)
-    return {"name": name, "file": f"parts/{name}.json.gz", "sha256": _sha256(data), "series": sorted(entries)}
+    return {"name": name, "file": f"parts/{name}.jsongz", "sha256": _sha256(data), "series": sorted(entries)}
 
 
 def write_global(lake_root: str, version: str, name: str, model: Any) -> dict:
@@ -138,7 +153,7 @@ def read_global(lake_root: str, version: str, manifest: dict, name: str) -> Any:
     """Unpickle a global model of this version, only once its bytes match the manifest's sha256."""
     if name not in manifest.get("globals", {}):
         raise RegistryError(f"model version {version!r} has no global model {name!r}")
-    return pickle.loads(_checked_bytes(lake_root, version, manifest["globals"][name]))  # noqa: S301 - checksummed registry file
+    return pickle.loads(_checked_bytes(lake_root, version, manifest["globals"][name]))  # checksummed registry file
 
 
 def verify(lake_root: str, version: str) -> dict:

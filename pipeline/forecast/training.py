@@ -20,7 +20,6 @@ Series under two seasons are not trained (the hourly run gives them the pooled p
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import pickle
 import subprocess
@@ -68,18 +67,6 @@ def code_version() -> str:
     return str(__version__)
 
 
-def fingerprint(ds: np.ndarray, y: np.ndarray, season_length: int) -> dict:
-    """Hashes of a series' training data (whole range and last season): scoring checks the last
-    season is unchanged, i.e. the data the model was trained on was not restated since."""
-    def digest(d: np.ndarray, v: np.ndarray) -> str:
-        stamps = pd.to_datetime(d).astype("int64").to_numpy()
-        return hashlib.sha256(stamps.tobytes() + np.round(v.astype(float), 6).tobytes()).hexdigest()[:32]
-
-    tail = slice(max(len(y) - season_length, 0), len(y))
-    return {"start": str(pd.Timestamp(ds[0])), "end": str(pd.Timestamp(ds[-1])), "n": len(y), "sha256": digest(ds, y),
-            "tail_start": str(pd.Timestamp(ds[tail][0])), "tail_sha256": digest(ds[tail], y[tail])}
-
-
 # ---- choice and bands ----------------------------------------------------------------------------
 
 def pinball_by_series(cv: pd.DataFrame, tau: float) -> pd.Series:
@@ -113,7 +100,7 @@ def _dump(uri: str, obj: Any) -> None:
 
 
 def _load(uri: str) -> Any:
-    return pickle.loads(storage.read_bytes(uri))  # noqa: S301 - this training run's own intermediates, in its version dir
+    return pickle.loads(storage.read_bytes(uri))  # this training run's own intermediates, in its version dir
 
 
 def _work(settings: Settings, version: str, name: str) -> str:
@@ -174,7 +161,7 @@ def _series_entry(p: Any, uid: str, scores: dict[str, float], cv: dict[str, pd.D
         return {"model": name, "state": state, "cv_pinball": {k: round(v, 6) for k, v in scores.items()},
                 "cv_rows": len(rows), "error_var": float(np.var(errors)) if len(errors) > 1 else None,
                 "bands": {"probs": probs, "offsets": band_offsets(errors, rows["step"].to_numpy(), p.horizon, probs)},
-                "fingerprint": fingerprint(hist["ds"].to_numpy(), hist["y"].to_numpy(float), p.season_length)}
+                "fingerprint": registry.fingerprint(hist["ds"].to_numpy(), hist["y"].to_numpy(float), p.season_length)}
     raise RuntimeError(f"no model of {ranked} could be fitted on {uid}")
 
 
