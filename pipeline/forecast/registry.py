@@ -110,9 +110,9 @@ def finalize(lake_root: str, version: str, meta: dict, parts: list[dict], global
     manifest = {"schema": SCHEMA_VERSION, "version": version, "created_at": datetime.now(UTC).isoformat(),
                 **meta, "expected_series": sorted(expected), "parts": {p["name"]: {k: p[k] for k in ("file", "sha256")} for p in parts},
                 "globals": {g["name"]: {k: g[k] for k in ("file", "sha256")} for g in globals_}, "index": dict(sorted(index.items()))}
+    check(lake_root, version, manifest)  # before the manifest exists: an incomplete version never gets one
     lake.write_json_atomic(manifest_path(lake_root, version), manifest)
     storage.delete_dir(work_dir(lake_root, version))
-    verify(lake_root, version)
     return manifest
 
 
@@ -159,7 +159,11 @@ def read_global(lake_root: str, version: str, manifest: dict, name: str) -> Any:
 def verify(lake_root: str, version: str) -> dict:
     """The completeness check before promotion: manifest readable, every part and global readable
     and matching its checksum, and every expected series with an entry. Returns the manifest."""
-    manifest = read_manifest(lake_root, version)
+    return check(lake_root, version, read_manifest(lake_root, version))
+
+
+def check(lake_root: str, version: str, manifest: dict) -> dict:
+    """`verify` against a manifest in hand (finalize checks before writing it)."""
     seen: set[str] = set()
     for name in manifest["parts"]:
         seen |= set(read_part(lake_root, version, manifest, name))

@@ -229,7 +229,8 @@ def score_registry(interval: DataInterval, settings: Settings, p: Any) -> Regist
     covered = sorted(set(out["unique_id"])) if len(out) else []
     if len(out):
         out = _finish(out, p.history)
-    info = {"status": "partial" if restated or failed else "ok", "version": version.version, "data_end": m["data_end"], "code_version": m.get("code_version"),
+    info = {"status": "partial" if restated or failed else "ok", "version": version.version, "data_end": m["data_end"],
+            "code_version": m.get("code_version"),
             "age_hours": round(age_h, 2), "covered": len(covered), "fallback": bool(restated or failed),
             "restated_series": restated, "failed_series": failed,
             "not_in_registry": sorted(set(p.ids) - set(version.entries))}
