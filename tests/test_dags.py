@@ -81,7 +81,8 @@ def test_assets_wire_ingest_publish_and_the_audit(dagbag) -> None:
 def test_daily_dag_retrains_on_a_daily_interval(dagbag) -> None:
     dag = dagbag.dags["peerscale_daily"]
     order = [t.task_id for t in dag.topological_sort()]
-    assert order[0] == "features" and set(order) == {"features", "retrain_daily", "train_split", "train_global", "train_shard", "train_promote"}
+    assert order[0] == "features"
+    assert set(order) == {"features", "retrain_daily", "train_split", "train_global", "train_shard", "train_promote"}
     assert order.index("train_shard") < order.index("train_promote")
 
 

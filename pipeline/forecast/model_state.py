@@ -114,7 +114,7 @@ def _sf_model(name: str, season_length: int, n_points: int) -> Any:
 
     wrapper = MODELS[name](season_length, "h")
     wrapper._history = pd.DataFrame({"unique_id": ["x"] * n_points})  # MSTL picks its seasons by length
-    return wrapper._model()
+    return wrapper._model()  # type: ignore[attr-defined]  # every statsforecast wrapper defines it
 
 
 def _fit_sf(name: str, y: np.ndarray, season_length: int) -> dict:

@@ -271,7 +271,7 @@ def combine(forecasts: pd.DataFrame | None, selection: dict[str, dict], info: di
     info = {**info, "registry": reg.info}
     if not reg.covered:
         return forecasts, {u: {**s, "registry_version": None} for u, s in selection.items()}, info
-    reg_rows = reg.forecasts
+    reg_rows = reg.forecasts if reg.forecasts is not None else pd.DataFrame()
     own = {a: m for a, m in (hierarchy or {}).items() if a in reg.covered and set(m) <= set(reg.covered)}
     if own:
         from pipeline.forecast.reconcile import reconcile_wls
