@@ -1151,7 +1151,7 @@ def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly
 
     reg = scoring.RegistryScore()
     if kind == "hourly":
-        reg = scoring.score_registry(interval, settings, prepare(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy))
+        reg = scoring.score_registry(interval, settings, lambda: prepare(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy))
     rest = scoring.uncovered(x, reg)
     result = ForecastResult(forecasts=pd.DataFrame(), info={"models": list(x.options.models)}) if rest is None else \
         run_engine(rest.engine_input, x.options, future=rest.future, hierarchy=rest.hierarchy)

@@ -201,9 +201,10 @@ def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd
     return out, failed
 
 
-def score_registry(interval: DataInterval, settings: Settings, p: Any) -> RegistryScore:
-    """Registry forecasts for the series the CURRENT version covers (p: the run's engine preparation,
-    `engine.prepare`). Missing / stale / incompatible → empty, with an alert."""
+def score_registry(interval: DataInterval, settings: Settings, prepared: Any) -> RegistryScore:
+    """Registry forecasts for the series the CURRENT version covers (prepared: the run's engine
+    preparation, `engine.prepare`, or a function returning it: called only when a version is
+    there to score). Missing / stale / incompatible → empty, with an alert."""
     if not enabled():
         return RegistryScore(info={"status": "off"})
     try:
@@ -213,6 +214,7 @@ def score_registry(interval: DataInterval, settings: Settings, p: Any) -> Regist
         version = registry.load(settings.lake_root, str(pointer["version"]))
     except registry.RegistryError as exc:
         return _fallback("missing", str(exc))
+    p = prepared() if callable(prepared) else prepared
     m = version.manifest
     age_h = (interval.end - parse_utc(m["data_end"])).total_seconds() / 3600
     if age_h > max_age_hours():
