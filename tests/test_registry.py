@@ -168,3 +168,34 @@ def test_models_cli_list_show_promote_diff(tmp_path: Path) -> None:
         "from": "auto_ets", "to": "seasonal_mean", "cv_pinball_from": 0.5, "cv_pinball_to": 0.5}
     bad = runner.invoke(app, ["models", "promote", "nope", "--lake", root])
     assert bad.exit_code != 0 and registry.current(root)["version"] == v1
+
+
+def test_hourly_forecast_scores_with_the_trained_registry_and_falls_back_without(seeded_copy: Path,
+                                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+    """`peerscale train` then the hourly forecast stage: covered series carry the registry version;
+    before any training the same stage forecasts everything with the engine and records the alert."""
+    from dataclasses import replace
+
+    from pipeline.run import stage_features, stage_forecast, stage_train
+    from tests.conftest import settings_for
+
+    monkeypatch.delenv("PEERSCALE_REGISTRY", raising=False)
+    monkeypatch.delenv("PEERSCALE_REGISTRY_MAX_AGE_HOURS", raising=False)
+    settings = settings_for(seeded_copy)
+    hour = DataInterval.ending_at("2026-01-28T06:00")
+    stage_features(hour, settings)
+    before = stage_forecast(hour, settings)
+    manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, before["run_id"]), "manifest.json"))
+    assert manifest["engine"]["registry"]["status"] == "missing"
+    assert all(s["registry_version"] is None for s in manifest["selection"].values())
+    assert list((seeded_copy / "lake" / "alerts").glob(f"{hour.token}.registry.json"))
+
+    trained = stage_train("2026-01-28T00:00", replace(settings, history_days=14), ("seasonal_naive", "seasonal_mean"))
+    assert trained["promoted"] and sum(trained["chosen"].values()) == trained["series"] > 0
+    after = stage_forecast(hour, settings)
+    manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, after["run_id"]), "manifest.json"))
+    block = manifest["engine"]["registry"]
+    assert block["status"] == "ok" and block["version"] == trained["version"] and block["covered"] == trained["series"]
+    versions = {u: s["registry_version"] for u, s in manifest["selection"].items()}
+    assert sum(v == trained["version"] for v in versions.values()) == trained["series"]
+    assert after["series"] == before["series"], "every series is still forecast (the rest by the engine)"
