@@ -33,6 +33,8 @@ def _pinball(settings, pred, actual):
     from pipeline.common.schemas import FORECAST_QUANTILES, parse_series_id
     from pipeline.forecast.quantiles import interpolate_quantile, quantile_column
 
+    if pred is None or "series_id" not in pred.columns:
+        return {}
     merged = actual.rename(columns={"unique_id": "series_id"}).merge(pred, on=["series_id", "ds"], how="inner")
     out = {}
     for sid, g in merged.groupby("series_id"):
@@ -48,6 +50,7 @@ def main() -> int:
     parser.add_argument("--lake", required=True)
     parser.add_argument("--models", default=None, help="the zoo (default: training.default_zoo())")
     parser.add_argument("--origins", type=int, default=3)
+    parser.add_argument("--workers", type=int, default=2, help="processes the shards are trained on (the DAG: workers)")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import pandas as pd
@@ -72,8 +75,7 @@ def main() -> int:
     training.train_global(version, train_settings)
     t_global = time.perf_counter() - t1
     t2 = time.perf_counter()
-    for s in shards:
-        training.train_shard(version, s["shard"], train_settings)
+    training.run_shards(version, shards, train_settings, args.workers)
     t_shards = time.perf_counter() - t2
     out = training.train_finalize(version, train_settings, promote=True)
     train_s = time.perf_counter() - t0
@@ -86,8 +88,9 @@ def main() -> int:
     scores: dict[str, list[float]] = {"registry": [], "full_refit": [], "today": []}
     secs: dict[str, list[float]] = {k: [] for k in scores}
     for origin in origins:
-        hist = actual_all[(actual_all["ds"] >= origin - timedelta(days=14)) & (actual_all["ds"] < origin)]
-        x = engine.pipeline_inputs(settings, origin, hist, "hourly", zoo)
+        here = DataInterval.ending_at(origin)
+        stage_features(here, settings)  # the hourly run's own features (what the registry scores on)
+        x = engine.load_inputs(here, settings, "hourly", zoo)
         actual = actual_all[(actual_all["ds"] >= origin) & (actual_all["ds"] < origin + timedelta(hours=48))]
         actual = actual[actual["unique_id"].str.startswith("region:")]
         t = time.perf_counter()
@@ -101,16 +104,17 @@ def main() -> int:
                                  future=x.future, hierarchy=x.hierarchy)
         secs["full_refit"].append(time.perf_counter() - t)
         scores["full_refit"] += list(_pinball(settings, full.forecasts, actual).values())
-        xa = engine.pipeline_inputs(settings, origin, hist, "hourly", ("auto",))
+        xa = engine.load_inputs(here, settings, "hourly", ("auto",))
         t = time.perf_counter()
         today = engine.run_engine(xa.engine_input, xa.options, future=xa.future, hierarchy=xa.hierarchy)
         secs["today"].append(time.perf_counter() - t)
         scores["today"] += list(_pinball(settings, today.forecasts, actual).values())
-        print(f"origin {origin:%Y-%m-%dT%H:%MZ}: registry {reg.info.get('status')} covered {len(reg.covered)}; "
+        print(f"origin {origin:%Y-%m-%dT%H:%MZ}: registry {reg.info.get('status')} covered {len(reg.covered)} "
+              f"(restated {len(reg.info.get('restated_series', []))}); "
               + ", ".join(f"{k} {sum(v) / max(len(v), 1):.4f} ({secs[k][-1]:.1f} s)" for k, v in scores.items()), flush=True)
     mean = {k: sum(v) / max(len(v), 1) for k, v in scores.items()}
     result = {
-        "regions": 6, "series_trained": out["series"], "models": list(zoo), "train_wall_s": round(train_s, 1),
+        "regions": 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo), "train_wall_s": round(train_s, 1),
         "train_series_per_s": round(out["series"] / train_s, 3), "chosen": out["chosen"],
         "score_registry_s": round(sum(secs["registry"]) / len(origins), 2), "forecast_today_s": round(sum(secs["today"]) / len(origins), 2),
         "full_refit_s": round(sum(secs["full_refit"]) / len(origins), 2),

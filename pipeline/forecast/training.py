@@ -21,6 +21,7 @@ Series under two seasons are not trained (the hourly run gives them the pooled p
 from __future__ import annotations
 
 import importlib.util
+import os
 import pickle
 import subprocess
 from dataclasses import replace
@@ -226,14 +227,24 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
     return {"version": version, "series": len(manifest["index"]), "chosen": manifest["chosen"], "promoted": pointer is not None}
 
 
+def run_shards(version: str, shards: list[dict], settings: Settings, workers: int | None = None) -> list[dict]:
+    """Every shard of `version`, on `workers` processes (default: one per core; 1 = in this process),
+    as the DAG's mapped `train_shard` tasks would on that many workers."""
+    n = max(1, min(workers or os.cpu_count() or 1, len(shards)))
+    if n == 1:
+        return [train_shard(version, s["shard"], settings) for s in shards]
+    from joblib import Parallel, delayed
+
+    return list(Parallel(n_jobs=n, backend="loky")(delayed(train_shard)(version, s["shard"], settings) for s in shards))
+
+
 def train(interval: DataInterval, settings: Settings, models: tuple[str, ...] | None = None, *, promote: bool = True,
-          series_per_shard: int | None = None) -> dict:
-    """Every step in this process, shard after shard (what the daily DAG runs as mapped tasks)."""
+          series_per_shard: int | None = None, workers: int | None = None) -> dict:
+    """Every step in this process (shards on `workers` processes): what the daily DAG runs as mapped tasks."""
     shards = train_split(interval, settings, models, series_per_shard=series_per_shard)
     if not shards:
         raise ValueError(f"no series long enough to train on for the run ending {interval.end.isoformat()}: ingest more history")
     version = shards[0]["version"]
     train_global(version, settings)
-    for s in shards:
-        train_shard(version, s["shard"], settings)
+    run_shards(version, shards, settings, workers)
     return train_finalize(version, settings, promote=promote)
