@@ -199,3 +199,17 @@ def test_hourly_forecast_scores_with_the_trained_registry_and_falls_back_without
     versions = {u: s["registry_version"] for u, s in manifest["selection"].items()}
     assert sum(v == trained["version"] for v in versions.values()) == trained["series"]
     assert after["series"] == before["series"], "every series is still forecast (the rest by the engine)"
+
+    # the hourly DAG's sharded forecast scores the same series from the registry, to the same rows
+    from pipeline.forecast.engine import read_forecast
+    from pipeline.forecast.shards import run_sharded
+
+    single = read_forecast(settings, after["run_id"])
+    run_sharded(hour, settings, series_per_shard=40)
+    sharded = read_forecast(settings, after["run_id"])
+    manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, after["run_id"]), "manifest.json"))
+    assert manifest["engine"]["registry"]["version"] == trained["version"]
+    covered = sorted(u for u, v in versions.items() if v)
+    pick = ["series_id", "ds", "model", "mean", "q90", "hi_95"]
+    pd.testing.assert_frame_equal(single[single["series_id"].isin(covered)][pick].reset_index(drop=True),
+                                  sharded[sharded["series_id"].isin(covered)][pick].reset_index(drop=True))

@@ -232,7 +232,7 @@ def load(lake_root: str, version: str | None = None) -> Version:
     if version is None:
         pointer = current(lake_root)
         if pointer is None:
-            raise RegistryError(f"no model version promoted yet ({current_path(lake_root)} missing): run `peerscale train`")
+            raise RegistryError("no model version promoted yet (the lake has no models/CURRENT): run `peerscale train`")
         version = str(pointer["version"])
     manifest = read_manifest(lake_root, version)
     entries: dict[str, dict] = {}

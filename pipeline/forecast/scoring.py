@@ -210,7 +210,7 @@ def score_registry(interval: DataInterval, settings: Settings, prepared: Any) ->
     try:
         pointer = registry.current(settings.lake_root)
         if pointer is None:
-            return _fallback("missing", f"no promoted model version under {registry.models_root(settings.lake_root)}")
+            return _fallback("missing", "no promoted model version (the lake has no models/CURRENT): run `peerscale train`")
         version = registry.load(settings.lake_root, str(pointer["version"]))
     except registry.RegistryError as exc:
         return _fallback("missing", str(exc))
