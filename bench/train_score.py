@@ -153,7 +153,8 @@ def main() -> int:
               + ", ".join(f"{k} {sum(v) / max(len(v), 1):.4f} ({secs[k][-1]:.1f} s)" for k, v in scores.items()), flush=True)
     mean = {k: sum(v) / max(len(v), 1) for k, v in scores.items()}
     result = {
-        "regions": 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo), "train_wall_s": None if args.version else round(train_s, 1),
+        "regions": 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo),
+        "train_wall_s": None if args.version else round(train_s, 1),
         "train_series_per_s": None if args.version else round(out["series"] / train_s, 4), "chosen": out["chosen"],
         "score_registry_s": round(sum(secs["registry"]) / len(origins), 2), "forecast_today_s": round(sum(secs["today"]) / len(origins), 2),
         "full_refit_s": round(sum(secs["full_refit"]) / len(origins), 2),
