@@ -17,6 +17,7 @@ from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.forecast import engine, model_state, registry, scoring, training
+from pipeline.forecast.base import future_index
 
 M, H = 24, 12
 END = datetime(2026, 1, 21, tzinfo=UTC)
@@ -58,21 +59,26 @@ def _write_version(root: str, history: pd.DataFrame, model: str = "auto_ets", da
     return version
 
 
-@pytest.mark.parametrize("name", ["auto_ets", "arima", "mstl", "seasonal_mean"])
+@pytest.mark.parametrize("name", ["auto_ets", "arima", "mstl", "seasonal_mean", "prophet"])
 def test_a_stored_state_scores_like_the_fitted_model_at_the_training_end(name: str) -> None:
     """JSON roundtrip, then forward on the training series itself = the fitted model's own forecast."""
+    if name == "prophet":
+        pytest.importorskip("prophet")
     frame = _series().query("unique_id == 'region:a:vcpu'")
     state = json.loads(json.dumps(model_state.fit_state(name, frame, M, "h")))
-    scored = model_state.score_state(name, state, frame, H, M)
+    horizon = future_index(frame, H, "h")
+    scored = model_state.score_state(name, state, frame, H, M, horizon)
     from pipeline.forecast.models import MODELS
 
+    params = {"uncertainty_samples": 0} if name == "prophet" else {}
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        fitted = MODELS[name](M, "h").fit(frame).predict(H)
+        fitted = MODELS[name](M, "h", **params).fit(frame).predict(H)
     np.testing.assert_allclose(scored, fitted["mean"].to_numpy(), rtol=1e-6, atol=1e-6)
     # more observations move the forecast without refitting (parameters fixed, new origin)
     longer = pd.concat([frame, frame.tail(M).assign(ds=frame["ds"].iloc[-1] + pd.to_timedelta(np.arange(1, M + 1), unit="h"))])
-    assert not np.allclose(model_state.score_state(name, state, longer, H, M), scored)
+    moved = model_state.score_state(name, state, longer, H, M, future_index(longer, H, "h"))
+    assert not np.allclose(moved, scored)
 
 
 def test_registry_roundtrip_and_a_half_written_version_is_never_promoted(tmp_path: Path) -> None:
