@@ -1,4 +1,5 @@
-"""Daily peerscale run: refit and re-select models on the daily series, forecast 14 days ahead.
+"""Daily peerscale run: refit and re-select models on the daily series, forecast 14 days ahead; and
+train the hourly model zoo into the model registry (pipeline.forecast.training) for the hourly run to score.
 
 The daily series are each region's peak concurrency per resource and each pair's request volume.
 The forecast (lake/forecasts/run=daily-<day>) is the 14-day outlook of `plan show` and the report;
@@ -51,7 +52,41 @@ def peerscale_daily():
         settings = Settings.from_env(history_days=DAILY_HISTORY_DAYS)
         return stage_forecast(_interval(data_interval_start, data_interval_end), settings, kind="daily")
 
-    retrain_daily(features())
+    @task(pool=MODEL_FIT_POOL)
+    def train_split(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> list[dict]:
+        from pipeline.common.config import Settings
+        from pipeline.run import stage_train_split
+
+        return stage_train_split(_interval(data_interval_start, data_interval_end), Settings.from_env(history_days=DAILY_HISTORY_DAYS))
+
+    @task(pool=MODEL_FIT_POOL)
+    def train_global(shards: list[dict]) -> dict:
+        from pipeline.common.config import Settings
+        from pipeline.run import stage_train_global
+
+        return stage_train_global(shards[0]["version"], Settings.from_env()) if shards else {}
+
+    @task(pool=MODEL_FIT_POOL)
+    def train_shard(shard: dict) -> dict:
+        from pipeline.common.config import Settings
+        from pipeline.run import stage_train_shard
+
+        return stage_train_shard(shard["version"], shard["shard"], Settings.from_env())
+
+    @task
+    def train_promote(shards: list[dict]) -> dict:
+        from pipeline.common.config import Settings
+        from pipeline.run import stage_train_finalize
+
+        return stage_train_finalize(shards[0]["version"], Settings.from_env()) if shards else {}
+
+    feature_paths = features()
+    retrain_daily(feature_paths)
+    # Train daily, score hourly: the zoo per series over mapped shards into a new registry version,
+    # promoted (CURRENT) only after its completeness check; the hourly run scores with CURRENT.
+    shards = train_split(feature_paths)
+    trained = train_shard.expand(shard=shards)
+    train_global(shards) >> trained >> train_promote(shards)
 
 
 peerscale_daily()

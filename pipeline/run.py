@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
 from pipeline.common.config import Settings
-from pipeline.common.intervals import DataInterval
+from pipeline.common.intervals import DataInterval, parse_utc
 
 Progress = Callable[[str], None]
 
@@ -31,8 +31,11 @@ def stage_features(interval: DataInterval, settings: Settings) -> dict[str, str]
 
 def stage_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly") -> dict:
     from pipeline.forecast import run_forecast
+    from pipeline.ops.registry_alert import alert_on_fallback
 
-    return run_forecast(interval, settings, kind=kind)
+    out = run_forecast(interval, settings, kind=kind)
+    alert_on_fallback(settings, interval, out)  # the registry could not score (some) series
+    return out
 
 
 def stage_forecast_split(interval: DataInterval, settings: Settings, kind: str = "hourly",
@@ -64,8 +67,47 @@ def stage_forecast_shard(run_id: str, shard: int, settings: Settings) -> dict:
 def stage_forecast_reduce(interval: DataInterval, settings: Settings, kind: str = "hourly") -> dict:
     """Fan-in: check every part is there, choose/calibrate/reconcile, publish the forecast as `stage_forecast` does."""
     from pipeline.forecast.shards import reduce_shards
+    from pipeline.ops.registry_alert import alert_on_fallback
 
-    return reduce_shards(interval, settings, kind)
+    out = reduce_shards(interval, settings, kind)
+    alert_on_fallback(settings, interval, out)  # the registry could not score (some) series
+    return out
+
+
+def stage_train(interval_end: str | datetime, settings: Settings, models: tuple[str, ...] | None = None, *,
+                promote: bool = True) -> dict:
+    """Laptop mode / `peerscale train`: the features of the training window, then every training step in-process."""
+    from pipeline.forecast.training import train
+
+    interval = DataInterval.ending_at(parse_utc(interval_end) if isinstance(interval_end, str) else interval_end)
+    stage_features(interval, settings)
+    return train(interval, settings, models, promote=promote)
+
+
+def stage_train_split(interval: DataInterval, settings: Settings) -> list[dict]:
+    """Daily training, step 1: prepare once, split the series into shards (one descriptor each, for `expand`)."""
+    from pipeline.forecast.training import train_split
+
+    return train_split(interval, settings)
+
+
+def stage_train_global(version: str, settings: Settings) -> dict:
+    from pipeline.forecast.training import train_global
+
+    return train_global(version, settings)
+
+
+def stage_train_shard(version: str, shard: int, settings: Settings) -> dict:
+    from pipeline.forecast.training import train_shard
+
+    return train_shard(version, shard, settings)
+
+
+def stage_train_finalize(version: str, settings: Settings) -> dict:
+    """Completeness check, manifest, and CURRENT moved to the new version."""
+    from pipeline.forecast.training import train_finalize
+
+    return train_finalize(version, settings, promote=True)
 
 
 def stage_feedback(interval: DataInterval, settings: Settings) -> dict:

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# The demo behind `make demo`: seed the lake with four weeks of history, run the hourly DAG once
+# The demo behind `make demo`: seed the lake with four weeks of history, train the model registry once
+# (`peerscale train`), run the hourly DAG once (it scores with the registry)
 # through Airflow (`airflow dags test`, throw-away SQLite home, no scheduler or webserver), show
 # the plan, then send a few peering requests through the IRC.
 #
@@ -24,10 +25,15 @@ PLAN_ID="plan-$(echo "$INTERVAL_END" | tr -d ':-')Z"   # plan-20260129T0000Z: pl
 mkdir -p "$PEERSCALE_BUILD"
 echo "lake: $PEERSCALE_LAKE · build: $PEERSCALE_BUILD · source: $PEERSCALE_SOURCE"
 
-echo "== 1/4 seed the lake with history [$HISTORY_FROM, $RUN_HOUR) from $PEERSCALE_SOURCE"
+echo "== 1/5 seed the lake with history [$HISTORY_FROM, $RUN_HOUR) from $PEERSCALE_SOURCE"
 "$BIN/peerscale" ingest --from "$HISTORY_FROM" --to "$RUN_HOUR"
 
-echo "== 2/4 run the hourly DAG through Airflow for the hour [$RUN_HOUR, $INTERVAL_END)"
+echo "== 2/5 train the model registry once on that history (laptop mode: the hourly run then scores with it)"
+# PEERSCALE_DEMO_TRAIN_MODELS picks the zoo (default below: the fast members; unset it to "" for the whole zoo).
+DEMO_ZOO="${PEERSCALE_DEMO_TRAIN_MODELS-seasonal_naive,seasonal_mean,auto_ets,global_gbm}"
+"$BIN/peerscale" train --interval-end "$RUN_HOUR" ${DEMO_ZOO:+--models "$DEMO_ZOO"}
+
+echo "== 3/5 run the hourly DAG through Airflow for the hour [$RUN_HOUR, $INTERVAL_END)"
 AIRFLOW_HOME=$(mktemp -d -t peerscale-airflow-XXXXXX)
 trap 'rm -rf "$AIRFLOW_HOME"' EXIT
 export AIRFLOW_HOME
@@ -48,14 +54,14 @@ DAG_LOG="$PEERSCALE_BUILD/demo_dag_run.log"
   tail -n 60 "$DAG_LOG"; echo "DAG run failed; full log: $DAG_LOG"; exit 1; }
 grep -E "state=|DagRun Finished" "$DAG_LOG" | tail -n 3 || true
 
-echo "== 3/4 the published plan"
+echo "== 4/5 the published plan"
 "$BIN/peerscale" plan show --plan-id "$PLAN_ID"
 echo "  plan:      $PEERSCALE_LAKE/plans/plan_id=$PLAN_ID/"
 echo "  terraform: $PEERSCALE_BUILD/iac/$PLAN_ID/terraform/"
 echo "  report:    $PEERSCALE_BUILD/reports/$PLAN_ID.html"
 echo "  DAG log:   $DAG_LOG"
 
-echo "== 4/4 peering requests through the IRC (inside the plan window, ${INTERVAL_END})"
+echo "== 5/5 peering requests through the IRC (inside the plan window, ${INTERVAL_END})"
 AT="${INTERVAL_END}:30Z"
 irc() { "$BIN/peerscale" irc request --at "$AT" "$@" || true; }
 echo "-- small request, inside the pre-allocation:"

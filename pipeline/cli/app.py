@@ -18,6 +18,7 @@ from pipeline.cli import (
     forecast_commands,
     iac_commands,
     irc_commands,
+    models_commands,
     plan_commands,
     run_commands,
     samples_commands,
@@ -68,6 +69,7 @@ app.command("ingest", epilog=EXIT_CODES_EPILOG)(run_commands.ingest)
 app.command("backfill", epilog=EXIT_CODES_EPILOG)(run_commands.backfill)
 app.command("report", epilog=EXIT_CODES_EPILOG)(run_commands.report)
 app.command("backtest", epilog=EXIT_CODES_EPILOG)(backtest_commands.backtest)
+app.command("train", epilog=EXIT_CODES_EPILOG)(models_commands.train)
 app.command("ui", epilog=EXIT_CODES_EPILOG)(ui_commands.ui)
 app.add_typer(group("Inspect published plans.", {
     "show": plan_commands.show,
@@ -89,6 +91,12 @@ app.add_typer(group("Infrastructure as code: render a plan as Terraform and Clou
     "check": iac_commands.check,
     "apply": iac_commands.apply,
 }), name="iac")
+app.add_typer(group("The versioned model registry daily training writes and hourly runs score with.", {
+    "list": models_commands.list_,
+    "show": models_commands.show,
+    "promote": models_commands.promote,
+    "diff": models_commands.diff,
+}), name="models")
 app.add_typer(group("Sample source data in the documented formats.", {
     "generate": samples_commands.generate,
 }), name="samples")

@@ -1151,7 +1151,19 @@ def write_forecast(interval: DataInterval, settings: Settings, result: ForecastR
 def run_forecast(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
     """Forecast every series for the run ending at `interval.end`; writes forecast + manifest."""
     x = load_inputs(interval, settings, kind, models)
-    result = run_engine(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy)
+    # -- model registry (pipeline.forecast.scoring): the CURRENT version scores the series it covers,
+    #    the engine forecasts the rest (everything when the registry is off, missing, stale or incompatible)
+    from pipeline.forecast import scoring
+
+    reg = scoring.RegistryScore()
+    if kind == "hourly":
+        reg = scoring.score_registry(interval, settings, lambda: prepare(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy))
+    rest = scoring.uncovered(x, reg)
+    result = ForecastResult(forecasts=pd.DataFrame(), info={"models": list(x.options.models)}) if rest is None else \
+        run_engine(rest.engine_input, x.options, future=rest.future, hierarchy=rest.hierarchy)
+    if kind == "hourly":
+        result.forecasts, result.selection, result.info = scoring.combine(result.forecasts, result.selection, result.info, reg, x.hierarchy)
+    # -- end model registry
     return write_forecast(interval, settings, result, kind=kind, models=models, history=x.summary(),
                           horizon=x.options.horizon, season_length=x.options.season_length, tau=x.options.tau)
 

@@ -292,6 +292,13 @@ def reduce_shards(interval: DataInterval, settings: Settings, kind: str = "hourl
     sel = engine.choose(p, cv_frames, info)  # step 3, run-wide
     point = _gathered_forecasts(run_id, sel, parts, info)
     result = engine.assemble(p, sel, point, cv_frames, info)
+    # -- model registry (pipeline.forecast.scoring): its forecasts replace the engine's for the series it covers
+    if kind == "hourly":
+        from pipeline.forecast import scoring
+
+        result.forecasts, result.selection, result.info = scoring.overlay(interval, settings, p, result.forecasts, result.selection,
+                                                                          result.info)
+    # -- end model registry
     published = engine.write_forecast(interval, settings, result, kind=kind, models=models, history=split["history"],
                                       horizon=split["horizon"], season_length=split["season_length"], tau=split["tau"])
     out = {**published, "shards": len(split["shards"])}

@@ -1,0 +1,250 @@
+"""Daily training: fit the model zoo per series, choose by pinball at τ, write a registry version.
+
+Why a separate path from the hourly engine: the hourly run should score, not refit. Training runs
+once a day on the hourly series (the daily DAG's longer history), in four steps that the daily DAG
+maps like the hourly forecast (pipeline.forecast.shards):
+
+- `train_split`: the engine's inputs and preparation (`engine.load_inputs`, `engine.prepare`: the
+  same regular grids, uplifts and cleaning the hourly run uses), split into shards of series;
+- `train_global`: the global GBM cross-validated and fitted once on every series (a per-shard
+  GBM would be a different model), stored in the version;
+- `train_shard` (mapped): every local model cross-validated on the shard's series (rolling origin,
+  `engine.cross_validate_model`), each series' model chosen by pinball loss at τ of its conformal
+  τ-quantile (ties go to the simpler model, in `ZOO` order), the choice fitted on the full series
+  and its state stored with the CV scores, the band offsets (empirical quantiles of the choice's
+  CV errors per horizon bucket) and the fingerprint of its training data;
+- `train_finalize`: the manifest (completeness-checked), then CURRENT moved when `promote`.
+
+Series under two seasons are not trained (the hourly run gives them the pooled profile).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import pickle
+import subprocess
+from dataclasses import replace
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from pipeline.common import lake, storage
+from pipeline.common.config import REPO_ROOT, Settings
+from pipeline.common.intervals import DataInterval
+from pipeline.common.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
+from pipeline.forecast import engine, model_state, registry
+from pipeline.forecast.shards import contiguous_chunks, shard_count
+
+GLOBAL = "global_gbm"
+#: the zoo, simplest first (ties go to the earlier model); Prophet joins where it is installed
+BASE_ZOO: tuple[str, ...] = ("seasonal_naive", "seasonal_mean", "auto_ets", "arima", "mstl", GLOBAL)
+N_BUCKETS = engine.N_BUCKETS
+MIN_BUCKET_ERRORS = 8  # a horizon bucket with fewer CV errors uses the series' errors of every step
+TRAIN_WINDOWS = engine.MAX_CV_WINDOWS  # rolling origins per series (Prophet refits at each)
+
+
+def default_zoo() -> tuple[str, ...]:
+    return (*BASE_ZOO, "prophet") if importlib.util.find_spec("prophet") else BASE_ZOO
+
+
+def band_probs() -> list[float]:
+    """Every probability the forecast contract carries (quantile columns and interval ends)."""
+    return sorted({round(q, 6) for q in (*FORECAST_QUANTILES, *[0.5 + s * lv / 200 for lv in FORECAST_LEVELS for s in (-1, 1)])})
+
+
+def code_version() -> str:
+    """The git commit of a checkout (the installed version otherwise): recorded, shown, diffed."""
+    try:
+        out = subprocess.run(["git", "-C", str(REPO_ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if out.returncode == 0 and out.stdout.strip():
+            return out.stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        pass
+    from pipeline import __version__
+
+    return str(__version__)
+
+
+# ---- choice and bands ----------------------------------------------------------------------------
+
+def pinball_by_series(cv: pd.DataFrame, tau: float) -> pd.Series:
+    """Per series: pinball at τ of the model's conformal τ-quantile (mean + the τ-quantile of its CV errors)."""
+    e = cv["y"].to_numpy(float) - cv["mean"].to_numpy(float)
+    frame = pd.DataFrame({"uid": cv["unique_id"].to_numpy(), "e": e})
+    d = e - frame["uid"].map(frame.groupby("uid")["e"].quantile(tau)).to_numpy()
+    frame["pin"] = np.maximum(tau * d, (tau - 1) * d)
+    return frame.groupby("uid")["pin"].mean()
+
+
+def band_offsets(errors: np.ndarray, steps: np.ndarray, horizon: int, probs: list[float]) -> list[list[float]]:
+    """Per probability, per horizon bucket: the conformal quantile of the CV errors (finite-sample adjusted)."""
+    bucket = np.minimum(steps * N_BUCKETS // max(horizon, 1), N_BUCKETS - 1)
+    out = []
+    for p in probs:
+        row = []
+        for b in range(N_BUCKETS):
+            e = errors[bucket == b]
+            e = e if len(e) >= MIN_BUCKET_ERRORS else errors
+            adj = min(max(p + (p - 0.5) * 2 / (len(e) + 1), 0.0), 1.0)
+            row.append(float(np.quantile(e, adj)) if len(e) else 0.0)
+        out.append(row)
+    return out
+
+
+# ---- the steps -----------------------------------------------------------------------------------
+
+def _dump(uri: str, obj: Any) -> None:
+    storage.write_bytes_atomic(uri, pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL))
+
+
+def _load(uri: str) -> Any:
+    return pickle.loads(storage.read_bytes(uri))  # this training run's own intermediates, in its version dir
+
+
+def _work(settings: Settings, version: str, name: str) -> str:
+    return storage.join(registry.work_dir(settings.lake_root, version), name)
+
+
+def train_split(interval: DataInterval, settings: Settings, models: tuple[str, ...] | None = None, *, version: str | None = None,
+                series_per_shard: int | None = None, max_shards: int | None = None) -> list[dict]:
+    """Prepare the training inputs once, split the series into shards; one descriptor per shard."""
+    zoo = tuple(models or default_zoo())
+    x = engine.load_inputs(interval, settings, "hourly", zoo)
+    options = replace(x.options, n_windows=TRAIN_WINDOWS, refit_global=True, combine=False)
+    p = engine.prepare(x.engine_input, options, future=x.future, hierarchy=x.hierarchy)
+    version = version or registry.new_version_id()
+    trainable = p.long_ids
+    shards = contiguous_chunks(trainable, shard_count(len(trainable), series_per_shard, max_shards)) if trainable else []
+    _dump(_work(settings, version, "prepared.pkl"), p)
+    meta = {"kind": "hourly", "models": list(p.names), "horizon": p.horizon, "season_length": p.season_length, "freq": p.freq,
+            "tau": p.tau, "n_windows": p.n_windows, "window": p.window, "data_start": x.summary()["start"],
+            "data_end": interval.end.isoformat(), "exog": [c for c in p.model_input.columns if c not in ("unique_id", "ds", "y")],
+            "code_version": code_version(), "state_format": model_state.STATE_FORMAT, "libraries": model_state.library_versions(),
+            "hierarchy": x.hierarchy, "shards": shards, "trained_ids": trainable, "short_series": p.short}
+    lake.write_json_atomic(_work(settings, version, "split.json"), meta)
+    return [{"version": version, "shard": i, "shards": len(shards), "series": len(ids)} for i, ids in enumerate(shards)]
+
+
+def train_global(version: str, settings: Settings) -> dict:
+    """Cross-validate and fit the GBM once on every trainable series; store it and its CV frame."""
+    p = _load(_work(settings, version, "prepared.pkl"))
+    if GLOBAL not in p.names or not p.long_ids:
+        return {"version": version, "global": None}
+    run = engine.cross_validate_model(p, GLOBAL)
+    if run.cv is None:
+        _dump(_work(settings, version, "global-cv.pkl"), None)
+        return {"version": version, "global": None, "error": run.error}
+    model = p.model(GLOBAL)
+    model.fit(p.inputs_for(GLOBAL, p.long_ids)).predict(p.horizon, future=p.future, levels=p.levels)  # trains
+    model.params["refit"] = False  # scoring moves the origin only
+    model._history = None  # the training data is not part of the model
+    ref = registry.write_global(settings.lake_root, version, GLOBAL, model)
+    _dump(_work(settings, version, "global-cv.pkl"), run.cv[["unique_id", "ds", "step", "y", "mean"]])
+    lake.write_json_atomic(_work(settings, version, "global.json"), ref)
+    return {"version": version, "global": GLOBAL, "seconds": run.seconds}
+
+
+def _series_entry(p: Any, uid: str, scores: dict[str, float], cv: dict[str, pd.DataFrame], probs: list[float]) -> dict:
+    """Fit the best-scoring model of `uid` that fits (falling back down the ranking) and describe it."""
+    ranked = sorted(scores, key=lambda n: (round(scores[n], engine.SCORE_DECIMALS), list(p.names).index(n)))
+    hist = p.history[p.history["unique_id"] == uid]
+    for name in ranked:
+        try:
+            state = None if name == GLOBAL else model_state.fit_state(name, p.inputs_for(name, [uid]), p.season_length, p.freq,
+                                                                      p.params.get(name))
+        except (ValueError, np.linalg.LinAlgError, RuntimeError):
+            continue
+        rows = cv[name][cv[name]["unique_id"] == uid]
+        errors = rows["y"].to_numpy(float) - rows["mean"].to_numpy(float)
+        return {"model": name, "state": state, "cv_pinball": {k: round(v, 6) for k, v in scores.items()},
+                "cv_rows": len(rows), "error_var": float(np.var(errors)) if len(errors) > 1 else None,
+                "bands": {"probs": probs, "offsets": band_offsets(errors, rows["step"].to_numpy(), p.horizon, probs)},
+                "fingerprint": registry.fingerprint(hist["ds"].to_numpy(), hist["y"].to_numpy(float), p.season_length)}
+    raise RuntimeError(f"no model of {ranked} could be fitted on {uid}")
+
+
+def train_shard(version: str, shard: int, settings: Settings) -> dict:
+    """Cross-validate the zoo on one shard, choose per series, fit and store the choices (one part)."""
+    split = lake.read_json(_work(settings, version, "split.json"))
+    ids = split["shards"][shard]
+    p = _load(_work(settings, version, "prepared.pkl")).subset(ids)
+    cv: dict[str, pd.DataFrame] = {}
+    errors: dict[str, str] = {}
+    for name in p.names:
+        if name == GLOBAL:
+            frame = _load(_work(settings, version, "global-cv.pkl")) if storage.exists(_work(settings, version, "global-cv.pkl")) else None
+            if frame is not None:
+                cv[name] = frame[frame["unique_id"].isin(ids)]
+            continue
+        run = engine.cross_validate_model(p, name)
+        if run.cv is not None:
+            cv[name] = run.cv
+        elif run.error:
+            errors[name] = run.error
+    pins = {name: pinball_by_series(f, p.tau) for name, f in cv.items() if not f.empty}
+    probs = band_probs()
+    entries = {}
+    for uid in ids:
+        scores = {n: float(s[uid]) for n, s in pins.items() if uid in s.index and np.isfinite(s[uid])}
+        if scores:
+            entries[uid] = _series_entry(p, uid, scores, cv, probs)
+    ref = registry.write_part(settings.lake_root, version, f"shard-{shard:05d}", entries)
+    chosen: dict[str, int] = {}
+    for entry in entries.values():
+        chosen[entry["model"]] = chosen.get(entry["model"], 0) + 1
+    lake.write_json_atomic(_work(settings, version, f"part-{shard:05d}.json"), {**ref, "errors": errors, "chosen": chosen,
+                                                                           "skipped": [u for u in ids if u not in entries]})
+    return {"version": version, "shard": shard, "series": len(entries), "errors": errors}
+
+
+def train_finalize(version: str, settings: Settings, promote: bool = True) -> dict:
+    """Check every shard wrote its part, write the manifest, and (optionally) promote the version."""
+    split = lake.read_json(_work(settings, version, "split.json"))
+    parts = []
+    for i in range(len(split["shards"])):
+        path = _work(settings, version, f"part-{i:05d}.json")
+        if not storage.exists(path):
+            raise registry.RegistryError(f"model version {version}: shard {i} has not finished (no {path})")
+        parts.append(lake.read_json(path))
+    global_ref = _work(settings, version, "global.json")
+    globals_ = [lake.read_json(global_ref)] if storage.exists(global_ref) else []
+    skipped = {u for part in parts for u in part.get("skipped", [])}  # no CV evidence: the hourly engine keeps them
+    expected = sorted(set(split["trained_ids"]) - skipped)  # every other trainable series must have an entry
+    chosen: dict[str, int] = {}
+    for part in parts:
+        for name, n in part.get("chosen", {}).items():
+            chosen[name] = chosen.get(name, 0) + n
+    meta = {k: v for k, v in split.items() if k not in ("shards", "trained_ids")}
+    meta["chosen"] = dict(sorted(chosen.items()))
+    meta["trained_at"] = datetime.now(UTC).isoformat()
+    meta["skipped_series"] = sorted(skipped)
+    meta["shard_errors"] = {str(i): p["errors"] for i, p in enumerate(parts) if p.get("errors")}
+    manifest = registry.finalize(settings.lake_root, version, meta, parts, globals_, expected)
+    pointer = registry.promote(settings.lake_root, version) if promote else None
+    return {"version": version, "series": len(manifest["index"]), "chosen": manifest["chosen"], "promoted": pointer is not None}
+
+
+def run_shards(version: str, shards: list[dict], settings: Settings, workers: int | None = None) -> list[dict]:
+    """Every shard of `version`, on `workers` processes (default: one per core; 1 = in this process),
+    as the DAG's mapped `train_shard` tasks would on that many workers."""
+    n = max(1, min(workers or os.cpu_count() or 1, len(shards)))
+    if n == 1:
+        return [train_shard(version, s["shard"], settings) for s in shards]
+    from joblib import Parallel, delayed
+
+    return list(Parallel(n_jobs=n, backend="loky")(delayed(train_shard)(version, s["shard"], settings) for s in shards))
+
+
+def train(interval: DataInterval, settings: Settings, models: tuple[str, ...] | None = None, *, promote: bool = True,
+          series_per_shard: int | None = None, workers: int | None = None) -> dict:
+    """Every step in this process (shards on `workers` processes): what the daily DAG runs as mapped tasks."""
+    shards = train_split(interval, settings, models, series_per_shard=series_per_shard)
+    if not shards:
+        raise ValueError(f"no series long enough to train on for the run ending {interval.end.isoformat()}: ingest more history")
+    version = shards[0]["version"]
+    train_global(version, settings)
+    run_shards(version, shards, settings, workers)
+    return train_finalize(version, settings, promote=promote)
