@@ -136,13 +136,8 @@ def over_capacity(used: float, quantity: float, capacity: float, ceiling: float 
     The one definition every backend applies (PostgreSQL through `over_capacity_sql`, which must
     stay the same expression); the tolerance is `TOLERANCE x max(1, limit)`.
     """
-    return exceeds(used + quantity, capacity, ceiling)
-
-
-def exceeds(total: float, capacity: float, ceiling: float = 1.0) -> bool:
-    """`over_capacity` once `used + quantity` is summed (SQLite sums it in its UPDATE: the same IEEE addition)."""
     limit = capacity * ceiling
-    return total > limit + TOLERANCE * max(1.0, limit)
+    return used + quantity > limit + TOLERANCE * max(1.0, limit)
 
 
 def over_capacity_sql(used: str, quantity: str, capacity: str, ceiling: str) -> str:

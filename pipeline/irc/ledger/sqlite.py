@@ -13,8 +13,7 @@ IMMEDIATE`: the kernel wakes the next writer as soon as the lock is free, where 
 handler sleeps 1, 2, 5, 10 ... ms between retries - with two HTTP workers contending that sleep,
 not the work, bounded throughput and made the p99. SQLite's lock still decides correctness (a
 process without the flock, or one that waited past `timeout_s` for it, is serialised by `BEGIN
-IMMEDIATE` as before). A reservation is one `UPDATE ... RETURNING` over the overlapped windows,
-checked afterwards and rolled back when it does not fit.
+IMMEDIATE` as before). A reservation that fits is debited by one UPDATE over every cell.
 Same contract as `pipeline.irc.ledger` (carry-in, plan_id ordering, expiry - bounded by the host's
 wall clock, which every process sharing the file reads).
 """
@@ -32,7 +31,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import TypeVar
 
-from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, exceeds, fits
+from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, fits, short_resources
 
 try:  # advisory writer queue (module doc); without fcntl SQLite's busy handler alone serialises writers
     import fcntl
@@ -83,20 +82,12 @@ CREATE TABLE IF NOT EXISTS irc_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL) 
 
 _OVERLAP = "region = ? AND window_start < ? AND window_end > ?"
 _T = TypeVar("_T")
-# Every cell of the overlapped windows is returned (unrequested types get + 0), so a window that lacks a
-# requested type is seen exactly as the former SELECT saw it.
-_RESERVE = ("UPDATE irc_capacity SET used = used + CASE resource_type {cases} ELSE 0.0 END "
-            f"WHERE {_OVERLAP} RETURNING window_start, resource_type, capacity, used")
-_RESERVE_SQL = {n: _RESERVE.format(cases=" ".join(["WHEN ? THEN ?"] * n)) for n in range(1, 9)}
+# The debit of a reservation that fits: one statement for every cell (one UPDATE per cell cost more; RETURNING
+# instead of the SELECT before it cost four times a plain UPDATE, measured in bench/RESULTS.md).
+_DEBIT = ("UPDATE irc_capacity SET used = used + CASE resource_type {cases} END "
+          f"WHERE {_OVERLAP} AND resource_type IN ({{types}})")
+_DEBIT_SQL = {n: _DEBIT.format(cases=" ".join(["WHEN ? THEN ?"] * n), types=", ".join("?" * n)) for n in range(1, 9)}
 _LOCK_POLL_S = (0.00005, 0.001)  # first and longest pause between tries of a busy writer lock
-
-
-class _Refused(Exception):
-    """A reservation that does not fit: its UPDATE is rolled back."""
-
-    def __init__(self, short: tuple[str, ...]) -> None:
-        super().__init__(short)
-        self.short = short
 
 
 class SQLiteLedger:
@@ -151,29 +142,29 @@ class SQLiteLedger:
             conn.execute("COMMIT")
             return result
         finally:
-            if queued:
-                fcntl.flock(self._writer_fd, fcntl.LOCK_UN)
+            if queued is not None:
+                fcntl.flock(queued, fcntl.LOCK_UN)
 
-    def _queue_writer(self) -> bool:
-        """Take the advisory writer lock (module doc); False when there is none or it stayed busy for `timeout_s`
+    def _queue_writer(self) -> int | None:
+        """Take the advisory writer lock (module doc): its descriptor, or None when there is none or it stayed busy for `timeout_s`
         (then `BEGIN IMMEDIATE` and SQLite's busy handler decide, as without it)."""
         fd = self._writer_fd
         if fd is None:
-            return False
+            return None
         pause, deadline = _LOCK_POLL_S[0], None
         while True:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                return True
+                return fd
             except BlockingIOError:
                 pass
             except OSError:
-                return False
+                return None
             now = time.monotonic()
             if deadline is None:
                 deadline = now + self._timeout_s
             elif now >= deadline:
-                return False
+                return None
             time.sleep(pause)
             pause = min(pause * 2, _LOCK_POLL_S[1])
 
@@ -232,16 +223,24 @@ class SQLiteLedger:
         priority: str = "normal",
         now_s: float | None = None,
     ) -> tuple[str, ...]:
+        n = len(requirements)
         params: list[object] = []
         for resource_type, quantity in requirements.items():
             params += (resource_type, quantity)
-        params += (region, end_s, start_s)
-        sql = _RESERVE_SQL.get(len(requirements)) or _RESERVE.format(cases=" ".join(["WHEN ? THEN ?"] * len(requirements)))
+        params += (region, end_s, start_s, *requirements)
+        debit = _DEBIT_SQL.get(n) or _DEBIT.format(cases=" ".join(["WHEN ? THEN ?"] * n), types=", ".join("?" * n))
 
         def body(conn: sqlite3.Connection) -> tuple[str, ...]:
-            short = _short_after(conn.execute(sql, params).fetchall(), requirements, ceiling)
+            cells: dict[int, dict[str, tuple[float, float]]] = {}
+            for window_start, resource_type, capacity, used in conn.execute(
+                f"SELECT window_start, resource_type, capacity, used FROM irc_capacity WHERE {_OVERLAP}",
+                (region, end_s, start_s),
+            ):
+                cells.setdefault(window_start, {})[resource_type] = (capacity, used)
+            short = short_resources(cells.values(), requirements, ceiling)
             if short:
-                raise _Refused(short)  # rolls the UPDATE back
+                return short
+            conn.execute(debit, params)  # the cells just read: same predicate, same transaction
             conn.execute(
                 "INSERT INTO irc_allocations (allocation_id, region, starts_at, expires_at, requirements, priority) "
                 "VALUES (?, ?, ?, ?, ?, ?)",
@@ -250,10 +249,7 @@ class SQLiteLedger:
             return ()
 
         with self._lock:
-            try:
-                return self._write(body)
-            except _Refused as refused:
-                return refused.short
+            return self._write(body)
 
     @staticmethod
     def _credit(conn: sqlite3.Connection, region: str, starts_at: float, expires_at: float, requirements: str) -> None:
@@ -393,23 +389,6 @@ class SQLiteLedger:
             if self._writer_fd is not None:
                 os.close(self._writer_fd)
                 self._writer_fd = None
-
-
-def _short_after(
-    rows: list[tuple[int, str, float, float]], requirements: Mapping[str, float], ceiling: float
-) -> tuple[str, ...]:
-    """`protocol.short_resources` over the cells as the UPDATE left them ((window, type, capacity, used + q)):
-    no window at all - every requested type is short; else a type is short when a window lacks it or exceeds."""
-    if not rows:
-        return tuple(sorted(requirements))
-    windows: dict[int, dict[str, tuple[float, float]]] = {}
-    for window_start, resource_type, capacity, total in rows:
-        windows.setdefault(window_start, {})[resource_type] = (capacity, total)
-    short = {
-        rt for cells in windows.values() for rt in requirements
-        if (cell := cells.get(rt)) is None or exceeds(cell[1], cell[0], ceiling)
-    }
-    return tuple(sorted(short))
 
 
 def _open_writer_lock(path: Path) -> int | None:
