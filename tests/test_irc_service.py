@@ -323,6 +323,41 @@ def test_workers_share_one_ledger_and_one_set_of_metrics(lake: Path, tmp_path: P
         served.stop()
 
 
+def test_decisions_arriving_together_share_one_sqlite_transaction(lake: Path, tmp_path: Path) -> None:
+    """Group commit in the service: requests that reach the decision in one turn of the event loop are decided in
+    one ledger transaction, answered after its commit, and granted exactly what one-by-one decisions would."""
+    import asyncio
+    import contextlib
+    from collections.abc import Iterator
+
+    from pipeline.irc import open_ledger
+    from pipeline.irc.http_app import DecisionBatcher
+
+    store = open_ledger(f"sqlite://{tmp_path / 'ledger.db'}")
+    coordinator = Coordinator(lake, store, reload_interval_s=None, outcomes=False)
+    real, commits = store.batch, []  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[None]:
+        with real():
+            yield
+        commits.append(store.live_allocations())  # what other processes can see once the batch committed
+
+    store.batch = counted  # type: ignore[attr-defined]
+    batcher = DecisionBatcher(coordinator)
+
+    async def burst() -> list[dict[str, object]]:
+        rows = [{**GOOD, "request_id": f"r{i}", "vcpu": 1} for i in range(12)]
+        return await asyncio.gather(*(batcher.decide(PeeringRequest.from_row(row)) for row in rows))
+
+    answers = asyncio.run(burst())
+    assert (batcher.batches, batcher.decisions, len(commits)) == (1, 12, 1)
+    assert [a["path"] for a in answers].count("preallocated") == 7  # 95 % of 8 vcpu, as one by one
+    assert commits == [7] and coordinator.metrics()["requests"] == 12
+    coordinator.close()
+    store.close()
+
+
 def test_serve_over_tls(lake: Path, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",

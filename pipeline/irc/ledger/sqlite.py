@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TypeVar
 
@@ -102,7 +102,8 @@ class SQLiteLedger:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._retention_s = retention_s
         self._timeout_s = timeout_s
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # re-entered by the writes of a `batch()` on its thread
+        self._in_batch = False  # a `batch()` transaction is open (read and set under self._lock)
         self._writer_fd = _open_writer_lock(self.path)
         self._conn = sqlite3.connect(
             str(self.path), timeout=timeout_s, isolation_level=None, check_same_thread=False
@@ -126,11 +127,49 @@ class SQLiteLedger:
     def __repr__(self) -> str:
         return f"SQLiteLedger({str(self.path)!r})"
 
+    @contextlib.contextmanager
+    def batch(self) -> Iterator[None]:
+        """Group commit: every write of this thread until the block ends is part of one IMMEDIATE transaction
+        (each in its own savepoint, so a write that fails is undone alone), committed when the block ends.
+
+        Nothing is durable - nor may be reported to a client - before the block has ended without an
+        exception; when it raises (the commit failed, or SQLite rolled the transaction back on its own,
+        e.g. disk full) none of the block's writes happened. Other threads wait for the block; other
+        processes are serialised by SQLite's write lock as ever, so a batch can never over-grant.
+        """
+        with self._lock:
+            if self._in_batch:  # nested: part of the enclosing batch
+                yield
+                return
+            conn = self._conn
+            queued = self._queue_writer()
+            try:
+                conn.execute("BEGIN IMMEDIATE")
+                self._in_batch = True
+                try:
+                    yield
+                    if not conn.in_transaction:
+                        raise sqlite3.OperationalError("SQLite rolled the batch's transaction back")
+                    conn.execute("COMMIT")
+                except BaseException:
+                    if conn.in_transaction:
+                        with contextlib.suppress(sqlite3.Error):
+                            conn.execute("ROLLBACK")
+                    raise
+                finally:
+                    self._in_batch = False
+            finally:
+                if queued is not None:
+                    fcntl.flock(queued, fcntl.LOCK_UN)
+
     def _write(self, body: Callable[[sqlite3.Connection], _T], begin: bool = True) -> _T:
-        """Run body(conn) in one IMMEDIATE transaction (caller holds self._lock)."""
+        """Run body(conn) in one IMMEDIATE transaction (caller holds self._lock), or in a savepoint of the
+        open `batch()`."""
         conn = self._conn
         if not begin:
             return body(conn)
+        if self._in_batch:
+            return self._write_in_batch(conn, body)
         queued = self._queue_writer()
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -144,6 +183,21 @@ class SQLiteLedger:
         finally:
             if queued is not None:
                 fcntl.flock(queued, fcntl.LOCK_UN)
+
+    @staticmethod
+    def _write_in_batch(conn: sqlite3.Connection, body: Callable[[sqlite3.Connection], _T]) -> _T:
+        if not conn.in_transaction:  # rolled back under us: nothing may be written outside the batch
+            raise sqlite3.OperationalError("the batch's transaction was rolled back; its writes are refused")
+        conn.execute("SAVEPOINT irc_write")
+        try:
+            result = body(conn)
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK TO irc_write")
+                conn.execute("RELEASE irc_write")
+            raise
+        conn.execute("RELEASE irc_write")
+        return result
 
     def _queue_writer(self) -> int | None:
         """Take the advisory writer lock (module doc): its descriptor, or None when there is none or it stayed busy for `timeout_s`
