@@ -358,6 +358,31 @@ def test_decisions_arriving_together_share_one_sqlite_transaction(lake: Path, tm
     store.close()
 
 
+def test_two_workers_under_concurrent_load_never_over_grant(lake: Path, tmp_path: Path) -> None:
+    """Many clients at once on two workers sharing SQLite: each worker commits the requests that arrive together
+    as one batch, and between them they grant exactly the plan's 95 % of 8 vcpu and the pool - never more."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    ledger = tmp_path / "ledger.db"
+    with Served("--lake", str(lake), "--workers", "2", "--ledger", f"sqlite://{ledger}", "--no-log-outcomes") as served:
+        for _ in range(300):  # both workers up
+            if served.call("GET", "/readyz")[0] == 200:
+                break
+            time.sleep(0.1)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: served.call("POST", "/v1/requests", {**GOOD, "vcpu": 0.5, "memory_gib": 1})[1],
+                                    range(80)))
+        paths = [a["path"] for a in answers]  # type: ignore[index]
+        # 7.6 vcpu of pre-allocation (95 % of 8) and the 8 vcpu on-demand pool, in grants of 0.5: 15 and 16
+        assert (paths.count("preallocated"), paths.count("on_demand"), paths.count("none")) == (15, 16, 49)
+        served.stop()
+    with sqlite3.connect(ledger) as conn:
+        used, capacity = conn.execute("SELECT used, capacity FROM irc_capacity WHERE region = ? AND resource_type = 'vcpu' "
+                                      "AND window_start = ?", (EU, int(T0.timestamp()))).fetchone()
+    assert used == 7.5 and capacity == 8.0
+
+
 def test_serve_over_tls(lake: Path, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
