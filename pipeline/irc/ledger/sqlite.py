@@ -14,6 +14,8 @@ handler sleeps 1, 2, 5, 10 ... ms between retries - with two HTTP workers conten
 not the work, bounded throughput and made the p99. SQLite's lock still decides correctness (a
 process without the flock, or one that waited past `timeout_s` for it, is serialised by `BEGIN
 IMMEDIATE` as before). A reservation that fits is debited by one UPDATE over every cell.
+`batch()` groups the writes of several decisions into one transaction (group commit: one commit,
+one WAL append for all; `Coordinator.handle_batch`, used by the HTTP service).
 Same contract as `pipeline.irc.ledger` (carry-in, plan_id ordering, expiry - bounded by the host's
 wall clock, which every process sharing the file reads).
 """
