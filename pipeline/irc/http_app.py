@@ -87,6 +87,7 @@ class ServiceState:
     executor: ThreadPoolExecutor | None = None
     on_close: list[Callable[[], None]] = field(default_factory=list)
     group_commit: bool = True  # decisions on the event loop that arrive together share one ledger transaction
+    fast_decision_route: bool = True  # POST /v1/requests in front of Starlette (`_DecisionRoute`)
     batcher: DecisionBatcher | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
@@ -428,8 +429,51 @@ async def _on_routing(request: Request, exc: Exception) -> Response:
     return json_response({"error": message}, exc.status_code, close=True, headers=dict(exc.headers or {}))
 
 
-def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starlette:
-    """The ASGI app over `state` (Starlette: a third of FastAPI's cost per request, measured in bench/RESULTS.md);
+def _crash_response(state: ServiceState, method: str, path: str, exc: Exception) -> Response:
+    """The 500 of an unexpected error: logged with its traceback, counted, never shown to the client."""
+    log.error("IRC HTTP: %s %s failed", method, path, exc_info=exc)
+    state.metrics.count("internal_errors")
+    return json_response({"error": f"internal error: {type(exc).__name__}"}, 500, close=True)
+
+
+DECISION_PATH = f"/{API_VERSION}/requests"
+
+
+class _DecisionRoute:
+    """`POST /v1/requests` straight to its handler, in front of the Starlette app: the same token check, body
+    limits and read timeout, answers, errors and HTTP metrics, without the middleware stack, the router's
+    matching and the exception-handler wrappers around every request (the service's hot route; every other
+    request, and every other method on this path, goes through Starlette)."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+        self._answers: dict[int, Any] = {}  # status code -> its http_requests child
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != DECISION_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await _post_request(self.state, request)
+        except HttpError as exc:
+            response = await _on_http_error(request, exc)
+        except Exception as exc:
+            response = _crash_response(self.state, "POST", DECISION_PATH, exc)
+        try:
+            await response(scope, receive, send)
+        finally:
+            code = response.status_code
+            child = self._answers.get(code)
+            if child is None:
+                child = self._answers[code] = self.state.metrics.http_requests.labels(DECISION_PATH, str(code))
+            child.inc()
+
+
+def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> ASGIApp:
+    """The ASGI app over `state` (Starlette: a third of FastAPI's cost per request, measured in bench/RESULTS.md;
+    `POST /v1/requests` in front of it, see `_DecisionRoute`);
     its lifespan refreshes the gauges and, at shutdown, runs `state.on_close` (after uvicorn drained the requests
     in flight): the thread pool, the coordinator (flushing the outcome log)."""
 
@@ -445,9 +489,7 @@ def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starle
             await asyncio.to_thread(_close_all, state.on_close)
 
     async def on_crash(request: Request, exc: Exception) -> Response:  # never a traceback to the client
-        log.error("IRC HTTP: %s %s failed", request.method, request.url.path, exc_info=exc)
-        state.metrics.count("internal_errors")
-        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500, close=True)
+        return _crash_response(state, request.method, request.url.path, exc)
 
     document = json.dumps(openapi_document()).encode()
 
@@ -456,10 +498,11 @@ def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starle
 
     routes = [Route(ep.path, functools.partial(ep.handler, state), methods=[ep.method]) for ep in ENDPOINTS]
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
-    return Starlette(
+    app = Starlette(
         routes=_merge_methods(routes), lifespan=lifespan, middleware=[Middleware(_HttpMetrics, metrics=state.metrics)],
         exception_handlers={HttpError: _on_http_error, StarletteHTTPException: _on_routing, Exception: on_crash},
     )
+    return _DecisionRoute(app, state) if state.fast_decision_route else app
 
 
 def _merge_methods(routes: list[Route]) -> list[Route]:
