@@ -383,6 +383,69 @@ def test_two_workers_under_concurrent_load_never_over_grant(lake: Path, tmp_path
     assert used == 7.5 and capacity == 8.0
 
 
+def test_the_decision_route_answers_like_the_starlette_route(lake: Path, tmp_path: Path) -> None:
+    """`POST /v1/requests` in front of Starlette (the hot route) gives the same answers, errors and HTTP metrics as
+    the same route through Starlette, for good and bad requests alike."""
+    import asyncio
+
+    from pipeline.irc import open_ledger
+    from pipeline.irc.http_app import ServiceState, build_app
+    from pipeline.irc.prometheus import PrometheusMetrics
+
+    token = "t" * 32
+    good = json.dumps({**GOOD, "request_id": "r1"}).encode()
+    cases = [  # (headers, body)
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, good),
+        ({"content-type": "application/json"}, good),  # 401
+        ({"authorization": f"Bearer {token}", "content-type": "text/plain"}, good),  # 415
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, b"[1, 2]"),  # 400
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, b"{" * 70_000),  # 413
+        ({"authorization": f"Bearer {token}", "content-type": "application/json", "transfer-encoding": "chunked"}, good),
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, b'{"vcpu": NaN}'),  # 400
+    ]
+
+    def answers(fast: bool) -> tuple[list[tuple[int, dict[str, str], object]], str]:
+        store = open_ledger(f"sqlite://{tmp_path / f'{fast}.db'}")
+        metrics = PrometheusMetrics()
+        coordinator = Coordinator(lake, store, reload_interval_s=None, outcomes=False, metrics=metrics)
+        app = build_app(ServiceState(coordinator, metrics, tokens=frozenset([token.encode()]), fast_decision_route=fast))
+
+        async def call(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], object]:
+            raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+            if "transfer-encoding" not in headers:
+                raw.append((b"content-length", str(len(body)).encode()))
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                     "path": "/v1/requests", "raw_path": b"/v1/requests", "query_string": b"", "root_path": "",
+                     "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5), "headers": raw}
+            sent: list[dict[str, object]] = []
+
+            async def receive() -> dict[str, object]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)  # type: ignore[arg-type]
+            head = {k.decode(): v.decode() for k, v in sent[0]["headers"]}  # type: ignore[attr-defined]
+            payload = json.loads(sent[1]["body"])  # type: ignore[arg-type]
+            payload.pop("allocation_id", None)
+            return sent[0]["status"], {k: head[k] for k in ("content-type", "connection", "www-authenticate") if k in head}, payload  # type: ignore[return-value]
+
+        got = [asyncio.run(call(headers, body)) for headers, body in cases]
+        from prometheus_client import generate_latest
+
+        counted = "\n".join(line for line in generate_latest(metrics.registry).decode().splitlines()
+                             if line.startswith("peerscale_irc_http_requests_total{"))
+        coordinator.close()
+        store.close()
+        return got, counted
+
+    fast, fast_counted = answers(True)
+    slow, slow_counted = answers(False)
+    assert [status for status, _, _ in fast] == [200, 401, 415, 400, 413, 411, 400]
+    assert fast == slow and fast_counted == slow_counted and 'code="413"' in fast_counted
+
+
 def test_serve_over_tls(lake: Path, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",
