@@ -204,7 +204,7 @@ class DecisionBatcher:
             part = pending[start:start + self._max_batch]
             try:
                 responses = self._coordinator.handle_batch([request for request, _ in part])
-            except BaseException as exc:  # handle_batch never raises; a waiting client must not hang if it did
+            except Exception as exc:  # handle_batch never raises; a waiting client must not hang if it did
                 for _, future in part:
                     if not future.done():
                         future.set_exception(exc)

@@ -34,12 +34,12 @@ from pathlib import Path
 from typing import TypeVar
 
 from pipeline.irc.ledger.protocol import DEFAULT_RETENTION_S, fits, short_resources
+from pipeline.irc.plan_source import CapacityRow
 
 try:  # advisory writer queue (module doc); without fcntl SQLite's busy handler alone serialises writers
     import fcntl
 except ImportError:  # pragma: no cover - not POSIX
     fcntl = None  # type: ignore[assignment]
-from pipeline.irc.plan_source import CapacityRow
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS irc_capacity (
