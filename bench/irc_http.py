@@ -1,6 +1,6 @@
 """IRC over HTTP: decisions per second and p50/p99 latency of `peerscale irc serve`, loaded by wrk on loopback.
 
-    .venv/bin/python bench/irc_http.py [--quick] [--duration 10] [--workers 2] [--connections 16]
+    .venv/bin/python bench/irc_http.py [--quick] [--duration 10] [--workers 1] [--connections 16]
                                        [--postgres postgresql://postgres@127.0.0.1:5432/test]
 
 For the SQLite (WAL file) and PostgreSQL ledgers it starts the real service (uvicorn workers, bearer
@@ -171,7 +171,10 @@ def main() -> int:
     parser.add_argument("--postgres", default="postgresql://postgres@127.0.0.1:5432/test")
     parser.add_argument("--quick", action="store_true", help="3 s of load per ledger (smoke run)")
     parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per ledger")
-    parser.add_argument("--workers", type=int, default=2)
+    # One worker: wrk needs most of the second core, and two SQLite workers wait for each other's write
+    # transactions (bench/RESULTS.md, "IRC performance floors": 1 worker 3,391-3,630 /s at p99 9.5-12.4 ms,
+    # 2 workers 1,537-2,189 /s on the same machine minutes apart).
+    parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--connections", type=int, default=16)
     args = parser.parse_args()
     if args.quick:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import subprocess
 import sys
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,7 +18,7 @@ import pytest
 
 from pipeline.common import schemas
 from pipeline.irc import Coordinator, PeeringRequest, PeeringResponse
-from pipeline.irc.ledger import InMemoryLedger
+from pipeline.irc.ledger import InMemoryLedger, open_ledger
 from pipeline.irc.ondemand import PoolAllocator
 from pipeline.irc.plan_source import PlanCorrupt, PlanMissing, load_latest_plan
 from tests import plan_store
@@ -655,3 +657,74 @@ def test_import_pulls_no_batch_stack() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=Path(__file__).parents[1]
     )
     assert json.loads(out.stdout) == []
+
+
+def _decision(response: PeeringResponse) -> dict[str, object]:
+    """A response without its allocation id (random per coordinator)."""
+    return {k: v for k, v in response.to_dict().items() if k != "allocation_id"}
+
+
+def _batch_stream() -> list[PeeringRequest]:
+    """Enough demand to exhaust eu-west-1's pre-allocation and pool: grants, on-demand grants and failures. At one
+    instant: a failed batch may have moved expiry time on (never past the clock), which a replay at distinct times
+    would see."""
+    return [request(request_id=f"b{i}", vcpu=1.5 + (i % 3), memory_gib=4.0,
+                    priority="high" if i % 4 == 0 else "normal") for i in range(14)]
+
+
+def test_handle_batch_decides_like_one_by_one_in_one_sqlite_transaction(tmp_path: Path) -> None:
+    publish_plan(tmp_path, "plan-a", T0)
+    stream = _batch_stream()
+    with contextlib.closing(open_ledger(f"sqlite://{tmp_path / 'one.db'}")) as one, \
+            contextlib.closing(open_ledger(f"sqlite://{tmp_path / 'batch.db'}")) as both:
+        alone, batched = coordinator(tmp_path, ledger=one), coordinator(tmp_path, ledger=both)
+        expected = [alone.handle_peering_request(r) for r in stream]
+        got = batched.handle_batch(stream[:5]) + batched.handle_batch(stream[5:])
+        assert [_decision(r) for r in got] == [_decision(r) for r in expected]
+        assert {r.path for r in got} == {"preallocated", "on_demand", "none"}
+        assert both.usage(int(T0.timestamp()), EU) == one.usage(int(T0.timestamp()), EU)
+        assert batched.metrics()["requests"] == len(stream)
+        alone.close()
+        batched.close()
+
+
+def test_handle_batch_whose_commit_fails_grants_nothing_and_decides_again_one_by_one(tmp_path: Path) -> None:
+    import sqlite3
+
+    publish_plan(tmp_path, "plan-a", T0)
+    stream = _batch_stream()
+    with contextlib.closing(open_ledger(f"sqlite://{tmp_path / 'one.db'}")) as one, \
+            contextlib.closing(open_ledger(f"sqlite://{tmp_path / 'batch.db'}")) as both:
+        real = both.batch
+
+        @contextlib.contextmanager
+        def failing_commit() -> Iterator[None]:
+            with real():
+                yield
+                raise sqlite3.OperationalError("disk I/O error")  # as if COMMIT failed: the batch rolls back
+
+        both.batch = failing_commit  # type: ignore[method-assign]
+        alone, batched = coordinator(tmp_path, ledger=one), coordinator(tmp_path, ledger=both)
+        expected = [alone.handle_peering_request(r) for r in stream]
+        got = batched.handle_batch(stream)
+        assert [_decision(r) for r in got] == [_decision(r) for r in expected]
+        assert both.usage(int(T0.timestamp()), EU) == one.usage(int(T0.timestamp()), EU)  # the rolled-back grants are gone
+        assert both.live_allocations() == one.live_allocations()
+        counts = batched.metrics()
+        assert counts["requests"] == len(stream) and counts["ledger_errors"] == 1  # each decision counted once
+        alone.close()
+        batched.close()
+
+
+def test_the_fast_preallocated_response_is_the_constructors() -> None:
+    """The hot path's `preallocated_response` must stay equal, field for field, to `PeeringResponse(...)`."""
+    from pipeline.irc.messages import _RESPONSE_FIELDS, preallocated_response
+
+    fast = preallocated_response("r1", "pre-1", "Pre-allocated in eu-west-1", EU, "plan-a")
+    built = PeeringResponse(request_id="r1", status="success", path="preallocated", latency_class="low",
+                            allocation_id="pre-1", message="Pre-allocated in eu-west-1", region=EU, plan_id="plan-a",
+                            provisioning_s=0.0, serving_region=EU)
+    assert fast == built and fast.to_dict() == built.to_dict() and tuple(vars(fast)) == _RESPONSE_FIELDS
+    assert hash(fast) == hash(built) and repr(fast) == repr(built)
+    with pytest.raises(AttributeError):
+        fast.status = "failure"  # type: ignore[misc]  # still frozen

@@ -307,6 +307,65 @@ def test_sqlite_ledger_persists_across_reopen(tmp_path: Path) -> None:
     again.close()
 
 
+def test_sqlite_writers_queue_on_the_writer_lock_and_fall_back_to_sqlite_after_the_timeout(tmp_path: Path) -> None:
+    """A writer waits for the advisory lock another process holds (instead of SQLite's sleeping busy handler);
+    one that waited `timeout_s` goes ahead under SQLite's own lock, so a stuck holder never blocks it for good."""
+    import fcntl
+
+    path = tmp_path / "l.db"
+    store = SQLiteLedger(path, timeout_s=60.0, checkpoint_interval_s=None)
+    store.load_capacities(ROWS, "plan-a")
+    holder = os.open(f"{path}.writer-lock", os.O_RDWR)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # another writer in its transaction
+    answers: list[tuple[str, ...]] = []
+    writer = threading.Thread(target=lambda: answers.append(store.reserve("pre-1", EU, {"vcpu": 2.0}, T, T + 60)))
+    writer.start()
+    writer.join(0.5)
+    assert writer.is_alive() and answers == []  # queued behind the holder
+    fcntl.flock(holder, fcntl.LOCK_UN)
+    writer.join(30)
+    assert answers == [()] and store.usage(T, EU)["vcpu"] == 2.0
+    store.close()
+
+    impatient = SQLiteLedger(path, timeout_s=0.2, checkpoint_interval_s=None)
+    fcntl.flock(holder, fcntl.LOCK_EX)  # held for good: the writer gives up waiting and SQLite serialises it
+    try:
+        assert impatient.reserve("pre-2", EU, {"vcpu": 3.0}, T, T + 60) == ()
+        assert impatient.usage(T, EU)["vcpu"] == 5.0
+    finally:
+        fcntl.flock(holder, fcntl.LOCK_UN)
+        os.close(holder)
+        impatient.close()
+
+
+def test_sqlite_batch_is_one_transaction_and_a_failed_write_is_undone_alone(tmp_path: Path) -> None:
+    """Group commit: the block's writes are invisible to other connections until it ends, a write that fails
+    inside it (a duplicate id after its debit) is rolled back alone, and a block that raises leaves nothing."""
+    import sqlite3
+
+    path = tmp_path / "l.db"
+    store = SQLiteLedger(path, checkpoint_interval_s=None)
+    store.load_capacities(ROWS, "plan-a")
+    other = SQLiteLedger(path, checkpoint_interval_s=None)  # another replica's view
+    with store.batch():
+        assert store.reserve("pre-1", EU, {"vcpu": 2.0}, T, T + 60) == ()
+        with pytest.raises(sqlite3.IntegrityError):
+            store.reserve("pre-1", EU, {"vcpu": 4.0}, T, T + 60)
+        assert store.reserve("pre-2", EU, {"vcpu": 5.0}, T, T + 60) == ()
+        assert store.reserve("pre-3", EU, {"vcpu": 2.0}, T, T + 60) == ("vcpu",)  # sees the batch's own debits
+        assert store.usage(T, EU)["vcpu"] == 7.0 and other.usage(T, EU)["vcpu"] == 0.0
+    assert other.usage(T, EU)["vcpu"] == 7.0 and other.live_allocations() == 2
+
+    with pytest.raises(RuntimeError), store.batch():
+        assert store.reserve("pre-4", EU, {"vcpu": 1.0}, T, T + 60) == ()
+        raise RuntimeError("the commit never happens")
+    assert other.usage(T, EU)["vcpu"] == 7.0 and other.live_allocations() == 2
+    assert store.reserve("pre-4", EU, {"vcpu": 1.0}, T, T + 60) == ()  # outside a batch again: its own commit
+    assert other.usage(T, EU)["vcpu"] == 8.0
+    store.close()
+    other.close()
+
+
 def test_postgres_url_options() -> None:
     url = postgres_url()
     try:

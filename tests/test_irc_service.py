@@ -323,6 +323,129 @@ def test_workers_share_one_ledger_and_one_set_of_metrics(lake: Path, tmp_path: P
         served.stop()
 
 
+def test_decisions_arriving_together_share_one_sqlite_transaction(lake: Path, tmp_path: Path) -> None:
+    """Group commit in the service: requests that reach the decision in one turn of the event loop are decided in
+    one ledger transaction, answered after its commit, and granted exactly what one-by-one decisions would."""
+    import asyncio
+    import contextlib
+    from collections.abc import Iterator
+
+    from pipeline.irc import open_ledger
+    from pipeline.irc.http_app import DecisionBatcher
+
+    store = open_ledger(f"sqlite://{tmp_path / 'ledger.db'}")
+    coordinator = Coordinator(lake, store, reload_interval_s=None, outcomes=False)
+    real, commits = store.batch, []  # type: ignore[attr-defined]
+
+    @contextlib.contextmanager
+    def counted() -> Iterator[None]:
+        with real():
+            yield
+        commits.append(store.live_allocations())  # what other processes can see once the batch committed
+
+    store.batch = counted  # type: ignore[attr-defined]
+    batcher = DecisionBatcher(coordinator)
+
+    async def burst() -> list[dict[str, object]]:
+        rows = [{**GOOD, "request_id": f"r{i}", "vcpu": 1} for i in range(12)]
+        return await asyncio.gather(*(batcher.decide(PeeringRequest.from_row(row)) for row in rows))
+
+    answers = asyncio.run(burst())
+    assert (batcher.batches, batcher.decisions, len(commits)) == (1, 12, 1)
+    assert [a["path"] for a in answers].count("preallocated") == 7  # 95 % of 8 vcpu, as one by one
+    assert commits == [7] and coordinator.metrics()["requests"] == 12
+    coordinator.close()
+    store.close()
+
+
+def test_two_workers_under_concurrent_load_never_over_grant(lake: Path, tmp_path: Path) -> None:
+    """Many clients at once on two workers sharing SQLite: each worker commits the requests that arrive together
+    as one batch, and between them they grant exactly the plan's 95 % of 8 vcpu and the pool - never more."""
+    import sqlite3
+    from concurrent.futures import ThreadPoolExecutor
+
+    ledger = tmp_path / "ledger.db"
+    with Served("--lake", str(lake), "--workers", "2", "--ledger", f"sqlite://{ledger}", "--no-log-outcomes") as served:
+        for _ in range(300):  # both workers up
+            if served.call("GET", "/readyz")[0] == 200:
+                break
+            time.sleep(0.1)
+        with ThreadPoolExecutor(16) as pool:
+            answers = list(pool.map(lambda i: served.call("POST", "/v1/requests", {**GOOD, "vcpu": 0.5, "memory_gib": 1})[1],
+                                    range(80)))
+        paths = [a["path"] for a in answers]  # type: ignore[index]
+        # 7.6 vcpu of pre-allocation (95 % of 8) and the 8 vcpu on-demand pool, in grants of 0.5: 15 and 16
+        assert (paths.count("preallocated"), paths.count("on_demand"), paths.count("none")) == (15, 16, 49)
+        served.stop()
+    with sqlite3.connect(ledger) as conn:
+        used, capacity = conn.execute("SELECT used, capacity FROM irc_capacity WHERE region = ? AND resource_type = 'vcpu' "
+                                      "AND window_start = ?", (EU, int(T0.timestamp()))).fetchone()
+    assert used == 7.5 and capacity == 8.0
+
+
+def test_the_decision_route_answers_like_the_starlette_route(lake: Path, tmp_path: Path) -> None:
+    """`POST /v1/requests` in front of Starlette (the hot route) gives the same answers, errors and HTTP metrics as
+    the same route through Starlette, for good and bad requests alike."""
+    import asyncio
+
+    from pipeline.irc import open_ledger
+    from pipeline.irc.http_app import ServiceState, build_app
+    from pipeline.irc.prometheus import PrometheusMetrics
+
+    token = "t" * 32
+    good = json.dumps({**GOOD, "request_id": "r1"}).encode()
+    cases = [  # (headers, body)
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, good),
+        ({"content-type": "application/json"}, good),  # 401
+        ({"authorization": f"Bearer {token}", "content-type": "text/plain"}, good),  # 415
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, b"[1, 2]"),  # 400
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, b"{" * 70_000),  # 413
+        ({"authorization": f"Bearer {token}", "content-type": "application/json", "transfer-encoding": "chunked"}, good),
+        ({"authorization": f"Bearer {token}", "content-type": "application/json"}, b'{"vcpu": NaN}'),  # 400
+    ]
+
+    def answers(fast: bool) -> tuple[list[tuple[int, dict[str, str], object]], str]:
+        store = open_ledger(f"sqlite://{tmp_path / f'{fast}.db'}")
+        metrics = PrometheusMetrics()
+        coordinator = Coordinator(lake, store, reload_interval_s=None, outcomes=False, metrics=metrics)
+        app = build_app(ServiceState(coordinator, metrics, tokens=frozenset([token.encode()]), fast_decision_route=fast))
+
+        async def call(headers: dict[str, str], body: bytes) -> tuple[int, dict[str, str], object]:
+            raw = [(k.encode(), v.encode()) for k, v in headers.items()]
+            if "transfer-encoding" not in headers:
+                raw.append((b"content-length", str(len(body)).encode()))
+            scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST", "scheme": "http",
+                     "path": "/v1/requests", "raw_path": b"/v1/requests", "query_string": b"", "root_path": "",
+                     "server": ("127.0.0.1", 80), "client": ("127.0.0.1", 5), "headers": raw}
+            sent: list[dict[str, object]] = []
+
+            async def receive() -> dict[str, object]:
+                return {"type": "http.request", "body": body, "more_body": False}
+
+            async def send(message: dict[str, object]) -> None:
+                sent.append(message)
+
+            await app(scope, receive, send)  # type: ignore[arg-type]
+            head = {k.decode(): v.decode() for k, v in sent[0]["headers"]}  # type: ignore[attr-defined]
+            payload = json.loads(sent[1]["body"])  # type: ignore[arg-type]
+            payload.pop("allocation_id", None)
+            return sent[0]["status"], {k: head[k] for k in ("content-type", "connection", "www-authenticate") if k in head}, payload  # type: ignore[return-value]
+
+        got = [asyncio.run(call(headers, body)) for headers, body in cases]
+        from prometheus_client import generate_latest
+
+        counted = "\n".join(line for line in generate_latest(metrics.registry).decode().splitlines()
+                             if line.startswith("peerscale_irc_http_requests_total{"))
+        coordinator.close()
+        store.close()
+        return got, counted
+
+    fast, fast_counted = answers(True)
+    slow, slow_counted = answers(False)
+    assert [status for status, _, _ in fast] == [200, 401, 415, 400, 413, 411, 400]
+    assert fast == slow and fast_counted == slow_counted and 'code="413"' in fast_counted
+
+
 def test_serve_over_tls(lake: Path, tmp_path: Path) -> None:
     cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=localhost",

@@ -91,14 +91,14 @@ import threading
 import time
 import uuid
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from pipeline.irc import health
 from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
-from pipeline.irc.messages import Path, PeeringRequest, PeeringResponse
+from pipeline.irc.messages import Path, PeeringRequest, PeeringResponse, preallocated_response
 from pipeline.irc.metrics import DecisionMetrics
 from pipeline.irc.ondemand import LedgerPoolAllocator, OnDemandAllocator, PoolAllocator
 from pipeline.irc.outcomes import OutcomeLog, clean_record, default_instance
@@ -335,6 +335,39 @@ class Coordinator:
 
     def handle_peering_request(self, request: PeeringRequest) -> PeeringResponse:
         """Decide one request. Never raises."""
+        decided = self._decide_timed(request)
+        self._record(request, *decided)
+        return decided[0]
+
+    def handle_batch(self, requests: Sequence[PeeringRequest]) -> list[PeeringResponse]:
+        """Decide several requests, in order, as `handle_peering_request` would one by one - but in one ledger
+        transaction when the ledger offers it (`SQLiteLedger.batch`: group commit, one commit for all). Never raises.
+
+        The responses, metrics and outcome records exist only once the transaction committed; when it could
+        not (the commit failed, the database rolled it back), none of its grants happened and every request
+        is decided again on its own. The HTTP service batches the requests that arrive together.
+        """
+        batch = getattr(self._ledger, "batch", None)
+        on_demand = self._on_demand
+        # Only when every write of a decision goes to that one transaction (the on-demand pool too): else a
+        # batch that failed would be decided again over grants that stayed.
+        same_store = isinstance(on_demand, LedgerPoolAllocator) and on_demand.ledger is self._ledger
+        if batch is None or not same_store or len(requests) < 2:
+            return [self.handle_peering_request(request) for request in requests]
+        try:
+            with batch():
+                decided = [self._decide_timed(request) for request in requests]
+        except Exception as exc:
+            log.warning("IRC: a batch of %d decisions could not be committed (%s: %s); deciding them one by one",
+                        len(requests), type(exc).__name__, exc)
+            self._metrics.count("ledger_errors")
+            return [self.handle_peering_request(request) for request in requests]
+        for request, outcome in zip(requests, decided):
+            self._record(request, *outcome)
+        return [outcome[0] for outcome in decided]
+
+    def _decide_timed(self, request: Any) -> tuple[PeeringResponse, ValidRequest | None, str | None, int]:
+        """(response, valid request, failure kind, ns spent): the decision, not yet counted nor logged."""
         started = time.perf_counter_ns()
         try:
             response, valid = self._decide(request)
@@ -344,14 +377,18 @@ class Coordinator:
             self._metrics.count("internal_errors")
             response = _failure(getattr(request, "request_id", ""), f"Internal error: {type(exc).__name__}: {exc}")
             valid, failure = None, "internal"
-        elapsed = time.perf_counter_ns() - started
+        return response, valid, failure, time.perf_counter_ns() - started
+
+    def _record(
+        self, request: Any, response: PeeringResponse, valid: ValidRequest | None, failure: str | None, elapsed: int
+    ) -> None:
+        """Count a decision and queue its outcome record (after its ledger writes are durable)."""
         self._metrics.observe(response.path, response.status, response.miss_reason, failure, elapsed)
         if self._outcomes is not None:
             try:
                 self._outcomes.submit(self._outcome(request, valid, response, elapsed))
             except Exception:
                 log.exception("IRC: could not queue the outcome of %r", response.request_id)
-        return response
 
     def release(self, allocation_id: str | None) -> bool:
         """Give an allocation's capacity back to where it came from; False if unknown/released/expired
@@ -627,17 +664,9 @@ class Coordinator:
             if ceiling < 1.0:
                 detail += f" ({valid.priority} priority may use {ceiling:.0%} of it)"
             return _Miss("exhausted", detail, plan.plan_id, short)
-        return PeeringResponse(
-            request_id=valid.request_id,
-            status="success",
-            path="preallocated",
-            latency_class="low",
-            allocation_id=allocation_id,
-            message=f"Pre-allocated in {region} from plan {plan.plan_id}, window {window.key}",
-            region=region,
-            plan_id=plan.plan_id,
-            provisioning_s=0.0,
-            serving_region=region,
+        return preallocated_response(
+            valid.request_id, allocation_id, f"Pre-allocated in {region} from plan {plan.plan_id}, window {window.key}",
+            region, plan.plan_id,
         )
 
     def _reserve(

@@ -19,7 +19,8 @@ body was read closes the connection, so its bytes are never taken for another re
 
 Decisions run on the event loop (in-memory and SQLite ledgers: microseconds to a fraction of a
 millisecond, no thread hop) or on a small thread pool (`decision_threads`, for PostgreSQL, whose
-round trips would otherwise stall the loop).
+round trips would otherwise stall the loop). On the loop, the requests that arrive together are
+decided together (`DecisionBatcher`: one SQLite transaction, answers sent after its commit).
 """
 
 from __future__ import annotations
@@ -85,6 +86,13 @@ class ServiceState:
     limits: HttpLimits = HttpLimits()
     executor: ThreadPoolExecutor | None = None
     on_close: list[Callable[[], None]] = field(default_factory=list)
+    group_commit: bool = True  # decisions on the event loop that arrive together share one ledger transaction
+    fast_decision_route: bool = True  # POST /v1/requests in front of Starlette (`_DecisionRoute`)
+    batcher: DecisionBatcher | None = field(default=None, init=False)
+
+    def __post_init__(self) -> None:
+        if self.group_commit and self.executor is None:
+            self.batcher = DecisionBatcher(self.coordinator)
 
     def ready(self) -> tuple[bool, str | None]:
         """(ready, why not): a load balancer must not send requests to a worker without a verified plan,
@@ -166,11 +174,55 @@ def _check_token(state: ServiceState, request: Request) -> None:
                         headers={"WWW-Authenticate": 'Bearer realm="peerscale-irc"'})
 
 
+class DecisionBatcher:
+    """Group commit on the event loop: the requests that reach their decision in one turn of the loop are
+    decided together at the end of that turn by `Coordinator.handle_batch` - one ledger transaction, one
+    commit (SQLite) - and each answer is sent only after that commit. Under load several requests arrive
+    per turn; alone, a request waits for nothing but the end of the current turn."""
+
+    def __init__(self, coordinator: Coordinator, max_batch: int = 64) -> None:
+        self._coordinator = coordinator
+        self._max_batch = max_batch
+        self._pending: list[tuple[PeeringRequest, asyncio.Future[dict[str, Any]]]] = []
+        self._scheduled = False
+        self.batches = 0  # how many transactions, for the bench and tests
+        self.decisions = 0
+
+    async def decide(self, request: PeeringRequest) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[dict[str, Any]] = loop.create_future()
+        self._pending.append((request, future))
+        if not self._scheduled:
+            self._scheduled = True
+            loop.call_soon(self._run)
+        return await future
+
+    def _run(self) -> None:
+        self._scheduled = False
+        pending, self._pending = self._pending, []
+        for start in range(0, len(pending), self._max_batch):
+            part = pending[start:start + self._max_batch]
+            try:
+                responses = self._coordinator.handle_batch([request for request, _ in part])
+            except Exception as exc:  # handle_batch never raises; a waiting client must not hang if it did
+                for _, future in part:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            self.batches += 1
+            self.decisions += len(part)
+            for (_, future), response in zip(part, responses):
+                if not future.done():
+                    future.set_result(response.to_dict())
+
+
 async def _decide(state: ServiceState, request: PeeringRequest) -> dict[str, Any]:
     handle = state.coordinator.handle_peering_request
-    if state.executor is None:
-        return handle(request).to_dict()
-    return (await asyncio.get_running_loop().run_in_executor(state.executor, handle, request)).to_dict()
+    if state.executor is not None:
+        return (await asyncio.get_running_loop().run_in_executor(state.executor, handle, request)).to_dict()
+    if state.batcher is not None:
+        return await state.batcher.decide(request)
+    return handle(request).to_dict()
 
 
 REQUEST_SCHEMA: dict[str, Any] = {
@@ -377,8 +429,51 @@ async def _on_routing(request: Request, exc: Exception) -> Response:
     return json_response({"error": message}, exc.status_code, close=True, headers=dict(exc.headers or {}))
 
 
-def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starlette:
-    """The ASGI app over `state` (Starlette: a third of FastAPI's cost per request, measured in bench/RESULTS.md);
+def _crash_response(state: ServiceState, method: str, path: str, exc: Exception) -> Response:
+    """The 500 of an unexpected error: logged with its traceback, counted, never shown to the client."""
+    log.error("IRC HTTP: %s %s failed", method, path, exc_info=exc)
+    state.metrics.count("internal_errors")
+    return json_response({"error": f"internal error: {type(exc).__name__}"}, 500, close=True)
+
+
+DECISION_PATH = f"/{API_VERSION}/requests"
+
+
+class _DecisionRoute:
+    """`POST /v1/requests` straight to its handler, in front of the Starlette app: the same token check, body
+    limits and read timeout, answers, errors and HTTP metrics, without the middleware stack, the router's
+    matching and the exception-handler wrappers around every request (the service's hot route; every other
+    request, and every other method on this path, goes through Starlette)."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app = app
+        self.state = state
+        self._answers: dict[int, Any] = {}  # status code -> its http_requests child
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != DECISION_PATH or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        request = Request(scope, receive)
+        try:
+            response = await _post_request(self.state, request)
+        except HttpError as exc:
+            response = await _on_http_error(request, exc)
+        except Exception as exc:
+            response = _crash_response(self.state, "POST", DECISION_PATH, exc)
+        try:
+            await response(scope, receive, send)
+        finally:
+            code = response.status_code
+            child = self._answers.get(code)
+            if child is None:
+                child = self._answers[code] = self.state.metrics.http_requests.labels(DECISION_PATH, str(code))
+            child.inc()
+
+
+def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> ASGIApp:
+    """The ASGI app over `state` (Starlette: a third of FastAPI's cost per request, measured in bench/RESULTS.md;
+    `POST /v1/requests` in front of it, see `_DecisionRoute`);
     its lifespan refreshes the gauges and, at shutdown, runs `state.on_close` (after uvicorn drained the requests
     in flight): the thread pool, the coordinator (flushing the outcome log)."""
 
@@ -394,9 +489,7 @@ def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starle
             await asyncio.to_thread(_close_all, state.on_close)
 
     async def on_crash(request: Request, exc: Exception) -> Response:  # never a traceback to the client
-        log.error("IRC HTTP: %s %s failed", request.method, request.url.path, exc_info=exc)
-        state.metrics.count("internal_errors")
-        return json_response({"error": f"internal error: {type(exc).__name__}"}, 500, close=True)
+        return _crash_response(state, request.method, request.url.path, exc)
 
     document = json.dumps(openapi_document()).encode()
 
@@ -405,10 +498,11 @@ def build_app(state: ServiceState, *, refresh_interval_s: float = 5.0) -> Starle
 
     routes = [Route(ep.path, functools.partial(ep.handler, state), methods=[ep.method]) for ep in ENDPOINTS]
     routes.append(Route("/openapi.json", openapi, methods=["GET"]))
-    return Starlette(
+    app = Starlette(
         routes=_merge_methods(routes), lifespan=lifespan, middleware=[Middleware(_HttpMetrics, metrics=state.metrics)],
         exception_handlers={HttpError: _on_http_error, StarletteHTTPException: _on_routing, Exception: on_crash},
     )
+    return _DecisionRoute(app, state) if state.fast_decision_route else app
 
 
 def _merge_methods(routes: list[Route]) -> list[Route]:

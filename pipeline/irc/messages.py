@@ -98,6 +98,20 @@ class PeeringResponse:
 
 
 _RESPONSE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(PeeringResponse))
+_new_object = object.__new__
+_set_attribute = object.__setattr__
+
+
+def preallocated_response(request_id: str, allocation_id: str, message: str, region: str, plan_id: str) -> PeeringResponse:
+    """`PeeringResponse(...)` of a pre-allocated grant, equal to the one the constructor builds, at half its cost:
+    a frozen dataclass sets its twelve fields one `object.__setattr__` at a time (the most common answer)."""
+    response = _new_object(PeeringResponse)
+    _set_attribute(response, "__dict__", {
+        "request_id": request_id, "status": "success", "path": "preallocated", "latency_class": "low",
+        "allocation_id": allocation_id, "message": message, "region": region, "plan_id": plan_id, "miss_reason": None,
+        "short_resources": (), "provisioning_s": 0.0, "serving_region": region,
+    })
+    return response
 
 
 def _coerce_str(value: Any) -> Any:

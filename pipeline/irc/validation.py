@@ -61,14 +61,21 @@ def validate_request(request: Any, known_regions: Set[str] | None) -> ValidReque
     if requested_at.tzinfo is None or requested_at.utcoffset() is None:
         raise InvalidRequest("requested_at is a naive datetime; give it a timezone (UTC)")
 
-    source = _check_region("source_region", getattr(request, "source_region", None), known_regions)
-    destination = _check_region("destination_region", getattr(request, "destination_region", None), known_regions)
+    # Each check's common case inline (a known region name, a plain float duration); the rest in the helpers.
+    source = getattr(request, "source_region", None)
+    if known_regions is None or type(source) is not str or source not in known_regions:
+        source = _check_region("source_region", source, known_regions)
+    destination = getattr(request, "destination_region", None)
+    if known_regions is None or type(destination) is not str or destination not in known_regions:
+        destination = _check_region("destination_region", destination, known_regions)
     if source == destination:
         raise InvalidRequest(f"source_region and destination_region are both {source!r}")
 
     requirements = _check_requirements(raw_requirements)
 
-    duration_s = _check_duration(getattr(request, "duration_s", None))
+    duration_s = getattr(request, "duration_s", None)
+    if type(duration_s) is not float or not 0 < duration_s <= MAX_DURATION_S:
+        duration_s = _check_duration(duration_s)
 
     priority = getattr(request, "priority", "normal")
     if type(priority) is not str or priority not in _PRIORITY_SET:

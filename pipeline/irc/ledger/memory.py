@@ -39,6 +39,21 @@ class _RegionWindows:
         return out
 
 
+def _fits_within_limit(
+    overlapped: list[dict[str, list[float]]], requirements: Mapping[str, float], ceiling: float
+) -> bool:
+    """True when some window is overlapped and every requested cell stays within `ceiling x capacity` - where the
+    capacity rule always grants (its tolerance only widens the limit); False sends it to `short_resources`."""
+    if not overlapped:
+        return False
+    for cells in overlapped:
+        for resource_type, quantity in requirements.items():
+            cell = cells.get(resource_type)
+            if cell is None or cell[1] + quantity > cell[0] * ceiling:
+                return False
+    return True
+
+
 class InMemoryLedger:
     """Process-local ledger; one lock makes check-and-reserve atomic across threads."""
 
@@ -56,6 +71,7 @@ class InMemoryLedger:
         # allocation_id -> (region, start_s, end_s, requirements)
         self._allocations: dict[str, tuple[str, float, float, dict[str, float]]] = {}
         self._expiry: list[tuple[float, str]] = []  # heap of (end_s, allocation_id)
+        self._first_end = float("-inf")  # no window ends before this (sweeps skip the retention pass until then)
         self._retention_s = retention_s
         self._pools: dict[str, dict[str, float]] = {}
         self._pools_plan: str | None = None
@@ -100,6 +116,7 @@ class InMemoryLedger:
                     windows.cells.insert(i, cells)
                     windows.plans.insert(i, plan_id)
                     pending[id(cells)] = set(capacities)
+            self._first_end = float("-inf")  # recomputed by the next sweep
             if pending:
                 # Carry-in: live allocations already hold capacity in windows they overlap.
                 for region, start_s, end_s, requirements in self._allocations.values():
@@ -135,9 +152,10 @@ class InMemoryLedger:
                 raise ValueError(f"allocation_id {allocation_id!r} already in use")
             windows = self._regions.get(region)
             overlapped = windows.overlapping(start_s, end_s) if windows is not None else []
-            short = short_resources(overlapped, requirements, ceiling)
-            if short:
-                return short
+            if not _fits_within_limit(overlapped, requirements, ceiling):  # rare: near the limit, or a cell missing
+                short = short_resources(overlapped, requirements, ceiling)
+                if short:
+                    return short
             for cells in overlapped:
                 for resource_type, quantity in requirements.items():
                     cells[resource_type][1] += quantity
@@ -180,10 +198,15 @@ class InMemoryLedger:
             if allocation is not None and allocation[2] == end_s and self._release_locked(allocation_id):
                 released += 1
         horizon = now_s - self._retention_s
-        for windows in self._regions.values():
-            drop = bisect.bisect_right(windows.ends, horizon)  # ends are sorted: windows never overlap
-            if drop:
-                del windows.starts[:drop], windows.ends[:drop], windows.cells[:drop], windows.plans[:drop]
+        if horizon >= self._first_end:  # some window ended before the retention horizon
+            first_end = float("inf")
+            for windows in self._regions.values():
+                drop = bisect.bisect_right(windows.ends, horizon)  # ends are sorted: windows never overlap
+                if drop:
+                    del windows.starts[:drop], windows.ends[:drop], windows.cells[:drop], windows.plans[:drop]
+                if windows.ends:
+                    first_end = min(first_end, windows.ends[0])
+            self._first_end = first_end
         return released
 
     # -- inspection ----------------------------------------------------------------------------
