@@ -90,6 +90,9 @@ class Settings:
     # Cost settings as (source, c_under text, c_over text), applied by the planner over the catalog's
     # defaults and planner.json, in order: e.g. ("PEERSCALE_C_UNDER/C_OVER", "vcpu=0.5", None).
     cost_texts: tuple[tuple[str, str | None, str | None], ...] = ()
+    # Zone settings as (source, text), applied by the planner over the zone catalog and planner.json,
+    # in order: e.g. ("PEERSCALE_ZONES", "3,eu-west-1=2") (pipeline.plan.zones).
+    zone_texts: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -102,6 +105,7 @@ class Settings:
             horizon_hours=_int_env("PEERSCALE_HORIZON_HOURS", cls.horizon_hours, HORIZON_HOURS_RANGE),
             plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
             cost_texts=_cost_env(),
+            zone_texts=(("PEERSCALE_ZONES", _env("PEERSCALE_ZONES", "")),) if _env("PEERSCALE_ZONES", "") else (),
         )
         if base.plan_windows > base.horizon_hours:
             raise ValueError(f"PEERSCALE_PLAN_WINDOWS={base.plan_windows} is more than PEERSCALE_HORIZON_HOURS={base.horizon_hours}: "
