@@ -114,20 +114,23 @@ def test_spread_rows_price_the_headroom_into_the_cost_columns() -> None:
     assert out["count"] == 4  # the optimiser's n: what must survive, and the next plan's churn baseline
 
 
-def _plan(root: Path, tmp_path: Path, source: Path, config: PlannerConfig) -> tuple[pd.DataFrame, dict]:
+def _plan(root: Path, tmp_path: Path, source: Path, config: PlannerConfig, publish: bool = False) -> tuple[pd.DataFrame, dict]:
     from pipeline.plan.planner import build_plan
+    from pipeline.publish.pointer import publish_attempt
 
     shutil.copytree(root / "lake", tmp_path / "lake")
     settings = settings_for(tmp_path, source=source)
     manifest = json.loads(next((tmp_path / "lake" / "plans").glob("plan_id=*/attempt=*/manifest.json")).read_text())
     out = build_plan(DataInterval.ending_at(RUN_END), settings, manifest["forecast_run_id"], config=config)
     plan_dir = tmp_path / "lake" / "plans" / f"plan_id={out['plan_id']}" / f"attempt={out['attempt']}"
+    if publish:
+        publish_attempt(str(tmp_path / "lake"), out["plan_id"], out["attempt"], pointer="always")
     return pd.read_parquet(plan_dir / "plan.parquet"), json.loads((plan_dir / "manifest.json").read_text())
 
 
 def test_the_plan_spreads_lines_over_three_zones_and_prices_the_headroom(published_root: Path, tmp_path: Path) -> None:
     config = PlannerConfig(zones={"regions": {"eu-west-1": 3}})
-    plan, manifest = _plan(published_root, tmp_path, SAMPLES, config)
+    plan, manifest = _plan(published_root, tmp_path, SAMPLES, config, publish=True)
     lines = plan.drop_duplicates("line_id")
     assert (lines["count"] > 0).any()
     for line in lines.itertuples(index=False):
@@ -144,6 +147,11 @@ def test_the_plan_spreads_lines_over_three_zones_and_prices_the_headroom(publish
     assert manifest["hourly_cost_total"] == pytest.approx(zones["hourly_cost_before_zones"] + zones["hourly_cost_zone_headroom"])
     assert manifest["hourly_cost_total"] == pytest.approx(plan["hourly_cost"].sum(), rel=1e-6)
     assert zones["hourly_cost_zone_headroom"] > 0
+    from pipeline.plan.explain import explain_region
+
+    text = "\n".join(explain_region(plan, manifest, "eu-west-1"))
+    assert "zones eu-west-1a, eu-west-1b, eu-west-1c — 3 zone(s) for eu-west-1 in planner config" in text
+    assert "N+1 across zones: +" in text and "so losing any one zone leaves" in text
 
 
 def test_a_catalog_with_one_zone_per_region_plans_no_spread_and_says_why(published_root: Path, tmp_path: Path) -> None:
@@ -163,3 +171,29 @@ def test_an_unknown_zone_in_planner_json_stops_the_plan_with_the_zone_named(publ
     with pytest.raises(ValueError, match=r"\['eu-west-1z'\] for eu-west-1 are not in the zone catalog"):
         _plan(published_root, tmp_path, SAMPLES, config)
     assert replace(config, zones={}).zones == {}
+
+
+def test_the_irc_explains_where_the_capacity_sits(published_root: Path, tmp_path: Path) -> None:
+    """The IRC reads the zones once per plan load: `irc request` and GET /v1/plan/zones name them."""
+    from typer.testing import CliRunner
+
+    from pipeline.cli.app import app
+    from pipeline.irc.plan_source import load_latest_plan
+    from tests.test_irc_service import Served
+
+    _, manifest = _plan(published_root, tmp_path, SAMPLES, PlannerConfig(zones={"regions": {"eu-west-1": 3}}), publish=True)
+    loaded = load_latest_plan(tmp_path / "lake")
+    note = loaded.zone_note("eu-west-1")
+    first = manifest["zones"]["by_region"]["eu-west-1"]["instances_first_window"]
+    assert note is not None and all(f"{zone} ({n})" in note for zone, n in first.items()) and len(first) == 3
+    assert "losing any one zone still leaves the planned capacity" in note
+    result = CliRunner().invoke(app, ["irc", "request", "--from", "us-east-1", "--to", "eu-west-1", "--vcpu", "1",
+                                      "--at", manifest["valid_from"], "--lake", str(tmp_path / "lake")])
+    decision = json.loads(result.stdout)
+    assert decision["path"] == "preallocated" and decision["zones"] == note, result.output
+    with Served("--lake", str(tmp_path / "lake"), "--no-log-outcomes") as served:
+        status, body = served.call("GET", "/v1/plan/zones")
+        served.stop()
+    assert status == 200 and body["plan_id"] == manifest["plan_id"]
+    assert body["regions"]["eu-west-1"]["zones"] == ["eu-west-1a", "eu-west-1b", "eu-west-1c"]
+    assert body["regions"]["eu-west-1"]["explanation"] == note

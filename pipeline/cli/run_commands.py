@@ -18,6 +18,7 @@ from pipeline.cli.options import (
     CUnderOption,
     LakeOption,
     SourceOption,
+    ZonesOption,
     console,
     fail,
     load_plan,
@@ -26,6 +27,7 @@ from pipeline.cli.options import (
     settings,
     styled,
     with_costs,
+    with_zones,
 )
 
 
@@ -36,11 +38,12 @@ def run(
     build: str | None = BuildOption,
     c_under: str | None = CUnderOption,
     c_over: str | None = COverOption,
+    zones: str | None = ZonesOption,
 ) -> None:
     """Run every stage for one hour in-process (no Airflow): ingest → features → forecast → plan → IaC → report → publish."""
     from pipeline.run import run_hourly
 
-    config = with_costs(settings(lake, source, build), c_under, c_over)
+    config = with_zones(with_costs(settings(lake, source, build), c_under, c_over), zones)
     try:
         with console.status(styled("running")) as status:
             summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))))
@@ -64,6 +67,7 @@ def backfill(
     build: str | None = BuildOption,
     c_under: str | None = CUnderOption,
     c_over: str | None = COverOption,
+    zones: str | None = ZonesOption,
 ) -> None:
     """Backfill historical hourly runs in-process, hour by hour; resumable (published hours are skipped)."""
     from rich.progress import Progress
@@ -71,7 +75,7 @@ def backfill(
     from pipeline.ops.backfill import backfill as run_backfill
     from pipeline.ops.backfill import hour_ends
 
-    config = with_costs(settings(lake, source, build), c_under, c_over)
+    config = with_zones(with_costs(settings(lake, source, build), c_under, c_over), zones)
     try:
         total = len(hour_ends(start, end))
     except ValueError as exc:
