@@ -114,6 +114,16 @@ def test_spread_rows_price_the_headroom_into_the_cost_columns() -> None:
     assert out["count"] == 4  # the optimiser's n: what must survive, and the next plan's churn baseline
 
 
+def test_headroom_beyond_the_pool_is_reported() -> None:
+    from pipeline.plan.zones import beyond_pool
+
+    zones = resolve_zones(CATALOG, ["eu-west-1"], [])  # 2 zones: the headroom doubles the line
+    rows = spread_rows([{"region": "eu-west-1", "count": 4, "hourly_cost": 1.0, "line_id": "l", "valid_from": 0,
+                         "resource_type": r, "quantity": q} for r, q in (("vcpu", 32.0), ("memory_gib", 128.0))], zones)
+    assert beyond_pool(rows, {"eu-west-1": {"vcpu": 100.0, "memory_gib": 200.0}}) == [
+        {"window": "0", "region": "eu-west-1", "resource_type": "memory_gib", "planned": 128.0, "zone_headroom": 128.0, "pool": 200.0}]
+
+
 def _plan(root: Path, tmp_path: Path, source: Path, config: PlannerConfig, publish: bool = False) -> tuple[pd.DataFrame, dict]:
     from pipeline.plan.planner import build_plan
     from pipeline.publish.pointer import publish_attempt

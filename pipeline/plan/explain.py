@@ -297,7 +297,10 @@ def _zone_rule(manifest: dict, region: str) -> list[str]:
     zones = ", ".join(entry.get("zones") or []) or f"{region}a (unnamed)"
     headroom = (f"; N+1 across zones: +{entry.get('spare_instances_first_window', 0)} instance(s) in the first window, "
                 f"${entry.get('hourly_cost_zone_headroom', 0.0):.2f} over the plan's windows" if entry.get("n_plus_one") else "")
-    return [f"zones {zones} — {entry.get('reason', '')}{headroom}"]
+    over = [b for b in (manifest.get("zones") or {}).get("beyond_pool", []) if b.get("region") == region]
+    beyond = (f"; WITH ITS ZONE HEADROOM the region exceeds its {over[0]['resource_type']} pool in {len(over)} window-resource(s) "
+              f"(e.g. {over[0]['window'][:16]}: {over[0]['planned']} + {over[0]['zone_headroom']} > {over[0]['pool']})" if over else "")
+    return [f"zones {zones} — {entry.get('reason', '')}{headroom}{beyond}"]
 
 
 def _reading_order(group: ReasonGroup) -> tuple:

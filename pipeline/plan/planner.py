@@ -117,7 +117,7 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     plan = pa.Table.from_pylist(rows, schema=PLAN_FILE_SCHEMA) if rows else PLAN_FILE_SCHEMA.empty_table()
     manifest = _manifest(inputs, result, interval=interval, settings=settings, forecast_run_id=forecast_run_id,
                          tau_overrides=tau_overrides, rows=plan.num_rows)
-    manifest["zones"] = zones_manifest(rows, inputs.zones, inputs.zone_catalog, inputs.zone_layers, result.cost)
+    manifest["zones"] = zones_manifest(rows, inputs.zones, inputs.zone_catalog, inputs.zone_layers, result.cost, inputs.pool_map)
     manifest["hourly_cost_total"] = round(result.cost + manifest["zones"]["hourly_cost_zone_headroom"], 6)
     files = {"plan.parquet": _parquet_bytes(plan), "resource_pools.parquet": _parquet_bytes(_remaining_pools(inputs.pools, plan))}
     attempt = plan_files.write_attempt(settings.lake_root, inputs.plan_id, files, manifest)

@@ -280,8 +280,28 @@ def spread_rows(rows: list[dict[str, Any]], zones: Mapping[str, RegionZones]) ->
     return out
 
 
+def beyond_pool(rows: list[dict[str, Any]], pools: Mapping[str, Mapping[str, float]]) -> list[dict[str, Any]]:
+    """Windows where a region's vCPU or memory with the zone headroom exceeds its pool (the optimiser
+    kept the planned capacity within it; the headroom is added afterwards, so this is said, not hidden)."""
+    held: dict[tuple[Any, str, str], list[float]] = {}
+    for row in rows:
+        if row["resource_type"] not in ("vcpu", "memory_gib") or row["count"] <= 0:
+            continue
+        entry = held.setdefault((row["valid_from"], row["region"], row["resource_type"]), [0.0, 0.0])
+        entry[0] += row["quantity"]
+        entry[1] += row["quantity"] * row["zone_spare_count"] / row["count"]
+    out = []
+    for (window, region, resource), (planned, headroom) in sorted(held.items(), key=lambda item: str(item[0])):
+        pool = pools.get(region, {}).get(resource)
+        if pool is not None and headroom > 0 and planned + headroom > pool + 1e-6:
+            out.append({"window": str(window), "region": region, "resource_type": resource, "planned": round(planned, 3),
+                        "zone_headroom": round(headroom, 3), "pool": round(pool, 3)})
+    return out
+
+
 def zones_manifest(rows: list[dict[str, Any]], zones: Mapping[str, RegionZones], catalog: ZoneCatalog,
-                   layers: list[ZoneLayer], cost_before: float) -> dict[str, Any]:
+                   layers: list[ZoneLayer], cost_before: float,
+                   pools: Mapping[str, Mapping[str, float]] | None = None) -> dict[str, Any]:
     """The manifest's `zones`: rule, sources, and per region its zones, why, the first window's
     instances per zone, and what the zone headroom costs (per hour over the plan's windows)."""
     first = min((row["valid_from"] for row in rows), default=None)
@@ -308,9 +328,10 @@ def zones_manifest(rows: list[dict[str, Any]], zones: Mapping[str, RegionZones],
     return {"rule": ZONE_RULE, "catalog": {"source": catalog.source, "fingerprint": catalog.fingerprint},
             "layers": [layer.to_dict() for layer in layers], "by_region": per_region,
             "hourly_cost_before_zones": round(cost_before, 6), "hourly_cost_zone_headroom": headroom,
+            "beyond_pool": beyond_pool(rows, pools or {}),
             "cost_rule": f"hourly_cost of a line includes its zone headroom; split evenly over its {len(RESOURCE_TYPES)} resource rows"}
 
 
-__all__ = ["DEFAULT_ZONES_PER_REGION", "ZONES_FILE", "ZONE_RULE", "RegionZones", "ZoneCatalog", "ZoneLayer", "is_zone_of",
-           "layer_from_dict", "layer_from_text", "load_zone_catalog", "parse_zone_catalog", "resolve_zones",
+__all__ = ["DEFAULT_ZONES_PER_REGION", "ZONES_FILE", "ZONE_RULE", "RegionZones", "ZoneCatalog", "ZoneLayer", "beyond_pool",
+           "is_zone_of", "layer_from_dict", "layer_from_text", "load_zone_catalog", "parse_zone_catalog", "resolve_zones",
            "spread_rows", "zone_spread", "zone_total", "zones_manifest"]
