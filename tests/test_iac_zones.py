@@ -96,7 +96,7 @@ def test_render_writes_the_zones_into_tfvars_and_cloudformation(settings: Settin
     template = json.loads((cfn / "us-east-1.template.json").read_text())
     groups = {k: v["Properties"] for k, v in template["Resources"].items() if v["Type"] == "AWS::AutoScaling::AutoScalingGroup"}
     params = template["Parameters"]
-    by_zones = {params[g["AvailabilityZones"]["Ref"]]["Default"]: g["DesiredCapacity"] for g in groups.values()
+    by_zones = {params[g["AvailabilityZones"]["Fn::Split"][1]["Ref"]]["Default"]: g["DesiredCapacity"] for g in groups.values()
                 if isinstance(g["AvailabilityZones"], dict)}
     assert by_zones["us-east-1a,us-east-1b,us-east-1c"] == "8"  # the plan's count 5 plus its zone headroom 3
     assert "AvailabilityZone" not in params  # every line of the region names its zones

@@ -21,6 +21,7 @@ propagates to every taggable resource of the stack.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -87,8 +88,11 @@ def _zone_parameter(line: InfraLine, default_zone: str) -> dict[str, Any] | None
     names = [zone for zone, _ in line.zones]
     if names in ([], [default_zone]):
         return None
-    return {"Type": "List<AWS::EC2::AvailabilityZone::Name>", "Default": ",".join(names),
-            "Description": f"Availability zones of {line.key} (the plan's per-zone counts are in deployment.json)."}
+    # A comma-separated String split in the group (not a List<...> parameter, which moto's
+    # CloudFormation reads as one string), its pattern checking every name.
+    zone = re.escape(line.region) + "[a-z]"
+    return {"Type": "String", "Default": ",".join(names), "AllowedPattern": f"^{zone}(,{zone})*$",
+            "Description": f"Availability zones of {line.key}, comma-separated (the plan's per-zone counts are in deployment.json)."}
 
 
 def _group(line: InfraLine, default_zone: str) -> dict[str, Any]:
@@ -101,7 +105,7 @@ def _group(line: InfraLine, default_zone: str) -> dict[str, Any]:
         "MaxSize": str(line.max_size),
         "DesiredCapacity": str(line.instances),  # the plan's count plus its N+1-across-zones headroom
         "AvailabilityZones": ([{"Ref": "AvailabilityZone"}] if _zone_parameter(line, default_zone) is None
-                              else {"Ref": f"{line.logical_id}Zones"}),
+                              else {"Fn::Split": [",", {"Ref": f"{line.logical_id}Zones"}]}),
         "Tags": [dict(tag, PropagateAtLaunch=True) for tag in _tags(line)],
     }
     if line.purchase_option == "spot":
