@@ -92,6 +92,8 @@ class CeleryCluster:
     workers: int = 2
     worker_concurrency: int = 1
     processes: list[Process] = field(default_factory=list)
+    extra_env: dict[str, str] = field(default_factory=dict)  # e.g. PEERSCALE_APPLY for every process
+    triggerer: bool = False  # deferred tasks (the human approval) need one
 
     def __post_init__(self) -> None:
         token = secrets.token_hex(4)
@@ -154,6 +156,7 @@ class CeleryCluster:
                 "PYTHONUNBUFFERED": "1",
             }
         )
+        base.update(self.extra_env)
         base.update(extra)
         return base
 
@@ -173,6 +176,8 @@ class CeleryCluster:
         self._spawn("api-server", ["api-server", "--host", "127.0.0.1", "--port", str(self.api_port), "--workers", "1"])
         self._spawn("dag-processor", ["dag-processor"])
         self._spawn("scheduler", ["scheduler"])
+        if self.triggerer:
+            self._spawn("triggerer", ["triggerer"], AIRFLOW__LOGGING__TRIGGER_LOG_SERVER_PORT=str(free_port()))
         for name in self.worker_names:
             self._spawn(
                 name,

@@ -140,7 +140,8 @@ def test_region_tfvars_carry_the_first_window_lines(plan_df: pd.DataFrame, manif
     on_demand = us["lines"]["m5.large/on_demand"]
     assert on_demand == {
         "line_id": "us-east-1/2025-03-01T00/m5.large/on_demand", "line_key": "us-east-1/m5.large/on_demand",
-        "instance_type": "m5.large", "purchase_option": "on_demand", "count": 3, "warm_pool": 1, "max_size": 4,
+        "instance_type": "m5.large", "purchase_option": "on_demand", "count": 3, "planned_count": 3, "zone_headroom": 0,
+            "warm_pool": 1, "max_size": 4,
         "storage_gib": 4, "availability_zones": ["us-east-1a"], "zone_counts": {"us-east-1a": 3},
     }
     assert us["lines"]["c5.xlarge/spot"]["warm_pool"] == 0

@@ -78,7 +78,8 @@ def request(
             duration_s=duration_s,
             priority=priority,
         ))
-    print_json(response.to_dict())
+        zones = irc.plan.zone_note(response.serving_region) if irc.plan is not None else None
+    print_json({**response.to_dict(), **({"zones": zones} if zones else {})})
     if not response.ok:
         raise typer.Exit(EXIT_USAGE if response.message.startswith(INVALID_PREFIX) else EXIT_FAILED)
 

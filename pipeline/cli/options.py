@@ -54,6 +54,10 @@ COverOption = typer.Option(None, "--c-over", metavar="COSTS",
 WarmOption = typer.Option(None, "--warm", metavar="SETTINGS",
                           help="Warm tier (pipeline.plan.warm): 'enabled=1,hold_fraction=0.1,start_penalty_multiple=1'; "
                                "wins over PEERSCALE_WARM and planner.json costs.warm.")
+ZonesOption = typer.Option(None, "--zones", metavar="ZONES",
+                           help="Availability zones per region, N+1 across them: '3' for every region (capped by inventory/zones.csv), "
+                                "'eu-west-1=2' or 'us-east-1=us-east-1a+us-east-1c' for one; wins over PEERSCALE_ZONES and planner.json "
+                                "(default: up to 3 where the zone catalog lists at least 2).")
 JsonOption = typer.Option(False, "--json", help="Print the result as one JSON object on stdout (progress and errors go to stderr).")
 
 # What a newcomer can run to get a published plan into the default lake.
@@ -93,6 +97,17 @@ def with_warm(config: Settings, warm: str | None) -> Settings:
     except ValueError as exc:
         fail(str(exc))
     return replace(config, warm_texts=layers)
+def with_zones(config: Settings, zones: str | None) -> Settings:
+    """`config` with the command line's --zones as the last zone layer, checked now (not mid-run)."""
+    from pipeline.plan.zones import layer_from_text
+
+    layers = [*config.zone_texts, *([("--zones", zones)] if zones else [])]
+    try:
+        for source, text in layers:
+            layer_from_text(text, source)
+    except ValueError as exc:
+        fail(str(exc))
+    return replace(config, zone_texts=tuple(layers))
 
 
 def safe(value: object) -> str:

@@ -19,6 +19,7 @@ from pipeline.cli.options import (
     LakeOption,
     SourceOption,
     WarmOption,
+    ZonesOption,
     console,
     fail,
     load_plan,
@@ -28,6 +29,7 @@ from pipeline.cli.options import (
     styled,
     with_costs,
     with_warm,
+    with_zones,
 )
 
 
@@ -39,11 +41,12 @@ def run(
     c_under: str | None = CUnderOption,
     c_over: str | None = COverOption,
     warm: str | None = WarmOption,
+    zones: str | None = ZonesOption,
 ) -> None:
     """Run every stage for one hour in-process (no Airflow): ingest → features → forecast → plan → IaC → report → publish."""
     from pipeline.run import run_hourly
 
-    config = with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm)
+    config = with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones)
     try:
         with console.status(styled("running")) as status:
             summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))))
@@ -68,6 +71,7 @@ def backfill(
     c_under: str | None = CUnderOption,
     c_over: str | None = COverOption,
     warm: str | None = WarmOption,
+    zones: str | None = ZonesOption,
 ) -> None:
     """Backfill historical hourly runs in-process, hour by hour; resumable (published hours are skipped)."""
     from rich.progress import Progress
@@ -75,7 +79,7 @@ def backfill(
     from pipeline.ops.backfill import backfill as run_backfill
     from pipeline.ops.backfill import hour_ends
 
-    config = with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm)
+    config = with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones)
     try:
         total = len(hour_ends(start, end))
     except ValueError as exc:

@@ -98,6 +98,9 @@ class Settings:
     cost_texts: tuple[tuple[str, str | None, str | None], ...] = ()
     # Warm-tier settings as (source, "key=value,..." text), over planner.json's costs.warm (pipeline.plan.warm).
     warm_texts: tuple[tuple[str, str], ...] = ()
+    # Zone settings as (source, text), applied by the planner over the zone catalog and planner.json,
+    # in order: e.g. ("PEERSCALE_ZONES", "3,eu-west-1=2") (pipeline.plan.zones).
+    zone_texts: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
@@ -111,6 +114,7 @@ class Settings:
             plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
             cost_texts=_cost_env(),
             warm_texts=_warm_env(),
+            zone_texts=(("PEERSCALE_ZONES", _env("PEERSCALE_ZONES", "")),) if _env("PEERSCALE_ZONES", "") else (),
         )
         if base.plan_windows > base.horizon_hours:
             raise ValueError(f"PEERSCALE_PLAN_WINDOWS={base.plan_windows} is more than PEERSCALE_HORIZON_HOURS={base.horizon_hours}: "

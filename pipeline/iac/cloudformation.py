@@ -21,6 +21,7 @@ propagates to every taggable resource of the stack.
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -80,7 +81,21 @@ def _launch_template(line: InfraLine) -> dict[str, Any]:
     }
 
 
-def _group(line: InfraLine) -> dict[str, Any]:
+def _zone_parameter(line: InfraLine, default_zone: str) -> dict[str, Any] | None:
+    """A line's own zone-list parameter (defaulting to the plan's zones), or None for a line only in
+    the region's default zone, which uses the stack's AvailabilityZone parameter. Parameters, not
+    literal names: an operator whose account maps zones differently can pass others."""
+    names = [zone for zone, _ in line.zones]
+    if names in ([], [default_zone]):
+        return None
+    # A comma-separated String split in the group (not a List<...> parameter, which moto's
+    # CloudFormation reads as one string), its pattern checking every name.
+    zone = re.escape(line.region) + "[a-z]"
+    return {"Type": "String", "Default": ",".join(names), "AllowedPattern": f"^{zone}(,{zone})*$",
+            "Description": f"Availability zones of {line.key}, comma-separated (the plan's per-zone counts are in deployment.json)."}
+
+
+def _group(line: InfraLine, default_zone: str) -> dict[str, Any]:
     template_ref = {
         "LaunchTemplateId": {"Ref": f"{line.logical_id}LaunchTemplate"},
         "Version": {"Fn::GetAtt": [f"{line.logical_id}LaunchTemplate", "LatestVersionNumber"]},
@@ -88,8 +103,9 @@ def _group(line: InfraLine) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "MinSize": "0",
         "MaxSize": str(line.max_size),
-        "DesiredCapacity": str(line.count),
-        "AvailabilityZones": [{"Ref": "AvailabilityZone"}],
+        "DesiredCapacity": str(line.instances),  # the plan's count plus its N+1-across-zones headroom
+        "AvailabilityZones": ([{"Ref": "AvailabilityZone"}] if _zone_parameter(line, default_zone) is None
+                              else {"Fn::Split": [",", {"Ref": f"{line.logical_id}Zones"}]}),
         "Tags": [dict(tag, PropagateAtLaunch=True) for tag in _tags(line)],
     }
     if line.purchase_option == "spot":
@@ -108,6 +124,33 @@ def _group(line: InfraLine) -> dict[str, Any]:
     else:
         properties["LaunchTemplate"] = template_ref
     return {"Type": "AWS::AutoScaling::AutoScalingGroup", "Properties": properties}
+
+
+def _parameters(region: InfraRegion, lines: list[InfraLine]) -> dict[str, Any]:
+    """The stack's parameters: the AMI, the default zone (when a line, or no line, uses it), each
+    multi-zone line's zones, and the warm pools' state."""
+    zones = {f"{line.logical_id}Zones": p for line in lines
+             if (p := _zone_parameter(line, region.default_availability_zone)) is not None}
+    out: dict[str, Any] = {"ImageId": {
+        "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
+        "Default": DEFAULT_AMI_SSM_PARAMETER,
+        "Description": "AMI for the launch templates (a public SSM parameter, or pass an AMI parameter path).",
+    }}
+    if len(zones) < len(lines) or not lines:
+        out["AvailabilityZone"] = {
+            "Type": "String",
+            "Default": region.default_availability_zone,
+            "AllowedPattern": f"^{region.name}[a-z]$",
+            "Description": "Availability zone of the single-zone groups (and of their capacity reservations).",
+        }
+    out.update(sorted(zones.items()))
+    out["WarmPoolState"] = {
+        "Type": "String",
+        "Default": "Stopped",
+        "AllowedValues": ["Stopped", "Running", "Hibernated"],
+        "Description": "State of warm-pool instances next to on-demand groups.",
+    }
+    return out
 
 
 def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
@@ -133,7 +176,7 @@ def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
     for line in lines:
         lid = line.logical_id
         resources[f"{lid}LaunchTemplate"] = _launch_template(line)
-        resources[f"{lid}Group"] = _group(line)
+        resources[f"{lid}Group"] = _group(line, region.default_availability_zone)
         if line.warm_pool > 0:
             resources[f"{lid}WarmPool"] = {
                 "Type": "AWS::AutoScaling::WarmPool",
@@ -167,25 +210,7 @@ def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
             + ". Capacity reservations and peering attachments are managed by the peerscale applier."
         ),
         "Metadata": {"peerscale": {"region": region.name, "lines": [line.key for line in lines]}},
-        "Parameters": {
-            "ImageId": {
-                "Type": "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>",
-                "Default": DEFAULT_AMI_SSM_PARAMETER,
-                "Description": "AMI for the launch templates (a public SSM parameter, or pass an AMI parameter path).",
-            },
-            "AvailabilityZone": {
-                "Type": "String",
-                "Default": region.default_availability_zone,
-                "AllowedPattern": f"^{region.name}[a-z]$",
-                "Description": "Availability zone of the groups (and of the capacity reservations).",
-            },
-            "WarmPoolState": {
-                "Type": "String",
-                "Default": "Stopped",
-                "AllowedValues": ["Stopped", "Running", "Hibernated"],
-                "Description": "State of warm-pool instances next to on-demand groups.",
-            },
-        },
+        "Parameters": _parameters(region, lines),
         "Resources": resources,
         "Outputs": outputs,
     }
@@ -203,22 +228,30 @@ def _deployment(model: InfraModel) -> dict[str, Any]:
                 for p in model.peering
             ],
         },
-        "capacity_reservations": [
-            {
-                "key": line.key,
-                "line_id": line.line_id,
-                "plan_id": model.plan_id,
-                "region": line.region,
-                "instance_type": line.instance_type,
-                "instance_count": line.count,
-                "availability_zone": model.region(line.region).default_availability_zone,
-                "end_date": line.valid_to,
-            }
-            for line in model.lines
-            if line.purchase_option == "on_demand"
-        ],
+        "capacity_reservations": [row for line in model.lines if line.purchase_option == "on_demand"
+                                  for row in _reservations(model, line)],
         "stack_tags": {"peerscale": "true", "plan_id": model.plan_id},
     }
+
+
+def _reservations(model: InfraModel, line: InfraLine) -> list[dict[str, Any]]:
+    """One capacity reservation per zone of an on-demand line (keyed ``<line key>/<zone>`` over several
+    zones; a line in one zone keeps its line key, so existing reservations are modified in place)."""
+    zones = list(line.zones) or [(model.region(line.region).default_availability_zone, line.count)]
+    return [
+        {
+            "key": line.key if len(zones) == 1 else f"{line.key}/{zone}",
+            "line_id": line.line_id,
+            "plan_id": model.plan_id,
+            "region": line.region,
+            "instance_type": line.instance_type,
+            "instance_count": count,
+            "availability_zone": zone,
+            "end_date": line.valid_to,
+        }
+        for zone, count in zones
+        if count > 0
+    ]
 
 
 def _dump(payload: Mapping[str, Any]) -> str:

@@ -27,6 +27,7 @@ Every value is validated (:mod:`pipeline.iac.safety`) before any template sees i
 from __future__ import annotations
 
 import hashlib
+import json
 import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
@@ -84,6 +85,9 @@ REQUIRED_COLUMNS: tuple[str, ...] = (
     "line_id",
 )
 
+# Read when present: the planner's per-zone instance counts (pipeline.plan.zones), JSON {zone: n}.
+OPTIONAL_COLUMNS: tuple[str, ...] = ("zone_counts",)
+
 # Stopped instances kept ready next to an on-demand group, as a share of its planned count.
 WARM_POOL_FRACTION = 0.2  # the warm pool of a line whose plan has no warm_count (plans before the warm tier)
 WARM_COLUMN = "warm_count"  # the plan's warm instances per line (pipeline.plan.warm)
@@ -120,13 +124,26 @@ class InfraLine:
     zones: tuple[tuple[str, int], ...] = ()  # (availability zone, instances there); empty: the region's first zone
 
     @property
+    def instances(self) -> int:
+        """Instances to run: the plan's per-zone counts (``count`` plus its N+1-across-zones headroom)."""
+        return max(sum(n for _, n in self.zones), self.count)
+
+    @property
+    def zone_headroom(self) -> int:
+        """Instances the plan added beyond ``count`` so that losing any one zone still leaves ``count``."""
+        return self.instances - self.count
+
+    @property
     def zone_spare(self) -> int:
-        """N+1 across zones: room to relaunch the largest zone's share in the others (0 in one zone)."""
-        return max((n for _, n in self.zones), default=0) if len(self.zones) > 1 else 0
+        """Room to relaunch the largest zone's share in the others, when the zones hold no headroom of
+        their own (the ``PEERSCALE_AZ_PER_REGION`` spread); 0 in one zone or with planned headroom."""
+        if len(self.zones) < 2 or self.zone_headroom > 0:
+            return 0
+        return max(n for _, n in self.zones)
 
     @property
     def max_size(self) -> int:
-        return self.count + max(self.warm_pool, self.zone_spare)
+        return self.instances + max(self.warm_pool, self.zone_spare)
 
 
 @dataclass(frozen=True)
@@ -237,7 +254,7 @@ def _records(plan: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
     missing = [c for c in REQUIRED_COLUMNS if c not in columns]
     if missing:
         raise ValueError(f"plan is missing columns {missing}; expected the PLAN schema")
-    wanted = [*REQUIRED_COLUMNS, *([WARM_COLUMN] if WARM_COLUMN in columns else [])]  # old plans have no warm column
+    wanted = [*REQUIRED_COLUMNS, *(c for c in (*OPTIONAL_COLUMNS, WARM_COLUMN) if c in columns)]  # old plans lack them
     if is_table:
         return plan.select(wanted).to_pylist()
     return plan[wanted].to_dict(orient="records")
@@ -263,6 +280,7 @@ def _validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
         "count": check_count(row["count"]),
         "line_id": check_tag_value(row["line_id"], "line_id"),
         WARM_COLUMN: _warm_count(row.get(WARM_COLUMN)),
+        "zone_counts": _zone_counts(row.get("zone_counts"), region=check_region(row["region"]), count=check_count(row["count"])),
     }
 
 
@@ -273,6 +291,27 @@ def _warm_count(value: object) -> int | None:
     if isinstance(value, float) and value.is_integer():  # pandas reads a nullable int64 column as float
         value = int(value)
     return check_count(value, WARM_COLUMN)
+
+
+def _zone_counts(text: Any, *, region: str, count: int) -> tuple[tuple[str, int], ...] | None:
+    """A row's planned zones ({zone: instances} JSON) validated: zones of its region, whole counts,
+    holding at least the line's count. None when the plan names no zones (older plans)."""
+    if text is None or (isinstance(text, float) and math.isnan(text)):
+        return None
+    try:
+        parsed = json.loads(str(text))
+    except json.JSONDecodeError:
+        raise UnsafePlanValue("zone_counts", text, "must be a JSON object {zone: instances}") from None
+    if not isinstance(parsed, dict) or not parsed:
+        raise UnsafePlanValue("zone_counts", text, "must be a non-empty JSON object {zone: instances}")
+    zones = []
+    for zone, n in sorted(parsed.items()):
+        if re.fullmatch(re.escape(region) + "[a-z]", str(zone)) is None:
+            raise UnsafePlanValue("zone_counts", zone, f"is not an availability zone of {region} (e.g. {region}a)")
+        zones.append((str(zone), check_count(n)))
+    if sum(n for _, n in zones) < count:
+        raise UnsafePlanValue("zone_counts", text, f"holds fewer instances than the line's count {count}")
+    return tuple(zones)
 
 
 def _tau(manifest: Mapping[str, Any]) -> str | None:
@@ -348,12 +387,13 @@ class _LineRows:
     instance_type: str
     purchase_option: str
     count: int
+    zones: tuple[tuple[str, int], ...] | None = None  # the plan's per-zone counts (None: not named)
     storage: float = 0.0
     warm: int | None = None  # the plan's warm_count (None: size the pool by WARM_POOL_FRACTION)
 
     @property
-    def shape(self) -> tuple[str, str, str, int]:
-        return (self.region, self.instance_type, self.purchase_option, self.count)
+    def shape(self) -> tuple[str, str, str, int, tuple[tuple[str, int], ...] | None]:
+        return (self.region, self.instance_type, self.purchase_option, self.count, self.zones)
 
 
 def build_model(
@@ -361,10 +401,14 @@ def build_model(
     manifest: Mapping[str, Any],
     peering: Sequence[tuple[str, str, float | None]] | None = None,
     peering_source: str | None = None,
-    zones_per_region: int = 1,
+    zones_per_region: int | None = None,
 ) -> InfraModel:
     """Validate ``plan`` (PLAN schema) and ``manifest`` and reduce the first window to an
     :class:`InfraModel`.
+
+    Lines sit in the zones the plan names (its ``zone_counts``, N+1 across zones included);
+    ``zones_per_region`` (the deprecated ``PEERSCALE_AZ_PER_REGION``) overrides that with an even
+    spread of ``count`` over the region's first zones. A plan naming no zones uses ``<region>a``.
 
     ``peering`` lists region pairs to peer (``(a, b, expected_requests)``); pairs naming a region
     without lines are dropped. ``None`` means every pair of regions with lines.
@@ -422,12 +466,12 @@ def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
     """Group the window's resource rows by line id; a line's rows must agree on its shape."""
     by_line: dict[str, _LineRows] = {}
     for row in window_rows:
-        current = _LineRows(row["region"], row["instance_type"], row["purchase_option"], row["count"])
+        current = _LineRows(row["region"], row["instance_type"], row["purchase_option"], row["count"], row["zone_counts"])
         seen = by_line.setdefault(row["line_id"], current)
         if seen.shape != current.shape:
             raise ValueError(
                 f"line {row['line_id']!r} has inconsistent (region, instance_type, "
-                f"purchase_option, count) across its resource rows: {seen.shape} vs {current.shape}"
+                f"purchase_option, count, zone_counts) across its resource rows: {seen.shape} vs {current.shape}"
             )
         if row["resource_type"] == STORAGE_RESOURCE:
             seen.storage += row["quantity"]
@@ -437,7 +481,7 @@ def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
 
 
 def _infra_lines(
-    by_line: dict[str, _LineRows], *, window: _FirstWindow, zones_per_region: int = 1
+    by_line: dict[str, _LineRows], *, window: _FirstWindow, zones_per_region: int | None = None
 ) -> tuple[list[InfraLine], list[str]]:
     """The lines with instances (sorted, with unique resource names) and the zero-count line ids."""
     lines: list[InfraLine] = []
@@ -457,7 +501,7 @@ def _infra_lines(
     return lines, skipped
 
 
-def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow, zones_per_region: int = 1) -> InfraLine:
+def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow, zones_per_region: int | None = None) -> InfraLine:
     """One line with its warm pool and per-instance data volume sized."""
     per_instance = math.ceil(info.storage / info.count - EPS) if info.storage > 0 else 0
     if per_instance > MAX_VOLUME_GIB:
@@ -481,13 +525,14 @@ def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow
         storage_gib=per_instance,
         valid_from=_format_ts(window.start),
         valid_to=_format_ts(window.end),
-        zones=zone_split(info.region, info.count, zones_per_region),
+        zones=zone_split(info.region, info.count, zones_per_region) if zones_per_region or info.zones is None else info.zones,
     )
 
 
-def zone_split(region: str, count: int, zones: int = 1) -> tuple[tuple[str, int], ...]:
+def zone_split(region: str, count: int, zones: int | None = 1) -> tuple[tuple[str, int], ...]:
     """``count`` instances over the region's first ``zones`` availability zones (``a``, ``b``, ...),
     as evenly as possible, the remainder on the first zones; at most one zone per instance."""
+    zones = 1 if zones is None else zones
     if zones < 1:
         raise ValueError(f"zones per region must be at least 1, got {zones}")
     used = max(1, min(zones, count, 26))
@@ -528,7 +573,8 @@ def _infra_regions(
         InfraRegion(
             name=region,
             provider_alias=provider_alias(region),
-            default_availability_zone=f"{region}a",
+            default_availability_zone=next((line.zones[0][0] for line in lines if line.region == region and line.zones),
+                                           f"{region}a"),
             has_spot=region in spot_regions,
             has_lines=region in active,
             has_transit_gateway=region in peered,

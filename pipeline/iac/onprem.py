@@ -13,7 +13,8 @@ Messages (JSON, UTF-8, ``content_type=application/json``, persistent):
   and lines: the same request always has the same key, so a site that sees it twice provisions
   once), ``correlation_id`` (new per attempt; also the AMQP property), ``plan_id``, ``region``,
   ``window`` (``valid_from``/``valid_to``, RFC 3339 UTC), ``lines`` (``line_key``,
-  ``instance_type``, ``purchase_option``, ``count``, ``storage_gib``, ``zones``), ``sent_at``,
+  ``instance_type``, ``purchase_option``, ``count``, ``storage_gib``, ``zones``: {zone:
+  instances}, whose sum is ``count`` plus the plan's N+1-across-zones headroom), ``sent_at``,
   ``attempt``; the AMQP ``reply_to`` names the queue to answer on.
 * reply (``schema: peerscale.provisioning.reply/v1``), sent by the site to ``reply_to`` with the
   request's ``correlation_id``: ``idempotency_key``, ``status`` (``provisioned``, ``accepted``,

@@ -13,6 +13,7 @@ rendered files say so.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from datetime import datetime
@@ -32,18 +33,26 @@ from pipeline.iac.terraform import render_terraform_model
 __all__ = ["ZONES_ENV", "cloud_rows", "iac_dir", "load_plan", "planned_pairs", "render_plan", "zones_per_region"]
 
 ZONES_ENV = "PEERSCALE_AZ_PER_REGION"
+log = logging.getLogger(__name__)
 
 
-def zones_per_region(settings: Settings) -> int:
-    """Availability zones each line spreads over (``$PEERSCALE_AZ_PER_REGION``, default 1)."""
-    del settings  # configuration is environment-only for now; kept for a Settings field later
-    text = os.environ.get(ZONES_ENV, "1").strip() or "1"
+def zones_per_region(settings: Settings) -> int | None:
+    """The deprecated ``$PEERSCALE_AZ_PER_REGION`` override, or None (the default): lines then sit in
+    the zones the plan names (``pipeline.plan.zones``: configure those with ``PEERSCALE_ZONES``,
+    planner.json ``zones`` or ``peerscale run --zones``). When set, each line's ``count`` is spread
+    evenly over the region's first N zones with no zone headroom, as before the plan knew zones."""
+    del settings  # configuration is environment-only; kept for a Settings field later
+    text = os.environ.get(ZONES_ENV, "").strip()
+    if not text:
+        return None
     try:
         value = int(text)
     except ValueError as exc:
         raise ValueError(f"{ZONES_ENV} must be a whole number of zones, not {text!r}") from exc
     if not 1 <= value <= 6:
         raise ValueError(f"{ZONES_ENV} must be between 1 and 6, not {value}")
+    log.warning("%s=%d is deprecated and overrides the plan's zones (no N+1 across zones); "
+                "set PEERSCALE_ZONES or planner.json 'zones' instead", ZONES_ENV, value)
     return value
 
 
@@ -109,7 +118,7 @@ def render_plan(
 
     Both renders are validated before anything is written; each output directory is replaced
     as a whole. ``empty_regions`` (regions an earlier apply provisioned, gone from this plan) get
-    a Terraform root without lines. Lines spread over ``settings.zones_per_region`` zones.
+    a Terraform root without lines. Lines sit in the plan's zones (see :func:`zones_per_region`).
     """
     out = iac_dir(settings, plan_id)
     plan, manifest = load_plan(settings, plan_id, attempt)

@@ -83,7 +83,9 @@ def _line_vars(line: InfraLine) -> dict[str, Any]:
         "line_key": line.key,
         "instance_type": line.instance_type,
         "purchase_option": line.purchase_option,
-        "count": line.count,
+        "count": line.instances,  # what the group runs: the plan's count plus its zone headroom
+        "planned_count": line.count,
+        "zone_headroom": line.zone_headroom,
         "warm_pool": line.warm_pool,
         "max_size": line.max_size,
         "storage_gib": line.storage_gib,

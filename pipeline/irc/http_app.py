@@ -4,6 +4,7 @@
     POST   /v1/release                          {"allocation_id": "..."} → {"released": true|false}
     GET    /v1/admin/unhealthy-regions          the regions marked unhealthy
     PUT    /v1/admin/unhealthy-regions/{region} {"note": "..."} (optional) → mark it; DELETE → serve it again
+    GET    /v1/plan/zones                       the plan's availability zones per region, N+1 headroom, explanation
     GET    /metrics                             Prometheus text format (every worker's counts)
     GET    /healthz                             liveness: plan, plan error, ledger (never needs a token)
     GET    /readyz                              200 only with a verified plan, or in on-demand-only mode; else 503
@@ -330,6 +331,19 @@ async def _get_healthz(state: ServiceState, request: Request) -> Response:
     })
 
 
+async def _get_zones(state: ServiceState, request: Request) -> Response:
+    """Where the plan holds capacity per region: its availability zones and their N+1 headroom (explanations, not decisions)."""
+    _check_token(state, request)
+    plan = state.coordinator.plan
+    if plan is None:
+        raise HttpError(404, "no plan is loaded")
+    return json_response({"plan_id": plan.plan_id, "regions": {
+        region: {"zones": list(entry["zones"]), "instances_first_window": dict(entry["instances"]),
+                 "n_plus_one": entry["n_plus_one"], "zone_headroom_first_window": entry["spare"],
+                 "explanation": plan.zone_note(region)}
+        for region, entry in sorted(plan.zones.items())}})
+
+
 async def _get_readyz(state: ServiceState, request: Request) -> Response:
     ready, reason = state.ready()
     plan = state.coordinator.plan
@@ -349,6 +363,8 @@ ENDPOINTS: tuple[Endpoint, ...] = (
     Endpoint("PUT", REGION_PATH, _put_unhealthy, "Mark a region unhealthy (every replica reading the lake follows)",
              NOTE_SCHEMA, errors=(400, 401)),
     Endpoint("DELETE", REGION_PATH, _delete_unhealthy, "Serve from a region again", errors=(400, 401)),
+    Endpoint("GET", f"/{API_VERSION}/plan/zones", _get_zones, "The plan's availability zones per region and their N+1 headroom",
+             errors=(401, 404)),
     Endpoint("GET", "/metrics", _get_metrics, "Prometheus metrics (every worker)", answer={"type": "string"}, errors=(401,)),
     Endpoint("GET", "/healthz", _get_healthz, "Liveness, with the plan in use", auth=False),
     Endpoint("GET", "/readyz", _get_readyz, "Readiness: a verified plan, or on-demand-only mode", errors=(503,), auth=False),

@@ -111,6 +111,9 @@ class LoadedPlan:
     # regions the planner moved that region's flexible demand to, most moved first.
     partners: Mapping[str, str] = field(default_factory=dict)
     relocations: Mapping[tuple[int, str], tuple[str, ...]] = field(default_factory=dict)
+    # Availability zones per region (manifest `zones`, see `read_zones`): read once per load for
+    # explanations (`zone_note`), never on the decision path.
+    zones: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     _starts: tuple[float, ...] = field(init=False, repr=False, compare=False)
     valid_from_s: float = field(init=False, repr=False, compare=False)
     valid_to_s: float = field(init=False, repr=False, compare=False)
@@ -170,6 +173,18 @@ class LoadedPlan:
             for rt in types
         )
         return rows
+
+    def zone_note(self, region: str | None) -> str | None:
+        """Where `region`'s pre-allocated capacity sits: its zones and their N+1 headroom (None: the plan names none)."""
+        entry = self.zones.get(region) if region else None
+        if not entry:
+            return None
+        where = ", ".join(f"{zone} ({n})" for zone, n in entry["instances"].items()) or ", ".join(entry["zones"])
+        text = f"capacity in {region} sits in {where or 'one unnamed zone'}"
+        if entry["n_plus_one"] and entry["spare"] > 0:
+            text += (f"; N+1 across zones: {entry['spare']} instance(s) of headroom in the plan's first window, "
+                     "so losing any one zone still leaves the planned capacity")
+        return f"{text} ({entry['reason']})" if entry["reason"] else text
 
     def cost_between(self, start_s: float, end_s: float) -> float:
         """Cost of the pre-allocation held over [start_s, end_s) (pro rata by window hours)."""
@@ -272,6 +287,7 @@ def load_plan(lake_root: str | os.PathLike[str], plan_id: str, attempt: int | No
         created_at=created_at,
         attempt=attempt,
         **read_topology(manifest),
+        zones=read_zones(manifest),
     )
 
 
@@ -308,6 +324,25 @@ def read_topology(manifest: Mapping[str, Any]) -> dict[str, Any]:
         targets[target] = targets.get(target, 0.0) + (total if math.isfinite(total) else 0.0)
     ordered = {key: tuple(sorted(t, key=lambda r: (-t[r], r))) for key, t in moved.items()}
     return {"partners": MappingProxyType(partners), "relocations": MappingProxyType(ordered)}
+
+
+def read_zones(manifest: Mapping[str, Any]) -> Mapping[str, Mapping[str, Any]]:
+    """Per region, the plan's zones, first-window instances per zone, N+1 headroom and why (manifest
+    `zones.by_region`, `pipeline.plan.zones`). Optional like the topology: a malformed entry is skipped."""
+    out: dict[str, Mapping[str, Any]] = {}
+    by_region = manifest.get("zones", {}).get("by_region") if isinstance(manifest.get("zones"), Mapping) else None
+    for region, entry in (by_region.items() if isinstance(by_region, Mapping) else ()):
+        if not _is_region(region) or not isinstance(entry, Mapping):
+            continue
+        zones = [z for z in entry.get("zones") or () if isinstance(z, str) and z.startswith(region)]
+        counts = entry.get("instances_first_window")
+        counts = counts if isinstance(counts, Mapping) else {}
+        instances = {z: n for z, n in sorted(counts.items()) if z in zones and isinstance(n, int)}
+        spare = entry.get("spare_instances_first_window")
+        out[region] = MappingProxyType({
+            "zones": tuple(zones), "instances": MappingProxyType(instances), "n_plus_one": entry.get("n_plus_one") is True,
+            "spare": spare if isinstance(spare, int) else 0, "reason": str(entry.get("reason") or "")[:300]})
+    return MappingProxyType(out)
 
 
 def _is_region(name: Any) -> TypeGuard[str]:

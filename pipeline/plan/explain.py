@@ -8,6 +8,7 @@ and returns each clause once, with the windows, lines and resources it applies t
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -165,8 +166,8 @@ def row_reason(plan: CellPlan, offer: Offer, count: int, resource: str, quantity
 
 # The clauses of a `row_reason` text, in the order it writes them. The topics are what
 # `explain_region` groups by; a reason that does not parse (an older format) is kept whole.
-TOPICS = ("demand", "failover", "instance type", "purchase option", "churn", "packing", "solver", "shortfall", "reason")
-LINE_TOPICS = frozenset({"instance type", "purchase option", "churn", "reason"})  # facts about a line, not a window
+TOPICS = ("demand", "failover", "zones", "instance type", "purchase option", "churn", "packing", "solver", "shortfall", "reason")
+LINE_TOPICS = frozenset({"zones", "instance type", "purchase option", "churn", "reason"})  # facts about a line, not a window
 _REASON = re.compile(
     r"^(?P<region>\S+) (?P<window>\S+): (?P<demand>.*?); this line holds [^;]*?; \d+ × (?P<itype>\S+) — (?P<middle>.*)"
     r"; churn: (?P<churn>.*?)(?:; packing: (?P<packing>[^;]*))?; (?P<solver>CP-SAT [^;]*?\))(?:; (?P<shortfall>.*))?$"
@@ -263,7 +264,7 @@ def explain_region(plan: pd.DataFrame, manifest: dict, region: str) -> RegionExp
     for row in rows.itertuples(index=False):
         line, window = f"{row.instance_type} {row.purchase_option}", _iso(row.valid_from)
         instances.setdefault(line, {})[window] = int(row.count)
-        for topic, text in split_reason(str(row.reason)):
+        for topic, text in [*split_reason(str(row.reason)), *zone_clause(row)]:
             where = scopes.setdefault((topic, text), (set(), set(), set()))
             where[0].add(window)
             where[1].add(line)
@@ -273,6 +274,33 @@ def explain_region(plan: pd.DataFrame, manifest: dict, region: str) -> RegionExp
     plan_id = str(manifest.get("plan_id") or (plan["plan_id"].iloc[0] if "plan_id" in plan and len(plan) else ""))
     return RegionExplanation(plan_id=plan_id, region=region, windows=windows, rules=tuple(_region_rules(manifest, region)),
                              instances=dict(sorted(instances.items())), reasons=tuple(groups))
+
+
+def zone_clause(row: Any) -> list[tuple[str, str]]:
+    """The line's zones as a ("zones", text) clause, from the plan's `zone_counts` (pipeline.plan.zones)."""
+    text = getattr(row, "zone_counts", None)
+    if not isinstance(text, str) or not text:
+        return []
+    zones = json.loads(text)
+    spare = int(getattr(row, "zone_spare_count", 0) or 0)
+    where = " · ".join(f"{zone} {n}" for zone, n in sorted(zones.items()))
+    if spare <= 0 or len(zones) < 2:
+        return [("zones", f"{int(row.count)} instance(s) in {where}")]
+    return [("zones", f"{where}: {int(row.count)} planned + {spare} zone headroom, so losing any one zone leaves {int(row.count)}")]
+
+
+def _zone_rule(manifest: dict, region: str) -> list[str]:
+    """The region's zones, why, and what their N+1 headroom costs (manifest `zones`)."""
+    entry = (manifest.get("zones") or {}).get("by_region", {}).get(region)
+    if not entry:
+        return []
+    zones = ", ".join(entry.get("zones") or []) or f"{region}a (unnamed)"
+    headroom = (f"; N+1 across zones: +{entry.get('spare_instances_first_window', 0)} instance(s) in the first window, "
+                f"${entry.get('hourly_cost_zone_headroom', 0.0):.2f} over the plan's windows" if entry.get("n_plus_one") else "")
+    over = [b for b in (manifest.get("zones") or {}).get("beyond_pool", []) if b.get("region") == region]
+    beyond = (f"; WITH ITS ZONE HEADROOM the region exceeds its {over[0]['resource_type']} pool in {len(over)} window-resource(s) "
+              f"(e.g. {over[0]['window'][:16]}: {over[0]['planned']} + {over[0]['zone_headroom']} > {over[0]['pool']})" if over else "")
+    return [f"zones {zones} — {entry.get('reason', '')}{headroom}{beyond}"]
 
 
 def _reading_order(group: ReasonGroup) -> tuple:
@@ -302,7 +330,7 @@ def _region_rules(manifest: dict, region: str) -> list[str]:
     for p in manifest.get("packing", []):
         if p.get("region") == region and p.get("unplaced"):
             lines.append(f"packing {p['window'][:16]}: {p['unplaced']} session(s) could not be hosted")
-    return lines
+    return lines + _zone_rule(manifest, region)
 
 
 def _iso(value: Any) -> str:

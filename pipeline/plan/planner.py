@@ -29,6 +29,9 @@ from pipeline.plan.inputs import previous_counts, previous_plan, request_mix
 from pipeline.plan.policy import PlannerConfig, load_planner_config
 from pipeline.plan.quantile import check_tau_overrides, region_demand_quantiles, shift_tau, tau_by_resource
 from pipeline.plan.warm import WarmCosts, resolve_warm, tier_taus
+from pipeline.plan.zones import RegionZones, ZoneCatalog, ZoneLayer, load_zone_catalog, resolve_zones, spread_rows, zones_manifest
+from pipeline.plan.zones import layer_from_dict as zone_layer_from_dict
+from pipeline.plan.zones import layer_from_text as zone_layer_from_text
 
 # plan.parquet: the PLAN contract plus the planner's own columns (readers select PLAN's by name):
 #   effective_quantity  capacity counted toward demand (spot: risk-discounted)
@@ -38,12 +41,18 @@ from pipeline.plan.warm import WarmCosts, resolve_warm, tier_taus
 #   warm_count          warm (stopped, pre-initialised) instances beside the line (pipeline.plan.warm); plans
 #                       made before the warm tier lack the column (the IaC falls back to WARM_POOL_FRACTION)
 #   warm_hourly_cost    what holding them costs per hour, split over the line's rows like hourly_cost
+#   zone_counts         the line's instances per availability zone, JSON {zone: n} (null: one unnamed zone)
+#   zone_spare_count    instances beyond `count` for N+1 across zones (pipeline.plan.zones)
+#   zone_spare_hourly_cost  their share of `hourly_cost` (which includes them: they are billed)
 PLAN_FILE_SCHEMA = (PLAN.append(pa.field("effective_quantity", pa.float64()))
                     .append(pa.field("failover_quantity", pa.float64()))
                     .append(pa.field("relocated_quantity", pa.float64()))
                     .append(pa.field("previous_count", pa.int64()))
                     .append(pa.field("warm_count", pa.int64()))
-                    .append(pa.field("warm_hourly_cost", pa.float64())))
+                    .append(pa.field("warm_hourly_cost", pa.float64()))
+                    .append(pa.field("zone_counts", pa.string()))
+                    .append(pa.field("zone_spare_count", pa.int64()))
+                    .append(pa.field("zone_spare_hourly_cost", pa.float64())))
 
 
 def plan_id_for(interval: DataInterval) -> str:
@@ -97,6 +106,9 @@ class _PlanInputs:
     clamped: list[dict[str, Any]]  # inputs outside the contract's bounds, clamped (pipeline.plan.bounds)
     warm: WarmCosts
     warm_taus: dict[str, dict[str, float]]  # region -> resource -> τ_warm where the warm tier pays
+    zones: dict[str, RegionZones]  # each region's availability zones (pipeline.plan.zones)
+    zone_catalog: ZoneCatalog
+    zone_layers: list[ZoneLayer]
 
 
 def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None = None,
@@ -109,10 +121,12 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     inputs = _read_inputs(interval, settings, forecast_run_id, config=config, tau_overrides=tau_overrides)
     log_clamps(inputs.plan_id, inputs.clamped)
     result = solve_plan(inputs.problem, inputs.config)
-    rows = _plan_rows(result, inputs)
+    rows = spread_rows(_plan_rows(result, inputs), inputs.zones)
     plan = pa.Table.from_pylist(rows, schema=PLAN_FILE_SCHEMA) if rows else PLAN_FILE_SCHEMA.empty_table()
     manifest = _manifest(inputs, result, interval=interval, settings=settings, forecast_run_id=forecast_run_id,
                          tau_overrides=tau_overrides, rows=plan.num_rows)
+    manifest["zones"] = zones_manifest(rows, inputs.zones, inputs.zone_catalog, inputs.zone_layers, result.cost, inputs.pool_map)
+    manifest["hourly_cost_total"] = round(result.cost + manifest["zones"]["hourly_cost_zone_headroom"], 6)
     files = {"plan.parquet": _parquet_bytes(plan), "resource_pools.parquet": _parquet_bytes(_remaining_pools(inputs.pools, plan))}
     attempt = plan_files.write_attempt(settings.lake_root, inputs.plan_id, files, manifest)
     out_dir = plan_files.attempt_dir(settings.lake_root, inputs.plan_id, attempt)
@@ -162,6 +176,7 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
                       clamped=clamped)
     prev = previous_plan(settings, interval.end)
     warm_demand = _warm_demand(forecast, taus, windows, warm_taus)
+    zone_catalog, zone_layers = load_zone_catalog(settings.source_root), zone_layers_for(config, settings)
     problem = PlanningProblem(
         windows=windows, regions=regions,
         demand={(w, r): {k: meta[(w, r, k)][0] for k in RESOURCE_TYPES if (w, r, k) in meta} for w in windows for r in regions},
@@ -174,7 +189,8 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
     )
     return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, forecast=forecast, catalog=catalog, pools_table=pools_table,
                        pools=pools, config=config, config_source=config_source, taus=taus, costs=costs, demand=demand, meta=meta,
-                       pool_map=pool_map, mix=mix, problem=problem, clamped=clamped, warm=warm, warm_taus=warm_taus)
+                       pool_map=pool_map, mix=mix, problem=problem, clamped=clamped, warm=warm, warm_taus=warm_taus,
+                       zones=resolve_zones(zone_catalog, regions, zone_layers), zone_catalog=zone_catalog, zone_layers=zone_layers)
 
 
 Taus = dict[str, dict[str, float]]  # region -> resource -> τ
@@ -220,6 +236,12 @@ def cost_layers(config: PlannerConfig, settings: Settings) -> list[CostLayer]:
     """The cost settings over the catalog's defaults, in order: planner.json, then env and CLI (pipeline.plan.costs)."""
     return [layer_from_dict(config.costs or None, "planner config"),
             *(layer_from_text(under, over, source) for source, under, over in settings.cost_texts)]
+
+
+def zone_layers_for(config: PlannerConfig, settings: Settings) -> list[ZoneLayer]:
+    """The zone settings over the zone catalog, in order: planner.json, then env and CLI (pipeline.plan.zones)."""
+    return [zone_layer_from_dict(config.zones or None, "planner config"),
+            *(zone_layer_from_text(text, source) for source, text in settings.zone_texts)]
 
 
 def _plan_rows(result: PlanResult, inputs: _PlanInputs) -> list[dict]:

@@ -17,6 +17,7 @@ from typing import Any
 from pipeline.common.schemas import PRIORITIES, REGION_PATTERN
 from pipeline.plan.costs import layer_from_dict
 from pipeline.plan.warm import WarmCosts, apply_layer
+from pipeline.plan.zones import layer_from_dict as zone_layer_from_dict
 
 PLANNER_FILE = "inventory/planner.json"
 
@@ -144,6 +145,7 @@ class PlannerConfig:
     solver_deterministic_time: float = 0.005  # CP-SAT work limit per region in a model: deterministic, so reproducible
     solver_relative_gap: float = 0.0075  # a model stops once proven within 0.75 % of optimal
     costs: dict[str, Any] = field(default_factory=dict)  # c_under / c_over per resource and region (pipeline.plan.costs)
+    zones: dict[str, Any] = field(default_factory=dict)  # availability zones per region, N+1 across them (pipeline.plan.zones)
 
     def __post_init__(self) -> None:
         problems = []
@@ -271,6 +273,9 @@ def config_from_dict(payload: dict[str, Any], base: PlannerConfig | None = None)
         elif key == "costs":
             layer_from_dict(value, "planner config")  # checked here, resolved per region by the planner
             apply_layer(WarmCosts(), value.get("warm") if isinstance(value, dict) else None, "planner config")
+            changes[key] = dict(value)
+        elif key == "zones":
+            zone_layer_from_dict(value, "planner config")  # checked here, resolved per region by the planner
             changes[key] = dict(value)
         else:
             changes[key] = value

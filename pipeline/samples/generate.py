@@ -295,7 +295,18 @@ def generate_sample_data(
     counts["instance_catalog"] = _write_csv(
         out / SOURCES["instance_catalog"]["path"], INSTANCE_CATALOG.names, catalog
     )
+    _write_csv(out / "inventory" / "zones.csv", ["region", "zone"], _zone_lines(regions))  # read by the planner, not ingested
     return counts
+
+
+# Availability zones a new AWS account sees (ap-northeast-1b is closed to new accounts); other
+# regions get three zones a-c. The planner spreads each region's lines over them (pipeline.plan.zones).
+SAMPLE_ZONES: dict[str, str] = {"ap-northeast-1": "acd", "us-east-1": "abcdef", "us-west-2": "abcd"}
+
+
+def _zone_lines(regions: Sequence[str]) -> list[list[str]]:
+    """`inventory/zones.csv` rows: each region's availability zones."""
+    return [[region, f"{region}{letter}"] for region in sorted(regions) for letter in SAMPLE_ZONES.get(region, "abc")]
 
 
 # ---------------------------------------------------------------------------------------------

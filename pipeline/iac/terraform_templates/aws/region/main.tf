@@ -115,8 +115,9 @@ resource "aws_autoscaling_group" "line" {
 
   name_prefix = "peerscale-${replace(each.key, "/[^A-Za-z0-9-]/", "-")}-"
   min_size    = 0
-  # max_size leaves room for the warm pool and, over several zones, for N+1 across zones: the
-  # largest zone's share can be relaunched in the others when a zone fails.
+  # count is the plan's per-zone instances (N+1 across zones included: losing one zone leaves the
+  # planned capacity); max_size leaves room for the warm pool (and, under the deprecated
+  # PEERSCALE_AZ_PER_REGION spread, for relaunching the largest zone's share in the others).
   max_size         = each.value.max_size
   desired_capacity = each.value.count
   # Spot capacity may arrive late: the group keeps trying and the apply does not fail meanwhile.

@@ -31,6 +31,8 @@ variable "lines" {
     instance_type      = string
     purchase_option    = string
     count              = number
+    planned_count      = number
+    zone_headroom      = number
     warm_pool          = number
     max_size           = number
     storage_gib        = number
@@ -39,8 +41,8 @@ variable "lines" {
   }))
 
   validation {
-    condition     = alltrue([for line in values(var.lines) : contains(["on_demand", "spot"], line.purchase_option) && line.count > 0 && line.warm_pool >= 0 && line.max_size >= line.count + line.warm_pool])
-    error_message = "Each line is on_demand or spot with a positive count, a non-negative warm pool and max_size >= count + warm_pool."
+    condition     = alltrue([for line in values(var.lines) : contains(["on_demand", "spot"], line.purchase_option) && line.count > 0 && line.warm_pool >= 0 && line.max_size >= line.count + line.warm_pool && line.count == line.planned_count + line.zone_headroom && sum(concat([0], values(line.zone_counts))) == line.count])
+    error_message = "Each line is on_demand or spot with a positive count (planned_count + zone_headroom, the sum of zone_counts), a non-negative warm pool and max_size >= count + warm_pool."
   }
 }
 
