@@ -95,7 +95,8 @@ def load_zone_catalog(source_root: str) -> ZoneCatalog:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise ValueError(f"{path} is not UTF-8: {exc}") from exc
-    return ZoneCatalog(zones=parse_zone_catalog(text, path), source=path,
+    # named relative to the source root, so a run's manifest is the same wherever its sources live
+    return ZoneCatalog(zones=parse_zone_catalog(text, path), source=ZONES_FILE,
                        fingerprint="sha256:" + hashlib.sha256(raw).hexdigest()[:16])
 
 
