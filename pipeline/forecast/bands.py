@@ -126,6 +126,12 @@ def snaive_point(y: np.ndarray, m: int, h: int) -> np.ndarray:
     return np.resize(y[-m:], h) if len(y) >= m else np.full(h, y[-1] if len(y) else 0.0)
 
 
+def conformal_level(p: float, n: int) -> float:
+    """The probability at which to read n errors' empirical quantile for a conformal p-quantile
+    (the finite-sample correction: pushed outward by (p − 0.5)·2/(n + 1), clipped to [0, 1])."""
+    return min(max(p + (p - 0.5) * 2 / (n + 1), 0.0), 1.0)
+
+
 def conformal_offsets(errors: np.ndarray, bucket: np.ndarray, g: np.ndarray, steps_bucket: np.ndarray,
                       probs: Sequence[float]) -> dict[float, np.ndarray]:
     """Quantiles of a series' own errors, normalised by the pooled horizon profile `g` (errors
@@ -134,8 +140,7 @@ def conformal_offsets(errors: np.ndarray, bucket: np.ndarray, g: np.ndarray, ste
     n = len(u)
     out = {}
     for p in probs:
-        adj = min(max(p + (p - 0.5) * 2 / (n + 1), 0.0), 1.0)
-        out[p] = float(np.quantile(u, adj)) * g[steps_bucket]
+        out[p] = float(np.quantile(u, conformal_level(p, n))) * g[steps_bucket]
     return out
 
 

@@ -761,6 +761,16 @@ def _ensemble(cv_frames: dict[str, pd.DataFrame], members: list[str]) -> pd.Data
     return merged.drop(columns=members)
 
 
+def conformal_pinball(cv: pd.DataFrame, tau: float) -> pd.Series:
+    """Per series (`unique_id`): the mean pinball at τ of the forecast's conformal τ-quantile (its mean
+    shifted by the τ-quantile of the series' own CV errors): how models are compared at τ."""
+    e = cv["y"].to_numpy(float) - cv["mean"].to_numpy(float)
+    frame = pd.DataFrame({"uid": cv["unique_id"].to_numpy(), "e": e})
+    d = e - frame["uid"].map(frame.groupby("uid")["e"].quantile(tau)).to_numpy()
+    frame["pin"] = np.maximum(tau * d, (tau - 1) * d)
+    return frame.groupby("uid")["pin"].mean()
+
+
 def _scores(cv_frames: dict[str, pd.DataFrame], candidates: list[str], scale: pd.Series, tau: float) -> dict[str, dict[str, dict]]:
     """Per series and model: pinball at τ (of the model's conformal τ-quantile) and MASE, and the
     mean of both relative to seasonal naive (an OWA-like score; lower is better)."""
@@ -769,13 +779,8 @@ def _scores(cv_frames: dict[str, pd.DataFrame], candidates: list[str], scale: pd
         if name not in cv_frames:
             continue
         f = cv_frames[name]
-        e = f["y"].to_numpy() - f["mean"].to_numpy()
-        frame = pd.DataFrame({"uid": f["unique_id"].to_numpy(), "e": e})
-        shift = frame["uid"].map(frame.groupby("uid")["e"].quantile(tau)).to_numpy()
-        d = e - shift
-        frame["pin"] = np.maximum(tau * d, (tau - 1) * d)
-        frame["abs"] = np.abs(e)
-        agg = frame.groupby("uid").agg(pinball=("pin", "mean"), mae=("abs", "mean"))
+        mae = pd.Series(np.abs(f["y"].to_numpy() - f["mean"].to_numpy())).groupby(f["unique_id"].to_numpy()).mean()
+        agg = pd.DataFrame({"pinball": conformal_pinball(f, tau), "mae": mae})
         agg["mase"] = agg["mae"] / scale.reindex(agg.index).to_numpy()
         per_model[name] = agg
     out: dict[str, dict[str, dict]] = {}

@@ -35,7 +35,7 @@ from pipeline.common import lake, storage
 from pipeline.common.config import REPO_ROOT, Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
-from pipeline.forecast import engine, model_state, registry
+from pipeline.forecast import bands, engine, model_state, registry
 from pipeline.forecast.shards import contiguous_chunks, shard_count
 
 GLOBAL = "global_gbm"
@@ -70,15 +70,6 @@ def code_version() -> str:
 
 # ---- choice and bands ----------------------------------------------------------------------------
 
-def pinball_by_series(cv: pd.DataFrame, tau: float) -> pd.Series:
-    """Per series: pinball at τ of the model's conformal τ-quantile (mean + the τ-quantile of its CV errors)."""
-    e = cv["y"].to_numpy(float) - cv["mean"].to_numpy(float)
-    frame = pd.DataFrame({"uid": cv["unique_id"].to_numpy(), "e": e})
-    d = e - frame["uid"].map(frame.groupby("uid")["e"].quantile(tau)).to_numpy()
-    frame["pin"] = np.maximum(tau * d, (tau - 1) * d)
-    return frame.groupby("uid")["pin"].mean()
-
-
 def band_offsets(errors: np.ndarray, steps: np.ndarray, horizon: int, probs: list[float]) -> list[list[float]]:
     """Per probability, per horizon bucket: the conformal quantile of the CV errors (finite-sample adjusted)."""
     bucket = np.minimum(steps * N_BUCKETS // max(horizon, 1), N_BUCKETS - 1)
@@ -88,8 +79,7 @@ def band_offsets(errors: np.ndarray, steps: np.ndarray, horizon: int, probs: lis
         for b in range(N_BUCKETS):
             e = errors[bucket == b]
             e = e if len(e) >= MIN_BUCKET_ERRORS else errors
-            adj = min(max(p + (p - 0.5) * 2 / (len(e) + 1), 0.0), 1.0)
-            row.append(float(np.quantile(e, adj)) if len(e) else 0.0)
+            row.append(float(np.quantile(e, bands.conformal_level(p, len(e)))) if len(e) else 0.0)
         out.append(row)
     return out
 
@@ -184,7 +174,7 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
             cv[name] = run.cv
         elif run.error:
             errors[name] = run.error
-    pins = {name: pinball_by_series(f, p.tau) for name, f in cv.items() if not f.empty}
+    pins = {name: engine.conformal_pinball(f, p.tau) for name, f in cv.items() if not f.empty}
     probs = band_probs()
     entries = {}
     for uid in ids:
