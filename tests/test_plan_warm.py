@@ -130,3 +130,23 @@ def test_plans_without_a_warm_column_still_render_with_the_default_pool(manifest
     render_terraform(nulls, manifest, tmp_path / "tf-null")
     lines = json.loads((tmp_path / "tf-null" / "regions/us-east-1" / "plan.auto.tfvars.json").read_text())["lines"]
     assert lines["m5.large/on_demand"]["warm_pool"] == 1
+
+
+def test_the_plan_page_shows_the_planned_warm_pool_not_the_default_fraction(plan_df: pd.DataFrame, tmp_path: Path) -> None:
+    """The analyst app's instance lines show the warm pool the IaC renders: the plan's warm_count where it has one."""
+    import pyarrow as pa
+
+    from pipeline.ui import pages, queries
+
+    def shown(frame: pd.DataFrame) -> dict[str, int]:
+        table = pa.Table.from_pandas(frame, preserve_index=False)
+        with queries.Query(str(tmp_path)) as q:
+            lines = queries.plan_lines(q, q.view_table(table), table, None)
+        tiers = pages._tiers(lines)
+        return dict(zip(tiers["line_id"], tiers["warm"].astype(int)))
+
+    first, spot = "us-east-1/2025-03-01T00/m5.large/on_demand", "us-east-1/2025-03-01T00/c5.xlarge/spot"  # 3 and 4 instances
+    planned = shown(plan_df.assign(warm_count=[7 if o == "on_demand" else 0 for o in plan_df["purchase_option"]]))
+    assert planned[first] == 7 and planned[spot] == 0
+    assert shown(plan_df.assign(warm_count=0))[first] == 0, "a plan that plans no warm pool shows none"
+    assert shown(plan_df)[first] == 1, "plans before the warm tier: ceil(3 × WARM_POOL_FRACTION)"

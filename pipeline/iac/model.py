@@ -284,6 +284,14 @@ def _validate_row(row: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def warm_pool_size(count: int, purchase_option: str, warm_count: int | None) -> int:
+    """The warm pool kept beside a line: the plan's warm_count, or ⌈count × WARM_POOL_FRACTION⌉ for plans
+    without one; none for spot (Auto Scaling refuses warm pools on spot and mixed-instances groups)."""
+    if purchase_option != "on_demand":
+        return 0
+    return math.ceil(count * WARM_POOL_FRACTION) if warm_count is None else warm_count
+
+
 def _warm_count(value: object) -> int | None:
     """The plan's warm instances for a line (pipeline.plan.warm); None when the plan has none planned (null/NaN/absent)."""
     if value is None or (isinstance(value, float) and math.isnan(value)):
@@ -509,8 +517,6 @@ def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow
             "quantity", info.storage,
             f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
         )
-    fallback = math.ceil(info.count * WARM_POOL_FRACTION)
-    warm = (fallback if info.warm is None else info.warm) if info.purchase_option == "on_demand" else 0
     return InfraLine(
         key=key,
         line_id=line_id,
@@ -521,7 +527,7 @@ def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow
         instance_type=info.instance_type,
         purchase_option=info.purchase_option,
         count=info.count,
-        warm_pool=warm,
+        warm_pool=warm_pool_size(info.count, info.purchase_option, info.warm),
         storage_gib=per_instance,
         valid_from=_format_ts(window.start),
         valid_to=_format_ts(window.end),

@@ -134,14 +134,16 @@ def _with_actual(cells: pd.DataFrame, actual: pd.DataFrame) -> pd.DataFrame:
 
 
 def _tiers(lines: pd.DataFrame) -> pd.DataFrame:
-    """Running instances per line, and the warm pool the IaC keeps beside on-demand lines (pipeline.iac.model)."""
+    """Running instances per line, and the warm pool the IaC keeps beside it (pipeline.iac.model: the
+    plan's warm_count, or the fixed fraction for plans without a warm tier)."""
     if lines.empty:
         return lines
-    from pipeline.iac.model import WARM_POOL_FRACTION
+    from pipeline.iac.model import warm_pool_size
 
     out = lines.copy()
     out["running"] = out["count"]
-    out["warm"] = [math.ceil(c * WARM_POOL_FRACTION) if o == "on_demand" else 0 for c, o in zip(out["count"], out["purchase_option"])]
+    planned = [None if w is None or pd.isna(w) else int(w) for w in out.get("warm_count", pd.Series([None] * len(out)))]
+    out["warm"] = [warm_pool_size(int(c), o, w) for c, o, w in zip(out["count"], out["purchase_option"], planned)]
     return out
 
 

@@ -108,9 +108,10 @@ def plan_lines(q: Query, plan: str, table: pa.Table, window: datetime | None) ->
     """One row per instance line of a window (all windows when None), with its cost and the previous plan's count."""
     where = "WHERE valid_from = ?" if window is not None else ""
     previous = "any_value(previous_count)" if "previous_count" in table.column_names else "NULL"
+    warm = "any_value(warm_count)" if "warm_count" in table.column_names else "NULL"  # plans before the warm tier lack it
     return q.df(f"""
         SELECT line_id, valid_from, region, instance_type, purchase_option, any_value(count) AS count,
-               sum(hourly_cost) AS hourly_cost, {previous} AS previous_count,
+               sum(hourly_cost) AS hourly_cost, {previous} AS previous_count, {warm} AS warm_count,
                {", ".join(f"sum(quantity) FILTER (WHERE resource_type = '{r}') AS {r}" for r in RESOURCE_TYPES)}
         FROM {plan} {where} GROUP BY ALL ORDER BY region, purchase_option, instance_type""",
                 [window] if window is not None else None)
