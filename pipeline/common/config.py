@@ -11,6 +11,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from pipeline.common.env import env_int, env_text
+
 PACKAGE_ROOT = Path(__file__).resolve().parents[1]  # the installed `pipeline` package
 # A source checkout (editable install) keeps its data next to the code; an installed package
 # keeps it in the directory it is run from.
@@ -25,22 +27,9 @@ HORIZON_HOURS_RANGE = (1, 24 * 366)
 PLAN_WINDOWS_RANGE = (1, 24 * 14)
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name, "").strip()
-    return value or default
-
-
 def _int_env(name: str, default: int, bounds: tuple[int, int]) -> int:
     """A whole-number environment variable within `bounds`; ValueError naming the variable otherwise."""
-    text = _env(name, str(default))
-    low, high = bounds
-    try:
-        value = int(text)
-    except ValueError:
-        raise ValueError(f"{name}={text[:100]!r} is not a whole number; use {low} to {high} (default {default})") from None
-    if not low <= value <= high:
-        raise ValueError(f"{name}={value} is out of range; use {low} to {high} (default {default})")
-    return value
+    return env_int(name, default, *bounds)
 
 
 def _cost_env() -> tuple[tuple[str, str | None, str | None], ...]:
@@ -106,15 +95,15 @@ class Settings:
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from PEERSCALE_* environment variables, then explicit overrides."""
         base = cls(
-            source_root=_env("PEERSCALE_SOURCE", cls.source_root),
-            lake_root=_env("PEERSCALE_LAKE", cls.lake_root),
-            build_root=_env("PEERSCALE_BUILD", cls.build_root),
+            source_root=env_text("PEERSCALE_SOURCE", cls.source_root),
+            lake_root=env_text("PEERSCALE_LAKE", cls.lake_root),
+            build_root=env_text("PEERSCALE_BUILD", cls.build_root),
             history_days=_int_env("PEERSCALE_HISTORY_DAYS", cls.history_days, HISTORY_DAYS_RANGE),
             horizon_hours=_int_env("PEERSCALE_HORIZON_HOURS", cls.horizon_hours, HORIZON_HOURS_RANGE),
             plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
             cost_texts=_cost_env(),
             warm_texts=_warm_env(),
-            zone_texts=(("PEERSCALE_ZONES", _env("PEERSCALE_ZONES", "")),) if _env("PEERSCALE_ZONES", "") else (),
+            zone_texts=(("PEERSCALE_ZONES", env_text("PEERSCALE_ZONES", "")),) if env_text("PEERSCALE_ZONES", "") else (),
         )
         if base.plan_windows > base.horizon_hours:
             raise ValueError(f"PEERSCALE_PLAN_WINDOWS={base.plan_windows} is more than PEERSCALE_HORIZON_HOURS={base.horizon_hours}: "

@@ -35,6 +35,8 @@ from typing import TypeVar
 
 import pyarrow.fs as pafs
 
+from pipeline.common.env import env_float, env_int
+
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
@@ -99,20 +101,6 @@ def s3_endpoint() -> str | None:
     return None
 
 
-def _int_env(name: str, default: int, minimum: int = 1) -> int:
-    try:
-        return max(minimum, int(os.environ.get(name, "") or default))
-    except ValueError:
-        return default
-
-
-def _float_env(name: str, default: float) -> float:
-    try:
-        return max(0.0, float(os.environ.get(name, "") or default))
-    except ValueError:
-        return default
-
-
 _FS_CACHE: dict[tuple[object, ...], pafs.S3FileSystem] = {}
 _FS_LOCK = threading.Lock()
 
@@ -121,7 +109,7 @@ def _s3_filesystem() -> pafs.S3FileSystem:
     """One S3FileSystem per (endpoint, region, access key id, SDK attempts); built once, reused."""
     endpoint = s3_endpoint()
     region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    sdk_attempts = _int_env(SDK_ATTEMPTS_ENV, 3)
+    sdk_attempts = env_int(SDK_ATTEMPTS_ENV, 3)
     # The access key id (not the secret) keys the cache so a changed identity gets a new client.
     key = (endpoint, region, os.environ.get("AWS_ACCESS_KEY_ID"), os.environ.get("AWS_PROFILE"), sdk_attempts)
     with _FS_LOCK:
@@ -172,8 +160,8 @@ def with_retries(operation: str, uri: str, fn: Callable[[], T]) -> T:
     """
     if not is_s3(uri):
         return fn()
-    attempts = _int_env(MAX_ATTEMPTS_ENV, 5)
-    base = _float_env(BACKOFF_ENV, 0.2)
+    attempts = env_int(MAX_ATTEMPTS_ENV, 5)
+    base = env_float(BACKOFF_ENV, 0.2)
     for attempt in range(1, attempts + 1):
         try:
             return fn()

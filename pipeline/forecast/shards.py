@@ -33,7 +33,6 @@ whole run, and the GBM's final fit runs even when no series ends up choosing it.
 from __future__ import annotations
 
 import math
-import os
 import pickle
 import uuid
 from collections.abc import Sequence
@@ -44,6 +43,7 @@ import pandas as pd
 
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
+from pipeline.common.env import env_int
 from pipeline.common.intervals import DataInterval
 from pipeline.forecast import engine
 from pipeline.forecast.engine import DEFAULT_MODELS, MODELS_GLOBAL, ModelRun, Prepared
@@ -71,16 +71,11 @@ class Part:
     final_errors: dict[str, str] = field(default_factory=dict)
 
 
-def _env_int(name: str, default: int) -> int:
-    """An integer setting from the environment; unset or blank means `default`."""
-    return int(os.environ.get(name, "").strip() or default)
-
-
 def shard_count(n_series: int, series_per_shard: int | None = None, max_shards: int | None = None,
                 max_map_length: int = MAX_MAP_LENGTH) -> int:
     """ceil(series / series_per_shard), at least 1, at most max_shards and Airflow's max_map_length."""
-    per = series_per_shard if series_per_shard is not None else _env_int("PEERSCALE_FORECAST_SERIES_PER_SHARD", SERIES_PER_SHARD)
-    cap = max_shards if max_shards is not None else _env_int("PEERSCALE_FORECAST_MAX_SHARDS", MAX_SHARDS)
+    per = series_per_shard if series_per_shard is not None else env_int("PEERSCALE_FORECAST_SERIES_PER_SHARD", SERIES_PER_SHARD)
+    cap = max_shards if max_shards is not None else env_int("PEERSCALE_FORECAST_MAX_SHARDS", MAX_SHARDS)
     if per < 1 or cap < 1:
         raise ValueError(f"series per shard and max shards must be positive, got {per} and {cap}")
     return max(1, min(math.ceil(n_series / per), cap, max_map_length))

@@ -33,6 +33,7 @@ import pandas as pd
 
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
+from pipeline.common.env import env_float
 from pipeline.common.intervals import DataInterval, parse_utc
 from pipeline.common.schemas import RESOURCE_TYPES, region_series_id
 from pipeline.ops import HIT_RATE_TARGET
@@ -56,18 +57,14 @@ class AlertRules:
 
     @classmethod
     def from_env(cls) -> AlertRules:
-        def number(name: str, default: float) -> float:
-            value = os.environ.get(name, "").strip()
-            return float(value) if value else default
-
         fail_on = os.environ.get("PEERSCALE_ALERT_FAIL_ON", "").strip() or None
         if fail_on is not None and fail_on not in SEVERITIES:
             raise ValueError(f"PEERSCALE_ALERT_FAIL_ON must be one of {SEVERITIES}, got {fail_on!r}")
         return cls(
-            hit_rate_target=number("PEERSCALE_ALERT_HIT_RATE_TARGET", cls.hit_rate_target),
-            max_forecast_wape=number("PEERSCALE_ALERT_MAX_FORECAST_WAPE", cls.max_forecast_wape),
-            min_utilization=number("PEERSCALE_ALERT_MIN_UTILIZATION", cls.min_utilization),
-            max_quarantine_share=number("PEERSCALE_ALERT_MAX_QUARANTINE_SHARE", cls.max_quarantine_share),
+            hit_rate_target=env_float("PEERSCALE_ALERT_HIT_RATE_TARGET", cls.hit_rate_target),
+            max_forecast_wape=env_float("PEERSCALE_ALERT_MAX_FORECAST_WAPE", cls.max_forecast_wape),
+            min_utilization=env_float("PEERSCALE_ALERT_MIN_UTILIZATION", cls.min_utilization),
+            max_quarantine_share=env_float("PEERSCALE_ALERT_MAX_QUARANTINE_SHARE", cls.max_quarantine_share),
             fail_on=fail_on,
             webhook_url=os.environ.get("PEERSCALE_ALERT_WEBHOOK", "").strip() or None,
         )

@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from pipeline.common.env import env_int
 from pipeline.common.numeric import EPS, ROUNDING_SLACK, exceeds
 from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import (
@@ -441,7 +442,7 @@ class _Windows:
 
 def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | None = None) -> PlanResult:
     """Plan every window and region of `problem` (see the module docstring)."""
-    workers = workers if workers is not None else int(os.environ.get("PEERSCALE_PLAN_WORKERS", "1"))
+    workers = workers if workers is not None else env_int("PEERSCALE_PLAN_WORKERS", 1)
     clock = _StageClock()
     with clock.stage("prepare"):
         partners = config.partners_for(problem.regions)
