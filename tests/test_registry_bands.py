@@ -78,6 +78,7 @@ def test_registry_scoring_gives_the_engines_band_for_every_series(tmp_path: Path
     version = _train(settings, history, tau)
     methods = {u: e["band"]["method"] for u, e in version.entries.items()}
     assert {u: methods[u] for u in expected} == expected
+    assert version.manifest["bands_chosen"] == {k: list(methods.values()).count(k) for k in sorted(set(methods.values()))}
     assert all(("conformal" in e["band"]) == (e["band"]["method"] == bands.CONFORMAL) for e in version.entries.values())
     reg = _scored(settings, history, tau)
     assert reg.covered == sorted(methods)

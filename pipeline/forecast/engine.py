@@ -992,10 +992,15 @@ def _histories(p: Prepared) -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 def _pooled_by_bucket(cal: Calibration, p: Prepared, uid: str, probs: Sequence[float]) -> dict[float, np.ndarray]:
-    """The pooled band's offsets from the point, per horizon bucket, for one series (its scale now)."""
+    """The pooled band's offsets from the point, per horizon bucket, for one series (at its scale in `p`)."""
     steps = np.array([-(-b * cal.horizon // N_BUCKETS) for b in range(N_BUCKETS)])  # the first step of each bucket
     applied = cal.apply(pd.DataFrame({"unique_id": uid, "step": steps, "mean": 0.0}), p.scale, p.levels)
     return {q: applied[_prob_columns(q, p.levels)[0]].to_numpy(float) for q in probs}
+
+
+def _json_table(by_prob: dict[float, np.ndarray]) -> list[list[float | None]]:
+    """prob × bucket as plain JSON (null where not finite: read back as NaN, as the engine would have it)."""
+    return [[float(x) if np.isfinite(x) else None for x in v] for v in by_prob.values()]
 
 
 def band_decisions(p: Prepared, choice: dict[str, str], cv_frames: dict[str, pd.DataFrame]) -> dict[str, dict]:
@@ -1010,16 +1015,17 @@ def band_decisions(p: Prepared, choice: dict[str, str], cv_frames: dict[str, pd.
     sel = Selection(choice=dict(choice), members=[], scores={})
     cal = Calibration.fit(_chosen_errors(cv_frames, sel.choice), p.scale, p.window)
     probs, score_probs, cv_probs = _band_prob_sets(p)
-    ids = [u for u in choice if u in set(p.ids)]
+    known = set(p.ids)
+    ids = [u for u in choice if u in known]
     choices, _ = _band_choices(p, sel, cv_frames, cal, ids, _histories(p), cv_probs, score_probs)
     out: dict[str, dict] = {}
     for uid, (method, scores, cv) in choices.items():
         state: dict[str, Any] = {"method": method, "horizon": cal.horizon, "probs": probs,
                                  "cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
         if method == bands.CONFORMAL and cv is not None:
-            state["conformal"] = [v.tolist() for v in _conformal_by_bucket(cv, cal, probs).values()]
+            state["conformal"] = _json_table(_conformal_by_bucket(cv, cal, probs))
         if method in (bands.POOLED, bands.BLEND) or (method == bands.CONFORMAL and cv is None):
-            state["pooled"] = [v.tolist() for v in _pooled_by_bucket(cal, p, uid, probs).values()]
+            state["pooled"] = _json_table(_pooled_by_bucket(cal, p, uid, probs))
         out[uid] = state
     return out
 

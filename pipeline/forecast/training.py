@@ -13,7 +13,8 @@ maps like the hourly forecast (pipeline.forecast.shards):
   τ-quantile (ties go to the simpler model, in `ZOO` order), the choice fitted on the full series
   and its state stored with the CV scores, the band the engine would choose for it
   (`engine.band_decisions`: per-series method by CV pinball, the seasonal-naive guardrail, the
-  one-window rule; seasonal naive is cross-validated for it even outside the zoo), the older band
+  one-window rule; seasonal naive is cross-validated for it even outside the zoo; the pooled
+  calibration is fitted on the shard's CV errors, where the hourly engine pools the run's), the older band
   offsets (empirical quantiles of the choice's CV errors per horizon bucket: what versions before
   the band choice scored with, kept so older code can read new versions) and the fingerprint of
   its training data;
@@ -197,9 +198,12 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
         entries[uid]["band"] = band  # the engine's band choice for the stored model (scoring applies it)
     ref = registry.write_part(settings.lake_root, version, f"shard-{shard:05d}", entries)
     chosen: dict[str, int] = {}
+    bands_chosen: dict[str, int] = {}
     for entry in entries.values():
         chosen[entry["model"]] = chosen.get(entry["model"], 0) + 1
+        bands_chosen[entry["band"]["method"]] = bands_chosen.get(entry["band"]["method"], 0) + 1
     lake.write_json_atomic(_work(settings, version, f"part-{shard:05d}.json"), {**ref, "errors": errors, "chosen": chosen,
+                                                                           "bands_chosen": bands_chosen,
                                                                            "skipped": [u for u in ids if u not in entries]})
     return {"version": version, "shard": shard, "series": len(entries), "errors": errors}
 
@@ -217,12 +221,13 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
     globals_ = [lake.read_json(global_ref)] if storage.exists(global_ref) else []
     skipped = {u for part in parts for u in part.get("skipped", [])}  # no CV evidence: the hourly engine keeps them
     expected = sorted(set(split["trained_ids"]) - skipped)  # every other trainable series must have an entry
-    chosen: dict[str, int] = {}
+    chosen: dict[str, dict[str, int]] = {"chosen": {}, "bands_chosen": {}}
     for part in parts:
-        for name, n in part.get("chosen", {}).items():
-            chosen[name] = chosen.get(name, 0) + n
+        for key, counts in chosen.items():
+            for name, n in part.get(key, {}).items():
+                counts[name] = counts.get(name, 0) + n
     meta = {k: v for k, v in split.items() if k not in ("shards", "trained_ids")}
-    meta["chosen"] = dict(sorted(chosen.items()))
+    meta.update({key: dict(sorted(counts.items())) for key, counts in chosen.items()})
     meta["trained_at"] = datetime.now(UTC).isoformat()
     meta["skipped_series"] = sorted(skipped)
     meta["shard_errors"] = {str(i): p["errors"] for i, p in enumerate(parts) if p.get("errors")}
