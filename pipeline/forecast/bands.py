@@ -126,6 +126,32 @@ def snaive_point(y: np.ndarray, m: int, h: int) -> np.ndarray:
     return np.resize(y[-m:], h) if len(y) >= m else np.full(h, y[-1] if len(y) else 0.0)
 
 
+def horizon_bucket(steps: np.ndarray, horizon: int, n_buckets: int) -> np.ndarray:
+    """The horizon bucket of each 0-based step (errors grow with the step; bands are sized per bucket)."""
+    return np.minimum(np.asarray(steps) * n_buckets // max(horizon, 1), n_buckets - 1)
+
+
+def final_band(method: str, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int, probs: Sequence[float],
+               pooled: dict[float, np.ndarray], conformal: dict[float, np.ndarray] | None) -> dict[float, np.ndarray] | None:
+    """The chosen method's quantiles over the horizon (None: keep the pooled band).
+
+    What a method fixes when it is chosen comes in (`conformal`: the offsets per step, from the CV
+    errors; `pooled`: the pooled band's quantiles); the rest is recomputed from `y`, the history at
+    forecast time: seasonal naive's point and the seasonal-difference quantiles of the current regime.
+    The engine (at forecast time) and the registry's scoring (from the stored choice) both call this."""
+    h = int(steps.max()) + 1
+    if method in (EMPIRICAL, SNAIVE, BLEND):
+        offs = diff_offsets(y, m, h, probs)
+        base = snaive_point(y, m, h)[steps] if method == SNAIVE else mean
+        values = {q: base + offs[q][steps] for q in probs}
+        if method == BLEND:
+            values = {q: 0.5 * (v + pooled[q]) for q, v in values.items()}
+        return values
+    if method == CONFORMAL and conformal is not None:
+        return {q: mean + conformal[q] for q in probs}
+    return None
+
+
 def conformal_level(p: float, n: int) -> float:
     """The probability at which to read n errors' empirical quantile for a conformal p-quantile
     (the finite-sample correction: pushed outward by (p − 0.5)·2/(n + 1), clipped to [0, 1])."""

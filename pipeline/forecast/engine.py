@@ -926,23 +926,20 @@ def _series_cv(cols: dict[str, np.ndarray], pos: np.ndarray, pooled: dict[float,
                           pooled={q: v[pos] for q, v in pooled.items()})
 
 
+def _conformal_by_bucket(cv: bands.SeriesCV, cal: Calibration, probs: Sequence[float]) -> dict[float, np.ndarray]:
+    """The conformal band's offsets per horizon bucket, from all of a series' CV errors."""
+    bucket = bands.horizon_bucket(cv.step, cal.horizon, N_BUCKETS)
+    return bands.conformal_offsets(cv.y - cv.mean, bucket, cal.g, np.arange(N_BUCKETS), probs)
+
+
 def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.ndarray, steps: np.ndarray, m: int,
                 cal: Calibration, probs: Sequence[float], pooled: dict[float, np.ndarray]) -> dict[float, np.ndarray] | None:
     """The chosen method's quantiles over the horizon, fitted on all the evidence (None: keep pooled)."""
-    h = int(steps.max()) + 1
-    if method in (bands.EMPIRICAL, bands.SNAIVE, bands.BLEND):
-        offs = bands.diff_offsets(y, m, h, probs)
-        base = bands.snaive_point(y, m, h)[steps] if method == bands.SNAIVE else mean
-        values = {q: base + offs[q][steps] for q in probs}
-        if method == bands.BLEND:
-            values = {q: 0.5 * (v + pooled[q]) for q, v in values.items()}
-        return values
+    conformal = None
     if method == bands.CONFORMAL and cv is not None:
-        bucket = np.minimum(cv.step * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
-        fut_bucket = np.minimum(steps * N_BUCKETS // max(cal.horizon, 1), N_BUCKETS - 1)
-        offs = bands.conformal_offsets(cv.y - cv.mean, bucket, cal.g, fut_bucket, probs)
-        return {q: mean + offs[q] for q in probs}
-    return None
+        fut_bucket = bands.horizon_bucket(steps, cal.horizon, N_BUCKETS)
+        conformal = {q: v[fut_bucket] for q, v in _conformal_by_bucket(cv, cal, probs).items()}
+    return bands.final_band(method, y, mean, steps, m, probs, pooled, conformal)
 
 
 _Covered = dict[str, dict[int, np.ndarray]]  # series → interval level → which CV actuals its band covered
@@ -983,13 +980,61 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
     return out, covered
 
 
+def _band_prob_sets(p: Prepared) -> tuple[list[float], list[float], list[float]]:
+    """The probabilities bands are built at, scored at (τ and its neighbours), and computed at on CV."""
+    score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
+    cv_probs = sorted({*score_probs, *[round(0.5 + s * lv / 200, 6) for lv in FORECAST_LEVELS for s in (-1, 1)]})
+    return _band_probs(p.levels), score_probs, cv_probs
+
+
+def _histories(p: Prepared) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    return {u: (g["ds"].to_numpy(), g["y"].to_numpy(float)) for u, g in p.history.groupby("unique_id", sort=False)}
+
+
+def _pooled_by_bucket(cal: Calibration, p: Prepared, uid: str, probs: Sequence[float]) -> dict[float, np.ndarray]:
+    """The pooled band's offsets from the point, per horizon bucket, for one series (at its scale in `p`)."""
+    steps = np.array([-(-b * cal.horizon // N_BUCKETS) for b in range(N_BUCKETS)])  # the first step of each bucket
+    applied = cal.apply(pd.DataFrame({"unique_id": uid, "step": steps, "mean": 0.0}), p.scale, p.levels)
+    return {q: applied[_prob_columns(q, p.levels)[0]].to_numpy(float) for q in probs}
+
+
+def _json_table(by_prob: dict[float, np.ndarray]) -> list[list[float | None]]:
+    """prob × bucket as plain JSON (null where not finite: read back as NaN, as the engine would have it)."""
+    return [[float(x) if np.isfinite(x) else None for x in v] for v in by_prob.values()]
+
+
+def band_decisions(p: Prepared, choice: dict[str, str], cv_frames: dict[str, pd.DataFrame]) -> dict[str, dict]:
+    """Per series of `choice` (series → its chosen model, every one with CV rows in `cv_frames`,
+    seasonal naive's among them): the band the engine would choose for that model (`_band_choices`:
+    the candidates, the guardrail, the one-window rule), as JSON for the model registry. Stored:
+    the method, its CV pinball, and what it fixes when chosen: `conformal` (own CV errors) and
+    `pooled` (the pooled calibration, for `pooled` and `empirical+pooled`) as offsets from the
+    point per horizon bucket (`horizon` sizes the buckets). Seasonal naive's and the empirical
+    bands store nothing more: `bands.final_band` recomputes them from the history at scoring time,
+    as the engine does at forecast time (hours since training included)."""
+    sel = Selection(choice=dict(choice), members=[], scores={})
+    cal = Calibration.fit(_chosen_errors(cv_frames, sel.choice), p.scale, p.window)
+    probs, score_probs, cv_probs = _band_prob_sets(p)
+    known = set(p.ids)
+    ids = [u for u in choice if u in known]
+    choices, _ = _band_choices(p, sel, cv_frames, cal, ids, _histories(p), cv_probs, score_probs)
+    out: dict[str, dict] = {}
+    for uid, (method, scores, cv) in choices.items():
+        state: dict[str, Any] = {"method": method, "horizon": cal.horizon, "probs": probs,
+                                 "cv_pinball": {k: round(v, 6) for k, v in scores.items()}}
+        if method == bands.CONFORMAL and cv is not None:
+            state["conformal"] = _json_table(_conformal_by_bucket(cv, cal, probs))
+        if method in (bands.POOLED, bands.BLEND) or (method == bands.CONFORMAL and cv is None):
+            state["pooled"] = _json_table(_pooled_by_bucket(cal, p, uid, probs))
+        out[uid] = state
+    return out
+
+
 def _series_bands(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration,
                   out: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Step 5b: per series, score every band candidate on the CV windows and apply the best."""
-    probs = _band_probs(p.levels)
-    score_probs = [round(q, 6) for q in bands.scoring_probs(p.tau)]
-    cv_probs = sorted({*score_probs, *[round(0.5 + s * lv / 200, 6) for lv in FORECAST_LEVELS for s in (-1, 1)]})
-    hist = {u: (g["ds"].to_numpy(), g["y"].to_numpy(float)) for u, g in p.history.groupby("unique_id", sort=False)}
+    probs, score_probs, cv_probs = _band_prob_sets(p)
+    hist = _histories(p)
     out = out.reset_index(drop=True)
     positions = out.groupby("unique_id", sort=False).indices
     ids = [u for u in positions if sel.choice.get(u) != POOLED and u in hist]

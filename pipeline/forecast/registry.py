@@ -4,7 +4,10 @@ Layout (local paths or s3://, through pipeline.common.storage):
 
     models/CURRENT                            {"version": ..., "promoted_at": ...}: the version hourly runs score with
     models/version=<id>/parts/<name>.jsongz  per series (gzip'd JSON; not .gz, which pyarrow inflates on read): chosen model, its state (see
-                                              pipeline.forecast.model_state), CV scores, band offsets, fingerprint
+                                              pipeline.forecast.model_state), CV scores, band (the engine's
+                                              per-series band choice: method, CV pinball, the offsets it
+                                              fixes, see engine.band_decisions; absent in versions before
+                                              it was stored: they score with `bands`), band offsets, fingerprint
     models/version=<id>/global/<model>.pkl    a global model (the GBM: scikit-learn has no non-pickle format);
                                               its sha256 is in the manifest and checked before it is unpickled,
                                               and it is only ever loaded from this directory

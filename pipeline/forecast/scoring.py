@@ -27,13 +27,14 @@ import pandas as pd
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval, parse_utc
 from pipeline.common.schemas import FORECAST_LEVELS
-from pipeline.forecast import model_state, prep, registry
+from pipeline.forecast import bands, model_state, prep, registry
 from pipeline.forecast.base import QUANTILE_COLUMNS, future_index, output_columns
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_AGE_HOURS = 48.0
 GLOBAL = "global_gbm"
 OPTION_KEYS = ("horizon", "season_length", "freq")
+CV_OFFSETS = "registry_cv_offsets"  # the band of versions trained before the band choice was stored
 
 
 @dataclass
@@ -95,22 +96,56 @@ def _fallback(status: str, reason: str, version: str | None = None) -> RegistryS
     return RegistryScore(info={"status": status, "reason": reason, "version": version, "fallback": True})
 
 
-def _bands(frame: pd.DataFrame, entry: dict, steps: np.ndarray) -> None:
-    """Fill the quantile and interval columns from the entry's CV-error offsets per horizon bucket."""
-    probs, offsets = entry["bands"]["probs"], np.asarray(entry["bands"]["offsets"], float)
-    n_buckets = offsets.shape[1]
-    h = int(steps.max()) + 1
-    bucket = np.minimum(steps * n_buckets // max(h, 1), n_buckets - 1)
-    by_prob = {round(p, 6): offsets[i][bucket] for i, p in enumerate(probs)}
-    mean = frame["mean"].to_numpy(float)
-    frame["q50"] = mean + by_prob.get(0.5, 0.0)
+def _fill(frame: pd.DataFrame, by_prob: dict[float, np.ndarray]) -> None:
+    """The quantile and interval columns from quantiles by probability (rounded to 6 places)."""
     for col in QUANTILE_COLUMNS:
         q = round(float(col[1:]) / 100, 6)
         if q in by_prob:
-            frame[col] = mean + by_prob[q]
+            frame[col] = by_prob[q]
     for lv in FORECAST_LEVELS:
-        frame[f"lo_{lv}"] = mean + by_prob[round(0.5 - lv / 200, 6)]
-        frame[f"hi_{lv}"] = mean + by_prob[round(0.5 + lv / 200, 6)]
+        frame[f"lo_{lv}"] = by_prob[round(0.5 - lv / 200, 6)]
+        frame[f"hi_{lv}"] = by_prob[round(0.5 + lv / 200, 6)]
+
+
+def _cv_offset_bands(frame: pd.DataFrame, entry: dict, steps: np.ndarray) -> None:
+    """Versions trained before the band choice was stored: the entry's CV-error offsets per horizon bucket."""
+    probs, offsets = entry["bands"]["probs"], np.asarray(entry["bands"]["offsets"], float)
+    bucket = bands.horizon_bucket(steps, int(steps.max()) + 1, offsets.shape[1])
+    mean = frame["mean"].to_numpy(float)
+    by_prob = {round(p, 6): mean + offsets[i][bucket] for i, p in enumerate(probs)}
+    _fill(frame, {0.5: mean, **by_prob})
+
+
+def band_method(entry: dict) -> str:
+    """The quantile method an entry scores with (the manifest's `quantile_method`)."""
+    band = entry.get("band")
+    return str(band["method"]) if band else CV_OFFSETS
+
+
+def _bands(frame: pd.DataFrame, entry: dict, steps: np.ndarray, y: np.ndarray, m: int) -> None:
+    """Fill the quantile and interval columns with the band the engine chose at training (entry
+    `band`, see `engine.band_decisions`: the per-series method, the guardrail, the one-window
+    rule), recomputed from `y` (the history now) where the method says so. Entries without a
+    `band` (versions trained before it was stored) score with their CV-error offsets."""
+    band = entry.get("band")
+    if band is None:
+        _cv_offset_bands(frame, entry, steps)
+        return
+    probs = [round(float(q), 6) for q in band["probs"]]
+    mean = frame["mean"].to_numpy(float)
+
+    def per_step(key: str) -> dict[float, np.ndarray] | None:
+        if key not in band:
+            return None
+        table = np.asarray(band[key], float)  # prob × horizon bucket
+        bucket = bands.horizon_bucket(steps, int(band["horizon"]), table.shape[1])
+        return {q: table[i][bucket] for i, q in enumerate(probs)}
+
+    pooled = {q: mean + v for q, v in (per_step("pooled") or {}).items()}
+    values = bands.final_band(band["method"], y, mean, steps, m, probs, pooled, per_step("conformal"))
+    if values is None and not pooled:
+        raise model_state.StateError(f"band {band['method']!r} stores no pooled offsets to build it from")
+    _fill(frame, values if values is not None else pooled)
 
 
 def _finish(out: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
@@ -188,6 +223,7 @@ def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd
         except (model_state.StateError, ValueError, np.linalg.LinAlgError) as exc:
             failed[uid] = str(exc)[:200]
     frames = []
+    history = {u: g["y"].to_numpy(float) for u, g in p.history[p.history["unique_id"].isin(means)].groupby("unique_id", sort=False)}
     for uid in ids:
         if uid not in means or uid in failed:
             continue
@@ -195,7 +231,11 @@ def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd
         frame = rows[uid].assign(mean=means[uid][: len(rows[uid])], model=entry["model"])
         if not getattr(MODELS[entry["model"]], "handles_events", False):
             frame["mean"] = frame["mean"].to_numpy() * _future_factor(frame, p.future)
-        _bands(frame, entry, np.arange(len(frame)))
+        try:
+            _bands(frame, entry, np.arange(len(frame)), history[uid], p.season_length)
+        except (model_state.StateError, KeyError, ValueError) as exc:
+            failed[uid] = f"band: {str(exc)[:200]}"
+            continue
         frames.append(frame)
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=["unique_id", "ds", "model"])
     return out, failed
@@ -239,9 +279,14 @@ def score_registry(interval: DataInterval, settings: Settings, prepared: Any) ->
     if restated or failed:
         log.warning("model registry %s: %d series restated since training, %d failed to score: the cheap models forecast them",
                     version.version, len(restated), len(failed))
+    methods = {u: band_method(version.entries[u]) for u in covered}
+    info["quantile_methods"] = {k: sum(v == k for v in methods.values()) for k in sorted(set(methods.values()))}
+    if CV_OFFSETS in info["quantile_methods"]:
+        log.warning("model registry %s predates the stored band choice: %d series score with CV-error offsets "
+                    "(no guardrail) until the next training", version.version, info["quantile_methods"][CV_OFFSETS])
     variance = {u: float(version.entries[u]["error_var"]) for u in covered if version.entries[u].get("error_var") is not None}
     selection = {u: {"model": version.entries[u]["model"], "registry_version": version.version,
-                     "pinball_at_tau": version.entries[u]["cv_pinball"], "quantile_method": "registry_cv_offsets"} for u in covered}
+                     "pinball_at_tau": version.entries[u]["cv_pinball"], "quantile_method": methods[u]} for u in covered}
     return RegistryScore(forecasts=out, covered=covered, info=info, variance=variance, selection=selection)
 
 

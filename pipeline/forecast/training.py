@@ -11,8 +11,13 @@ maps like the hourly forecast (pipeline.forecast.shards):
 - `train_shard` (mapped): every local model cross-validated on the shard's series (rolling origin,
   `engine.cross_validate_model`), each series' model chosen by pinball loss at τ of its conformal
   τ-quantile (ties go to the simpler model, in `ZOO` order), the choice fitted on the full series
-  and its state stored with the CV scores, the band offsets (empirical quantiles of the choice's
-  CV errors per horizon bucket) and the fingerprint of its training data;
+  and its state stored with the CV scores, the band the engine would choose for it
+  (`engine.band_decisions`: per-series method by CV pinball, the seasonal-naive guardrail, the
+  one-window rule; seasonal naive is cross-validated for it even outside the zoo; the pooled
+  calibration is fitted on the shard's CV errors, where the hourly engine pools the run's), the older band
+  offsets (empirical quantiles of the choice's CV errors per horizon bucket: what versions before
+  the band choice scored with, kept so older code can read new versions) and the fingerprint of
+  its training data;
 - `train_finalize`: the manifest (completeness-checked), then CURRENT moved when `promote`.
 
 Series under two seasons are not trained (the hourly run gives them the pooled profile).
@@ -105,15 +110,23 @@ def train_split(interval: DataInterval, settings: Settings, models: tuple[str, .
     x = engine.load_inputs(interval, settings, "hourly", zoo)
     options = replace(x.options, n_windows=TRAIN_WINDOWS, refit_global=True, combine=False)
     p = engine.prepare(x.engine_input, options, future=x.future, hierarchy=x.hierarchy)
+    return split_prepared(p, settings, {"data_start": x.summary()["start"], "data_end": interval.end.isoformat(),
+                                        "hierarchy": x.hierarchy}, version=version, series_per_shard=series_per_shard,
+                          max_shards=max_shards)
+
+
+def split_prepared(p: Any, settings: Settings, data: dict, *, version: str | None = None, series_per_shard: int | None = None,
+                   max_shards: int | None = None) -> list[dict]:
+    """`train_split` from a preparation in hand (`engine.prepare`); `data`: data_start, data_end, hierarchy."""
     version = version or registry.new_version_id()
     trainable = p.long_ids
     shards = contiguous_chunks(trainable, shard_count(len(trainable), series_per_shard, max_shards)) if trainable else []
     _dump(_work(settings, version, "prepared.pkl"), p)
     meta = {"kind": "hourly", "models": list(p.names), "horizon": p.horizon, "season_length": p.season_length, "freq": p.freq,
-            "tau": p.tau, "n_windows": p.n_windows, "window": p.window, "data_start": x.summary()["start"],
-            "data_end": interval.end.isoformat(), "exog": [c for c in p.model_input.columns if c not in ("unique_id", "ds", "y")],
+            "tau": p.tau, "n_windows": p.n_windows, "window": p.window, **data,
+            "exog": [c for c in p.model_input.columns if c not in ("unique_id", "ds", "y")],
             "code_version": code_version(), "state_format": model_state.STATE_FORMAT, "libraries": model_state.library_versions(),
-            "hierarchy": x.hierarchy, "shards": shards, "trained_ids": trainable, "short_series": p.short}
+            "shards": shards, "trained_ids": trainable, "short_series": p.short}
     lake.write_json_atomic(_work(settings, version, "split.json"), meta)
     return [{"version": version, "shard": i, "shards": len(shards), "series": len(ids)} for i, ids in enumerate(shards)]
 
@@ -132,7 +145,7 @@ def train_global(version: str, settings: Settings) -> dict:
     model.params["refit"] = False  # scoring moves the origin only
     model._history = None  # the training data is not part of the model
     ref = registry.write_global(settings.lake_root, version, GLOBAL, model)
-    _dump(_work(settings, version, "global-cv.pkl"), run.cv[["unique_id", "ds", "step", "y", "mean"]])
+    _dump(_work(settings, version, "global-cv.pkl"), run.cv[["unique_id", "ds", "cutoff", "window", "step", "y", "mean"]])
     lake.write_json_atomic(_work(settings, version, "global.json"), ref)
     return {"version": version, "global": GLOBAL, "seconds": run.seconds}
 
@@ -163,7 +176,7 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
     p = _load(_work(settings, version, "prepared.pkl")).subset(ids)
     cv: dict[str, pd.DataFrame] = {}
     errors: dict[str, str] = {}
-    for name in p.names:
+    for name in p.scored_names:  # the zoo and seasonal naive (the band choice's yardstick)
         if name == GLOBAL:
             frame = _load(_work(settings, version, "global-cv.pkl")) if storage.exists(_work(settings, version, "global-cv.pkl")) else None
             if frame is not None:
@@ -174,18 +187,23 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
             cv[name] = run.cv
         elif run.error:
             errors[name] = run.error
-    pins = {name: engine.conformal_pinball(f, p.tau) for name, f in cv.items() if not f.empty}
+    pins = {name: engine.conformal_pinball(f, p.tau) for name, f in cv.items() if not f.empty and name in p.names}
     probs = band_probs()
     entries = {}
     for uid in ids:
         scores = {n: float(s[uid]) for n, s in pins.items() if uid in s.index and np.isfinite(s[uid])}
         if scores:
             entries[uid] = _series_entry(p, uid, scores, cv, probs)
+    for uid, band in engine.band_decisions(p, {u: e["model"] for u, e in entries.items()}, cv).items():
+        entries[uid]["band"] = band  # the engine's band choice for the stored model (scoring applies it)
     ref = registry.write_part(settings.lake_root, version, f"shard-{shard:05d}", entries)
     chosen: dict[str, int] = {}
+    bands_chosen: dict[str, int] = {}
     for entry in entries.values():
         chosen[entry["model"]] = chosen.get(entry["model"], 0) + 1
+        bands_chosen[entry["band"]["method"]] = bands_chosen.get(entry["band"]["method"], 0) + 1
     lake.write_json_atomic(_work(settings, version, f"part-{shard:05d}.json"), {**ref, "errors": errors, "chosen": chosen,
+                                                                           "bands_chosen": bands_chosen,
                                                                            "skipped": [u for u in ids if u not in entries]})
     return {"version": version, "shard": shard, "series": len(entries), "errors": errors}
 
@@ -203,12 +221,13 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
     globals_ = [lake.read_json(global_ref)] if storage.exists(global_ref) else []
     skipped = {u for part in parts for u in part.get("skipped", [])}  # no CV evidence: the hourly engine keeps them
     expected = sorted(set(split["trained_ids"]) - skipped)  # every other trainable series must have an entry
-    chosen: dict[str, int] = {}
+    chosen: dict[str, dict[str, int]] = {"chosen": {}, "bands_chosen": {}}
     for part in parts:
-        for name, n in part.get("chosen", {}).items():
-            chosen[name] = chosen.get(name, 0) + n
+        for key, counts in chosen.items():
+            for name, n in part.get(key, {}).items():
+                counts[name] = counts.get(name, 0) + n
     meta = {k: v for k, v in split.items() if k not in ("shards", "trained_ids")}
-    meta["chosen"] = dict(sorted(chosen.items()))
+    meta.update({key: dict(sorted(counts.items())) for key, counts in chosen.items()})
     meta["trained_at"] = datetime.now(UTC).isoformat()
     meta["skipped_series"] = sorted(skipped)
     meta["shard_errors"] = {str(i): p["errors"] for i, p in enumerate(parts) if p.get("errors")}
