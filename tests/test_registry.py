@@ -206,9 +206,10 @@ def test_hourly_forecast_scores_with_the_trained_registry_and_falls_back_without
     assert sum(v == trained["version"] for v in versions.values()) == trained["series"]
     assert after["series"] == before["series"], "every series is still forecast (the rest by the engine)"
 
-    # the hourly DAG's sharded forecast scores the same series from the registry, to the same rows
+    # the hourly DAG's sharded forecast scores the registry's series first and shards only the rest:
+    # the same rows as the single-process stage, every series
     from pipeline.forecast.engine import read_forecast
-    from pipeline.forecast.shards import run_sharded
+    from pipeline.forecast.shards import run_sharded, work_dir
 
     single = read_forecast(settings, after["run_id"])
     run_sharded(hour, settings, series_per_shard=40)
@@ -216,6 +217,12 @@ def test_hourly_forecast_scores_with_the_trained_registry_and_falls_back_without
     manifest = lake.read_json(storage.join(lake.forecast_dir(settings.lake_root, after["run_id"]), "manifest.json"))
     assert manifest["engine"]["registry"]["version"] == trained["version"]
     covered = sorted(u for u, v in versions.items() if v)
+    split = lake.read_json(storage.join(work_dir(settings, after["run_id"]), "shards.json"))
+    sharded_ids = [u for ids in split["shards"] for u in ids]
+    assert split["registry_covered"] == len(covered) and not set(sharded_ids) & set(covered), \
+        "the engine's shards hold only the series the registry did not score"
+    assert sorted([*sharded_ids, *covered]) == sorted(versions)
+    if len(covered) == len(versions):  # (the samples: every series) one empty shard, so the mapped tasks still run
+        assert split["shards"] == [[]]
     pick = ["series_id", "ds", "model", "mean", "q90", "hi_95"]
-    pd.testing.assert_frame_equal(single[single["series_id"].isin(covered)][pick].reset_index(drop=True),
-                                  sharded[sharded["series_id"].isin(covered)][pick].reset_index(drop=True))
+    pd.testing.assert_frame_equal(single[pick], sharded[pick])

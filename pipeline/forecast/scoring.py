@@ -331,15 +331,3 @@ def combine(forecasts: pd.DataFrame | None, selection: dict[str, dict], info: di
     sel = {u: {**s, "registry_version": None} for u, s in selection.items()}
     sel.update(reg.selection)
     return merged, dict(sorted(sel.items())), info
-
-
-def overlay(interval: DataInterval, settings: Settings, p: Any, forecasts: pd.DataFrame, selection: dict[str, dict],
-            info: dict[str, Any]) -> tuple[pd.DataFrame, dict[str, dict], dict[str, Any]]:
-    """For the sharded forecast (which has already forecast every series): the registry's forecasts
-    replace the engine's for the series the registry covers."""
-    reg = score_registry(interval, settings, p)
-    done = set(reg.covered)
-    if done:
-        forecasts = forecasts[~forecasts["series_id"].isin(done)]
-        selection = {u: s for u, s in selection.items() if u not in done}
-    return combine(forecasts, selection, info, reg, p.hierarchy)

@@ -4,9 +4,11 @@
 (cross-validating and fitting the local models) dominates, so the hourly DAG maps it over shards
 of series, while the work that is not per-series runs once:
 
-- `split_shards` reads the features, prepares the engine's inputs once over all series
-  (`engine.prepare`: regular grids, calendar uplifts, outlier cleaning and the run-wide
-  parameters) and splits the sorted series ids into contiguous shards. The shard count follows
+- `split_shards` reads the features; in an hourly run the model registry's CURRENT version scores
+  the series it covers first (`pipeline.forecast.scoring`, as `run_forecast` does), and only the
+  rest go to the engine: it prepares their inputs once (`engine.prepare`: regular grids, calendar
+  uplifts, outlier cleaning and the run-wide parameters) and splits the sorted series ids into
+  contiguous shards (one empty shard when the registry scored every series). The shard count follows
   the number of series: ceil(series / series_per_shard), at most `max_shards` and `max_map_length`.
 - `fit_global` cross-validates and fits the *global* models (the GBM learns from every series at
   once) exactly once, on all series, as `select_and_forecast` does. Sharding it would train a
@@ -17,7 +19,7 @@ of series, while the work that is not per-series runs once:
 - `reduce_shards` checks that every part is there, then does what is cross-series — per-series
   choice against the run-wide best model, the ensemble, conformal calibration on the pooled
   errors, hierarchy reconciliation — with the engine's own `choose` and `assemble`, and publishes
-  forecast.parquet + manifest.json exactly as `run_forecast` does.
+  forecast.parquet + manifest.json, with the registry's forecasts, exactly as `run_forecast` does.
 
 The result equals `run_forecast`'s for the same inputs (tests/test_fanout.py). Intermediates live
 in the lake under `forecasts/run=<run_id>/_work/` (shared by every worker; pickles written and read
@@ -134,23 +136,38 @@ def _read_split(settings: Settings, run_id: str) -> dict:
 
 # ---- the steps -------------------------------------------------------------------------------------
 
+def _registry_first(interval: DataInterval, settings: Settings, kind: str, x: engine.ForecastInputs) -> tuple[Any, Any]:
+    """Hourly runs: the CURRENT registry version scores the series it covers (as `run_forecast`
+    does); returns (its score, the inputs left for the engine: None when it covered them all)."""
+    from pipeline.forecast import scoring
+
+    if kind != "hourly":
+        return scoring.RegistryScore(), x
+    reg = scoring.score_registry(interval, settings, lambda: engine.prepare(x.engine_input, x.options, future=x.future,
+                                                                             hierarchy=x.hierarchy))
+    return reg, scoring.uncovered(x, reg)
+
+
 def split_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS, *,
                  series_per_shard: int | None = None, max_shards: int | None = None,
                  max_map_length: int = MAX_MAP_LENGTH) -> list[dict]:
-    """Prepare the run's inputs once and split its series; returns one small descriptor per shard (for `expand`)."""
+    """Prepare the run's inputs once, score what the model registry covers, split the rest's series;
+    returns one small descriptor per shard (for `expand`; one empty shard when the registry covered all)."""
     x = engine.load_inputs(interval, settings, kind, models)
-    p = engine.prepare(x.engine_input, x.options, future=x.future, hierarchy=x.hierarchy)
+    reg, rest = _registry_first(interval, settings, kind, x)
+    p = None if rest is None else engine.prepare(rest.engine_input, x.options, future=rest.future, hierarchy=rest.hierarchy)
     run_id = engine.forecast_run_id(kind, interval)
-    shards = contiguous_chunks(p.ids, shard_count(len(p.ids), series_per_shard, max_shards, max_map_length))
+    shards = contiguous_chunks(p.ids, shard_count(len(p.ids), series_per_shard, max_shards, max_map_length)) if p else [[]]
     token = uuid.uuid4().hex  # identifies this split: parts of an earlier split of the same run are rejected
     storage.delete_dir(work_dir(settings, run_id))  # a run split again starts from nothing
     _dump(_data(settings, run_id, "prepared.pkl"), p)
+    _dump(_data(settings, run_id, "registry.pkl"), (reg, x.hierarchy))
     for i, ids in enumerate(shards):
-        _dump(_data(settings, run_id, f"input-{_shard_name(i, len(shards))}.pkl"), p.subset(ids))
+        _dump(_data(settings, run_id, f"input-{_shard_name(i, len(shards))}.pkl"), p.subset(ids) if p else None)
     split = {"run_id": run_id, "kind": kind, "token": token, "models": list(models),
              "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
              "history": x.summary(), "horizon": x.options.horizon, "season_length": x.options.season_length,
-             "tau": x.options.tau, "shards": shards}
+             "tau": x.options.tau, "registry_covered": len(reg.covered), "shards": shards}
     lake.write_json_atomic(_split_path(settings, run_id), split)  # last: the split exists only when its inputs do
     return [{"run_id": run_id, "shard": i, "shards": len(shards), "series": len(ids)} for i, ids in enumerate(shards)]
 
@@ -163,8 +180,11 @@ def _local_names(p: Prepared) -> list[str]:
     return [n for n in p.scored_names if not MODELS_GLOBAL.get(n, False)]
 
 
-def _run_models(p: Prepared, names: list[str], token: str, part_name: str) -> Part:
-    part = Part(token=token, name=part_name, series=list(p.ids))
+def _run_models(p: Prepared | None, names: list[str], token: str, part_name: str) -> Part:
+    """One part's cross-validation and final forecasts (an empty part when the registry left no series)."""
+    part = Part(token=token, name=part_name, series=list(p.ids) if p else [])
+    if p is None:
+        return part
     trained: dict[str, Any] = {}
     if p.run_cv:
         for name in names:
@@ -184,11 +204,12 @@ def _run_models(p: Prepared, names: list[str], token: str, part_name: str) -> Pa
 def fit_global(run_id: str, settings: Settings) -> dict:
     """Cross-validate and fit every global model once on all series (as the single-process run does)."""
     split = _read_split(settings, run_id)
-    p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
-    part = _run_models(p, _global_names(p), split["token"], GLOBAL_PART)
+    p: Prepared | None = _load(_data(settings, run_id, "prepared.pkl"))
+    names = _global_names(p) if p else []
+    part = _run_models(p, names, split["token"], GLOBAL_PART)
     path = _part_path(settings, run_id, GLOBAL_PART)
     _dump(path, part)
-    return {"run_id": run_id, "part": path, "models": _global_names(p)}
+    return {"run_id": run_id, "part": path, "models": names}
 
 
 def forecast_shard(run_id: str, shard: int, settings: Settings) -> dict:
@@ -198,11 +219,11 @@ def forecast_shard(run_id: str, shard: int, settings: Settings) -> dict:
     if not 0 <= shard < total:
         raise ValueError(f"shard {shard} out of range: the split of {run_id} has {total} shards")
     name = _shard_name(shard, total)
-    p: Prepared = _load(_data(settings, run_id, f"input-{name}.pkl"))
-    part = _run_models(p, _local_names(p), split["token"], name)
+    p: Prepared | None = _load(_data(settings, run_id, f"input-{name}.pkl"))
+    part = _run_models(p, _local_names(p) if p else [], split["token"], name)
     path = _part_path(settings, run_id, name)
     _dump(path, part)
-    return {"run_id": run_id, "shard": shard, "part": path, "series": len(p.ids)}
+    return {"run_id": run_id, "shard": shard, "part": path, "series": len(part.series)}
 
 
 def _read_parts(settings: Settings, run_id: str, split: dict) -> list[Part]:
@@ -271,6 +292,16 @@ def _gathered_forecasts(run_id: str, sel: engine.Selection, parts: list[Part], i
     return point
 
 
+def _engine_result(run_id: str, p: Prepared, parts: list[Part]) -> engine.ForecastResult:
+    """Steps 2-5 over every part: choose run-wide, gather the chosen forecasts, calibrate and reconcile."""
+    info = p.info
+    info["timings_s"] = {}
+    cv_frames = _merged_cv(p, parts, info)
+    sel = engine.choose(p, cv_frames, info)  # step 3, run-wide
+    point = _gathered_forecasts(run_id, sel, parts, info)
+    return engine.assemble(p, sel, point, cv_frames, info)
+
+
 def reduce_shards(interval: DataInterval, settings: Settings, kind: str = "hourly", models: Sequence[str] = DEFAULT_MODELS) -> dict:
     """Check every part is present, choose, calibrate and reconcile over all series, publish like `run_forecast`."""
     run_id = engine.forecast_run_id(kind, interval)
@@ -279,21 +310,17 @@ def reduce_shards(interval: DataInterval, settings: Settings, kind: str = "hourl
         raise ValueError(f"forecast run {run_id} was split for models {split['models']}, not {list(models)}")
     if "published" in split:  # a retry after this step had already published: nothing left to do
         return split["published"]
-    p: Prepared = _load(_data(settings, run_id, "prepared.pkl"))
+    p: Prepared | None = _load(_data(settings, run_id, "prepared.pkl"))
     parts = _read_parts(settings, run_id, split)
-    info = p.info
-    info["timings_s"] = {}
-    cv_frames = _merged_cv(p, parts, info)
-    sel = engine.choose(p, cv_frames, info)  # step 3, run-wide
-    point = _gathered_forecasts(run_id, sel, parts, info)
-    result = engine.assemble(p, sel, point, cv_frames, info)
-    # -- model registry (pipeline.forecast.scoring): its forecasts replace the engine's for the series it covers
-    if kind == "hourly":
+    if p is None:  # the registry scored every series
+        result = engine.ForecastResult(forecasts=pd.DataFrame(), info={"models": list(models)})
+    else:
+        result = _engine_result(run_id, p, parts)
+    if kind == "hourly":  # the registry's forecasts of the series it covered (pipeline.forecast.scoring)
         from pipeline.forecast import scoring
 
-        result.forecasts, result.selection, result.info = scoring.overlay(interval, settings, p, result.forecasts, result.selection,
-                                                                          result.info)
-    # -- end model registry
+        reg, hierarchy = _load(_data(settings, run_id, "registry.pkl"))
+        result.forecasts, result.selection, result.info = scoring.combine(result.forecasts, result.selection, result.info, reg, hierarchy)
     published = engine.write_forecast(interval, settings, result, kind=kind, models=models, history=split["history"],
                                       horizon=split["horizon"], season_length=split["season_length"], tau=split["tau"])
     out = {**published, "shards": len(split["shards"])}
