@@ -23,7 +23,12 @@
 The objective and bound reported are the allocation models' (CP-SAT's proven bound of a
 relaxation: also a bound for packable plans); what the packing check changes is counted in the
 objective, so the plan's gap includes it. Footprint hosting is a restriction, so it is never
-used for the bound.
+used for the bound. A cell the packing check re-plans and that then hosts every session has its
+bound raised to the LP bound of its allocation model with the typed packing relaxation
+(`pipeline.plan.relax`: sessions assigned to instance types, per-type capacity), which sees the
+fragmentation the aggregate model misses, and that model (narrowed to the types its LP uses) is
+one more re-plan candidate (`typed_packing`; cells of joint models, with a previous plan or a warm
+tier keep the allocation bound).
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from pipeline.plan.allocate import (
     WindowOptions,
     WindowSolution,
     solve_hosting,
+    solve_typed,
     solve_window,
 )
 from pipeline.plan.packing import (
@@ -73,6 +79,7 @@ from pipeline.plan.packing import (
     swap_repair,
 )
 from pipeline.plan.policy import PlannerConfig
+from pipeline.plan.relax import pack_classes
 
 Cell = tuple[pd.Timestamp, str]  # (window start, region)
 
@@ -140,6 +147,8 @@ class CellPlan:
     model_gap: float = 0.0
     budget_binding: bool = False
     resolved_rounds: int = 0
+    model_bound: float | None = None  # the proven bound of the cell's own allocation model (None: a joint model)
+    packing_bound: float | None = None  # the typed packing relaxation's bound, where the packing check computed it
 
     @property
     def cost(self) -> float:
@@ -323,6 +332,7 @@ class _PackTask:
     problem: RegionProblem | None = None  # the cell's allocation model, re-solved with footprint hosting
     options: WindowOptions | None = None
     hosting_candidates: int = 10
+    typed_packing: bool = False  # a re-plan also solves the typed packing relaxation (bound and plan)
 
     def rules(self) -> Rules:
         return Rules(need=self.need, pool=self.pool, max_spot_share=self.max_spot_share, on_demand_vcpu_quota=self.on_demand_vcpu_quota,
@@ -384,6 +394,8 @@ def _pack_cell(task: _PackTask) -> dict:
     added: dict[OfferKey, int] = {}
     by_key = {o.key: o for o in task.offers}
     candidates = _repack_candidates(task, task.rules(), result.unplaced)
+    typed, bound = _typed_plan(task, task.rules())
+    candidates += [typed] if typed is not None else []
     if candidates:  # the cheapest; ties by method name, then by the counts themselves
         counts, home, method = min(candidates, key=lambda c: (_hourly_cost(c[0], by_key), c[2], sorted(c[0].items())))
         result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
@@ -396,7 +408,31 @@ def _pack_cell(task: _PackTask) -> dict:
         result = pack(task.sessions, counts, task.offers, task.deterministic_time)
     summary = {**result.summary(), "repacked": True, "repaired": {f"{k[0]}/{k[1]}": n for k, n in sorted(added.items())},
                "before": first}
-    return {"counts": counts, "summary": summary, "unplaced": result.unplaced, "rounds": 1, "added": added}
+    return {"counts": counts, "summary": summary, "unplaced": result.unplaced, "rounds": 1, "added": added, "bound": bound}
+
+
+def _typed_plan(task: _PackTask, rules: Rules) -> tuple[Repacked | None, float | None]:
+    """The cell re-planned with the typed packing relaxation (`solve_typed`): (the plan when it keeps the
+    rules and the dot-product heuristics host every session on it, a lower bound on the cell's
+    allocation objective over plans that host every session). The bound is kept only where the
+    reported objective bounds that model's objective at the packed plan: no previous plan (the packing
+    stage's changes are counted at their price, not their churn) and no warm tier (a dropped line
+    would take its warm pool); `_take_packing` adds: a cell model of its own, every session hosted."""
+    p = task.problem
+    if not task.typed_packing or p is None or task.options is None:
+        return None, None
+    classes, members = pack_classes(task.sessions, task.offers)
+    if not classes:
+        return None, None
+    got, bound = solve_typed(replace(p, packing=classes, hint=None), task.options)
+    if p.previous is not None or p.warm_target:
+        bound = None
+    if got is None or not got.counts or not rules.allow(got.counts, {o.key: o for o in task.offers}):
+        return None, bound
+    home = hosted_assignment(task.sessions, got.counts, task.offers, members, got.typed)  # each type's sessions on its instances
+    if not (home >= 0).all():
+        home = dot_product_pack(task.sessions, expand_bins(got.counts, task.offers)[1])
+    return ((got.counts, home, "typed_model") if (home >= 0).all() else None), bound
 
 
 class _StageClock:
@@ -593,6 +629,7 @@ def _take_answer(cells: _Cells, cell_list: list[Cell], solution: WindowSolution)
         plan.counts = dict(plan.result.counts)
         plan.model_status = solution.status
         plan.model_gap = 0.0 if solution.objective <= 0 else max(solution.objective - solution.lower_bound, 0) / solution.objective
+        plan.model_bound = solution.lower_bound if len(cell_list) == 1 else None
 
 
 def _budget_window(w: pd.Timestamp, entries: list[Solved], *, cells: _Cells, problem: PlanningProblem, config: PlannerConfig,
@@ -656,7 +693,8 @@ def _pack_task(c: Cell, cells: _Cells, *, problem: PlanningProblem, config: Plan
                      deterministic_time=config.packing_deterministic_time,
                      problem=None if joint or plan.budget_binding else cells.problems[c],
                      options=replace(options, deterministic_time=config.hosting_deterministic_time),
-                     hosting_candidates=config.hosting_candidates)
+                     hosting_candidates=config.hosting_candidates,
+                     typed_packing=config.typed_packing)
 
 
 def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, window: WindowInfo, config: PlannerConfig) -> None:
@@ -679,6 +717,10 @@ def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, win
     window.cost += after - before
     still = outcome["unplaced"]
     plan.unhosted_sessions = len(still)
+    bound = outcome.get("bound")
+    if bound is not None and not len(still) and plan.model_bound is not None and not plan.budget_binding:
+        plan.packing_bound = bound  # valid for plans that host every session, as this one now does
+        window.lower_bound += max(bound - plan.model_bound, 0.0)
     if len(still):
         size = still.sum(axis=0)
         cells.shortfalls.extend(_short(c[0], c[1], r, float(size[j]), "packing",
