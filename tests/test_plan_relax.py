@@ -16,7 +16,7 @@ from pipeline.plan.allocate import Offer, RegionProblem, WindowOptions, lp_lower
 from pipeline.plan.core import PlanningProblem, RegionMix, solve_plan
 from pipeline.plan.packing import PACK_DIMS, expand_bins, ffd_plan, plan_cost
 from pipeline.plan.policy import PlannerConfig
-from pipeline.plan.relax import dff, pack_classes
+from pipeline.plan.relax import dff, dff_values, pack_classes
 
 W = [pd.Timestamp("2026-01-29T00:00Z")]
 BIG_POOL = {"vcpu": 1e4, "memory_gib": 1e5, "storage_gib": 1e6, "bandwidth_gbps": 1e4}
@@ -89,6 +89,10 @@ def test_dual_feasible_functions_keep_every_packable_set_within_one_instance(k: 
         items = rng.dirichlet(np.ones(int(rng.integers(1, 6)))) * rng.uniform(0.5, 1.0)  # Σ items ≤ 1
         assert sum(dff(float(x), k) for x in items) <= 1.0 + 1e-12
     assert dff(0.75, 1) == 1.0 and dff(0.4, 1) == 0.0 and dff(0.5, 2) == 0.5  # large sessions take a whole instance
+    sizes, caps = rng.uniform(0, 8, (5, 3)), rng.uniform(4, 16, (4, 3))  # the model's integer values never exceed the DFF
+    values = dff_values(sizes, caps, (k,))
+    for c, t, d in itertools.product(range(5), range(4), range(3)):
+        assert values[c, t, d] <= 1000 * dff(sizes[c, d] / caps[t, d], k) + 1e-9
 
 
 def test_classes_never_exceed_their_members_and_every_session_that_fits_is_in_one() -> None:

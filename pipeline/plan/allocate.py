@@ -834,11 +834,11 @@ def solve_typed(problem: RegionProblem, options: WindowOptions) -> tuple[RegionR
         return None, None
     values, bound = got
     rm = built.regions[problem.region]
+    hint = {k: ceil_units(values[v.index]) for k, v in rm.x.items()}
     narrowed = []
     for c, y, _ in rm.typed:
         keep = [t for t, v in y.items() if values[v.index] > ROUNDING_SLACK] or list(y)[:1]
         narrowed.append(replace(c, dff={t: c.dff[t] for t in keep}))
-    hint = {k: ceil_units(values[v.index]) for k, v in rm.x.items()}
     result = solve_window([replace(problem, packing=narrowed, hint=hint)], options).regions[problem.region]
     return result, bound / PRICE_SCALE
 

@@ -333,6 +333,7 @@ class _PackTask:
     options: WindowOptions | None = None
     hosting_candidates: int = 10
     typed_packing: bool = False  # a re-plan also solves the typed packing relaxation (bound and plan)
+    model_bound: float | None = None  # the proven bound of the cell's own allocation model
 
     def rules(self) -> Rules:
         return Rules(need=self.need, pool=self.pool, max_spot_share=self.max_spot_share, on_demand_vcpu_quota=self.on_demand_vcpu_quota,
@@ -359,16 +360,21 @@ def _hosting_plan(task: _PackTask, rules: Rules) -> tuple[dict[OfferKey, int], n
 Repacked = tuple[dict[OfferKey, int], np.ndarray | None, str]  # counts, assignment (None: pack again), method
 
 
-def _repack_candidates(task: _PackTask, rules: Rules, unplaced: np.ndarray) -> list[Repacked]:
-    """Plans that host every session and keep the rules: 1. the cell re-planned with footprint hosting,
-    else 2. the cheapest single swap/add (only without a re-plan: each try packs the sessions again),
-    and 3. first-fit decreasing over the sessions (packable by construction, so a fixed cell never costs
-    more than the baseline)."""
-    candidates: list[Repacked] = []
-    hosted = _hosting_plan(task, rules)
+def _repack_candidates(task: _PackTask, rules: Rules, unplaced: np.ndarray, typed: Repacked | None,
+                       bound: float | None) -> list[Repacked]:
+    """Plans that host every session and keep the rules: 0. the cell re-planned with the typed packing
+    relaxation (`_typed_plan`), 1. the cell re-planned with footprint hosting — skipped when plan 0 is
+    already proven within the solver's relative gap of the cell's bound —, else 2. the cheapest single
+    swap/add (only without a re-plan: each try packs the sessions again), and 3. first-fit decreasing
+    over the sessions (packable by construction, so a fixed cell never costs more than the baseline)."""
+    candidates: list[Repacked] = [typed] if typed is not None else []
+    by_key = {o.key: o for o in task.offers}
+    floor = max(bound or 0.0, task.model_bound or 0.0)
+    close = typed is not None and floor > 0 and _hourly_cost(typed[0], by_key) <= floor * (1.0 + _relative_gap(task))
+    hosted = None if close else _hosting_plan(task, rules)
     if hosted is not None:
         candidates.append((*hosted, "hosting_model"))
-    else:
+    elif not close:
         fixed = swap_repair(task.sessions, dict(task.counts), task.offers, rules, unplaced, max_checks=8)
         if fixed is not None:
             candidates.append((fixed, None, "dot_product"))
@@ -382,6 +388,10 @@ def _hourly_cost(counts: dict[OfferKey, int], by_key: dict[OfferKey, Offer]) -> 
     return sum(by_key[k].hourly_price * n for k, n in counts.items())
 
 
+def _relative_gap(task: _PackTask) -> float:
+    return task.options.relative_gap if task.options is not None else 0.0
+
+
 def _pack_cell(task: _PackTask) -> dict:
     """The packing check of one cell: place the sessions (dot-product heuristics). If some do not fit,
     take the cheapest of the plans that host them all within the rules (`_repack_candidates`); only if
@@ -393,9 +403,8 @@ def _pack_cell(task: _PackTask) -> dict:
     counts = dict(task.counts)
     added: dict[OfferKey, int] = {}
     by_key = {o.key: o for o in task.offers}
-    candidates = _repack_candidates(task, task.rules(), result.unplaced)
     typed, bound = _typed_plan(task, task.rules())
-    candidates += [typed] if typed is not None else []
+    candidates = _repack_candidates(task, task.rules(), result.unplaced, typed, bound)
     if candidates:  # the cheapest; ties by method name, then by the counts themselves
         counts, home, method = min(candidates, key=lambda c: (_hourly_cost(c[0], by_key), c[2], sorted(c[0].items())))
         result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
@@ -694,7 +703,7 @@ def _pack_task(c: Cell, cells: _Cells, *, problem: PlanningProblem, config: Plan
                      problem=None if joint or plan.budget_binding else cells.problems[c],
                      options=replace(options, deterministic_time=config.hosting_deterministic_time),
                      hosting_candidates=config.hosting_candidates,
-                     typed_packing=config.typed_packing)
+                     typed_packing=config.typed_packing, model_bound=plan.model_bound)
 
 
 def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, window: WindowInfo, config: PlannerConfig) -> None:

@@ -56,11 +56,18 @@ def dff(x: float, k: int) -> float:
 
 def dff_row(size: np.ndarray, cap: np.ndarray, levels: tuple[int, ...] = DFF_LEVELS) -> tuple[int, ...]:
     """One class's values on one type, in thousandths rounded down: per packed resource, per level."""
-    out: list[int] = []
-    for d in range(len(size)):
-        x = float(size[d] / cap[d]) if cap[d] > 0 else 0.0
-        out.extend(math.floor(FOOTPRINT_SCALE * dff(x, k)) for k in levels)
-    return tuple(out)
+    return tuple(int(v) for v in dff_values(size[None, :], cap[None, :], levels)[0, 0])
+
+
+def dff_values(sizes: np.ndarray, caps: np.ndarray, levels: tuple[int, ...] = DFF_LEVELS) -> np.ndarray:
+    """`dff` for every class (rows of `sizes`) on every type (rows of `caps`), in thousandths rounded down:
+    an integer array class × type × (resource, level), resources outer. A resource a type lacks counts 0."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x = np.where(caps[None, :, :] > 0, sizes[:, None, :] / np.where(caps > 0, caps, 1.0)[None, :, :], 0.0)
+    y = np.clip(x - NOISE, 0.0, 1.0)
+    per_level = [y if k == 0 else np.floor((k + 1) * y) / k for k in levels]  # each: class × type × resource
+    stacked = np.stack(per_level, axis=-1)  # class × type × resource × level
+    return np.floor(FOOTPRINT_SCALE * stacked).astype(np.int64).reshape(len(sizes), len(caps), -1)
 
 
 def _class_keys(sessions: np.ndarray) -> list[tuple[float, float, int]]:
@@ -83,17 +90,19 @@ def pack_classes(sessions: np.ndarray, offers: list[Offer], levels: tuple[int, .
     rows_of: dict[tuple[float, float, int], list[int]] = {}
     for i, key in enumerate(_class_keys(sessions)):
         rows_of.setdefault(key, []).append(i)
+    keys = sorted(rows_of, key=lambda k: (-k[0], -k[1], -k[2]))
+    groups = [np.array(rows_of[k]) for k in keys]
+    sizes = np.array([sessions[rows].min(axis=0) for rows in groups])
+    fits: np.ndarray = np.asarray((sizes[:, None, :] <= caps[None, :, :] + EPS).all(axis=2))  # class × type
+    values = dff_values(sizes, caps, levels).tolist()
     classes, members = [], []
-    for key in sorted(rows_of, key=lambda k: (-k[0], -k[1], -k[2])):
-        rows = np.array(rows_of[key])
-        size = sessions[rows].min(axis=0)
-        fits = [t for t in range(len(names)) if (size <= caps[t] + EPS).all()]
-        if not fits:
+    for c, rows in enumerate(groups):
+        if not fits[c].any():
             continue
-        classes.append(PackClass(sessions=len(rows), vcpu=float(sessions[rows, 0].max()), size=tuple(float(v) for v in size),
-                                 dff={names[t]: dff_row(size, caps[t], levels) for t in fits}))
+        classes.append(PackClass(sessions=len(rows), vcpu=float(sessions[rows, 0].max()), size=tuple(sizes[c].tolist()),
+                                 dff={names[t]: tuple(values[c][t]) for t in np.flatnonzero(fits[c]).tolist()}))
         members.append(rows)
     return classes, members
 
 
-__all__ = ["DFF_LEVELS", "PACK_DIMS", "dff", "dff_row", "pack_classes"]
+__all__ = ["DFF_LEVELS", "PACK_DIMS", "dff", "dff_row", "dff_values", "pack_classes"]
