@@ -127,6 +127,7 @@ class RegionProblem:
     hosting: list[HostingClass] = field(default_factory=list)  # footprint hosting (packing stage only)
     hosting_hint: list[dict[str, int]] | None = None  # a start for it: per class, instance type -> sessions
     packing: list[PackClass] = field(default_factory=list)  # typed packing relaxation (pipeline.plan.relax)
+    packing_hint: list[dict[str, int]] | None = None  # a start for it: per class, instance type -> sessions
     warm_target: dict[str, float] = field(default_factory=dict)  # running + warm must cover this (τ_warm quantile; empty: no warm tier)
     warm_hold_fraction: float = 0.0  # a warm (stopped) instance's hourly cost as a share of its on-demand price
 
@@ -496,6 +497,11 @@ class _RegionModel:
                  if any(k[0] == t for k in self.keys)}
             left = model.new_int_var(0, c.sessions, f"yu_{self.tag}_{i}")
             model.add(_sum([*y.values(), left]) >= c.sessions)
+            if self.p.packing_hint is not None and i < len(self.p.packing_hint):
+                start = {t: min(n, c.sessions) for t, n in self.p.packing_hint[i].items() if t in y}
+                for t, v in y.items():
+                    model.add_hint(v, start.get(t, 0))
+                model.add_hint(left, max(c.sessions - sum(start.values()), 0))
             for t, v in y.items():
                 terms, values = rows.setdefault(t, ([], []))
                 terms.append(v)
@@ -821,26 +827,34 @@ def lp_lower_bound(problem: RegionProblem, options: WindowOptions) -> float | No
     return None if got is None else got[1] / PRICE_SCALE
 
 
-def solve_typed(problem: RegionProblem, options: WindowOptions) -> tuple[RegionResult | None, float | None]:
-    """One cell's model with the typed packing relaxation (`problem.packing`): (a plan, the LP bound).
+def solve_typed(problem: RegionProblem, options: WindowOptions) -> tuple[list[RegionResult], float | None]:
+    """One cell's model with the typed packing relaxation (`problem.packing`): (plans, cheapest first;
+    the LP bound).
 
     The bound is the LP relaxation's over every type each class fits (valid, see pipeline.plan.relax).
-    The plan, like `solve_hosting`, comes from CP-SAT with each class limited to the types the LP puts
-    it on (or the first it fits), started from the LP's instance counts rounded up: a restriction, so
-    it only proposes a plan (None when the LP has no optimum)."""
+    The plans, like `solve_hosting`'s, come from CP-SAT on restrictions of the model, so they only
+    propose: first each class limited to the types the LP puts it on (or the first it fits), started
+    from the LP's instance counts rounded up; then each class also allowed on every type the LP buys,
+    started from the first plan (a wider choice finds cheaper plans, which pack less often). No plans
+    and no bound when the LP has no optimum."""
     built = _window_model([problem], options)
     got = _lp_solve(built.model)
     if got is None:
-        return None, None
+        return [], None
     values, bound = got
     rm = built.regions[problem.region]
     hint = {k: ceil_units(values[v.index]) for k, v in rm.x.items()}
-    narrowed = []
+    bought = {k[0] for k, v in rm.x.items() if values[v.index] > ROUNDING_SLACK}
+    narrow, wide = [], []
     for c, y, _ in rm.typed:
-        keep = [t for t, v in y.items() if values[v.index] > ROUNDING_SLACK] or list(y)[:1]
-        narrowed.append(replace(c, dff={t: c.dff[t] for t in keep}))
-    result = solve_window([replace(problem, packing=narrowed, hint=hint)], options).regions[problem.region]
-    return result, bound / PRICE_SCALE
+        used = [t for t, v in y.items() if values[v.index] > ROUNDING_SLACK] or list(y)[:1]
+        narrow.append(replace(c, dff={t: c.dff[t] for t in used}))
+        wide.append(replace(c, dff={t: c.dff[t] for t in y if t in used or t in bought}))
+    first = solve_window([replace(problem, packing=narrow, hint=hint)], options)
+    placed = first.regions[problem.region]
+    second = solve_window([replace(problem, packing=wide, hint=placed.counts, packing_hint=placed.typed)], options)
+    plans = sorted((first, second), key=lambda s: s.objective)  # stable: on ties the narrow one first
+    return [s.regions[problem.region] for s in plans], bound / PRICE_SCALE
 
 
 def solve_hosting(problem: RegionProblem, options: WindowOptions) -> RegionResult:

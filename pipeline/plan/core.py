@@ -433,15 +433,19 @@ def _typed_plan(task: _PackTask, rules: Rules) -> tuple[Repacked | None, float |
     classes, members = pack_classes(task.sessions, task.offers)
     if not classes:
         return None, None
-    got, bound = solve_typed(replace(p, packing=classes, hint=None), task.options)
+    plans, bound = solve_typed(replace(p, packing=classes, hint=None), task.options)
     if p.previous is not None or p.warm_target:
         bound = None
-    if got is None or not got.counts or not rules.allow(got.counts, {o.key: o for o in task.offers}):
-        return None, bound
-    home = hosted_assignment(task.sessions, got.counts, task.offers, members, got.typed)  # each type's sessions on its instances
-    if not (home >= 0).all():
-        home = dot_product_pack(task.sessions, expand_bins(got.counts, task.offers)[1])
-    return ((got.counts, home, "typed_model") if (home >= 0).all() else None), bound
+    by_key = {o.key: o for o in task.offers}
+    for got in plans:  # the cheapest that keeps the rules and hosts every session
+        if not got.counts or not rules.allow(got.counts, by_key):
+            continue
+        home = hosted_assignment(task.sessions, got.counts, task.offers, members, got.typed)  # each type's sessions on its own
+        if not (home >= 0).all():
+            home = dot_product_pack(task.sessions, expand_bins(got.counts, task.offers)[1])
+        if (home >= 0).all():
+            return (got.counts, home, "typed_model"), bound
+    return None, bound
 
 
 class _StageClock:
