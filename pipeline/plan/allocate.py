@@ -91,6 +91,21 @@ class HostingClass:
     footprint: dict[str, float]  # instance type -> share of one instance; only the types it is allowed on
 
 
+@dataclass(frozen=True)
+class PackClass:
+    """Sessions of one shape for the typed packing relaxation (`pipeline.plan.relax`): `size` is at most
+    every member's size per packed resource (PACK_DIMS order), so any real packing of the members also
+    satisfies the constraints the class adds — a relaxation, whose bound stays valid for packable plans.
+
+    `dff` holds, per instance type the class fits, for each packed resource and each dual-feasible
+    function of `relax.DFF_LEVELS`, the class's value in thousandths of an instance (rounded down)."""
+
+    sessions: int
+    vcpu: float  # one session's vCPU (prices a session left without a host)
+    size: tuple[float, ...]  # per packed resource, at most every member's size
+    dff: dict[str, tuple[int, ...]]  # instance type -> one value per (resource, function)
+
+
 @dataclass
 class RegionProblem:
     """What one region needs in one window, and what it can buy."""
@@ -111,6 +126,8 @@ class RegionProblem:
     hint: dict[OfferKey, int] | None = None  # a known plan to start from (default: the previous plan)
     hosting: list[HostingClass] = field(default_factory=list)  # footprint hosting (packing stage only)
     hosting_hint: list[dict[str, int]] | None = None  # a start for it: per class, instance type -> sessions
+    packing: list[PackClass] = field(default_factory=list)  # typed packing relaxation (pipeline.plan.relax)
+    packing_hint: list[dict[str, int]] | None = None  # a start for it: per class, instance type -> sessions
     warm_target: dict[str, float] = field(default_factory=dict)  # running + warm must cover this (τ_warm quantile; empty: no warm tier)
     warm_hold_fraction: float = 0.0  # a warm (stopped) instance's hourly cost as a share of its on-demand price
 
@@ -146,6 +163,7 @@ class RegionResult:
     pool_shortfall: dict[str, float] = field(default_factory=dict)  # storage/bandwidth above the pool
     relocated: dict[str, float] = field(default_factory=dict)  # net demand moved in (negative: out)
     hosted: list[dict[str, int]] = field(default_factory=list)  # per hosting class: instance type -> sessions
+    typed: list[dict[str, int]] = field(default_factory=list)  # per packing class: instance type -> sessions
     warm: dict[OfferKey, int] = field(default_factory=dict)  # warm (stopped) instances next to on-demand lines
     warm_shortfall: dict[str, float] = field(default_factory=dict)  # warm target not covered
 
@@ -268,6 +286,8 @@ def _offer_bounds(p: RegionProblem, capacity: _OfferCapacity, *, target: dict[st
         top = [max(b, g.sessions) if t in g.hosts else b for b, t in zip(top, types)]
     for h in p.hosting:
         top = [max(b, math.ceil(h.sessions * h.footprint.get(t, 0.0) - EPS)) for b, t in zip(top, types)]
+    if p.packing:  # an optimal packable plan has no more instances of t than cover alone needs plus one per session t holds
+        top = [b + sum(c.sessions for c in p.packing if t in c.dff) for b, t in zip(top, types)]
     vcpu, spot = capacity.vcpu, capacity.spot
     spot_vcpu_max = sum(v * b for v, b, sp in zip(vcpu, top, spot) if sp)
     pool_cap = [(j, _floor_scaled(p.pool[r])) for j, r in enumerate(RESOURCE_TYPES) if r in COMPUTE_POOL_RESOURCES and r in p.pool]
@@ -322,6 +342,7 @@ class _RegionModel:
         self.moves_out: dict[str, list] = {r: [] for r in RESOURCE_TYPES}
         self.groups = self._add_hall_groups(model)
         self.hosting = self._add_footprint_hosting(model)
+        self.typed = self._add_typed_packing(model)
         self.change = self._add_churn(model)
         self._hint_start(model)
         self.warm, self.short_warm = self._add_warm(model, capacity)
@@ -464,6 +485,35 @@ class _RegionModel:
             same = [self.x[k] for k in self.keys if k[0] == t]
             model.add(_sum(terms + same, units + [-FOOTPRINT_SCALE] * len(same)) <= 0)
         return hosting
+
+    def _add_typed_packing(self, model: cp_model.CpModel) -> list[tuple[PackClass, dict[str, cp_model.IntVar], cp_model.IntVar]]:
+        """Typed packing relaxation: y_ct sessions of class c on type t (Σ_t y_ct + left_c = n_c), and per
+        type, packed resource and dual-feasible function f: Σ_c f_c·y_ct ≤ 1000·(instances of t). Every
+        real packing gives such y (see `pipeline.plan.relax`)."""
+        typed = []
+        rows: dict[str, tuple[list, list[list[int]]]] = {}
+        for i, c in enumerate(self.p.packing):
+            y = {t: model.new_int_var(0, c.sessions, f"y_{self.tag}_{i}_{t}") for t in sorted(c.dff)
+                 if any(k[0] == t for k in self.keys)}
+            left = model.new_int_var(0, c.sessions, f"yu_{self.tag}_{i}")
+            model.add(_sum([*y.values(), left]) >= c.sessions)
+            if self.p.packing_hint is not None and i < len(self.p.packing_hint):
+                start = {t: min(n, c.sessions) for t, n in self.p.packing_hint[i].items() if t in y}
+                for t, v in y.items():
+                    model.add_hint(v, start.get(t, 0))
+                model.add_hint(left, max(c.sessions - sum(start.values()), 0))
+            for t, v in y.items():
+                terms, values = rows.setdefault(t, ([], []))
+                terms.append(v)
+                values.append(list(c.dff[t]))
+            typed.append((c, y, left))
+        for t, (terms, values) in sorted(rows.items()):
+            same = [self.x[k] for k in self.keys if k[0] == t]
+            for j in range(len(values[0])):
+                coeffs = [v[j] for v in values]
+                if any(coeffs):
+                    model.add(_sum(terms + same, coeffs + [-FOOTPRINT_SCALE] * len(same)) <= 0)
+        return typed
 
     def _add_churn(self, model: cp_model.CpModel) -> dict[OfferKey, cp_model.IntVar]:
         """|x − previous| for every line the previous plan had (what the churn penalty prices)."""
@@ -627,6 +677,8 @@ def _add_shortfall_costs(objective: _Objective, rm: _RegionModel, options: Windo
         if r == "vcpu":
             for h, _, left in rm.hosting:
                 objective.add(host_w * max(_scaled(h.vcpu), 1), left)
+            for c, _, left in rm.typed:
+                objective.add(host_w * max(_scaled(c.vcpu), 1), left)
 
 
 def _add_valued_shortfall_costs(objective: _Objective, rm: _RegionModel, r: str, options: WindowOptions) -> int:
@@ -709,6 +761,7 @@ def _region_result(solver: cp_model.CpSolver, rm: _RegionModel) -> RegionResult:
         uncovered_by_class={c: v for c, v in by_class.items() if v},
         pool_shortfall=dict(rm.pool_short),
         hosted=[{t: int(solver.value(v)) for t, v in z.items() if solver.value(v) > 0} for _, z, _ in rm.hosting],
+        typed=[{t: int(solver.value(v)) for t, v in y.items() if solver.value(v) > 0} for _, y, _ in rm.typed],
         warm={k: int(solver.value(v)) for k, v in rm.warm.items() if solver.value(v) > 0},
         warm_shortfall={r: solver.value(v) / QTY_SCALE for r, v in rm.short_warm.items() if solver.value(v) > 0},
     )
@@ -732,6 +785,14 @@ def _read_relocations(solver: cp_model.CpSolver, built: _WindowModel, results: d
 
 def _lp_values(model: cp_model.CpModel) -> list[float] | None:
     """The LP relaxation of a CP-SAT model (GLOP): a value per variable, None if GLOP finds no optimum."""
+    got = _lp_solve(model)
+    return None if got is None else got[0]
+
+
+def _lp_solve(model: cp_model.CpModel) -> tuple[list[float], float] | None:
+    """The LP relaxation of a CP-SAT model (GLOP): (a value per variable, the objective in the model's
+    units), None if GLOP finds no optimum. Dropping integrality (and any non-linear constraint) only
+    enlarges the feasible set, so the objective is a lower bound on the model's optimum."""
     proto = model.proto
     lp = pywraplp.Solver.CreateSolver("GLOP")
     if lp is None:
@@ -755,7 +816,45 @@ def _lp_values(model: cp_model.CpModel) -> list[float] | None:
     objective.SetMinimization()
     if lp.Solve() != pywraplp.Solver.OPTIMAL:
         return None
-    return [x.solution_value() for x in xs]
+    scale = proto.objective.scaling_factor or 1.0
+    return [x.solution_value() for x in xs], scale * (objective.Value() + proto.objective.offset)
+
+
+def lp_lower_bound(problem: RegionProblem, options: WindowOptions) -> float | None:
+    """A lower bound (USD/h, the allocation objective) from the LP relaxation of one cell's model, with
+    whatever relaxation `problem` carries (e.g. typed packing); None when GLOP finds no optimum."""
+    got = _lp_solve(_window_model([problem], options).model)
+    return None if got is None else got[1] / PRICE_SCALE
+
+
+def solve_typed(problem: RegionProblem, options: WindowOptions) -> tuple[list[RegionResult], float | None]:
+    """One cell's model with the typed packing relaxation (`problem.packing`): (plans, cheapest first;
+    the LP bound).
+
+    The bound is the LP relaxation's over every type each class fits (valid, see pipeline.plan.relax).
+    The plans, like `solve_hosting`'s, come from CP-SAT on restrictions of the model, so they only
+    propose: first each class limited to the types the LP puts it on (or the first it fits), started
+    from the LP's instance counts rounded up; then each class also allowed on every type the LP buys,
+    started from the first plan (a wider choice finds cheaper plans, which pack less often). No plans
+    and no bound when the LP has no optimum."""
+    built = _window_model([problem], options)
+    got = _lp_solve(built.model)
+    if got is None:
+        return [], None
+    values, bound = got
+    rm = built.regions[problem.region]
+    hint = {k: ceil_units(values[v.index]) for k, v in rm.x.items()}
+    bought = {k[0] for k, v in rm.x.items() if values[v.index] > ROUNDING_SLACK}
+    narrow, wide = [], []
+    for c, y, _ in rm.typed:
+        used = [t for t, v in y.items() if values[v.index] > ROUNDING_SLACK] or list(y)[:1]
+        narrow.append(replace(c, dff={t: c.dff[t] for t in used}))
+        wide.append(replace(c, dff={t: c.dff[t] for t in y if t in used or t in bought}))
+    first = solve_window([replace(problem, packing=narrow, hint=hint)], options)
+    placed = first.regions[problem.region]
+    second = solve_window([replace(problem, packing=wide, hint=placed.counts, packing_hint=placed.typed)], options)
+    plans = sorted((first, second), key=lambda s: s.objective)  # stable: on ties the narrow one first
+    return [s.regions[problem.region] for s in plans], bound / PRICE_SCALE
 
 
 def solve_hosting(problem: RegionProblem, options: WindowOptions) -> RegionResult:
@@ -799,5 +898,5 @@ def allocate(
                       lower_bound=solution.lower_bound, status=solution.status, shortfall=result.shortfall)
 
 
-__all__ = ["Allocation", "HostingClass", "Offer", "RegionProblem", "RegionResult", "SessionGroup", "WindowOptions", "WindowSolution",
-           "allocate", "solve_hosting", "solve_window"]
+__all__ = ["Allocation", "HostingClass", "Offer", "PackClass", "RegionProblem", "RegionResult", "SessionGroup", "WindowOptions",
+           "WindowSolution", "allocate", "lp_lower_bound", "solve_hosting", "solve_typed", "solve_window"]

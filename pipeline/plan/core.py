@@ -23,7 +23,12 @@
 The objective and bound reported are the allocation models' (CP-SAT's proven bound of a
 relaxation: also a bound for packable plans); what the packing check changes is counted in the
 objective, so the plan's gap includes it. Footprint hosting is a restriction, so it is never
-used for the bound.
+used for the bound. A cell the packing check re-plans and that then hosts every session has its
+bound raised to the LP bound of its allocation model with the typed packing relaxation
+(`pipeline.plan.relax`: sessions assigned to instance types, per-type capacity), which sees the
+fragmentation the aggregate model misses, and that model (narrowed to the types its LP uses) is
+one more re-plan candidate (`typed_packing`; cells of joint models, with a previous plan or a warm
+tier keep the allocation bound).
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ from pipeline.plan.allocate import (
     WindowOptions,
     WindowSolution,
     solve_hosting,
+    solve_typed,
     solve_window,
 )
 from pipeline.plan.packing import (
@@ -74,6 +80,7 @@ from pipeline.plan.packing import (
     swap_repair,
 )
 from pipeline.plan.policy import PlannerConfig
+from pipeline.plan.relax import pack_classes
 
 Cell = tuple[pd.Timestamp, str]  # (window start, region)
 
@@ -141,6 +148,8 @@ class CellPlan:
     model_gap: float = 0.0
     budget_binding: bool = False
     resolved_rounds: int = 0
+    model_bound: float | None = None  # the proven bound of the cell's own allocation model (None: a joint model)
+    packing_bound: float | None = None  # the typed packing relaxation's bound, where the packing check computed it
 
     @property
     def cost(self) -> float:
@@ -324,6 +333,8 @@ class _PackTask:
     problem: RegionProblem | None = None  # the cell's allocation model, re-solved with footprint hosting
     options: WindowOptions | None = None
     hosting_candidates: int = 10
+    typed_packing: bool = False  # a re-plan also solves the typed packing relaxation (bound and plan)
+    model_bound: float | None = None  # the proven bound of the cell's own allocation model
 
     def rules(self) -> Rules:
         return Rules(need=self.need, pool=self.pool, max_spot_share=self.max_spot_share, on_demand_vcpu_quota=self.on_demand_vcpu_quota,
@@ -350,16 +361,21 @@ def _hosting_plan(task: _PackTask, rules: Rules) -> tuple[dict[OfferKey, int], n
 Repacked = tuple[dict[OfferKey, int], np.ndarray | None, str]  # counts, assignment (None: pack again), method
 
 
-def _repack_candidates(task: _PackTask, rules: Rules, unplaced: np.ndarray) -> list[Repacked]:
-    """Plans that host every session and keep the rules: 1. the cell re-planned with footprint hosting,
-    else 2. the cheapest single swap/add (only without a re-plan: each try packs the sessions again),
-    and 3. first-fit decreasing over the sessions (packable by construction, so a fixed cell never costs
-    more than the baseline)."""
-    candidates: list[Repacked] = []
-    hosted = _hosting_plan(task, rules)
+def _repack_candidates(task: _PackTask, rules: Rules, unplaced: np.ndarray, typed: Repacked | None,
+                       bound: float | None) -> list[Repacked]:
+    """Plans that host every session and keep the rules: 0. the cell re-planned with the typed packing
+    relaxation (`_typed_plan`), 1. the cell re-planned with footprint hosting — skipped when plan 0 is
+    already proven within the solver's relative gap of the cell's bound —, else 2. the cheapest single
+    swap/add (only without a re-plan: each try packs the sessions again), and 3. first-fit decreasing
+    over the sessions (packable by construction, so a fixed cell never costs more than the baseline)."""
+    candidates: list[Repacked] = [typed] if typed is not None else []
+    by_key = {o.key: o for o in task.offers}
+    floor = max(bound or 0.0, task.model_bound or 0.0)
+    close = typed is not None and floor > 0 and _hourly_cost(typed[0], by_key) <= floor * (1.0 + _relative_gap(task))
+    hosted = None if close else _hosting_plan(task, rules)
     if hosted is not None:
         candidates.append((*hosted, "hosting_model"))
-    else:
+    elif not close:
         fixed = swap_repair(task.sessions, dict(task.counts), task.offers, rules, unplaced, max_checks=8)
         if fixed is not None:
             candidates.append((fixed, None, "dot_product"))
@@ -373,6 +389,10 @@ def _hourly_cost(counts: dict[OfferKey, int], by_key: dict[OfferKey, Offer]) -> 
     return sum(by_key[k].hourly_price * n for k, n in counts.items())
 
 
+def _relative_gap(task: _PackTask) -> float:
+    return task.options.relative_gap if task.options is not None else 0.0
+
+
 def _pack_cell(task: _PackTask) -> dict:
     """The packing check of one cell: place the sessions (dot-product heuristics). If some do not fit,
     take the cheapest of the plans that host them all within the rules (`_repack_candidates`); only if
@@ -384,7 +404,8 @@ def _pack_cell(task: _PackTask) -> dict:
     counts = dict(task.counts)
     added: dict[OfferKey, int] = {}
     by_key = {o.key: o for o in task.offers}
-    candidates = _repack_candidates(task, task.rules(), result.unplaced)
+    typed, bound = _typed_plan(task, task.rules())
+    candidates = _repack_candidates(task, task.rules(), result.unplaced, typed, bound)
     if candidates:  # the cheapest; ties by method name, then by the counts themselves
         counts, home, method = min(candidates, key=lambda c: (_hourly_cost(c[0], by_key), c[2], sorted(c[0].items())))
         result = (packing_result(task.sessions, counts, task.offers, home, method) if home is not None
@@ -397,7 +418,35 @@ def _pack_cell(task: _PackTask) -> dict:
         result = pack(task.sessions, counts, task.offers, task.deterministic_time)
     summary = {**result.summary(), "repacked": True, "repaired": {f"{k[0]}/{k[1]}": n for k, n in sorted(added.items())},
                "before": first}
-    return {"counts": counts, "summary": summary, "unplaced": result.unplaced, "rounds": 1, "added": added}
+    return {"counts": counts, "summary": summary, "unplaced": result.unplaced, "rounds": 1, "added": added, "bound": bound}
+
+
+def _typed_plan(task: _PackTask, rules: Rules) -> tuple[Repacked | None, float | None]:
+    """The cell re-planned with the typed packing relaxation (`solve_typed`): (the plan when it keeps the
+    rules and the dot-product heuristics host every session on it, a lower bound on the cell's
+    allocation objective over plans that host every session). The bound is kept only where the
+    reported objective bounds that model's objective at the packed plan: no previous plan (the packing
+    stage's changes are counted at their price, not their churn) and no warm tier (a dropped line
+    would take its warm pool); `_take_packing` adds: a cell model of its own, every session hosted."""
+    p = task.problem
+    if not task.typed_packing or p is None or task.options is None:
+        return None, None
+    classes, members = pack_classes(task.sessions, task.offers)
+    if not classes:
+        return None, None
+    plans, bound = solve_typed(replace(p, packing=classes, hint=None), task.options)
+    if p.previous is not None or p.warm_target:
+        bound = None
+    by_key = {o.key: o for o in task.offers}
+    for got in plans:  # the cheapest that keeps the rules and hosts every session
+        if not got.counts or not rules.allow(got.counts, by_key):
+            continue
+        home = hosted_assignment(task.sessions, got.counts, task.offers, members, got.typed)  # each type's sessions on its own
+        if not (home >= 0).all():
+            home = dot_product_pack(task.sessions, expand_bins(got.counts, task.offers)[1])
+        if (home >= 0).all():
+            return (got.counts, home, "typed_model"), bound
+    return None, bound
 
 
 class _StageClock:
@@ -594,6 +643,7 @@ def _take_answer(cells: _Cells, cell_list: list[Cell], solution: WindowSolution)
         plan.counts = dict(plan.result.counts)
         plan.model_status = solution.status
         plan.model_gap = 0.0 if solution.objective <= 0 else max(solution.objective - solution.lower_bound, 0) / solution.objective
+        plan.model_bound = solution.lower_bound if len(cell_list) == 1 else None
 
 
 def _budget_window(w: pd.Timestamp, entries: list[Solved], *, cells: _Cells, problem: PlanningProblem, config: PlannerConfig,
@@ -657,7 +707,8 @@ def _pack_task(c: Cell, cells: _Cells, *, problem: PlanningProblem, config: Plan
                      deterministic_time=config.packing_deterministic_time,
                      problem=None if joint or plan.budget_binding else cells.problems[c],
                      options=replace(options, deterministic_time=config.hosting_deterministic_time),
-                     hosting_candidates=config.hosting_candidates)
+                     hosting_candidates=config.hosting_candidates,
+                     typed_packing=config.typed_packing, model_bound=plan.model_bound)
 
 
 def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, window: WindowInfo, config: PlannerConfig) -> None:
@@ -680,6 +731,10 @@ def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, win
     window.cost += after - before
     still = outcome["unplaced"]
     plan.unhosted_sessions = len(still)
+    bound = outcome.get("bound")
+    if bound is not None and not len(still) and plan.model_bound is not None and not plan.budget_binding:
+        plan.packing_bound = bound  # valid for plans that host every session, as this one now does
+        window.lower_bound += max(bound - plan.model_bound, 0.0)
     if len(still):
         size = still.sum(axis=0)
         cells.shortfalls.extend(_short(c[0], c[1], r, float(size[j]), "packing",

@@ -142,6 +142,7 @@ class PlannerConfig:
     hall_groups: int = 2  # Hall-type hosting groups in the allocation model (the most restrictive; each costs solver time)
     hosting_candidates: int = 10  # instance types each session shape may use when a cell is re-planned for hosting
     hosting_deterministic_time: float = 0.01  # CP-SAT work limit of that re-plan
+    typed_packing: bool = True  # a re-planned cell: the typed packing relaxation's LP bound and plan (pipeline.plan.relax)
     solver_deterministic_time: float = 0.005  # CP-SAT work limit per region in a model: deterministic, so reproducible
     solver_relative_gap: float = 0.0075  # a model stops once proven within 0.75 % of optimal
     costs: dict[str, Any] = field(default_factory=dict)  # c_under / c_over per resource and region (pipeline.plan.costs)
