@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed-stamp
 
-.PHONY: install tools demo test test-terraform test-distributed lint bench clean lock
+.PHONY: install tools demo test test-long test-terraform test-distributed lint bench clean lock
 
 $(STAMP): pyproject.toml constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -27,8 +27,11 @@ tools: $(TOOLS_STAMP)  ## checkov (pinned in requirements-tools.txt) in its own 
 demo: install  ## run the whole pipeline on data_samples/ through Airflow, then send requests through the IRC
 	bash scripts/demo.sh
 
-test: install tools  ## run the test suite (without the terraform apply sequence: make test-terraform)
-	$(PY) -m pytest -q -m "not terraform_apply"
+test: install tools  ## run the test suite (~8 min on 2 cores; without the longest end-to-end suites: make test-long, and the terraform apply sequence: make test-terraform)
+	$(PY) -m pytest -q -m "not terraform_apply and not long"
+
+test-long: install tools  ## the longest end-to-end suites (~13 min): a kill at every write point, the Airflow DAG run, checkov on the published plan, S3 and backfill runs
+	$(PY) -m pytest -q -m "long and not terraform_apply"
 
 test-terraform: install  ## the real terraform plan/apply sequence against the moto server (~10 min; skips without terraform)
 	$(PY) -m pytest -q -m terraform_apply -s tests/test_iac_terraform_apply.py

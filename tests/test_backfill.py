@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from pipeline.common import lake, storage
 from pipeline.ops.backfill import backfill, hour_ends
@@ -20,6 +21,7 @@ def test_hour_ends_cover_the_range() -> None:
     ]
 
 
+@pytest.mark.long
 def test_backfill_equals_live_run_and_resumes(published_root: Path, seeded_copy: Path) -> None:
     settings = settings_for(seeded_copy)
     done: list[tuple[str, str]] = []

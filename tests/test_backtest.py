@@ -29,6 +29,7 @@ def replay() -> object:
     return run_backtest(SAMPLES, config)
 
 
+@pytest.mark.long
 def test_forecast_at_a_planning_point_ignores_everything_after_it(replay) -> None:
     demand = replay.demand
     resources = ["vcpu", "memory_gib", "storage_gib", "bandwidth_gbps"]
@@ -107,6 +108,7 @@ def test_bad_arguments_are_clear() -> None:
         run_backtest(SAMPLES, BacktestConfig(start=parse_utc("2026-01-29T02:00"), end=parse_utc("2026-01-29T01:00")))
 
 
+@pytest.mark.long
 def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
     from pipeline.cli.app import app
 

@@ -270,6 +270,7 @@ def test_dag_files_only_wire_tasks() -> None:
             assert not any(lib in line for lib in heavy), (path.name, line)
 
 
+@pytest.mark.long
 @pytest.mark.slow
 def test_hourly_dag_runs_end_to_end_with_airflow_dags_test(seeded_copy: Path, tmp_path: Path) -> None:
     airflow_home = tmp_path / "airflow-home"

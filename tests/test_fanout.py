@@ -73,6 +73,7 @@ def test_split_is_contiguous_balanced_and_complete() -> None:
     assert [sid for p in parts for sid in p] == sorted(ids)
 
 
+@pytest.mark.long
 def test_sharded_forecast_equals_the_single_process_forecast(featured_root: Path, tmp_path: Path) -> None:
     """Default models (with the global GBM, fitted once): same parquet bytes' content, same manifest."""
     single = _lake_copy(featured_root, tmp_path / "single")

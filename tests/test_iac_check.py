@@ -47,6 +47,7 @@ def test_rendered_sample_plan_passes(checkov: str, rendered: Path) -> None:
     assert report.ok
 
 
+@pytest.mark.long
 def test_parse_errors_and_failed_checks_fail_the_check(checkov: str, rendered: Path) -> None:
     (rendered / "terraform" / "regions" / "us-east-1" / "broken.tf").write_text('resource "aws_instance" "x" {\n  ami = \n')
     (rendered / "cloudformation" / "broken.template.json").write_text(
@@ -73,6 +74,7 @@ def test_parse_errors_and_failed_checks_fail_the_check(checkov: str, rendered: P
     assert report.ok and next(r for r in report.checkov if r.framework == "terraform").failed >= 1
 
 
+@pytest.mark.long
 def test_cfn_lint_findings_fail_the_check(checkov: str, rendered: Path) -> None:
     import json
 
@@ -85,6 +87,7 @@ def test_cfn_lint_findings_fail_the_check(checkov: str, rendered: Path) -> None:
     assert any(f["file"] == "us-east-1.template.json" and f["level"] == "Error" for f in report.cfn_lint), report.cfn_lint
 
 
+@pytest.mark.long
 def test_published_plan_of_the_pipeline_passes(checkov: str, published_root: Path) -> None:
     """The real plan of the end-to-end run, as the pipeline rendered it (peering from the forecast)."""
     plan_dir = published_root / "build" / "iac" / "plan-20260129T0000Z"

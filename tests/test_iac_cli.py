@@ -107,6 +107,7 @@ def test_terraform_engine_without_a_binary(cli_env, tmp_path: Path, monkeypatch:
     assert "neither `terraform` nor `tofu`" in result.output
 
 
+@pytest.mark.long
 def test_check(cli_env) -> None:
     from pipeline.iac.check import find_checkov
 

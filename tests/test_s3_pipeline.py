@@ -53,6 +53,7 @@ def _is_needed_source(path: Path) -> bool:
     return not re.fullmatch(r"\d{4}-\d{2}-\d{2}", day) or day in SOURCE_DAYS
 
 
+@pytest.mark.long
 def test_hourly_run_on_s3_publishes_the_same_plan(
     seeded_root: Path, published_root: Path, s3_bucket: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

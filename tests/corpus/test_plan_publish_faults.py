@@ -112,6 +112,7 @@ def reference(published_root: Path) -> tuple[pd.DataFrame, dict[str, bytes]]:
     return rows, _files(published_root / "lake" / "plans" / f"plan_id={PLAN_ID}" / "attempt=1")
 
 
+@pytest.mark.long
 def test_a_kill_at_every_write_point_of_the_run_leaves_latest_verified(
         published_root: Path, reference: tuple[pd.DataFrame, dict[str, bytes]], tmp_path: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:
