@@ -150,3 +150,17 @@ def test_the_plan_page_shows_the_planned_warm_pool_not_the_default_fraction(plan
     assert planned[first] == 7 and planned[spot] == 0
     assert shown(plan_df.assign(warm_count=0))[first] == 0, "a plan that plans no warm pool shows none"
     assert shown(plan_df)[first] == 1, "plans before the warm tier: ceil(3 × WARM_POOL_FRACTION)"
+
+
+def test_a_warm_pool_whose_line_the_packing_check_empties_is_rehomed_not_dropped() -> None:
+    """The allocation put 4 warm m5.xlarge (16 counted vCPU) beside a line the packing re-plan then emptied."""
+    from pipeline.plan.warm_pools import rehome_warm
+
+    xl, big, spot = (o.key for o in _offers())  # m5.xlarge / m5.4xlarge on demand, m5.xlarge spot
+    warm = {xl: 4}
+    moved = rehome_warm(warm, before={xl: 3, spot: 2}, after={big: 1, spot: 2}, offers=_offers())
+    assert moved == {big: 1}, "16 vCPU held warm: 4 xlarge became 1 4xlarge on the surviving on-demand line"
+    # the re-plan's extra running capacity covers part of it: 16 vCPU running more → nothing left to hold warm
+    assert rehome_warm(warm, before={xl: 3}, after={big: 2}, offers=_offers()) == {}
+    assert rehome_warm(warm, before={xl: 3}, after={xl: 2, spot: 2}, offers=_offers()) == {xl: 4}, "a surviving line keeps its pool"
+    assert rehome_warm(warm, before={xl: 3}, after={spot: 6}, offers=_offers()) == {}, "no on-demand line left: nowhere to hold it"

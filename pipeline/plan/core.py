@@ -81,6 +81,7 @@ from pipeline.plan.packing import (
 )
 from pipeline.plan.policy import PlannerConfig
 from pipeline.plan.relax import pack_classes
+from pipeline.plan.warm_pools import rehome_warm
 
 Cell = tuple[pd.Timestamp, str]  # (window start, region)
 
@@ -150,6 +151,7 @@ class CellPlan:
     resolved_rounds: int = 0
     model_bound: float | None = None  # the proven bound of the cell's own allocation model (None: a joint model)
     packing_bound: float | None = None  # the typed packing relaxation's bound, where the packing check computed it
+    packed_warm: dict[OfferKey, int] | None = None  # warm pools re-homed after the packing check changed the counts
 
     @property
     def cost(self) -> float:
@@ -158,8 +160,10 @@ class CellPlan:
 
     @property
     def warm(self) -> dict[OfferKey, int]:
-        """Warm instances per on-demand line that still runs instances (a warm pool belongs to its line's group)."""
-        return {k: n for k, n in self.result.warm.items() if self.counts.get(k, 0) > 0}
+        """Warm instances per on-demand line that still runs instances (a warm pool belongs to its line's group;
+        pools of lines the packing check emptied are re-homed: pipeline.plan.warm_pools.rehome_warm)."""
+        warm = self.result.warm if self.packed_warm is None else self.packed_warm
+        return {k: n for k, n in warm.items() if self.counts.get(k, 0) > 0}
 
 
 @dataclass
@@ -723,6 +727,8 @@ def _take_packing(c: Cell, task: _PackTask, outcome: dict, *, cells: _Cells, win
         outcome = {**outcome, "counts": plan.counts, "added": {}}  # the budget cannot pay for hosting them: name them
         outcome["unplaced"] = pack(task.sessions, plan.counts, plan.offers, config.packing_deterministic_time).unplaced
         after = before
+    if plan.result.warm and outcome["counts"] != plan.counts:
+        plan.packed_warm = rehome_warm(plan.result.warm, plan.counts, outcome["counts"], plan.offers)
     plan.counts = outcome["counts"]
     plan.packing = outcome["summary"]
     plan.repair_added = outcome["added"]
