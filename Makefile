@@ -45,8 +45,8 @@ lint: install  ## ruff (all Python), mypy (pipeline/) and the layout rules (test
 	$(PY) -m pytest -q tests/test_layout.py || status=1; \
 	exit $$status
 
-test-distributed: install  ## the hourly DAG on CeleryExecutor (api-server, scheduler, dag-processor, 2 workers; PostgreSQL + Redis on 127.0.0.1), then `airflow backfill create` vs `peerscale backfill`, then the apply approval answered through the REST API (moto)
-	PEERSCALE_DISTRIBUTED=1 $(PY) -m pytest -q tests/test_distributed.py::test_hourly_dag_runs_on_two_celery_workers tests/test_airflow_backfill.py tests/test_airflow_approval.py
+test-distributed: install  ## the hourly DAG on CeleryExecutor (api-server, scheduler, dag-processor, 2 workers; PostgreSQL + Redis on 127.0.0.1), the daily training shards on both workers, then `airflow backfill create` vs `peerscale backfill`, then the apply approval answered through the REST API (moto)
+	PEERSCALE_DISTRIBUTED=1 $(PY) -m pytest -q tests/test_distributed.py::test_hourly_dag_runs_on_two_celery_workers tests/test_distributed.py::test_daily_training_shards_spread_over_both_celery_workers tests/test_airflow_backfill.py tests/test_airflow_approval.py
 
 lock:  ## re-resolve the stack and rewrite constraints.txt (needs a clean venv)
 	rm -rf .venv-lock && $(PYTHON) -m venv .venv-lock

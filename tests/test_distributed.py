@@ -288,3 +288,41 @@ def test_hourly_dag_runs_on_two_celery_workers(seeded_copy: Path, tmp_path: Path
     assert all(p.popen is None or p.popen.poll() is not None for p in cluster.processes)
     assert cluster.database_exists() is False
     assert cluster.redis_db is None
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1800)
+@pytest.mark.skipif(os.environ.get("PEERSCALE_DISTRIBUTED") != "1", reason="needs PostgreSQL + Redis: `make test-distributed`")
+def test_daily_training_shards_spread_over_both_celery_workers(seeded_copy: Path, tmp_path: Path) -> None:
+    """The daily DAG's training (train_split → train_global ‖ train_shard mapped → train_promote) on two
+    Celery workers: the shards run on both, and the version they train is promoted (a fast zoo:
+    PEERSCALE_TRAIN_MODELS, as an operator would set it for a test cluster)."""
+    from pipeline.forecast import registry
+
+    settings = settings_for(seeded_copy)
+    cluster = CeleryCluster(workdir=tmp_path / "cluster", lake_root=settings.lake_root, build_root=settings.build_root,
+                            workers=2, worker_concurrency=1,
+                            extra_env={"PEERSCALE_TRAIN_MODELS": "seasonal_naive,seasonal_mean,auto_ets"})
+    dag_id, run_id = "peerscale_daily", f"celery__{RUN_END}"
+    try:
+        cluster.start()
+        cluster.wait_for_dag(dag_id)
+        cluster.trigger(dag_id, run_id, "2026-01-28T00:00:00Z", "2026-01-29T00:00:00Z")
+        run = cluster.wait_for_run(dag_id, run_id, timeout=1500)
+        tis = cluster.task_instances(dag_id, run_id)
+        assert run["state"] == "success", [(t["task_id"], t["state"]) for t in tis]
+        rows = cluster.query("SELECT task_id, map_index, hostname FROM task_instance WHERE dag_id = %s AND run_id = %s "
+                             "AND state = 'success'", (dag_id, run_id))
+        shards = {m: host for task, m, host in rows if task == "train_shard"}
+        assert len(shards) >= 2, rows
+        assert set(shards.values()) == set(cluster.worker_names), f"training shards per worker: {shards}"
+        current = registry.current(settings.lake_root)
+        assert current is not None
+        version = registry.load(settings.lake_root, str(current["version"]))
+        assert set(version.manifest["chosen"]) <= {"seasonal_naive", "seasonal_mean", "auto_ets"} and version.entries
+        print(f"\ntraining shards per worker: {shards}")
+    except BaseException:
+        print(cluster.log_tails(60))
+        raise
+    finally:
+        cluster.stop()

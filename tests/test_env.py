@@ -50,3 +50,15 @@ def test_the_s3_retry_and_shard_settings_refuse_typos(monkeypatch: pytest.Monkey
     monkeypatch.setenv("PEERSCALE_FORECAST_MAX_SHARDS", "0")
     with pytest.raises(ValueError, match="PEERSCALE_FORECAST_MAX_SHARDS=0 is out of range"):
         shard_count(100)
+
+
+def test_the_training_zoo_comes_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pipeline.forecast.training import BASE_ZOO, default_zoo
+
+    monkeypatch.delenv("PEERSCALE_TRAIN_MODELS", raising=False)
+    assert default_zoo()[: len(BASE_ZOO)] == BASE_ZOO
+    monkeypatch.setenv("PEERSCALE_TRAIN_MODELS", " seasonal_naive, auto_ets ,seasonal_naive")
+    assert default_zoo() == ("seasonal_naive", "auto_ets")
+    monkeypatch.setenv("PEERSCALE_TRAIN_MODELS", "seasonal_naive,propet")
+    with pytest.raises(ValueError, match=r"PEERSCALE_TRAIN_MODELS=.*unknown models \['propet'\]; known: .*prophet"):
+        default_zoo()

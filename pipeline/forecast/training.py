@@ -51,8 +51,22 @@ MIN_BUCKET_ERRORS = 8  # a horizon bucket with fewer CV errors uses the series' 
 TRAIN_WINDOWS = engine.MAX_CV_WINDOWS  # rolling origins per series (Prophet refits at each)
 
 
+TRAIN_MODELS_ENV = "PEERSCALE_TRAIN_MODELS"  # comma-separated zoo of the daily training (unset: the whole zoo)
+
+
 def default_zoo() -> tuple[str, ...]:
-    return (*BASE_ZOO, "prophet") if importlib.util.find_spec("prophet") else BASE_ZOO
+    """The zoo the daily DAG and `peerscale train` fit: PEERSCALE_TRAIN_MODELS when set (a smaller,
+    faster zoo for a large fleet or a test cluster), else every model, Prophet where it is installed."""
+    from pipeline.forecast.models import MODELS
+
+    text = os.environ.get(TRAIN_MODELS_ENV, "").strip()
+    if not text:
+        return (*BASE_ZOO, "prophet") if importlib.util.find_spec("prophet") else BASE_ZOO
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    unknown = [n for n in names if n not in MODELS]
+    if unknown or not names:
+        raise ValueError(f"{TRAIN_MODELS_ENV}={text[:200]!r}: unknown models {unknown}; known: {', '.join(sorted(MODELS))}")
+    return names
 
 
 def band_probs() -> list[float]:
