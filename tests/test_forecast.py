@@ -394,3 +394,23 @@ def test_pipeline_run_records_the_choice_in_its_manifest(published_root) -> None
     engine = manifest["engine"]
     assert engine["calibration"]["n_errors"] > 0 and set(engine["cv_coverage"]) == {"80", "95"}
     assert engine["reconciliation"]["aggregates"]
+
+
+def test_global_gbm_horizon_exog_takes_the_known_future_and_carries_the_last_value_elsewhere() -> None:
+    """The GBM's horizon rows: NaN targets, the future's regressor where it gives one (per series and
+    step), the series' last observed value where it does not (a step it skips, a series it lacks)."""
+    ds = pd.date_range("2025-01-06", periods=3, freq="h")
+    history = pd.DataFrame({"unique_id": ["b"] * 3 + ["a"] * 3, "ds": list(ds) * 2,
+                            "y": [1.0, 2.0, 3.0, 4.0, 5.0, 6.0], "ev": [0.1, 0.2, 0.3, 0.4, 0.5, 0.6]})
+    future = pd.DataFrame({"unique_id": ["a", "a"], "ds": [ds[-1] + pd.Timedelta(hours=2), ds[-1] + pd.Timedelta(hours=9)],
+                           "ev": [9.0, 7.0]})
+    model = MODELS["global_gbm"](SEASON, "h")
+    model._exog = ["ev"]
+    frames = model._frames(model._validated(history), 2, future)
+    assert [f[0] for f in frames] == ["a", "b"]
+    (_, y_a, ds_a, x_a), (_, y_b, _, x_b) = frames
+    np.testing.assert_array_equal(y_b[-2:], [np.nan, np.nan])
+    np.testing.assert_array_equal(y_a, [4.0, 5.0, 6.0, np.nan, np.nan])
+    assert list(pd.DatetimeIndex(ds_a)) == [*ds, ds[-1] + pd.Timedelta(hours=1), ds[-1] + pd.Timedelta(hours=2)]
+    np.testing.assert_allclose(x_a[:, 0], [0.4, 0.5, 0.6, 0.6, 9.0])
+    np.testing.assert_allclose(x_b[:, 0], [0.1, 0.2, 0.3, 0.3, 0.3])

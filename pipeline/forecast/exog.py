@@ -138,8 +138,9 @@ def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history
     hist = history.copy()
     hist["ds"] = pd.to_datetime(hist["ds"], utc=True).dt.tz_localize(None)
     idx_last = hist.groupby("unique_id")["ds"].max()
-    fut = pd.concat([pd.DataFrame({"unique_id": uid, "ds": pd.date_range(last + pd.Timedelta(hours=1), periods=horizon_hours, freq="h")})
-                     for uid, last in idx_last.items()], ignore_index=True)
+    steps = np.tile(np.arange(1, horizon_hours + 1) * pd.Timedelta(hours=1), len(idx_last))  # one frame, not one per series
+    fut = pd.DataFrame({"unique_id": np.repeat(idx_last.index.to_numpy(), horizon_hours),
+                        "ds": np.repeat(idx_last.to_numpy(), horizon_hours) + steps})
     region_of = {uid: series_region(uid) for uid in idx_last.index}  # parse each id once, not once per row
     for frame in (hist, fut):
         frame["_region"] = frame["unique_id"].map(region_of)

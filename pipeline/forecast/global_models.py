@@ -156,31 +156,47 @@ class GlobalGBMModel(Forecaster):
 
     # -- data ----------------------------------------------------------------------------------
     def _frames(self, history: pd.DataFrame, extra: int, future: pd.DataFrame | None) -> list:
-        """Per series: (id, y with `extra` NaN horizon slots, timestamps, exog rows)."""
+        """Per series: (id, y with `extra` NaN horizon slots, timestamps, exog rows).
+
+        The columns are read once and sliced per series, and the known future looked up in one merge:
+        a pandas group and a reindex per series cost ~1.5 ms each (15 s at 10k series)."""
         exog = self._exog
-        frames = []
         offset = pd.Timedelta(pd.tseries.frequencies.to_offset(self.freq))
-        fut: dict[str, pd.DataFrame] = {}
-        if extra and exog and future is not None and len(future):
-            validated = self._validated(future.assign(y=np.nan) if "y" not in future.columns else future)
-            fut = {str(uid): rows.set_index("ds") for uid, rows in validated.groupby("unique_id", sort=False)}  # one pass
-        for uid, group in history.groupby("unique_id", sort=True):
-            y = group["y"].to_numpy(float)
-            dts = group["ds"].to_numpy()
-            x = group[exog].to_numpy(float) if exog else np.zeros((len(y), 0))
+        groups = history.groupby("unique_id", sort=True).indices
+        uids = sorted(groups)
+        y_all, ds_all = history["y"].to_numpy(float), history["ds"].to_numpy()
+        x_all = history[exog].to_numpy(float) if exog else np.zeros((len(history), 0))
+        known = self._known_future(uids, [ds_all[groups[u][-1]] for u in uids], extra, offset, future) if extra and exog else None
+        frames = []
+        for i, uid in enumerate(uids):
+            rows = groups[uid]
+            y, dts, x = y_all[rows], ds_all[rows], x_all[rows]
             if extra:
                 steps = dts[-1] + np.arange(1, extra + 1) * offset
                 fx = np.zeros((extra, len(exog)))
                 if exog:
                     fx[:] = x[-1] if len(x) else 0.0  # carry the last value unless the future says otherwise
-                    if str(uid) in fut:
-                        known = fut[str(uid)].reindex(steps)[exog].to_numpy(float)
-                        fx = np.where(np.isnan(known), fx, known)
+                    if known is not None:
+                        part = known[i * extra:(i + 1) * extra]
+                        fx = np.where(np.isnan(part), fx, part)
                 y = np.concatenate([y, np.full(extra, np.nan)])
                 dts = np.concatenate([dts, steps])
                 x = np.concatenate([x, fx])
             frames.append((uid, y, dts, np.nan_to_num(x)))
         return frames
+
+    def _known_future(self, uids: list, last: list, extra: int, offset: pd.Timedelta,
+                      future: pd.DataFrame | None) -> np.ndarray | None:
+        """The future's exogenous values at each series' `extra` steps after its `last` stamp
+        (rows in `uids` order, NaN where the future says nothing), or None without a future."""
+        if future is None or not len(future):
+            return None
+        validated = self._validated(future.assign(y=np.nan) if "y" not in future.columns else future)
+        steps = np.arange(1, extra + 1) * offset
+        want = pd.DataFrame({"unique_id": np.repeat(np.array([str(u) for u in uids], dtype=object), extra),
+                             "ds": (np.repeat(np.array(last), extra) + np.tile(steps, len(uids))).astype(validated["ds"].dtype)})
+        found = want.merge(validated[["unique_id", "ds", *self._exog]], on=["unique_id", "ds"], how="left", validate="many_to_one")
+        return found[self._exog].to_numpy(float)
 
     def _features(self, flat: _Flat, series: np.ndarray, base: np.ndarray,
                   h: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -248,8 +264,12 @@ class GlobalGBMModel(Forecaster):
         workers = _workers(self.n_jobs, bags) if len(X) >= 40_000 else 1
         if workers > 1:
             from joblib import Parallel, delayed
+            from joblib.externals.loky import get_reusable_executor
 
             models = Parallel(n_jobs=workers, backend="loky")(delayed(_fit_booster)(*job) for job in jobs)
+            # loky keeps its idle workers for 300 s, ~0.25 GB resident each, through the rest of the run's
+            # stages (plan, report, ...): stop them now, the next fit starts new ones in about a second
+            get_reusable_executor().shutdown(wait=True)
         else:
             models = [_fit_booster(*job) for job in jobs]
         model = _Bagged(models)
