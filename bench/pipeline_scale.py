@@ -108,7 +108,19 @@ class RssSampler(threading.Thread):
         return round(peak / 2**30, 3)
 
 
-def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None) -> None:
+def _train_registry(run_end: datetime, settings, zoo: str) -> dict:
+    """`peerscale train` on the history before the run (laptop mode): the hourly run then scores from the registry."""
+    from pipeline.run import stage_train
+
+    t0 = time.perf_counter()
+    trained = stage_train(run_end - timedelta(hours=1), settings, tuple(m.strip() for m in zoo.split(",") if m.strip()))
+    out = {"train_s": round(time.perf_counter() - t0, 2), "train_series": trained.get("series"), "train_zoo": zoo,
+           "train_chosen": trained.get("chosen")}
+    emit("setup", out)
+    return out
+
+
+def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None, train_zoo: str | None = None) -> None:
     from pipeline.common.config import Settings
     from pipeline.run import backfill_ingest, run_hourly
     from pipeline.samples.generate import generate_sample_data
@@ -129,6 +141,8 @@ def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_di
     backfill_ingest(run_end - timedelta(days=days), run_end - timedelta(hours=1), settings)
     out["backfill_ingest_s"] = round(time.perf_counter() - t0, 2)
     emit("setup", {"backfill_ingest_s": out["backfill_ingest_s"]})
+    if train_zoo:
+        out.update(_train_registry(run_end, settings, train_zoo))
 
     marks: list[tuple[str, float]] = []
     profiler = {"current": None}
@@ -220,8 +234,10 @@ def _forecast_facts(settings, run_id: str) -> dict:
         name = sel.get("model", "?") if isinstance(sel, dict) else str(sel)
         chosen[name] = chosen.get(name, 0) + 1
     rows = len(read_forecast(settings, run_id))
+    block = manifest.get("engine", {}).get("registry") or {}
     return {"forecast_rows": rows, "models": manifest.get("models"), "models_chosen": chosen,
-            "history_series": manifest.get("history", {}).get("series")}
+            "history_series": manifest.get("history", {}).get("series"),
+            "registry": {k: block.get(k) for k in ("status", "version", "covered") if k in block}}
 
 
 def _plan_facts(settings, plan: dict) -> dict:
@@ -260,6 +276,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
     root = Path(tempfile.mkdtemp(prefix=f"peerscale-scale-{n}-", dir="/tmp"))
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", str(n), "--root", str(root), "--days", str(args.days),
            "--pair-rate", str(args.pair_rate), "--seed", str(args.seed)]
+    if args.train_zoo:
+        cmd += ["--train-zoo", args.train_zoo]
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         cmd += ["--profile", str(Path(args.profile).resolve())]
@@ -357,12 +375,16 @@ def main() -> None:
     parser.add_argument("--profile", default=None, metavar="DIR",
                         help="write one cProfile file per size and stage into DIR (slows the run; figures then inflated)")
     parser.add_argument("--project-to", type=int, default=1000, help="regions to project the per-stage costs to")
+    parser.add_argument("--train-zoo", default=None, metavar="MODELS",
+                        help="train the model registry with this comma-separated zoo before each size's hourly run "
+                             "(untimed setup; the run then scores from the registry, issue 15's regions_30_run_s)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child is not None:
-        child(args.child, Path(args.root), args.days, args.pair_rate, args.seed, Path(args.profile) if args.profile else None)
+        child(args.child, Path(args.root), args.days, args.pair_rate, args.seed, Path(args.profile) if args.profile else None,
+              args.train_zoo)
         return
 
     sizes = [6, 30] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -397,6 +419,9 @@ def main() -> None:
         summary[p + "requests_per_hour"] = r.get("requests_per_hour")
         summary[p + "peering_requests"] = r.get("peering_requests")
         summary[p + "models_chosen"] = r.get("models_chosen")
+        if "train_s" in r:  # --train-zoo: the run scored from the registry
+            summary[p + "train_s"] = r.get("train_s")
+            summary[p + "registry"] = r.get("registry")
         summary[p + "plan_status"] = r.get("plan_status")
         summary[p + "plan_gap"] = r.get("plan_gap")
         summary[p + "load1_mean"] = r["load1_mean"]

@@ -313,6 +313,15 @@ HallSlack = dict[str, cp_model.IntVar]  # resource (or "sessions") -> hundredths
 HostingVars = tuple[HostingClass, dict[str, cp_model.IntVar], cp_model.IntVar]  # class, sessions per type, sessions left
 
 
+
+def _hint_split(model: cp_model.CpModel, by_type: dict[str, cp_model.IntVar], left: cp_model.IntVar, hint: dict[str, int],
+                sessions: int) -> None:
+    """Start a class's sessions-per-type variables from a known split (the rest start unplaced)."""
+    start = {t: min(n, sessions) for t, n in hint.items() if t in by_type}
+    for t, v in by_type.items():
+        model.add_hint(v, start.get(t, 0))
+    model.add_hint(left, max(sessions - sum(start.values()), 0))
+
 class _RegionModel:
     """The variables and expressions of one region inside a window model.
 
@@ -472,10 +481,7 @@ class _RegionModel:
             left = model.new_int_var(0, h.sessions, f"zu_{self.tag}_{i}")
             model.add(_sum([*z.values(), left]) >= h.sessions)
             if self.p.hosting_hint is not None and i < len(self.p.hosting_hint):
-                start = {t: min(n, h.sessions) for t, n in self.p.hosting_hint[i].items() if t in z}
-                for t, v in z.items():
-                    model.add_hint(v, start.get(t, 0))
-                model.add_hint(left, max(h.sessions - sum(start.values()), 0))
+                _hint_split(model, z, left, self.p.hosting_hint[i], h.sessions)
             for t, v in z.items():
                 terms, units = load.setdefault(t, ([], []))
                 terms.append(v)
@@ -498,10 +504,7 @@ class _RegionModel:
             left = model.new_int_var(0, c.sessions, f"yu_{self.tag}_{i}")
             model.add(_sum([*y.values(), left]) >= c.sessions)
             if self.p.packing_hint is not None and i < len(self.p.packing_hint):
-                start = {t: min(n, c.sessions) for t, n in self.p.packing_hint[i].items() if t in y}
-                for t, v in y.items():
-                    model.add_hint(v, start.get(t, 0))
-                model.add_hint(left, max(c.sessions - sum(start.values()), 0))
+                _hint_split(model, y, left, self.p.packing_hint[i], c.sessions)
             for t, v in y.items():
                 terms, values = rows.setdefault(t, ([], []))
                 terms.append(v)
