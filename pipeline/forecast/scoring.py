@@ -18,6 +18,7 @@ import itertools
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -164,13 +165,17 @@ def _finish(out: pd.DataFrame, history: pd.DataFrame) -> pd.DataFrame:
     return out
 
 
-def _series_frame(p: Any, name: str, uid: str) -> pd.DataFrame:
-    return p.inputs_for(name, [uid])
+def _by_series(frame: pd.DataFrame | None, ids: Sequence[str]) -> dict[str, pd.DataFrame]:
+    """`frame`'s rows of each of `ids`, grouped in one pass (a filter per series is quadratic in the fleet)."""
+    if frame is None or frame.empty:
+        return {}
+    return dict(iter(frame[frame["unique_id"].isin(ids)].groupby("unique_id", sort=False)))
 
 
-def _tail_matches(p: Any, uid: str, fp: dict) -> bool:
-    """The series' last trained season, as this run sees it, hashes as it did at training."""
-    hist = p.history[p.history["unique_id"] == uid]
+def _tail_matches(hist: pd.DataFrame | None, fp: dict) -> bool:
+    """The series' last trained season, as this run sees it (`hist`: its history rows), hashes as it did at training."""
+    if hist is None:
+        return False
     ds = hist["ds"].to_numpy()
     start, end = np.datetime64(pd.Timestamp(fp["tail_start"])), np.datetime64(pd.Timestamp(fp["end"]))
     keep = (ds >= start) & (ds <= end)
@@ -190,12 +195,36 @@ def _global_means(version: registry.Version, p: Any, ids: list[str]) -> dict[str
 
 
 def _future_factor(idx: pd.DataFrame, future: pd.DataFrame | None) -> np.ndarray:
-    """The calendar uplift over the horizon (1 where none), as the engine multiplies it back in."""
+    """The calendar uplift over the horizon (1 where none), as the engine multiplies it back in (one
+    lookup for every row of `idx`: all series at once)."""
     if future is None or prep.EVENT_COLUMN not in future.columns:
         return np.ones(len(idx))
     f = future[["unique_id", "ds", prep.EVENT_COLUMN]].drop_duplicates(["unique_id", "ds"])
     f = f.assign(factor=prep.event_factor(f)).set_index(["unique_id", "ds"])["factor"]
     return f.reindex(pd.MultiIndex.from_frame(idx[["unique_id", "ds"]])).fillna(1.0).to_numpy()
+
+
+def _local_means(version: registry.Version, p: Any, ids: list[str], rows: dict[str, pd.DataFrame]
+                 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Every non-global series forward from its stored state (inputs and horizon regressors grouped once)."""
+    means: dict[str, np.ndarray] = {}
+    failed: dict[str, str] = {}
+    local = [u for u in ids if version.entries[u]["model"] != GLOBAL]
+    futures = _by_series(p.future, local)
+    inputs: dict[str, dict[str, pd.DataFrame]] = {}
+    for name in dict.fromkeys(version.entries[u]["model"] for u in local):
+        inputs[name] = _by_series(p.inputs_for(name, [u for u in local if version.entries[u]["model"] == name]), local)
+    for uid in local:
+        entry = version.entries[uid]
+        fut = rows[uid] if p.future is None else rows[uid].merge(futures.get(uid, p.future.iloc[:0]), on=["unique_id", "ds"], how="left")
+        try:
+            frame = inputs[entry["model"]].get(uid)
+            if frame is None:
+                raise ValueError(f"no {entry['model']} inputs for {uid}")
+            means[uid] = model_state.score_state(entry["model"], entry["state"], frame, p.horizon, p.season_length, fut)
+        except (model_state.StateError, ValueError, np.linalg.LinAlgError) as exc:
+            failed[uid] = str(exc)[:200]
+    return means, failed
 
 
 def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
@@ -204,33 +233,23 @@ def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd
 
     idx = future_index(p.history[p.history["unique_id"].isin(ids)], p.horizon, p.freq)
     rows = dict(iter(idx.groupby("unique_id", sort=False)))
-    failed: dict[str, str] = {}
-    means: dict[str, np.ndarray] = {}
+    means, failed = _local_means(version, p, ids, rows)
     gbm_ids = [u for u in ids if version.entries[u]["model"] == GLOBAL]
     if gbm_ids:
         try:
             means.update(_global_means(version, p, gbm_ids))
         except (registry.RegistryError, ValueError, KeyError) as exc:
             failed.update({u: f"global model: {str(exc)[:200]}" for u in gbm_ids})
-    for uid in ids:
-        entry = version.entries[uid]
-        if entry["model"] == GLOBAL:
-            continue
-        fut = rows[uid] if p.future is None else rows[uid].merge(p.future, on=["unique_id", "ds"], how="left")
-        try:
-            means[uid] = model_state.score_state(entry["model"], entry["state"], _series_frame(p, entry["model"], uid),
-                                                 p.horizon, p.season_length, fut)
-        except (model_state.StateError, ValueError, np.linalg.LinAlgError) as exc:
-            failed[uid] = str(exc)[:200]
+    factor = {u: g.to_numpy() for u, g in idx.assign(f=_future_factor(idx, p.future)).groupby("unique_id", sort=False)["f"]}
+    history = {u: g["y"].to_numpy(float) for u, g in _by_series(p.history, [u for u in means if u not in failed]).items()}
     frames = []
-    history = {u: g["y"].to_numpy(float) for u, g in p.history[p.history["unique_id"].isin(means)].groupby("unique_id", sort=False)}
     for uid in ids:
         if uid not in means or uid in failed:
             continue
         entry = version.entries[uid]
         frame = rows[uid].assign(mean=means[uid][: len(rows[uid])], model=entry["model"])
         if not getattr(MODELS[entry["model"]], "handles_events", False):
-            frame["mean"] = frame["mean"].to_numpy() * _future_factor(frame, p.future)
+            frame["mean"] = frame["mean"].to_numpy() * factor[uid]
         try:
             _bands(frame, entry, np.arange(len(frame)), history[uid], p.season_length)
         except (model_state.StateError, KeyError, ValueError) as exc:
@@ -265,7 +284,8 @@ def score_registry(interval: DataInterval, settings: Settings, prepared: Any) ->
     if why:
         return _fallback("incompatible", why, version.version)
     candidates = [u for u in p.long_ids if u in version.entries]
-    restated = [u for u in candidates if not _tail_matches(p, u, version.entries[u]["fingerprint"])]
+    hist = _by_series(p.history, candidates)
+    restated = [u for u in candidates if not _tail_matches(hist.get(u), version.entries[u]["fingerprint"])]
     ids = [u for u in candidates if u not in set(restated)]
     out, failed = _score_series(version, p, ids)
     covered = sorted(set(out["unique_id"])) if len(out) else []
