@@ -314,13 +314,20 @@ HostingVars = tuple[HostingClass, dict[str, cp_model.IntVar], cp_model.IntVar]  
 
 
 
-def _hint_split(model: cp_model.CpModel, by_type: dict[str, cp_model.IntVar], left: cp_model.IntVar, hint: dict[str, int],
-                sessions: int) -> None:
-    """Start a class's sessions-per-type variables from a known split (the rest start unplaced)."""
-    start = {t: min(n, sessions) for t, n in hint.items() if t in by_type}
-    for t, v in by_type.items():
-        model.add_hint(v, start.get(t, 0))
-    model.add_hint(left, max(sessions - sum(start.values()), 0))
+def _session_split(model: cp_model.CpModel, types: list[str], sessions: int, name: str, hint: dict[str, int] | None
+                   ) -> tuple[dict[str, cp_model.IntVar], cp_model.IntVar]:
+    """A class's sessions split over instance types: v_t sessions on type t, `left` unplaced, Σ v_t + left ≥
+    sessions; started from a known split where there is one (the rest start unplaced)."""
+    by_type = {t: model.new_int_var(0, sessions, f"{name}_{t}") for t in types}
+    left = model.new_int_var(0, sessions, f"{name}_left")
+    model.add(_sum([*by_type.values(), left]) >= sessions)
+    if hint is not None:
+        start = {t: min(n, sessions) for t, n in hint.items() if t in by_type}
+        for t, v in by_type.items():
+            model.add_hint(v, start.get(t, 0))
+        model.add_hint(left, max(sessions - sum(start.values()), 0))
+    return by_type, left
+
 
 class _RegionModel:
     """The variables and expressions of one region inside a window model.
@@ -476,12 +483,9 @@ class _RegionModel:
         hosting: list[HostingVars] = []
         load: dict[str, tuple[list, list[int]]] = {}
         for i, h in enumerate(self.p.hosting):
-            z = {t: model.new_int_var(0, h.sessions, f"z_{self.tag}_{i}_{t}") for t in sorted(h.footprint)
-                 if 0 < h.footprint[t] <= 1.0 and any(k[0] == t for k in self.keys)}
-            left = model.new_int_var(0, h.sessions, f"zu_{self.tag}_{i}")
-            model.add(_sum([*z.values(), left]) >= h.sessions)
-            if self.p.hosting_hint is not None and i < len(self.p.hosting_hint):
-                _hint_split(model, z, left, self.p.hosting_hint[i], h.sessions)
+            types = [t for t in sorted(h.footprint) if 0 < h.footprint[t] <= 1.0 and any(k[0] == t for k in self.keys)]
+            hint = self.p.hosting_hint[i] if self.p.hosting_hint is not None and i < len(self.p.hosting_hint) else None
+            z, left = _session_split(model, types, h.sessions, f"z_{self.tag}_{i}", hint)
             for t, v in z.items():
                 terms, units = load.setdefault(t, ([], []))
                 terms.append(v)
@@ -499,12 +503,9 @@ class _RegionModel:
         typed = []
         rows: dict[str, tuple[list, list[list[int]]]] = {}
         for i, c in enumerate(self.p.packing):
-            y = {t: model.new_int_var(0, c.sessions, f"y_{self.tag}_{i}_{t}") for t in sorted(c.dff)
-                 if any(k[0] == t for k in self.keys)}
-            left = model.new_int_var(0, c.sessions, f"yu_{self.tag}_{i}")
-            model.add(_sum([*y.values(), left]) >= c.sessions)
-            if self.p.packing_hint is not None and i < len(self.p.packing_hint):
-                _hint_split(model, y, left, self.p.packing_hint[i], c.sessions)
+            types = [t for t in sorted(c.dff) if any(k[0] == t for k in self.keys)]
+            hint = self.p.packing_hint[i] if self.p.packing_hint is not None and i < len(self.p.packing_hint) else None
+            y, left = _session_split(model, types, c.sessions, f"y_{self.tag}_{i}", hint)
             for t, v in y.items():
                 terms, values = rows.setdefault(t, ([], []))
                 terms.append(v)
