@@ -189,7 +189,7 @@ def cv_candidates(cv: SeriesCV, history: np.ndarray, m: int, g: np.ndarray, n_bu
     window it predicts. `tail_p`: the highest probability the choice scores (default max(probs));
     the own-error candidate needs enough errors beyond it (probs past it are diagnostics only)."""
     out: dict[str, dict[float, np.ndarray]] = {k: {p: np.full(len(cv.y), np.nan) for p in probs} for k in (EMPIRICAL, SNAIVE, CONFORMAL)}
-    bucket = np.minimum(cv.step * n_buckets // max(horizon, 1), n_buckets - 1)
+    bucket = horizon_bucket(cv.step, horizon, n_buckets)
     windows = sorted(cv.cut)
     errors = cv.y - cv.mean
     for w in windows:

@@ -213,7 +213,7 @@ class Calibration:
             return cls(horizon, {}, 1.0, np.ones(N_BUCKETS), {p: _normal_ppf(p) for p in probs}, 0)
         u = errors["error"].to_numpy(float) / scale.reindex(errors["unique_id"]).to_numpy(float)
         u = np.nan_to_num(u)
-        bucket = np.minimum(errors["step"].to_numpy() * N_BUCKETS // max(horizon, 1), N_BUCKETS - 1)
+        bucket = bands.horizon_bucket(errors["step"].to_numpy(), horizon, N_BUCKETS)
         abs_u = np.abs(u)
         pooled = float(np.mean(abs_u)) if len(abs_u) else 1.0
         g = np.array([np.mean(abs_u[bucket == b]) / pooled if np.any(bucket == b) and pooled > 0 else 1.0 for b in range(N_BUCKETS)])
@@ -236,7 +236,7 @@ class Calibration:
         """Fill quantile / interval columns of `frame` (unique_id, ds, mean, step)."""
         uid = frame["unique_id"].to_numpy()
         sig = np.array([self.sigma.get(u, self.pooled_sigma) for u in uid])
-        bucket = np.minimum(frame["step"].to_numpy() * N_BUCKETS // max(self.horizon, 1), N_BUCKETS - 1)
+        bucket = bands.horizon_bucket(frame["step"].to_numpy(), self.horizon, N_BUCKETS)
         spread = scale.reindex(uid).fillna(0.0).to_numpy() * sig * self.g[bucket]
         mean = frame["mean"].to_numpy(float)
         out = frame.copy()

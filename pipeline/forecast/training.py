@@ -91,7 +91,7 @@ def code_version() -> str:
 
 def band_offsets(errors: np.ndarray, steps: np.ndarray, horizon: int, probs: list[float]) -> list[list[float]]:
     """Per probability, per horizon bucket: the conformal quantile of the CV errors (finite-sample adjusted)."""
-    bucket = np.minimum(steps * N_BUCKETS // max(horizon, 1), N_BUCKETS - 1)
+    bucket = bands.horizon_bucket(steps, horizon, N_BUCKETS)
     out = []
     for p in probs:
         row = []
