@@ -2,14 +2,17 @@
 pinball against a full refit of the same zoo on the samples' walk-forward.
 
     .venv/bin/python bench/train_score.py --lake LAKE [--models seasonal_naive,...] [--origins 3]
+    .venv/bin/python bench/train_score.py --lake NEW_DIR --regions 30 --train-only   # a generated fleet
 
 LAKE must hold the samples (2026-01-01 .. 2026-02-05: `peerscale ingest` or bench/backtest_samples.py's
-seeding). Trains one registry version on the 28 days before 2026-02-01T00:00 (in-process, shard after
-shard: the DAG's mapped steps), then at each origin (every 12 h from the training end) forecasts 48 h
-three ways: (a) registry scoring (CURRENT, updated with the hours since training, no refit), (b) a
-full refit of the same zoo by the engine, (c) today's hourly path (`auto`). Region series are scored
-by pinball at each resource's τ against the actuals (as bench/backtest_samples.py). Figures are
-printed, never asserted; the last line is one JSON object.
+seeding); with --regions N the bench first generates N regions of the same 36 days (the samples'
+generator, as bench/pipeline_scale.py) into NEW_DIR and ingests them. Trains one registry version on the
+28 days before 2026-02-01T00:00 (shards on --workers processes: the DAG's mapped steps), then at each
+origin (every 12 h from the training end) forecasts 48 h three ways: (a) registry scoring (CURRENT,
+updated with the hours since training, no refit), (b) a full refit of the same zoo by the engine, (c)
+today's hourly path (`auto`). Region series are scored by pinball at each resource's τ against the
+actuals (as bench/backtest_samples.py). Figures are printed, never asserted; the last line is one JSON
+object.
 """
 
 from __future__ import annotations
@@ -67,22 +70,64 @@ def _train(settings, zoo, end, workers):
     train_s = time.perf_counter() - t0
     print(f"trained {out['series']} series in {train_s:.0f} s (split {t_split:.0f}, global {t_global:.0f}, shards {t_shards:.0f}); "
           f"chosen {out['chosen']}; version {version}", flush=True)
+    from pipeline.forecast import registry
+
+    manifest = registry.read_manifest(train_settings.lake_root, version)
+    out["seconds"], out["regressors"] = manifest.get("seconds", {}), manifest.get("regressors", {})
+    out["bands_chosen"] = manifest.get("bands_chosen", {})
+    _print_model_seconds(out["seconds"], out["series"])
+    for name, d in out["regressors"].items():
+        print(f"regressors {name}: {d['decisions']} CV decision(s) over {len(d['candidates'])} candidates; kept {d['used'] or 'none'}")
     return out, train_s
+
+
+def _print_model_seconds(seconds: dict, series: int) -> None:
+    """Where training time went, per model (summed over processes): CV of every series, final fits."""
+    print(f"{'model':<28}{'seconds':>10}{'series/s':>10}")
+    for name, sec in sorted(seconds.items(), key=lambda kv: -kv[1]):
+        rate = f"{series / sec:.2f}" if sec > 0 and ":" not in name else ""
+        print(f"{name:<28}{sec:>10.1f}{rate:>10}")
+
+
+def _generate(root: Path, regions: int) -> Path:
+    """N generated regions over the samples' 36 days, ingested into root/lake; returns the source dir."""
+    sys.path.insert(0, str(REPO / "bench"))
+    from pipeline_scale import PAIR_RATE, region_names
+
+    from pipeline.common.config import Settings
+    from pipeline.run import backfill_ingest
+    from pipeline.samples.generate import generate_sample_data
+
+    source = root / "source"
+    t0 = time.perf_counter()
+    generate_sample_data(source, start=datetime(2026, 1, 1).date(), days=36, regions=region_names(regions), seed=7,
+                         requests_per_hour=PAIR_RATE * regions * (regions - 1), dirty_rows=True)
+    settings = Settings(source_root=str(source), lake_root=str(root / "lake"), build_root=str(root / "build"))
+    backfill_ingest(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 5, 23, tzinfo=UTC), settings)
+    print(f"generated and ingested {regions} regions in {time.perf_counter() - t0:.0f} s", flush=True)
+    return source
 
 
 def _refit_chosen(settings, p, origin):
     """The same per-series choices refitted on the history up to `origin` (what scoring avoids)."""
-    from pipeline.forecast import model_state, registry, scoring
+    from pipeline.forecast import model_state, registry, regressors, scoring
 
     version = registry.load(settings.lake_root)
     ids = [u for u in p.long_ids if u in version.entries]
     entries = {}
     for uid in ids:
         e = version.entries[uid]
-        state = e["state"] if e["model"] == scoring.GLOBAL else model_state.fit_state(
-            e["model"], p.inputs_for(e["model"], [uid]), p.season_length, p.freq, p.params.get(e["model"]))
-        entries[uid] = {**e, "state": state}
+        if e["model"] == scoring.GLOBAL:
+            entries[uid] = e
+            continue
+        frame = p.inputs_for(e["model"], [uid])
+        if "regressors" in (e["state"] or {}):  # the regressors training kept for this model (Prophet)
+            frame = regressors.restrict(frame, p.regressor_candidates, e["state"]["regressors"])
+        entries[uid] = {**e, "state": model_state.fit_state(e["model"], frame, p.season_length, p.freq, p.params.get(e["model"]))}
     refit = registry.Version(version.lake_root, version.version, version.manifest, entries)
+    used = version.manifest.get("regressors", {}).get(scoring.GLOBAL, {}).get("used")
+    if used is not None:  # the GBM's columns as training chose them
+        p.regressors[scoring.GLOBAL] = sorted(used)
     gbm = p.model(scoring.GLOBAL)
     gbm.fit(p.inputs_for(scoring.GLOBAL, p.long_ids)).predict(p.horizon, future=p.future)
     gbm.params["refit"] = False
@@ -98,6 +143,8 @@ def main() -> int:
     parser.add_argument("--origins", type=int, default=3)
     parser.add_argument("--version", help="score this registry version instead of training one")
     parser.add_argument("--workers", type=int, default=2, help="processes the shards are trained on (the DAG: workers)")
+    parser.add_argument("--regions", type=int, help="generate this many regions into --lake first (default: the samples' 6)")
+    parser.add_argument("--train-only", action="store_true", help="train and report; skip the scoring comparison")
     args = parser.parse_args()
     warnings.simplefilter("ignore")
     import pandas as pd
@@ -108,7 +155,11 @@ def main() -> int:
     from pipeline.forecast.cross_validation import features_history
     from pipeline.run import stage_features
 
-    settings = Settings(source_root=str(REPO / "data_samples"), lake_root=args.lake, build_root="/tmp/peerscale-bench-build")
+    source, lake_root = REPO / "data_samples", args.lake
+    if args.regions:
+        lake_root = str(Path(args.lake) / "lake")
+        source = _generate(Path(args.lake), args.regions) if not Path(lake_root).exists() else Path(args.lake) / "source"
+    settings = Settings(source_root=str(source), lake_root=lake_root, build_root="/tmp/peerscale-bench-build")
     zoo = tuple(args.models.split(",")) if args.models else training.default_zoo()
     end = datetime(2026, 2, 1, tzinfo=UTC)
     if args.version:  # score a version trained before (its training figures were printed then)
@@ -120,6 +171,12 @@ def main() -> int:
         zoo = tuple(m["models"])
     else:
         out, train_s = _train(settings, zoo, end, args.workers)
+    if args.train_only:
+        print(json.dumps({"regions": args.regions or 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo),
+                          "train_wall_s": round(train_s, 1), "train_series_per_s": round(out["series"] / train_s, 4),
+                          "chosen": out["chosen"], "bands_chosen": out.get("bands_chosen"), "model_seconds": out.get("seconds"),
+                          "regressors_used": {k: v["used"] for k, v in out.get("regressors", {}).items()}}, sort_keys=True))
+        return 0
     origins = [end + timedelta(hours=12 * k) for k in range(args.origins)]
     actual_all = features_history(settings, end - timedelta(days=14), origins[-1] + timedelta(hours=48))
     actual_all["ds"] = pd.to_datetime(actual_all["ds"], utc=True)
@@ -153,7 +210,7 @@ def main() -> int:
               + ", ".join(f"{k} {sum(v) / max(len(v), 1):.4f} ({secs[k][-1]:.1f} s)" for k, v in scores.items()), flush=True)
     mean = {k: sum(v) / max(len(v), 1) for k, v in scores.items()}
     result = {
-        "regions": 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo),
+        "regions": args.regions or 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo),
         "train_wall_s": None if args.version else round(train_s, 1),
         "train_series_per_s": None if args.version else round(out["series"] / train_s, 4), "chosen": out["chosen"],
         "score_registry_s": round(sum(secs["registry"]) / len(origins), 2), "forecast_today_s": round(sum(secs["today"]) / len(origins), 2),

@@ -88,6 +88,9 @@ class Forecaster(ABC):
     min_seasons: float = 1.0
     #: robust to one-off bursts by itself: the engine feeds it the raw (uncleaned) history
     robust: bool = False
+    #: reads the exogenous columns of its input (the engine cross-validates it with and without the
+    #: candidate columns: pipeline.forecast.regressors)
+    uses_exog: bool = False
 
     def __init__(self, season_length: int, freq: str, n_jobs: int = 1, **params: Any) -> None:
         self.season_length = int(season_length)
@@ -133,11 +136,16 @@ class Forecaster(ABC):
         out = self._predict(h, future, tuple(levels))
         return self._finish(out, levels)
 
-    def cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int | None = None) -> pd.DataFrame:
+    def cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int | None = None,
+                       refit: bool = True) -> pd.DataFrame:
         """Rolling-origin forecasts: `unique_id, ds, cutoff, window, mean` for the last n_windows
-        origins of each series (window 0 is the earliest), each fit strictly before its origin."""
+        origins of each series (window 0 is the earliest), each fit strictly before its origin.
+
+        refit=False: fit once at the earliest origin, then update that fit with each later window's
+        observations without re-estimating its parameters (how the daily registry's models are
+        used by the hourly runs); models without such an update path refit at every origin."""
         frame = self._validated(history)
-        return self._cross_validate(frame, h, n_windows, step or h)
+        return self._cross_validate(frame, h, n_windows, step or h, refit)
 
     # -- helpers for subclasses ----------------------------------------------------------------
     def _finish(self, out: pd.DataFrame, levels: Sequence[int]) -> pd.DataFrame:
@@ -151,8 +159,9 @@ class Forecaster(ABC):
             out[f"hi_{level}"] = np.maximum(lo, hi)
         return out[cols].reset_index(drop=True)
 
-    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int) -> pd.DataFrame:
-        """Default: refit on each truncated history (per-series models override with faster paths)."""
+    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int, refit: bool = True) -> pd.DataFrame:
+        """Default: refit on each truncated history, whatever `refit` (per-series models override
+        with faster paths)."""
         frames = []
         rank = history.groupby("unique_id").cumcount(ascending=False)  # 0 = last point
         for window in range(n_windows):

@@ -47,7 +47,7 @@ from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 from pipeline.features.build import read_features
-from pipeline.forecast import bands, prep
+from pipeline.forecast import bands, prep, regressors
 from pipeline.forecast.committed import apply_committed, fresh_history
 from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
 from pipeline.forecast.quantiles import quantile_column
@@ -125,6 +125,9 @@ class EngineOptions:
     refit_global: bool | str = "auto"
     switch_margin: float = DEFAULT_SWITCH_MARGIN
     ensemble_size: int = DEFAULT_ENSEMBLE_SIZE
+    #: refit the per-series models at every CV origin (False: fit once at the first origin and move
+    #: the fit forward, as daily training does: its models are used that way by the hourly runs)
+    cv_refit: bool = True
 
 
 @dataclass
@@ -320,6 +323,11 @@ class Prepared:
     switch_margin: float = DEFAULT_SWITCH_MARGIN
     ensemble_size: int = DEFAULT_ENSEMBLE_SIZE
     info: dict[str, Any] = field(default_factory=dict)
+    cv_refit: bool = True
+    #: exogenous columns cross-validation may drop (pipeline.forecast.regressors), and per model the
+    #: ones it kept (a model missing here sees every column)
+    regressor_candidates: list[str] = field(default_factory=list)
+    regressors: dict[str, list[str]] = field(default_factory=dict)
 
     @property
     def scored_names(self) -> list[str]:
@@ -335,7 +343,10 @@ class Prepared:
             src = self.raw_input if robust else self.model_input
         else:
             src = self.raw_adjusted if robust else self.adjusted
-        return src[src["unique_id"].isin(frame_ids)]
+        rows = src[src["unique_id"].isin(frame_ids)]
+        if name in self.regressors:
+            return regressors.restrict(rows, self.regressor_candidates, self.regressors[name])
+        return rows
 
     def eligible(self, name: str) -> list[str]:
         """Series long enough to cross-validate `name` on."""
@@ -389,6 +400,7 @@ class ModelRun:
     no_series: bool = False  # nothing to cross-validate among the series given (not a model failure)
     trained: Any = None  # a global model trained in cross-validation, reused for the final forecast
     seconds: float = 0.0
+    regressors: dict | None = None  # which candidate exogenous columns CV kept (pipeline.forecast.regressors.decide)
 
 
 @dataclass
@@ -458,7 +470,8 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
         horizon=horizon, season_length=season_length, freq=freq, tau=tau, window=window, n_windows=n_windows,
         levels=levels, refit_global=bool(refit_global), run_cv=bool(cv_ok) and (len(names) > 1 or options.combine),
         future=future, hierarchy=hierarchy, params=params, n_jobs=options.n_jobs, combine=options.combine,
-        switch_margin=options.switch_margin, ensemble_size=options.ensemble_size, info=info,
+        switch_margin=options.switch_margin, ensemble_size=options.ensemble_size, info=info, cv_refit=options.cv_refit,
+        regressor_candidates=regressors.candidates(model_input),
     )
 
 
@@ -492,7 +505,26 @@ def current_regime_windows(cv: pd.DataFrame, p: Prepared) -> pd.DataFrame:
 
 def cross_validate_model(p: Prepared, name: str) -> ModelRun:
     """Step 2 for one model: rolling-origin forecasts on every eligible series of `p` (the run's
-    `n_windows` where a series holds them, as many as it holds otherwise: see `fewer_windows`)."""
+    `n_windows` where a series holds them, as many as it holds otherwise: see `fewer_windows`).
+
+    A model reading exogenous columns is cross-validated with and without the candidate columns
+    and keeps the better set (pipeline.forecast.regressors): `p.regressors[name]` then restricts
+    its inputs for the final forecast too."""
+    if not p.regressor_candidates or not MODELS_USE_EXOG.get(name, False) or name in p.regressors:
+        return _cross_validate_inputs(p, name)
+    runs = {}
+    for variant in ([], list(p.regressor_candidates)):
+        p.regressors[name] = variant
+        runs[bool(variant)] = _cross_validate_inputs(p, name)
+    pins = {k: None if r.cv is None else conformal_pinball(r.cv, p.tau) for k, r in runs.items()}
+    decision = regressors.decide(pins[False], pins[True], p.scale, list(p.regressor_candidates))
+    p.regressors[name] = decision["used"]
+    chosen = runs[bool(decision["used"])]
+    return replace(chosen, seconds=round(runs[False].seconds + runs[True].seconds, 3), regressors=decision)
+
+
+def _cross_validate_inputs(p: Prepared, name: str) -> ModelRun:
+    """`cross_validate_model` on the inputs `p.inputs_for(name, ...)` gives now."""
     t0 = time.perf_counter()
     try:
         with warnings.catch_warnings():
@@ -502,7 +534,8 @@ def cross_validate_model(p: Prepared, name: str) -> ModelRun:
                 run = ModelRun(name, error=f"{name}: no series long enough to cross-validate", no_series=True)
                 return run
             instance = p.model(name)
-            parts = [instance.cross_validate(p.inputs_for(name, eligible), p.window, p.n_windows, p.window)] if eligible else []
+            parts = [instance.cross_validate(p.inputs_for(name, eligible), p.window, p.n_windows, p.window,
+                                              p.cv_refit)] if eligible else []
     except (NotEnoughData, ValueError, np.linalg.LinAlgError) as exc:
         return ModelRun(name, error=str(exc)[:300])
     parts += _fewer_window_cv(p, name, fewer)
@@ -525,7 +558,7 @@ def _fewer_window_cv(p: Prepared, name: str, fewer: dict[int, list[str]]) -> lis
         try:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cv = p.model(name).cross_validate(p.inputs_for(name, ids), p.window, k, p.window)
+                cv = p.model(name).cross_validate(p.inputs_for(name, ids), p.window, k, p.window, p.cv_refit)
         except (NotEnoughData, ValueError, np.linalg.LinAlgError):
             continue
         if not cv.empty:
@@ -723,6 +756,8 @@ def _cross_validate_all(p: Prepared, info: dict[str, Any]) -> tuple[dict[str, pd
             cv_models[name] = run.trained
         cv_frames[name] = run.cv
         info["timings_s"][f"cv:{name}"] = run.seconds
+        if run.regressors is not None:
+            info.setdefault("regressors", {})[name] = run.regressors
     return cv_frames, cv_models
 
 
@@ -755,6 +790,7 @@ class _Attr:
 
 
 MODELS_HANDLE_EVENTS = _Attr("handles_events")
+MODELS_USE_EXOG = _Attr("uses_exog")
 MODELS_GLOBAL = _Attr("is_global")
 MODEL_MIN_SEASONS = _Attr("min_seasons")
 MODELS_ROBUST = _Attr("robust")

@@ -4,8 +4,9 @@ telemetry, and the pair → destination hierarchy.
 - `event_uplift`: the calendar's expected multiplicative uplift of every event active on the
   series' region-local date (destination region for pairs), combined as ∏(1 + u) - 1. It is known
   in advance, so it is given for the horizon too.
-- telemetry regressors are lagged by one week (168 h), so their values over a ≤ 168 h horizon are
-  already observed: no peeking, no need to forecast them.
+- telemetry regressors (every numeric column of the region and application telemetry) are lagged
+  by one week (168 h), so their values over a ≤ 168 h horizon are already observed: no peeking, no
+  need to forecast them. They are candidates: cross-validation decides which models use them.
 """
 
 from __future__ import annotations
@@ -120,21 +121,53 @@ def prophet_holidays(lake_root: str, as_of: datetime, uids: list[str]) -> pd.Dat
     return pd.concat(rows, ignore_index=True) if rows else None
 
 
-def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history: pd.DataFrame,
-                         horizon_hours: int) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Add `cpu_util_lag168` and `active_users_lag168` (hourly means of the region's telemetry one
-    week earlier) to region-level series; returns (history, future) for a horizon ≤ 168 h."""
-    if horizon_hours > TELEMETRY_LAG_HOURS:
-        raise ValueError(f"telemetry regressors are lagged {TELEMETRY_LAG_HOURS} h: horizon {horizon_hours} h is too long")
+#: the telemetry datasets whose numeric columns become regressors (`telemetry_regressor_name`)
+TELEMETRY_DATASETS = ("region_telemetry", "app_telemetry")
+
+
+def telemetry_regressor_name(column: str) -> str:
+    """`cpu_utilization` → `cpu_util_lag168`: the regressor a telemetry column becomes."""
+    return f"{column.replace('_utilization', '_util')}_lag{TELEMETRY_LAG_HOURS}"
+
+
+def telemetry_columns() -> dict[str, list[str]]:
+    """Per telemetry dataset, its numeric columns (from the ingest schemas: a new column becomes a
+    candidate regressor without a change here)."""
+    import pyarrow as pa
+
+    from pipeline.common.schemas import SOURCES
+
+    return {d: [f.name for f in SOURCES[d]["schema"] if pa.types.is_floating(f.type) or pa.types.is_integer(f.type)]
+            for d in TELEMETRY_DATASETS}
+
+
+def _hourly_telemetry(lake_root: str, start: datetime, end: datetime) -> list[pd.Series]:
+    """Every telemetry column as an hourly mean per region, shifted a week later (one read per dataset)."""
     lag = pd.Timedelta(hours=TELEMETRY_LAG_HOURS)
-    frames = []
-    for dataset, column, name in (("region_telemetry", "cpu_utilization", "cpu_util_lag168"),
-                                  ("app_telemetry", "active_users", "active_users_lag168")):
+    out = []
+    for dataset, columns in telemetry_columns().items():
         table = lake.read_time_range(lake_root, dataset, start - lag, end, "ts").to_pandas()
-        if table.empty:
+        present = [c for c in columns if c in table.columns]
+        if table.empty or not present:
             continue
         table["hour"] = pd.to_datetime(table["ts"], utc=True).dt.tz_localize(None).dt.floor("h") + lag
-        frames.append(table.groupby(["region", "hour"])[column].mean().rename(name))
+        means = table.groupby(["region", "hour"])[present].mean()
+        out += [means[c].rename(telemetry_regressor_name(c)) for c in present]
+    return out
+
+
+def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history: pd.DataFrame,
+                         horizon_hours: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Add every region and application telemetry column, as the hourly mean of the series' region
+    one week earlier (`cpu_util_lag168`, `memory_util_lag168`, ..., `active_users_lag168`,
+    `transactions_per_s_lag168`), to every series; returns (history, future) for a horizon ≤ 168 h.
+
+    Lagged a week because that is how far ahead they are known for any horizon the hourly run
+    forecasts (and the same hour of the week); they are candidates: cross-validation decides which
+    model uses them (pipeline.forecast.regressors)."""
+    if horizon_hours > TELEMETRY_LAG_HOURS:
+        raise ValueError(f"telemetry regressors are lagged {TELEMETRY_LAG_HOURS} h: horizon {horizon_hours} h is too long")
+    frames = _hourly_telemetry(lake_root, start, end)
     hist = history.copy()
     hist["ds"] = pd.to_datetime(hist["ds"], utc=True).dt.tz_localize(None)
     idx_last = hist.groupby("unique_id")["ds"].max()
@@ -144,15 +177,16 @@ def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history
     region_of = {uid: series_region(uid) for uid in idx_last.index}  # parse each id once, not once per row
     for frame in (hist, fut):
         frame["_region"] = frame["unique_id"].map(region_of)
-    for tele in frames:
-        name = tele.name
-        t = tele.reset_index().rename(columns={"region": "_region", "hour": "ds"})
-        hist = hist.merge(t, on=["_region", "ds"], how="left")
-        fut = fut.merge(t, on=["_region", "ds"], how="left")
+    if frames:
+        table = pd.concat(frames, axis=1).reset_index().rename(columns={"region": "_region", "hour": "ds"})
+        hist = hist.merge(table, on=["_region", "ds"], how="left")
+        fut = fut.merge(table, on=["_region", "ds"], how="left")
+        names = [f.name for f in frames]
         for frame in (hist, fut):
-            filled = frame.groupby("unique_id", sort=False)[name].ffill()
-            frame[name] = filled.groupby(frame["unique_id"], sort=False).bfill().fillna(0.0)
+            filled = frame.groupby("unique_id", sort=False)[names].ffill()
+            frame[names] = filled.groupby(frame["unique_id"], sort=False).bfill().fillna(0.0)
     return hist.drop(columns="_region"), fut.drop(columns="_region")
 
 
-__all__ = ["calendar_uplift", "inbound_hierarchy", "prophet_holidays", "series_region", "telemetry_regressors", "uplift_table"]
+__all__ = ["calendar_uplift", "inbound_hierarchy", "prophet_holidays", "series_region", "telemetry_columns",
+           "telemetry_regressor_name", "telemetry_regressors", "uplift_table"]

@@ -129,6 +129,7 @@ class GlobalGBMModel(Forecaster):
 
     name = "global_gbm"
     is_global = True
+    uses_exog = True
     min_seasons = 1.0
     robust = True  # median loss on raw inputs: the engine does not clean outliers for it
 
@@ -374,7 +375,8 @@ class GlobalGBMModel(Forecaster):
         idx = future_index(hist, h, self.freq)
         return self._assemble(idx["unique_id"].to_numpy(), idx["ds"].to_numpy(), values, levels)
 
-    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int) -> pd.DataFrame:
+    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int, refit: bool = True) -> pd.DataFrame:
+        """Train once before the first origin (whatever `refit`), forecast from every origin."""
         self._history = history
         held_out = (n_windows - 1) * step + h
         lengths = history.groupby("unique_id", sort=True).size().to_numpy()

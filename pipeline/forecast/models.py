@@ -77,10 +77,12 @@ class StatsForecastModel(Forecaster):
             out[f"hi_{level}"] = raw[f"{alias}-hi-{level}"]
         return out.reset_index(drop=True)
 
-    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int) -> pd.DataFrame:
+    def _cross_validate(self, history: pd.DataFrame, h: int, n_windows: int, step: int, refit: bool = True) -> pd.DataFrame:
+        """statsforecast's cross-validation; refit=False fits at the first origin and moves the fit
+        forward (its `forward`: parameters fixed, state updated) through the later windows."""
         self._history = history
         sf, alias = self._sf()
-        raw = sf.cross_validation(h=h, df=history[list(KEY_COLUMNS)], n_windows=n_windows, step_size=step)
+        raw = sf.cross_validation(h=h, df=history[list(KEY_COLUMNS)], n_windows=n_windows, step_size=step, refit=refit)
         raw = raw.rename(columns={alias: "mean"})
         cutoffs = np.sort(raw["cutoff"].unique())
         raw["window"] = raw.groupby("unique_id")["cutoff"].rank(method="dense").astype(int) - 1
@@ -243,6 +245,7 @@ class ProphetModel(Forecaster):
 
     name = "prophet"
     handles_events = True
+    uses_exog = True
 
     def _predict(self, h: int, future: pd.DataFrame | None, levels: tuple[int, ...]) -> pd.DataFrame:
         from joblib import Parallel, delayed

@@ -266,7 +266,11 @@ def _merged_cv(p: Prepared, parts: list[Part], info: dict[str, Any]) -> dict[str
     if not p.run_cv:
         return cv_frames
     for name in p.scored_names:
-        cv, error = _merge_cv(name, [part.cv[name] for part in parts if name in part.cv])
+        runs = [part.cv[name] for part in parts if name in part.cv]
+        decisions = [r.regressors for r in runs if r.regressors is not None]
+        if decisions:
+            info.setdefault("regressors", {})[name] = decisions[0] if len(decisions) == 1 else {"shards": decisions}
+        cv, error = _merge_cv(name, runs)
         if cv is None:
             if name in p.names:
                 info["dropped"][name] = error

@@ -29,6 +29,7 @@ import importlib.util
 import os
 import pickle
 import subprocess
+import time
 from dataclasses import replace
 from datetime import UTC, datetime
 from typing import Any
@@ -49,6 +50,11 @@ BASE_ZOO: tuple[str, ...] = ("seasonal_naive", "seasonal_mean", "auto_ets", "ari
 N_BUCKETS = engine.N_BUCKETS
 MIN_BUCKET_ERRORS = 8  # a horizon bucket with fewer CV errors uses the series' errors of every step
 TRAIN_WINDOWS = engine.MAX_CV_WINDOWS  # rolling origins per series (Prophet refits at each)
+#: the statsforecast models are fitted once per series at the first origin and moved forward through
+#: the later windows (parameters fixed, state updated): their CV then scores them the way the hourly
+#: runs use the registry, and ARIMA's order search runs once instead of once per origin (3.1 → ~1 s
+#: a series at 28 days of history: bench/RESULTS.md, "Train daily, score hourly")
+TRAIN_CV_REFIT = False
 
 
 TRAIN_MODELS_ENV = "PEERSCALE_TRAIN_MODELS"  # comma-separated zoo of the daily training (unset: the whole zoo)
@@ -56,12 +62,14 @@ TRAIN_MODELS_ENV = "PEERSCALE_TRAIN_MODELS"  # comma-separated zoo of the daily 
 
 def default_zoo() -> tuple[str, ...]:
     """The zoo the daily DAG and `peerscale train` fit: PEERSCALE_TRAIN_MODELS when set (a smaller,
-    faster zoo for a large fleet or a test cluster), else every model, Prophet where it is installed."""
+    faster zoo for a large fleet or a test cluster), else every model: Prophet where it is installed,
+    the LSTM where PyTorch is."""
     from pipeline.forecast.models import MODELS
 
     text = os.environ.get(TRAIN_MODELS_ENV, "").strip()
     if not text:
-        return (*BASE_ZOO, "prophet") if importlib.util.find_spec("prophet") else BASE_ZOO
+        optional = [name for name, module in (("prophet", "prophet"), ("lstm", "torch")) if importlib.util.find_spec(module)]
+        return (*BASE_ZOO, *optional)
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
@@ -122,7 +130,7 @@ def train_split(interval: DataInterval, settings: Settings, models: tuple[str, .
     """Prepare the training inputs once, split the series into shards; one descriptor per shard."""
     zoo = tuple(models or default_zoo())
     x = engine.load_inputs(interval, settings, "hourly", zoo)
-    options = replace(x.options, n_windows=TRAIN_WINDOWS, refit_global=True, combine=False)
+    options = replace(x.options, n_windows=TRAIN_WINDOWS, refit_global=True, combine=False, cv_refit=TRAIN_CV_REFIT)
     p = engine.prepare(x.engine_input, options, future=x.future, hierarchy=x.hierarchy)
     return split_prepared(p, settings, {"data_start": x.summary()["start"], "data_end": interval.end.isoformat(),
                                         "hierarchy": x.hierarchy}, version=version, series_per_shard=series_per_shard,
@@ -147,6 +155,7 @@ def split_prepared(p: Any, settings: Settings, data: dict, *, version: str | Non
 
 def train_global(version: str, settings: Settings) -> dict:
     """Cross-validate and fit the GBM once on every trainable series; store it and its CV frame."""
+    t0 = time.perf_counter()
     p = _load(_work(settings, version, "prepared.pkl"))
     if GLOBAL not in p.names or not p.long_ids:
         return {"version": version, "global": None}
@@ -160,7 +169,8 @@ def train_global(version: str, settings: Settings) -> dict:
     model._history = None  # the training data is not part of the model
     ref = registry.write_global(settings.lake_root, version, GLOBAL, model)
     _dump(_work(settings, version, "global-cv.pkl"), run.cv[["unique_id", "ds", "cutoff", "window", "step", "y", "mean"]])
-    lake.write_json_atomic(_work(settings, version, "global.json"), ref)
+    lake.write_json_atomic(_work(settings, version, "global.json"), {**ref, "seconds": round(time.perf_counter() - t0, 3),
+                                                                    "regressors": run.regressors})
     return {"version": version, "global": GLOBAL, "seconds": run.seconds}
 
 
@@ -187,9 +197,13 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
     """Cross-validate the zoo on one shard, choose per series, fit and store the choices (one part)."""
     split = lake.read_json(_work(settings, version, "split.json"))
     ids = split["shards"][shard]
-    p = _load(_work(settings, version, "prepared.pkl")).subset(ids)
+    # one process per shard: the shards are what runs in parallel (the DAG's mapped tasks, or
+    # `run_shards`' processes); a process pool inside each would only fight them for the cores
+    p = replace(_load(_work(settings, version, "prepared.pkl")).subset(ids), n_jobs=1)
     cv: dict[str, pd.DataFrame] = {}
     errors: dict[str, str] = {}
+    seconds: dict[str, float] = {}
+    decisions: dict[str, dict] = {}  # which candidate exogenous columns each model kept on this shard
     for name in p.scored_names:  # the zoo and seasonal naive (the band choice's yardstick)
         if name == GLOBAL:
             frame = _load(_work(settings, version, "global-cv.pkl")) if storage.exists(_work(settings, version, "global-cv.pkl")) else None
@@ -197,6 +211,9 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
                 cv[name] = frame[frame["unique_id"].isin(ids)]
             continue
         run = engine.cross_validate_model(p, name)
+        seconds[name] = run.seconds
+        if run.regressors is not None:
+            decisions[name] = run.regressors
         if run.cv is not None:
             cv[name] = run.cv
         elif run.error:
@@ -207,7 +224,10 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
     for uid in ids:
         scores = {n: float(s[uid]) for n, s in pins.items() if uid in s.index and np.isfinite(s[uid])}
         if scores:
+            t0 = time.perf_counter()
             entries[uid] = _series_entry(p, uid, scores, cv, probs)
+            final = entries[uid]["model"]
+            seconds[f"{final}:final_fit"] = seconds.get(f"{final}:final_fit", 0.0) + time.perf_counter() - t0
     for uid, band in engine.band_decisions(p, {u: e["model"] for u, e in entries.items()}, cv).items():
         entries[uid]["band"] = band  # the engine's band choice for the stored model (scoring applies it)
     ref = registry.write_part(settings.lake_root, version, f"shard-{shard:05d}", entries)
@@ -218,6 +238,8 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
         bands_chosen[entry["band"]["method"]] = bands_chosen.get(entry["band"]["method"], 0) + 1
     lake.write_json_atomic(_work(settings, version, f"part-{shard:05d}.json"), {**ref, "errors": errors, "chosen": chosen,
                                                                            "bands_chosen": bands_chosen,
+                                                                           "seconds": {k: round(v, 3) for k, v in seconds.items()},
+                                                                           "regressors": decisions,
                                                                            "skipped": [u for u in ids if u not in entries]})
     return {"version": version, "shard": shard, "series": len(entries), "errors": errors}
 
@@ -242,12 +264,43 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
                 counts[name] = counts.get(name, 0) + n
     meta = {k: v for k, v in split.items() if k not in ("shards", "trained_ids")}
     meta.update({key: dict(sorted(counts.items())) for key, counts in chosen.items()})
+    meta["seconds"] = model_seconds(parts, globals_)
+    meta["regressors"] = regressor_summary([*[{g["name"]: g["regressors"]} for g in globals_ if g.get("regressors")],
+                                            *[part.get("regressors", {}) for part in parts]])
     meta["trained_at"] = datetime.now(UTC).isoformat()
     meta["skipped_series"] = sorted(skipped)
     meta["shard_errors"] = {str(i): p["errors"] for i, p in enumerate(parts) if p.get("errors")}
     manifest = registry.finalize(settings.lake_root, version, meta, parts, globals_, expected)
     pointer = registry.promote(settings.lake_root, version) if promote else None
     return {"version": version, "series": len(manifest["index"]), "chosen": manifest["chosen"], "promoted": pointer is not None}
+
+
+def regressor_summary(decisions: list[dict[str, dict]]) -> dict[str, dict]:
+    """Per model: the candidate exogenous columns, on how many shards (1 for a global model) CV
+    decided, and how many of those kept each column (pipeline.forecast.regressors)."""
+    out: dict[str, dict] = {}
+    for by_model in decisions:
+        for name, d in by_model.items():
+            entry = out.setdefault(name, {"candidates": [], "decisions": 0, "used": {}})
+            entry["candidates"] = sorted({*entry["candidates"], *d.get("candidates", [])})
+            entry["decisions"] += 1
+            for col in d.get("used", []):
+                entry["used"][col] = entry["used"].get(col, 0) + 1
+    return dict(sorted(out.items()))
+
+
+def model_seconds(parts: list[dict], globals_: list[dict]) -> dict[str, float]:
+    """Seconds spent per model over every shard (CV of the zoo; `NAME:final_fit`: fitting the
+    series that chose it on their full history) and the global model's CV and fit: where a
+    version's training time went, summed over processes (not wall time)."""
+    total: dict[str, float] = {}
+    for part in parts:
+        for name, sec in part.get("seconds", {}).items():
+            total[name] = total.get(name, 0.0) + float(sec)
+    for ref in globals_:
+        if "seconds" in ref:
+            total[ref["name"]] = total.get(ref["name"], 0.0) + float(ref["seconds"])
+    return {k: round(v, 2) for k, v in sorted(total.items())}
 
 
 def run_shards(version: str, shards: list[dict], settings: Settings, workers: int | None = None) -> list[dict]:
