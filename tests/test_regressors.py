@@ -72,6 +72,20 @@ def test_cross_validation_decides_per_model_which_candidate_regressors_it_keeps(
     assert "seasonal_naive" not in result.info["regressors"], "models that read no exogenous column are not asked"
 
 
+def test_training_decides_the_per_series_models_regressors_once_on_a_sample() -> None:
+    history, future = _with_driver()
+    p = engine.prepare(history, engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=0.9,
+                                                     models=("seasonal_naive", "prophet", "global_gbm"), n_windows=2),
+                       future=future)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decisions = training.decide_regressors(p)
+    assert set(decisions) == {"prophet"}, "the GBM decides in its own global step; seasonal naive reads no column"
+    assert decisions["prophet"]["used"] == ["load", "noise"] and decisions["prophet"]["sample_series"] == 4
+    assert not p.regressors, "the decision is returned for the shards, not left on the caller's preparation"
+    assert training.regressor_sample([f"s{i:03d}" for i in range(200)], 5) == ["s000", "s050", "s100", "s149", "s199"]
+
+
 def test_a_model_without_the_candidates_sees_none_of_them() -> None:
     history, future = _with_driver(n=24 * 10)
     p = engine.prepare(history, engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=0.9, models=("global_gbm",)),

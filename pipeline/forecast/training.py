@@ -6,10 +6,13 @@ maps like the hourly forecast (pipeline.forecast.shards):
 
 - `train_split`: the engine's inputs and preparation (`engine.load_inputs`, `engine.prepare`: the
   same regular grids, uplifts and cleaning the hourly run uses), split into shards of series;
-- `train_global`: the global GBM cross-validated and fitted once on every series (a per-shard
-  GBM would be a different model), stored in the version;
+- `train_global`: which candidate regressors (every telemetry column) each model keeps, decided
+  once by cross-validation (pipeline.forecast.regressors; per-series models on a sample of series),
+  then the global GBM cross-validated and fitted once on every series (a per-shard GBM would be a
+  different model), stored in the version;
 - `train_shard` (mapped): every local model cross-validated on the shard's series (rolling origin,
-  `engine.cross_validate_model`), each series' model chosen by pinball loss at τ of its conformal
+  `engine.cross_validate_model`; the statsforecast models fitted once and moved forward,
+  `TRAIN_CV_REFIT`), each series' model chosen by pinball loss at τ of its conformal
   τ-quantile (ties go to the simpler model, in `ZOO` order), the choice fitted on the full series
   and its state stored with the CV scores, the band the engine would choose for it
   (`engine.band_decisions`: per-series method by CV pinball, the seasonal-naive guardrail, the
@@ -55,6 +58,8 @@ TRAIN_WINDOWS = engine.MAX_CV_WINDOWS  # rolling origins per series (Prophet ref
 #: runs use the registry, and ARIMA's order search runs once instead of once per origin (3.1 → ~1 s
 #: a series at 28 days of history: bench/RESULTS.md, "Train daily, score hourly")
 TRAIN_CV_REFIT = False
+#: series the per-series models' regressor decision is cross-validated on (`decide_regressors`)
+REGRESSOR_SAMPLE = 64
 
 
 TRAIN_MODELS_ENV = "PEERSCALE_TRAIN_MODELS"  # comma-separated zoo of the daily training (unset: the whole zoo)
@@ -154,9 +159,12 @@ def split_prepared(p: Any, settings: Settings, data: dict, *, version: str | Non
 
 
 def train_global(version: str, settings: Settings) -> dict:
-    """Cross-validate and fit the GBM once on every trainable series; store it and its CV frame."""
+    """The run-wide step before the shards: which candidate regressors each per-series model keeps
+    (`decide_regressors`), then the GBM cross-validated and fitted once on every trainable series
+    (its own regressor decision included); stores it and its CV frame."""
     t0 = time.perf_counter()
     p = _load(_work(settings, version, "prepared.pkl"))
+    lake.write_json_atomic(_work(settings, version, "regressors.json"), decide_regressors(p))
     if GLOBAL not in p.names or not p.long_ids:
         return {"version": version, "global": None}
     run = engine.cross_validate_model(p, GLOBAL)
@@ -172,6 +180,30 @@ def train_global(version: str, settings: Settings) -> dict:
     lake.write_json_atomic(_work(settings, version, "global.json"), {**ref, "seconds": round(time.perf_counter() - t0, 3),
                                                                     "regressors": run.regressors})
     return {"version": version, "global": GLOBAL, "seconds": run.seconds}
+
+
+def regressor_sample(ids: list[str], size: int = REGRESSOR_SAMPLE) -> list[str]:
+    """Up to `size` series spread evenly over the sorted ids (every kind of series, deterministic)."""
+    ordered = sorted(ids)
+    if len(ordered) <= size:
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (size - 1))] for i in range(size)]
+
+
+def decide_regressors(p: Any) -> dict[str, dict]:
+    """Per per-series model that reads exogenous columns (Prophet): its candidate regressors kept
+    or not, by cross-validating both ways once on `regressor_sample` — one decision per version
+    that every shard applies, instead of a second CV of every series on every shard."""
+    decisions = {}
+    names = [n for n in p.names if n != GLOBAL and engine.MODELS_USE_EXOG.get(n, False)]
+    if not names or not p.regressor_candidates or not p.long_ids:
+        return {}
+    sample = replace(p.subset(regressor_sample(p.long_ids)), regressors={}, n_jobs=1)
+    for name in names:
+        run = engine.cross_validate_model(sample, name)
+        if run.regressors is not None:
+            decisions[name] = {**run.regressors, "sample_series": len(sample.long_ids)}
+    return decisions
 
 
 def _series_entry(p: Any, uid: str, scores: dict[str, float], cv: dict[str, pd.DataFrame], probs: list[float]) -> dict:
@@ -199,7 +231,10 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
     ids = split["shards"][shard]
     # one process per shard: the shards are what runs in parallel (the DAG's mapped tasks, or
     # `run_shards`' processes); a process pool inside each would only fight them for the cores
-    p = replace(_load(_work(settings, version, "prepared.pkl")).subset(ids), n_jobs=1)
+    p = replace(_load(_work(settings, version, "prepared.pkl")).subset(ids), n_jobs=1, regressors={})
+    decided = _work(settings, version, "regressors.json")
+    for name, decision in (lake.read_json(decided) if storage.exists(decided) else {}).items():
+        p.regressors[name] = list(decision["used"])  # the version's decision (train_global); else the shard decides
     cv: dict[str, pd.DataFrame] = {}
     errors: dict[str, str] = {}
     seconds: dict[str, float] = {}
@@ -265,7 +300,9 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
     meta = {k: v for k, v in split.items() if k not in ("shards", "trained_ids")}
     meta.update({key: dict(sorted(counts.items())) for key, counts in chosen.items()})
     meta["seconds"] = model_seconds(parts, globals_)
-    meta["regressors"] = regressor_summary([*[{g["name"]: g["regressors"]} for g in globals_ if g.get("regressors")],
+    decided = _work(settings, version, "regressors.json")
+    meta["regressors"] = regressor_summary([lake.read_json(decided) if storage.exists(decided) else {},
+                                            *[{g["name"]: g["regressors"]} for g in globals_ if g.get("regressors")],
                                             *[part.get("regressors", {}) for part in parts]])
     meta["trained_at"] = datetime.now(UTC).isoformat()
     meta["skipped_series"] = sorted(skipped)
@@ -286,6 +323,9 @@ def regressor_summary(decisions: list[dict[str, dict]]) -> dict[str, dict]:
             entry["decisions"] += 1
             for col in d.get("used", []):
                 entry["used"][col] = entry["used"].get(col, 0) + 1
+            for key in ("cv_scaled_pinball", "sample_series"):  # a version-wide decision: its evidence
+                if key in d and entry["decisions"] == 1:
+                    entry[key] = d[key]
     return dict(sorted(out.items()))
 
 
