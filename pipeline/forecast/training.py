@@ -162,9 +162,9 @@ def train_global(version: str, settings: Settings) -> dict:
     """The run-wide step before the shards: which candidate regressors each per-series model keeps
     (`decide_regressors`), then the GBM cross-validated and fitted once on every trainable series
     (its own regressor decision included); stores it and its CV frame."""
-    t0 = time.perf_counter()
     p = _load(_work(settings, version, "prepared.pkl"))
     lake.write_json_atomic(_work(settings, version, "regressors.json"), decide_regressors(p))
+    t0 = time.perf_counter()
     if GLOBAL not in p.names or not p.long_ids:
         return {"version": version, "global": None}
     run = engine.cross_validate_model(p, GLOBAL)
@@ -202,7 +202,7 @@ def decide_regressors(p: Any) -> dict[str, dict]:
     for name in names:
         run = engine.cross_validate_model(sample, name)
         if run.regressors is not None:
-            decisions[name] = {**run.regressors, "sample_series": len(sample.long_ids)}
+            decisions[name] = {**run.regressors, "sample_series": len(sample.long_ids), "seconds": run.seconds}
     return decisions
 
 
@@ -299,9 +299,10 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
                 counts[name] = counts.get(name, 0) + n
     meta = {k: v for k, v in split.items() if k not in ("shards", "trained_ids")}
     meta.update({key: dict(sorted(counts.items())) for key, counts in chosen.items()})
-    meta["seconds"] = model_seconds(parts, globals_)
     decided = _work(settings, version, "regressors.json")
-    meta["regressors"] = regressor_summary([lake.read_json(decided) if storage.exists(decided) else {},
+    decisions = lake.read_json(decided) if storage.exists(decided) else {}
+    meta["seconds"] = model_seconds(parts, globals_, decisions)
+    meta["regressors"] = regressor_summary([decisions,
                                             *[{g["name"]: g["regressors"]} for g in globals_ if g.get("regressors")],
                                             *[part.get("regressors", {}) for part in parts]])
     meta["trained_at"] = datetime.now(UTC).isoformat()
@@ -329,11 +330,12 @@ def regressor_summary(decisions: list[dict[str, dict]]) -> dict[str, dict]:
     return dict(sorted(out.items()))
 
 
-def model_seconds(parts: list[dict], globals_: list[dict]) -> dict[str, float]:
+def model_seconds(parts: list[dict], globals_: list[dict], decisions: dict[str, dict] | None = None) -> dict[str, float]:
     """Seconds spent per model over every shard (CV of the zoo; `NAME:final_fit`: fitting the
-    series that chose it on their full history) and the global model's CV and fit: where a
-    version's training time went, summed over processes (not wall time)."""
-    total: dict[str, float] = {}
+    series that chose it on their full history; `NAME:regressors`: its regressor decision on the
+    sample) and the global model's CV and fit: where a version's training time went, summed over
+    processes (not wall time)."""
+    total: dict[str, float] = {f"{name}:regressors": float(d["seconds"]) for name, d in (decisions or {}).items() if "seconds" in d}
     for part in parts:
         for name, sec in part.get("seconds", {}).items():
             total[name] = total.get(name, 0.0) + float(sec)
