@@ -226,3 +226,24 @@ def test_hourly_forecast_scores_with_the_trained_registry_and_falls_back_without
         assert split["shards"] == [[]]
     pick = ["series_id", "ds", "model", "mean", "q90", "hi_95"]
     pd.testing.assert_frame_equal(single[pick], sharded[pick])
+
+
+def test_many_prophet_states_are_scored_on_a_process_pool_with_the_same_result(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Prophet states cost ~50 ms each to score: from PARALLEL_SCORING_MIN on they go to a pool of
+    processes; every series gets exactly what scoring it in this process gives, failures included."""
+    history = _series(n=10 * M)
+    jobs = []
+    for uid, frame in history.groupby("unique_id"):
+        state = model_state.fit_state("prophet", frame, M, "h")
+        fut = future_index(frame, H, "h")
+        jobs.append((uid, "prophet", state, frame, fut, H, M))
+        jobs.append((f"{uid}:ets", "auto_ets", model_state.fit_state("auto_ets", frame, M, "h"), frame, fut, H, M))
+    jobs.append(("broken", "prophet", {"json": "{}"}, history.iloc[:M], jobs[0][4], H, M))
+    here = {uid: (mean, why) for uid, mean, why in scoring._score_states(jobs)}
+    monkeypatch.setattr(scoring, "PARALLEL_SCORING_MIN", 2)
+    pooled = {uid: (mean, why) for uid, mean, why in scoring._run_jobs(jobs, 2)}
+    assert set(pooled) == set(here) == {j[0] for j in jobs}
+    assert pooled["broken"][0] is None and pooled["broken"][1] == here["broken"][1]
+    for uid, (mean, _) in here.items():
+        if mean is not None:
+            np.testing.assert_array_equal(pooled[uid][0], mean)

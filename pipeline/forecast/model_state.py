@@ -190,7 +190,10 @@ def _predict_prophet(state: dict, future: pd.DataFrame) -> np.ndarray:
     _quiet_prophet()
     from prophet.serialize import model_from_json
 
-    model = model_from_json(state["json"])
+    try:
+        model = model_from_json(state["json"])
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:  # JSONDecodeError is a ValueError
+        raise StateError(f"prophet state is unreadable ({type(exc).__name__}: {str(exc)[:100]})") from exc
     regs = list(state.get("regressors", []))
     missing = [r for r in regs if r not in future.columns]
     if missing:

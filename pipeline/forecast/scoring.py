@@ -204,9 +204,41 @@ def _future_factor(idx: pd.DataFrame, future: pd.DataFrame | None) -> np.ndarray
     return f.reindex(pd.MultiIndex.from_frame(idx[["unique_id", "ds"]])).fillna(1.0).to_numpy()
 
 
+#: per-series states costing tens of milliseconds to score (Prophet: its JSON read back and a
+#: pandas-heavy predict, ~50 ms a series) are scored on a process pool from this many series on
+PARALLEL_SCORING_MIN = 48
+SLOW_STATES = frozenset({"prophet"})
+
+
+def _score_states(jobs: list[tuple[str, str, dict, pd.DataFrame, pd.DataFrame, int, int]]
+                  ) -> list[tuple[str, np.ndarray | None, str | None]]:
+    """Score `(uid, model, state, frame, future, horizon, season)` jobs: (uid, means or None, why not)."""
+    out: list[tuple[str, np.ndarray | None, str | None]] = []
+    for uid, name, state, frame, fut, horizon, season in jobs:
+        try:
+            out.append((uid, model_state.score_state(name, state, frame, horizon, season, fut), None))
+        except (model_state.StateError, ValueError, np.linalg.LinAlgError) as exc:
+            out.append((uid, None, str(exc)[:200]))
+    return out
+
+
+def _run_jobs(jobs: list, n_jobs: int) -> list[tuple[str, np.ndarray | None, str | None]]:
+    """`_score_states` in this process, or in chunks on a process pool when the slow states are many."""
+    slow = [j for j in jobs if j[1] in SLOW_STATES]
+    workers = min(os.cpu_count() or 1, n_jobs if n_jobs > 0 else os.cpu_count() or 1)
+    if len(slow) < PARALLEL_SCORING_MIN or workers < 2:
+        return _score_states(jobs)
+    from joblib import Parallel, delayed
+
+    chunks = [slow[i::workers] for i in range(workers)]
+    results = Parallel(n_jobs=workers, backend="loky")(delayed(_score_states)(chunk) for chunk in chunks)
+    return [*_score_states([j for j in jobs if j[1] not in SLOW_STATES]), *itertools.chain.from_iterable(results)]
+
+
 def _local_means(version: registry.Version, p: Any, ids: list[str], rows: dict[str, pd.DataFrame]
                  ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Every non-global series forward from its stored state (inputs and horizon regressors grouped once)."""
+    """Every non-global series forward from its stored state (inputs and horizon regressors grouped
+    once; the slow states on a process pool when they are many)."""
     means: dict[str, np.ndarray] = {}
     failed: dict[str, str] = {}
     local = [u for u in ids if version.entries[u]["model"] != GLOBAL]
@@ -214,16 +246,20 @@ def _local_means(version: registry.Version, p: Any, ids: list[str], rows: dict[s
     inputs: dict[str, dict[str, pd.DataFrame]] = {}
     for name in dict.fromkeys(version.entries[u]["model"] for u in local):
         inputs[name] = _by_series(p.inputs_for(name, [u for u in local if version.entries[u]["model"] == name]), local)
+    jobs = []
     for uid in local:
         entry = version.entries[uid]
         fut = rows[uid] if p.future is None else rows[uid].merge(futures.get(uid, p.future.iloc[:0]), on=["unique_id", "ds"], how="left")
-        try:
-            frame = inputs[entry["model"]].get(uid)
-            if frame is None:
-                raise ValueError(f"no {entry['model']} inputs for {uid}")
-            means[uid] = model_state.score_state(entry["model"], entry["state"], frame, p.horizon, p.season_length, fut)
-        except (model_state.StateError, ValueError, np.linalg.LinAlgError) as exc:
-            failed[uid] = str(exc)[:200]
+        frame = inputs[entry["model"]].get(uid)
+        if frame is None:
+            failed[uid] = f"no {entry['model']} inputs for {uid}"
+            continue
+        jobs.append((uid, entry["model"], entry["state"], frame, fut, p.horizon, p.season_length))
+    for uid, mean, why in _run_jobs(jobs, p.n_jobs):
+        if mean is None:
+            failed[uid] = str(why)
+        else:
+            means[uid] = mean
     return means, failed
 
 
