@@ -67,14 +67,14 @@ TRAIN_MODELS_ENV = "PEERSCALE_TRAIN_MODELS"  # comma-separated zoo of the daily 
 
 def default_zoo() -> tuple[str, ...]:
     """The zoo the daily DAG and `peerscale train` fit: PEERSCALE_TRAIN_MODELS when set (a smaller,
-    faster zoo for a large fleet or a test cluster), else every model: Prophet where it is installed,
-    the LSTM where PyTorch is."""
+    faster zoo for a large fleet or a test cluster), else every model, Prophet where it is installed.
+    Not the LSTM: the registry stores one global model, the GBM (an LSTM cross-validated per shard
+    would be a different model on each, and has no per-series state to store)."""
     from pipeline.forecast.models import MODELS
 
     text = os.environ.get(TRAIN_MODELS_ENV, "").strip()
     if not text:
-        optional = [name for name, module in (("prophet", "prophet"), ("lstm", "torch")) if importlib.util.find_spec(module)]
-        return (*BASE_ZOO, *optional)
+        return (*BASE_ZOO, "prophet") if importlib.util.find_spec("prophet") else BASE_ZOO
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
