@@ -120,17 +120,23 @@ def _train_registry(run_end: datetime, settings, zoo: str) -> dict:
     return out
 
 
+def generate_fleet(source: Path, n: int, days: int, seed: int, pair_rate: float = PAIR_RATE, start: date = START) -> dict:
+    """The samples' generator over `n` regions (`region_names`) and `days` days into `source`, at
+    `pair_rate` requests per ordered pair-hour, with dirty rows; returns its row counts."""
+    from pipeline.samples.generate import generate_sample_data
+
+    return generate_sample_data(source, start=start, days=days, regions=region_names(n), seed=seed,
+                                requests_per_hour=pair_rate * n * (n - 1), dirty_rows=True)
+
+
 def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None, train_zoo: str | None = None) -> None:
     from pipeline.common.config import Settings
     from pipeline.run import backfill_ingest, run_hourly
-    from pipeline.samples.generate import generate_sample_data
 
-    regions = region_names(n)
     pairs = n * (n - 1)
     source, out = root / "source", {"regions": n, "pairs": pairs, "requests_per_hour": round(pair_rate * pairs, 1)}
     t0 = time.perf_counter()
-    counts = generate_sample_data(source, start=START, days=days, regions=regions, seed=seed,
-                                  requests_per_hour=pair_rate * pairs, dirty_rows=True)
+    counts = generate_fleet(source, n, days, seed, pair_rate)
     out["generate_s"] = round(time.perf_counter() - t0, 2)
     out["source_rows"] = counts
     emit("setup", {"generate_s": out["generate_s"], "peering_requests": counts["peering_requests"]})

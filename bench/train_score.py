@@ -92,16 +92,14 @@ def _print_model_seconds(seconds: dict, series: int) -> None:
 def _generate(root: Path, regions: int) -> Path:
     """N generated regions over the samples' 36 days, ingested into root/lake; returns the source dir."""
     sys.path.insert(0, str(REPO / "bench"))
-    from pipeline_scale import PAIR_RATE, region_names
+    from pipeline_scale import generate_fleet
 
     from pipeline.common.config import Settings
     from pipeline.run import backfill_ingest
-    from pipeline.samples.generate import generate_sample_data
 
     source = root / "source"
     t0 = time.perf_counter()
-    generate_sample_data(source, start=datetime(2026, 1, 1).date(), days=36, regions=region_names(regions), seed=7,
-                         requests_per_hour=PAIR_RATE * regions * (regions - 1), dirty_rows=True)
+    generate_fleet(source, regions, 36, seed=7, start=datetime(2026, 1, 1).date())
     settings = Settings(source_root=str(source), lake_root=str(root / "lake"), build_root=str(root / "build"))
     backfill_ingest(datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 2, 5, 23, tzinfo=UTC), settings)
     print(f"generated and ingested {regions} regions in {time.perf_counter() - t0:.0f} s", flush=True)

@@ -53,6 +53,16 @@ def exog_columns(frame: pd.DataFrame) -> list[str]:
     return [c for c in frame.columns if c not in KEY_COLUMNS and pd.api.types.is_numeric_dtype(frame[c])]
 
 
+def worker_count(n_jobs: int | None, tasks: int) -> int:
+    """Processes for `tasks` parallel tasks: `n_jobs` (None or negative: one per core), never more
+    than the tasks, at least one."""
+    import os
+
+    cores = os.cpu_count() or 1
+    wanted = cores if n_jobs is None or n_jobs < 0 else max(1, n_jobs)
+    return max(1, min(wanted, tasks))
+
+
 def future_index(history: pd.DataFrame, h: int, freq: str) -> pd.DataFrame:
     """`unique_id, ds` for the h steps after each series' last timestamp."""
     last = history.groupby("unique_id", sort=True)["ds"].max()

@@ -27,7 +27,15 @@ import numpy as np
 import pandas as pd
 
 from pipeline.common.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
-from pipeline.forecast.base import MIN_SCALE, RELATIVE_SCALE_FLOOR, Forecaster, NotEnoughData, exog_columns, future_index
+from pipeline.forecast.base import (
+    MIN_SCALE,
+    RELATIVE_SCALE_FLOOR,
+    Forecaster,
+    NotEnoughData,
+    exog_columns,
+    future_index,
+    worker_count,
+)
 from pipeline.forecast.quantiles import quantile_column
 
 N_BUCKETS = 4  # horizon buckets of the model's own residual quantiles
@@ -63,14 +71,6 @@ class _Bagged:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         return np.mean([m.predict(X) for m in self.models], axis=0)
-
-
-def _workers(n_jobs: int, tasks: int) -> int:
-    import os
-
-    cores = os.cpu_count() or 1
-    wanted = cores if n_jobs is None or n_jobs < 0 else max(1, n_jobs)
-    return max(1, min(wanted, tasks))
 
 
 @dataclass
@@ -262,7 +262,7 @@ class GlobalGBMModel(Forecaster):
         parts = np.array_split(rng.permutation(len(X)), bags)
         seed = int(self._p("seed", 0))
         jobs = [(X[part], target[part], booster, seed + b, self._p("n_threads", 1)) for b, part in enumerate(parts)]
-        workers = _workers(self.n_jobs, bags) if len(X) >= 40_000 else 1
+        workers = worker_count(self.n_jobs, bags) if len(X) >= 40_000 else 1
         if workers > 1:
             from joblib import Parallel, delayed
             from joblib.externals.loky import get_reusable_executor

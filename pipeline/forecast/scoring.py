@@ -29,7 +29,7 @@ from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval, parse_utc
 from pipeline.common.schemas import FORECAST_LEVELS
 from pipeline.forecast import bands, model_state, prep, registry
-from pipeline.forecast.base import QUANTILE_COLUMNS, future_index, output_columns
+from pipeline.forecast.base import QUANTILE_COLUMNS, future_index, output_columns, worker_count
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_AGE_HOURS = 48.0
@@ -225,7 +225,7 @@ def _score_states(jobs: list[tuple[str, str, dict, pd.DataFrame, pd.DataFrame, i
 def _run_jobs(jobs: list, n_jobs: int) -> list[tuple[str, np.ndarray | None, str | None]]:
     """`_score_states` in this process, or in chunks on a process pool when the slow states are many."""
     slow = [j for j in jobs if j[1] in SLOW_STATES]
-    workers = min(os.cpu_count() or 1, n_jobs if n_jobs > 0 else os.cpu_count() or 1)
+    workers = worker_count(n_jobs, len(slow))
     if len(slow) < PARALLEL_SCORING_MIN or workers < 2:
         return _score_states(jobs)
     from joblib import Parallel, delayed
