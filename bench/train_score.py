@@ -74,6 +74,7 @@ def _train(settings, zoo, end, workers):
 
     manifest = registry.read_manifest(train_settings.lake_root, version)
     out["seconds"], out["regressors"] = manifest.get("seconds", {}), manifest.get("regressors", {})
+    out["combinations"] = manifest.get("combinations", {})
     out["bands_chosen"] = manifest.get("bands_chosen", {})
     _print_model_seconds(out["seconds"], out["series"])
     for name, d in out["regressors"].items():
@@ -115,13 +116,16 @@ def _refit_chosen(settings, p, origin):
     entries = {}
     for uid in ids:
         e = version.entries[uid]
-        if e["model"] == scoring.GLOBAL:
-            entries[uid] = e
-            continue
-        frame = p.inputs_for(e["model"], [uid])
-        if "regressors" in (e["state"] or {}):  # the regressors training kept for this model (Prophet)
-            frame = regressors.restrict(frame, p.regressor_candidates, e["state"]["regressors"])
-        entries[uid] = {**e, "state": model_state.fit_state(e["model"], frame, p.season_length, p.freq, p.params.get(e["model"]))}
+        states = {}
+        for name, state in registry.member_states(e).items():  # one model, or a combination's members
+            if name == scoring.GLOBAL:
+                states[name] = None
+                continue
+            frame = p.inputs_for(name, [uid])
+            if "regressors" in (state or {}):  # the regressors training kept for this model (Prophet)
+                frame = regressors.restrict(frame, p.regressor_candidates, state["regressors"])
+            states[name] = model_state.fit_state(name, frame, p.season_length, p.freq, p.params.get(name))
+        entries[uid] = {**e, "state": states if e.get("members") else states[e["model"]]}
     refit = registry.Version(version.lake_root, version.version, version.manifest, entries)
     used = version.manifest.get("regressors", {}).get(scoring.GLOBAL, {}).get("used")
     if used is not None:  # the GBM's columns as training chose them
@@ -172,7 +176,8 @@ def main() -> int:
     if args.train_only:
         print(json.dumps({"regions": args.regions or 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo),
                           "train_wall_s": round(train_s, 1), "train_series_per_s": round(out["series"] / train_s, 4),
-                          "chosen": out["chosen"], "bands_chosen": out.get("bands_chosen"), "model_seconds": out.get("seconds"),
+                          "chosen": out["chosen"], "combinations": out.get("combinations"),
+                          "bands_chosen": out.get("bands_chosen"), "model_seconds": out.get("seconds"),
                           "regressors_used": {k: v["used"] for k, v in out.get("regressors", {}).items()}}, sort_keys=True))
         return 0
     origins = [end + timedelta(hours=12 * k) for k in range(args.origins)]
@@ -211,7 +216,8 @@ def main() -> int:
         "regions": args.regions or 6, "workers": args.workers, "series_trained": out["series"], "models": list(zoo),
         "train_wall_s": None if args.version else round(train_s, 1),
         "train_series_per_s": None if args.version else round(out["series"] / train_s, 4), "chosen": out["chosen"],
-        "score_registry_s": round(sum(secs["registry"]) / len(origins), 2), "forecast_today_s": round(sum(secs["today"]) / len(origins), 2),
+        "combinations": out.get("combinations"), "score_registry_s": round(sum(secs["registry"]) / len(origins), 2),
+        "forecast_today_s": round(sum(secs["today"]) / len(origins), 2),
         "full_refit_s": round(sum(secs["full_refit"]) / len(origins), 2),
         "scaled_pinball": {k: round(v, 5) for k, v in mean.items()},
         "registry_vs_full_refit": round(mean["registry"] / mean["full_refit"], 4),

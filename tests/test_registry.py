@@ -239,9 +239,9 @@ def test_many_prophet_states_are_scored_on_a_process_pool_with_the_same_result(m
         jobs.append((uid, "prophet", state, frame, fut, H, M))
         jobs.append((f"{uid}:ets", "auto_ets", model_state.fit_state("auto_ets", frame, M, "h"), frame, fut, H, M))
     jobs.append(("broken", "prophet", {"json": "{}"}, history.iloc[:M], jobs[0][4], H, M))
-    here = {uid: (mean, why) for uid, mean, why in scoring._score_states(jobs)}
+    here = {uid: (mean, why) for (uid, _), mean, why in scoring._score_states(jobs)}
     monkeypatch.setattr(scoring, "PARALLEL_SCORING_MIN", 2)
-    pooled = {uid: (mean, why) for uid, mean, why in scoring._run_jobs(jobs, 2)}
+    pooled = {uid: (mean, why) for (uid, _), mean, why in scoring._run_jobs(jobs, 2)}
     assert set(pooled) == set(here) == {j[0] for j in jobs}
     assert pooled["broken"][0] is None and pooled["broken"][1] == here["broken"][1]
     for uid, (mean, _) in here.items():

@@ -80,6 +80,8 @@ def show(series: str = typer.Argument(..., help="Series id, e.g. region:us-east-
         print_json(entry)
         return
     console.print(styled("version ", (v.version, "bold"), f"  series {safe(series)}  model ", (safe(entry["model"]), "green")))
+    if entry.get("members"):
+        console.print(styled(f"  the mean of {safe(' and '.join(entry['members']))}"))
     for name, pin in sorted(entry["cv_pinball"].items(), key=lambda kv: kv[1]):
         console.print(styled(f"  {safe(name):<16} CV pinball at τ {pin:.5f}"))
     console.print(styled(f"  trained on {entry['fingerprint']['start']} .. {entry['fingerprint']['end']}"))

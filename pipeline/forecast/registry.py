@@ -4,7 +4,8 @@ Layout (local paths or s3://, through pipeline.common.storage):
 
     models/CURRENT                            {"version": ..., "promoted_at": ...}: the version hourly runs score with
     models/version=<id>/parts/<name>.jsongz  per series (gzip'd JSON; not .gz, which pyarrow inflates on read): chosen model, its state (see
-                                              pipeline.forecast.model_state), CV scores, band (the engine's
+                                              pipeline.forecast.model_state; a combination, model `ensemble`,
+                                              lists its `members` and stores a state per member), CV scores, band (the engine's
                                               per-series band choice: method, CV pinball, the offsets it
                                               fixes, see engine.band_decisions; absent in versions before
                                               it was stored: they score with `bands`), band offsets, fingerprint
@@ -242,6 +243,16 @@ def load(lake_root: str, version: str | None = None) -> Version:
     for name in manifest["parts"]:
         entries.update(read_part(lake_root, version, manifest, name))
     return Version(lake_root, version, manifest, entries)
+
+
+def member_states(entry: dict) -> dict[str, Any]:
+    """The models an entry forecasts with and each one's stored state: its one model, or a
+    combination's members (entry `members`; the forecast is the mean of theirs). A global member's
+    state is None: it lives in the version's `globals`."""
+    if entry.get("members"):
+        states = entry.get("state") or {}
+        return {name: states.get(name) for name in entry["members"]}
+    return {entry["model"]: entry.get("state")}
 
 
 def summary(entry: dict) -> dict:

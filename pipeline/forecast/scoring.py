@@ -185,13 +185,13 @@ def _tail_matches(hist: pd.DataFrame | None, fp: dict) -> bool:
     return registry.fingerprint(sub_ds, sub_y, len(sub_y))["tail_sha256"] == fp["tail_sha256"]
 
 
-def _global_means(version: registry.Version, p: Any, ids: list[str]) -> dict[str, np.ndarray]:
+def _global_means(version: registry.Version, p: Any, ids: list[str]) -> dict[tuple[str, str], np.ndarray]:
     """The stored GBM (no retraining: refit=False) forecasting `ids` from their extended series."""
     model = version.global_model(GLOBAL)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         pred = model.fit(p.inputs_for(GLOBAL, ids)).predict(p.horizon, future=p.future)
-    return {u: g["mean"].to_numpy(float) for u, g in pred.groupby("unique_id", sort=False)}
+    return {(u, GLOBAL): g["mean"].to_numpy(float) for u, g in pred.groupby("unique_id", sort=False)}
 
 
 def _future_factor(idx: pd.DataFrame, future: pd.DataFrame | None) -> np.ndarray:
@@ -210,19 +210,22 @@ PARALLEL_SCORING_MIN = 48
 SLOW_STATES = frozenset({"prophet"})
 
 
-def _score_states(jobs: list[tuple[str, str, dict, pd.DataFrame, pd.DataFrame, int, int]]
-                  ) -> list[tuple[str, np.ndarray | None, str | None]]:
-    """Score `(uid, model, state, frame, future, horizon, season)` jobs: (uid, means or None, why not)."""
-    out: list[tuple[str, np.ndarray | None, str | None]] = []
+Job = tuple[str, str, dict, pd.DataFrame, pd.DataFrame, int, int]  # uid, model, state, inputs, future, horizon, season
+Scored = tuple[tuple[str, str], np.ndarray | None, str | None]  # (uid, model), means or None, why not
+
+
+def _score_states(jobs: list[Job]) -> list[Scored]:
+    """Score `(uid, model, state, frame, future, horizon, season)` jobs."""
+    out: list[Scored] = []
     for uid, name, state, frame, fut, horizon, season in jobs:
         try:
-            out.append((uid, model_state.score_state(name, state, frame, horizon, season, fut), None))
+            out.append(((uid, name), model_state.score_state(name, state, frame, horizon, season, fut), None))
         except (model_state.StateError, ValueError, np.linalg.LinAlgError) as exc:
-            out.append((uid, None, str(exc)[:200]))
+            out.append(((uid, name), None, str(exc)[:200]))
     return out
 
 
-def _run_jobs(jobs: list, n_jobs: int) -> list[tuple[str, np.ndarray | None, str | None]]:
+def _run_jobs(jobs: list[Job], n_jobs: int) -> list[Scored]:
     """`_score_states` in this process, or in chunks on a process pool when the slow states are many."""
     slow = [j for j in jobs if j[1] in SLOW_STATES]
     workers = worker_count(n_jobs, len(slow))
@@ -236,56 +239,80 @@ def _run_jobs(jobs: list, n_jobs: int) -> list[tuple[str, np.ndarray | None, str
 
 
 def _local_means(version: registry.Version, p: Any, ids: list[str], rows: dict[str, pd.DataFrame]
-                 ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Every non-global series forward from its stored state (inputs and horizon regressors grouped
-    once; the slow states on a process pool when they are many)."""
-    means: dict[str, np.ndarray] = {}
+                 ) -> tuple[dict[tuple[str, str], np.ndarray], dict[str, str]]:
+    """Every per-series model of `ids` (a combination's members each) forward from its stored state,
+    keyed (series, model): inputs and horizon regressors grouped once, the slow states on a process
+    pool when they are many."""
+    means: dict[tuple[str, str], np.ndarray] = {}
     failed: dict[str, str] = {}
-    local = [u for u in ids if version.entries[u]["model"] != GLOBAL]
+    states = {u: registry.member_states(version.entries[u]) for u in ids}
+    local = [u for u in ids if set(states[u]) - {GLOBAL}]
     futures = _by_series(p.future, local)
     inputs: dict[str, dict[str, pd.DataFrame]] = {}
-    for name in dict.fromkeys(version.entries[u]["model"] for u in local):
-        inputs[name] = _by_series(p.inputs_for(name, [u for u in local if version.entries[u]["model"] == name]), local)
-    jobs = []
+    for name in dict.fromkeys(n for u in local for n in states[u] if n != GLOBAL):
+        inputs[name] = _by_series(p.inputs_for(name, [u for u in local if name in states[u]]), local)
+    jobs: list[Job] = []
     for uid in local:
-        entry = version.entries[uid]
         fut = rows[uid] if p.future is None else rows[uid].merge(futures.get(uid, p.future.iloc[:0]), on=["unique_id", "ds"], how="left")
-        frame = inputs[entry["model"]].get(uid)
-        if frame is None:
-            failed[uid] = f"no {entry['model']} inputs for {uid}"
-            continue
-        jobs.append((uid, entry["model"], entry["state"], frame, fut, p.horizon, p.season_length))
-    for uid, mean, why in _run_jobs(jobs, p.n_jobs):
+        for name, state in states[uid].items():
+            if name == GLOBAL:
+                continue
+            frame = inputs[name].get(uid)
+            if frame is None:
+                failed[uid] = f"no {name} inputs for {uid}"
+                continue
+            jobs.append((uid, name, state, frame, fut, p.horizon, p.season_length))
+    for key, mean, why in _run_jobs(jobs, p.n_jobs):
         if mean is None:
-            failed[uid] = str(why)
+            failed[key[0]] = f"{key[1]}: {why}"
         else:
-            means[uid] = mean
+            means[key] = mean
     return means, failed
+
+
+def _entry_means(version: registry.Version, ids: list[str], member_means: dict[tuple[str, str], np.ndarray],
+                 factor: dict[str, np.ndarray], failed: dict[str, str]) -> dict[str, np.ndarray]:
+    """Each series' point forecast: its model's, or the mean of its combination's members', each
+    with the calendar uplift where the model does not forecast events itself."""
+    from pipeline.forecast.models import MODELS
+
+    out: dict[str, np.ndarray] = {}
+    for uid in ids:
+        if uid in failed:
+            continue
+        parts = []
+        for name in registry.member_states(version.entries[uid]):
+            mean = member_means.get((uid, name))
+            if mean is None:
+                failed[uid] = f"{name}: no forecast"
+                break
+            mean = mean[: len(factor[uid])]
+            parts.append(mean if getattr(MODELS.get(name), "handles_events", False) else mean * factor[uid])
+        else:
+            out[uid] = np.mean(parts, axis=0)
+    return out
 
 
 def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd.DataFrame, dict[str, str]]:
     """Forecast every id from its entry; returns the rows and, per series that could not be scored, why."""
-    from pipeline.forecast.models import MODELS
-
     idx = future_index(p.history[p.history["unique_id"].isin(ids)], p.horizon, p.freq)
     rows = dict(iter(idx.groupby("unique_id", sort=False)))
-    means, failed = _local_means(version, p, ids, rows)
-    gbm_ids = [u for u in ids if version.entries[u]["model"] == GLOBAL]
+    member_means, failed = _local_means(version, p, ids, rows)
+    gbm_ids = [u for u in ids if GLOBAL in registry.member_states(version.entries[u])]
     if gbm_ids:
         try:
-            means.update(_global_means(version, p, gbm_ids))
+            member_means.update(_global_means(version, p, gbm_ids))
         except (registry.RegistryError, ValueError, KeyError) as exc:
             failed.update({u: f"global model: {str(exc)[:200]}" for u in gbm_ids})
     factor = {u: g.to_numpy() for u, g in idx.assign(f=_future_factor(idx, p.future)).groupby("unique_id", sort=False)["f"]}
-    history = {u: g["y"].to_numpy(float) for u, g in _by_series(p.history, [u for u in means if u not in failed]).items()}
+    means = _entry_means(version, ids, member_means, factor, failed)
+    history = {u: g["y"].to_numpy(float) for u, g in _by_series(p.history, list(means)).items()}
     frames = []
     for uid in ids:
-        if uid not in means or uid in failed:
+        if uid not in means:
             continue
         entry = version.entries[uid]
-        frame = rows[uid].assign(mean=means[uid][: len(rows[uid])], model=entry["model"])
-        if not getattr(MODELS[entry["model"]], "handles_events", False):
-            frame["mean"] = frame["mean"].to_numpy() * factor[uid]
+        frame = rows[uid].assign(mean=means[uid], model=entry["model"])
         try:
             _bands(frame, entry, np.arange(len(frame)), history[uid], p.season_length)
         except (model_state.StateError, KeyError, ValueError) as exc:
@@ -342,7 +369,8 @@ def score_registry(interval: DataInterval, settings: Settings, prepared: Any) ->
                     "(no guardrail) until the next training", version.version, info["quantile_methods"][CV_OFFSETS])
     variance = {u: float(version.entries[u]["error_var"]) for u in covered if version.entries[u].get("error_var") is not None}
     selection = {u: {"model": version.entries[u]["model"], "registry_version": version.version,
-                     "pinball_at_tau": version.entries[u]["cv_pinball"], "quantile_method": methods[u]} for u in covered}
+                     "pinball_at_tau": version.entries[u]["cv_pinball"], "quantile_method": methods[u],
+                     **({"members": version.entries[u]["members"]} if version.entries[u].get("members") else {})} for u in covered}
     return RegistryScore(forecasts=out, covered=covered, info=info, variance=variance, selection=selection)
 
 

@@ -12,8 +12,9 @@ maps like the hourly forecast (pipeline.forecast.shards):
   different model), stored in the version;
 - `train_shard` (mapped): every local model cross-validated on the shard's series (rolling origin,
   `engine.cross_validate_model`; the statsforecast models fitted once and moved forward,
-  `TRAIN_CV_REFIT`), each series' model chosen by pinball loss at τ of its conformal
-  τ-quantile (ties go to the simpler model, in `ZOO` order), the choice fitted on the full series
+  `TRAIN_CV_REFIT`), each series' model or combination (the mean of its two best models,
+  `combination_cv`) chosen by pinball loss at τ of its conformal τ-quantile (ties go to the
+  simpler model, in `ZOO` order, a single model before a combination), the choice fitted on the full series
   and its state stored with the CV scores, the band the engine would choose for it
   (`engine.band_decisions`: per-series method by CV pinball, the seasonal-naive guardrail, the
   one-window rule; seasonal naive is cross-validated for it even outside the zoo; the pooled
@@ -48,6 +49,10 @@ from pipeline.forecast import bands, engine, model_state, registry
 from pipeline.forecast.shards import contiguous_chunks, shard_count
 
 GLOBAL = "global_gbm"
+ENSEMBLE = engine.ENSEMBLE
+#: a series' combination is the mean of its this many best models by CV pinball at τ
+COMBINATION_SIZE = 2
+COMBINATION_ENV = "PEERSCALE_TRAIN_COMBINATION"  # "off": every series gets a single model (no combination scored)
 #: the zoo, simplest first (ties go to the earlier model); Prophet joins where it is installed
 BASE_ZOO: tuple[str, ...] = ("seasonal_naive", "seasonal_mean", "auto_ets", "arima", "mstl", GLOBAL)
 N_BUCKETS = engine.N_BUCKETS
@@ -135,6 +140,7 @@ def train_split(interval: DataInterval, settings: Settings, models: tuple[str, .
     """Prepare the training inputs once, split the series into shards; one descriptor per shard."""
     zoo = tuple(models or default_zoo())
     x = engine.load_inputs(interval, settings, "hourly", zoo)
+    # combine=False: the engine's fleet-wide ensemble; training scores each series' own (`combination_cv`)
     options = replace(x.options, n_windows=TRAIN_WINDOWS, refit_global=True, combine=False, cv_refit=TRAIN_CV_REFIT)
     p = engine.prepare(x.engine_input, options, future=x.future, hierarchy=x.hierarchy)
     return split_prepared(p, settings, {"data_start": x.summary()["start"], "data_end": interval.end.isoformat(),
@@ -206,22 +212,76 @@ def decide_regressors(p: Any) -> dict[str, dict]:
     return decisions
 
 
-def _series_entry(p: Any, uid: str, scores: dict[str, float], cv: dict[str, pd.DataFrame], probs: list[float]) -> dict:
-    """Fit the best-scoring model of `uid` that fits (falling back down the ranking) and describe it."""
-    ranked = sorted(scores, key=lambda n: (round(scores[n], engine.SCORE_DECIMALS), list(p.names).index(n)))
+def combination_cv(cv: dict[str, pd.DataFrame], pins: dict[str, pd.Series], ids: list[str]
+                   ) -> tuple[dict[str, list[str]], pd.DataFrame | None]:
+    """Per series of `ids`: its combination's members (its `COMBINATION_SIZE` best models by CV
+    pinball at τ, best first; ties in zoo order) and the combination's CV rows, the mean of the
+    members' forecasts on the windows every member forecast. Per series, not the engine's
+    fleet-wide best models: training fits and stores each series' own models anyway, and a
+    series' two best are the ones whose errors its own CV can show to cancel."""
+    order = list(pins)
+    members: dict[str, list[str]] = {}
+    if not combination_enabled():
+        return members, None
+    for uid in ids:
+        ranked = sorted((n for n in order if uid in pins[n].index and np.isfinite(pins[n][uid])),
+                        key=lambda n: (round(float(pins[n][uid]), engine.SCORE_DECIMALS), order.index(n)))
+        if len(ranked) >= COMBINATION_SIZE:
+            members[uid] = ranked[:COMBINATION_SIZE]
+    groups: dict[tuple[str, ...], list[str]] = {}
+    for uid, names in members.items():
+        groups.setdefault(tuple(names), []).append(uid)
+    key = ["unique_id", "ds", "window"]
+    frames = []
+    for group, uids in groups.items():
+        merged = None
+        for name in group:
+            f = cv[name]
+            cols = key + (["cutoff", "step", "y", "mean"] if merged is None else ["mean"])
+            part = f.loc[f["unique_id"].isin(uids), cols].rename(columns={"mean": name})
+            merged = part if merged is None else merged.merge(part, on=key, how="inner")
+        if merged is not None and len(merged):
+            frames.append(merged.assign(mean=merged[list(group)].mean(axis=1)).drop(columns=list(group)))
+    return members, (pd.concat(frames, ignore_index=True) if frames else None)
+
+
+def combination_enabled() -> bool:
+    text = os.environ.get(COMBINATION_ENV, "on").strip().lower()
+    if text not in ("on", "off", "1", "0", "true", "false", "yes", "no"):
+        raise ValueError(f"{COMBINATION_ENV}={text[:40]!r}: use on or off")
+    return text in ("on", "1", "true", "yes")
+
+
+def _fit_states(p: Any, uid: str, names: list[str]) -> dict[str, Any]:
+    """Each of `names` fitted on the full series `uid` (a global model's state is None: the version stores it)."""
+    return {name: None if name == GLOBAL else model_state.fit_state(name, p.inputs_for(name, [uid]), p.season_length, p.freq,
+                                                                    p.params.get(name)) for name in names}
+
+
+def _series_entry(p: Any, uid: str, scores: dict[str, float], cv: dict[str, pd.DataFrame], probs: list[float],
+                  members: list[str] | None = None) -> dict:
+    """Fit the best-scoring model (or combination of `members`) of `uid` that fits, falling back
+    down the ranking, and describe it."""
+    order = [*p.names, ENSEMBLE]
+    ranked = sorted(scores, key=lambda n: (round(scores[n], engine.SCORE_DECIMALS), order.index(n)))
     hist = p.history[p.history["unique_id"] == uid]
     for name in ranked:
+        if name == ENSEMBLE and not members:
+            continue
         try:
-            state = None if name == GLOBAL else model_state.fit_state(name, p.inputs_for(name, [uid]), p.season_length, p.freq,
-                                                                      p.params.get(name))
+            states = _fit_states(p, uid, list(members or []) if name == ENSEMBLE else [name])
         except (ValueError, np.linalg.LinAlgError, RuntimeError):
             continue
         rows = cv[name][cv[name]["unique_id"] == uid]
         errors = rows["y"].to_numpy(float) - rows["mean"].to_numpy(float)
-        return {"model": name, "state": state, "cv_pinball": {k: round(v, 6) for k, v in scores.items()},
-                "cv_rows": len(rows), "error_var": float(np.var(errors)) if len(errors) > 1 else None,
-                "bands": {"probs": probs, "offsets": band_offsets(errors, rows["step"].to_numpy(), p.horizon, probs)},
-                "fingerprint": registry.fingerprint(hist["ds"].to_numpy(), hist["y"].to_numpy(float), p.season_length)}
+        entry = {"model": name, "state": states if name == ENSEMBLE else states[name],
+                 "cv_pinball": {k: round(v, 6) for k, v in scores.items()},
+                 "cv_rows": len(rows), "error_var": float(np.var(errors)) if len(errors) > 1 else None,
+                 "bands": {"probs": probs, "offsets": band_offsets(errors, rows["step"].to_numpy(), p.horizon, probs)},
+                 "fingerprint": registry.fingerprint(hist["ds"].to_numpy(), hist["y"].to_numpy(float), p.season_length)}
+        if name == ENSEMBLE:
+            entry["members"] = list(states)
+        return entry
     raise RuntimeError(f"no model of {ranked} could be fitted on {uid}")
 
 
@@ -254,13 +314,17 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
         elif run.error:
             errors[name] = run.error
     pins = {name: engine.conformal_pinball(f, p.tau) for name, f in cv.items() if not f.empty and name in p.names}
+    members, combined = combination_cv(cv, pins, ids)
+    if combined is not None:
+        cv[ENSEMBLE] = combined
+        pins[ENSEMBLE] = engine.conformal_pinball(combined, p.tau)
     probs = band_probs()
     entries = {}
     for uid in ids:
         scores = {n: float(s[uid]) for n, s in pins.items() if uid in s.index and np.isfinite(s[uid])}
         if scores:
             t0 = time.perf_counter()
-            entries[uid] = _series_entry(p, uid, scores, cv, probs)
+            entries[uid] = _series_entry(p, uid, scores, cv, probs, members.get(uid))
             final = entries[uid]["model"]
             seconds[f"{final}:final_fit"] = seconds.get(f"{final}:final_fit", 0.0) + time.perf_counter() - t0
     for uid, band in engine.band_decisions(p, {u: e["model"] for u, e in entries.items()}, cv).items():
@@ -268,11 +332,16 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
     ref = registry.write_part(settings.lake_root, version, f"shard-{shard:05d}", entries)
     chosen: dict[str, int] = {}
     bands_chosen: dict[str, int] = {}
+    combinations: dict[str, int] = {}
     for entry in entries.values():
         chosen[entry["model"]] = chosen.get(entry["model"], 0) + 1
         bands_chosen[entry["band"]["method"]] = bands_chosen.get(entry["band"]["method"], 0) + 1
+        if entry.get("members"):
+            pair = "+".join(sorted(entry["members"]))
+            combinations[pair] = combinations.get(pair, 0) + 1
     lake.write_json_atomic(_work(settings, version, f"part-{shard:05d}.json"), {**ref, "errors": errors, "chosen": chosen,
                                                                            "bands_chosen": bands_chosen,
+                                                                           "combinations": combinations,
                                                                            "seconds": {k: round(v, 3) for k, v in seconds.items()},
                                                                            "regressors": decisions,
                                                                            "skipped": [u for u in ids if u not in entries]})
@@ -292,7 +361,7 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
     globals_ = [lake.read_json(global_ref)] if storage.exists(global_ref) else []
     skipped = {u for part in parts for u in part.get("skipped", [])}  # no CV evidence: the hourly engine keeps them
     expected = sorted(set(split["trained_ids"]) - skipped)  # every other trainable series must have an entry
-    chosen: dict[str, dict[str, int]] = {"chosen": {}, "bands_chosen": {}}
+    chosen: dict[str, dict[str, int]] = {"chosen": {}, "bands_chosen": {}, "combinations": {}}
     for part in parts:
         for key, counts in chosen.items():
             for name, n in part.get(key, {}).items():
