@@ -118,7 +118,7 @@ def _refit_chosen(settings, p, origin):
         e = version.entries[uid]
         states = {}
         for name, state in registry.member_states(e).items():  # one model, or a combination's members
-            if name == scoring.GLOBAL:
+            if scoring.is_global(name):
                 states[name] = None
                 continue
             frame = p.inputs_for(name, [uid])
@@ -127,13 +127,15 @@ def _refit_chosen(settings, p, origin):
             states[name] = model_state.fit_state(name, frame, p.season_length, p.freq, p.params.get(name))
         entries[uid] = {**e, "state": states if e.get("members") else states[e["model"]]}
     refit = registry.Version(version.lake_root, version.version, version.manifest, entries)
-    used = version.manifest.get("regressors", {}).get(scoring.GLOBAL, {}).get("used")
-    if used is not None:  # the GBM's columns as training chose them
-        p.regressors[scoring.GLOBAL] = sorted(used)
-    gbm = p.model(scoring.GLOBAL)
-    gbm.fit(p.inputs_for(scoring.GLOBAL, p.long_ids)).predict(p.horizon, future=p.future)
-    gbm.params["refit"] = False
-    refit.global_model = lambda name: gbm  # type: ignore[method-assign]
+    trained = {}
+    for name in {n for e in entries.values() for n in registry.member_states(e) if scoring.is_global(n)}:
+        used = version.manifest.get("regressors", {}).get(name, {}).get("used")
+        if used is not None:  # the GBM's columns as training chose them
+            p.regressors[name] = sorted(used)
+        trained[name] = p.model(name)
+        trained[name].fit(p.inputs_for(name, p.long_ids)).predict(p.horizon, future=p.future)
+        trained[name].params["refit"] = False
+    refit.global_model = lambda name: trained[name]  # type: ignore[method-assign]
     rows, _ = scoring._score_series(refit, p, ids)
     return scoring._finish(rows, p.history) if len(rows) else rows
 

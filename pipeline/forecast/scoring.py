@@ -33,7 +33,6 @@ from pipeline.forecast.base import QUANTILE_COLUMNS, future_index, output_column
 
 log = logging.getLogger(__name__)
 DEFAULT_MAX_AGE_HOURS = 48.0
-GLOBAL = "global_gbm"
 OPTION_KEYS = ("horizon", "season_length", "freq")
 CV_OFFSETS = "registry_cv_offsets"  # the band of versions trained before the band choice was stored
 
@@ -185,13 +184,20 @@ def _tail_matches(hist: pd.DataFrame | None, fp: dict) -> bool:
     return registry.fingerprint(sub_ds, sub_y, len(sub_y))["tail_sha256"] == fp["tail_sha256"]
 
 
-def _global_means(version: registry.Version, p: Any, ids: list[str]) -> dict[tuple[str, str], np.ndarray]:
-    """The stored GBM (no retraining: refit=False) forecasting `ids` from their extended series."""
-    model = version.global_model(GLOBAL)
+def is_global(name: str) -> bool:
+    """A model stored once per version (`globals`), not per series: the GBM, the LSTM."""
+    from pipeline.forecast.models import MODELS
+
+    return bool(getattr(MODELS.get(name), "is_global", False))
+
+
+def _global_means(version: registry.Version, p: Any, ids: list[str], name: str) -> dict[tuple[str, str], np.ndarray]:
+    """The stored global model `name` (no retraining: refit=False) forecasting `ids` from their extended series."""
+    model = version.global_model(name)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        pred = model.fit(p.inputs_for(GLOBAL, ids)).predict(p.horizon, future=p.future)
-    return {(u, GLOBAL): g["mean"].to_numpy(float) for u, g in pred.groupby("unique_id", sort=False)}
+        pred = model.fit(p.inputs_for(name, ids)).predict(p.horizon, future=p.future)
+    return {(u, name): g["mean"].to_numpy(float) for u, g in pred.groupby("unique_id", sort=False)}
 
 
 def _future_factor(idx: pd.DataFrame, future: pd.DataFrame | None) -> np.ndarray:
@@ -246,16 +252,16 @@ def _local_means(version: registry.Version, p: Any, ids: list[str], rows: dict[s
     means: dict[tuple[str, str], np.ndarray] = {}
     failed: dict[str, str] = {}
     states = {u: registry.member_states(version.entries[u]) for u in ids}
-    local = [u for u in ids if set(states[u]) - {GLOBAL}]
+    local = [u for u in ids if any(not is_global(n) for n in states[u])]
     futures = _by_series(p.future, local)
     inputs: dict[str, dict[str, pd.DataFrame]] = {}
-    for name in dict.fromkeys(n for u in local for n in states[u] if n != GLOBAL):
+    for name in dict.fromkeys(n for u in local for n in states[u] if not is_global(n)):
         inputs[name] = _by_series(p.inputs_for(name, [u for u in local if name in states[u]]), local)
     jobs: list[Job] = []
     for uid in local:
         fut = rows[uid] if p.future is None else rows[uid].merge(futures.get(uid, p.future.iloc[:0]), on=["unique_id", "ds"], how="left")
         for name, state in states[uid].items():
-            if name == GLOBAL:
+            if is_global(name):
                 continue
             frame = inputs[name].get(uid)
             if frame is None:
@@ -298,12 +304,13 @@ def _score_series(version: registry.Version, p: Any, ids: list[str]) -> tuple[pd
     idx = future_index(p.history[p.history["unique_id"].isin(ids)], p.horizon, p.freq)
     rows = dict(iter(idx.groupby("unique_id", sort=False)))
     member_means, failed = _local_means(version, p, ids, rows)
-    gbm_ids = [u for u in ids if GLOBAL in registry.member_states(version.entries[u])]
-    if gbm_ids:
+    members = {u: list(registry.member_states(version.entries[u])) for u in ids}
+    for name in dict.fromkeys(n for u in ids for n in members[u] if is_global(n)):
+        global_ids = [u for u in ids if name in members[u]]
         try:
-            member_means.update(_global_means(version, p, gbm_ids))
-        except (registry.RegistryError, ValueError, KeyError) as exc:
-            failed.update({u: f"global model: {str(exc)[:200]}" for u in gbm_ids})
+            member_means.update(_global_means(version, p, global_ids, name))
+        except (registry.RegistryError, ValueError, KeyError, RuntimeError) as exc:
+            failed.update({u: f"global model {name}: {str(exc)[:200]}" for u in global_ids})
     factor = {u: g.to_numpy() for u, g in idx.assign(f=_future_factor(idx, p.future)).groupby("unique_id", sort=False)["f"]}
     means = _entry_means(version, ids, member_means, factor, failed)
     history = {u: g["y"].to_numpy(float) for u, g in _by_series(p.history, list(means)).items()}

@@ -8,8 +8,8 @@ maps like the hourly forecast (pipeline.forecast.shards):
   same regular grids, uplifts and cleaning the hourly run uses), split into shards of series;
 - `train_global`: which candidate regressors (every telemetry column) each model keeps, decided
   once by cross-validation (pipeline.forecast.regressors; per-series models on a sample of series),
-  then the global GBM cross-validated and fitted once on every series (a per-shard GBM would be a
-  different model), stored in the version;
+  then each global model (the GBM; the LSTM where PyTorch is installed) cross-validated and fitted
+  once on every series (a per-shard one would be a different model on each), stored in the version;
 - `train_shard` (mapped): every local model cross-validated on the shard's series (rolling origin,
   `engine.cross_validate_model`; the statsforecast models fitted once and moved forward,
   `TRAIN_CV_REFIT`), each series' model or combination (the mean of its two best models,
@@ -53,7 +53,7 @@ ENSEMBLE = engine.ENSEMBLE
 #: a series' combination is the mean of its this many best models by CV pinball at τ
 COMBINATION_SIZE = 2
 COMBINATION_ENV = "PEERSCALE_TRAIN_COMBINATION"  # "off": every series gets a single model (no combination scored)
-#: the zoo, simplest first (ties go to the earlier model); Prophet joins where it is installed
+#: the zoo, simplest first (ties go to the earlier model); Prophet and the LSTM join where installed
 BASE_ZOO: tuple[str, ...] = ("seasonal_naive", "seasonal_mean", "auto_ets", "arima", "mstl", GLOBAL)
 N_BUCKETS = engine.N_BUCKETS
 MIN_BUCKET_ERRORS = 8  # a horizon bucket with fewer CV errors uses the series' errors of every step
@@ -72,14 +72,15 @@ TRAIN_MODELS_ENV = "PEERSCALE_TRAIN_MODELS"  # comma-separated zoo of the daily 
 
 def default_zoo() -> tuple[str, ...]:
     """The zoo the daily DAG and `peerscale train` fit: PEERSCALE_TRAIN_MODELS when set (a smaller,
-    faster zoo for a large fleet or a test cluster), else every model, Prophet where it is installed.
-    Not the LSTM: the registry stores one global model, the GBM (an LSTM cross-validated per shard
-    would be a different model on each, and has no per-series state to store)."""
+    faster zoo for a large fleet or a test cluster), else every model: Prophet where it is
+    installed, the LSTM where PyTorch is (`pip install 'peerscale[deep]'`; trained once over every
+    series in `train_global`, like the GBM)."""
     from pipeline.forecast.models import MODELS
 
     text = os.environ.get(TRAIN_MODELS_ENV, "").strip()
     if not text:
-        return (*BASE_ZOO, "prophet") if importlib.util.find_spec("prophet") else BASE_ZOO
+        optional = tuple(n for n, dist in (("prophet", "prophet"), ("lstm", "torch")) if importlib.util.find_spec(dist))
+        return (*BASE_ZOO, *optional)
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     unknown = [n for n in names if n not in MODELS]
     if unknown or not names:
@@ -164,28 +165,39 @@ def split_prepared(p: Any, settings: Settings, data: dict, *, version: str | Non
     return [{"version": version, "shard": i, "shards": len(shards), "series": len(ids)} for i, ids in enumerate(shards)]
 
 
+def global_names(names: Any) -> list[str]:
+    """The global models of a zoo (one model over every series: the GBM, the LSTM)."""
+    return [n for n in names if engine.MODELS_GLOBAL.get(n, False)]
+
+
 def train_global(version: str, settings: Settings) -> dict:
     """The run-wide step before the shards: which candidate regressors each per-series model keeps
-    (`decide_regressors`), then the GBM cross-validated and fitted once on every trainable series
-    (its own regressor decision included); stores it and its CV frame."""
+    (`decide_regressors`), then each global model (the GBM; the LSTM where PyTorch is installed)
+    cross-validated and fitted once on every trainable series (the GBM's regressor decision
+    included); stores each and its CV frame. A global model trained per shard would be a
+    different model on each."""
     p = _load(_work(settings, version, "prepared.pkl"))
     lake.write_json_atomic(_work(settings, version, "regressors.json"), decide_regressors(p))
+    runs = [_train_global_model(p, name, version, settings) for name in global_names(p.names)] if p.long_ids else []
+    return {"version": version, "global": [r["name"] for r in runs if "error" not in r],
+            "errors": {r["name"]: r["error"] for r in runs if "error" in r}}
+
+
+def _train_global_model(p: Any, name: str, version: str, settings: Settings) -> dict:
+    """One global model: CV on every long series, trained on them all, stored in the version."""
     t0 = time.perf_counter()
-    if GLOBAL not in p.names or not p.long_ids:
-        return {"version": version, "global": None}
-    run = engine.cross_validate_model(p, GLOBAL)
+    run = engine.cross_validate_model(p, name)
     if run.cv is None:
-        _dump(_work(settings, version, "global-cv.pkl"), None)
-        return {"version": version, "global": None, "error": run.error}
-    model = p.model(GLOBAL)
-    model.fit(p.inputs_for(GLOBAL, p.long_ids)).predict(p.horizon, future=p.future, levels=p.levels)  # trains
+        return {"name": name, "error": run.error or f"{name}: no cross-validation"}
+    model = p.model(name)
+    model.fit(p.inputs_for(name, p.long_ids)).predict(p.horizon, future=p.future, levels=p.levels)  # trains
     model.params["refit"] = False  # scoring moves the origin only
     model._history = None  # the training data is not part of the model
-    ref = registry.write_global(settings.lake_root, version, GLOBAL, model)
-    _dump(_work(settings, version, "global-cv.pkl"), run.cv[["unique_id", "ds", "cutoff", "window", "step", "y", "mean"]])
-    lake.write_json_atomic(_work(settings, version, "global.json"), {**ref, "seconds": round(time.perf_counter() - t0, 3),
-                                                                    "regressors": run.regressors})
-    return {"version": version, "global": GLOBAL, "seconds": run.seconds}
+    ref = registry.write_global(settings.lake_root, version, name, model)
+    _dump(_work(settings, version, f"global-cv-{name}.pkl"), run.cv[["unique_id", "ds", "cutoff", "window", "step", "y", "mean"]])
+    lake.write_json_atomic(_work(settings, version, f"global-{name}.json"), {**ref, "seconds": round(time.perf_counter() - t0, 3),
+                                                                           "regressors": run.regressors})
+    return {"name": name, "seconds": run.seconds}
 
 
 def regressor_sample(ids: list[str], size: int = REGRESSOR_SAMPLE) -> list[str]:
@@ -201,7 +213,7 @@ def decide_regressors(p: Any) -> dict[str, dict]:
     or not, by cross-validating both ways once on `regressor_sample` — one decision per version
     that every shard applies, instead of a second CV of every series on every shard."""
     decisions = {}
-    names = [n for n in p.names if n != GLOBAL and engine.MODELS_USE_EXOG.get(n, False)]
+    names = [n for n in p.names if n not in global_names(p.names) and engine.MODELS_USE_EXOG.get(n, False)]
     if not names or not p.regressor_candidates or not p.long_ids:
         return {}
     sample = replace(p.subset(regressor_sample(p.long_ids)), regressors={}, n_jobs=1)
@@ -254,8 +266,8 @@ def combination_enabled() -> bool:
 
 def _fit_states(p: Any, uid: str, names: list[str]) -> dict[str, Any]:
     """Each of `names` fitted on the full series `uid` (a global model's state is None: the version stores it)."""
-    return {name: None if name == GLOBAL else model_state.fit_state(name, p.inputs_for(name, [uid]), p.season_length, p.freq,
-                                                                    p.params.get(name)) for name in names}
+    return {name: None if engine.MODELS_GLOBAL.get(name, False)
+            else model_state.fit_state(name, p.inputs_for(name, [uid]), p.season_length, p.freq, p.params.get(name)) for name in names}
 
 
 def _series_entry(p: Any, uid: str, scores: dict[str, float], cv: dict[str, pd.DataFrame], probs: list[float],
@@ -300,9 +312,10 @@ def train_shard(version: str, shard: int, settings: Settings) -> dict:
     seconds: dict[str, float] = {}
     decisions: dict[str, dict] = {}  # which candidate exogenous columns each model kept on this shard
     for name in p.scored_names:  # the zoo and seasonal naive (the band choice's yardstick)
-        if name == GLOBAL:
-            frame = _load(_work(settings, version, "global-cv.pkl")) if storage.exists(_work(settings, version, "global-cv.pkl")) else None
-            if frame is not None:
+        if engine.MODELS_GLOBAL.get(name, False):  # cross-validated once in train_global
+            path = _work(settings, version, f"global-cv-{name}.pkl")
+            if storage.exists(path):
+                frame = _load(path)
                 cv[name] = frame[frame["unique_id"].isin(ids)]
             continue
         run = engine.cross_validate_model(p, name)
@@ -357,8 +370,8 @@ def train_finalize(version: str, settings: Settings, promote: bool = True) -> di
         if not storage.exists(path):
             raise registry.RegistryError(f"model version {version}: shard {i} has not finished (no {path})")
         parts.append(lake.read_json(path))
-    global_ref = _work(settings, version, "global.json")
-    globals_ = [lake.read_json(global_ref)] if storage.exists(global_ref) else []
+    refs = [_work(settings, version, f"global-{name}.json") for name in global_names(split["models"])]
+    globals_ = [lake.read_json(ref) for ref in refs if storage.exists(ref)]
     skipped = {u for part in parts for u in part.get("skipped", [])}  # no CV evidence: the hourly engine keeps them
     expected = sorted(set(split["trained_ids"]) - skipped)  # every other trainable series must have an entry
     chosen: dict[str, dict[str, int]] = {"chosen": {}, "bands_chosen": {}, "combinations": {}}
