@@ -434,3 +434,20 @@ def test_mstl_smooths_with_r_default_stl_jumps_and_forecasts_like_the_exact_deco
     exact = MSTL(season_length=[24, 168], trend_forecaster=AutoETS(model="ZZN")).fit(y).predict(HORIZON)["mean"]
     assert model._model().stl_kwargs == stl_jumps(24)
     np.testing.assert_allclose(got, exact, rtol=0.01)
+
+
+def test_the_ensemble_applies_the_calendar_uplift_to_each_member_that_does_not_forecast_events() -> None:
+    """Prophet's forecast already holds the calendar (holidays); AutoETS's is of the de-uplifted
+    series: the ensemble's mean is (prophet + ets · uplift) / 2, and the uplift is not applied again."""
+    from types import SimpleNamespace
+
+    from pipeline.forecast import engine as eng
+
+    ds = pd.date_range("2026-01-01", periods=2, freq="h")
+    idx = pd.DataFrame({"unique_id": ["s1", "s1"], "ds": ds})
+    point = {"prophet": pd.DataFrame({"unique_id": "s1", "ds": ds, "mean": [10.0, 20.0]}),
+             "auto_ets": pd.DataFrame({"unique_id": "s1", "ds": ds, "mean": [10.0, 10.0]})}
+    sel = eng.Selection(choice={"s1": eng.ENSEMBLE}, members=["prophet", "auto_ets"], scores={})
+    factor = pd.Series([1.0, 2.0], index=pd.MultiIndex.from_frame(idx))
+    frames = eng._chosen_means(SimpleNamespace(ids=["s1"]), sel, point, idx, factor)  # type: ignore[arg-type]
+    np.testing.assert_allclose(frames[0]["mean"], [10.0, 20.0])

@@ -111,3 +111,20 @@ def test_a_combination_with_an_unreadable_member_falls_back_for_that_series_only
     reg = scoring.score_registry(DataInterval.ending_at(END), settings, engine.prepare(history, _options(0.9)))
     assert reg.info["status"] == "partial" and list(reg.info["failed_series"]) == [uid]
     assert uid not in reg.covered and len(reg.covered) == len(entries) - 1
+
+
+def test_each_member_gets_the_calendar_uplift_unless_it_forecasts_events_itself() -> None:
+    """Prophet forecasts the calendar itself (holidays); AutoETS forecasts the de-uplifted series:
+    a combination of both multiplies only AutoETS's forecast by the uplift, then averages."""
+    entries = {"s1": {"model": training.ENSEMBLE, "members": ["prophet", "auto_ets"], "state": {"prophet": {}, "auto_ets": {}}},
+               "s2": {"model": "auto_ets", "state": {}},
+               "s3": {"model": training.ENSEMBLE, "members": ["auto_ets", "seasonal_mean"], "state": {"auto_ets": {}}}}
+    version = registry.Version("unused", "v", {}, entries)
+    factor = {u: np.array([1.0, 2.0]) for u in entries}
+    member_means = {("s1", "prophet"): np.array([10.0, 20.0]), ("s1", "auto_ets"): np.array([10.0, 10.0]),
+                    ("s2", "auto_ets"): np.array([5.0, 5.0, 99.0]), ("s3", "auto_ets"): np.array([1.0, 1.0])}
+    failed: dict[str, str] = {}
+    means = scoring._entry_means(version, list(entries), member_means, factor, failed)
+    np.testing.assert_allclose(means["s1"], [10.0, 20.0])  # (10 + 10·1) / 2, (20 + 10·2) / 2
+    np.testing.assert_allclose(means["s2"], [5.0, 10.0])  # trimmed to the horizon's rows
+    assert "s3" not in means and "seasonal_mean" in failed["s3"]  # a member without a forecast: the series is not scored

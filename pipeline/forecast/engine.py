@@ -626,28 +626,42 @@ def final_forecast(p: Prepared, name: str, need_ids: Sequence[str], trained: Any
     return pred[pred["unique_id"].isin(need_ids)].reset_index(drop=True), error
 
 
+def _chosen_means(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], idx: pd.DataFrame,
+                  fut_factor: pd.Series) -> list[pd.DataFrame]:
+    """Each long series' chosen point forecast (rows of `idx`); the ensemble's members each with the
+    calendar uplift unless the member forecasts events itself (Prophet), so the ensemble's rows
+    carry the uplift already."""
+    by_model = {n: {u: g["mean"].to_numpy() for u, g in pr.groupby("unique_id", sort=False)} for n, pr in point.items()}
+    rows_by_id = dict(iter(idx.groupby("unique_id", sort=False)))  # iter(): dict() would take a GroupBy for a mapping
+    factor_by_id = {u: fut_factor.to_numpy()[pos] for u, pos in idx.groupby("unique_id", sort=False).indices.items()}
+    frames = []
+    for uid in p.ids:
+        c = sel.choice[uid]
+        if c == POOLED:
+            continue
+        if c == ENSEMBLE:
+            means = np.mean([by_model[n][uid] * (1.0 if MODELS_HANDLE_EVENTS.get(n, False) else factor_by_id[uid])
+                             for n in sel.members], axis=0)
+        else:
+            means = by_model[c][uid]
+        frames.append(rows_by_id[uid].assign(mean=means, model=c))
+    return frames
+
+
 def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_frames: dict[str, pd.DataFrame],
              info: dict[str, Any]) -> ForecastResult:
     """Steps 4–6: the chosen means, calendar uplift, conformal bands, reconciliation, contract columns."""
-    ids, choice, members, levels = p.ids, sel.choice, sel.members, p.levels
+    ids, choice, levels = p.ids, sel.choice, p.levels
     own = point
     idx = future_index(p.history, p.horizon, p.freq)
     idx["step"] = idx.groupby("unique_id").cumcount()
     fut_factor = _future_factor(idx, p.history, p.future)
-    frames = []
-    by_model = {n: {u: g["mean"].to_numpy() for u, g in pr.groupby("unique_id", sort=False)} for n, pr in point.items()}
-    rows_by_id = dict(iter(idx.groupby("unique_id", sort=False)))  # iter(): dict() would take a GroupBy for a mapping
-    for uid in ids:
-        c = choice[uid]
-        if c == POOLED:
-            continue
-        means = np.mean([by_model[n][uid] for n in members], axis=0) if c == ENSEMBLE else by_model[c][uid]
-        frames.append(rows_by_id[uid].assign(mean=means, model=c))
+    frames = _chosen_means(p, sel, point, idx, fut_factor)
     if p.short:
         frames.append(_pooled_forecasts(p.history, p.short, p.long_ids, idx, p.season_length, p.freq))
     out = pd.concat(frames, ignore_index=True) if frames else idx.assign(mean=0.0, model=POOLED)
     factor = fut_factor.reindex(pd.MultiIndex.from_frame(out[["unique_id", "ds"]])).fillna(1.0).to_numpy()
-    handles = out["model"].map(lambda c: MODELS_HANDLE_EVENTS.get(c, False)).to_numpy(bool)
+    handles = out["model"].map(lambda c: c == ENSEMBLE or MODELS_HANDLE_EVENTS.get(c, False)).to_numpy(bool)
     out["mean"] = np.where(handles, out["mean"], out["mean"] * factor)
 
     # 5. conformal calibration on the chosen forecasts' out-of-sample errors
@@ -699,7 +713,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
             "score": {k: round(v["score"], 6) for k, v in s.items()},
         }
         if choice[uid] == ENSEMBLE:
-            selection[uid]["members"] = list(members)
+            selection[uid]["members"] = list(sel.members)
         selection[uid].update(band_info["series"].get(uid, {"quantile_method": bands.POOLED if choice[uid] == POOLED else bands.SNAIVE}))
     info["calibration"] = calibration.to_dict()
     info["cv_coverage"] = band_info["cv_coverage"] or _cv_coverage(errors, p.scale, calibration)
