@@ -170,17 +170,43 @@ def global_names(names: Any) -> list[str]:
     return [n for n in names if engine.MODELS_GLOBAL.get(n, False)]
 
 
-def train_global(version: str, settings: Settings) -> dict:
+#: the run-wide jobs of `train_global`, costliest first (the order they start in on the processes)
+REGRESSOR_JOB = "regressors"
+GLOBAL_JOB_ORDER = ("lstm", REGRESSOR_JOB, GLOBAL)
+
+
+def train_global(version: str, settings: Settings, workers: int | None = None) -> dict:
     """The run-wide step before the shards: which candidate regressors each per-series model keeps
-    (`decide_regressors`), then each global model (the GBM; the LSTM where PyTorch is installed)
+    (`decide_regressors`), and each global model (the GBM; the LSTM where PyTorch is installed)
     cross-validated and fitted once on every trainable series (the GBM's regressor decision
-    included); stores each and its CV frame. A global model trained per shard would be a
-    different model on each."""
+    included), stored with its CV frame. A global model trained per shard would be a different
+    model on each. The jobs are independent: they run side by side on `workers` processes
+    (default: one per core; the shards wait for this step, so it has the machine to itself)."""
+    split = lake.read_json(_work(settings, version, "split.json"))
+    names = global_names(split["models"]) if split["trained_ids"] else []
+    jobs = sorted([REGRESSOR_JOB, *names], key=lambda j: GLOBAL_JOB_ORDER.index(j) if j in GLOBAL_JOB_ORDER else 0)
+    n = max(1, min(workers or os.cpu_count() or 1, len(jobs)))
+    if n == 1:
+        runs = [_global_job(version, settings, job, os.cpu_count() or 1) for job in jobs]
+    else:
+        from joblib import Parallel, delayed
+
+        runs = Parallel(n_jobs=n, backend="loky")(delayed(_global_job)(version, settings, job, 1) for job in jobs)
+    models = [r for r in runs if r["name"] != REGRESSOR_JOB]
+    return {"version": version, "global": [r["name"] for r in models if "error" not in r],
+            "errors": {r["name"]: r["error"] for r in models if "error" in r}}
+
+
+def _global_job(version: str, settings: Settings, job: str, cores: int) -> dict:
+    """One job of `train_global` (in its own process when they run side by side) on `cores` cores."""
     p = _load(_work(settings, version, "prepared.pkl"))
-    lake.write_json_atomic(_work(settings, version, "regressors.json"), decide_regressors(p))
-    runs = [_train_global_model(p, name, version, settings) for name in global_names(p.names)] if p.long_ids else []
-    return {"version": version, "global": [r["name"] for r in runs if "error" not in r],
-            "errors": {r["name"]: r["error"] for r in runs if "error" in r}}
+    if job == REGRESSOR_JOB:
+        t0 = time.perf_counter()
+        lake.write_json_atomic(_work(settings, version, "regressors.json"), decide_regressors(p))
+        return {"name": job, "seconds": round(time.perf_counter() - t0, 3)}
+    if job == "lstm":  # torch's threads: the cores this job has
+        p.params[job] = {"n_threads": cores, **p.params.get(job, {})}
+    return _train_global_model(replace(p, n_jobs=cores), job, version, settings)
 
 
 def _train_global_model(p: Any, name: str, version: str, settings: Settings) -> dict:
