@@ -41,13 +41,13 @@ def _history(seed: int = 0, n: int = 14 * M) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True)
 
 
-def _options(tau: float, **kw: object) -> engine.EngineOptions:
-    return engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=tau, models=ZOO, n_windows=training.TRAIN_WINDOWS, **kw)
+def _options(tau: float, models: tuple[str, ...] = ZOO, **kw: object) -> engine.EngineOptions:
+    return engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=tau, models=models, n_windows=training.TRAIN_WINDOWS, **kw)
 
 
-def _train(settings: Settings, history: pd.DataFrame, tau: float, end: datetime = END) -> registry.Version:
+def _train(settings: Settings, history: pd.DataFrame, tau: float, end: datetime = END, models: tuple[str, ...] = ZOO) -> registry.Version:
     """The daily training's steps (split from a preparation in hand, shards, finalize + promote)."""
-    p = engine.prepare(history, _options(tau, refit_global=True, combine=False))
+    p = engine.prepare(history, _options(tau, models, refit_global=True, combine=False))
     shards = training.split_prepared(p, settings, {"data_start": str(history["ds"].min()), "data_end": end.isoformat(),
                                                    "hierarchy": {}})
     version = shards[0]["version"]

@@ -15,21 +15,14 @@ import pytest
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.forecast import engine, model_state, registry, scoring, training
+from tests import test_registry_bands as bands_tests
 from tests.test_registry_bands import END, M, _history, _options  # the bands tests' series and run options
 
 ZOO = ("seasonal_naive", "seasonal_mean", "auto_ets")
 
 
 def _train(settings: Settings, history: pd.DataFrame) -> registry.Version:
-    p = engine.prepare(history, engine.EngineOptions(horizon=M, season_length=M, freq="h", tau=0.9, models=ZOO,
-                                                     n_windows=training.TRAIN_WINDOWS, refit_global=True, combine=False))
-    shards = training.split_prepared(p, settings, {"data_start": str(history["ds"].min()), "data_end": END.isoformat(),
-                                                   "hierarchy": {}})
-    version = shards[0]["version"]
-    training.train_global(version, settings)
-    training.run_shards(version, shards, settings, workers=1)
-    training.train_finalize(version, settings)
-    return registry.load(settings.lake_root)
+    return bands_tests._train(settings, history, 0.9, models=ZOO)
 
 
 def _cv(uid: str, means: list[float], windows: list[int]) -> pd.DataFrame:
