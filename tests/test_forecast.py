@@ -166,6 +166,18 @@ def test_prophet_uses_holidays_and_regressors() -> None:
     pd.testing.assert_frame_equal(out, again)
 
 
+def test_prophet_cross_validation_reads_the_mean_without_predictive_sampling() -> None:
+    """CV keeps the mean only: the same means as a fit with predictive sampling, at each origin."""
+    k = np.arange(24 * 10)
+    ds = pd.date_range("2026-01-01", periods=len(k), freq="h")
+    frame = pd.DataFrame({"unique_id": "s", "ds": ds, "y": 20 + 5 * _daily(k) + 0.01 * k})
+    cv = MODELS["prophet"](SEASON, "h", uncertainty_samples=200).cross_validate(frame, 24, 2, 24)
+    assert list(cv.columns) == ["unique_id", "ds", "mean", "cutoff", "window"] and len(cv) == 48
+    last = frame[frame["ds"] <= cv[cv["window"] == 1]["cutoff"].iloc[0]]
+    sampled = MODELS["prophet"](SEASON, "h", uncertainty_samples=200).fit(last).predict(24)
+    np.testing.assert_allclose(cv[cv["window"] == 1]["mean"], sampled["mean"], rtol=1e-6)
+
+
 def test_global_model_beats_seasonal_naive_on_a_trending_panel() -> None:
     rng = np.random.default_rng(0)
     k = np.arange(24 * 14)

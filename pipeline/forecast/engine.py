@@ -399,6 +399,7 @@ class ModelRun:
     error: str | None = None
     no_series: bool = False  # nothing to cross-validate among the series given (not a model failure)
     trained: Any = None  # a global model trained in cross-validation, reused for the final forecast
+    cv_instance: Any = None  # a global model as cross-validation trained it (before the first origin), whatever the options
     seconds: float = 0.0
     regressors: dict | None = None  # which candidate exogenous columns CV kept (pipeline.forecast.regressors.decide)
 
@@ -542,11 +543,12 @@ def _cross_validate_inputs(p: Prepared, name: str) -> ModelRun:
     if not parts:
         return ModelRun(name, error=f"{name}: cross-validation failed on every series", no_series=True)
     trained = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
+    cv_instance = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon else None
     cv = current_regime_windows(_cv_with_actuals(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], p.history), p)
     if not MODELS_HANDLE_EVENTS.get(name, False):
         own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
         cv[["mean", *own]] = cv[["mean", *own]].to_numpy(float) * cv["_factor"].to_numpy(float)[:, None]
-    return ModelRun(name, cv=cv, trained=trained, seconds=round(time.perf_counter() - t0, 3))
+    return ModelRun(name, cv=cv, trained=trained, cv_instance=cv_instance, seconds=round(time.perf_counter() - t0, 3))
 
 
 def _fewer_window_cv(p: Prepared, name: str, fewer: dict[int, list[str]]) -> list[pd.DataFrame]:

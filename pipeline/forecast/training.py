@@ -57,11 +57,12 @@ COMBINATION_ENV = "PEERSCALE_TRAIN_COMBINATION"  # "off": every series gets a si
 BASE_ZOO: tuple[str, ...] = ("seasonal_naive", "seasonal_mean", "auto_ets", "arima", "mstl", GLOBAL)
 N_BUCKETS = engine.N_BUCKETS
 MIN_BUCKET_ERRORS = 8  # a horizon bucket with fewer CV errors uses the series' errors of every step
-TRAIN_WINDOWS = engine.MAX_CV_WINDOWS  # rolling origins per series (Prophet refits at each)
+TRAIN_WINDOWS = engine.MAX_CV_WINDOWS  # rolling origins per series
 #: the statsforecast models are fitted once per series at the first origin and moved forward through
 #: the later windows (parameters fixed, state updated): their CV then scores them the way the hourly
 #: runs use the registry, and ARIMA's order search runs once instead of once per origin (3.1 → ~1 s
-#: a series at 28 days of history: bench/RESULTS.md, "Train daily, score hourly")
+#: a series at 28 days of history: bench/RESULTS.md, "Train daily, score hourly"). Prophet refits
+#: at each origin (`models.ProphetModel._cross_validate` says why)
 TRAIN_CV_REFIT = False
 #: series the per-series models' regressor decision is cross-validated on (`decide_regressors`)
 REGRESSOR_SAMPLE = 64
@@ -172,6 +173,10 @@ def global_names(names: Any) -> list[str]:
 
 #: the run-wide jobs of `train_global`, costliest first (the order they start in on the processes)
 REGRESSOR_JOB = "regressors"
+#: global models stored as cross-validation trained them (before the first origin) instead of
+#: trained again on the full history: the LSTM (~80 s a training on one core, whatever the fleet
+#: size; its CV then scores the very network the hourly runs use, on inputs up to the run's hour)
+KEEP_CV_FIT = frozenset({"lstm"})
 GLOBAL_JOB_ORDER = ("lstm", REGRESSOR_JOB, GLOBAL)
 
 
@@ -215,8 +220,10 @@ def _train_global_model(p: Any, name: str, version: str, settings: Settings) -> 
     run = engine.cross_validate_model(p, name)
     if run.cv is None:
         return {"name": name, "error": run.error or f"{name}: no cross-validation"}
-    model = p.model(name)
-    model.fit(p.inputs_for(name, p.long_ids)).predict(p.horizon, future=p.future, levels=p.levels)  # trains
+    kept = name in KEEP_CV_FIT and run.cv_instance is not None
+    model = run.cv_instance if kept else p.model(name)
+    model.params["refit"] = not kept
+    model.fit(p.inputs_for(name, p.long_ids)).predict(p.horizon, future=p.future, levels=p.levels)  # trains (unless kept)
     model.params["refit"] = False  # scoring moves the origin only
     model._history = None  # the training data is not part of the model
     ref = registry.write_global(settings.lake_root, version, name, model)
