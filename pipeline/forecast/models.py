@@ -298,7 +298,7 @@ class ProphetModel(Forecaster):
         """Refit at every origin, whatever `refit`, reading the mean only (no predictive sampling:
         0.55 → 0.42 s a series). One fit before the first origin predicting every later window
         would be 4× cheaper, but it scored Prophet with fits up to 8 days old and changed the
-        regressor decision: registry pinball on the samples 0.1382 → 0.1420 (bench/RESULTS.md)."""
+        regressor decision: registry pinball on the samples 0.1382 → 0.1404 (bench/RESULTS.md)."""
         cv_model = type(self)(self.season_length, self.freq, n_jobs=self.n_jobs, **{**self.params, "uncertainty_samples": 0})
         return Forecaster._cross_validate(cv_model, history, h, n_windows, step, refit)
 
