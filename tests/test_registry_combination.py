@@ -35,7 +35,7 @@ def test_each_series_combines_its_own_two_best_models_on_the_windows_both_foreca
     cv = {"a": pd.concat([_cv("s1", [9, 9, 9], [0, 0, 1]), _cv("s2", [5, 5, 5], [0, 0, 1])]),
           "b": pd.concat([_cv("s1", [11, 11, 11], [0, 0, 1]), _cv("s2", [12, 12, 12], [0, 0, 1])]),
           "c": pd.concat([_cv("s1", [20, 20], [0, 0]), _cv("s2", [10.5, 10.5, 10.5], [0, 0, 1])])}
-    pins = {n: engine.conformal_pinball(f, 0.9) * 0 + {"a": 1, "b": 2, "c": 3}[n] for n, f in cv.items()}
+    pins = {n: pd.Series({"s1": rank, "s2": rank}) for n, rank in (("a", 1.0), ("b", 2.0), ("c", 3.0))}
     pins["c"]["s2"] = 0.5  # s2's best two: c then a
     members, combined = training.combination_cv(cv, pins, ["s1", "s2", "s3"])
     assert members == {"s1": ["a", "b"], "s2": ["c", "a"]}  # s3 has no CV rows: no combination

@@ -29,7 +29,6 @@ The choice, its scores and the calibration are returned for the run manifest.
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 import warnings
@@ -49,7 +48,18 @@ from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILE
 from pipeline.features.build import read_features
 from pipeline.forecast import bands, prep, regressors
 from pipeline.forecast.committed import apply_committed, fresh_history
-from pipeline.forecast.models import MODELS, QUANTILE_COLUMNS, NotEnoughData, future_index, output_columns
+from pipeline.forecast.models import (
+    MODEL_MIN_SEASONS,
+    MODELS,
+    MODELS_GLOBAL,
+    MODELS_HANDLE_EVENTS,
+    MODELS_ROBUST,
+    MODELS_USE_EXOG,
+    QUANTILE_COLUMNS,
+    NotEnoughData,
+    future_index,
+    output_columns,
+)
 from pipeline.forecast.quantiles import quantile_column
 
 #: "auto": the models that earned their place in the backtests (bench/): seasonal naive (the floor),
@@ -542,8 +552,8 @@ def _cross_validate_inputs(p: Prepared, name: str) -> ModelRun:
     parts += _fewer_window_cv(p, name, fewer)
     if not parts:
         return ModelRun(name, error=f"{name}: cross-validation failed on every series", no_series=True)
-    trained = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon and not p.refit_global else None
     cv_instance = instance if eligible and MODELS_GLOBAL.get(name, False) and p.window == p.horizon else None
+    trained = None if p.refit_global else cv_instance
     cv = current_regime_windows(_cv_with_actuals(pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0], p.history), p)
     if not MODELS_HANDLE_EVENTS.get(name, False):
         own = [c for c in QUANTILE_COLUMNS if c in cv.columns]
@@ -787,29 +797,6 @@ def _final_forecasts(p: Prepared, sel: Selection, cv_models: dict[str, Any], inf
             info["dropped"][name] = error
         info["timings_s"][f"fit:{name}"] = round(time.perf_counter() - t0, 3)
     return point
-
-
-@functools.cache
-def _model_class(name: str) -> type:
-    factory = MODELS[name]
-    return factory if isinstance(factory, type) else type(factory(24, "h"))
-
-
-class _Attr:
-    """`MODELS_GLOBAL.get(name)`: a model class attribute, looked up lazily (no heavy imports)."""
-
-    def __init__(self, attr: str) -> None:
-        self.attr = attr
-
-    def get(self, name: str, default: Any = None) -> Any:
-        return getattr(_model_class(name), self.attr, default) if name in MODELS else default
-
-
-MODELS_HANDLE_EVENTS = _Attr("handles_events")
-MODELS_USE_EXOG = _Attr("uses_exog")
-MODELS_GLOBAL = _Attr("is_global")
-MODEL_MIN_SEASONS = _Attr("min_seasons")
-MODELS_ROBUST = _Attr("robust")
 
 
 def _ensemble(cv_frames: dict[str, pd.DataFrame], members: list[str]) -> pd.DataFrame:

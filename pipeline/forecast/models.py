@@ -7,6 +7,7 @@ that needs them. The global models live in `global_models` and `deep`.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -317,3 +318,26 @@ MODELS: dict[str, Callable[..., Forecaster]] = {
     "global_gbm": GlobalGBMModel,
     "lstm": LSTMModel,
 }
+
+
+@functools.cache
+def _model_class(name: str) -> type:
+    factory = MODELS[name]
+    return factory if isinstance(factory, type) else type(factory(24, "h"))
+
+
+class _Attr:
+    """`MODELS_GLOBAL.get(name)`: a model class attribute, looked up lazily (no heavy imports)."""
+
+    def __init__(self, attr: str) -> None:
+        self.attr = attr
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return getattr(_model_class(name), self.attr, default) if name in MODELS else default
+
+
+MODELS_HANDLE_EVENTS = _Attr("handles_events")
+MODELS_USE_EXOG = _Attr("uses_exog")
+MODELS_GLOBAL = _Attr("is_global")
+MODEL_MIN_SEASONS = _Attr("min_seasons")
+MODELS_ROBUST = _Attr("robust")

@@ -186,9 +186,9 @@ def _tail_matches(hist: pd.DataFrame | None, fp: dict) -> bool:
 
 def is_global(name: str) -> bool:
     """A model stored once per version (`globals`), not per series: the GBM, the LSTM."""
-    from pipeline.forecast.models import MODELS
+    from pipeline.forecast.models import MODELS_GLOBAL
 
-    return bool(getattr(MODELS.get(name), "is_global", False))
+    return bool(MODELS_GLOBAL.get(name, False))
 
 
 def _global_means(version: registry.Version, p: Any, ids: list[str], name: str) -> dict[tuple[str, str], np.ndarray]:
@@ -280,7 +280,7 @@ def _entry_means(version: registry.Version, ids: list[str], member_means: dict[t
                  factor: dict[str, np.ndarray], failed: dict[str, str]) -> dict[str, np.ndarray]:
     """Each series' point forecast: its model's, or the mean of its combination's members', each
     with the calendar uplift where the model does not forecast events itself."""
-    from pipeline.forecast.models import MODELS
+    from pipeline.forecast.models import MODELS_HANDLE_EVENTS
 
     out: dict[str, np.ndarray] = {}
     for uid in ids:
@@ -293,7 +293,7 @@ def _entry_means(version: registry.Version, ids: list[str], member_means: dict[t
                 failed[uid] = f"{name}: no forecast"
                 break
             mean = mean[: len(factor[uid])]
-            parts.append(mean if getattr(MODELS.get(name), "handles_events", False) else mean * factor[uid])
+            parts.append(mean if MODELS_HANDLE_EVENTS.get(name, False) else mean * factor[uid])
         else:
             out[uid] = np.mean(parts, axis=0)
     return out
