@@ -319,7 +319,10 @@ def test_daily_training_shards_spread_over_both_celery_workers(seeded_copy: Path
         current = registry.current(settings.lake_root)
         assert current is not None
         version = registry.load(settings.lake_root, str(current["version"]))
-        assert set(version.manifest["chosen"]) <= {"seasonal_naive", "seasonal_mean", "auto_ets"} and version.entries
+        zoo = {"seasonal_naive", "seasonal_mean", "auto_ets"}
+        assert version.entries and set(version.manifest["chosen"]) <= zoo | {"ensemble"}, version.manifest["chosen"]
+        used = {name for e in version.entries.values() for name in (e.get("members") or [e["model"]])}
+        assert used <= zoo, f"models outside the operator's zoo: {used - zoo}"
         print(f"\ntraining shards per worker: {shards}")
     except BaseException:
         print(cluster.log_tails(60))

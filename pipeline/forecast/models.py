@@ -219,6 +219,20 @@ def _quiet_prophet() -> None:
         logger.propagate = False
 
 
+def _prophet_mean(model: Any) -> Callable[[pd.DataFrame], np.ndarray]:
+    """A fitted Prophet's mean forecast (`yhat`, rows by `ds`) as a function of the frame to predict:
+    in numpy from its parameters where `prophet_numpy` reproduces the model (~1 ms, equal to Prophet's
+    to 1e-9; Prophet's own pandas `predict` is ~20 ms and the CV calls it twice per origin), else
+    Prophet's `predict`."""
+    from pipeline.forecast.prophet_numpy import compact_params, predict_mean
+
+    try:
+        params = compact_params(model)
+    except ValueError:
+        return lambda frame: model.predict(frame)["yhat"].to_numpy(float)
+    return lambda frame: predict_mean(params, frame)
+
+
 def _fit_prophet_one(uid: str, frame: pd.DataFrame, future: pd.DataFrame, regressors: list[str], holidays: pd.DataFrame | None,
                      daily: bool, weekly: bool, levels: tuple[int, ...], samples: int) -> pd.DataFrame:
     _quiet_prophet()
@@ -231,13 +245,13 @@ def _fit_prophet_one(uid: str, frame: pd.DataFrame, future: pd.DataFrame, regres
         model.add_regressor(reg)
     model.fit(frame[["ds", "y", *regressors]])
     fut = future[["ds", *regressors]].reset_index(drop=True)
-    fcst = model.predict(fut)
+    yhat = _prophet_mean(model)
     draws = None
     if samples:
         np.random.seed(0)  # predictive sampling is random: fix it so a rerun gives the same bytes
         model.uncertainty_samples = samples
         draws = model.predictive_samples(fut)["yhat"]
-    out = pd.DataFrame({"unique_id": uid, "ds": future["ds"].to_numpy(), "mean": fcst["yhat"].to_numpy()})
+    out = pd.DataFrame({"unique_id": uid, "ds": future["ds"].to_numpy(), "mean": yhat(fut)})
     if draws is not None:
         out["q50"] = np.quantile(draws, 0.5, axis=1)
         for q in FORECAST_QUANTILES[1:]:
@@ -246,7 +260,7 @@ def _fit_prophet_one(uid: str, frame: pd.DataFrame, future: pd.DataFrame, regres
             out[f"lo_{level}"] = np.quantile(draws, 0.5 - level / 200, axis=1)
             out[f"hi_{level}"] = np.quantile(draws, 0.5 + level / 200, axis=1)
     else:
-        resid = frame["y"].to_numpy() - model.predict(frame[["ds", *regressors]])["yhat"].to_numpy()
+        resid = frame["y"].to_numpy() - yhat(frame[["ds", *regressors]].reset_index(drop=True))
         out = gaussian_bands(out, np.full(len(out), float(np.std(resid))), levels)
     return out
 

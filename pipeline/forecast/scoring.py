@@ -210,14 +210,20 @@ def _future_factor(idx: pd.DataFrame, future: pd.DataFrame | None) -> np.ndarray
     return f.reindex(pd.MultiIndex.from_frame(idx[["unique_id", "ds"]])).fillna(1.0).to_numpy()
 
 
-#: per-series states costing tens of milliseconds to score (Prophet: its JSON read back and a
-#: pandas-heavy predict, ~50 ms a series) are scored on a process pool from this many series on
+#: per-series states costing tens of milliseconds to score (a Prophet state without compact
+#: parameters: its JSON read back and a pandas-heavy predict, ~25-50 ms a series) are scored on a
+#: process pool from this many series on; with them (`prophet_numpy`, ~1 ms) a pool costs more than it saves
 PARALLEL_SCORING_MIN = 48
 SLOW_STATES = frozenset({"prophet"})
 
 
 Job = tuple[str, str, dict, pd.DataFrame, pd.DataFrame, int, int]  # uid, model, state, inputs, future, horizon, season
 Scored = tuple[tuple[str, str], np.ndarray | None, str | None]  # (uid, model), means or None, why not
+
+
+def _slow(job: Job) -> bool:
+    """A job worth a process pool (`SLOW_STATES` without compact parameters)."""
+    return job[1] in SLOW_STATES and not (isinstance(job[2], dict) and job[2].get("params"))
 
 
 def _score_states(jobs: list[Job]) -> list[Scored]:
@@ -233,7 +239,7 @@ def _score_states(jobs: list[Job]) -> list[Scored]:
 
 def _run_jobs(jobs: list[Job], n_jobs: int) -> list[Scored]:
     """`_score_states` in this process, or in chunks on a process pool when the slow states are many."""
-    slow = [j for j in jobs if j[1] in SLOW_STATES]
+    slow = [j for j in jobs if _slow(j)]
     workers = worker_count(n_jobs, len(slow))
     if len(slow) < PARALLEL_SCORING_MIN or workers < 2:
         return _score_states(jobs)
@@ -241,7 +247,7 @@ def _run_jobs(jobs: list[Job], n_jobs: int) -> list[Scored]:
 
     chunks = [slow[i::workers] for i in range(workers)]
     results = Parallel(n_jobs=workers, backend="loky")(delayed(_score_states)(chunk) for chunk in chunks)
-    return [*_score_states([j for j in jobs if j[1] not in SLOW_STATES]), *itertools.chain.from_iterable(results)]
+    return [*_score_states([j for j in jobs if not _slow(j)]), *itertools.chain.from_iterable(results)]
 
 
 def _local_means(version: registry.Version, p: Any, ids: list[str], rows: dict[str, pd.DataFrame]
