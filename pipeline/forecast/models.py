@@ -85,9 +85,7 @@ class StatsForecastModel(Forecaster):
         sf, alias = self._sf()
         raw = sf.cross_validation(h=h, df=history[list(KEY_COLUMNS)], n_windows=n_windows, step_size=step, refit=refit)
         raw = raw.rename(columns={alias: "mean"})
-        cutoffs = np.sort(raw["cutoff"].unique())
         raw["window"] = raw.groupby("unique_id")["cutoff"].rank(method="dense").astype(int) - 1
-        del cutoffs
         raw["unique_id"] = raw["unique_id"].astype(str)
         return raw[["unique_id", "ds", "cutoff", "window", "mean"]].reset_index(drop=True)
 
