@@ -274,3 +274,23 @@ def test_the_engine_s_prophet_cv_and_forecast_match_prophet_s_own_predict(monkey
     for a, b in zip(fast, slow):
         assert len(a) and list(a.columns) == list(b.columns)
         pd.testing.assert_frame_equal(a, b, rtol=1e-9, atol=1e-9)
+
+
+def test_a_model_laid_out_otherwise_raises_value_error_so_callers_keep_prophet_s_predict() -> None:
+    """A Prophet release that stores its fit differently must not crash a CV: ValueError, which
+    `models._prophet_mean` and `model_state._fit_prophet` answer with Prophet's own path."""
+    from pipeline.forecast.models import _prophet_mean
+
+    history, ahead = _hourly(n=14 * 24, extra=24)
+    model = _prophet(daily_seasonality=True, weekly_seasonality=True)
+    model.fit(history[["ds", "y"]])
+    expected = model.predict(ahead[["ds"]])["yhat"].to_numpy()
+    del model.params["beta"]
+    with pytest.raises(ValueError, match="not laid out as expected"):
+        prophet_numpy.compact_params(model)
+    model.params["beta"] = "not numbers"
+    with pytest.raises(ValueError):
+        prophet_numpy.compact_params(model)
+    model2 = _prophet(daily_seasonality=True, weekly_seasonality=True).fit(history[["ds", "y"]])
+    model2.train_component_cols = model2.train_component_cols.drop(columns="daily")
+    np.testing.assert_allclose(_prophet_mean(model2)(ahead[["ds"]]), expected, **TOL)

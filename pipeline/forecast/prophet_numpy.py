@@ -38,7 +38,16 @@ NS_PER_DAY = 86_400 * 10**9
 def compact_params(model: Any) -> dict:
     """The JSON-able parameters `predict_mean` needs, from a fitted `prophet.Prophet`.
 
-    Raises ValueError for what `predict_mean` does not reproduce (see the module docstring)."""
+    Raises ValueError for what `predict_mean` does not reproduce (see the module docstring), and for
+    a model laid out otherwise than the Prophet release this was written against: the callers then
+    keep Prophet's own `predict`."""
+    try:
+        return _compact_params(model)
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise ValueError(f"the Prophet model is not laid out as expected ({type(exc).__name__}: {str(exc)[:100]})") from exc
+
+
+def _compact_params(model: Any) -> dict:
     _check_supported(model)
     k, m = float(np.nanmean(model.params["k"])), float(np.nanmean(model.params["m"]))
     deltas = np.nanmean(np.asarray(model.params["delta"], float), axis=0).reshape(-1)
