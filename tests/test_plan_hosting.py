@@ -148,3 +148,26 @@ def test_plans_with_replans_are_identical_across_process_counts_and_identical_wi
     assert one.objective == two.objective and one.lower_bound == two.lower_bound
     for r in regions:
         assert one.cells[(W[0], r)].counts == one.cells[(W[1], r)].counts == one.cells[(W[2], r)].counts
+
+
+def test_the_planner_uses_the_available_cores_by_default_and_maps_in_process_inside_a_daemon(monkeypatch) -> None:
+    """PEERSCALE_PLAN_WORKERS defaults to the cores this process may use; a daemonic process (a
+    Celery prefork worker's task) may not start children, so the map runs in process there."""
+    import multiprocessing
+    import os
+
+    from pipeline.plan import core
+
+    assert core.default_plan_workers() == len(os.sched_getaffinity(0))
+    pids = core.parallel_map(_pid, list(range(16)), 2)
+    assert len(set(pids)) >= 2 and os.getpid() not in pids  # forked workers did the work
+    monkeypatch.setattr(multiprocessing.current_process(), "daemon", True, raising=False)
+    assert set(core.parallel_map(_pid, list(range(16)), 2)) == {os.getpid()}
+
+
+def _pid(_: int) -> int:
+    import os
+    import time
+
+    time.sleep(0.02)  # long enough that both workers take tasks
+    return os.getpid()

@@ -315,8 +315,11 @@ def _region_task(args: tuple[list[RegionProblem], WindowOptions]) -> list[Window
 
 
 def parallel_map(fn: Callable, items: list, workers: int) -> list:
-    """`map` over processes (fork) when it pays; every task is deterministic, so results are too."""
-    if workers <= 1 or len(items) < 4 * workers or "fork" not in multiprocessing.get_all_start_methods():
+    """`map` over processes (fork) when it pays; every task is deterministic, so results are too.
+    In a daemonic process (a Celery prefork worker's task) multiprocessing may not start children:
+    the map runs in process there."""
+    if (workers <= 1 or len(items) < 4 * workers or "fork" not in multiprocessing.get_all_start_methods()
+            or multiprocessing.current_process().daemon):
         return [fn(item) for item in items]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(fn, items, chunksize=max(1, len(items) // (workers * 16))))
@@ -493,9 +496,18 @@ class _Windows:
                 "cost": sum(w.cost for w in self.info.values())}
 
 
+def default_plan_workers() -> int:
+    """The cores this process may use (the plan is the same for any number of workers; at 30
+    regions two halve the plan's seconds: bench/RESULTS.md)."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | None = None) -> PlanResult:
     """Plan every window and region of `problem` (see the module docstring)."""
-    workers = workers if workers is not None else env_int("PEERSCALE_PLAN_WORKERS", 1)
+    workers = workers if workers is not None else env_int("PEERSCALE_PLAN_WORKERS", default_plan_workers())
     clock = _StageClock()
     with clock.stage("prepare"):
         partners = config.partners_for(problem.regions)
