@@ -463,3 +463,33 @@ def test_the_ensemble_applies_the_calendar_uplift_to_each_member_that_does_not_f
     factor = pd.Series([1.0, 2.0], index=pd.MultiIndex.from_frame(idx))
     frames = eng._chosen_means(SimpleNamespace(ids=["s1"]), sel, point, idx, factor)  # type: ignore[arg-type]
     np.testing.assert_allclose(frames[0]["mean"], [10.0, 20.0])
+
+
+def test_global_gbm_chunked_threaded_predict_equals_one_pass(history: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The GBM predicts its rows in chunks of series on one thread per core: the same numbers as one
+    pass over every row, in the same order, and the process's BLAS thread limit left as it was."""
+    from threadpoolctl import threadpool_info
+
+    from pipeline.forecast import global_models
+
+    blas_before = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    model = MODELS["global_gbm"](SEASON, "h", n_jobs=2)
+    one_pass = model.fit(history).predict(HORIZON)
+    cv_one = model.cross_validate(history[history["unique_id"] != SHORT], HORIZON, n_windows=2)
+    monkeypatch.setattr(global_models, "PREDICT_CHUNK_ROWS", 50)  # 3 series a chunk
+    monkeypatch.setattr(global_models, "PARALLEL_PREDICT_ROWS", 1)
+    threads: set[str] = set()
+    original = global_models.GlobalGBMModel._forecast_series
+
+    def spy(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+        import threading
+
+        threads.add(threading.current_thread().name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(global_models.GlobalGBMModel, "_forecast_series", spy)
+    chunked = MODELS["global_gbm"](SEASON, "h", n_jobs=2)
+    pd.testing.assert_frame_equal(chunked.fit(history).predict(HORIZON), one_pass)
+    pd.testing.assert_frame_equal(chunked.cross_validate(history[history["unique_id"] != SHORT], HORIZON, n_windows=2), cv_one)
+    assert any(t.startswith("gbm-predict") for t in threads), threads
+    assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == blas_before  # none left capped

@@ -87,11 +87,12 @@ def regime_start(y: np.ndarray, m: int) -> int:
     return start
 
 
-def seasonal_diffs(y: np.ndarray, m: int, lag: int) -> np.ndarray:
-    """Seasonal differences at `lag` over the current regime (see the module docstring)."""
+def seasonal_diffs(y: np.ndarray, m: int, lag: int, start: int | None = None) -> np.ndarray:
+    """Seasonal differences at `lag` over the current regime (see the module docstring). `start`:
+    `regime_start` of the finite values of `y` when the caller has it (it is the same for every lag)."""
     y = np.asarray(y, float)
     y = y[np.isfinite(y)]
-    start = regime_start(y, m)
+    start = regime_start(y, m) if start is None else start
     if len(y) - start >= lag + MIN_DIFFS_SEASONS * m:
         y = y[start:]
     y = y[-(LOOKBACK_SEASONS * m + lag):]
@@ -115,7 +116,10 @@ def diff_offsets(y: np.ndarray, m: int, h: int, probs: Sequence[float]) -> dict[
     """Per step 0..h-1: the p-quantile of the seasonal differences at the lag seasonal naive uses
     for that step (m for the first season of the horizon, 2m for the second, ...)."""
     seasons = -(-h // m)
-    per_lag = {k: seasonal_diffs(y, m, k * m) for k in range(1, seasons + 1)}
+    y = np.asarray(y, float)
+    y = y[np.isfinite(y)]
+    start = regime_start(y, m)
+    per_lag = {k: seasonal_diffs(y, m, k * m, start) for k in range(1, seasons + 1)}
     step_lag = np.arange(h) // m + 1
     table = np.array([np.quantile(per_lag[k], list(probs)) for k in range(1, seasons + 1)])  # lag × prob
     return {p: table[step_lag - 1, j] for j, p in enumerate(probs)}

@@ -39,18 +39,21 @@ from pipeline.forecast.base import (
 from pipeline.forecast.quantiles import quantile_column
 
 N_BUCKETS = 4  # horizon buckets of the model's own residual quantiles
+PREDICT_CHUNK_ROWS = 60_000  # forecast rows whose features are built and predicted at once
+PARALLEL_PREDICT_ROWS = 20_000  # fewer rows predict on the calling thread (a pool costs more than it saves)
 
 
-def _threads(n: int | None) -> Any:
+def _threads(n: int | None, user_api: str | None = None) -> Any:
     """Cap OpenMP threads: on a shared machine OpenMP's spin-waiting makes 2 threads 10× slower
-    than 1 (measured: 20k rows, 150 iterations: 3 s vs 44 s under load). None = no cap."""
+    than 1 (measured: 20k rows, 150 iterations: 3 s vs 44 s under load). None = no cap.
+    `user_api="openmp"` caps only OpenMP, whose setting is per thread (safe from worker threads)."""
     from contextlib import nullcontext
 
     if n is None:
         return nullcontext()
     from threadpoolctl import threadpool_limits
 
-    return threadpool_limits(int(n))
+    return threadpool_limits(int(n), user_api=user_api)
 
 
 def _fit_booster(X: np.ndarray, y: np.ndarray, booster: dict, seed: int, n_threads: int | None) -> Any:
@@ -335,14 +338,40 @@ class GlobalGBMModel(Forecaster):
                      exog=np.concatenate([f[4] for f in frames]))
 
     def _forecast_at(self, flat: _Flat, origins: np.ndarray, h: int, levels: Sequence[int]) -> dict[str | float, np.ndarray]:
-        """Forecasts for steps 0..h-1 after `origins` (per series, in-series index of t)."""
+        """Forecasts for steps 0..h-1 after `origins` (per series, in-series index of t).
+
+        The rows go through the boosters in chunks of series: the feature matrix of one chunk is
+        resident at a time (at 10k series × 48 steps the whole one is ~1 GB), and the chunks run on
+        one thread per core — scikit-learn's tree predict releases the GIL, so threads share the
+        flat arrays instead of copying them to processes. Each row's forecast depends on its own
+        features only, so any chunking gives the same numbers."""
         n = len(flat.ids)
-        series = np.repeat(np.arange(n), h)
-        step = np.tile(np.arange(h), n)
+        threads = worker_count(self.n_jobs, n) if n * h >= PARALLEL_PREDICT_ROWS else 1
+        n_chunks = min(n, max(threads, -(-n * h // PREDICT_CHUNK_ROWS)))
+        chunks = np.array_split(np.arange(n), n_chunks)
+
+        def run(series: np.ndarray) -> dict[str | float, np.ndarray]:
+            return self._forecast_series(flat, series, origins[series], h)
+
+        if threads > 1:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(threads, thread_name_prefix="gbm-predict") as pool:
+                parts = list(pool.map(run, chunks))
+        else:
+            parts = [run(chunk) for chunk in chunks]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
+
+    def _forecast_series(self, flat: _Flat, series_index: np.ndarray, origins: np.ndarray, h: int) -> dict[str | float, np.ndarray]:
+        """`_forecast_at` for the series `series_index` (their origins `origins`), rows in series order."""
+        series = np.repeat(series_index, h)
+        step = np.tile(np.arange(h), len(series_index))
         base = flat.offsets[series] + np.repeat(origins, h)
         X, c, s, anchor = self._features(flat, series, base, step)
-        with _threads(self._p("n_threads", 1)):
+        # OpenMP's thread count is per calling thread: cap this one's (see _threads), not BLAS's (global)
+        with _threads(self._p("n_threads", 1), user_api="openmp"):
             pred = self._model.predict(X)
+        del X
         out: dict[str | float, np.ndarray] = {"mean": c + s * (pred + anchor)}  # "mean" and one entry per quantile
         bucket = np.minimum(step * N_BUCKETS // h, N_BUCKETS - 1)
         for p, qs in self._resid_q.items():
