@@ -493,3 +493,43 @@ def test_global_gbm_chunked_threaded_predict_equals_one_pass(history: pd.DataFra
     pd.testing.assert_frame_equal(chunked.cross_validate(history[history["unique_id"] != SHORT], HORIZON, n_windows=2), cv_one)
     assert any(t.startswith("gbm-predict") for t in threads), threads
     assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == blas_before  # none left capped
+
+
+class _ChooseBandWithPid:
+    """engine._choose_band, and the process that ran it (module level: pickled to forked workers)."""
+
+    def __call__(self, task):  # type: ignore[no-untyped-def]
+        import os
+
+        from pipeline.forecast import engine
+
+        return engine._choose_band(task), os.getpid()
+
+
+def test_band_choices_spread_over_forked_workers_give_the_in_process_result(history: pd.DataFrame,
+                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each series' band is chosen on its own evidence: spread over two forked workers, the forecast
+    and every per-series band decision are those of the in-process choice."""
+    import os
+
+    from pipeline.common import parallel
+    from pipeline.forecast import engine
+
+    options = replace(OPTIONS, models=LOCAL, n_jobs=2)
+    monkeypatch.setattr(engine, "PARALLEL_BAND_SERIES", 10**6)
+    serial = run_engine(history, options)
+    pids: list[int] = []
+
+    def spy(fn, items, workers, min_items_per_worker=4):  # type: ignore[no-untyped-def]
+        assert fn is engine._choose_band
+        out = parallel.fork_map(_ChooseBandWithPid(), items, workers, min_items_per_worker)
+        pids.extend(pid for _, pid in out)
+        return [result for result, _ in out]
+
+    monkeypatch.setattr(engine, "PARALLEL_BAND_SERIES", 2)
+    monkeypatch.setattr(engine, "fork_map", spy)
+    spread = run_engine(history, options)
+    assert pids and os.getpid() not in pids  # forked workers chose every band
+    pd.testing.assert_frame_equal(spread.forecasts, serial.forecasts)
+    assert spread.selection == serial.selection
+    assert spread.info["quantile_methods"] == serial.info["quantile_methods"]

@@ -44,9 +44,11 @@ import pyarrow.parquet as pq
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
+from pipeline.common.parallel import fork_map
 from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 from pipeline.features.build import read_features
 from pipeline.forecast import bands, prep, regressors
+from pipeline.forecast.base import worker_count
 from pipeline.forecast.committed import apply_committed, fresh_history
 from pipeline.forecast.models import (
     MODEL_MIN_SEASONS,
@@ -102,6 +104,9 @@ MIN_POINT_WINDOWS = 2
 #: series' current regime (after its last level shift): the seasonal mean averages four seasons, so
 #: earlier windows score the transition, and their errors would widen every CV-error band for good
 SETTLE_SEASONS = 4
+#: series a forked worker takes at least before the band choice spreads over the cores (each takes
+#: ~2-4 ms; a worker costs ~20 ms to fork and feed)
+PARALLEL_BAND_SERIES = 100
 CALIBRATION_SHRINK = 48.0  # pseudo-errors pulling a series' own error size towards the pool's
 MIN_ERROR_SIZE = 1e-12  # floor on a series' error size: a perfect series must not divide by zero
 ZERO_LOSS = 1e-12  # a loss this small is a perfect forecast (relative scores divide by it)
@@ -993,6 +998,38 @@ def _final_band(method: str, cv: bands.SeriesCV | None, y: np.ndarray, mean: np.
 _Covered = dict[str, dict[int, np.ndarray]]  # series → interval level → which CV actuals its band covered
 
 
+@dataclass(frozen=True)
+class _BandTask:
+    """What choosing one series' band needs: its CV evidence and history, and the run's shape."""
+
+    cv: bands.SeriesCV
+    history: np.ndarray
+    season_length: int
+    g: np.ndarray  # the pooled horizon profile of the errors (Calibration.g)
+    horizon: int
+    full_windows: int  # windows a series needs to choose among every band (min(n_windows, MAX_CV_WINDOWS))
+    cv_probs: tuple[float, ...]
+    score_probs: tuple[float, ...]
+
+
+def _choose_band(task: _BandTask) -> tuple[str, dict, dict[int, np.ndarray]]:
+    """One series: the band method chosen on its CV windows, its scores, and per interval level
+    which of its CV actuals the chosen band covered (empty when it chose no CV candidate)."""
+    cv, score_probs = task.cv, list(task.score_probs)
+    cands = bands.cv_candidates(cv, task.history, task.season_length, task.g, N_BUCKETS, task.horizon,
+                                list(task.cv_probs), max(score_probs))
+    if len(cv.cut) < MIN_POINT_WINDOWS:  # one window is no evidence against seasonal naive's point
+        cands = {k: v for k, v in cands.items() if k == bands.SNAIVE}
+    elif len(cv.cut) < task.full_windows:  # too few windows to choose a band on: choose the point only
+        cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
+    method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
+    covered: dict[int, np.ndarray] = {}
+    for lv in FORECAST_LEVELS if method in cands else ():
+        lo, hi = cands[method][round(0.5 - lv / 200, 6)], cands[method][round(0.5 + lv / 200, 6)]
+        covered[lv] = (cv.y >= lo) & (cv.y <= hi)
+    return method, scores, covered
+
+
 def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame], cal: Calibration, ids: Sequence[str],
                   hist: dict[str, tuple[np.ndarray, np.ndarray]], cv_probs: Sequence[float],
                   score_probs: Sequence[float]) -> tuple[dict[str, tuple[str, dict, bands.SeriesCV | None]], _Covered]:
@@ -1000,27 +1037,23 @@ def _band_choices(p: Prepared, sel: Selection, cv_frames: dict[str, pd.DataFrame
     interval level, which of its CV actuals the chosen band covered (per series). Series
     without CV evidence get the seasonal-naive band from their own differences (the pool's shape
     only under two seasons): giving them the method the pool chose most often was tried and lost
-    badly on short real series (bench/RESULTS.md)."""
+    badly on short real series (bench/RESULTS.md). Each series' choice is its own, so the series
+    are spread over the cores (forked workers) from `PARALLEL_BAND_SERIES` a worker on."""
     chosen = _chosen_cv(cv_frames, sel.choice)
     pooled = _pooled_cv(p, chosen, cv_probs) if not chosen.empty else {}
     cv_rows = chosen.groupby("unique_id", sort=False).indices if not chosen.empty else {}
     cols = {c: chosen[c].to_numpy() for c in chosen.columns}
+    with_cv = [uid for uid in ids if uid in cv_rows]
+    tasks = [_BandTask(cv=_series_cv(cols, cv_rows[uid], pooled, hist[uid][0]), history=hist[uid][1],
+                       season_length=p.season_length, g=cal.g, horizon=p.window, full_windows=min(p.n_windows, MAX_CV_WINDOWS),
+                       cv_probs=tuple(cv_probs), score_probs=tuple(score_probs)) for uid in with_cv]
+    results = fork_map(_choose_band, tasks, worker_count(p.n_jobs, len(tasks)), min_items_per_worker=PARALLEL_BAND_SERIES)
     out: dict[str, tuple[str, dict, bands.SeriesCV | None]] = {}
     covered: _Covered = {}
-    for uid in ids:
-        if uid not in cv_rows:
-            continue
-        cv = _series_cv(cols, cv_rows[uid], pooled, hist[uid][0])
-        cands = bands.cv_candidates(cv, hist[uid][1], p.season_length, cal.g, N_BUCKETS, p.window, cv_probs, max(score_probs))
-        if len(cv.cut) < MIN_POINT_WINDOWS:  # one window is no evidence against seasonal naive's point
-            cands = {k: v for k, v in cands.items() if k == bands.SNAIVE}
-        elif len(cv.cut) < min(p.n_windows, MAX_CV_WINDOWS):  # too few windows to choose a band on: choose the point only
-            cands = {k: v for k, v in cands.items() if k in (bands.EMPIRICAL, bands.SNAIVE)}
-        method, scores = bands.choose_method({k: {q: v[q] for q in score_probs} for k, v in cands.items()}, cv.y, score_probs)
-        for lv in FORECAST_LEVELS if method in cands else ():
-            lo, hi = cands[method][round(0.5 - lv / 200, 6)], cands[method][round(0.5 + lv / 200, 6)]
-            covered.setdefault(uid, {})[lv] = (cv.y >= lo) & (cv.y <= hi)
-        out[uid] = (method, scores, cv)
+    for uid, task, (method, scores, cov) in zip(with_cv, tasks, results):
+        out[uid] = (method, scores, task.cv)
+        if cov:
+            covered[uid] = cov
     for uid in ids:
         if uid not in out:  # no evidence: the baseline (its point too: an unchecked model's point can be far off)
             own_too_short = len(hist[uid][1]) < 2 * p.season_length

@@ -32,12 +32,10 @@ tier keep the allocation bound).
 """
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pickle
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -47,6 +45,7 @@ import pandas as pd
 
 from pipeline.common.env import env_int
 from pipeline.common.numeric import EPS, ROUNDING_SLACK, exceeds
+from pipeline.common.parallel import cores_available, fork_map
 from pipeline.common.schemas import PRIORITIES, RESOURCE_TYPES
 from pipeline.plan.allocate import (
     COMPUTE_POOL_RESOURCES,
@@ -315,14 +314,9 @@ def _region_task(args: tuple[list[RegionProblem], WindowOptions]) -> list[Window
 
 
 def parallel_map(fn: Callable, items: list, workers: int) -> list:
-    """`map` over processes (fork) when it pays; every task is deterministic, so results are too.
-    In a daemonic process (a Celery prefork worker's task) multiprocessing may not start children:
-    the map runs in process there."""
-    if (workers <= 1 or len(items) < 4 * workers or "fork" not in multiprocessing.get_all_start_methods()
-            or multiprocessing.current_process().daemon):
-        return [fn(item) for item in items]
-    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
-        return list(pool.map(fn, items, chunksize=max(1, len(items) // (workers * 16))))
+    """`map` over forked processes when it pays (pipeline.common.parallel.fork_map); every task is
+    deterministic, so results are too."""
+    return fork_map(fn, items, workers)
 
 
 @dataclass
@@ -499,10 +493,7 @@ class _Windows:
 def default_plan_workers() -> int:
     """The cores this process may use (the plan is the same for any number of workers; at 30
     regions two halve the plan's seconds: bench/RESULTS.md)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
+    return cores_available()
 
 
 def solve_plan(problem: PlanningProblem, config: PlannerConfig, workers: int | None = None) -> PlanResult:
