@@ -33,7 +33,12 @@ def test_every_telemetry_column_of_the_lake_is_a_candidate_regressor(seeded_copy
     settings = settings_for(seeded_copy)
     hour = DataInterval.ending_at("2026-01-28T06:00")
     stage_features(hour, settings)
+    before = engine.forecast_run_id("hourly", DataInterval.ending_at("2026-01-28T05:00"))
+    lake.write_json_atomic(storage.join(lake.forecast_dir(settings.lake_root, before), "manifest.json"),
+                           {"engine": {"regressors": {"global_gbm": {"candidates": names, "used": []}}}})
     x = engine.load_inputs(hour, settings, "hourly", ("seasonal_naive",))
+    assert x.options.regressors == {"global_gbm": {"candidates": names, "used": [], "run_id": before}}, "the day's decision"
+    assert engine.load_inputs(hour, settings, "daily", ("seasonal_naive",)).options.regressors is None, "the daily run decides"
     assert set(names) <= set(x.engine_input.columns) and set(names) <= set(x.future.columns)
     region = x.engine_input[x.engine_input["unique_id"].str.startswith("region:")]
     assert (region[names].std() > 0).all(), "real telemetry, not a fill value"
@@ -158,3 +163,70 @@ def test_the_training_manifest_records_regressors_and_seconds_per_model(seeded_c
     assert any(k.endswith(":final_fit") for k in manifest["seconds"])
     assert not storage.exists(registry.work_dir(settings.lake_root, trained["version"]))
     assert lake.read_json(registry.manifest_path(settings.lake_root, trained["version"]))["version"] == trained["version"]
+
+
+def test_an_earlier_decision_on_the_same_candidates_is_kept_without_cross_validating_twice(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The day's decision is kept (the GBM cross-validated once, its inputs restricted as decided, the
+    info naming the run that decided); one made on other candidate columns, or that failed, is not."""
+    history, future = _with_driver(n=24 * 14)
+    calls: list[str] = []
+    real = engine._cross_validate_inputs
+
+    def counting(p, name):  # type: ignore[no-untyped-def]
+        calls.append(name)
+        return real(p, name)
+
+    monkeypatch.setattr(engine, "_cross_validate_inputs", counting)
+    options = engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=0.9, models=("seasonal_naive", "global_gbm"),
+                                   combine=False)
+    earlier = {"global_gbm": {"candidates": ["noise", "load"], "used": ["load"], "series": 4, "run_id": "hourly-20260101T0100"}}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        kept = engine.run_engine(history, replace(options, regressors=earlier), future=future)
+    assert calls.count("global_gbm") == 1, calls
+    assert kept.info["regressors"]["global_gbm"] == {"candidates": ["noise", "load"], "used": ["load"], "series": 4,
+                                                     "reused_from": "hourly-20260101T0100"}
+    p = engine.prepare(history, replace(options, regressors=earlier), future=future)
+    assert p.regressors == {"global_gbm": ["load"]} and "noise" not in p.inputs_for("global_gbm", p.ids).columns
+
+    for stale in ({"global_gbm": {**earlier["global_gbm"], "candidates": ["load"]}},  # the lake's columns changed
+                  {"global_gbm": {**earlier["global_gbm"], "reason": "with telemetry: CV failed"}},
+                  {"prophet": earlier["global_gbm"]}):  # a model this run does not have
+        calls.clear()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            fresh = engine.run_engine(history, replace(options, regressors=stale), future=future)
+        assert calls.count("global_gbm") == 2, (stale, calls)
+        assert "reused_from" not in fresh.info["regressors"]["global_gbm"]
+
+
+def test_the_hourly_run_takes_the_latest_decision_of_its_day(tmp_path: Path) -> None:
+    """`earlier_regressor_decisions` reads the latest earlier hourly run of the same UTC day (a kept
+    decision names the run that made it); a run of the day before, an unreadable manifest or one
+    without a decision is none."""
+    from pipeline.common.config import Settings
+
+    settings = Settings(source_root=str(tmp_path / "src"), lake_root=str(tmp_path / "lake"), build_root=str(tmp_path / "build"))
+
+    def manifest(end: str, regs: dict | str) -> None:
+        run_id = engine.forecast_run_id("hourly", DataInterval.ending_at(end))
+        path = storage.join(lake.forecast_dir(settings.lake_root, run_id), "manifest.json")
+        if isinstance(regs, str):
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(regs)
+        else:
+            lake.write_json_atomic(path, {"engine": {"regressors": regs}})
+
+    decided = {"global_gbm": {"candidates": ["a"], "used": ["a"]}}
+    manifest("2026-01-28T00:00", decided)  # the run of 27 January's last hour
+    assert engine.earlier_regressor_decisions(settings, DataInterval.ending_at("2026-01-28T05:00")) == {}
+    manifest("2026-01-28T02:00", decided)
+    manifest("2026-01-28T03:00", {"global_gbm": {**decided["global_gbm"], "reused_from": engine.forecast_run_id(
+        "hourly", DataInterval.ending_at("2026-01-28T02:00"))}})
+    manifest("2026-01-28T04:00", "{not json")
+    got = engine.earlier_regressor_decisions(settings, DataInterval.ending_at("2026-01-28T05:00"))
+    assert got == {"global_gbm": {"candidates": ["a"], "used": ["a"], "reused_from": "hourly-" + DataInterval.ending_at(
+        "2026-01-28T02:00").token, "run_id": "hourly-" + DataInterval.ending_at("2026-01-28T02:00").token}}
+    assert engine.earlier_regressor_decisions(settings, DataInterval.ending_at("2026-01-28T01:00")) == {}  # the day's first run
+    assert engine.earlier_regressor_decisions(settings, DataInterval.ending_at("2026-01-29T00:00"))["global_gbm"]["run_id"] \
+        == "hourly-" + DataInterval.ending_at("2026-01-28T02:00").token

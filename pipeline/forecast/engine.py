@@ -43,7 +43,7 @@ import pyarrow.parquet as pq
 
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
-from pipeline.common.intervals import DataInterval
+from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.common.parallel import fork_map
 from pipeline.common.schemas import FORECAST, FORECAST_LEVELS, FORECAST_QUANTILES, RESOURCE_TYPES, pair_series_id, region_series_id
 from pipeline.features.build import read_features
@@ -143,6 +143,10 @@ class EngineOptions:
     #: refit the per-series models at every CV origin (False: fit once at the first origin and move
     #: the fit forward, as daily training does: its models are used that way by the hourly runs)
     cv_refit: bool = True
+    #: regressor decisions an earlier run made (model → its `regressors.decide` record and `run_id`):
+    #: a model keeps one whose candidate columns are this run's instead of cross-validating twice
+    #: (the pipeline passes the day's decisions: see `earlier_regressor_decisions`)
+    regressors: dict[str, dict] | None = None
 
 
 @dataclass
@@ -478,6 +482,7 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
         reused = not refit_global and any(MODELS_GLOBAL.get(n, False) for n in names)
         n_windows = default_windows(int(lengths.max()), window, m, reused)
     cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
+    candidates = regressors.candidates(model_input)
     info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
                             "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
     return Prepared(
@@ -487,8 +492,25 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
         levels=levels, refit_global=bool(refit_global), run_cv=bool(cv_ok) and (len(names) > 1 or options.combine),
         future=future, hierarchy=hierarchy, params=params, n_jobs=options.n_jobs, combine=options.combine,
         switch_margin=options.switch_margin, ensemble_size=options.ensemble_size, info=info, cv_refit=options.cv_refit,
-        regressor_candidates=regressors.candidates(model_input),
+        regressor_candidates=candidates, regressors=_kept_decisions(options.regressors, candidates, names, info),
     )
+
+
+def _kept_decisions(earlier: dict[str, dict] | None, candidates: list[str], names: Sequence[str],
+                    info: dict[str, Any]) -> dict[str, list[str]]:
+    """The earlier regressor decisions this run keeps (model → the columns it uses): those of its
+    models that were made on the same candidate columns and did not fail; each is recorded in
+    `info["regressors"]` with the run that made it (`reused_from`)."""
+    kept: dict[str, list[str]] = {}
+    for name, decision in (earlier or {}).items():
+        used = decision.get("used")
+        if (name not in names or not MODELS_USE_EXOG.get(name, False) or "reason" in decision or used is None
+                or sorted(decision.get("candidates", [])) != sorted(candidates) or not set(used) <= set(candidates)):
+            continue
+        kept[name] = list(used)
+        record = {k: v for k, v in decision.items() if k not in ("run_id", "reused_from")}
+        info.setdefault("regressors", {})[name] = {**record, "reused_from": decision.get("reused_from") or decision.get("run_id")}
+    return kept
 
 
 def default_windows(longest: int, window: int, m: int, reused_global: bool) -> int:
@@ -1202,10 +1224,12 @@ class ForecastInputs:
         return history_summary(self.feature_history)
 
 
-def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind: str, models: Sequence[str]) -> ForecastInputs:
+def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind: str, models: Sequence[str],
+                    regressor_decisions: dict[str, dict] | None = None) -> ForecastInputs:
     """What the pipeline feeds the engine: the inbound hierarchy (pairs → destination totals),
     the calendar uplift (history and horizon), lagged telemetry regressors (hourly), and Prophet's
-    holidays, with the engine options of a `kind` ("hourly" or "daily") run."""
+    holidays, with the engine options of a `kind` ("hourly" or "daily") run (`regressor_decisions`:
+    `EngineOptions.regressors`)."""
     from pipeline.forecast.exog import TELEMETRY_LAG_HOURS, calendar_uplift, inbound_hierarchy, prophet_holidays, telemetry_regressors
 
     history, hierarchy = inbound_hierarchy(history)
@@ -1226,7 +1250,7 @@ def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind:
     if "prophet" in resolve_models(models, hist["unique_id"].nunique()):
         params["prophet"] = {"holidays": prophet_holidays(settings.lake_root, as_of, sorted(hist["unique_id"].unique()))}
     options = EngineOptions(horizon=horizon, season_length=season, freq=freq, tau=planning_tau(settings), models=models,
-                            model_params=params)
+                            model_params=params, regressors=regressor_decisions)
     return ForecastInputs(feature_history=history, engine_input=hist, options=options, future=future, hierarchy=hierarchy)
 
 
@@ -1241,7 +1265,36 @@ def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly"
     if kind == "hourly":  # forecast what arrivals add; write_forecast adds the committed level back
         carried = read_features(settings, "region_carried_hourly", interval).to_pandas()
         history = pd.concat([history, fresh_history(region_demand, carried)], ignore_index=True)
-    return pipeline_inputs(settings, interval.end, history, kind, models)
+    decisions = earlier_regressor_decisions(settings, interval) if kind == "hourly" else None
+    return pipeline_inputs(settings, interval.end, history, kind, models, decisions)
+
+
+def earlier_regressor_decisions(settings: Settings, interval: DataInterval) -> dict[str, dict]:
+    """The regressor decisions (model → `regressors.decide` record with the `run_id` that made it) of
+    the latest earlier hourly run of the same UTC day, if any.
+
+    Why once a day: cross-validating a model with and without the telemetry columns doubles its CV
+    (at 30 regions the GBM's second CV is ~10 s of a ~40 s hourly run), and the answer is a property
+    of the fleet that an hour's data does not change — deciding it every hour would only let the
+    forecasts flip between the two column sets from hour to hour. The day's first run decides (and
+    any run whose candidate columns differ from it: `EngineOptions.regressors`); the daily run and
+    the registry's training always decide."""
+    day = (interval.end - HOUR).date()
+    end = interval.end - HOUR
+    while (end - HOUR).date() == day:
+        run_id = forecast_run_id("hourly", DataInterval(end - HOUR, end))
+        path = storage.join(lake.forecast_dir(settings.lake_root, run_id), "manifest.json")
+        if storage.exists(path):
+            try:
+                decided = lake.read_json(path).get("engine", {}).get("regressors") or {}
+            except (OSError, ValueError):
+                decided = {}  # an unreadable manifest is no evidence: look further back
+            found = {name: {**d, "run_id": d.get("reused_from") or run_id} for name, d in decided.items()
+                     if isinstance(d, dict) and "used" in d}
+            if found:
+                return found
+        end -= HOUR
+    return {}
 
 
 def history_summary(history: pd.DataFrame) -> dict[str, Any]:
