@@ -3,6 +3,8 @@
     .venv/bin/python bench/pipeline_scale.py                  # 6, 30 and 100 regions
     .venv/bin/python bench/pipeline_scale.py --quick          # 6 and 30 regions
     .venv/bin/python bench/pipeline_scale.py --sizes 30 --profile /tmp/prof   # + one cProfile per stage
+    .venv/bin/python bench/pipeline_scale.py --sizes 30 --warm-hours 1        # the hour after another (steady state)
+    .venv/bin/python bench/pipeline_scale.py --sizes 100 --seed-cache /tmp/seeds  # keep / reuse the seeded lake
 
 For each size N it generates N regions of synthetic sources with `pipeline.samples.generate` (the six
 sample regions, then `xx-region-07` ... `xx-region-99`, `xx-region-a-00` ...; unknown names get a
@@ -176,7 +178,7 @@ def _seed_lake(n: int, root: Path, days: int, pair_rate: float, seed: int, cache
 
 
 def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None, train_zoo: str | None = None,
-          seed_cache: Path | None = None) -> None:
+          seed_cache: Path | None = None, warm_hours: int = 0) -> None:
     from pipeline.common.config import Settings
     from pipeline.run import run_hourly
 
@@ -202,6 +204,10 @@ def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_di
         marks.append((stage_key(message), now))
         emit("stage", {"stage": stage_key(message), "t": now})
 
+    for k in range(warm_hours, 0, -1):  # untimed: the hours before, as a scheduled run would follow them
+        t0 = time.perf_counter()
+        run_hourly(run_end - timedelta(hours=k), settings)
+        emit("setup", {f"warm_run_{k}h_before_s": round(time.perf_counter() - t0, 2)})
     rss.take()
     t_start = time.perf_counter()
     summary = run_hourly(run_end, settings, progress=progress)
@@ -277,7 +283,10 @@ def _forecast_facts(settings, run_id: str) -> dict:
         chosen[name] = chosen.get(name, 0) + 1
     rows = len(read_forecast(settings, run_id))
     block = manifest.get("engine", {}).get("registry") or {}
-    return {"forecast_rows": rows, "models": manifest.get("models"), "models_chosen": chosen,
+    decisions = manifest.get("engine", {}).get("regressors") or {}
+    regressors = {name: f"kept from {d['reused_from']}" if d.get("reused_from") else "decided in this run"
+                  for name, d in decisions.items() if isinstance(d, dict)}
+    return {"forecast_rows": rows, "models": manifest.get("models"), "models_chosen": chosen, "regressor_decisions": regressors,
             "history_series": manifest.get("history", {}).get("series"),
             "registry": {k: block.get(k) for k in ("status", "version", "covered") if k in block}}
 
@@ -322,6 +331,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
         cmd += ["--train-zoo", args.train_zoo]
     if args.seed_cache:
         cmd += ["--seed-cache", str(Path(args.seed_cache).resolve())]
+    if args.warm_hours:
+        cmd += ["--warm-hours", str(args.warm_hours)]
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         cmd += ["--profile", str(Path(args.profile).resolve())]
@@ -425,13 +436,16 @@ def main() -> None:
     parser.add_argument("--seed-cache", default=None, metavar="DIR",
                         help="keep each size's seeded sources and lake in DIR and copy them from there next time "
                              "(skips generating and backfilling: ~10 minutes at 100 regions)")
+    parser.add_argument("--warm-hours", type=int, default=0, metavar="K",
+                        help="run the K hours before the timed one first, untimed (steady state: e.g. the day's "
+                             "regressor decision is then kept; their memory stays in the process)")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child is not None:
         child(args.child, Path(args.root), args.days, args.pair_rate, args.seed, Path(args.profile) if args.profile else None,
-              args.train_zoo, Path(args.seed_cache) if args.seed_cache else None)
+              args.train_zoo, Path(args.seed_cache) if args.seed_cache else None, args.warm_hours)
         return
 
     sizes = [6, 30] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -451,7 +465,7 @@ def main() -> None:
         print(f"30-region hourly run {results[30]['run_s']:.1f} s: {verdict} the 5-minute floor (issue #8)", flush=True)
 
     summary: dict = {"cpus": os.cpu_count(), "days": args.days, "pair_rate": round(args.pair_rate, 4),
-                     "profiled": bool(args.profile), "floor_30_s": FLOOR_30_S}
+                     "profiled": bool(args.profile), "warm_hours": args.warm_hours, "floor_30_s": FLOOR_30_S}
     for n, r in results.items():
         p = f"regions_{n}_"
         summary[p + "run_s"] = r.get("run_s")
@@ -466,6 +480,7 @@ def main() -> None:
         summary[p + "requests_per_hour"] = r.get("requests_per_hour")
         summary[p + "peering_requests"] = r.get("peering_requests")
         summary[p + "models_chosen"] = r.get("models_chosen")
+        summary[p + "regressor_decisions"] = r.get("regressor_decisions")
         if "train_s" in r:  # --train-zoo: the run scored from the registry
             summary[p + "train_s"] = r.get("train_s")
             summary[p + "registry"] = r.get("registry")
