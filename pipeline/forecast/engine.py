@@ -1274,7 +1274,7 @@ def earlier_regressor_decisions(settings: Settings, interval: DataInterval) -> d
     the latest earlier hourly run of the same UTC day, if any.
 
     Why once a day: cross-validating a model with and without the telemetry columns doubles its CV
-    (at 30 regions the GBM's second CV is ~10 s of a ~40 s hourly run), and the answer is a property
+    (at 100 regions the GBM's second CV is ~28 s of a ~300 s hourly run), and the answer is a property
     of the fleet that an hour's data does not change — deciding it every hour would only let the
     forecasts flip between the two column sets from hour to hour. The day's first run decides (and
     any run whose candidate columns differ from it: `EngineOptions.regressors`); the daily run and
