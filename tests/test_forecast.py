@@ -495,6 +495,35 @@ def test_global_gbm_chunked_threaded_predict_equals_one_pass(history: pd.DataFra
     assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == blas_before  # none left capped
 
 
+def test_global_gbm_bags_trained_on_threads_equal_one_after_another(history: pd.DataFrame, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bags train side by side on threads (each capping only its own OpenMP threads): the same
+    boosters, hence the same forecasts, as one after another; the process's BLAS limit untouched."""
+    from threadpoolctl import threadpool_info
+
+    from pipeline.forecast import global_models
+
+    monkeypatch.setattr(global_models, "MIN_BAG_ROWS", 100)  # two bags on the fixture's rows
+    blas_before = {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"}
+    one_after_another = MODELS["global_gbm"](SEASON, "h", n_jobs=1).fit(history).predict(HORIZON)
+    monkeypatch.setattr(global_models, "PARALLEL_FIT_ROWS", 1)
+    threads: list[str] = []
+    original = global_models._fit_booster
+
+    def spy(*args, **kwargs):  # type: ignore[no-untyped-def]
+        import threading
+
+        threads.append(threading.current_thread().name)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(global_models, "_fit_booster", spy)
+    model = MODELS["global_gbm"](SEASON, "h", n_jobs=2)
+    side_by_side = model.fit(history).predict(HORIZON)
+    assert len(model._model.models) == 2
+    pd.testing.assert_frame_equal(side_by_side, one_after_another)
+    assert len(threads) == 2 and all(t.startswith("gbm-fit") for t in threads), threads
+    assert {i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"} == blas_before
+
+
 class _ChooseBandWithPid:
     """engine._choose_band, and the process that ran it (module level: pickled to forked workers)."""
 

@@ -41,6 +41,8 @@ from pipeline.forecast.quantiles import quantile_column
 N_BUCKETS = 4  # horizon buckets of the model's own residual quantiles
 PREDICT_CHUNK_ROWS = 60_000  # forecast rows whose features are built and predicted at once
 PARALLEL_PREDICT_ROWS = 20_000  # fewer rows predict on the calling thread (a pool costs more than it saves)
+PARALLEL_FIT_ROWS = 40_000  # fewer training rows fit their bags one after another
+MIN_BAG_ROWS = 5_000  # training rows per bag at least (fewer rows: fewer bags)
 
 
 def _threads(n: int | None, user_api: str | None = None) -> Any:
@@ -56,12 +58,13 @@ def _threads(n: int | None, user_api: str | None = None) -> Any:
     return threadpool_limits(int(n), user_api=user_api)
 
 
-def _fit_booster(X: np.ndarray, y: np.ndarray, booster: dict, seed: int, n_threads: int | None) -> Any:
+def _fit_booster(X: np.ndarray, y: np.ndarray, booster: dict, seed: int, n_threads: int | None,
+                 user_api: str | None = None) -> Any:
     from sklearn.ensemble import HistGradientBoostingRegressor
 
     kwargs = {"quantile": 0.5} if booster["loss"] == "quantile" else {}
     model = HistGradientBoostingRegressor(**booster, l2_regularization=1.0, early_stopping=False, random_state=seed, **kwargs)
-    with _threads(n_threads):
+    with _threads(n_threads, user_api):
         model.fit(X, y)
     return model
 
@@ -125,7 +128,7 @@ class GlobalGBMModel(Forecaster):
     (120 000 sampled training rows), max_iter (150), learning_rate (0.1), max_leaf_nodes (31),
     min_samples_leaf (100), loss ("quantile" at 0.5: the median, robust to bursts), calendar
     (True: use hour/day-of-week of the target; set False for synthetic timestamps), seed (0),
-    bags (2: boosters on disjoint halves of the rows, averaged; trained in parallel processes
+    bags (2: boosters on disjoint halves of the rows, averaged; trained on parallel threads
     when n_jobs allows), n_threads (1: OpenMP threads per booster; None uses all),
     refit (True; False keeps the model trained by `cross_validate` and only moves the origin).
     """
@@ -259,23 +262,25 @@ class GlobalGBMModel(Forecaster):
             "min_samples_leaf": int(self._p("min_samples_leaf", 100)),
         }
         # Bagging: `bags` boosters on disjoint shares of the rows, averaged. The split depends only
-        # on the seed, so the forecast is the same whether the bags train one after another or in
-        # parallel worker processes (one per core; processes, not OpenMP threads — see _threads).
-        bags = max(1, min(int(self._p("bags", 2)), len(X) // 5_000 or 1))
+        # on the seed, so the forecast is the same whether the bags train one after another or side
+        # by side. Side by side they run on threads: the histogram and split loops release the GIL,
+        # the threads share X (processes copied it and started in ~1 s, importing scikit-learn),
+        # and each thread caps only its own OpenMP threads (see _threads).
+        bags = max(1, min(int(self._p("bags", 2)), len(X) // MIN_BAG_ROWS or 1))
         parts = np.array_split(rng.permutation(len(X)), bags)
         seed = int(self._p("seed", 0))
-        jobs = [(X[part], target[part], booster, seed + b, self._p("n_threads", 1)) for b, part in enumerate(parts)]
-        workers = worker_count(self.n_jobs, bags) if len(X) >= 40_000 else 1
+        n_threads = self._p("n_threads", 1)
+        workers = worker_count(self.n_jobs, bags) if len(X) >= PARALLEL_FIT_ROWS else 1
         if workers > 1:
-            from joblib import Parallel, delayed
-            from joblib.externals.loky import get_reusable_executor
+            from concurrent.futures import ThreadPoolExecutor
 
-            models = Parallel(n_jobs=workers, backend="loky")(delayed(_fit_booster)(*job) for job in jobs)
-            # loky keeps its idle workers for 300 s, ~0.25 GB resident each, through the rest of the run's
-            # stages (plan, report, ...): stop them now, the next fit starts new ones in about a second
-            get_reusable_executor().shutdown(wait=True)
+            def fit(b: int) -> Any:
+                return _fit_booster(X[parts[b]], target[parts[b]], booster, seed + b, n_threads, "openmp")
+
+            with ThreadPoolExecutor(workers, thread_name_prefix="gbm-fit") as pool:
+                models = list(pool.map(fit, range(bags)))
         else:
-            models = [_fit_booster(*job) for job in jobs]
+            models = [_fit_booster(X[part], target[part], booster, seed + b, n_threads) for b, part in enumerate(parts)]
         model = _Bagged(models)
         self._model = model
         # The model's own spread: quantiles of its normalised in-sample residuals per horizon bucket.
