@@ -11,9 +11,10 @@ sample regions, then `xx-region-07` ... `xx-region-99`, `xx-region-a-00` ...; un
 profile from a hash of the name), 15 days of history and a request rate that keeps the samples'
 traffic per ordered pair (55 requests/h over 30 pairs, i.e. ~1.83 per pair-hour, so 870 pairs get
 ~1,600/h and 9,900 pairs ~18,000/h). It seeds a fresh lake with `backfill_ingest` (timed, reported
-apart) and then times `run_hourly` for the last hour - laptop mode: ingest → features → forecast
-(single process) → feedback → plan → render IaC → report → publish → monitor - stage by stage
-through the run's progress callback. Series fitted per second = forecast series / forecast-stage
+apart) and then times `run_hourly` for the last hour as `peerscale run` runs it - laptop mode:
+ingest → features → forecast (single process) → feedback → plan → render IaC → report → publish →
+monitor, each stage in a forked process of its own (`--in-process`: all in one, as `--profile`
+needs) - stage by stage through the run's progress callback. Series fitted per second = forecast series / forecast-stage
 seconds (series = pair volumes + region demand per resource + inbound totals per region).
 
 Peak resident memory is sampled every 50 ms per stage over the run's process (RSS) and its workers
@@ -178,11 +179,14 @@ def _seed_lake(n: int, root: Path, days: int, pair_rate: float, seed: int, cache
 
 
 def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_dir: Path | None, train_zoo: str | None = None,
-          seed_cache: Path | None = None, warm_hours: int = 0) -> None:
+          seed_cache: Path | None = None, warm_hours: int = 0, stage_processes: bool = True) -> None:
     from pipeline.common.config import Settings
+    from pipeline.common.parallel import in_child_process
     from pipeline.run import run_hourly
 
-    out = _seed_lake(n, root, days, pair_rate, seed, seed_cache)
+    # seeding in a process of its own too: what it leaves resident is not the timed run's
+    out = in_child_process(_seed_lake, n, root, days, pair_rate, seed, seed_cache) if stage_processes else \
+        _seed_lake(n, root, days, pair_rate, seed, seed_cache)
     settings = Settings(source_root=str(root / "source"), lake_root=str(root / "lake"), build_root=str(root / "build"), seed=seed)
     run_end = datetime(START.year, START.month, START.day, tzinfo=UTC) + timedelta(days=days)
     if train_zoo:
@@ -206,11 +210,11 @@ def child(n: int, root: Path, days: int, pair_rate: float, seed: int, profile_di
 
     for k in range(warm_hours, 0, -1):  # untimed: the hours before, as a scheduled run would follow them
         t0 = time.perf_counter()
-        run_hourly(run_end - timedelta(hours=k), settings)
+        run_hourly(run_end - timedelta(hours=k), settings, stage_processes=stage_processes)
         emit("setup", {f"warm_run_{k}h_before_s": round(time.perf_counter() - t0, 2)})
     rss.take()
     t_start = time.perf_counter()
-    summary = run_hourly(run_end, settings, progress=progress)
+    summary = run_hourly(run_end, settings, progress=progress, stage_processes=stage_processes)
     t_end = time.perf_counter()
     rss_gb[marks[-1][0]] = rss.take()
     rss.stop.set()
@@ -336,6 +340,8 @@ def run_size(n: int, args: argparse.Namespace) -> dict:
     if args.profile:
         Path(args.profile).mkdir(parents=True, exist_ok=True)
         cmd += ["--profile", str(Path(args.profile).resolve())]
+    if args.in_process or args.profile:
+        cmd += ["--in-process"]
     print(f"\n== {n} regions ({n * (n - 1)} ordered pairs) · temp dir {root}", flush=True)
     load = LoadSampler()
     load.start()
@@ -439,13 +445,16 @@ def main() -> None:
     parser.add_argument("--warm-hours", type=int, default=0, metavar="K",
                         help="run the K hours before the timed one first, untimed (steady state: e.g. the day's "
                              "regressor decision is then kept; their memory stays in the process)")
+    parser.add_argument("--in-process", action="store_true",
+                        help="run every stage in one process (`peerscale run --in-process`; implied by --profile) "
+                             "instead of each in a process of its own")
     parser.add_argument("--child", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--root", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child is not None:
         child(args.child, Path(args.root), args.days, args.pair_rate, args.seed, Path(args.profile) if args.profile else None,
-              args.train_zoo, Path(args.seed_cache) if args.seed_cache else None, args.warm_hours)
+              args.train_zoo, Path(args.seed_cache) if args.seed_cache else None, args.warm_hours, not args.in_process)
         return
 
     sizes = [6, 30] if args.quick else [int(s) for s in args.sizes.split(",") if s.strip()]
@@ -465,7 +474,8 @@ def main() -> None:
         print(f"30-region hourly run {results[30]['run_s']:.1f} s: {verdict} the 5-minute floor (issue #8)", flush=True)
 
     summary: dict = {"cpus": os.cpu_count(), "days": args.days, "pair_rate": round(args.pair_rate, 4),
-                     "profiled": bool(args.profile), "warm_hours": args.warm_hours, "floor_30_s": FLOOR_30_S}
+                     "profiled": bool(args.profile), "warm_hours": args.warm_hours, "floor_30_s": FLOOR_30_S,
+                     "stage_processes": not (args.in_process or args.profile)}
     for n, r in results.items():
         p = f"regions_{n}_"
         summary[p + "run_s"] = r.get("run_s")

@@ -1,8 +1,9 @@
 """One hourly or daily run, stage by stage, without Airflow.
 
-The DAGs call the same stage functions one task each; `run_hourly` chains them in-process for
-`peerscale run` and for laptop use. Each stage takes the run's interval and returns small,
-JSON-serialisable results (paths, counts), never data.
+The DAGs call the same stage functions one task each; `run_hourly` chains them for `peerscale
+run` and for laptop use, in process or each in a forked process of its own (`stage_processes`).
+Each stage takes the run's interval and returns small, JSON-serialisable results (paths,
+counts), never data.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval, parse_utc
@@ -168,41 +170,62 @@ class RunSummary:
     monitoring: dict = field(default_factory=dict)
 
 
-def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progress | None = None) -> RunSummary:
-    """Ingest the hour before `interval_end`, then features → forecast → feedback → plan → IaC → report → publish → monitor."""
+def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progress | None = None, *,
+               stage_processes: bool = False) -> RunSummary:
+    """Ingest the hour before `interval_end`, then features → forecast → feedback → plan → IaC → report → publish → monitor.
+
+    stage_processes: run each stage in a forked process of its own, as the DAG's tasks are: a run's
+    peak memory is then its largest stage's, not the sum of what every stage left resident
+    (`peerscale run` does; in process where the OS or a daemonic caller cannot fork)."""
     say = progress or (lambda _msg: None)
+    stage = _stage_runner(stage_processes)
     interval = DataInterval.ending_at(interval_end, hours=1)
     summary = RunSummary(interval=str(interval))
     say(f"ingest {interval}")
-    summary.ingest = stage_ingest(interval, settings)
+    summary.ingest = stage(stage_ingest, interval, settings)
     say("features")
-    summary.features = stage_features(interval, settings)
+    summary.features = stage(stage_features, interval, settings)
     say("forecast")
-    summary.forecast = stage_forecast(interval, settings)
+    summary.forecast = stage(stage_forecast, interval, settings)
     say("feedback")
-    summary.feedback = stage_feedback(interval, settings)
-    return plan_and_publish(interval, settings, summary, progress=say)
+    summary.feedback = stage(stage_feedback, interval, settings)
+    return plan_and_publish(interval, settings, summary, progress=say, stage_processes=stage_processes)
 
 
-def plan_and_publish(interval: DataInterval, settings: Settings, summary: RunSummary, progress: Progress | None = None) -> RunSummary:
+def plan_and_publish(interval: DataInterval, settings: Settings, summary: RunSummary, progress: Progress | None = None, *,
+                     stage_processes: bool = False) -> RunSummary:
     """The run from its forecast on: plan (a new attempt) → IaC → report → publish (LATEST last) → monitor.
 
     Every write under lake/plans/ happens here; a crash at any point leaves LATEST on a complete,
     verified plan, and running this again writes one more attempt with the same rows.
     """
     say = progress or (lambda _msg: None)
+    stage = _stage_runner(stage_processes)
     say("plan")
-    summary.plan = stage_plan(interval, settings, summary.forecast["run_id"])
+    summary.plan = stage(stage_plan, interval, settings, summary.forecast["run_id"])
     plan_id, attempt = summary.plan["plan_id"], summary.plan["attempt"]
     say("render IaC")
-    summary.terraform_dir = stage_render(plan_id, settings, attempt)["terraform_dir"]
+    summary.terraform_dir = stage(stage_render, plan_id, settings, attempt)["terraform_dir"]
     say("report")
-    summary.report = stage_report(plan_id, interval, settings, attempt)
+    summary.report = stage(stage_report, plan_id, interval, settings, attempt)
     say("publish")
-    summary.pointer = stage_publish(plan_id, settings, {"terraform": summary.terraform_dir, "report": summary.report}, attempt)
+    summary.pointer = stage(stage_publish, plan_id, settings, {"terraform": summary.terraform_dir, "report": summary.report}, attempt)
     say("monitor")
-    summary.monitoring = stage_monitor(interval, settings)
+    summary.monitoring = stage(stage_monitor, interval, settings)
     return summary
+
+
+def _stage_runner(stage_processes: bool) -> Callable[..., Any]:
+    """How a run calls its stages: `fn(*args)` in process, or in a forked process each. The data
+    libraries every stage uses are imported here first, once, so each stage's process inherits them."""
+    if not stage_processes:
+        return lambda fn, *args: fn(*args)
+    import pandas  # noqa: F401
+    import pyarrow.parquet  # noqa: F401
+
+    from pipeline.common.parallel import in_child_process
+
+    return in_child_process
 
 
 def backfill_ingest(start: str | datetime, end: str | datetime, settings: Settings, progress: Progress | None = None) -> list[dict]:

@@ -79,8 +79,10 @@ def test_irc_paths_against_the_published_plan(published_root: Path) -> None:
 
 
 def test_rerun_of_the_same_interval_gives_identical_plan_rows(published_root: Path, seeded_copy: Path) -> None:
+    """The re-run runs each stage in a process of its own (as `peerscale run` does), the original ran
+    them in process: the same plan, row for row, and the same manifest."""
     settings = settings_for(seeded_copy)
-    run_hourly(RUN_END, settings)
+    run_hourly(RUN_END, settings, stage_processes=True)
     again, manifest = read_plan(settings, "plan-20260129T0000Z")
     original, original_manifest = read_plan(settings_for(published_root), "plan-20260129T0000Z")
     pd.testing.assert_frame_equal(again, original)

@@ -42,14 +42,19 @@ def run(
     c_over: str | None = COverOption,
     warm: str | None = WarmOption,
     zones: str | None = ZonesOption,
+    stage_processes: bool = typer.Option(
+        True, "--stage-processes/--in-process",
+        help="Run each stage in a process of its own, as Airflow's tasks are (the run's peak memory is its largest "
+             "stage's), or every stage in this process (e.g. to profile it)."),
 ) -> None:
-    """Run every stage for one hour in-process (no Airflow): ingest → features → forecast → plan → IaC → report → publish."""
+    """Run every stage for one hour without Airflow: ingest → features → forecast → plan → IaC → report → publish."""
     from pipeline.run import run_hourly
 
     config = with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones)
     try:
         with console.status(styled("running")) as status:
-            summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))))
+            summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))),
+                                 stage_processes=stage_processes)
     except (FileNotFoundError, ValueError) as exc:
         fail(str(exc))
     print_ingest(summary.ingest)

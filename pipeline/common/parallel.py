@@ -1,4 +1,5 @@
-"""`map` over forked worker processes, for independent CPU-bound tasks of one stage.
+"""Forked processes: `fork_map` for independent CPU-bound tasks of one stage, `in_child_process`
+for a whole stage.
 
 Why fork: the tasks read large inputs the parent already holds (plans, forecasts) and fork shares
 them without pickling the parent's state; only each task's arguments and result cross the pipe.
@@ -7,11 +8,17 @@ Every caller's tasks are deterministic, so the results do not depend on the numb
 
 from __future__ import annotations
 
+import builtins
 import multiprocessing
 import os
+import pickle
+import traceback
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any
+from multiprocessing.connection import Connection
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def cores_available() -> int:
@@ -26,11 +33,73 @@ def fork_map(fn: Callable[[Any], Any], items: list, workers: int, min_items_per_
     """`[fn(item) for item in items]` over `workers` forked processes when it pays (at least
     `min_items_per_worker` items each). In a daemonic process (a Celery prefork worker's task)
     multiprocessing may not start children, and where fork is unavailable: the map runs in process."""
-    if (workers <= 1 or len(items) < min_items_per_worker * workers or "fork" not in multiprocessing.get_all_start_methods()
-            or multiprocessing.current_process().daemon):
+    if workers <= 1 or len(items) < min_items_per_worker * workers or not can_fork():
         return [fn(item) for item in items]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(fn, items, chunksize=max(1, len(items) // (workers * 16))))
 
 
-__all__ = ["cores_available", "fork_map"]
+def can_fork() -> bool:
+    """Whether this process may fork workers (not where fork is unavailable, nor in a daemonic
+    process such as a Celery prefork worker's task, where multiprocessing refuses children)."""
+    return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
+
+
+def in_child_process(fn: Callable[..., T], *args: Any) -> T:
+    """`fn(*args)` in a forked child process; its result, or its exception, comes back pickled.
+
+    Why: what a stage allocates leaves with its process, so a run's peak memory is its largest
+    stage's, not everything every earlier stage left in the allocator (Airflow runs each stage as
+    a task of its own for the same reason). The child is not daemonic: it may fork workers itself.
+    Runs in process where `can_fork()` says no."""
+    if not can_fork():
+        return fn(*args)
+    ctx = multiprocessing.get_context("fork")
+    reader, writer = ctx.Pipe(duplex=False)
+    name = getattr(fn, "__name__", "task")
+    child = ctx.Process(target=_child_main, args=(writer, fn, args), name=f"peerscale-{name}")
+    child.start()
+    writer.close()
+    try:
+        ok, payload = reader.recv()
+    except EOFError:
+        child.join()
+        raise ChildProcessError(f"{name} ended without a result (its process exited with code {child.exitcode}: "
+                                "killed, e.g. out of memory?)") from None
+    finally:
+        reader.close()
+    child.join()
+    if ok:
+        return payload
+    raise payload
+
+
+def _child_main(conn: Connection, fn: Callable[..., Any], args: tuple) -> None:
+    try:
+        message: tuple[bool, Any] = (True, fn(*args))
+    except BaseException as exc:  # every exception goes back to the parent
+        message = (False, _portable(exc))
+    try:
+        conn.send(message)
+    except Exception as exc:  # an unpicklable result
+        conn.send((False, ChildProcessError(f"{getattr(fn, '__name__', 'task')}'s result could not be sent back: {exc}")))
+    finally:
+        conn.close()
+
+
+def _portable(exc: BaseException) -> BaseException:
+    """`exc` with the child's traceback as a note, or, when it does not survive pickling, its nearest
+    built-in base class with the same message (so the parent's `except ValueError` still holds)."""
+    exc.add_note("raised in the stage's own process:\n" + "".join(traceback.format_exception(exc)).rstrip())
+    try:
+        pickle.loads(pickle.dumps(exc))
+        return exc
+    except Exception:  # any failure to round-trip
+        base = next(k for k in type(exc).__mro__ if getattr(builtins, k.__name__, None) is k)
+        plain = base(f"{type(exc).__name__}: {exc}")
+        for note in getattr(exc, "__notes__", []):
+            plain.add_note(note)
+        return plain
+
+
+__all__ = ["can_fork", "cores_available", "fork_map", "in_child_process"]
