@@ -156,7 +156,15 @@ class ForecastResult:
     forecasts: pd.DataFrame
     selection: dict[str, dict] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
-    cv: pd.DataFrame | None = None
+    cv_by_model: dict[str, pd.DataFrame] = field(default_factory=dict)  # each model's cross-validation rows
+
+    @property
+    def cv(self) -> pd.DataFrame | None:
+        """Every model's cross-validation rows in one frame (a `model` column), built when asked:
+        at 100 regions it is ~11M rows, which a run that only publishes forecasts never needs."""
+        if not self.cv_by_model:
+            return None
+        return pd.concat([f.assign(model=k) for k, f in self.cv_by_model.items()], ignore_index=True)
 
 
 def resolve_models(models: Sequence[str] | str, n_series: int) -> tuple[str, ...]:
@@ -757,8 +765,7 @@ def assemble(p: Prepared, sel: Selection, point: dict[str, pd.DataFrame], cv_fra
     info["calibration"] = calibration.to_dict()
     info["cv_coverage"] = band_info["cv_coverage"] or _cv_coverage(errors, p.scale, calibration)
     info["quantile_methods"] = band_info["summary"]
-    cv_all = pd.concat([f.assign(model=k) for k, f in cv_frames.items()], ignore_index=True) if cv_frames else None
-    return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv=cv_all)
+    return ForecastResult(forecasts=forecasts, selection=selection, info=info, cv_by_model=dict(cv_frames))
 
 
 def run_engine(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFrame | None = None,
