@@ -95,6 +95,7 @@ class RssSampler(threading.Thread):
         import psutil
 
         self.proc, self.every_s, self.peak, self.stop = psutil.Process(), every_s, 0, threading.Event()
+        self.lock = threading.Lock()  # a sample taken before `take()` must not land in the next stage
 
     def tree_rss(self) -> int:
         import psutil
@@ -109,11 +110,13 @@ class RssSampler(threading.Thread):
 
     def run(self) -> None:
         while not self.stop.is_set():
-            self.peak = max(self.peak, self.tree_rss())
+            with self.lock:
+                self.peak = max(self.peak, self.tree_rss())
             self.stop.wait(self.every_s)
 
     def take(self) -> float:
-        peak, self.peak = max(self.peak, self.tree_rss()), 0
+        with self.lock:
+            peak, self.peak = max(self.peak, self.tree_rss()), 0
         return round(peak / 2**30, 3)
 
 
