@@ -53,3 +53,16 @@ def test_an_exception_pickle_cannot_rebuild_arrives_as_its_builtin_base() -> Non
 def test_a_killed_stage_is_an_error_not_a_hang() -> None:
     with pytest.raises(ChildProcessError, match="exited with code -9"):
         in_child_process(_killed)
+
+
+def _set_marker() -> None:
+    os.environ["PEERSCALE_TEST_STAGE_SETUP"] = "child"
+
+
+def _read_marker() -> str | None:
+    return os.environ.get("PEERSCALE_TEST_STAGE_SETUP")
+
+
+def test_setup_runs_in_the_child_before_the_task_and_stays_there() -> None:
+    assert in_child_process(_read_marker, setup=_set_marker) == "child"
+    assert "PEERSCALE_TEST_STAGE_SETUP" not in os.environ

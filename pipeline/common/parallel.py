@@ -45,8 +45,9 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
 
 
-def in_child_process(fn: Callable[..., T], *args: Any) -> T:
+def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None] | None = None) -> T:
     """`fn(*args)` in a forked child process; its result, or its exception, comes back pickled.
+    `setup` runs in the child first (process-wide settings that must not leak into the parent).
 
     Why: what a stage allocates leaves with its process, so a run's peak memory is its largest
     stage's, not everything every earlier stage left in the allocator (Airflow runs each stage as
@@ -57,7 +58,7 @@ def in_child_process(fn: Callable[..., T], *args: Any) -> T:
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
     name = getattr(fn, "__name__", "task")
-    child = ctx.Process(target=_child_main, args=(writer, fn, args), name=f"peerscale-{name}")
+    child = ctx.Process(target=_child_main, args=(writer, fn, args, setup), name=f"peerscale-{name}")
     child.start()
     writer.close()
     try:
@@ -74,8 +75,10 @@ def in_child_process(fn: Callable[..., T], *args: Any) -> T:
     raise payload
 
 
-def _child_main(conn: Connection, fn: Callable[..., Any], args: tuple) -> None:
+def _child_main(conn: Connection, fn: Callable[..., Any], args: tuple, setup: Callable[[], None] | None) -> None:
     try:
+        if setup is not None:
+            setup()
         message: tuple[bool, Any] = (True, fn(*args))
     except BaseException as exc:  # every exception goes back to the parent
         message = (False, _portable(exc))
