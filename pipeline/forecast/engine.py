@@ -29,6 +29,7 @@ The choice, its scores and the calibration are returned for the run manifest.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import warnings
@@ -158,10 +159,10 @@ class ForecastResult:
     info: dict[str, Any] = field(default_factory=dict)
     cv_by_model: dict[str, pd.DataFrame] = field(default_factory=dict)  # each model's cross-validation rows
 
-    @property
+    @functools.cached_property
     def cv(self) -> pd.DataFrame | None:
-        """Every model's cross-validation rows in one frame (a `model` column), built when asked:
-        at 100 regions it is ~11M rows, which a run that only publishes forecasts never needs."""
+        """Every model's cross-validation rows in one frame (a `model` column), built when first
+        asked: at 100 regions it is ~11M rows, which a run that only publishes forecasts never needs."""
         if not self.cv_by_model:
             return None
         return pd.concat([f.assign(model=k) for k, f in self.cv_by_model.items()], ignore_index=True)
