@@ -15,7 +15,7 @@ import pyarrow as pa
 import pytest
 
 from pipeline.common.schemas import FORECAST
-from pipeline.forecast.engine import ENSEMBLE, POOLED, EngineOptions, run_engine, select_and_forecast, to_daily
+from pipeline.forecast.engine import ENSEMBLE, POOLED, EngineOptions, prepare, run_engine, select_and_forecast, to_daily
 from pipeline.forecast.models import MODELS, OUTPUT_COLUMNS
 from pipeline.forecast.prep import InputError, clean_outliers, validate_long_format
 from pipeline.forecast.quantiles import interpolate_quantile, pinball_loss
@@ -252,6 +252,30 @@ def test_gaps_and_bursts_are_handled() -> None:
     assert out.info["gaps_filled"] == {"s": 4} and out.info["outliers_cleaned"] == {"s": 1}
     _check_contract(out.forecasts, HORIZON)
     assert out.forecasts["mean"].max() < 60  # the burst is not repeated
+
+
+def test_each_model_reads_its_own_variant_of_the_input() -> None:
+    """One prepared frame serves every model: cleaned of bursts unless the model is robust to them
+    (the GBM), the calendar uplift divided out unless the model handles events (Prophet)."""
+    k = np.arange(N)
+    y = 30 + 10 * _daily(k)
+    y[N - 60] = 500.0
+    uplift = np.where((k >= N - 30) & (k < N - 20), 1.0, 0.0)  # a campaign doubling the last day's demand
+    frame = pd.DataFrame({"unique_id": "s", "ds": pd.date_range(START, periods=N, freq="h"), "y": y * (1 + uplift),
+                          "event_uplift": uplift, "cpu_util_lag168": np.linspace(0.2, 0.6, N)})
+    p = prepare(frame, OPTIONS)
+    cleaned, _ = clean_outliers(frame[["unique_id", "ds", "y"]], SEASON)
+    expected = {
+        "seasonal_naive": cleaned["y"].to_numpy() / (1 + uplift),
+        "global_gbm": frame["y"].to_numpy() / (1 + uplift),
+        "prophet": cleaned["y"].to_numpy(),
+    }
+    for name, want in expected.items():
+        rows = p.inputs_for(name, ["s"])
+        assert list(rows.columns) == ["unique_id", "ds", "y", "event_uplift", "cpu_util_lag168"], name
+        np.testing.assert_allclose(rows["y"].to_numpy(), want, err_msg=name)
+        np.testing.assert_array_equal(rows["cpu_util_lag168"].to_numpy(), frame["cpu_util_lag168"].to_numpy())
+    assert p.inputs_for("seasonal_naive", ["other"]).empty
 
 
 def test_without_cross_validation_the_models_own_bands_are_kept() -> None:

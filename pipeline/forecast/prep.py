@@ -153,12 +153,19 @@ def clean_outliers(frame: pd.DataFrame, season_length: int, k: float = 6.0, neig
     so the last days are treated exactly like the rest. Only model inputs are cleaned; scores
     always use the raw actuals.
     """
-    m = season_length
     out = frame.copy()
+    y, counts = cleaned_values(frame, season_length, k, neighbours)
+    out["y"] = y
+    return out, counts
+
+
+def cleaned_values(frame: pd.DataFrame, season_length: int, k: float = 6.0, neighbours: int = 3) -> tuple[np.ndarray, dict[str, int]]:
+    """`clean_outliers`' new `y` column (frame sorted by unique_id, ds) and the points replaced per series, without copying the frame."""
+    m = season_length
     counts: dict[str, int] = {}
     ys = []
-    for uid, group in out.groupby("unique_id", sort=True):
-        y = group["y"].to_numpy(float)
+    for uid, group in frame["y"].groupby(frame["unique_id"], sort=True):
+        y = group.to_numpy(float)
         if len(y) < (neighbours + 2) * m:
             ys.append(y)
             continue
@@ -179,8 +186,7 @@ def clean_outliers(frame: pd.DataFrame, season_length: int, k: float = 6.0, neig
             y[neighbours * m:] = np.where(mask, baseline + centre, y[neighbours * m:])
             counts[uid] = int(mask.sum())
         ys.append(y)
-    out["y"] = np.concatenate(ys) if ys else out["y"]
-    return out, counts
+    return (np.concatenate(ys) if ys else frame["y"].to_numpy(float)), counts
 
 
 def event_factor(frame: pd.DataFrame) -> np.ndarray:
@@ -193,8 +199,8 @@ def event_factor(frame: pd.DataFrame) -> np.ndarray:
 def mase_scale(frame: pd.DataFrame, season_length: int) -> pd.Series:
     """Per-series in-sample seasonal-naive MAE (MASE denominator); falls back to lag-1, then level."""
     out = {}
-    for uid, group in frame.groupby("unique_id", sort=True):
-        y = group["y"].to_numpy(float)
+    for uid, group in frame["y"].groupby(frame["unique_id"], sort=True):
+        y = group.to_numpy(float)
         scale = np.nan
         if len(y) > season_length:
             scale = np.mean(np.abs(y[season_length:] - y[:-season_length]))

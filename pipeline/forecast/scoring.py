@@ -355,7 +355,7 @@ def score_registry(interval: DataInterval, settings: Settings, prepared: Any) ->
     if age_h > max_age_hours():
         return _fallback("stale", f"trained on data up to {m['data_end']}, {age_h:.0f} h before this run "
                          f"(PEERSCALE_REGISTRY_MAX_AGE_HOURS={max_age_hours():g})", version.version)
-    exog = [c for c in p.model_input.columns if c not in ("unique_id", "ds", "y")]
+    exog = [c for c in p.input_columns if c not in ("unique_id", "ds", "y")]
     why = incompatibility(m, p, exog)
     if why:
         return _fallback("incompatible", why, version.version)

@@ -159,7 +159,7 @@ def split_prepared(p: Any, settings: Settings, data: dict, *, version: str | Non
     _dump(_work(settings, version, "prepared.pkl"), p)
     meta = {"kind": "hourly", "models": list(p.names), "horizon": p.horizon, "season_length": p.season_length, "freq": p.freq,
             "tau": p.tau, "n_windows": p.n_windows, "window": p.window, **data,
-            "exog": [c for c in p.model_input.columns if c not in ("unique_id", "ds", "y")],
+            "exog": [c for c in p.input_columns if c not in ("unique_id", "ds", "y")],
             "code_version": code_version(), "state_format": model_state.STATE_FORMAT, "libraries": model_state.library_versions(),
             "shards": shards, "trained_ids": trainable, "short_series": p.short}
     lake.write_json_atomic(_work(settings, version, "split.json"), meta)
