@@ -291,7 +291,9 @@ def _forecast_facts(settings, run_id: str) -> dict:
     rows = len(read_forecast(settings, run_id))
     block = manifest.get("engine", {}).get("registry") or {}
     decisions = manifest.get("engine", {}).get("regressors") or {}
-    regressors = {name: f"kept from {d['reused_from']}" if d.get("reused_from") else "decided in this run"
+    regressors = {name: f"kept from {d['reused_from']}" if d.get("reused_from") else
+                  f"decided in this run on {d.get('sample_series') or d.get('series')} series: "
+                  f"{len(d.get('used') or [])} of {len(d.get('candidates') or [])} columns kept"
                   for name, d in decisions.items() if isinstance(d, dict)}
     return {"forecast_rows": rows, "models": manifest.get("models"), "models_chosen": chosen, "regressor_decisions": regressors,
             "history_series": manifest.get("history", {}).get("series"),

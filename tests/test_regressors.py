@@ -91,6 +91,37 @@ def test_training_decides_the_per_series_models_regressors_once_on_a_sample() ->
     assert training.regressor_sample([f"s{i:03d}" for i in range(200)], 5) == ["s000", "s050", "s100", "s149", "s199"]
 
 
+def test_a_large_fleet_decides_on_an_even_sample_then_cross_validates_every_series_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Above `REGRESSOR_DECISION_SERIES` series the GBM is cross-validated both ways on a sample and once more
+    on every series with the columns kept; the decision is the one the sample shows and says so."""
+    history, future = _with_driver(n=24 * 14)
+    more = history.assign(unique_id=history["unique_id"].str.replace("region:", "region:x", regex=False))
+    history = pd.concat([history, more], ignore_index=True)  # 8 series
+    future = pd.concat([future, future.assign(unique_id=future["unique_id"].str.replace("region:", "region:x", regex=False))],
+                       ignore_index=True)
+    seen: list[int] = []
+    real = engine._cross_validate_inputs
+
+    def counting(p, name):  # type: ignore[no-untyped-def]
+        if name == "global_gbm":
+            seen.append(len(p.long_ids))
+        return real(p, name)
+
+    monkeypatch.setattr(engine, "_cross_validate_inputs", counting)
+    monkeypatch.setattr(engine, "REGRESSOR_DECISION_SERIES", 4)
+    options = engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=0.9, models=("seasonal_naive", "global_gbm"),
+                                   combine=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        result = engine.run_engine(history, options, future=future)
+    assert seen == [4, 4, 8], "both ways on the sample, then once on every series"
+    decision = result.info["regressors"]["global_gbm"]
+    assert decision["used"] == ["load", "noise"] and decision["sample_series"] == 4 and decision["series"] == 4, decision
+    gbm_cv = result.cv_by_model["global_gbm"]
+    assert gbm_cv["unique_id"].nunique() == 8, "the selection scores every series on the kept columns"
+    assert regressors.even_sample([f"s{i}" for i in range(3)], 5) == ["s0", "s1", "s2"]
+
+
 def test_a_model_without_the_candidates_sees_none_of_them() -> None:
     history, future = _with_driver(n=24 * 10)
     p = engine.prepare(history, engine.EngineOptions(horizon=H, season_length=M, freq="h", tau=0.9, models=("global_gbm",)),

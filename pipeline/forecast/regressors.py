@@ -29,6 +29,15 @@ def candidates(frame: pd.DataFrame) -> list[str]:
     return [c for c in exog_columns(frame) if c not in ALWAYS_KEPT and frame[c].nunique(dropna=True) > 1]
 
 
+def even_sample(ids: list[str], size: int) -> list[str]:
+    """Up to `size` ids spread evenly over the sorted ids (every kind of series, deterministic): where
+    a large fleet decides its regressors."""
+    ordered = sorted(ids)
+    if len(ordered) <= size:
+        return ordered
+    return [ordered[round(i * (len(ordered) - 1) / (size - 1))] for i in range(size)]
+
+
 def restrict(frame: pd.DataFrame, candidate_columns: list[str], used: list[str]) -> pd.DataFrame:
     """`frame` without the candidates not `used`."""
     drop = [c for c in candidate_columns if c not in used and c in frame.columns]

@@ -45,7 +45,7 @@ from pipeline.common import lake, storage
 from pipeline.common.config import REPO_ROOT, Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import FORECAST_LEVELS, FORECAST_QUANTILES
-from pipeline.forecast import bands, engine, model_state, registry
+from pipeline.forecast import bands, engine, model_state, registry, regressors
 from pipeline.forecast.shards import contiguous_chunks, shard_count
 
 GLOBAL = "global_gbm"
@@ -235,10 +235,7 @@ def _train_global_model(p: Any, name: str, version: str, settings: Settings) -> 
 
 def regressor_sample(ids: list[str], size: int = REGRESSOR_SAMPLE) -> list[str]:
     """Up to `size` series spread evenly over the sorted ids (every kind of series, deterministic)."""
-    ordered = sorted(ids)
-    if len(ordered) <= size:
-        return ordered
-    return [ordered[round(i * (len(ordered) - 1) / (size - 1))] for i in range(size)]
+    return regressors.even_sample(ids, size)
 
 
 def decide_regressors(p: Any) -> dict[str, dict]:
