@@ -483,9 +483,8 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
     lengths = history.groupby("unique_id", sort=True).size()
     ids = list(lengths.index)
 
-    cleaned = _add_input_variants(history, m, options.clean)
-    # consolidated, one block per dtype, as are the model inputs cut from it (the models ran ~13 % slower on fragmented frames)
-    history = history.copy()
+    candidates = regressors.candidates(history)
+    history, cleaned = _with_input_variants(history, m, options.clean)
     scale = prep.mase_scale(history, m)
 
     min_points = SHORT_SERIES_SEASONS * m
@@ -499,7 +498,6 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
         reused = not refit_global and any(MODELS_GLOBAL.get(n, False) for n in names)
         n_windows = default_windows(int(lengths.max()), window, m, reused)
     cv_ok = [u for u in long_ids if lengths[u] >= n_windows * window + min_points]
-    candidates = regressors.candidates(history.drop(columns=list(DERIVED_COLUMNS)))
     info: dict[str, Any] = {"models": list(names), "n_windows": n_windows, "window": window, "dropped": {},
                             "short_series": short, "gaps_filled": gaps, "outliers_cleaned": cleaned, "timings_s": {}}
     return Prepared(
@@ -512,18 +510,20 @@ def prepare(history: pd.DataFrame, options: EngineOptions, *, future: pd.DataFra
     )
 
 
-def _add_input_variants(history: pd.DataFrame, m: int, clean: bool) -> dict[str, int]:
-    """Add `_factor` and the model-input variants of `y` (`INPUT_Y`) to `history`, in place; the
+def _with_input_variants(history: pd.DataFrame, m: int, clean: bool) -> tuple[pd.DataFrame, dict[str, int]]:
+    """`history` with `_factor` and the model-input variants of `y` (`INPUT_Y`) added, and the
     outliers cleaned per series. Known calendar uplifts come out of the model input and go back into
-    the forecast."""
-    factor = prep.event_factor(history)
-    history[FACTOR_COLUMN] = factor
-    y = history["y"].to_numpy(float)
-    cleaned_y, cleaned = prep.cleaned_values(history, m) if clean else (y, {})
-    history[INPUT_Y[(True, False)]] = cleaned_y
-    history[INPUT_Y[(False, True)]] = y / factor
-    history[INPUT_Y[(True, True)]] = cleaned_y / factor
-    return cleaned
+    the forecast. The frame comes back consolidated, one block per dtype, as are the model inputs cut
+    from it (the models ran ~13 % slower on fragmented frames)."""
+    out = history.copy(deep=False)
+    factor = prep.event_factor(out)
+    y = out["y"].to_numpy(float)
+    cleaned_y, cleaned = prep.cleaned_values(out, m) if clean else (y, {})
+    out[FACTOR_COLUMN] = factor
+    out[INPUT_Y[(True, False)]] = cleaned_y
+    out[INPUT_Y[(False, True)]] = y / factor
+    out[INPUT_Y[(True, True)]] = cleaned_y / factor
+    return out.copy(), cleaned
 
 
 def _kept_decisions(earlier: dict[str, dict] | None, candidates: list[str], names: Sequence[str],
@@ -596,8 +596,7 @@ def cross_validate_model(p: Prepared, name: str) -> ModelRun:
 def _cross_validate_decided_on_sample(p: Prepared, name: str) -> ModelRun:
     """A large fleet: decide `name`'s regressors on `REGRESSOR_DECISION_SERIES` series spread evenly
     over the sorted ids (both ways), then cross-validate every series once with the columns kept."""
-    sample = p.subset(regressors.even_sample(p.long_ids, REGRESSOR_DECISION_SERIES))
-    sample.regressors = {}
+    sample = replace(p.subset(regressors.even_sample(p.long_ids, REGRESSOR_DECISION_SERIES)), regressors={})
     decided = cross_validate_model(sample, name)
     decision = {**(decided.regressors or {}), "sample_series": len(sample.long_ids)}
     p.regressors[name] = list(decision.get("used", []))
