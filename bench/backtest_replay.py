@@ -1,6 +1,6 @@
 """Walk-forward replay of the last 7 days of data_samples: every policy against the oracle.
 
-    .venv/bin/python bench/backtest_replay.py                 # 7 days, all policies + static sweep (~25 min on 2 cores)
+    .venv/bin/python bench/backtest_replay.py                 # 7 days, all policies (~5 min on 2 cores), then the sweeps
     .venv/bin/python bench/backtest_replay.py --hours 24      # a shorter replay
 
 1. `peerscale backtest` over [2026-01-29, 2026-02-05) with predictive tiered (running + warm

@@ -20,13 +20,31 @@ from tests.browser import open_page
 SAMPLES = str(REPO_ROOT / "data_samples")
 
 
+REPLAY = BacktestConfig(start=parse_utc("2026-01-29T00:00"), end=parse_utc("2026-01-29T02:00"),
+                        policies=("predictive", "predictive_tiered", "reactive", "static", "oracle", "aws_predictive"),
+                        refit_every_hours=2, horizon_hours=2, workers=2)
+
+
 @pytest.fixture(scope="module")
 def replay() -> object:
-    config = BacktestConfig(start=parse_utc("2026-01-29T00:00"), end=parse_utc("2026-01-29T02:00"),
-                            policies=("predictive", "predictive_tiered", "reactive", "static", "oracle", "aws_predictive"),
-                            refit_every_hours=2,
-                            horizon_hours=2)
-    return run_backtest(SAMPLES, config)
+    return run_backtest(SAMPLES, REPLAY)
+
+
+def test_a_replay_spread_over_processes_equals_the_same_replay_in_one(replay) -> None:
+    """Policies share nothing and every refit reads only data before its hour, so the refits and the
+    policies may run on any core in any order: one process gives the same replay, policy by policy."""
+    heard: list[tuple[str, int, int]] = []
+    alone = run_backtest(SAMPLES, replace(REPLAY, policies=("predictive", "oracle"), workers=1),
+                         progress=lambda message, done, total: heard.append((message, done, total)))
+    spread, one = replay.summary()["policies"], alone.summary()["policies"]
+    for name in ("predictive", "oracle"):
+        assert spread[name] == one[name], name
+        assert replay.results[name].hourly == alone.results[name].hourly
+    assert replay.results["predictive"].taus == alone.results["predictive"].taus
+    pd.testing.assert_frame_equal(replay.forecasts, alone.forecasts)
+    total = 1 + 2 * 2  # one predictive refit, then two policies × two hours
+    assert [(done, t) for _, done, t in heard] == [(i, total) for i in range(1, total + 1)] + [(total, total)]
+    assert heard[0][0].startswith("predictive refit 2026-01-29T00:00") and heard[-1][0] == "done"
 
 
 @pytest.mark.long

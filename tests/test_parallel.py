@@ -1,5 +1,6 @@
-"""`pipeline.common.parallel.in_child_process`: a stage in a forked process of its own gives back
-its result, or its exception as the caller would have caught it in process."""
+"""`pipeline.common.parallel`: a stage in a forked process of its own (`in_child_process`) gives back
+its result, or its exception as the caller would have caught it in process; `fork_map_telling`
+spreads tasks over processes and carries their progress messages to the parent."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import signal
 
 import pytest
 
-from pipeline.common.parallel import in_child_process
+from pipeline.common.parallel import fork_map_telling, in_child_process
 
 
 class _NeedsTwoArgs(ValueError):
@@ -66,3 +67,30 @@ def _read_marker() -> str | None:
 def test_setup_runs_in_the_child_before_the_task_and_stays_there() -> None:
     assert in_child_process(_read_marker, setup=_set_marker) == "child"
     assert "PEERSCALE_TEST_STAGE_SETUP" not in os.environ
+
+
+def _square_telling(value: int, tell) -> tuple[int, int]:
+    for step in range(value):
+        tell((value, step))
+    if value < 0:
+        raise ValueError(f"negative: {value}")
+    return os.getpid(), value * value
+
+
+def test_tasks_spread_over_processes_tell_the_parent_and_keep_their_order() -> None:
+    heard: list[tuple[int, int]] = []
+    results = fork_map_telling(_square_telling, [5, 1, 3, 0, 4], 2, heard.append)
+    assert [square for _, square in results] == [25, 1, 9, 0, 16], "results in the order of the items"
+    assert {pid for pid, _ in results} - {os.getpid()}, "the tasks ran in other processes"
+    assert sorted(heard) == sorted((v, s) for v in (5, 1, 3, 0, 4) for s in range(v)), "every message, once"
+    for value in (5, 3, 4):  # one task's messages arrive in the order it told them
+        assert [s for v, s in heard if v == value] == list(range(value))
+    heard_here: list[tuple[int, int]] = []
+    in_process = fork_map_telling(_square_telling, [5, 1, 3, 0, 4], 1, heard_here.append)
+    assert [square for _, square in in_process] == [25, 1, 9, 0, 16] and {pid for pid, _ in in_process} == {os.getpid()}
+    assert sorted(heard_here) == sorted(heard)
+
+
+def test_a_failing_task_raises_in_the_parent() -> None:
+    with pytest.raises(ValueError, match="negative: -2"):
+        fork_map_telling(_square_telling, [2, -2, 3], 2, lambda _message: None)

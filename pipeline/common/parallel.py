@@ -14,7 +14,7 @@ import os
 import pickle
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
@@ -37,6 +37,42 @@ def fork_map(fn: Callable[[Any], Any], items: list, workers: int, min_items_per_
         return [fn(item) for item in items]
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork")) as pool:
         return list(pool.map(fn, items, chunksize=max(1, len(items) // (workers * 16))))
+
+
+def fork_map_telling(fn: Callable[[Any, Callable[[Any], None]], T], items: list, workers: int,
+                     report: Callable[[Any], None]) -> list[T]:
+    """`[fn(item, tell) for item in items]` over `workers` forked processes, one task per item, where a
+    task's `tell(message)` calls `report(message)` in the parent while the tasks run.
+
+    Why: a progress bar over long tasks spread across processes (a replay's policies). Tasks are
+    handed out as workers free up, so unequal tasks still share the cores; the results come back in
+    the order of `items`, and a task's exception is raised here. In process where `can_fork()` says
+    no, or with one worker or one item."""
+    if workers <= 1 or len(items) < 2 or not can_fork():
+        return [fn(item, report) for item in items]
+    ctx = multiprocessing.get_context("fork")
+    messages = ctx.SimpleQueue()  # put() writes to the pipe at once: a message is read before its task's result
+    with ProcessPoolExecutor(min(workers, len(items)), mp_context=ctx, initializer=_keep_messages,
+                             initargs=(messages,)) as pool:
+        futures = [pool.submit(_run_telling, fn, item) for item in items]
+        pending = set(futures)
+        while pending:
+            _, pending = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+            while not messages.empty():
+                report(messages.get())
+        return [future.result() for future in futures]
+
+
+_MESSAGES: Any = None  # a forked worker's end of fork_map_telling's message queue
+
+
+def _keep_messages(messages: Any) -> None:
+    global _MESSAGES
+    _MESSAGES = messages
+
+
+def _run_telling(fn: Callable[[Any, Callable[[Any], None]], T], item: Any) -> T:
+    return fn(item, _MESSAGES.put)
 
 
 def can_fork() -> bool:
@@ -105,4 +141,4 @@ def _portable(exc: BaseException) -> BaseException:
         return plain
 
 
-__all__ = ["can_fork", "cores_available", "fork_map", "in_child_process"]
+__all__ = ["can_fork", "cores_available", "fork_map", "fork_map_telling", "in_child_process"]

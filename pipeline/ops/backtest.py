@@ -55,6 +55,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -66,6 +67,7 @@ from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.common.numeric import SECONDS_PER_HOUR
+from pipeline.common.parallel import cores_available, fork_map_telling
 from pipeline.common.schemas import FORECAST, PEERING_REQUESTS, RESOURCE_TYPES, region_series_id
 from pipeline.features.build import FeatureWindow, compute_features
 from pipeline.plan.warm import WARM_START_SHARE, WarmCosts, resolve_warm
@@ -102,6 +104,7 @@ class BacktestConfig:
     aws_refresh_hours: int = 6  # aws_predictive: the documented forecast refresh
     aws_history_days: int = 14  # aws_predictive: at most this much history (at least 24 h)
     seed: int = 7
+    workers: int = 0  # processes for the refits and the policies (0: one per core)
 
 
 def default_window(source_root: str, start: str | None, end: str | None, days: int = DEFAULT_REPLAY_DAYS) -> tuple[datetime, datetime]:
@@ -348,14 +351,24 @@ class _PolicyRun:
     sessions: list[tuple[float, str]] = field(default_factory=list)  # heap of (ends at, allocation id)
 
 
-@dataclass
-class _PredictiveForecasts:
-    """The predictive policy's last refit, and the rows it planned from (for the report)."""
+@dataclass(frozen=True)
+class _Refits:
+    """Every forecast the replay plans from, made before it: each reads only data before its hour."""
 
-    cached: pd.DataFrame | None = None
-    planned: list[pd.DataFrame] = field(default_factory=list)
-    aws: pd.DataFrame | None = None  # the aws_predictive policy's capacity from its last refresh
-    fitted_at: int | None = None  # the replay hour index of the last refit (shared by both predictive policies)
+    predictive: dict[int, pd.DataFrame] = field(default_factory=dict)  # refit's replay hour index → forecast
+    aws: dict[int, pd.DataFrame] = field(default_factory=dict)  # refresh's replay hour index → aws_predictive's capacity
+
+
+@dataclass(frozen=True)
+class _Replay:
+    """What each policy's task replays against (pickled to its worker process: a few MB)."""
+
+    config: BacktestConfig
+    base: Settings
+    scratch: Path
+    inputs: _ReplayInputs
+    hours: list[datetime]
+    refits: _Refits = field(default_factory=_Refits)
 
 
 def run_backtest(
@@ -376,23 +389,65 @@ def run_backtest(
     say = progress or (lambda _m, _i, _n: None)
     try:
         inputs = _prepare_replay(source_root, config, base, scratch)
-        hours = DataInterval(config.start, config.end).hours()
-        runs = _open_policies(config, base, scratch)
-        predictive = _PredictiveForecasts()
-        try:
-            for i, hour in enumerate(hours):
-                say(f"{hour:%Y-%m-%dT%H:%M}", i, len(hours))
-                _replay_hour(hour, index=i, runs=runs, inputs=inputs, config=config, predictive=predictive)
-            say("done", len(hours), len(hours))
-        finally:
-            for run in runs:
-                run.coordinator.close()
-        forecasts = pd.concat(predictive.planned, ignore_index=True) if predictive.planned else pd.DataFrame()
-        results = {run.name: run.result for run in runs}
+        replay = _Replay(config=config, base=base, scratch=scratch, inputs=inputs, hours=DataInterval(config.start, config.end).hours())
+        tasks = _refit_tasks(config, len(replay.hours))
+        total, done = len(tasks) + len(config.policies) * len(replay.hours), 0
+
+        def report(message: str) -> None:
+            nonlocal done
+            done += 1
+            say(message, done, total)
+
+        workers = config.workers or cores_available()
+        fitted = dict(zip(tasks, fork_map_telling(partial(_refit, replay=replay), tasks, workers, report)))
+        replay = replace(replay, refits=_Refits(predictive={i: f for (kind, i), f in fitted.items() if kind == "predictive"},
+                                                aws={i: f for (kind, i), f in fitted.items() if kind == "aws_predictive"}))
+        outcomes = fork_map_telling(partial(_replay_policy, replay=replay), list(config.policies), workers, report)
+        say("done", total, total)
+        planned = [frame for _, frames in outcomes for frame in frames]
+        forecasts = pd.concat(planned, ignore_index=True) if planned else pd.DataFrame()
+        results = {name: result for name, (result, _) in zip(config.policies, outcomes)}
         return BacktestResult(config=config, results=results, demand=inputs.demand, forecasts=forecasts)
     finally:
         if scratch_dir is None:
             shutil.rmtree(scratch, ignore_errors=True)
+
+
+def _refit_tasks(config: BacktestConfig, n_hours: int) -> list[tuple[str, int]]:
+    """The refits the replay's policies plan from: (kind, replay hour index), the costliest first."""
+    tasks = []
+    if any(p in config.policies for p in PREDICTIVE):  # both predictive policies plan from the same refits
+        tasks += [("predictive", i) for i in range(0, n_hours, config.refit_every_hours)]
+    if "aws_predictive" in config.policies:
+        tasks += [("aws_predictive", i) for i in range(0, n_hours, config.aws_refresh_hours)]
+    return tasks
+
+
+def _refit(task: tuple[str, int], tell: Callable[[str], None], *, replay: _Replay) -> pd.DataFrame:
+    """One refit, from the data strictly before its hour (so it can run before the replay, on any core)."""
+    kind, index = task
+    hour, inputs, config = replay.hours[index], replay.inputs, replay.config
+    if kind == "aws_predictive":
+        fitted = aws_style_capacity(inputs.demand, hour, config)
+    else:
+        fitted = _predictive_forecasts(inputs.demand, inputs.carried, hour, config, inputs.tau, inputs.source_lake)
+    tell(f"{kind} refit {hour:%Y-%m-%dT%H:%M}")
+    return fitted
+
+
+def _replay_policy(name: str, tell: Callable[[str], None], *, replay: _Replay) -> tuple[PolicyResult, list[pd.DataFrame]]:
+    """One policy over every hour, in its own lake with its own IRC: plan the hour, serve its requests,
+    learn from them. Policies share nothing, so each is a task of its own. Also returns the forecast
+    rows it planned from when the report shows them (the predictive policy's)."""
+    run = _open_policy(name, replay.config, replay.base, replay.scratch)
+    planned: list[pd.DataFrame] = []
+    try:
+        for index, hour in enumerate(replay.hours):
+            _replay_hour(hour, index=index, run=run, replay=replay, planned=planned)
+            tell(f"{name} {hour:%Y-%m-%dT%H:%M}")
+    finally:
+        run.coordinator.close()
+    return run.result, planned
 
 
 def _prepare_replay(source_root: str, config: BacktestConfig, base: Settings, scratch: Path) -> _ReplayInputs:
@@ -441,67 +496,54 @@ def _warm_settings(source_root: str, base: Settings) -> WarmCosts:
     return resolve_warm(config.costs, base.warm_texts)
 
 
-def _open_policies(config: BacktestConfig, base: Settings, scratch: Path) -> list[_PolicyRun]:
-    """Each policy's lake (seeded with the inventory) and its own IRC."""
+def _open_policy(name: str, config: BacktestConfig, base: Settings, scratch: Path) -> _PolicyRun:
+    """The policy's lake (seeded with the inventory) and its own IRC."""
     from pipeline.irc import REQUEST_TIME, Coordinator
 
-    lakes = {name: replace(_policy_settings(scratch, name, base),  # only the tiered policy plans warm capacity
-                           warm_texts=(*base.warm_texts, ("backtest policy", f"enabled={int(name == 'predictive_tiered')}")))
-             for name in config.policies}
-    for name in config.policies:
-        _seed_reference(str(scratch / "source-lake"), lakes[name], config.start)
-    learns = {name: config.feedback and name == "predictive" for name in config.policies}  # not tiered: see the docstring
-    coordinators = {
-        name: Coordinator(lakes[name].lake_root, reload_interval_s=None, outcomes=learns[name], name=name,
-                          clock=REQUEST_TIME)  # a replay: the log's own times drive expiry
-        for name in config.policies
-    }
-    return [
-        _PolicyRun(name=name, settings=lakes[name], learns=learns[name], coordinator=coordinators[name],
-                   result=PolicyResult(policy=name))
-        for name in config.policies
-    ]
+    settings = replace(_policy_settings(scratch, name, base),  # only the tiered policy plans warm capacity
+                       warm_texts=(*base.warm_texts, ("backtest policy", f"enabled={int(name == 'predictive_tiered')}")))
+    _seed_reference(str(scratch / "source-lake"), settings, config.start)
+    learns = config.feedback and name == "predictive"  # not tiered: see the module docstring
+    coordinator = Coordinator(settings.lake_root, reload_interval_s=None, outcomes=learns, name=name,
+                              clock=REQUEST_TIME)  # a replay: the log's own times drive expiry
+    return _PolicyRun(name=name, settings=settings, learns=learns, coordinator=coordinator, result=PolicyResult(policy=name))
 
 
-def _replay_hour(hour: datetime, *, index: int, runs: list[_PolicyRun], inputs: _ReplayInputs, config: BacktestConfig,
-                 predictive: _PredictiveForecasts) -> None:
-    """Plan the hour under every policy, then serve its requests (and learn from them)."""
+def _replay_hour(hour: datetime, *, index: int, run: _PolicyRun, replay: _Replay, planned: list[pd.DataFrame]) -> None:
+    """Plan the hour under the policy, then serve its requests (and learn from them)."""
     from pipeline.ops.feedback import run_feedback
 
-    interval = DataInterval.ending_at(hour)
-    for run in runs:
-        if run.name != "reactive":
-            _plan_hour(run, hour=hour, interval=interval, index=index, inputs=inputs, config=config, predictive=predictive)
-    requests = inputs.requests
+    if run.name != "reactive":
+        _plan_hour(run, hour=hour, index=index, replay=replay, planned=planned)
+    requests = replay.inputs.requests
     batch = requests[(requests["requested_at"] >= pd.Timestamp(hour)) & (requests["requested_at"] < pd.Timestamp(hour + HOUR))]
-    for run in runs:
-        _serve_hour(batch, run, inputs=inputs, hour=hour, replay_end_s=config.end.timestamp())
-        if run.learns:  # the hourly run's feedback stage, on this hour's logged decisions
-            outcomes = run.coordinator.outcome_log
-            assert outcomes is not None, "a learning policy's IRC logs its decisions (outcomes=True)"
-            outcomes.flush()
-            run_feedback(DataInterval(hour, hour + HOUR), run.settings)
+    _serve_hour(batch, run, inputs=replay.inputs, hour=hour, replay_end_s=replay.config.end.timestamp())
+    if run.learns:  # the hourly run's feedback stage, on this hour's logged decisions
+        outcomes = run.coordinator.outcome_log
+        assert outcomes is not None, "a learning policy's IRC logs its decisions (outcomes=True)"
+        outcomes.flush()
+        run_feedback(DataInterval(hour, hour + HOUR), run.settings)
 
 
-def _plan_hour(run: _PolicyRun, *, hour: datetime, interval: DataInterval, index: int, inputs: _ReplayInputs,
-               config: BacktestConfig, predictive: _PredictiveForecasts) -> None:
+def _plan_hour(run: _PolicyRun, *, hour: datetime, index: int, replay: _Replay, planned: list[pd.DataFrame]) -> None:
     """Write the policy's forecast for the hour, plan and publish it, and load it into the policy's IRC."""
     from pipeline.ops.feedback import load_tau_overrides
     from pipeline.plan import build_plan, read_plan
     from pipeline.plan.planner import plan_id_for
     from pipeline.publish.pointer import publish
 
+    interval = DataInterval.ending_at(hour)
     run_id = f"{run.name}-{interval.token}"
-    _write_policy_forecast(run, run_id=run_id, hour=hour, index=index, inputs=inputs, config=config, predictive=predictive)
+    _write_policy_forecast(run, run_id=run_id, hour=hour, index=index, replay=replay, planned=planned)
     overrides = load_tau_overrides(run.settings.lake_root, hour) if run.learns else None
-    planned = build_plan(interval, run.settings, run_id, tau_overrides=overrides)
+    built = build_plan(interval, run.settings, run_id, tau_overrides=overrides)
     if overrides:
         run.result.taus.extend(
             {"hour": hour, "region": region, "resource_type": rt, "tau": t}
             for region, by_rt in overrides.items() for rt, t in by_rt.items())
     publish(plan_id_for(interval), run.settings)
     run.coordinator.reload(force=True)
-    plan, _ = read_plan(run.settings, planned["plan_id"])
+    plan, _ = read_plan(run.settings, built["plan_id"])
     result = run.result
     result.preallocation_cost += float(plan["hourly_cost"].sum())
     if run.name == "predictive_tiered":
@@ -527,26 +569,25 @@ def _take_warm_plan(run: _PolicyRun, plan: pd.DataFrame) -> None:
         result.warm_unit_hours[r] += float(held.get(r, 0.0))
 
 
-def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, index: int, inputs: _ReplayInputs,
-                           config: BacktestConfig, predictive: _PredictiveForecasts) -> None:
-    """The forecast the policy plans the hour from, written as the forecast run `run_id`."""
+def _write_policy_forecast(run: _PolicyRun, *, run_id: str, hour: datetime, index: int, replay: _Replay,
+                           planned: list[pd.DataFrame]) -> None:
+    """The forecast the policy plans the hour from, written as the forecast run `run_id`: the
+    predictive policies' and aws_predictive's from their last refit at or before `index`."""
     from pipeline.forecast.committed import apply_committed
 
+    inputs, config, refits = replay.inputs, replay.config, replay.refits
     demand_long = inputs.demand_long
     if run.name in PREDICTIVE:  # both predictive policies plan from the same refits
-        if predictive.cached is None or (index % config.refit_every_hours == 0 and predictive.fitted_at != index):
-            predictive.cached = _predictive_forecasts(inputs.demand, inputs.carried, hour, config, inputs.tau, inputs.source_lake)
-            predictive.fitted_at = index
-        now = predictive.cached[predictive.cached["ds"] == pd.Timestamp(hour)]
+        fitted = refits.predictive[index - index % config.refit_every_hours]
+        now = fitted[fitted["ds"] == pd.Timestamp(hour)]
         if inputs.carried is not None:  # what running sessions hold now is known at `hour`
             now = apply_committed(now, inputs.carried[inputs.carried["hour"] == pd.Timestamp(hour)], hour)
         if run.name == "predictive" or "predictive" not in config.policies:
-            predictive.planned.append(now)
+            planned.append(now)
         _write_forecast(run.settings, run_id, now)
     elif run.name == "aws_predictive":
-        if predictive.aws is None or index % config.aws_refresh_hours == 0:
-            predictive.aws = aws_style_capacity(inputs.demand, hour, config)
-        targets = predictive.aws[predictive.aws["hour"] == pd.Timestamp(hour)].drop(columns="hour")
+        capacity = refits.aws[index - index % config.aws_refresh_hours]
+        targets = capacity[capacity["hour"] == pd.Timestamp(hour)].drop(columns="hour")
         _write_target_forecast(run.settings, run_id, hour, targets, "aws_predictive")
     elif run.name == "oracle":
         actual = demand_long[demand_long["hour"] == pd.Timestamp(hour)]
