@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -12,8 +13,10 @@ import pytest
 from pipeline.common import schemas
 from pipeline.irc import Coordinator, PeeringRequest
 from pipeline.irc.coordinator import WARM_START_SHARE
+from pipeline.irc.ledger import open_ledger
 from pipeline.irc.ledger.sqlite import SQLiteLedger
 from tests import plan_store
+from tests.test_irc_ledgers import drop_postgres, postgres_url
 
 PLAN_ID = "plan-20250101T10"
 T0 = datetime(2025, 1, 1, 10, tzinfo=UTC)
@@ -106,6 +109,74 @@ def test_replicas_sharing_a_ledger_never_start_more_warm_capacity_than_planned(t
         for t in threads:
             t.join()
         assert paths.count("warm") == 4 and paths.count("on_demand") == 8, "4 vCPU / 16 GiB warm: exactly four 1-vCPU/4-GiB starts"
+    finally:
+        for irc in replicas:
+            irc.close()
+
+
+def _used(irc: Coordinator, region: str) -> dict[str, float]:
+    """What the first window of `region` (or `<region>/warm`) holds of the two resources the plan has."""
+    used = irc._ledger.usage(int(T0.timestamp()), region)
+    return {r: used.get(r, 0.0) for r in ("vcpu", "memory_gib")}
+
+
+@pytest.fixture(params=["memory", "sqlite", "postgres"])
+def ledger_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param != "postgres":
+        yield "memory" if request.param == "memory" else f"sqlite://{tmp_path / 'ledger.db'}"
+        return
+    url = postgres_url()
+    yield url
+    drop_postgres(url)
+
+
+def test_a_request_larger_than_either_tier_starts_warm_on_top_of_what_the_preallocation_still_holds(
+        tmp_path: Path, ledger_url: str) -> None:
+    publish(tmp_path / "lake", warm=1)  # pre-allocated 8 vCPU / 32 GiB (normal priority: 95 %), warm 4 / 16
+    with coordinator(tmp_path / "lake", ledger=open_ledger(ledger_url)) as irc:
+        assert ask(irc, "fill", 6, 24).path == "preallocated"  # left: 1.6 vCPU, 6.4 GiB
+        big = ask(irc, "big", 5, 20)  # neither tier alone: 1.6 < 5 pre-allocated, 4 < 5 warm
+        assert (big.status, big.path, big.latency_class) == ("success", "warm", "warm")
+        assert big.preallocated_part == pytest.approx({"vcpu": 1.6, "memory_gib": 6.4})
+        assert "from the pre-allocation, the rest warm" in big.message
+        assert _used(irc, EU) == pytest.approx({"vcpu": 7.6, "memory_gib": 30.4})
+        assert _used(irc, f"{EU}/warm") == pytest.approx({"vcpu": 3.4, "memory_gib": 13.6})
+        assert ask(irc, "small", 0.5, 1).path == "warm", "whole from what warm capacity has left"
+        assert ask(irc, "none left", 1, 1).path == "on_demand", "nothing pre-allocated left to top up 0.1 vCPU of warm"
+        assert irc.release(big.allocation_id)
+        assert _used(irc, EU) == pytest.approx({"vcpu": 6.0, "memory_gib": 24.0}), "both parts came back"
+        assert _used(irc, f"{EU}/warm") == pytest.approx({"vcpu": 0.5, "memory_gib": 1.0})
+        too_big = ask(irc, "too big", 5.5, 4)  # 1.6 + 3.5 vCPU together < 5.5
+        assert too_big.path == "on_demand" and too_big.preallocated_part is None
+        assert _used(irc, EU) == pytest.approx({"vcpu": 6.0, "memory_gib": 24.0}), "a failed top-up holds nothing"
+        assert _used(irc, f"{EU}/warm") == pytest.approx({"vcpu": 0.5, "memory_gib": 1.0})
+
+
+def test_replicas_topping_up_warm_starts_never_grant_more_than_either_tier_holds(tmp_path: Path) -> None:
+    publish(tmp_path / "lake", warm=1)
+    replicas = [coordinator(tmp_path / "lake", ledger=SQLiteLedger(tmp_path / "ledger.sqlite")) for _ in range(4)]
+    try:
+        assert ask(replicas[0], "fill", 6, 24).path == "preallocated"
+        served: list[object] = []
+        lock = threading.Lock()
+
+        def burst(irc: Coordinator, k: int) -> None:
+            for i in range(4):
+                got = ask(irc, f"r{k}-{i}", 2.5, 2.5)
+                with lock:
+                    served.append(got)
+
+        threads = [threading.Thread(target=burst, args=(irc, k)) for k, irc in enumerate(replicas)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        warm = [d for d in served if d.path == "warm"]  # type: ignore[attr-defined]
+        from_pre = sum(d.preallocated_part["vcpu"] for d in warm if d.preallocated_part)  # type: ignore[attr-defined]
+        pre, held_warm = _used(replicas[0], EU), _used(replicas[0], f"{EU}/warm")
+        assert pre["vcpu"] <= 7.6 + 1e-9 and held_warm["vcpu"] <= 4.0 + 1e-9, "neither tier over its limit"
+        assert pre["vcpu"] == pytest.approx(6.0 + from_pre) and held_warm["vcpu"] == pytest.approx(2.5 * len(warm) - from_pre)
+        assert len(warm) == 2, "5.6 vCPU in both tiers: two 2.5-vCPU sessions, then nothing"
     finally:
         for irc in replicas:
             irc.close()

@@ -8,7 +8,8 @@ Decision (the seed's pseudocode, DESIGN "IRC" box)::
        and the ledger reserves them in every window the session overlaps (priority ceiling):
            → success, preallocated, latency low (provisioning 0 s)
     elif the plan holds warm (stopped, pre-initialised) capacity of the destination in that window
-       and the ledger reserves it in every window the session overlaps (`<region>/warm` rows):
+       and the ledger reserves it in every window the session overlaps (`<region>/warm` rows) -
+       all of the request, or what the pre-allocation still holds topped up with warm capacity:
            → success, warm, latency warm (modeled: WARM_START_SHARE of the on-demand provisioning time)
     elif the on-demand allocator grants them from the region's pool:
            → success, on_demand, latency medium (modeled provisioning time)
@@ -121,6 +122,7 @@ log = logging.getLogger(__name__)
 PREALLOCATED_PREFIX = "pre-"
 ON_DEMAND_PREFIX = "od-"
 WARM_PREFIX = "warm-"
+TOP_UP_SUFFIX = "+preallocated"  # the pre-allocated part of a topped-up warm start (released with it)
 # A warm-pool instance resumes from Stopped in about an eighth of a cold launch's wait (tens of seconds
 # instead of minutes): the same assumption as the planner's warm-start penalty (pipeline.plan.warm).
 WARM_START_SHARE = 1.0 / 8.0
@@ -177,6 +179,10 @@ def _unplanned(valid: ValidRequest, located: _Located, region: str) -> _Miss | N
             detail = f"nothing pre-allocated for {', '.join(unplanned)} in {region}, window {window.key}"
             return _Miss("not_planned", detail, plan.plan_id, unplanned)
     return None
+
+
+def _units(requirements: Mapping[str, float]) -> str:
+    return ", ".join(f"{quantity:g} {resource_type}" for resource_type, quantity in requirements.items() if quantity)
 
 
 def _failure(
@@ -398,6 +404,8 @@ class Coordinator:
                 return False
             if allocation_id.startswith((PREALLOCATED_PREFIX, WARM_PREFIX)):
                 released = self._ledger.release(allocation_id)
+                if allocation_id.startswith(WARM_PREFIX) and not allocation_id.endswith(TOP_UP_SUFFIX):
+                    self._ledger.release(allocation_id + TOP_UP_SUFFIX)  # a top-up's part, if it had one
             elif allocation_id.startswith(ON_DEMAND_PREFIX):
                 released = self._on_demand.release(allocation_id)
             else:
@@ -729,29 +737,64 @@ class Coordinator:
         if not window.warm or not window.warm.get(region):  # no warm tier, or none planned here: no ledger call
             return None
         allocation_id = f"{WARM_PREFIX}{self._id_prefix}{next(self._ids):x}"
+        part = None
         try:
             short = self._ledger.reserve(allocation_id, warm_key(region), valid.requirements, valid.start_s, valid.end_s,
                                          priority=valid.priority, now_s=now_s)
+            if short:
+                part = self._top_up(valid, region, allocation_id, now_s)
         except Exception as exc:
             log.warning("IRC ledger error (warm): %s: %s", type(exc).__name__, exc)
             self._metrics.count("ledger_errors")
             return None
-        if short:
+        if short and part is None:
             return None
+        started = f" ({_units(part)} from the pre-allocation, the rest warm)" if part else ""
         return PeeringResponse(
             request_id=valid.request_id,
             status="success",
             path="warm",
             latency_class="warm",
             allocation_id=allocation_id,
-            message=f"Started warm capacity in {region}, plan {plan.plan_id}, window {window.key}: {miss.detail}",
+            message=f"Started warm capacity in {region}{started}, plan {plan.plan_id}, window {window.key}: {miss.detail}",
             region=region,
             plan_id=plan.plan_id,
             miss_reason=miss.reason,
             short_resources=miss.short,
             provisioning_s=self._on_demand.provisioning_s(region, valid.requirements) * WARM_START_SHARE,
             serving_region=region,
+            preallocated_part=part,
         )
+
+    def _top_up(self, valid: ValidRequest, region: str, allocation_id: str, now_s: float) -> dict[str, float] | None:
+        """What the destination's pre-allocation still holds (within the priority's ceiling, as read
+        at the session's start), reserved as `allocation_id` + TOP_UP_SUFFIX, and the rest started warm
+        as `allocation_id`: the part taken from the pre-allocation, or None (nothing held) when the two
+        together cannot serve the request.
+
+        Why: a session's units need not come from one tier. A request larger than what is left of
+        either would otherwise start cold whole although the region's running and warm capacity
+        together hold it; on the samples these were the costliest cold starts (bench/RESULTS.md). Each
+        of the two reservations is the ledger's own atomic check-and-debit in every window the session
+        overlaps, so replicas never grant more than the plan holds: a part another replica took
+        first makes the second reservation fail, and the first is given back."""
+        ceiling = self._ceilings.get(valid.priority, 1.0)
+        cells = self._ledger.utilization(valid.start_s)
+        part = {}
+        for resource_type, quantity in valid.requirements.items():
+            capacity, used = cells.get((region, resource_type), (0.0, 0.0))
+            part[resource_type] = min(quantity, max(capacity * ceiling - used, 0.0))
+        rest = {resource_type: quantity - part[resource_type] for resource_type, quantity in valid.requirements.items()}
+        if not any(part.values()) or not any(rest.values()):
+            return None  # nothing to top up, or the pre-allocation's miss was in a later window
+        ledger = self._ledger
+        if ledger.reserve(allocation_id, warm_key(region), rest, valid.start_s, valid.end_s, priority=valid.priority, now_s=now_s):
+            return None
+        if ledger.reserve(allocation_id + TOP_UP_SUFFIX, region, part, valid.start_s, valid.end_s,
+                          ceiling=ceiling, priority=valid.priority, now_s=now_s):
+            ledger.release(allocation_id)
+            return None
+        return part
 
     def _serve_on_demand(self, valid: ValidRequest, miss: _Miss, now_s: float) -> PeeringResponse | None:
         """Grant the request from the region's on-demand pool, or None when the pool cannot."""

@@ -244,7 +244,7 @@ DECISION_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {name: {} for name in ("request_id", "status", "path", "latency_class", "allocation_id", "message",
                                          "region", "plan_id", "miss_reason", "short_resources", "provisioning_s",
-                                         "serving_region")},
+                                         "serving_region", "preallocated_part")},
 }
 ERROR_SCHEMA: dict[str, Any] = {"type": "object", "properties": {"error": {"type": "string"}}}
 

@@ -86,6 +86,8 @@ class PeeringResponse:
     provisioning_s: float | None = None  # modeled time until the capacity is usable (0 when pre-allocated)
     # Where the capacity is held: the destination, its failover partner or a relocation target (None on a failure).
     serving_region: str | None = None
+    # A warm start topped up from the pre-allocation: the units taken from it (the rest started warm).
+    preallocated_part: dict[str, float] | None = None
 
     @property
     def ok(self) -> bool:
@@ -109,7 +111,7 @@ def preallocated_response(request_id: str, allocation_id: str, message: str, reg
     _set_attribute(response, "__dict__", {
         "request_id": request_id, "status": "success", "path": "preallocated", "latency_class": "low",
         "allocation_id": allocation_id, "message": message, "region": region, "plan_id": plan_id, "miss_reason": None,
-        "short_resources": (), "provisioning_s": 0.0, "serving_region": region,
+        "short_resources": (), "provisioning_s": 0.0, "serving_region": region, "preallocated_part": None,
     })
     return response
 

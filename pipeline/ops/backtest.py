@@ -39,7 +39,9 @@ Costs (USD) are made comparable across policies:
   (the plan's `warm_hourly_cost`);
 - warm start: a request served from warm capacity pays the unit price for its duration like an
   on-demand one, plus a warm-start penalty of `start_penalty_multiple` × `c_over` per unit for at
-  most one window instead of the cold-start penalty.
+  most one window instead of the cold-start penalty. A warm start the IRC topped up from what the
+  pre-allocation still held pays both only for the units it started warm: the rest run on the
+  pre-allocation the plan already pays for (and count as used, not idle).
 
 Modeled setup latency: pre-allocated ≈ 0 s; on demand drawn from a lognormal with median 30 s
 and p95 90 s (a cold instance launch plus bootstrap), seeded so runs are repeatable; a warm start
@@ -634,8 +636,13 @@ def _serve_hour(batch: pd.DataFrame, run: _PolicyRun, *, inputs: _ReplayInputs, 
             result.latencies_s.append(float(inputs.cold_starts[index]) * WARM_START_SHARE)
             if response.allocation_id:
                 heapq.heappush(sessions, (at + float(row.duration_s), response.allocation_id))
-            result.on_demand_cost += sum(need[r] * pricing.on_demand[r] for r in RESOURCE_TYPES) * hours_held
-            result.warm_start_cost += sum(need[r] * pricing.warm_start_penalty[r] for r in RESOURCE_TYPES) * min(hours_held, WINDOW_HOURS)
+            part = response.preallocated_part or {}  # a top-up: these units run on the (paid) pre-allocation
+            started = {r: need[r] - part.get(r, 0.0) for r in RESOURCE_TYPES}
+            for r in RESOURCE_TYPES:
+                result.used_unit_hours[r] += part.get(r, 0.0) * held_in_replay
+            result.on_demand_cost += sum(started[r] * pricing.on_demand[r] for r in RESOURCE_TYPES) * hours_held
+            result.warm_start_cost += (sum(started[r] * pricing.warm_start_penalty[r] for r in RESOURCE_TYPES)
+                                       * min(hours_held, WINDOW_HOURS))
         elif response.status == "success":
             result.on_demand += 1
             result.latencies_s.append(float(inputs.cold_starts[index]))
