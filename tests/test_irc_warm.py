@@ -56,6 +56,25 @@ def coordinator(lake: Path, **kwargs: object) -> Coordinator:
     return Coordinator(lake, reload_interval_s=None, outcomes=False, **kwargs)  # type: ignore[arg-type]
 
 
+def bursts(replicas: list[Coordinator], per_replica: int, vcpu: float, mem: float) -> list[object]:
+    """Every replica asks `per_replica` times at once (a thread each): the decisions, in no set order."""
+    decisions: list[object] = []
+    lock = threading.Lock()
+
+    def burst(irc: Coordinator, k: int) -> None:
+        for i in range(per_replica):
+            got = ask(irc, f"r{k}-{i}", vcpu, mem)
+            with lock:
+                decisions.append(got)
+
+    threads = [threading.Thread(target=burst, args=(irc, k)) for k, irc in enumerate(replicas)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return decisions
+
+
 def test_a_miss_starts_warm_capacity_before_going_on_demand(tmp_path: Path) -> None:
     publish(tmp_path, warm=1)  # warm: 1 of the line's 2 instances → 4 vCPU, 16 GiB
     with coordinator(tmp_path) as irc:
@@ -94,20 +113,7 @@ def test_replicas_sharing_a_ledger_never_start_more_warm_capacity_than_planned(t
     replicas = [coordinator(tmp_path / "lake", ledger=SQLiteLedger(path)) for _ in range(4)]
     try:
         assert ask(replicas[0], "fill", 7.5, 30).path == "preallocated"
-        paths: list[str] = []
-        lock = threading.Lock()
-
-        def burst(irc: Coordinator, k: int) -> None:
-            for i in range(3):
-                got = ask(irc, f"r{k}-{i}", 1.0, 4.0).path
-                with lock:
-                    paths.append(got)
-
-        threads = [threading.Thread(target=burst, args=(irc, k)) for k, irc in enumerate(replicas)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        paths = [d.path for d in bursts(replicas, 3, 1.0, 4.0)]  # type: ignore[attr-defined]
         assert paths.count("warm") == 4 and paths.count("on_demand") == 8, "4 vCPU / 16 GiB warm: exactly four 1-vCPU/4-GiB starts"
     finally:
         for irc in replicas:
@@ -157,21 +163,7 @@ def test_replicas_topping_up_warm_starts_never_grant_more_than_either_tier_holds
     replicas = [coordinator(tmp_path / "lake", ledger=SQLiteLedger(tmp_path / "ledger.sqlite")) for _ in range(4)]
     try:
         assert ask(replicas[0], "fill", 6, 24).path == "preallocated"
-        served: list[object] = []
-        lock = threading.Lock()
-
-        def burst(irc: Coordinator, k: int) -> None:
-            for i in range(4):
-                got = ask(irc, f"r{k}-{i}", 2.5, 2.5)
-                with lock:
-                    served.append(got)
-
-        threads = [threading.Thread(target=burst, args=(irc, k)) for k, irc in enumerate(replicas)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        warm = [d for d in served if d.path == "warm"]  # type: ignore[attr-defined]
+        warm = [d for d in bursts(replicas, 4, 2.5, 2.5) if d.path == "warm"]  # type: ignore[attr-defined]
         from_pre = sum(d.preallocated_part["vcpu"] for d in warm if d.preallocated_part)  # type: ignore[attr-defined]
         pre, held_warm = _used(replicas[0], EU), _used(replicas[0], f"{EU}/warm")
         assert pre["vcpu"] <= 7.6 + 1e-9 and held_warm["vcpu"] <= 4.0 + 1e-9, "neither tier over its limit"
