@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -131,7 +131,7 @@ def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
     from pipeline.cli.app import app
 
     result = CliRunner().invoke(app, [
-        "backtest", "--from", "2026-01-29T00:00", "--to", "2026-01-29T01:00", "--policy", "reactive,oracle",
+        "backtest", "--from", "2026-01-29T00:00", "--to", "2026-01-29T01:00", "--policy", "reactive,oracle", "--workers", "1",
         "--json", "--report", str(tmp_path / "r.html"), "--build", str(tmp_path / "build"), "--lake", str(tmp_path / "lake"),
     ])
     assert result.exit_code == 0, result.output
@@ -144,21 +144,18 @@ def test_cli_prints_json_on_the_last_line(tmp_path: Path) -> None:
     assert set(recorded["hourly"]) == {"reactive", "oracle"}
 
 
-def test_warm_hold_and_warm_starts_are_charged_by_hand(tmp_path: Path) -> None:
-    """A one-window tiered plan (1 × m5.xlarge running, 2 stopped beside it) served by the real IRC: a critical
-    session fills the pre-allocation, then the first request starts warm capacity, the second finds too little
-    left (a cold start) and the third starts what the first gave back. Every figure is computed by hand."""
-    from datetime import UTC, datetime
-
+def _tiered_one_window(tmp_path: Path, hour: datetime) -> tuple[object, list[dict], object, object]:
+    """A one-window tiered plan in us-east-1 (1 × m5.xlarge running: 4 vCPU, 16 GiB, 1 Gbps; 2 stopped beside
+    it) published in `tmp_path`, and a tiered policy's run over it with the real IRC: (run, plan rows, pricing,
+    coordinator)."""
     import pyarrow as pa
 
     from pipeline.common import schemas
     from pipeline.common.config import CostModel, Settings
     from pipeline.irc import REQUEST_TIME, Coordinator
-    from pipeline.ops.backtest import PolicyResult, _PolicyRun, _Pricing, _ReplayInputs, _serve_hour, _take_warm_plan
+    from pipeline.ops.backtest import PolicyResult, _PolicyRun, _Pricing
     from tests import plan_store
 
-    hour = datetime(2026, 2, 1, tzinfo=UTC)
     plan_id = "plan-20260201T00"
     schema = schemas.PLAN.append(pa.field("warm_count", pa.int64())).append(pa.field("warm_hourly_cost", pa.float64()))
     rows = [{"plan_id": plan_id, "valid_from": hour, "valid_to": hour + timedelta(hours=1), "region": "us-east-1",
@@ -178,22 +175,41 @@ def test_warm_hold_and_warm_starts_are_charged_by_hand(tmp_path: Path) -> None:
     coordinator = Coordinator(str(tmp_path), reload_interval_s=None, outcomes=False, clock=REQUEST_TIME)
     run = _PolicyRun(name="predictive_tiered", settings=Settings(lake_root=str(tmp_path)), learns=False,
                      coordinator=coordinator, result=PolicyResult(policy="predictive_tiered"))
-    _take_warm_plan(run, pd.DataFrame(rows))
+    return run, rows, pricing, coordinator
 
-    def request(rid: str, minute: int, vcpu: float, mem: float, bw: float, seconds: float, priority: str = "normal") -> dict:
-        return {"request_id": rid, "requested_at": pd.Timestamp(hour) + pd.Timedelta(minutes=minute), "source_region": "eu-west-1",
-                "destination_region": "us-east-1", "vcpu": vcpu, "memory_gib": mem, "storage_gib": 0.0, "bandwidth_gbps": bw,
-                "duration_s": seconds, "priority": priority}
 
-    batch = pd.DataFrame([request("fill", 0, 4, 16, 1, 3600, "critical"), request("a", 1, 6, 8, 0.5, 1800),
-                          request("b", 10, 4, 4, 0.0, 1200), request("c", 40, 4, 4, 0.0, 7200)])
+def _request(hour: datetime, rid: str, minute: int, vcpu: float, mem: float, bw: float, seconds: float,
+             priority: str = "normal") -> dict:
+    return {"request_id": rid, "requested_at": pd.Timestamp(hour) + pd.Timedelta(minutes=minute), "source_region": "eu-west-1",
+            "destination_region": "us-east-1", "vcpu": vcpu, "memory_gib": mem, "storage_gib": 0.0, "bandwidth_gbps": bw,
+            "duration_s": seconds, "priority": priority}
+
+
+def _serve(run: object, batch: pd.DataFrame, pricing: object, coordinator: object, hour: datetime) -> object:
+    from pipeline.ops.backtest import _ReplayInputs, _serve_hour
+
     inputs = _ReplayInputs(demand=pd.DataFrame(), demand_long=pd.DataFrame(), carried=None, tau=0.9, source_lake="",
-                           requests=batch, cold_starts=np.array([40.0, 40.0, 40.0, 40.0]), pricing=pricing)
+                           requests=batch, cold_starts=np.full(len(batch), 40.0), pricing=pricing)  # type: ignore[arg-type]
     try:
-        _serve_hour(batch, run, inputs=inputs, hour=hour, replay_end_s=hour.timestamp() + 3600)
+        _serve_hour(batch, run, inputs=inputs, hour=hour, replay_end_s=hour.timestamp() + 3600)  # type: ignore[arg-type]
     finally:
-        coordinator.close()
-    result = run.result
+        coordinator.close()  # type: ignore[attr-defined]
+    return run.result  # type: ignore[attr-defined]
+
+
+def test_warm_hold_and_warm_starts_are_charged_by_hand(tmp_path: Path) -> None:
+    """A one-window tiered plan (1 × m5.xlarge running, 2 stopped beside it) served by the real IRC: a critical
+    session fills the pre-allocation, then the first request starts warm capacity, the second finds too little
+    left (a cold start) and the third starts what the first gave back. Every figure is computed by hand."""
+    from pipeline.ops.backtest import _take_warm_plan
+
+    hour = datetime(2026, 2, 1, tzinfo=UTC)
+    run, rows, pricing, coordinator = _tiered_one_window(tmp_path, hour)
+    _take_warm_plan(run, pd.DataFrame(rows))  # type: ignore[arg-type]
+
+    batch = pd.DataFrame([_request(hour, "fill", 0, 4, 16, 1, 3600, "critical"), _request(hour, "a", 1, 6, 8, 0.5, 1800),
+                          _request(hour, "b", 10, 4, 4, 0.0, 1200), _request(hour, "c", 40, 4, 4, 0.0, 7200)])
+    result = _serve(run, batch, pricing, coordinator, hour)
     assert (result.preallocated, result.warm, result.on_demand) == (1, 2, 1)
     a = 6 * 0.048 + 8 * 0.006 + 0.5 * 0.02  # USD per hour of what each request holds, at c_over
     b = c = 4 * 0.048 + 4 * 0.006
@@ -206,3 +222,22 @@ def test_warm_hold_and_warm_starts_are_charged_by_hand(tmp_path: Path) -> None:
     summary = result.summary()
     assert summary["cold_start_free_rate"] == pytest.approx(3 / 4) and summary["cold_start_share"] == pytest.approx(1 / 4)
     assert sorted(result.latencies_s) == [0.0, 5.0, 5.0, 40.0]  # a warm start: the cold draw × WARM_START_SHARE
+
+
+def test_a_topped_up_warm_start_pays_only_for_what_it_started(tmp_path: Path) -> None:
+    """A request larger than what is left of either tier starts warm on top of the pre-allocation's remainder
+    (normal priority: 95 % of it): only the units started warm pay the unit price and the warm-start penalty;
+    the rest run on the pre-allocation and count as used. Figures by hand."""
+    hour = datetime(2026, 2, 1, tzinfo=UTC)
+    run, _, pricing, coordinator = _tiered_one_window(tmp_path, hour)
+    batch = pd.DataFrame([_request(hour, "fill", 0, 2, 2, 0, 3600), _request(hour, "big", 5, 9, 8, 0, 1800)])
+    result = _serve(run, batch, pricing, coordinator, hour)
+    assert (result.preallocated, result.warm, result.on_demand) == (1, 1, 0)  # type: ignore[attr-defined]
+    # left of the pre-allocation: 0.95 × 4 − 2 = 1.8 vCPU and 0.95 × 16 − 2 = 13.2 GiB; 9 vCPU > 1.8 and > 8 warm
+    started = (9 - 1.8) * 0.048  # USD per hour of the 7.2 vCPU started warm; all 8 GiB came from the pre-allocation
+    assert result.on_demand_cost == pytest.approx(started * 0.5)  # type: ignore[attr-defined]
+    assert result.warm_start_cost == pytest.approx(started * 0.5)  # type: ignore[attr-defined]
+    assert result.penalty_cost == 0.0  # type: ignore[attr-defined]
+    used = result.used_unit_hours  # type: ignore[attr-defined]
+    assert used["vcpu"] == pytest.approx(2 * 1.0 + 1.8 * 0.5) and used["memory_gib"] == pytest.approx(2 * 1.0 + 8 * 0.5)
+    assert sorted(result.latencies_s) == [0.0, 5.0]  # type: ignore[attr-defined]

@@ -35,6 +35,7 @@ if TYPE_CHECKING:
 # Bounds of the replay knobs (documented in --help): the refit interval is also the forecast horizon.
 MAX_REFIT_EVERY_HOURS = 168
 MAX_HEADROOM = 10.0
+MAX_WORKERS = 64
 
 
 def backtest(
@@ -56,6 +57,8 @@ def backtest(
                                    f"(0.2 = 20 %; 0 to {MAX_HEADROOM:g})."),
     aws_target: float = typer.Option(0.7, min=0.05, max=1.0, help="aws_predictive's target utilization: capacity = "
                                      "forecast load ÷ this (AWS has no default; 0.7 = 70 %)."),
+    workers: int = typer.Option(0, min=0, max=MAX_WORKERS, help="Processes for the refits and the policies, which run side "
+                                f"by side (0 = one per core; 1 = all in this process; at most {MAX_WORKERS})."),
     report_path: Path | None = typer.Option(None, "--report", help="Write the HTML report here "
                                             "(default: <build>/reports/backtest-<from>-<to>.html)."),
     as_json: bool = JsonOption,
@@ -69,7 +72,7 @@ def backtest(
 
     config = settings(lake, requests, build)  # the lake only receives the summary (lake/backtests/), for `peerscale ui`
     backtest_config = replace(_config(config.source_root, start, end, policy=policy, refit_every=refit_every, headroom=headroom),
-                              aws_target_utilization=aws_target)
+                              aws_target_utilization=aws_target, workers=workers)
     if not (start and end):
         note(f"replaying [{backtest_config.start:%Y-%m-%dT%H:%M}, {backtest_config.end:%Y-%m-%dT%H:%M}) of {config.source_root} "
              "(pass --from/--to to choose)")
