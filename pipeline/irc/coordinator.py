@@ -99,6 +99,7 @@ from typing import Any, NamedTuple
 
 from pipeline.irc import health
 from pipeline.irc.ledger import DEFAULT_RETENTION_S, InMemoryLedger, Ledger
+from pipeline.irc.ledger.protocol import headroom
 from pipeline.irc.messages import Path, PeeringRequest, PeeringResponse, preallocated_response
 from pipeline.irc.metrics import DecisionMetrics
 from pipeline.irc.ondemand import LedgerPoolAllocator, OnDemandAllocator, PoolAllocator
@@ -783,7 +784,7 @@ class Coordinator:
         part = {}
         for resource_type, quantity in valid.requirements.items():
             capacity, used = cells.get((region, resource_type), (0.0, 0.0))
-            part[resource_type] = min(quantity, max(capacity * ceiling - used, 0.0))
+            part[resource_type] = min(quantity, headroom(used, capacity, ceiling))
         rest = {resource_type: quantity - part[resource_type] for resource_type, quantity in valid.requirements.items()}
         if not any(part.values()) or not any(rest.values()):
             return None  # nothing to top up, or the pre-allocation's miss was in a later window

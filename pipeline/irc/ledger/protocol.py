@@ -143,6 +143,12 @@ def over_capacity(used: float, quantity: float, capacity: float, ceiling: float 
     return used + quantity > limit + TOLERANCE * max(1.0, limit)
 
 
+def headroom(used: float, capacity: float, ceiling: float = 1.0) -> float:
+    """What a cell can still grant under the capacity rule: `ceiling x capacity − used`, never below 0
+    (a quantity up to it is never `over_capacity`)."""
+    return max(capacity * ceiling - used, 0.0)
+
+
 def over_capacity_sql(used: str, quantity: str, capacity: str, ceiling: str) -> str:
     """`over_capacity` as a SQL boolean expression over the given column/parameter names."""
     limit = f"{capacity} * {ceiling}"
