@@ -97,6 +97,13 @@ def peerscale_hourly():
 
         return stage_forecast_reduce(_interval(data_interval_start, data_interval_end), Settings.from_env(), kind="hourly")
 
+    @task(pool=MODEL_FIT_POOL)
+    def forecast_windows(feature_paths: dict, data_interval_start=None, data_interval_end=None) -> dict:
+        from pipeline.common.config import Settings
+        from pipeline.run import stage_forecast_windows
+
+        return stage_forecast_windows(_interval(data_interval_start, data_interval_end), Settings.from_env())
+
     @task
     def feedback(data_interval_start=None, data_interval_end=None) -> dict:
         from pipeline.common.config import Settings
@@ -105,11 +112,12 @@ def peerscale_hourly():
         return stage_feedback(_interval(data_interval_start, data_interval_end), Settings.from_env())
 
     @task(pool=SOLVER_POOL)
-    def plan(forecast_run: dict, tau_feedback: dict, data_interval_start=None, data_interval_end=None) -> dict:
+    def plan(forecast_run: dict, window_run: dict, tau_feedback: dict, data_interval_start=None, data_interval_end=None) -> dict:
         from pipeline.common.config import Settings
         from pipeline.run import stage_plan
 
-        return stage_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), forecast_run["run_id"])
+        return stage_plan(_interval(data_interval_start, data_interval_end), Settings.from_env(), forecast_run["run_id"],
+                          window_run["run_id"])
 
     @task
     def render_iac(planned: dict) -> dict:
@@ -176,10 +184,11 @@ def peerscale_hourly():
     ingested = [
         ingest.override(task_id=f"ingest_{name}", outlets=[RAW_ASSETS[name]])(name) for name in SOURCE_DATASETS
     ]
-    shards = forecast_split(features(ingested))
+    feature_paths = features(ingested)
+    shards = forecast_split(feature_paths)
     forecast_run = forecast()
     [forecast_fit_global(shards), forecast_shard.expand(shard=shards)] >> forecast_run
-    planned = plan(forecast_run, feedback())
+    planned = plan(forecast_run, forecast_windows(feature_paths), feedback())
     pointer = publish(planned, render_iac(planned), report(planned))
     monitor(pointer)
     decision = gate(planned, pointer)

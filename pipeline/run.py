@@ -40,6 +40,13 @@ def stage_forecast(interval: DataInterval, settings: Settings, kind: str = "hour
     return out
 
 
+def stage_forecast_windows(interval: DataInterval, settings: Settings) -> dict:
+    """The region forecast at `plan_window_minutes` over the plan's hours ({"run_id": None} for hourly windows)."""
+    from pipeline.forecast.windows import run_window_forecast
+
+    return run_window_forecast(interval, settings)
+
+
 def stage_forecast_split(interval: DataInterval, settings: Settings, kind: str = "hourly",
                          max_map_length: int | None = None) -> list[dict]:
     """Fan-out, step 1: prepare the forecast inputs once and split the series into shards (one descriptor each).
@@ -119,12 +126,14 @@ def stage_feedback(interval: DataInterval, settings: Settings) -> dict:
     return feedback(interval, settings)
 
 
-def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str) -> dict:
-    """Plan with τ per region from the feedback controller where it has spoken, else from cost."""
+def stage_plan(interval: DataInterval, settings: Settings, forecast_run_id: str, window_run_id: str | None = None) -> dict:
+    """Plan with τ per region from the feedback controller where it has spoken, else from cost
+    (`window_run_id`: the sub-hourly forecast run of `stage_forecast_windows`, if any)."""
     from pipeline.ops.feedback import load_tau_overrides
     from pipeline.plan import build_plan
 
-    return build_plan(interval, settings, forecast_run_id, tau_overrides=load_tau_overrides(settings.lake_root, interval.end))
+    return build_plan(interval, settings, forecast_run_id, tau_overrides=load_tau_overrides(settings.lake_root, interval.end),
+                      window_forecast_run_id=window_run_id)
 
 
 def stage_render(plan_id: str, settings: Settings, attempt: int | None = None) -> dict[str, str]:
@@ -162,6 +171,7 @@ class RunSummary:
     ingest: list[dict] = field(default_factory=list)
     features: dict[str, str] = field(default_factory=dict)
     forecast: dict = field(default_factory=dict)
+    forecast_windows: dict = field(default_factory=dict)
     feedback: dict = field(default_factory=dict)
     plan: dict = field(default_factory=dict)
     terraform_dir: str = ""
@@ -187,6 +197,9 @@ def run_hourly(interval_end: str | datetime, settings: Settings, progress: Progr
     summary.features = stage(stage_features, interval, settings)
     say("forecast")
     summary.forecast = stage(stage_forecast, interval, settings)
+    if settings.plan_window_minutes != 60:
+        say(f"forecast {settings.plan_window_minutes}-minute windows")
+        summary.forecast_windows = stage(stage_forecast_windows, interval, settings)
     say("feedback")
     summary.feedback = stage(stage_feedback, interval, settings)
     return plan_and_publish(interval, settings, summary, progress=say, stage_processes=stage_processes)
@@ -202,7 +215,7 @@ def plan_and_publish(interval: DataInterval, settings: Settings, summary: RunSum
     say = progress or (lambda _msg: None)
     stage = _stage_runner(stage_processes)
     say("plan")
-    summary.plan = stage(stage_plan, interval, settings, summary.forecast["run_id"])
+    summary.plan = stage(stage_plan, interval, settings, summary.forecast["run_id"], summary.forecast_windows.get("run_id"))
     plan_id, attempt = summary.plan["plan_id"], summary.plan["attempt"]
     say("render IaC")
     summary.terraform_dir = stage(stage_render, plan_id, settings, attempt)["terraform_dir"]

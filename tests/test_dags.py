@@ -46,7 +46,7 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     tasks = {t.task_id: t for t in dag.tasks}
     ingest_ids = {f"ingest_{name}" for name in ("peering_requests", "region_telemetry", "app_telemetry", "calendar",
                                                   "resource_pools", "instance_catalog")}
-    forecast_ids = {"forecast_split", "forecast_fit_global", "forecast_shard", "forecast"}
+    forecast_ids = {"forecast_split", "forecast_fit_global", "forecast_shard", "forecast", "forecast_windows"}
     provisioning = {"gate", "route", "approval", "apply"}
     assert set(tasks) == ingest_ids | forecast_ids | provisioning | {
         "features", "feedback", "plan", "render_iac", "report", "publish", "monitor"}
@@ -55,7 +55,8 @@ def test_hourly_dag_wires_the_stages_in_order(dagbag) -> None:
     assert tasks["forecast_fit_global"].upstream_task_ids == {"forecast_split"}
     assert tasks["forecast_shard"].upstream_task_ids == {"forecast_split"}
     assert tasks["forecast"].upstream_task_ids == {"forecast_fit_global", "forecast_shard"}
-    assert tasks["plan"].upstream_task_ids == {"forecast", "feedback"}
+    assert tasks["forecast_windows"].upstream_task_ids == {"features"}  # sub-hourly plan windows (a no-op at 60 minutes)
+    assert tasks["plan"].upstream_task_ids == {"forecast", "forecast_windows", "feedback"}
     assert tasks["publish"].upstream_task_ids == {"plan", "render_iac", "report"}
     assert tasks["monitor"].upstream_task_ids == {"publish"}
     # After publish: the gate, then straight to apply or through a person's approval.

@@ -103,9 +103,10 @@ def _level_at(deltas: dict[int, np.ndarray], times: list[int], t: int) -> np.nda
     return total
 
 
-def brute_force_demand(rows: list[dict]) -> dict[tuple[datetime, str], dict[str, float]]:
-    """Exact peak per (hour, region): level after netting every event at the same instant."""
+def brute_force_demand(rows: list[dict], minutes: int = 60) -> dict[tuple[datetime, str], dict[str, float]]:
+    """Exact peak per (window of `minutes`, region): level after netting every event at the same instant."""
     start_us, end_us = _us(WINDOW.start), _us(WINDOW.end)
+    step_us = minutes * 60 * US_PER_S
     events: dict[str, dict[int, np.ndarray]] = {r: defaultdict(lambda: np.zeros(len(RESOURCE_TYPES))) for r in REGIONS}
     arrivals: dict[tuple[int, str], int] = defaultdict(int)
     for row in rows:
@@ -118,15 +119,15 @@ def brute_force_demand(rows: list[dict]) -> dict[tuple[datetime, str], dict[str,
         events[region][t0] += vec
         events[region][t1] -= vec
         if t0 >= start_us:
-            arrivals[((t0 - start_us) // (3600 * US_PER_S), region)] += 1
+            arrivals[((t0 - start_us) // step_us, region)] += 1
 
-    n_hours = (end_us - start_us) // (3600 * US_PER_S)
+    n_windows = (end_us - start_us) // step_us
     out = {}
     for region in REGIONS:
         times = sorted(events[region])
-        for k in range(n_hours):
-            h0 = start_us + k * 3600 * US_PER_S
-            h1 = h0 + 3600 * US_PER_S
+        for k in range(n_windows):
+            h0 = start_us + k * step_us
+            h1 = h0 + step_us
             peak = _level_at(events[region], times, h0)
             for et in times:
                 if h0 < et < h1:

@@ -54,6 +54,9 @@ COverOption = typer.Option(None, "--c-over", metavar="COSTS",
 WarmOption = typer.Option(None, "--warm", metavar="SETTINGS",
                           help="Warm tier (pipeline.plan.warm): 'enabled=1,hold_fraction=0.1,start_penalty_multiple=1'; "
                                "wins over PEERSCALE_WARM and planner.json costs.warm.")
+WindowMinutesOption = typer.Option(None, "--window-minutes", metavar="MINUTES",
+                                   help="Plan window length: 60 (hours), 30 or 15 minutes, planned from a sub-hourly forecast of "
+                                        "the plan's hours (PEERSCALE_PLAN_WINDOW_MINUTES; default 60).")
 ZonesOption = typer.Option(None, "--zones", metavar="ZONES",
                            help="Availability zones per region, N+1 across them: '3' for every region (capped by inventory/zones.csv), "
                                 "'eu-west-1=2' or 'us-east-1=us-east-1a+us-east-1c' for one; wins over PEERSCALE_ZONES and planner.json "
@@ -85,6 +88,16 @@ def with_costs(config: Settings, c_under: str | None, c_over: str | None) -> Set
     except ValueError as exc:
         fail(str(exc))
     return replace(config, cost_texts=tuple(layers))
+
+
+def with_window_minutes(config: Settings, minutes: int | None) -> Settings:
+    """`config` with the command line's --window-minutes, checked now (not mid-run)."""
+    if minutes is None:
+        return config
+    try:
+        return replace(config, plan_window_minutes=minutes)
+    except ValueError as exc:
+        fail(f"--window-minutes: {exc}")
 
 
 def with_warm(config: Settings, warm: str | None) -> Settings:

@@ -19,6 +19,7 @@ from pipeline.cli.options import (
     LakeOption,
     SourceOption,
     WarmOption,
+    WindowMinutesOption,
     ZonesOption,
     console,
     fail,
@@ -29,6 +30,7 @@ from pipeline.cli.options import (
     styled,
     with_costs,
     with_warm,
+    with_window_minutes,
     with_zones,
 )
 
@@ -42,6 +44,7 @@ def run(
     c_over: str | None = COverOption,
     warm: str | None = WarmOption,
     zones: str | None = ZonesOption,
+    window_minutes: int | None = WindowMinutesOption,
     stage_processes: bool = typer.Option(
         True, "--stage-processes/--in-process",
         help="Run each stage in a process of its own, as Airflow's tasks are (the run's peak memory is its largest "
@@ -50,7 +53,8 @@ def run(
     """Run every stage for one hour without Airflow: ingest → features → forecast → plan → IaC → report → publish."""
     from pipeline.run import run_hourly
 
-    config = with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones)
+    config = with_window_minutes(with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones),
+                                 window_minutes)
     try:
         with console.status(styled("running")) as status:
             summary = run_hourly(interval_end, config, progress=lambda msg: status.update(styled((msg, "bold"))),
@@ -77,6 +81,7 @@ def backfill(
     c_over: str | None = COverOption,
     warm: str | None = WarmOption,
     zones: str | None = ZonesOption,
+    window_minutes: int | None = WindowMinutesOption,
 ) -> None:
     """Backfill historical hourly runs in-process, hour by hour; resumable (published hours are skipped)."""
     from rich.progress import Progress
@@ -84,7 +89,8 @@ def backfill(
     from pipeline.ops.backfill import backfill as run_backfill
     from pipeline.ops.backfill import hour_ends
 
-    config = with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones)
+    config = with_window_minutes(with_zones(with_warm(with_costs(settings(lake, source, build), c_under, c_over), warm), zones),
+                                 window_minutes)
     try:
         total = len(hour_ends(start, end))
     except ValueError as exc:

@@ -25,6 +25,9 @@ REPO_ROOT = _CHECKOUT if (_CHECKOUT / "pyproject.toml").is_file() and (_CHECKOUT
 HISTORY_DAYS_RANGE = (1, 366)
 HORIZON_HOURS_RANGE = (1, 24 * 366)
 PLAN_WINDOWS_RANGE = (1, 24 * 14)
+# A plan's window length: whole hours, or windows that divide the hour (issue #16: a noisy hourly
+# peak needs a smaller buffer over shorter windows, where committed demand is known more precisely).
+PLAN_WINDOW_MINUTES = (60, 30, 15)
 
 
 def _int_env(name: str, default: int, bounds: tuple[int, int]) -> int:
@@ -78,7 +81,8 @@ class Settings:
     build_root: str = str(REPO_ROOT / "build")
     history_days: int = 14  # history the hourly forecast fits on
     horizon_hours: int = 48  # hourly forecast horizon
-    plan_windows: int = 6  # hourly windows one plan covers
+    plan_windows: int = 6  # hours one plan covers (one window each at 60 minutes, 60 / plan_window_minutes below)
+    plan_window_minutes: int = 60  # a plan window's length, one of PLAN_WINDOW_MINUTES
     daily_horizon_days: int = 14
     cost: CostModel = field(default_factory=CostModel)
     seed: int = 7
@@ -91,6 +95,21 @@ class Settings:
     # in order: e.g. ("PEERSCALE_ZONES", "3,eu-west-1=2") (pipeline.plan.zones).
     zone_texts: tuple[tuple[str, str], ...] = ()
 
+    def __post_init__(self) -> None:
+        if self.plan_window_minutes not in PLAN_WINDOW_MINUTES:
+            raise ValueError(f"plan_window_minutes (PEERSCALE_PLAN_WINDOW_MINUTES) must be one of {list(PLAN_WINDOW_MINUTES)}, "
+                             f"got {self.plan_window_minutes}")
+
+    @property
+    def windows_per_hour(self) -> int:
+        """How many plan windows one hour holds (1 for hourly windows)."""
+        return 60 // self.plan_window_minutes
+
+    @property
+    def plan_window_count(self) -> int:
+        """How many windows one plan has: `plan_windows` hours of `plan_window_minutes` windows."""
+        return self.plan_windows * self.windows_per_hour
+
     @classmethod
     def from_env(cls, **overrides: object) -> Settings:
         """Settings from PEERSCALE_* environment variables, then explicit overrides."""
@@ -101,6 +120,7 @@ class Settings:
             history_days=_int_env("PEERSCALE_HISTORY_DAYS", cls.history_days, HISTORY_DAYS_RANGE),
             horizon_hours=_int_env("PEERSCALE_HORIZON_HOURS", cls.horizon_hours, HORIZON_HOURS_RANGE),
             plan_windows=_int_env("PEERSCALE_PLAN_WINDOWS", cls.plan_windows, PLAN_WINDOWS_RANGE),
+            plan_window_minutes=_int_env("PEERSCALE_PLAN_WINDOW_MINUTES", cls.plan_window_minutes, (1, 60)),
             cost_texts=_cost_env(),
             warm_texts=_warm_env(),
             zone_texts=(("PEERSCALE_ZONES", env_text("PEERSCALE_ZONES", "")),) if env_text("PEERSCALE_ZONES", "") else (),

@@ -6,6 +6,9 @@ stage uses these levels to forecast only what new arrivals add (`pipeline.foreca
 
 - `carried_levels`: the level carried into each hour of a history (origin = target = hour).
 - `committed_profile`: at origin t, what running sessions still hold at t + k.
+- `added_by_lead`: at every origin of a history, what sessions begun from it on add to each
+  window ahead (`sql/added_by_lead.sql`): forecast per lead, it completes the committed level
+  window by window (pipeline.forecast.windows).
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import pandas as pd
 import pyarrow as pa
 
 SQL = Path(__file__).resolve().parent / "sql" / "committed_demand.sql"
+ADDED_SQL = Path(__file__).resolve().parent / "sql" / "added_by_lead.sql"
 
 
 def held_at(requests: pa.Table, regions: Sequence[str], points: Sequence[tuple[datetime, datetime]]) -> pd.DataFrame:
@@ -47,8 +51,28 @@ def carried_levels(requests: pa.Table, regions: Sequence[str], hours: Sequence[d
     return frame.drop(columns=["target"]).rename(columns={"origin": "hour"})
 
 
-def committed_profile(requests: pa.Table, regions: Sequence[str], origin: datetime, steps: int) -> pd.DataFrame:
-    """`hour, region, <resources>`: what sessions running at `origin` still hold at origin + k h."""
-    points = [(origin, origin + timedelta(hours=k)) for k in range(steps)]
+def committed_profile(requests: pa.Table, regions: Sequence[str], origin: datetime, steps: int,
+                      step: timedelta = timedelta(hours=1)) -> pd.DataFrame:
+    """`hour, region, <resources>`: what sessions running at `origin` still hold at origin + k·step
+    (`hour` is the time held at: a whole hour unless `step` is shorter)."""
+    points = [(origin, origin + k * step) for k in range(steps)]
     frame = held_at(requests, regions, points)
     return frame.drop(columns=["origin"]).rename(columns={"target": "hour"})
+
+
+def added_by_lead(requests: pa.Table, regions: Sequence[str], origins: Sequence[datetime], window_minutes: int, leads: int,
+                  data_end: datetime) -> pd.DataFrame:
+    """`origin, lead, region, <resources>`: the peak that sessions begun at or after each origin reach in
+    window `lead` ([origin + lead·W, origin + (lead + 1)·W)); windows ending after `data_end` are left out."""
+    con = duckdb.connect()
+    try:
+        con.execute("SET TimeZone = 'UTC'")
+        con.register("requests", requests)
+        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
+        con.register("origins", pa.table({"origin": pa.array(list(origins), pa.timestamp("us", tz="UTC"))}))
+        con.register("leads", pa.table({"lead": pa.array(range(leads), pa.int64())}))
+        frame = con.sql(ADDED_SQL.read_text(), params={"window_minutes": window_minutes, "data_end": data_end}).df()
+    finally:
+        con.close()
+    frame["origin"] = pd.to_datetime(frame["origin"], utc=True)
+    return frame

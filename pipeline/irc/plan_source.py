@@ -48,7 +48,6 @@ MANIFEST_FILE = "manifest.json"
 POOLS_FILE = "resource_pools.parquet"
 FALLBACK_SEARCH_PLANS = 8  # plan ids looked at, newest first, when LATEST is unusable
 _US_PER_SECOND = 1_000_000  # plan timestamps are read as µs since the epoch
-_US_PER_HOUR = SECONDS_PER_HOUR * _US_PER_SECOND
 
 
 class PlanUnavailable(Exception):
@@ -525,7 +524,7 @@ def _read_windows(data: bytes, path: str, plan_id: str) -> tuple[PlanWindow, ...
             valid_from=_us_to_dt(start),
             valid_to=_us_to_dt(bounds[start]),
             allocation=_freeze(totals[start]),
-            cost_per_hour=costs[start] * _US_PER_HOUR / (bounds[start] - start),
+            cost_per_hour=costs[start],  # hourly_cost is a rate (USD/h) whatever the window's length
             warm=None if warm is None else _freeze(warm.get(start, {})),
         )
         for start in sorted(bounds)

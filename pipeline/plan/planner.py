@@ -1,14 +1,15 @@
 """The plan stage: forecast quantiles → per-region demand → CP-SAT allocation → plan rows + manifest.
 
-A plan covers `plan_windows` hourly windows from the run's interval end. Rows follow the plan
-contract in pipeline.common.schemas.PLAN; `manifest.json` records where every number came from.
+A plan covers `plan_windows` hours from the run's interval end, in windows of `plan_window_minutes`
+(an hour each, or 30 / 15 minutes planned from the sub-hourly forecast run, pipeline.forecast.windows).
+Rows follow the plan contract in pipeline.common.schemas.PLAN (`hourly_cost` is a rate, USD per hour,
+whatever the window's length); `manifest.json` records where every number came from.
 """
 
 from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import pandas as pd
@@ -90,7 +91,9 @@ class _PlanInputs:
 
     plan_id: str
     windows: list[pd.Timestamp]
-    forecast: pd.DataFrame
+    window_length: pd.Timedelta
+    forecast: pd.DataFrame  # the region demand forecast the windows are planned from
+    window_forecast_run_id: str | None  # the sub-hourly forecast run it came from (None: the hourly run)
     catalog: pd.DataFrame
     pools_table: pa.Table
     pools: pd.DataFrame
@@ -112,13 +115,15 @@ class _PlanInputs:
 
 
 def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None = None,
-               tau_overrides: dict[str, dict[str, float]] | None = None) -> dict:
+               tau_overrides: dict[str, dict[str, float]] | None = None, window_forecast_run_id: str | None = None) -> dict:
     """Plan the windows after `interval.end` and write plan.parquet, pools and manifest.json.
 
     `config` defaults to `<source_root>/inventory/planner.json` over the built-in defaults;
-    `tau_overrides` ({region: {resource_type: τ}}) replace the cost-derived τ where given.
+    `tau_overrides` ({region: {resource_type: τ}}) replace the cost-derived τ where given;
+    `window_forecast_run_id` names the sub-hourly forecast run (default: the interval's).
     """
-    inputs = _read_inputs(interval, settings, forecast_run_id, config=config, tau_overrides=tau_overrides)
+    inputs = _read_inputs(interval, settings, forecast_run_id, config=config, tau_overrides=tau_overrides,
+                          window_forecast_run_id=window_forecast_run_id)
     log_clamps(inputs.plan_id, inputs.clamped)
     result = solve_plan(inputs.problem, inputs.config)
     rows = spread_rows(_plan_rows(result, inputs), inputs.zones)
@@ -126,13 +131,41 @@ def build_plan(interval: DataInterval, settings: Settings, forecast_run_id: str,
     manifest = _manifest(inputs, result, interval=interval, settings=settings, forecast_run_id=forecast_run_id,
                          tau_overrides=tau_overrides, rows=plan.num_rows)
     manifest["zones"] = zones_manifest(rows, inputs.zones, inputs.zone_catalog, inputs.zone_layers, result.cost, inputs.pool_map)
-    manifest["hourly_cost_total"] = round(result.cost + manifest["zones"]["hourly_cost_zone_headroom"], 6)
+    # every window's hourly rate for as long as the window lasts: the plan's cost in USD over its windows
+    manifest["hourly_cost_total"] = round((result.cost + manifest["zones"]["hourly_cost_zone_headroom"]) * _hours(inputs), 6)
     files = {"plan.parquet": _parquet_bytes(plan), "resource_pools.parquet": _parquet_bytes(_remaining_pools(inputs.pools, plan))}
     attempt = plan_files.write_attempt(settings.lake_root, inputs.plan_id, files, manifest)
     out_dir = plan_files.attempt_dir(settings.lake_root, inputs.plan_id, attempt)
     return {"plan_id": inputs.plan_id, "attempt": attempt, "path": storage.join(out_dir, "plan.parquet"), "rows": plan.num_rows,
             "hourly_cost_total": manifest["hourly_cost_total"], "shortfall": len(result.shortfalls),
             "plan_sha256": plan_files.sha256_hex(files["plan.parquet"])}
+
+
+def _hours(inputs: _PlanInputs) -> float:
+    """A window's length in hours."""
+    return float(inputs.window_length / pd.Timedelta(hours=1))
+
+
+def plan_windows_for(interval: DataInterval, settings: Settings) -> tuple[list[pd.Timestamp], pd.Timedelta]:
+    """The plan's window starts from the interval end, and their length."""
+    length = pd.Timedelta(minutes=settings.plan_window_minutes)
+    return [pd.Timestamp(interval.end) + k * length for k in range(settings.plan_window_count)], length
+
+
+def _region_forecast(interval: DataInterval, settings: Settings, forecast_run_id: str,
+                     window_forecast_run_id: str | None) -> tuple[pd.DataFrame, str | None]:
+    """The forecast the windows are planned from: the hourly run, or for sub-hourly windows the
+    windows run (pipeline.forecast.windows; named after the interval unless given)."""
+    if settings.plan_window_minutes == 60:
+        return read_forecast(settings, forecast_run_id), None
+    from pipeline.forecast.windows import window_run_id
+
+    run_id = window_forecast_run_id or window_run_id(interval, settings.plan_window_minutes)
+    try:
+        return read_forecast(settings, run_id), run_id
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{exc}; plans of {settings.plan_window_minutes}-minute windows need the windows forecast "
+                                "(pipeline.run.stage_forecast_windows, run by `peerscale run` and the hourly DAG)") from None
 
 
 def _parquet_bytes(table: pa.Table) -> bytes:
@@ -143,10 +176,10 @@ def _parquet_bytes(table: pa.Table) -> bytes:
 
 
 def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: str, *, config: PlannerConfig | None,
-                 tau_overrides: dict[str, dict[str, float]] | None) -> _PlanInputs:
+                 tau_overrides: dict[str, dict[str, float]] | None, window_forecast_run_id: str | None = None) -> _PlanInputs:
     """The forecast's τ-quantile demand per region and window, the catalog, pools, request mix and
     previous plan as of `interval.end`, and the planner config (with where it came from)."""
-    forecast = read_forecast(settings, forecast_run_id)
+    forecast, window_forecast_run_id = _region_forecast(interval, settings, forecast_run_id, window_forecast_run_id)
     catalog, clamped = clamp_catalog(lake.read_reference(settings.lake_root, "instance_catalog", interval.end).to_pandas())
     pools_table = lake.read_reference(settings.lake_root, "resource_pools", interval.end)
     pools, pool_clamps = clamp_pools(pools_table.to_pandas())
@@ -164,7 +197,7 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
         for resource, override in per_resource.items():
             cost_tau = region_taus.get(region, {}).get(resource, taus[resource])
             region_taus.setdefault(region, {})[resource] = shift_tau(cost_tau, override, taus[resource])
-    windows = [pd.Timestamp(interval.end + timedelta(hours=k)) for k in range(settings.plan_windows)]
+    windows, window_length = plan_windows_for(interval, settings)
     demand, demand_clamps = clamp_demand(region_demand_quantiles(forecast, taus, windows, overrides=region_taus))
     clamped = demand_clamps + clamped
     demand["window"] = pd.to_datetime(demand["window"], utc=True)
@@ -187,7 +220,8 @@ def _read_inputs(interval: DataInterval, settings: Settings, forecast_run_id: st
         previous_plan_id=prev[0] if prev else None,
         warm_demand=warm_demand, warm_hold_fraction=warm.hold_fraction,
     )
-    return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, forecast=forecast, catalog=catalog, pools_table=pools_table,
+    return _PlanInputs(plan_id=plan_id_for(interval), windows=windows, window_length=window_length, forecast=forecast,
+                       window_forecast_run_id=window_forecast_run_id, catalog=catalog, pools_table=pools_table,
                        pools=pools, config=config, config_source=config_source, taus=taus, costs=costs, demand=demand, meta=meta,
                        pool_map=pool_map, mix=mix, problem=problem, clamped=clamped, warm=warm, warm_taus=warm_taus,
                        zones=resolve_zones(zone_catalog, regions, zone_layers), zone_catalog=zone_catalog, zone_layers=zone_layers)
@@ -288,7 +322,7 @@ def _line_rows(cell: CellPlan, offer: Offer, count: int, *, scale: dict[str, flo
         rows.append({
             "plan_id": inputs.plan_id,
             "valid_from": window.to_pydatetime(),
-            "valid_to": (window + pd.Timedelta(hours=1)).to_pydatetime(),
+            "valid_to": (window + inputs.window_length).to_pydatetime(),
             "region": region,
             "resource_type": resource,
             "quantity": qty,
@@ -334,9 +368,11 @@ def _manifest(inputs: _PlanInputs, result: PlanResult, *, interval: DataInterval
         "created_at": interval.end.isoformat(),
         "data_interval": {"start": interval.start.isoformat(), "end": interval.end.isoformat()},
         "valid_from": windows[0].isoformat(),
-        "valid_to": (windows[-1] + pd.Timedelta(hours=1)).isoformat(),
+        "valid_to": (windows[-1] + inputs.window_length).isoformat(),
         "windows": len(windows),
+        "window_minutes": int(inputs.window_length / pd.Timedelta(minutes=1)),
         "forecast_run_id": forecast_run_id,
+        "window_forecast_run_id": inputs.window_forecast_run_id,
         "model_per_series": {sid: sel["model"] for sid, sel in forecast_manifest["selection"].items()},
         "tau": inputs.taus,
         "tau_by_region": _tau_by_region(inputs.demand, inputs.problem.regions),
@@ -345,7 +381,7 @@ def _manifest(inputs: _PlanInputs, result: PlanResult, *, interval: DataInterval
         "warm_tier": {**inputs.warm.to_manifest(), "tau_warm_by_region": inputs.warm_taus,
                       "warm_hourly_cost_total": round(float(sum(
                           o.hourly_price * inputs.warm.hold_fraction * n for c in result.cells.values()
-                          for o in c.offers for k, n in c.warm.items() if o.key == k)), 6)},
+                          for o in c.offers for k, n in c.warm.items() if o.key == k)) * _hours(inputs), 6)},
         "max_spot_share": config.max_spot_share,
         "planner_config": {**config.to_dict(), **{"_source": inputs.config_source["source"],
                                                   "_fingerprint": inputs.config_source["fingerprint"]}},

@@ -1,13 +1,14 @@
--- Peak concurrent resources held per region and hour.
+-- Peak concurrent resources held per region and window (an hour, or a `plan_window_minutes` window).
 --
 -- A peering session holds its resources in its destination region from requested_at for
 -- duration_s seconds ([start, end), end-exclusive). The concurrent level only changes at session
 -- starts and ends, so the peak inside an hour is the largest level after any event time inside
--- it, or the level carried in at the hour's start. Ends and starts at the same instant are
+-- it, or the level carried in at the hour's start (the same holds for any window). Ends and starts at the same instant are
 -- netted before the level is read (RANGE frame over peers).
 --
 -- Inputs (registered by pipeline.features): requests(peering_requests rows), regions(region),
--- hours(hour). Parameters: $window_start, $window_end (UTC timestamps, end-exclusive).
+-- hours(hour): every window's start. Parameters: $window_start, $window_end (UTC timestamps,
+-- end-exclusive), $window_minutes (60 for hours; 30 or 15 divide the hour, so windows stay aligned).
 WITH sessions AS (
     SELECT
         destination_region AS region,
@@ -41,7 +42,7 @@ levels AS (
     WINDOW w AS (PARTITION BY region ORDER BY t RANGE BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
 )
 SELECT
-    date_trunc('hour', t) AS hour,
+    time_bucket(to_minutes(CAST($window_minutes AS BIGINT)), t) AS hour,
     region,
     greatest(round(max(vcpu), 6), 0) AS vcpu,
     greatest(round(max(memory_gib), 6), 0) AS memory_gib,
