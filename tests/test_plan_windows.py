@@ -238,3 +238,11 @@ def test_the_irc_serves_each_fifteen_minute_window_from_its_own_allocation(windo
         at = window.valid_from + timedelta(minutes=1)
         response = irc.handle_peering_request(PeeringRequest(f"r-{window.key}", at, source, region, {"vcpu": vcpu}, 300.0, "high"))
         assert (response.path == "preallocated") is hit, (window.key, response)
+
+
+def test_the_report_says_how_long_the_windows_are(window_run: tuple[Path, dict]) -> None:
+    _, run = window_run
+    settings: Settings = run["settings"]
+    html = Path(run["summary"].report).read_text()
+    assert f'<b id="kpi-windows">{settings.plan_window_count} × 15 min</b>' in html
+    assert run["summary"].forecast_windows["run_id"] in html

@@ -92,6 +92,8 @@ def _forecast_figure(history: pd.DataFrame, forecast: pd.DataFrame, plan: pd.Dat
         if not p.empty:
             held = p.groupby("valid_from")["quantity"].sum()
             ax.step(held.index, held.values, where="post", color="#d94801", lw=2, label="pre-allocated")
+            planned_for = p.groupby("valid_from")["demand_quantile"].first()  # per plan window, whatever its length
+            ax.step(planned_for.index, planned_for.values, where="post", color="#6a51a3", lw=1, ls="--", label="τ-quantile planned for")
         ax.set_title(region, fontsize=10)
         ax.tick_params(labelsize=8)
     for ax in list(axes.flat)[len(regions):]:
