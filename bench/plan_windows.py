@@ -119,7 +119,7 @@ def main() -> None:
 def print_table(results: dict[int, dict[str, float]], base: int, hours: int) -> None:
     """The per-length figures and their ratios to the baseline, then one JSON line."""
     table = Table(title=f"plans by window length, {hours} run hours of the samples, scored per quarter-hour")
-    for col in ("window", "covered", "short vCPU-h", "idle vCPU-h", "cost $", "cost ×base", "+ misses $", "total ×base", "run s"):
+    for col in ("window", "covered", "short vCPU-h", "idle vCPU-h", "cost $", "cost ×base", "cost + misses $", "total ×base", "run s"):
         table.add_column(col, justify="right")
     out: dict[str, object] = {"hours": hours, "baseline_minutes": base}
     for m, r in results.items():
