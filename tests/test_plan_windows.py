@@ -205,6 +205,8 @@ def test_every_window_is_what_runs_hold_plus_what_arrivals_add(window_run: tuple
     manifest = json.loads((Path(settings.lake_root) / "forecasts" / f"run={run['summary'].forecast_windows['run_id']}"
                            / "manifest.json").read_text())
     assert manifest["window_minutes"] == 15 and manifest["history"]["series"] == len(committed["region"].unique()) * 4 * 24
+    # the 5-minute telemetry (hourly means a week earlier) is a candidate the GBM's cross-validation decided on
+    assert "cpu_util_lag168" in manifest["engine"]["regressors"]["global_gbm"]["candidates"]
     for row in committed.itertuples(index=False):
         for r in RESOURCE_TYPES:
             got = forecast[(forecast["series_id"] == f"region:{row.region}:{r}") & (forecast["ds"] == row.window_start)]

@@ -33,7 +33,7 @@ import functools
 import itertools
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -1312,7 +1312,8 @@ def load_inputs(interval: DataInterval, settings: Settings, kind: str = "hourly"
     return pipeline_inputs(settings, interval.end, history, kind, models, decisions)
 
 
-def earlier_regressor_decisions(settings: Settings, interval: DataInterval) -> dict[str, dict]:
+def earlier_regressor_decisions(settings: Settings, interval: DataInterval,
+                                run_id_of: Callable[[DataInterval], str] | None = None) -> dict[str, dict]:
     """The regressor decisions (model → `regressors.decide` record with the `run_id` that made it) of
     the latest earlier hourly run of the same UTC day, if any.
 
@@ -1321,11 +1322,12 @@ def earlier_regressor_decisions(settings: Settings, interval: DataInterval) -> d
     of the fleet that an hour's data does not change — deciding it every hour would only let the
     forecasts flip between the two column sets from hour to hour. The day's first run decides (and
     any run whose candidate columns differ from it: `EngineOptions.regressors`); the daily run and
-    the registry's training always decide."""
+    the registry's training always decide. `run_id_of` names the runs to look in (default: the hourly runs)."""
     day = (interval.end - HOUR).date()
     end = interval.end - HOUR
     while (end - HOUR).date() == day:
-        run_id = forecast_run_id("hourly", DataInterval(end - HOUR, end))
+        earlier = DataInterval(end - HOUR, end)
+        run_id = run_id_of(earlier) if run_id_of else forecast_run_id("hourly", earlier)
         path = storage.join(lake.forecast_dir(settings.lake_root, run_id), "manifest.json")
         if storage.exists(path):
             try:
