@@ -10,8 +10,14 @@ same infrastructure, with two differences forced by CloudFormation being regiona
   each region's transit gateway (its id is a stack output) and the applier creates and accepts
   the peering attachments through the EC2 API (:class:`~pipeline.iac.providers.TransitGatewayPeering`).
 
-``deployment.json`` lists the stacks, the planned pairs and the capacity reservations: the
-applier works from it and the templates alone, never from the plan directly.
+``deployment.json`` lists the stacks, the planned pairs and the capacity reservations (the span's
+per-zone minimum, see :mod:`pipeline.iac.model`): the applier works from it and the templates
+alone, never from the plan directly.
+
+A sub-hour plan's later windows become ``AWS::AutoScaling::ScheduledAction`` resources on the
+line's group (``<line>Window<yyyymmddhhmmss>``, after the start time, desired = min size = the window's
+instances, max size the group's), like the Terraform module's ``aws_autoscaling_schedule.window``.
+Warm pools have no scheduled action in AWS: a pool holds the span's largest warm pool.
 
 Templates do not carry the plan id: a region whose lines did not change renders byte-identical
 and its change set is empty. The plan id travels as a *stack tag*, which CloudFormation
@@ -82,10 +88,10 @@ def _launch_template(line: InfraLine) -> dict[str, Any]:
 
 
 def _zone_parameter(line: InfraLine, default_zone: str) -> dict[str, Any] | None:
-    """A line's own zone-list parameter (defaulting to the plan's zones), or None for a line only in
-    the region's default zone, which uses the stack's AvailabilityZone parameter. Parameters, not
-    literal names: an operator whose account maps zones differently can pass others."""
-    names = [zone for zone, _ in line.zones]
+    """A line's own zone-list parameter (defaulting to the plan's zones over the span), or None for a
+    line only in the region's default zone, which uses the stack's AvailabilityZone parameter.
+    Parameters, not literal names: an operator whose account maps zones differently can pass others."""
+    names = list(line.availability_zones)
     if names in ([], [default_zone]):
         return None
     # A comma-separated String split in the group (not a List<...> parameter, which moto's
@@ -103,7 +109,7 @@ def _group(line: InfraLine, default_zone: str) -> dict[str, Any]:
     properties: dict[str, Any] = {
         "MinSize": "0",
         "MaxSize": str(line.max_size),
-        "DesiredCapacity": str(line.instances),  # the plan's count plus its N+1-across-zones headroom
+        "DesiredCapacity": str(line.instances),  # the first window's count plus its N+1-across-zones headroom
         "AvailabilityZones": ([{"Ref": "AvailabilityZone"}] if _zone_parameter(line, default_zone) is None
                               else {"Fn::Split": [",", {"Ref": f"{line.logical_id}Zones"}]}),
         "Tags": [dict(tag, PropagateAtLaunch=True) for tag in _tags(line)],
@@ -188,6 +194,7 @@ def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
                     "InstanceReusePolicy": {"ReuseOnScaleIn": True},
                 },
             }
+        resources.update(_window_actions(line))
         resources[f"{lid}WindowEnd"] = {
             "Type": "AWS::AutoScaling::ScheduledAction",
             "Properties": {
@@ -216,6 +223,25 @@ def _region_template(model: InfraModel, region: InfraRegion) -> dict[str, Any]:
     }
 
 
+def _window_actions(line: InfraLine) -> dict[str, Any]:
+    """The line's scheduled sizes (sub-hour plans: each later window whose instances differ from the
+    window before), named by start time: each plan's actions are new ones, and one that already ran
+    is not updated in place."""
+    return {
+        f"{line.logical_id}Window{re.sub('[^0-9]', '', start)}": {
+            "Type": "AWS::AutoScaling::ScheduledAction",
+            "Properties": {
+                "AutoScalingGroupName": {"Ref": f"{line.logical_id}Group"},
+                "MinSize": desired,
+                "MaxSize": line.max_size,
+                "DesiredCapacity": desired,
+                "StartTime": start,
+            },
+        }
+        for start, desired in line.schedule
+    }
+
+
 def _deployment(model: InfraModel) -> dict[str, Any]:
     return {
         "plan_id": model.plan_id,
@@ -235,9 +261,10 @@ def _deployment(model: InfraModel) -> dict[str, Any]:
 
 
 def _reservations(model: InfraModel, line: InfraLine) -> list[dict[str, Any]]:
-    """One capacity reservation per zone of an on-demand line (keyed ``<line key>/<zone>`` over several
-    zones; a line in one zone keeps its line key, so existing reservations are modified in place)."""
-    zones = list(line.zones) or [(model.region(line.region).default_availability_zone, line.count)]
+    """One capacity reservation per zone of an on-demand line holding the span's minimum there (keyed
+    ``<line key>/<zone>`` over several zones; a line in one zone keeps its line key, so existing
+    reservations are modified in place). None where that minimum is 0."""
+    zones = list(line.reserved_zones) or [(model.region(line.region).default_availability_zone, line.reserved_count)]
     return [
         {
             "key": line.key if len(zones) == 1 else f"{line.key}/{zone}",

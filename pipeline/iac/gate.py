@@ -1,7 +1,8 @@
 """The policy gate in front of an automated apply: small changes go through, large ones ask a person.
 
 The gate looks at :func:`pipeline.publish.diff.diff_plans` from the applied plan to the new one
-(first window: what an apply provisions) and passes when every limit holds:
+(their first windows; an apply provisions the windows up to the next hourly run, see
+:mod:`pipeline.iac.model`) and passes when every limit holds:
 
 ========================================  ===================================  =========
 limit                                     environment variable                 default

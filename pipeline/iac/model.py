@@ -1,13 +1,24 @@
 """The infrastructure a plan asks for: validated once, shared by the Terraform and CloudFormation
 renderers and by the appliers.
 
-Only the plan's first window (earliest ``valid_from``) is provisioned now. Per region and line
-(a ``region/instance_type/purchase_option`` of that window with at least one instance):
+Plans are made once an hour, so what is provisioned now is the plan's *span*: every window starting
+less than an hour after its first window (:data:`PROVISIONED_SPAN`). For an hourly plan that is its
+first window alone; a plan of 15-minute windows provisions its first four. Per region and line (a
+``region/instance_type/purchase_option`` with at least one instance in some window of the span):
 
-* **on-demand lines** become an EC2 capacity reservation (billed used or not, so it ends with the
-  window) plus a launch template and an auto scaling group that runs the instances in that
-  reservation, with a *warm pool* of stopped, pre-initialised instances
-  (the plan's ``warm_count``, or ``ceil(count × WARM_POOL_FRACTION)`` for plans without one) for bursts beyond the plan;
+* **the group follows the windows**: it starts at the first window's instances (0 when the line
+  has instances only later), and a *schedule* sets it to each later window's instances at that
+  window's start (:attr:`InfraLine.schedule`, only where the number changes); ``max_size`` covers
+  the span's largest window. At the span's end the group goes to 0 (the *window end*), unless the
+  next plan, applied within the hour, moved that end on;
+* **on-demand lines** become an EC2 capacity reservation plus a launch template and an auto scaling
+  group that runs the instances in that reservation. A reservation is billed used or not, so it
+  holds the span's *minimum*, the floor every window uses (per zone: :attr:`InfraLine.reserved_zones`;
+  none at 0), and ends with the span; the scheduled windows above that floor run on unreserved
+  on-demand capacity. Beside the group sits a *warm pool* of stopped, pre-initialised instances
+  (the plan's ``warm_count``, or ``ceil(count × WARM_POOL_FRACTION)`` for plans without one) for
+  bursts beyond the plan. AWS has no scheduled action for a warm pool's size, so the pool holds the
+  span's largest warm pool throughout;
 * **spot lines** become a launch template and an auto scaling group with a mixed instances
   policy (on-demand base 0, 0 % on demand above it: all spot, price-capacity-optimized). AWS
   refuses warm pools on mixed-instances and spot groups, so spot lines have none;
@@ -19,7 +30,8 @@ Only the plan's first window (earliest ``valid_from``) is provisioned now. Per r
   every pair of regions that both have lines (:func:`all_pairs`).
 
 Resource identities are keyed on ``region/instance_type/purchase_option``, not on the window or
-the plan: consecutive plans update the same resources in place instead of replacing them.
+the plan: consecutive plans update the same resources in place instead of replacing them (the
+one-off scheduled actions of later windows are keyed on their start time as well).
 
 Every value is validated (:mod:`pipeline.iac.safety`) before any template sees it.
 """
@@ -32,8 +44,8 @@ import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
-from itertools import combinations
+from datetime import datetime, timedelta
+from itertools import combinations, pairwise
 from typing import TYPE_CHECKING, Any
 
 import pyarrow as pa
@@ -47,6 +59,7 @@ from pipeline.iac.safety import (
     check_purchase_option,
     check_quantity,
     check_region,
+    check_schedule,
     check_tag_value,
     check_timestamp,
 )
@@ -56,12 +69,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "MIN_PAIR_REQUESTS",
+    "PROVISIONED_SPAN",
     "REQUIRED_COLUMNS",
     "WARM_POOL_FRACTION",
     "InfraLine",
     "InfraModel",
     "InfraRegion",
     "PeeringPair",
+    "WindowCount",
     "all_pairs",
     "build_model",
     "line_key",
@@ -97,6 +112,8 @@ MAX_VOLUME_GIB = 16384
 # regions (both directions together) over the plan's windows.
 MIN_PAIR_REQUESTS = 1.0
 STORAGE_RESOURCE = "storage_gib"
+# Plans are made hourly: what one apply provisions are the windows starting before the next run.
+PROVISIONED_SPAN = timedelta(hours=1)
 
 _TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _NAME_SLUG_MAX = 60
@@ -105,23 +122,12 @@ _LOGICAL_ID = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,200}$")
 
 
 @dataclass(frozen=True)
-class InfraLine:
-    """One line of the first window (count > 0), validated and shaped for the templates."""
+class WindowCount:
+    """A line's instances in one window of the span: the plan's count and its per-zone split."""
 
-    key: str  # region/instance_type/purchase_option: the stable identity across plans
-    line_id: str  # the plan's line id (carries the window), kept as a tag
-    name: str  # Terraform resource name, [a-z0-9_]
-    logical_id: str  # CloudFormation logical id prefix, [A-Za-z0-9]
-    region: str
-    provider_alias: str
-    instance_type: str
-    purchase_option: str
-    count: int
-    warm_pool: int  # warm (stopped) instances next to an on-demand group; 0 for spot
-    storage_gib: int  # data volume per instance; 0 when the line reserves no storage
     valid_from: str  # RFC 3339 UTC
-    valid_to: str  # RFC 3339 UTC
-    zones: tuple[tuple[str, int], ...] = ()  # (availability zone, instances there); empty: the region's first zone
+    count: int
+    zones: tuple[tuple[str, int], ...] = ()  # (availability zone, instances there); empty: not split
 
     @property
     def instances(self) -> int:
@@ -141,9 +147,85 @@ class InfraLine:
             return 0
         return max(n for _, n in self.zones)
 
+
+@dataclass(frozen=True)
+class InfraLine:
+    """One line with instances somewhere in the span, validated and shaped for the templates.
+
+    ``count`` and ``zones`` are the span's first window (``count`` may be 0: the line has instances
+    only in a later window, its group starts empty); ``later`` holds the span's other windows.
+    """
+
+    key: str  # region/instance_type/purchase_option: the stable identity across plans
+    line_id: str  # the plan's line id (carries the window), kept as a tag
+    name: str  # Terraform resource name, [a-z0-9_]
+    logical_id: str  # CloudFormation logical id prefix, [A-Za-z0-9]
+    region: str
+    provider_alias: str
+    instance_type: str
+    purchase_option: str
+    count: int
+    warm_pool: int  # warm (stopped) instances next to an on-demand group; 0 for spot
+    storage_gib: int  # data volume per instance; 0 when the line reserves no storage
+    valid_from: str  # RFC 3339 UTC: the span's start
+    valid_to: str  # RFC 3339 UTC: the span's end
+    zones: tuple[tuple[str, int], ...] = ()  # the first window's (zone, instances); empty: no instances there
+    later: tuple[WindowCount, ...] = ()  # the span's later windows, in order (none for hourly plans)
+
+    @property
+    def first(self) -> WindowCount:
+        return WindowCount(self.valid_from, self.count, self.zones)
+
+    @property
+    def span(self) -> tuple[WindowCount, ...]:
+        return (self.first, *self.later)
+
+    @property
+    def instances(self) -> int:
+        """Instances the group starts with: the first window's (``count`` plus its zone headroom)."""
+        return self.first.instances
+
+    @property
+    def zone_headroom(self) -> int:
+        return self.first.zone_headroom
+
+    @property
+    def zone_spare(self) -> int:
+        return self.first.zone_spare
+
     @property
     def max_size(self) -> int:
-        return self.instances + max(self.warm_pool, self.zone_spare)
+        """Room for the span's largest window plus the warm pool (or the zone spare, the larger)."""
+        return max(w.instances + max(self.warm_pool, w.zone_spare) for w in self.span)
+
+    @property
+    def schedule(self) -> tuple[tuple[str, int], ...]:
+        """(window start, instances) for each later window whose instances differ from the window
+        before: the group's scheduled sizes (unchanged windows need no action)."""
+        steps, previous = [], self.instances
+        for window in self.later:
+            if window.instances != previous:
+                steps.append((window.valid_from, window.instances))
+            previous = window.instances
+        return tuple(steps)
+
+    @property
+    def availability_zones(self) -> tuple[str, ...]:
+        """Every zone of the span: the first window's in its order, then later windows' new ones."""
+        first = [zone for zone, _ in self.zones]
+        added = sorted({zone for w in self.later for zone, _ in w.zones} - set(first))
+        return (*first, *added)
+
+    @property
+    def reserved_zones(self) -> tuple[tuple[str, int], ...]:
+        """Per zone, the fewest instances any window of the span runs there: what a capacity
+        reservation (billed used or not) holds. Zones at 0 get no reservation."""
+        return tuple((zone, min(dict(w.zones).get(zone, 0) for w in self.span)) for zone in self.availability_zones)
+
+    @property
+    def reserved_count(self) -> int:
+        """The fewest instances any window of the span runs (the reservation of a line without zones)."""
+        return min(w.instances for w in self.span)
 
 
 @dataclass(frozen=True)
@@ -189,11 +271,11 @@ class InfraModel:
 
     plan_id: str
     tau: str | None
-    valid_from: str
-    valid_to: str
+    valid_from: str  # the span's start (its first window's valid_from)
+    valid_to: str  # the span's end (its last window's valid_to)
     regions: tuple[InfraRegion, ...]
     lines: tuple[InfraLine, ...]  # sorted by (region, purchase_option, instance_type)
-    skipped_line_ids: tuple[str, ...]  # zero-count lines: AWS refuses zero-instance reservations
+    skipped_line_ids: tuple[str, ...]  # zero-count lines with no instances anywhere in the span: no resources
     peering: tuple[PeeringPair, ...] = ()
     peering_source: str = "all plan regions"
     region_names: tuple[str, ...] = field(init=False)
@@ -379,17 +461,36 @@ def pairs_from_forecast(
 
 
 @dataclass(frozen=True)
-class _FirstWindow:
-    """The plan's earliest window: the only one provisioned now."""
+class _Window:
+    """One window of the plan: rows sharing a ``valid_from``, which must share one ``valid_to``."""
 
     start: datetime
     end: datetime
     rows: list[dict[str, Any]]
 
 
+@dataclass(frozen=True)
+class _Span:
+    """The windows provisioned now, in order: those starting within :data:`PROVISIONED_SPAN` of the first."""
+
+    windows: tuple[_Window, ...]
+
+    @property
+    def start(self) -> datetime:
+        return self.windows[0].start
+
+    @property
+    def end(self) -> datetime:
+        return self.windows[-1].end
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return [row for window in self.windows for row in window.rows]
+
+
 @dataclass
 class _LineRows:
-    """What a line's resource rows in the first window agree on, plus the storage they reserve."""
+    """What a line's resource rows in one window agree on, plus the storage they reserve."""
 
     region: str
     instance_type: str
@@ -404,6 +505,10 @@ class _LineRows:
         return (self.region, self.instance_type, self.purchase_option, self.count, self.zones)
 
 
+# A line with instances in one window: its line id and rows.
+_Present = tuple[str, _LineRows]
+
+
 def build_model(
     plan: pd.DataFrame | pa.Table,
     manifest: Mapping[str, Any],
@@ -411,7 +516,8 @@ def build_model(
     peering_source: str | None = None,
     zones_per_region: int | None = None,
 ) -> InfraModel:
-    """Validate ``plan`` (PLAN schema) and ``manifest`` and reduce the first window to an
+    """Validate ``plan`` (PLAN schema) and ``manifest`` and reduce the span (the windows starting
+    within :data:`PROVISIONED_SPAN` of the first: the first window alone for an hourly plan) to an
     :class:`InfraModel`.
 
     Lines sit in the zones the plan names (its ``zone_counts``, N+1 across zones included);
@@ -421,22 +527,22 @@ def build_model(
     ``peering`` lists region pairs to peer (``(a, b, expected_requests)``); pairs naming a region
     without lines are dropped. ``None`` means every pair of regions with lines.
 
-    Every row is validated, not only the first window's: a plan carrying an unsafe value anywhere
-    is suspect as a whole. Raises :class:`UnsafePlanValue` for unsafe values and ``ValueError``
-    for an empty or inconsistent plan.
+    Every row is validated, not only the span's: a plan carrying an unsafe value anywhere is
+    suspect as a whole. Raises :class:`UnsafePlanValue` for unsafe values and ``ValueError`` for an
+    empty or inconsistent plan (a window with several ends, overlapping windows).
     """
     plan_id = check_plan_id(manifest.get("plan_id"), "manifest.plan_id")
     tau = _tau(manifest)
-    window = _first_window(_checked_rows(plan, plan_id=plan_id))
-    lines, skipped = _infra_lines(_rows_by_line(window.rows), window=window, zones_per_region=zones_per_region)
+    span = _span(_checked_rows(plan, plan_id=plan_id))
+    lines, skipped = _infra_lines(span, zones_per_region=zones_per_region)
     active = sorted({line.region for line in lines})
     pairs, source = _peering_pairs(active, peering=peering, peering_source=peering_source)
     return InfraModel(
         plan_id=plan_id,
         tau=tau,
-        valid_from=_format_ts(window.start),
-        valid_to=_format_ts(window.end),
-        regions=_infra_regions(window, lines=lines, pairs=pairs),
+        valid_from=_format_ts(span.start),
+        valid_to=_format_ts(span.end),
+        regions=_infra_regions(span, lines=lines, pairs=pairs),
         lines=tuple(lines),
         skipped_line_ids=tuple(sorted(skipped)),
         peering=tuple(pairs),
@@ -457,17 +563,34 @@ def _checked_rows(plan: pd.DataFrame | pa.Table, *, plan_id: str) -> list[dict[s
     return checked
 
 
-def _first_window(checked: list[dict[str, Any]]) -> _FirstWindow:
-    """The rows of the earliest window, which must share one end."""
-    start = min(row["valid_from"] for row in checked)
-    window_rows = [row for row in checked if row["valid_from"] == start]
-    ends = {row["valid_to"] for row in window_rows}
+def _span(checked: list[dict[str, Any]]) -> _Span:
+    """The windows starting before the first one's start + :data:`PROVISIONED_SPAN`, which must not
+    overlap: two counts for one instant would be a contradiction. A window without any row leaves a
+    gap, through which the window before holds on (never fewer instances than planned)."""
+    first = min(row["valid_from"] for row in checked)
+    by_start: dict[datetime, list[dict[str, Any]]] = {}
+    for row in checked:
+        if row["valid_from"] < first + PROVISIONED_SPAN:
+            by_start.setdefault(row["valid_from"], []).append(row)
+    windows = tuple(_window(start, rows) for start, rows in sorted(by_start.items()))
+    for before, after in pairwise(windows):
+        if after.start < before.end:
+            raise ValueError(
+                f"window starting {_format_ts(after.start)} overlaps the one before it "
+                f"({_format_ts(before.start)} to {_format_ts(before.end)}); windows must not overlap"
+            )
+    return _Span(windows)
+
+
+def _window(start: datetime, rows: list[dict[str, Any]]) -> _Window:
+    """The rows starting at ``start``, which must share one end."""
+    ends = {row["valid_to"] for row in rows}
     if len(ends) != 1:
         raise ValueError(
-            f"first window starting {_format_ts(start)} has several valid_to values "
+            f"window starting {_format_ts(start)} has several valid_to values "
             f"{sorted(_format_ts(e) for e in ends)}; a window must have one end"
         )
-    return _FirstWindow(start=start, end=ends.pop(), rows=window_rows)
+    return _Window(start=start, end=ends.pop(), rows=rows)
 
 
 def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
@@ -488,36 +611,57 @@ def _rows_by_line(window_rows: list[dict[str, Any]]) -> dict[str, _LineRows]:
     return by_line
 
 
-def _infra_lines(
-    by_line: dict[str, _LineRows], *, window: _FirstWindow, zones_per_region: int | None = None
-) -> tuple[list[InfraLine], list[str]]:
-    """The lines with instances (sorted, with unique resource names) and the zero-count line ids."""
-    lines: list[InfraLine] = []
-    skipped: list[str] = []
-    keys: dict[str, str] = {}
-    for line_id, info in by_line.items():
-        if info.count == 0:
-            skipped.append(line_id)
-            continue
+def _window_lines(window: _Window) -> tuple[dict[str, _Present], list[tuple[str, str]]]:
+    """The window's lines with instances by line key (one line per key), and its zero-count
+    lines as (key, line id)."""
+    lines: dict[str, _Present] = {}
+    zero: list[tuple[str, str]] = []
+    for line_id, info in _rows_by_line(window.rows).items():
         key = line_key(info.region, info.instance_type, info.purchase_option)
-        if key in keys:
-            raise ValueError(f"lines {keys[key]!r} and {line_id!r} both hold {key} in the first window")
-        keys[key] = line_id
-        lines.append(_infra_line(line_id, info, key=key, window=window, zones_per_region=zones_per_region))
+        if info.count == 0:
+            zero.append((key, line_id))
+        elif key in lines:
+            raise ValueError(
+                f"lines {lines[key][0]!r} and {line_id!r} both hold {key} in the window starting {_format_ts(window.start)}"
+            )
+        else:
+            lines[key] = (line_id, info)
+    return lines, zero
+
+
+def _infra_lines(span: _Span, *, zones_per_region: int | None = None) -> tuple[list[InfraLine], list[str]]:
+    """One line per key with instances in some window of the span (sorted, with unique resource
+    names), and the zero-count line ids of keys without instances anywhere in the span: those get
+    no resources (AWS refuses zero-instance reservations). A key at 0 in one window but not in
+    another is a line whose group the schedule takes to 0."""
+    per_window = [_window_lines(window) for window in span.windows]
+    keys = sorted({key for present, _ in per_window for key in present})
+    lines = [
+        _infra_line(key, [present.get(key) for present, _ in per_window], span=span, zones_per_region=zones_per_region)
+        for key in keys
+    ]
+    provisioned = set(keys)
+    skipped = [line_id for _, zero in per_window for key, line_id in zero if key not in provisioned]
     lines.sort(key=lambda line: (line.region, line.purchase_option, line.instance_type, line.line_id))
     _check_unique([line.name for line in lines] + [line.logical_id for line in lines])
     return lines, skipped
 
 
-def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow, zones_per_region: int | None = None) -> InfraLine:
-    """One line with its warm pool and per-instance data volume sized."""
-    per_instance = math.ceil(info.storage / info.count - EPS) if info.storage > 0 else 0
-    if per_instance > MAX_VOLUME_GIB:
-        raise UnsafePlanValue(
-            "quantity", info.storage,
-            f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
-        )
-    return InfraLine(
+def _infra_line(key: str, present: list[_Present | None], *, span: _Span, zones_per_region: int | None = None) -> InfraLine:
+    """The line of ``key`` over the span (``present``: its rows per window, None without instances).
+
+    Its line id and shape come from its first window with instances. The warm pool and the data
+    volume are the span's largest: neither can follow a schedule (AWS has no scheduled action for
+    a warm pool's size, and a launch template holds one volume size).
+    """
+    found = [p for p in present if p is not None]
+    line_id, info = found[0]
+    windows = [
+        WindowCount(_format_ts(window.start), 0) if p is None
+        else WindowCount(_format_ts(window.start), p[1].count, _line_zones(p[1], zones_per_region))
+        for window, p in zip(span.windows, present, strict=True)
+    ]
+    line = InfraLine(
         key=key,
         line_id=line_id,
         name=resource_name(key),
@@ -526,13 +670,34 @@ def _infra_line(line_id: str, info: _LineRows, *, key: str, window: _FirstWindow
         provider_alias=provider_alias(info.region),
         instance_type=info.instance_type,
         purchase_option=info.purchase_option,
-        count=info.count,
-        warm_pool=warm_pool_size(info.count, info.purchase_option, info.warm),
-        storage_gib=per_instance,
-        valid_from=_format_ts(window.start),
-        valid_to=_format_ts(window.end),
-        zones=zone_split(info.region, info.count, zones_per_region) if zones_per_region or info.zones is None else info.zones,
+        count=windows[0].count,
+        warm_pool=max(warm_pool_size(rows.count, rows.purchase_option, rows.warm) for _, rows in found),
+        storage_gib=max(_volume_gib(lid, rows) for lid, rows in found),
+        valid_from=_format_ts(span.start),
+        valid_to=_format_ts(span.end),
+        zones=windows[0].zones,
+        later=tuple(windows[1:]),
     )
+    check_schedule(line.schedule, start=span.start, end=span.end, field=f"schedule of {key}")
+    return line
+
+
+def _line_zones(info: _LineRows, zones_per_region: int | None) -> tuple[tuple[str, int], ...]:
+    """A line's zones in one window: the plan's, or the ``zones_per_region`` override's even spread."""
+    if zones_per_region or info.zones is None:
+        return zone_split(info.region, info.count, zones_per_region)
+    return info.zones
+
+
+def _volume_gib(line_id: str, info: _LineRows) -> int:
+    """The data volume each of a window's instances carries: its storage over its count, rounded up."""
+    per_instance = math.ceil(info.storage / info.count - EPS) if info.storage > 0 else 0
+    if per_instance > MAX_VOLUME_GIB:
+        raise UnsafePlanValue(
+            "quantity", info.storage,
+            f"line {line_id} needs {per_instance} GiB per instance; a gp3 volume holds at most {MAX_VOLUME_GIB}",
+        )
+    return per_instance
 
 
 def zone_split(region: str, count: int, zones: int | None = 1) -> tuple[tuple[str, int], ...]:
@@ -569,9 +734,9 @@ def _peering_pairs(
 
 
 def _infra_regions(
-    window: _FirstWindow, *, lines: list[InfraLine], pairs: list[PeeringPair]
+    span: _Span, *, lines: list[InfraLine], pairs: list[PeeringPair]
 ) -> tuple[InfraRegion, ...]:
-    """Every region of the first window; one whose lines are all zero still gets a provider: the plan names it."""
+    """Every region of the span; one whose lines are all zero still gets a provider: the plan names it."""
     active = {line.region for line in lines}
     spot_regions = {line.region for line in lines if line.purchase_option == "spot"}
     peered = {p.requester for p in pairs} | {p.accepter for p in pairs}
@@ -579,13 +744,13 @@ def _infra_regions(
         InfraRegion(
             name=region,
             provider_alias=provider_alias(region),
-            default_availability_zone=next((line.zones[0][0] for line in lines if line.region == region and line.zones),
-                                           f"{region}a"),
+            default_availability_zone=next((line.availability_zones[0] for line in lines
+                                            if line.region == region and line.availability_zones), f"{region}a"),
             has_spot=region in spot_regions,
             has_lines=region in active,
             has_transit_gateway=region in peered,
         )
-        for region in sorted({row["region"] for row in window.rows})
+        for region in sorted({row["region"] for row in span.rows})
     )
 
 

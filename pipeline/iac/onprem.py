@@ -2,7 +2,8 @@
 
 Which regions are on premise is configuration (``PEERSCALE_ONPREM_REGIONS``, comma-separated);
 a plan mixes them freely with cloud regions. Cloud regions are rendered and applied as Terraform
-or CloudFormation; each on-premise region of the plan's first window gets one request message.
+or CloudFormation; each on-premise region of the plan's provisioned span (its windows up to the next
+hourly run, see :mod:`pipeline.iac.model`) gets one request message.
 
 Messages (JSON, UTF-8, ``content_type=application/json``, persistent):
 
@@ -14,7 +15,9 @@ Messages (JSON, UTF-8, ``content_type=application/json``, persistent):
   once), ``correlation_id`` (new per attempt; also the AMQP property), ``plan_id``, ``region``,
   ``window`` (``valid_from``/``valid_to``, RFC 3339 UTC), ``lines`` (``line_key``,
   ``instance_type``, ``purchase_option``, ``count``, ``storage_gib``, ``zones``: {zone:
-  instances}, whose sum is ``count`` plus the plan's N+1-across-zones headroom), ``sent_at``,
+  instances}, whose sum is ``count`` plus the plan's N+1-across-zones headroom; ``count`` and ``zones``
+  are the span's first window, and for a sub-hour plan ``schedule`` lists ``[start, instances]`` for each
+  later window whose instances differ from the window before; absent when there is none), ``sent_at``,
   ``attempt``; the AMQP ``reply_to`` names the queue to answer on.
 * reply (``schema: peerscale.provisioning.reply/v1``), sent by the site to ``reply_to`` with the
   request's ``correlation_id``: ``idempotency_key``, ``status`` (``provisioned``, ``accepted``,
@@ -81,8 +84,16 @@ class OnPremConfig:
 
 
 def _lines(model: InfraModel, region: str) -> list[dict[str, Any]]:
-    return [{"line_key": line.key, "instance_type": line.instance_type, "purchase_option": line.purchase_option,
-             "count": line.count, "storage_gib": line.storage_gib, "zones": dict(line.zones)} for line in model.lines_in(region)]
+    """The region's lines as the site gets them (``schedule`` only where there is one: an hourly
+    plan's request, and so its idempotency key, is what it was before schedules)."""
+    out = []
+    for line in model.lines_in(region):
+        item: dict[str, Any] = {"line_key": line.key, "instance_type": line.instance_type, "purchase_option": line.purchase_option,
+                                "count": line.count, "storage_gib": line.storage_gib, "zones": dict(line.zones)}
+        if line.schedule:
+            item["schedule"] = [list(step) for step in line.schedule]
+        out.append(item)
+    return out
 
 
 def idempotency_key(model: InfraModel, region: str) -> str:

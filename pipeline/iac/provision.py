@@ -3,7 +3,8 @@
 1. :func:`gate_plan` diffs the plan against the applied one (:mod:`pipeline.publish.diff`) and runs
    the policy gate (:mod:`pipeline.iac.gate`); the text it returns is what a person sees when the
    gate sends the change to approval (Airflow's human-in-the-loop operator).
-2. :func:`provision` applies the plan's first window when the gate passed or a person approved,
+2. :func:`provision` applies the plan's provisioned span (its windows up to the next hourly run:
+   the first window of an hourly plan; :mod:`pipeline.iac.model`) when the gate passed or a person approved,
    and records nothing else when a person rejected (or nobody answered in time). A dry run never
    asks: it shows what the apply would do, with the gate's verdict. Every outcome goes into the plan's apply
    records (merged into its manifest) under ``provisioning``:

@@ -7,7 +7,7 @@ Planned peering pairs come from the plan's pair forecast (``lake/forecasts/run=<
 series ``pair:<src>→<dst>:requests``): a pair of plan regions is peered when the forecast expects
 at least :data:`~pipeline.iac.model.MIN_PAIR_REQUESTS` request(s) between them, both directions
 together, over the plan's windows. Peering is long-lived, so the whole plan horizon counts, not
-only the first window. Without a readable forecast every pair of plan regions is peered, and the
+only the provisioned span. Without a readable forecast every pair of plan regions is peered, and the
 rendered files say so.
 """
 

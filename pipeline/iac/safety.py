@@ -4,7 +4,7 @@ Plan values no longer reach HCL: Terraform gets them as JSON data (``plan.auto.t
 read literally, never as templates) and CloudFormation as JSON parameters, so the HCL quoting
 filters this module used to provide are gone. What stays is still needed: every value is checked
 against the plan contracts in :mod:`pipeline.common.schemas` (region, instance type, plan id,
-purchase option, counts, quantities, UTC timestamps) because it becomes an AWS name, tag or
+purchase option, counts, quantities, UTC timestamps, the per-window schedules) because it becomes an AWS name, tag or
 count; free text (line ids, reasons) is kept free of quotes, template markers and control
 characters because it ends up in tags, logs and the Markdown of approval requests; and rendered
 output and errors are scanned for credentials and redacted.
@@ -16,6 +16,7 @@ import math
 import numbers
 import os
 import re
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,6 +37,8 @@ __all__ = [
     "check_purchase_option",
     "check_quantity",
     "check_region",
+    "check_rfc3339",
+    "check_schedule",
     "check_tag_value",
     "check_timestamp",
     "redact",
@@ -49,6 +52,9 @@ MAX_TAG_VALUE_LENGTH = 256
 # would also let a value escape a comment line.
 _FORBIDDEN_SEQUENCES: tuple[str, ...] = ("${", "%{", '"', "'", "\\")
 _CONTROL_CHARS = re.compile(r"[\x00-\x1f\x7f]")
+# The one timestamp form rendered IaC carries: RFC 3339, UTC, whole seconds (what AWS schedules take).
+RFC3339_UTC_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
+_RFC3339_UTC = re.compile(r"^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$")
 
 # Credential shapes that must never appear in rendered IaC: AWS key ids and provider arguments
 # that carry secrets. Provider configuration takes credentials from the environment instead.
@@ -197,6 +203,44 @@ def check_timestamp(value: Any, field: str) -> datetime:
     if value.tzinfo is None or value.utcoffset() is None:
         raise UnsafePlanValue(field, value, "timestamps must be tz-aware UTC")
     return value.astimezone(UTC)
+
+
+def check_rfc3339(value: Any, field: str) -> datetime:
+    """Return ``value`` (``2025-03-01T00:15:00Z``: RFC 3339, UTC, whole seconds) as a UTC datetime.
+
+    Rendered schedules are compared and sorted as instants; any other spelling (an offset, a
+    fraction) could be read differently by Terraform, CloudFormation and the Auto Scaling API.
+    """
+    if not isinstance(value, str) or not _RFC3339_UTC.fullmatch(value):
+        raise UnsafePlanValue(field, value, "must be an RFC 3339 UTC time like 2025-03-01T00:15:00Z")
+    try:
+        return datetime.strptime(value, RFC3339_UTC_FORMAT).replace(tzinfo=UTC)
+    except ValueError:
+        raise UnsafePlanValue(field, value, "is not a valid date and time") from None
+
+
+def check_schedule(
+    steps: Sequence[tuple[Any, Any]], *, start: datetime, end: datetime, field: str = "schedule"
+) -> tuple[tuple[str, int], ...]:
+    """Return ``steps`` ((time, instances) pairs) if every time is RFC 3339 UTC, strictly inside
+    ``(start, end)`` and later than the one before, and every count is a non-negative integer.
+
+    A schedule outside its span would resize a group after the window end emptied it (or before
+    the apply); out of order, the group would end a window at the wrong size.
+    """
+    previous = start
+    out = []
+    for when, count in steps:
+        at = check_rfc3339(when, field)
+        if not previous < at < end:
+            raise UnsafePlanValue(
+                field, when,
+                f"must be after {previous.strftime(RFC3339_UTC_FORMAT)} (the span's start or the step before) "
+                f"and before the span's end {end.strftime(RFC3339_UTC_FORMAT)}",
+            )
+        out.append((when, check_count(count, field)))
+        previous = at
+    return tuple(out)
 
 
 def secret_values() -> list[str]:

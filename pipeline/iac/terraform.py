@@ -4,9 +4,12 @@ The modules in ``terraform_templates/aws/`` never change per plan; a plan only p
 
 * ``regions/<region>/`` — a copy of ``aws/region`` (one AWS region per root, one state per region:
   a failed or removed region cannot touch another) and its ``plan.auto.tfvars.json``: the plan id,
-  the first window, the region's lines keyed by ``instance_type/purchase_option`` (``for_each``
-  keys, stable across plans, so the next plan updates in place) and whether the region needs a
-  transit gateway;
+  the provisioned span (see :mod:`pipeline.iac.model`), the region's lines keyed by
+  ``instance_type/purchase_option`` (``for_each`` keys, stable across plans, so the next plan
+  updates in place) and whether the region needs a transit gateway. A line of a sub-hour plan
+  also carries its ``schedule`` (the later windows' sizes) and, on demand, when the span's per-zone
+  minimum differs from its first window, ``reserved_zone_counts``; both are left out when they add
+  nothing (always, for hourly plans), so an hourly plan's file is what it was before schedules;
 * ``peering/<requester>__<accepter>/`` — a copy of ``aws/peering`` per planned region pair and its
   ``plan.auto.tfvars.json``; the two transit gateway ids come from the region roots' outputs at
   apply time (``hubs.auto.tfvars.json``, written by :mod:`pipeline.iac.tfapply`).
@@ -78,7 +81,8 @@ def pair_dir_name(requester: str, accepter: str) -> str:
 
 
 def _line_vars(line: InfraLine) -> dict[str, Any]:
-    return {
+    """One line's tfvars; the span fields only where they say something (see the module docstring)."""
+    out = {
         "line_id": line.line_id,
         "line_key": line.key,
         "instance_type": line.instance_type,
@@ -89,9 +93,14 @@ def _line_vars(line: InfraLine) -> dict[str, Any]:
         "warm_pool": line.warm_pool,
         "max_size": line.max_size,
         "storage_gib": line.storage_gib,
-        "availability_zones": [zone for zone, _ in line.zones],
+        "availability_zones": list(line.availability_zones),
         "zone_counts": dict(line.zones),
     }
+    if line.schedule:
+        out["schedule"] = [{"start_time": start, "desired_capacity": n} for start, n in line.schedule]
+    if line.purchase_option == "on_demand" and line.reserved_zones != line.zones:  # spot lines reserve nothing
+        out["reserved_zone_counts"] = dict(line.reserved_zones)
+    return out
 
 
 def region_tfvars(model: InfraModel, region: str) -> dict[str, Any]:
@@ -173,7 +182,7 @@ def render_terraform(
     peering: Sequence[tuple[str, str, float | None]] | None = None,
     peering_source: str | None = None,
 ) -> list[Path]:
-    """Render the plan's first window as Terraform roots in ``out_dir`` (see the module docstring).
+    """Render the plan's provisioned span as Terraform roots in ``out_dir`` (see the module docstring).
 
     Raises before anything is written: :class:`~pipeline.iac.safety.UnsafePlanValue` for a plan
     value that cannot be a name, tag or count; ``ValueError`` for an empty or inconsistent plan;

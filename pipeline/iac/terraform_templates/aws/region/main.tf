@@ -1,22 +1,42 @@
-# Per line (instance_type/purchase_option with instances in the first window):
-# - on-demand: a capacity reservation per availability zone (billed used or not, so it ends with
-#   the window), a launch template and an auto scaling group with a warm pool;
-# - spot: a launch template and an all-spot auto scaling group (AWS refuses warm pools there).
+# Per line (instance_type/purchase_option with instances in some window of the provisioned span:
+# the windows up to the next hourly run, one window for an hourly plan):
+# - on-demand: a capacity reservation per availability zone (billed used or not, so it holds the
+#   span's minimum and ends with the span), a launch template and an auto scaling group with a
+#   warm pool;
+# - spot: a launch template and an all-spot auto scaling group (AWS refuses warm pools there);
+# - sub-hour plans: a scheduled action per later window whose size differs from the one before.
 # Lines are keyed by instance_type/purchase_option, so the next plan updates them in place.
 
 locals {
   on_demand = { for key, line in var.lines : key => line if line.purchase_option == "on_demand" }
 
-  # One reservation per on-demand line and zone with a share of the line's count.
+  # What every window of the span runs per on-demand line and zone: the span's per-zone minimum
+  # (reserved_zone_counts; absent when that is the first window's zone_counts). A reservation is
+  # billed used or not, so it holds this floor; scheduled windows above it run unreserved.
+  reserved_zone_counts = { for key, line in local.on_demand : key => coalesce(line.reserved_zone_counts, line.zone_counts) }
+
+  # One reservation per on-demand line and zone with a share of that floor.
   reservations = var.capacity_reservations ? merge([
     for key, line in local.on_demand : {
-      for zone, count in line.zone_counts : "${key}/${zone}" => {
+      for zone, count in local.reserved_zone_counts[key] : "${key}/${zone}" => {
         line  = key
         zone  = zone
         count = count
       } if count > 0
     }
   ]...) : {}
+
+  # One scheduled action per line and later window of the span whose size differs from the window
+  # before (sub-hour plans only), keyed by line and start time.
+  window_steps = merge([
+    for key, line in var.lines : {
+      for step in line.schedule : "${key}/${step.start_time}" => {
+        line             = key
+        start_time       = step.start_time
+        desired_capacity = step.desired_capacity
+      }
+    }
+  ]...)
 
   image_id = var.image_id != null ? var.image_id : one(data.aws_ssm_parameter.ami[*].insecure_value)
 
@@ -115,8 +135,9 @@ resource "aws_autoscaling_group" "line" {
 
   name_prefix = "peerscale-${replace(each.key, "/[^A-Za-z0-9-]/", "-")}-"
   min_size    = 0
-  # count is the plan's per-zone instances (N+1 across zones included: losing one zone leaves the
-  # planned capacity); max_size leaves room for the warm pool (and, under the deprecated
+  # count is the first window's per-zone instances (N+1 across zones included: losing one zone
+  # leaves the planned capacity; 0 for a line with instances only in later windows); max_size
+  # covers the span's largest window plus room for the warm pool (and, under the deprecated
   # PEERSCALE_AZ_PER_REGION spread, for relaunching the largest zone's share in the others).
   max_size         = each.value.max_size
   desired_capacity = each.value.count
@@ -136,6 +157,7 @@ resource "aws_autoscaling_group" "line" {
     }
   }
 
+  # AWS has no scheduled action for a warm pool's size: it holds the span's largest warm pool.
   dynamic "warm_pool" {
     for_each = each.value.purchase_option == "on_demand" && each.value.warm_pool > 0 ? [each.value.warm_pool] : []
     content {
@@ -184,7 +206,20 @@ resource "aws_autoscaling_group" "line" {
   depends_on = [aws_ec2_capacity_reservation.line]
 }
 
-# Like a capacity reservation's end_date: release the line's instances when the window ends.
+# Sub-hour plans: at each later window's start the group runs that window's instances (min_size =
+# desired: nothing scales it below the plan; max_size stays the group's, room for the warm pool).
+resource "aws_autoscaling_schedule" "window" {
+  for_each = local.window_steps
+
+  scheduled_action_name  = "peerscale-window-${replace(each.key, "/[^A-Za-z0-9-]/", "-")}"
+  autoscaling_group_name = aws_autoscaling_group.line[each.value.line].name
+  min_size               = each.value.desired_capacity
+  max_size               = var.lines[each.value.line].max_size
+  desired_capacity       = each.value.desired_capacity
+  start_time             = each.value.start_time
+}
+
+# Like a capacity reservation's end_date: release the line's instances when the span ends.
 resource "aws_autoscaling_schedule" "window_end" {
   for_each = var.lines
 

@@ -16,7 +16,7 @@ variable "region" {
 }
 
 variable "window" {
-  description = "The plan's first window [valid_from, valid_to) in UTC (RFC 3339): the one provisioned now."
+  description = "The span provisioned now, [valid_from, valid_to) in UTC (RFC 3339): the plan's windows up to the next hourly run (its first window for an hourly plan)."
   type = object({
     valid_from = string
     valid_to   = string
@@ -24,7 +24,7 @@ variable "window" {
 }
 
 variable "lines" {
-  description = "Plan lines of this region with at least one instance, keyed by instance_type/purchase_option (stable across plans)."
+  description = "Plan lines of this region with at least one instance in some window of the span, keyed by instance_type/purchase_option (stable across plans). count, planned_count, zone_headroom and zone_counts are the span's first window (0 for a line with instances only later); max_size covers the span's largest window; schedule lists each later window whose size differs from the one before (start_time RFC 3339 UTC, increasing; desired_capacity instances); reserved_zone_counts (on-demand lines) is the span's per-zone minimum, what capacity reservations hold (absent: zone_counts). Hourly plans carry neither."
   type = map(object({
     line_id            = string
     line_key           = string
@@ -38,11 +38,21 @@ variable "lines" {
     storage_gib        = number
     availability_zones = list(string)
     zone_counts        = map(number)
+    schedule = optional(list(object({
+      start_time       = string
+      desired_capacity = number
+    })), [])
+    reserved_zone_counts = optional(map(number))
   }))
 
   validation {
-    condition     = alltrue([for line in values(var.lines) : contains(["on_demand", "spot"], line.purchase_option) && line.count > 0 && line.warm_pool >= 0 && line.max_size >= line.count + line.warm_pool && line.count == line.planned_count + line.zone_headroom && sum(concat([0], values(line.zone_counts))) == line.count])
-    error_message = "Each line is on_demand or spot with a positive count (planned_count + zone_headroom, the sum of zone_counts), a non-negative warm pool and max_size >= count + warm_pool."
+    condition     = alltrue([for line in values(var.lines) : contains(["on_demand", "spot"], line.purchase_option) && line.count >= 0 && line.warm_pool >= 0 && line.max_size >= line.count + line.warm_pool && line.count == line.planned_count + line.zone_headroom && sum(concat([0], values(line.zone_counts))) == line.count])
+    error_message = "Each line is on_demand or spot with a non-negative count (planned_count + zone_headroom, the sum of zone_counts), a non-negative warm pool and max_size >= count + warm_pool."
+  }
+
+  validation {
+    condition     = alltrue(flatten([for line in values(var.lines) : concat([for step in line.schedule : can(regex("^[0-9]{4}-[0-9]{2}-[0-9]{2}T[0-9]{2}:[0-9]{2}:[0-9]{2}Z$", step.start_time)) && step.desired_capacity >= 0 && floor(step.desired_capacity) == step.desired_capacity && step.desired_capacity + line.warm_pool <= line.max_size], [for i in range(1, max(1, length(line.schedule))) : timecmp(line.schedule[i - 1].start_time, line.schedule[i].start_time) < 0], [for n in values(line.reserved_zone_counts != null ? line.reserved_zone_counts : {}) : n >= 0 && floor(n) == n])]))
+    error_message = "Each schedule step starts at an RFC 3339 UTC time (like 2025-03-01T00:15:00Z) after the step before, with a whole desired_capacity >= 0 that fits max_size with the warm pool; reserved_zone_counts are whole numbers >= 0."
   }
 }
 
