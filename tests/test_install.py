@@ -25,6 +25,7 @@ PACKAGE_DATA = (
     "pipeline/features/sql/region_demand_hourly.sql",
     "pipeline/features/sql/committed_demand.sql",
     "pipeline/features/sql/added_by_lead.sql",
+    "pipeline/features/sql/sessions.sql",
     "pipeline/iac/terraform_templates/README.md",
     "pipeline/iac/terraform_templates/aws/region/main.tf",
     "pipeline/iac/terraform_templates/aws/peering/versions.tf",

@@ -19,7 +19,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
@@ -28,6 +27,7 @@ from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
 from pipeline.common.schemas import PEERING_REQUESTS
 from pipeline.features.committed_levels import added_by_lead, carried_levels, committed_profile
+from pipeline.features.sessions import session_connection, utc_column
 
 SQL_DIR = Path(__file__).resolve().parent / "sql"  # ships inside the package
 FEATURE_SETS = ("pair_volume_hourly", "region_demand_hourly")
@@ -69,20 +69,13 @@ def compute_features(requests: pa.Table, regions: list[str], window: FeatureWind
     At `window_minutes` 60 the hourly sets; below, the region peaks at that resolution only
     (`region_demand_<m>m`, time column `window_start`: what a plan's windows are scored against)."""
     starts = window_starts(window, window_minutes)
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("requests", requests)
-        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
-        con.register("hours", pa.table({"hour": pa.array(starts, pa.timestamp("us", tz="UTC"))}))
-        params: dict[str, object] = {"window_start": window.start, "window_end": window.end}
-        names = FEATURE_SETS if window_minutes == HOURLY_MINUTES else ("region_demand_hourly",)
-        out = {}
+    params: dict[str, object] = {"window_start": window.start, "window_end": window.end}
+    names = FEATURE_SETS if window_minutes == HOURLY_MINUTES else ("region_demand_hourly",)
+    out = {}
+    with session_connection(requests, regions, hours=pa.table({"hour": utc_column(starts)})) as con:
         for name in names:
             extra = {"window_minutes": window_minutes} if name == "region_demand_hourly" else {}
             out[name] = _utc(con.sql(sql_text(name), params={**params, **extra}).to_arrow_table())
-    finally:
-        con.close()
     if window_minutes != HOURLY_MINUTES:
         demand = out["region_demand_hourly"]
         return {window_feature("region_demand", window_minutes): demand.rename_columns(

@@ -17,9 +17,10 @@ from collections.abc import Sequence
 from datetime import datetime, timedelta
 from pathlib import Path
 
-import duckdb
 import pandas as pd
 import pyarrow as pa
+
+from pipeline.features.sessions import session_connection, utc_column
 
 SQL = Path(__file__).resolve().parent / "sql" / "committed_demand.sql"
 ADDED_SQL = Path(__file__).resolve().parent / "sql" / "added_by_lead.sql"
@@ -27,19 +28,9 @@ ADDED_SQL = Path(__file__).resolve().parent / "sql" / "added_by_lead.sql"
 
 def held_at(requests: pa.Table, regions: Sequence[str], points: Sequence[tuple[datetime, datetime]]) -> pd.DataFrame:
     """Resources held at each `target` by sessions begun before its `origin`, per region (wide by resource)."""
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("requests", requests)
-        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
-        ts = pa.timestamp("us", tz="UTC")
-        con.register("points", pa.table({
-            "origin": pa.array([o for o, _ in points], ts),
-            "target": pa.array([t for _, t in points], ts),
-        }))
+    grid = pa.table({"origin": utc_column([o for o, _ in points]), "target": utc_column([t for _, t in points])})
+    with session_connection(requests, regions, points=grid) as con:
         frame = con.sql(SQL.read_text()).df()
-    finally:
-        con.close()
     for col in ("origin", "target"):
         frame[col] = pd.to_datetime(frame[col], utc=True)
     return frame
@@ -64,15 +55,8 @@ def added_by_lead(requests: pa.Table, regions: Sequence[str], origins: Sequence[
                   data_end: datetime) -> pd.DataFrame:
     """`origin, lead, region, <resources>`: the peak that sessions begun at or after each origin reach in
     window `lead` ([origin + lead·W, origin + (lead + 1)·W)); windows ending after `data_end` are left out."""
-    con = duckdb.connect()
-    try:
-        con.execute("SET TimeZone = 'UTC'")
-        con.register("requests", requests)
-        con.register("regions", pa.table({"region": pa.array(sorted(regions), pa.string())}))
-        con.register("origins", pa.table({"origin": pa.array(list(origins), pa.timestamp("us", tz="UTC"))}))
-        con.register("leads", pa.table({"lead": pa.array(range(leads), pa.int64())}))
+    grids = {"origins": pa.table({"origin": utc_column(origins)}), "leads": pa.table({"lead": pa.array(range(leads), pa.int64())})}
+    with session_connection(requests, regions, **grids) as con:
         frame = con.sql(ADDED_SQL.read_text(), params={"window_minutes": window_minutes, "data_end": data_end}).df()
-    finally:
-        con.close()
     frame["origin"] = pd.to_datetime(frame["origin"], utc=True)
     return frame

@@ -4,28 +4,20 @@
 -- demand, committed_demand.sql). What a window [o + k·W, o + (k+1)·W) will need on top is the
 -- peak of the level held by sessions that start from o on: this query computes that peak for
 -- every origin of the history and every lead k, so that it can be forecast per lead (and added to
--- the committed level at the run's origin). Sessions hold [requested_at, requested_at + duration_s)
--- (end-exclusive); starts and ends at one instant are netted before the level is read.
+-- the committed level at the run's origin). Sessions hold [t_start, t_end) (the `sessions` view,
+-- sessions.sql); starts and ends at one instant are netted before the level is read.
 --
--- Inputs (registered by pipeline.features): requests(peering_requests rows), regions(region),
+-- Inputs (registered by pipeline.features.committed_levels): sessions, regions(region),
 -- origins(origin), leads(lead = 0 … K − 1). Parameters: $window_minutes (W), $data_end (only
 -- windows that end by it are complete, later ones are left out).
 WITH span AS (
     SELECT to_minutes(CAST($window_minutes * (SELECT count(*) FROM leads) AS BIGINT)) AS length
 ),
-sessions AS (
-    SELECT
-        destination_region AS region,
-        requested_at AS t_start,
-        requested_at + to_microseconds(CAST(round(duration_s * 1e6) AS BIGINT)) AS t_end,
-        vcpu, memory_gib, storage_gib, bandwidth_gbps
-    FROM requests
-    WHERE destination_region IN (SELECT region FROM regions)
-),
 started AS (
     SELECT o.origin, s.*
     FROM origins AS o
     JOIN sessions AS s ON s.t_start >= o.origin AND s.t_start < o.origin + (SELECT length FROM span)
+    WHERE s.region IN (SELECT region FROM regions)
 ),
 events AS (
     SELECT origin, region, t_start AS t, vcpu AS d_vcpu, memory_gib AS d_mem, storage_gib AS d_sto, bandwidth_gbps AS d_bw

@@ -1,29 +1,23 @@
 -- Peak concurrent resources held per region and window (an hour, or a `plan_window_minutes` window).
 --
--- A peering session holds its resources in its destination region from requested_at for
--- duration_s seconds ([start, end), end-exclusive). The concurrent level only changes at session
+-- A session holds its resources in its destination region over [t_start, t_end) (the `sessions`
+-- view, sessions.sql). The concurrent level only changes at session
 -- starts and ends, so the peak inside an hour is the largest level after any event time inside
 -- it, or the level carried in at the hour's start (the same holds for any window). Ends and starts at the same instant are
 -- netted before the level is read (RANGE frame over peers).
 --
--- Inputs (registered by pipeline.features): requests(peering_requests rows), regions(region),
+-- Inputs (registered by pipeline.features): sessions, regions(region),
 -- hours(hour): every window's start. Parameters: $window_start, $window_end (UTC timestamps,
 -- end-exclusive), $window_minutes (60 for hours; 30 or 15 divide the hour, so windows stay aligned).
-WITH sessions AS (
-    SELECT
-        destination_region AS region,
-        requested_at AS t_start,
-        requested_at + to_microseconds(CAST(round(duration_s * 1e6) AS BIGINT)) AS t_end,
-        vcpu, memory_gib, storage_gib, bandwidth_gbps
-    FROM requests
-    WHERE requested_at < $window_end
+WITH begun AS (
+    SELECT * FROM sessions WHERE t_start < $window_end
 ),
 events AS (
     SELECT region, t_start AS t, vcpu AS d_vcpu, memory_gib AS d_mem, storage_gib AS d_sto, bandwidth_gbps AS d_bw, 1 AS arrivals
-    FROM sessions
+    FROM begun
     UNION ALL
     SELECT region, t_end, -vcpu, -memory_gib, -storage_gib, -bandwidth_gbps, 0
-    FROM sessions
+    FROM begun
     WHERE t_end < $window_end
     UNION ALL
     SELECT r.region, h.hour, 0, 0, 0, 0, 0
