@@ -248,3 +248,23 @@ def test_the_report_says_how_long_the_windows_are(window_run: tuple[Path, dict])
     html = Path(run["summary"].report).read_text()
     assert f'<b id="kpi-windows">{settings.plan_window_count} × 15 min</b>' in html
     assert run["summary"].forecast_windows["run_id"] in html
+
+
+def test_the_apply_gate_sees_every_window_an_apply_provisions() -> None:
+    """A 15-minute plan whose third window triples a line differs from the applied one although its first
+    window does not; the cost compared is the provisioned hour's mean rate; windows after the hour are not compared."""
+    from pipeline.publish.diff import diff_plans
+
+    start = pd.Timestamp("2026-01-29T00:00Z")
+
+    def plan(counts: list[int]) -> pd.DataFrame:
+        return pd.DataFrame([{"valid_from": start + pd.Timedelta(minutes=15 * k), "region": "eu-west-1", "instance_type": "m5.xlarge",
+                              "purchase_option": "on_demand", "resource_type": r, "count": n, "quantity": 4.0 * n,
+                              "hourly_cost": 0.192 * n / 4, "reason": "why"}
+                             for k, n in enumerate(counts) for r in RESOURCE_TYPES])
+
+    diff = diff_plans(plan([2, 2, 2, 2, 9]), plan([2, 2, 6, 2, 1]), "old", "new")
+    (line,) = diff["lines"]
+    assert (line["count_old"], line["count_new"], line["change"]) == (2, 6, "changed")
+    assert line["cost_new"] == pytest.approx(0.192 * (2 + 2 + 6 + 2) / 4)  # the hour's mean rate, window 5 left out
+    assert line["capacity"]["vcpu"] == {"old": 8.0, "new": 24.0, "delta": 16.0}

@@ -1,6 +1,7 @@
 """What changes between two plans, as plain data (CLI, report, the apply gate's approval text).
 
-Only the first window of each plan is compared: it is what an apply provisions. Per line
+Only the windows an apply provisions are compared (`pipeline.iac.model.PROVISIONED_SPAN`: the first
+window of an hourly plan, the first hour of a plan of shorter windows). Per line
 (``region/instance_type/purchase_option``): instance counts, hourly cost and capacity per resource
 type before and after, their deltas, and the planner's reasons. Per region: the same summed, and
 whether the region is new or gone. Totals: the hourly spend change, instances added and removed
@@ -17,25 +18,31 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import pandas as pd
 
-__all__ = ["diff_plans", "first_window_lines", "format_diff"]
+__all__ = ["diff_plans", "format_diff", "provisioned_lines"]
 
 _EPS = 1e-9
 
 
-def first_window_lines(rows: pd.DataFrame | None) -> dict[tuple[str, str, str], dict[str, Any]]:
-    """Per line key of the earliest window: count, hourly cost, capacity per resource, reasons."""
+def provisioned_lines(rows: pd.DataFrame | None) -> dict[tuple[str, str, str], dict[str, Any]]:
+    """Per line key over the windows an apply provisions: the most instances and capacity any of them
+    holds, the hourly cost averaged over them (what the span costs per hour), the planner's reasons."""
+    from pipeline.iac.model import PROVISIONED_SPAN
+
     if rows is None or len(rows) == 0:
         return {}
-    first = rows[rows["valid_from"] == rows["valid_from"].min()]
+    start = rows["valid_from"].min()
+    span = rows[rows["valid_from"] < start + PROVISIONED_SPAN]
+    windows = span["valid_from"].nunique()
     lines: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for (region, itype, option), group in first.groupby(["region", "instance_type", "purchase_option"], sort=True):
+    for (region, itype, option), group in span.groupby(["region", "instance_type", "purchase_option"], sort=True):
         reasons = sorted({str(r) for r in group["reason"].dropna() if str(r)}) if "reason" in group else []
+        held = group.groupby(["valid_from", "resource_type"])["quantity"].sum().groupby(level="resource_type").max()
         lines[(str(region), str(itype), str(option))] = {
-            "count": int(group["count"].iloc[0]),
-            "hourly_cost": float(group["hourly_cost"].sum()),
-            "capacity": {str(k): float(v) for k, v in group.groupby("resource_type")["quantity"].sum().items()},
+            "count": int(group.groupby("valid_from")["count"].first().max()),
+            "hourly_cost": float(group["hourly_cost"].sum()) / windows,
+            "capacity": {str(k): float(v) for k, v in held.items()},
             "reasons": reasons,
-            "window": str(group["valid_from"].iloc[0]),
+            "window": str(group["valid_from"].min()),
         }
     return lines
 
@@ -83,8 +90,8 @@ def _regions(lines: list[dict[str, Any]], old_regions: set[str], new_regions: se
 def diff_plans(
     old_rows: pd.DataFrame | None, new_rows: pd.DataFrame, old_id: str | None = None, new_id: str | None = None
 ) -> dict[str, Any]:
-    """The first-window difference from ``old_rows`` to ``new_rows`` (PLAN schema frames)."""
-    old, new = first_window_lines(old_rows), first_window_lines(new_rows)
+    """The difference over the provisioned windows from ``old_rows`` to ``new_rows`` (PLAN schema frames)."""
+    old, new = provisioned_lines(old_rows), provisioned_lines(new_rows)
     lines = [_line_change(key, old.get(key), new.get(key)) for key in sorted(set(old) | set(new))]
     old_regions, new_regions = {k[0] for k in old}, {k[0] for k in new}
     regions = _regions(lines, old_regions, new_regions)
