@@ -228,8 +228,10 @@ def _load_requests(source_root: str, start: datetime, end: datetime, scratch: Pa
 
 
 def _policy_settings(scratch: Path, name: str, base: Settings) -> Settings:
-    """Each policy plans into its own scratch lake (own plans, own churn history, own ledger)."""
-    return replace(base, lake_root=str(scratch / name / "lake"), build_root=str(scratch / name / "build"), plan_windows=1)
+    """Each policy plans into its own scratch lake (own plans, own churn history, own ledger), one hourly
+    window per run: the replay forecasts hourly (sub-hourly plan windows are scored by bench/plan_windows.py)."""
+    return replace(base, lake_root=str(scratch / name / "lake"), build_root=str(scratch / name / "build"), plan_windows=1,
+                   plan_window_minutes=60)
 
 
 def _seed_reference(source_lake: str, target: Settings, at: datetime) -> None:
