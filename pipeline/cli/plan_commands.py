@@ -17,7 +17,8 @@ if TYPE_CHECKING:
 
 def show(
     plan_id: str | None = typer.Option(None, help="Plan to show (default: the published LATEST)."),
-    window: int = typer.Option(0, min=0, help="Which hourly window of the plan (0 = first)."),
+    window: int = typer.Option(0, min=0, help="Which window of the plan (0 = first; windows are an hour long, or "
+                                              "the plan's window_minutes)."),
     as_json: bool = JsonOption,
     lake: str | None = LakeOption,
 ) -> None:
@@ -84,7 +85,8 @@ def _show_json(pid: str, manifest: dict, starts: list[str], window: int, cover: 
 
 
 def _print_show(pid: str, manifest: dict, start: str, cover: list[dict], instances: list[dict]) -> None:
-    title = f"plan {pid} [{manifest['status']}] · window {start[:16]} · τ(vcpu) {manifest['tau']['vcpu']:.3f}"
+    title = (f"plan {pid} [{manifest['status']}] · window {start[:16]} ({manifest.get('window_minutes', 60)} min of "
+             f"{manifest.get('windows', '?')}) · τ(vcpu) {manifest['tau']['vcpu']:.3f}")
     table = Table(title=safe(title), title_justify="left")
     for col in ("region", "resource", "demand q(τ)", "pre-allocated", "cover"):
         table.add_column(col, justify="left" if col in ("region", "resource") else "right")
@@ -158,7 +160,7 @@ def diff(
 
 def _print_diff(result: dict[str, Any]) -> None:
     t = result["totals"]
-    title = (f"plan diff {result['old_plan_id'] or '(nothing applied)'} → {result['new_plan_id']} · first window "
+    title = (f"plan diff {result['old_plan_id'] or '(nothing applied)'} → {result['new_plan_id']} · windows provisioned from "
              f"{(result['new_window'] or '')[:16]}")
     table = Table(title=safe(title), title_justify="left")
     for col in ("region", "instance type", "option", "change", "count", "Δ", "USD/h Δ", "capacity Δ", "reason"):
