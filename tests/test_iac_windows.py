@@ -253,6 +253,7 @@ def _console(root: Path, expression: str) -> Any:
 @pytest.mark.terraform
 @needs_terraform
 @pytest.mark.usefixtures("offline_terraform")
+@pytest.mark.long  # terraform / checkov on the sub-hour render (~30 s each): make test-long
 def test_sub_hour_render_passes_terraform_validate(rendered: Path) -> None:
     tf = rendered / "terraform"
     assert terraform_checks(tf) == {"fmt": [], "validate": {}}
@@ -269,6 +270,7 @@ def test_sub_hour_render_passes_terraform_validate(rendered: Path) -> None:
 @pytest.mark.terraform
 @needs_terraform
 @pytest.mark.usefixtures("offline_terraform")
+@pytest.mark.long  # terraform / checkov on the sub-hour render (~30 s each): make test-long
 def test_the_module_refuses_bad_schedules_and_takes_hourly_plans(rendered: Path, tmp_path: Path) -> None:
     root = rendered / "terraform" / "regions" / "eu-west-1"
     tfvars = root / "plan.auto.tfvars.json"
@@ -284,6 +286,7 @@ def test_the_module_refuses_bad_schedules_and_takes_hourly_plans(rendered: Path,
         "m5.large/on_demand/us-east-1a": {"line": "m5.large/on_demand", "zone": "us-east-1a", "count": 3}}
 
 
+@pytest.mark.long  # terraform / checkov on the sub-hour render (~30 s each): make test-long
 def test_sub_hour_render_passes_the_checks(checkov: str, rendered: Path) -> None:
     """Parsing, cfn-lint, checkov (and terraform fmt/validate where installed) on the sub-hour render."""
     report = check_rendered(rendered)

@@ -172,6 +172,7 @@ def window_run(seeded_root: Path, tmp_path_factory: pytest.TempPathFactory) -> t
     return root, {"settings": settings, "summary": summary}
 
 
+@pytest.mark.long  # a whole hourly run in 15-minute windows (~80 s on 2 cores): make test-long
 def test_a_run_plans_and_publishes_fifteen_minute_windows(window_run: tuple[Path, dict]) -> None:
     from pipeline.plan.planner import read_plan
 
@@ -188,6 +189,7 @@ def test_a_run_plans_and_publishes_fifteen_minute_windows(window_run: tuple[Path
     assert manifest["hourly_cost_total"] == pytest.approx(rates.sum() / 4, rel=1e-4)
 
 
+@pytest.mark.long  # a whole hourly run in 15-minute windows (~80 s on 2 cores): make test-long
 def test_every_window_is_what_runs_hold_plus_what_arrivals_add(window_run: tuple[Path, dict]) -> None:
     """Every window's forecast is the committed level at its start plus the lead's forecast at the run's origin."""
     from pipeline.features.build import read_features
@@ -215,6 +217,7 @@ def test_every_window_is_what_runs_hold_plus_what_arrivals_add(window_run: tuple
             assert (np.diff(q) >= -1e-9).all()  # quantiles never cross
 
 
+@pytest.mark.long  # a whole hourly run in 15-minute windows (~80 s on 2 cores): make test-long
 def test_the_irc_serves_each_fifteen_minute_window_from_its_own_allocation(window_run: tuple[Path, dict]) -> None:
     """A request as large as a window's whole pre-allocation is a hit in that window and a miss in a
     neighbouring window that holds less: the IRC reads the window the request falls in, not its hour."""
@@ -242,6 +245,7 @@ def test_the_irc_serves_each_fifteen_minute_window_from_its_own_allocation(windo
         assert (response.path == "preallocated") is hit, (window.key, response)
 
 
+@pytest.mark.long  # a whole hourly run in 15-minute windows (~80 s on 2 cores): make test-long
 def test_the_report_says_how_long_the_windows_are(window_run: tuple[Path, dict]) -> None:
     _, run = window_run
     settings: Settings = run["settings"]
