@@ -27,10 +27,10 @@ tools: $(TOOLS_STAMP)  ## checkov (pinned in requirements-tools.txt) in its own 
 demo: install  ## run the whole pipeline on data_samples/ through Airflow, then send requests through the IRC
 	bash scripts/demo.sh
 
-test: install tools  ## run the test suite (~10 min on 2 cores; without the longest end-to-end suites: make test-long, and the terraform apply sequence: make test-terraform)
+test: install tools  ## run the test suite (10-19 min on 2 cores, by machine; without the longest end-to-end suites: make test-long, and the terraform apply sequence: make test-terraform)
 	$(PY) -m pytest -q -m "not terraform_apply and not long"
 
-test-long: install tools  ## the longest end-to-end suites (~14 min): a kill at every write point, the Airflow DAG run, checkov on the published plan, S3 and backfill runs
+test-long: install tools  ## the longest end-to-end suites (14-20 min): a kill at every write point, the Airflow DAG run, checkov on the published plan, S3 and backfill runs
 	$(PY) -m pytest -q -m "long and not terraform_apply"
 
 test-terraform: install  ## the real terraform plan/apply sequence against the moto server (~10 min; skips without terraform)
