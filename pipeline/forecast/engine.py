@@ -1273,7 +1273,7 @@ def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind:
     the calendar uplift (history and horizon), lagged telemetry regressors (hourly), and Prophet's
     holidays, with the engine options of a `kind` ("hourly" or "daily") run (`regressor_decisions`:
     `EngineOptions.regressors`)."""
-    from pipeline.forecast.exog import TELEMETRY_LAG_HOURS, calendar_uplift, inbound_hierarchy, prophet_holidays, telemetry_regressors
+    from pipeline.forecast.exog import exogenous_candidates, inbound_hierarchy, prophet_holidays
 
     history, hierarchy = inbound_hierarchy(history)
     if kind == "hourly":
@@ -1284,11 +1284,7 @@ def pipeline_inputs(settings: Settings, as_of: Any, history: pd.DataFrame, kind:
         hist = to_daily(history)
     else:
         raise ValueError(f"kind must be 'hourly' or 'daily', got {kind!r}")
-    hist, future = calendar_uplift(settings.lake_root, as_of, hist, horizon, freq)
-    if kind == "hourly" and horizon <= TELEMETRY_LAG_HOURS:  # lagged a week: known over the horizon
-        start = pd.to_datetime(hist["ds"]).min().to_pydatetime()
-        hist, tel_future = telemetry_regressors(settings.lake_root, start, as_of, hist, horizon)
-        future = tel_future if future is None else future.merge(tel_future, on=["unique_id", "ds"], how="outer")
+    hist, future = exogenous_candidates(settings.lake_root, as_of, hist, horizon, freq, telemetry=kind == "hourly")
     params: dict[str, dict] = {}
     if "prophet" in resolve_models(models, hist["unique_id"].nunique()):
         params["prophet"] = {"holidays": prophet_holidays(settings.lake_root, as_of, sorted(hist["unique_id"].unique()))}

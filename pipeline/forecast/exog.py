@@ -188,5 +188,17 @@ def telemetry_regressors(lake_root: str, start: datetime, end: datetime, history
     return hist.drop(columns="_region"), fut.drop(columns="_region")
 
 
-__all__ = ["calendar_uplift", "inbound_hierarchy", "prophet_holidays", "series_region", "telemetry_columns",
+def exogenous_candidates(lake_root: str, as_of: datetime, history: pd.DataFrame, horizon: int, freq: str,
+                         telemetry: bool) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """History and future with the calendar uplift and, when `telemetry` and the horizon is within the
+    week the telemetry is lagged, every telemetry column: the candidates cross-validation decides on."""
+    hist, future = calendar_uplift(lake_root, as_of, history, horizon, freq)
+    if telemetry and horizon <= TELEMETRY_LAG_HOURS:  # lagged a week: known over the horizon
+        start = pd.to_datetime(hist["ds"]).min().to_pydatetime()
+        hist, tel_future = telemetry_regressors(lake_root, start, as_of, hist, horizon)
+        future = tel_future if future is None else future.merge(tel_future, on=["unique_id", "ds"], how="outer")
+    return hist, future
+
+
+__all__ = ["calendar_uplift", "exogenous_candidates", "inbound_hierarchy", "prophet_holidays", "series_region", "telemetry_columns",
            "telemetry_regressor_name", "telemetry_regressors", "uplift_table"]

@@ -39,6 +39,7 @@ from pipeline.common.schemas import FORECAST, RESOURCE_TYPES, region_series_id
 from pipeline.features.build import read_features, window_feature
 from pipeline.forecast.committed import VALUE_COLUMNS
 from pipeline.forecast.engine import DEFAULT_MODELS, EngineOptions, earlier_regressor_decisions, planning_tau, run_engine
+from pipeline.forecast.exog import exogenous_candidates
 
 HOURS_PER_DAY = 24
 TIME_COLUMN = "window_start"
@@ -78,21 +79,6 @@ def window_options(settings: Settings, regressors: dict[str, dict] | None = None
                          regressors=regressors)
 
 
-def with_exogenous(settings: Settings, interval: DataInterval, history: pd.DataFrame,
-                   horizon: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """The hourly run's exogenous candidates on the lead series: the calendar uplift, and every region and
-    application telemetry column (the 5-minute telemetry's hourly mean) of the series' region a week
-    earlier; cross-validation decides per model whether they are used (pipeline.forecast.regressors)."""
-    from pipeline.forecast.exog import TELEMETRY_LAG_HOURS, calendar_uplift, telemetry_regressors
-
-    hist, future = calendar_uplift(settings.lake_root, interval.end, history, horizon, "h")
-    if horizon > TELEMETRY_LAG_HOURS:
-        return hist, future
-    start = pd.to_datetime(hist["ds"]).min().to_pydatetime()
-    hist, telemetry = telemetry_regressors(settings.lake_root, start, interval.end, hist, horizon)
-    return hist, telemetry if future is None else future.merge(telemetry, on=["unique_id", "ds"], how="outer")
-
-
 def window_demand(forecasts: pd.DataFrame, committed: pd.DataFrame, interval: DataInterval, minutes: int,
                   windows: int) -> pd.DataFrame:
     """Region rows (FORECAST contract) per window: the committed level plus each lead's forecast at the run's origin."""
@@ -128,7 +114,8 @@ def run_window_forecast(interval: DataInterval, settings: Settings) -> dict[str,
     if history.empty:
         raise ValueError(f"no {minutes}-minute feature rows for run {interval.token}: ingest history before forecasting")
     options = window_options(settings, earlier_regressor_decisions(settings, interval, lambda i: window_run_id(i, minutes)))
-    engine_input, future = with_exogenous(settings, interval, history, options.horizon)
+    # the calendar and the region's telemetry a week earlier, as for the hourly run's series
+    engine_input, future = exogenous_candidates(settings.lake_root, interval.end, history, options.horizon, "h", telemetry=True)
     result = run_engine(engine_input, options, future=future)
     frame = result.forecasts.rename(columns={"series_id": "unique_id"})
     frame["ds"] = pd.to_datetime(frame["ds"], utc=True)

@@ -52,6 +52,7 @@ import pyarrow as pa
 
 from pipeline.common.numeric import EPS
 from pipeline.iac.safety import (
+    RFC3339_UTC_FORMAT,
     UnsafePlanValue,
     check_count,
     check_instance_type,
@@ -115,7 +116,6 @@ STORAGE_RESOURCE = "storage_gib"
 # Plans are made hourly: what one apply provisions are the windows starting before the next run.
 PROVISIONED_SPAN = timedelta(hours=1)
 
-_TIMESTAMP_FORMAT = "%Y-%m-%dT%H:%M:%SZ"
 _NAME_SLUG_MAX = 60
 _TERRAFORM_NAME = re.compile(r"^[a-z_][a-z0-9_]*$")
 _LOGICAL_ID = re.compile(r"^[A-Za-z][A-Za-z0-9]{0,200}$")
@@ -326,7 +326,7 @@ def logical_id(key: str) -> str:
 
 
 def _format_ts(value: datetime) -> str:
-    return value.strftime(_TIMESTAMP_FORMAT)
+    return value.strftime(RFC3339_UTC_FORMAT)
 
 
 def _records(plan: pd.DataFrame | pa.Table) -> list[dict[str, Any]]:
