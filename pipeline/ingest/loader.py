@@ -5,9 +5,11 @@ Valid rows go to `lake/raw/<dataset>/date=/hour=/`; every other row goes to
 rule it broke (`reason_kind`), and is counted in the report. Nothing is dropped silently.
 
 Each line is read and typed alone (`lines`, `cells`), so one bad line never costs another.
-Every line of a file is checked on every run, whichever hour the run covers: whether a row is the
-first valid occurrence of its key depends on the rows before it, and invalid rows never count as
-occurrences. A `request_id` is unique across the whole dataset: the lake's earlier days count.
+Whether a row is the first valid occurrence of its key depends on the rows before it, and invalid
+rows never count as occurrences; so a run checks the lines it places *and every line sharing a key
+with one of them*, whichever hour they hold (`_lines_to_check`), and its verdicts are those of a
+check of every line. An hourly run over a day file types the time and key cells of the day's other
+lines, not the lines. A `request_id` is unique across the whole dataset: the lake's earlier days count.
 
 Where a bad row lands: a row with a readable timestamp in the file's day is quarantined in its own
 hour; a row whose time cannot be read (malformed line, unparseable or out-of-day timestamp)
@@ -20,7 +22,7 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import date
+from datetime import UTC, date, datetime, time
 from typing import Any
 
 import pandas as pd
@@ -30,7 +32,7 @@ from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import HOUR, DataInterval
 from pipeline.common.schemas import QUARANTINE, REFERENCE_SOURCES, SOURCES, UTC_TS
-from pipeline.ingest.cells import shown, type_row
+from pipeline.ingest.cells import shown, type_columns, type_row
 from pipeline.ingest.expectations import ROW_KEY, failing_rows
 from pipeline.ingest.lines import Problem, SourceLine, SourceUnreadable, read_lines
 
@@ -123,22 +125,32 @@ class _CheckedFile:
     uri: str
     rows: pd.DataFrame
     problems: dict[int, list[Problem]]
+    lines_read: int  # every non-blank line of the file, checked or not
 
 
 def _check_file(uri: str, *, dataset: str, regions: Sequence[str], seen: dict[Any, str],
-                earlier: Callable[[list[Any]], dict[Any, str]] | None = None) -> _CheckedFile:
-    """Read, type and validate every line of one file; `seen` (key → where) gains its valid keys.
+                earlier: Callable[[list[Any]], dict[Any, str]] | None = None,
+                only_for: DataInterval | None = None) -> _CheckedFile:
+    """Read, type and validate the lines of one file; `seen` (key → where) gains its valid keys.
 
     earlier: the lake's keys (key → where) among the given values of the dataset-wide key column
-    (`_earlier_keys`), added to `seen` before the duplicate check."""
+    (`_earlier_keys`), added to `seen` before the duplicate check.
+    only_for: check only the lines a run over this interval needs (`_lines_to_check`): the verdicts
+    of those lines are the same as when every line is checked, so a day file's hourly runs stop
+    re-checking its earlier hours. Only for a run that reads this one file (a key seen in another
+    file of the run would need that file's lines too)."""
     spec = SOURCES[dataset]
     schema: pa.Schema = spec["schema"]
     lines = read_lines(storage.read_bytes(uri), uri=uri, columns=schema.names, ext=spec["ext"])
     day = _file_day(uri) if spec["time_column"] else None
+    from_json = spec["ext"] == "jsonl"
+    keys = (range(len(lines)) if only_for is None or day is None
+            else _lines_to_check(lines, dataset=dataset, day=day, interval=only_for))
     records: list[dict[str, Any]] = []
     problems: dict[int, list[Problem]] = {}
-    for key, line in enumerate(lines):
-        typed, found = _type_line(line, schema, from_json=spec["ext"] == "jsonl")
+    for key in keys:
+        line = lines[key]
+        typed, found = _type_line(line, schema, from_json=from_json)
         if day is not None:
             found += _check_day(typed, spec["time_column"], day)
         if found:
@@ -154,7 +166,43 @@ def _check_file(uri: str, *, dataset: str, regions: Sequence[str], seen: dict[An
         for identity, where in earlier(rows[column].dropna().unique().tolist()).items():
             seen.setdefault(identity, where)
     _flag_duplicates(rows, dataset=dataset, problems=problems, seen=seen, file_name=uri.rsplit("/", 1)[-1])
-    return _CheckedFile(uri=uri, rows=rows, problems=problems)
+    return _CheckedFile(uri=uri, rows=rows, problems=problems, lines_read=len(lines))
+
+
+def _lines_to_check(lines: list[SourceLine], *, dataset: str, day: date, interval: DataInterval) -> list[int]:
+    """Indexes (in file order) of the lines of a day file that a run over `interval` must check: those
+    it places — their time in the interval, or no usable time (a malformed line, a time that cannot
+    be read or lies outside the file's day) when the interval holds the day's first hour (see the
+    module docstring) — and every line sharing a duplicate key with one of those.
+
+    Why that is enough: a row's own problems depend on its line alone; the expectations are
+    row-level; and whether it repeats an earlier valid row of its key depends only on the earlier
+    lines of that key, whose own verdicts depend only on lines of the same key again. Only the
+    time column and the key columns of the other lines are typed (by the same rules)."""
+    spec = SOURCES[dataset]
+    time_column: str = spec["time_column"]
+    key_columns = DUPLICATE_KEYS[dataset]
+    names = list(dict.fromkeys([time_column, *key_columns]))
+    owns_unplaced = interval.start <= datetime.combine(day, time(), UTC) < interval.end
+    placed: list[int] = []
+    key_of: list[tuple[Any, ...] | None] = []
+    for index, line in enumerate(lines):
+        if line.fields is None:
+            key_of.append(None)
+            if owns_unplaced:
+                placed.append(index)
+            continue
+        typed = type_columns(line.fields, spec["schema"], names, from_json=spec["ext"] == "jsonl")
+        ts = typed[time_column]
+        if ts is not None and ts.date() != day:
+            typed[time_column] = ts = None  # misfiled: it places nowhere (as `_check_day` types it)
+        values = tuple(typed[c] for c in key_columns)
+        key_of.append(None if any(v is None for v in values) else values)
+        if (owns_unplaced if ts is None else interval.start <= ts < interval.end):
+            placed.append(index)
+    wanted = {key_of[i] for i in placed} - {None}
+    chosen = set(placed)
+    return [i for i, key in enumerate(key_of) if i in chosen or (key is not None and key in wanted)]
 
 
 def _type_line(line: SourceLine, schema: pa.Schema, *, from_json: bool) -> tuple[dict[str, Any], list[Problem]]:
@@ -266,9 +314,10 @@ def ingest(dataset: str, interval: DataInterval, settings: Settings, regions: Se
 
     valid_parts: list[pd.DataFrame] = []
     quarantine_parts: list[pd.DataFrame] = []
+    only_for = interval if len(files) == 1 else None  # see _check_file
     for uri in files:
-        checked = _check_file(uri, dataset=dataset, regions=run.regions, seen=seen, earlier=earlier)
-        report.rows_read += len(checked.rows)
+        checked = _check_file(uri, dataset=dataset, regions=run.regions, seen=seen, earlier=earlier, only_for=only_for)
+        report.rows_read += checked.lines_read
         valid, bad = _split(checked, run)
         valid_parts.append(valid)
         quarantine_parts.append(bad)
