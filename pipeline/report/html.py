@@ -22,6 +22,7 @@ from markupsafe import Markup
 from pipeline.common import lake, storage
 from pipeline.common.config import Settings
 from pipeline.common.intervals import DataInterval
+from pipeline.common.parallel import cores_available, fork_map
 from pipeline.common.schemas import region_series_id
 from pipeline.features.build import read_features
 from pipeline.forecast import read_forecast
@@ -193,15 +194,31 @@ def write_plan_report(plan_id: str, interval: DataInterval, settings: Settings, 
         outlook=plan_outlook(settings, manifest),
         figure_note=(f"The figures draw the {MAX_FIGURE_REGIONS} regions of {len(regions)} with the highest recent peak demand; "
                      "the tables list every region." if len(regions) > MAX_FIGURE_REGIONS else ""),
-        figures={
-            "vcpu": _forecast_figure(recent, near, plan, regions, "vcpu"),
-            "bandwidth_gbps": _forecast_figure(recent, near, plan, regions, "bandwidth_gbps"),
-            "cost": _cost_figure(plan) if not plan.empty else "",
-        },
+        figures=_plan_figures(recent, near, plan, regions),
     )
     path = storage.join(settings.build_root, "reports", f"{plan_id}.html")
     storage.write_text_atomic(path, html)
     return path
+
+
+_FigureJob = tuple[str, pd.DataFrame, pd.DataFrame, pd.DataFrame, list[str]]  # name, recent demand, forecast, plan, regions
+
+
+def _draw_plan_figure(job: _FigureJob) -> str:
+    """One figure of the plan report (a forecast figure per resource, or the cost figure)."""
+    name, recent, near, plan, regions = job
+    if name == "cost":
+        return _cost_figure(plan) if not plan.empty else ""
+    return _forecast_figure(recent, near, plan, regions, name)
+
+
+def _plan_figures(recent: pd.DataFrame, near: pd.DataFrame, plan: pd.DataFrame, regions: list[str]) -> dict[str, str]:
+    """The plan report's figures, drawn on forked workers: each is a second or two of matplotlib at a dozen
+    subplots, independent of the others, and the report waits for all of them."""
+    names = ["vcpu", "bandwidth_gbps", "cost"]
+    jobs: list[_FigureJob] = [(name, recent, near, plan, regions) for name in names]
+    drawn = fork_map(_draw_plan_figure, jobs, min(cores_available(), len(jobs)), min_items_per_worker=1)
+    return dict(zip(names, drawn))
 
 
 class _ReplayWindow(Protocol):
