@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 
 import pytest
 
@@ -67,6 +68,28 @@ def _read_marker() -> str | None:
 def test_setup_runs_in_the_child_before_the_task_and_stays_there() -> None:
     assert in_child_process(_read_marker, setup=_set_marker) == "child"
     assert "PEERSCALE_TEST_STAGE_SETUP" not in os.environ
+
+
+def _wait_for(path: str) -> bool:
+    """True once `path` exists (the parent's `meanwhile` writes it), False after 20 s."""
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        if os.path.exists(path):
+            return True
+        time.sleep(0.01)
+    return False
+
+
+def test_meanwhile_runs_in_the_parent_while_the_child_works(tmp_path) -> None:
+    marker = str(tmp_path / "parent-was-here")
+    ran_in: list[int] = []
+
+    def meanwhile() -> None:
+        ran_in.append(os.getpid())
+        open(marker, "w").close()
+
+    assert in_child_process(_wait_for, marker, meanwhile=meanwhile) is True  # the child saw it while running
+    assert ran_in == [os.getpid()]
 
 
 def _square_telling(value: int, tell) -> tuple[int, int]:

@@ -81,15 +81,19 @@ def can_fork() -> bool:
     return "fork" in multiprocessing.get_all_start_methods() and not multiprocessing.current_process().daemon
 
 
-def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None] | None = None) -> T:
+def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None] | None = None,
+                     meanwhile: Callable[[], None] | None = None) -> T:
     """`fn(*args)` in a forked child process; its result, or its exception, comes back pickled.
-    `setup` runs in the child first (process-wide settings that must not leak into the parent).
+    `setup` runs in the child first (process-wide settings that must not leak into the parent);
+    `meanwhile` runs in the parent while the child works (preparing what later children inherit).
 
     Why: what a stage allocates leaves with its process, so a run's peak memory is its largest
     stage's, not everything every earlier stage left in the allocator (Airflow runs each stage as
     a task of its own for the same reason). The child is not daemonic: it may fork workers itself.
     Runs in process where `can_fork()` says no."""
     if not can_fork():
+        if meanwhile is not None:
+            meanwhile()
         return fn(*args)
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
@@ -98,6 +102,8 @@ def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None]
     child.start()
     writer.close()
     try:
+        if meanwhile is not None:
+            meanwhile()
         ok, payload = reader.recv()
     except EOFError:
         child.join()
