@@ -238,24 +238,34 @@ def _stage_runner(stage_processes: bool) -> Callable[..., Any]:
 
     from pipeline.common.parallel import in_child_process
 
-    return lambda fn, *args: in_child_process(fn, *args, setup=_system_allocator,
-                                              meanwhile=_import_later_stages if fn is stage_ingest else None)
+    return lambda fn, *args: in_child_process(fn, *args, setup=_system_allocator, meanwhile=_IMPORT_WHILE.get(fn))
 
 
-def _import_later_stages() -> None:
-    """Import the later stages' libraries (scikit-learn, OR-Tools, matplotlib: ~2.5 s) in the run's own
-    process while the ingest works in its process on one core: each later stage's process inherits
-    them instead of importing them on the run's critical path (~0.15 GB resident in the run's process)."""
-    import matplotlib
-    import sklearn.ensemble  # noqa: F401  (the forecast's global model)
+def _import_forecast_libraries() -> None:
+    """scikit-learn (~1.3 s) and the forecast engine, imported in the run's process while the ingest
+    works in its own on one core: the forecast stage's process inherits them."""
+    import sklearn.ensemble  # noqa: F401  (the global model)
 
     from pipeline.forecast import engine  # noqa: F401
+
+
+def _import_report_libraries() -> None:
+    """matplotlib and the report (~1 s), imported in the run's process while the plan is solved in its
+    own: the report stage's process inherits them. Not before the forecast, whose stage is the run's
+    peak of memory."""
+    import matplotlib
+
     from pipeline.iac import render  # noqa: F401
-    from pipeline.plan import build_plan  # noqa: F401  (OR-Tools)
     from pipeline.report import html  # noqa: F401
 
     matplotlib.use("Agg")  # headless, as the report draws
     import matplotlib.pyplot
+
+
+# What the run's process imports while a stage works in its own (a later stage's process inherits it).
+_IMPORT_WHILE: dict[Callable[..., Any], Callable[[], None]] = {
+    stage_ingest: _import_forecast_libraries, stage_plan: _import_report_libraries,
+}
 
 
 def _system_allocator() -> None:
