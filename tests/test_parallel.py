@@ -92,6 +92,15 @@ def test_meanwhile_runs_in_the_parent_while_the_child_works(tmp_path) -> None:
     assert ran_in == [os.getpid()]
 
 
+def test_a_failing_meanwhile_does_not_fail_the_stage(caplog) -> None:
+    def meanwhile() -> None:
+        raise ImportError("no module named 'plotting'")
+
+    pid, doubled = in_child_process(_pid_and, 4, meanwhile=meanwhile)
+    assert doubled == 8 and pid != os.getpid()
+    assert "no module named 'plotting'" in caplog.text
+
+
 def _square_telling(value: int, tell) -> tuple[int, int]:
     for step in range(value):
         tell((value, step))

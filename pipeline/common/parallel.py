@@ -9,6 +9,7 @@ Every caller's tasks are deterministic, so the results do not depend on the numb
 from __future__ import annotations
 
 import builtins
+import logging
 import multiprocessing
 import os
 import pickle
@@ -19,6 +20,7 @@ from multiprocessing.connection import Connection
 from typing import Any, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 def cores_available() -> int:
@@ -93,7 +95,7 @@ def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None]
     Runs in process where `can_fork()` says no."""
     if not can_fork():
         if meanwhile is not None:
-            meanwhile()
+            _prepare(meanwhile)
         return fn(*args)
     ctx = multiprocessing.get_context("fork")
     reader, writer = ctx.Pipe(duplex=False)
@@ -103,7 +105,7 @@ def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None]
     writer.close()
     try:
         if meanwhile is not None:
-            meanwhile()
+            _prepare(meanwhile)
         ok, payload = reader.recv()
     except EOFError:
         child.join()
@@ -115,6 +117,15 @@ def in_child_process(fn: Callable[..., T], *args: Any, setup: Callable[[], None]
     if ok:
         return payload
     raise payload
+
+
+def _prepare(meanwhile: Callable[[], None]) -> None:
+    """Run `meanwhile`; a failure there is logged, not raised: it only prepares what a later stage would
+    otherwise do itself (and will then raise with its own context), and the child is still working."""
+    try:
+        meanwhile()
+    except Exception as exc:
+        log.warning("preparing the next stage failed (%s: %s); it will do that itself", type(exc).__name__, exc)
 
 
 def _child_main(conn: Connection, fn: Callable[..., Any], args: tuple, setup: Callable[[], None] | None) -> None:
