@@ -193,9 +193,8 @@ def _lines_to_check(lines: list[SourceLine], *, dataset: str, day: date, interva
                 placed.append(index)
             continue
         typed = type_columns(line.fields, spec["schema"], names, from_json=spec["ext"] == "jsonl")
+        _check_day(typed, time_column, day)  # misfiled: it places nowhere
         ts = typed[time_column]
-        if ts is not None and ts.date() != day:
-            typed[time_column] = ts = None  # misfiled: it places nowhere (as `_check_day` types it)
         values = tuple(typed[c] for c in key_columns)
         key_of.append(None if any(v is None for v in values) else values)
         if (owns_unplaced if ts is None else interval.start <= ts < interval.end):
